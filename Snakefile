@@ -1,0 +1,31 @@
+# layerprune: score -> prune -> selfgen -> recover -> evaluate -> aggregate.
+# Rules only wire files to the `layerprune` CLI; the logic lives in src/layerprune.
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/selfgen.smk"
+include: "workflow/rules/recover.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+# Light jobs run where snakemake runs, never as cluster jobs.
+localrules:
+    all,
+    fetch_bigbench,
+    extract_bigbench,
+    prepare_task,
+    prepare_prompts,
+    prepare_calibration,
+    aggregate,
+
+
+rule all:
+    input:
+        "results/summary.csv",
+        "results/report.md",

@@ -1,0 +1,293 @@
+"""`layerprune <stage> ...`: run one stage of the pipeline on files.
+
+The Snakemake rules call exactly these commands; every setting arrives as an
+explicit flag, so a job is a function of its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _threads(count: int | None) -> None:
+    if count:
+        import torch
+
+        torch.set_num_threads(count)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in {"none", "null", ""} else int(text)
+
+
+def _optional_str(text: str) -> str | None:
+    return None if text.lower() in {"none", "null", ""} else text
+
+
+def cmd_materialize(args: argparse.Namespace) -> None:
+    from layerprune.models import materialize
+
+    materialize(json.loads(args.source), args.out, dtype=args.dtype)
+
+
+def cmd_fetch_bigbench(args: argparse.Namespace) -> None:
+    from layerprune.data import fetch_bigbench_sdist
+
+    fetch_bigbench_sdist(args.out)
+
+
+def cmd_extract_bigbench(args: argparse.Namespace) -> None:
+    from layerprune.data import extract_bigbench_task
+
+    extract_bigbench_task(args.task, args.out, args.sdist)
+
+
+def cmd_prepare_task(args: argparse.Namespace) -> None:
+    from layerprune.data import prepare_task
+
+    prepare_task(
+        args.bigbench_dir, args.bigbench_task, args.type, args.num_fewshot, args.limit, args.seed, args.out
+    )
+
+
+def cmd_prepare_prompts(args: argparse.Namespace) -> None:
+    from layerprune.data import prepare_prompt_set
+
+    prepare_prompt_set(args.bigbench_dir, args.tasks, args.num_prompts, args.seed, args.out)
+
+
+def cmd_prepare_calibration(args: argparse.Namespace) -> None:
+    from layerprune.data import prepare_calibration
+
+    prepare_calibration(args.bigbench_dir, args.tasks, args.num_samples, args.seed, args.out)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from layerprune.io import read_jsonl, write_json
+    from layerprune.models import load_checkpoint
+    from layerprune.score import score_layers
+
+    _threads(args.threads)
+    model, tokenizer = load_checkpoint(args.model, dtype=args.dtype)
+    texts = [record["text"] for record in read_jsonl(args.calibration)] if args.calibration else None
+    result = score_layers(
+        args.method,
+        model,
+        tokenizer,
+        texts,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    result["model"] = args.model
+    result["calibration"] = args.calibration
+    write_json(args.out, result)
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from layerprune.prune import prune_checkpoint
+
+    _threads(args.threads)
+    prune_checkpoint(args.model, args.scores, args.ratio, args.out, dtype=args.dtype)
+
+
+def cmd_selfgen(args: argparse.Namespace) -> None:
+    from layerprune.selfgen import self_generate
+
+    _threads(args.threads)
+    self_generate(
+        args.model,
+        args.prompts,
+        args.out,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        system_prompt=args.system_prompt,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dtype=args.dtype,
+    )
+
+
+def cmd_recover(args: argparse.Namespace) -> None:
+    from layerprune.recover import recover_checkpoint
+
+    _threads(args.threads)
+    recover_checkpoint(
+        args.model,
+        args.dataset,
+        args.out,
+        recovery=args.recovery,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        learning_rate=args.learning_rate,
+        num_epochs=args.num_epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_length=args.max_length,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler=args.lr_scheduler,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        dtype=args.dtype,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from layerprune.evaluate import evaluate_checkpoint
+
+    _threads(args.threads)
+    evaluate_checkpoint(
+        args.model,
+        args.task_file,
+        args.task_name,
+        args.out,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        dtype=args.dtype,
+        variant={
+            "model": args.model_name,
+            "method": args.method,
+            "ratio": args.ratio,
+            "recovery": args.recovery,
+        },
+    )
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from layerprune.aggregate import aggregate
+
+    aggregate(args.results, args.out_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerprune", description=__doc__.splitlines()[0])
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    def stage(name: str, func, help_text: str, model_job: bool = False) -> argparse.ArgumentParser:
+        sub = stages.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(func=func)
+        if model_job:
+            sub.add_argument(
+                "--dtype", default="auto", help="auto (bf16 on a capable GPU, else fp32), float32, ..."
+            )
+            sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        return sub
+
+    sub = stage("materialize", cmd_materialize, "Turn a model source into a plain local checkpoint.")
+    sub.add_argument("--source", required=True, help='JSON, e.g. {"hub": "Qwen/Qwen2.5-7B-Instruct"}')
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--dtype", default="float32")
+
+    sub = stage("fetch-bigbench", cmd_fetch_bigbench, "Download and verify the bigbench 1.0.0 sdist.")
+    sub.add_argument("--out", required=True)
+
+    sub = stage("extract-bigbench", cmd_extract_bigbench, "Extract one BIG-bench task's JSON from the sdist.")
+    sub.add_argument("--sdist", required=True)
+    sub.add_argument("--task", required=True)
+    sub.add_argument("--out", required=True)
+
+    sub = stage("prepare-task", cmd_prepare_task, "Draw few-shot and evaluated samples of a task.")
+    sub.add_argument("--bigbench-dir", required=True)
+    sub.add_argument("--bigbench-task", required=True)
+    sub.add_argument("--type", required=True, choices=["classification", "generative"])
+    sub.add_argument("--num-fewshot", type=int, required=True)
+    sub.add_argument("--limit", type=_optional_int, default=None)
+    sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--out", required=True)
+
+    for name, func, help_text, count_flag in (
+        (
+            "prepare-prompts",
+            cmd_prepare_prompts,
+            "Build the prompt set (with reference answers).",
+            "--num-prompts",
+        ),
+        ("prepare-calibration", cmd_prepare_calibration, "Build the calibration texts.", "--num-samples"),
+    ):
+        sub = stage(name, func, help_text)
+        sub.add_argument("--bigbench-dir", required=True)
+        sub.add_argument("--tasks", nargs="+", required=True)
+        sub.add_argument(count_flag, type=int, required=True)
+        sub.add_argument("--seed", type=int, required=True)
+        sub.add_argument("--out", required=True)
+
+    sub = stage("score", cmd_score, "Score the decoder layers of a checkpoint.", model_job=True)
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--method", required=True)
+    sub.add_argument("--calibration", default=None, help="JSONL with a 'text' field")
+    sub.add_argument("--max-length", type=int, default=256)
+    sub.add_argument("--batch-size", type=int, default=8)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--out", required=True)
+
+    sub = stage("prune", cmd_prune, "Remove layers at a ratio and save a plain checkpoint.", model_job=True)
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--scores", required=True)
+    sub.add_argument("--ratio", type=float, required=True)
+    sub.add_argument("--out", required=True)
+
+    sub = stage(
+        "selfgen", cmd_selfgen, "Generate the dense model's responses to the prompt set.", model_job=True
+    )
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--prompts", required=True)
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--max-new-tokens", type=int, required=True)
+    sub.add_argument("--temperature", type=float, required=True)
+    sub.add_argument("--top-p", type=float, required=True)
+    sub.add_argument("--system-prompt", type=_optional_str, default=None)
+    sub.add_argument("--batch-size", type=int, default=16)
+    sub.add_argument("--seed", type=int, required=True)
+
+    sub = stage("recover", cmd_recover, "LoRA SFT of a pruned checkpoint (TRL), merged.", model_job=True)
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--dataset", required=True, help="prompt-completion JSONL")
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--recovery", required=True, help="name recorded in recovery.json (sgr, data)")
+    sub.add_argument("--lora-r", type=int, required=True)
+    sub.add_argument("--lora-alpha", type=int, required=True)
+    sub.add_argument("--lora-dropout", type=float, required=True)
+    sub.add_argument("--learning-rate", type=float, required=True)
+    sub.add_argument("--num-epochs", type=float, required=True)
+    sub.add_argument("--batch-size", type=int, required=True)
+    sub.add_argument("--grad-accum", type=int, required=True)
+    sub.add_argument("--max-length", type=int, required=True)
+    sub.add_argument("--warmup-steps", type=int, required=True)
+    sub.add_argument("--lr-scheduler", required=True)
+    sub.add_argument("--weight-decay", type=float, required=True)
+    sub.add_argument("--max-steps", type=int, default=-1)
+    sub.add_argument("--seed", type=int, required=True)
+
+    sub = stage("evaluate", cmd_evaluate, "Evaluate a checkpoint on one prepared task.", model_job=True)
+    sub.add_argument("--model", required=True, help="checkpoint directory")
+    sub.add_argument("--task-file", required=True)
+    sub.add_argument("--task-name", required=True)
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--batch-size", type=int, default=16)
+    sub.add_argument("--max-new-tokens", type=int, default=16)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--model-name", required=True, help="the model's name in the config")
+    sub.add_argument("--method", default="dense")
+    sub.add_argument("--ratio", type=float, default=0.0)
+    sub.add_argument("--recovery", default="none")
+
+    sub = stage("aggregate", cmd_aggregate, "Tidy table, report and plots from evaluation JSONs.")
+    sub.add_argument("--results", nargs="+", required=True)
+    sub.add_argument("--out-dir", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Layer scoring: which decoder layers to remove, for every number k of layers.
+
+Every method returns per-layer scores (higher = more important, where a method has
+scores) and `removal[k]`, the set of k layer indices to remove, for k = 0..L-1.
+
+Hidden states come from forward hooks on the decoder layers, not from
+`output_hidden_states` (whose last entry is the *normed* final state), and
+padding positions are masked out of every average.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from layerprune.models import decoder_layers
+
+METHODS = ("bi", "angular", "reverse", "random")
+
+
+def _tensor_of(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def collect_layer_cosines(
+    model, tokenizer, texts: list[str], max_length: int, batch_size: int
+) -> torch.Tensor:
+    """Mean cosine similarity between the residual stream at depths i and j.
+
+    Returns an (L+1) x (L+1) matrix C, where depth 0 is the input of layer 0 and
+    depth l+1 the output of layer l, each entry averaged over every non-padding
+    token of the calibration set (one forward pass per batch).
+    """
+    layers = decoder_layers(model)
+    num_layers = len(layers)
+    states: list[torch.Tensor | None] = [None] * (num_layers + 1)
+
+    def input_hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        states[0] = hidden.detach()
+
+    def output_hook(index: int) -> Callable:
+        def hook(module, args, output):
+            states[index + 1] = _tensor_of(output).detach()
+
+        return hook
+
+    handles = [layers[0].register_forward_pre_hook(input_hook, with_kwargs=True)]
+    handles += [layer.register_forward_hook(output_hook(i)) for i, layer in enumerate(layers)]
+    device = next(model.parameters()).device
+    cosine_sum = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64)
+    token_count = 0
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc="scoring batches", unit="batch"):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+            ).to(device)
+            model(**batch, use_cache=False)
+            mask = batch["attention_mask"].bool()
+            # (depths, tokens, hidden) over real tokens only, unit-normalised once.
+            stacked = torch.stack([s[mask].float() for s in states])
+            stacked = torch.nn.functional.normalize(stacked, dim=-1).flatten(1)
+            # Summing cos(h_i[t], h_j[t]) over tokens t is one matrix product of
+            # the flattened unit vectors: (depths, tokens*hidden) @ its transpose.
+            cosine_sum += (stacked @ stacked.T).double().cpu()
+            token_count += int(mask.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return cosine_sum / token_count
+
+
+def block_influence(cosines: torch.Tensor) -> list[float]:
+    """ShortGPT (Men et al., 2024): BI_l = 1 - E_t[cos(x_l, x_{l+1})]."""
+    num_layers = cosines.shape[0] - 1
+    return [float(1.0 - cosines[layer, layer + 1]) for layer in range(num_layers)]
+
+
+def angular_distances(cosines: torch.Tensor) -> dict[int, list[float]]:
+    """Gromov et al. (2024): d(l, n) = arccos(cos(h_l, h_{l+n})) / pi, for every block size n.
+
+    Uses the mean cosine over tokens (the all-token variant).
+    """
+    num_layers = cosines.shape[0] - 1
+    return {
+        n: [
+            math.acos(max(-1.0, min(1.0, float(cosines[start, start + n])))) / math.pi
+            for start in range(num_layers - n + 1)
+        ]
+        for n in range(1, num_layers)
+    }
+
+
+def removal_from_importance(importance: list[float]) -> dict[int, list[int]]:
+    """Remove the k least important layers; ties go to the later layer."""
+    order = sorted(range(len(importance)), key=lambda layer: (importance[layer], -layer))
+    return {k: sorted(order[:k]) for k in range(len(importance))}
+
+
+def score_layers(
+    method: str,
+    model=None,
+    tokenizer=None,
+    texts: list[str] | None = None,
+    max_length: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    num_layers: int | None = None,
+) -> dict[str, Any]:
+    """Score the layers of `model` with `method`; see the module docstring for the output."""
+    if method not in METHODS:
+        raise ValueError(f"unknown scoring method '{method}' (choose from {', '.join(METHODS)})")
+    if num_layers is None:
+        num_layers = len(decoder_layers(model))
+    result: dict[str, Any] = {"method": method, "num_layers": num_layers}
+    if method == "reverse":
+        result["scores"] = None
+        result["removal"] = {k: list(range(num_layers - k, num_layers)) for k in range(num_layers)}
+    elif method == "random":
+        order = list(range(num_layers))
+        random.Random(seed).shuffle(order)
+        result.update(seed=seed, scores=None, removal_order=order)
+        result["removal"] = {k: sorted(order[:k]) for k in range(num_layers)}
+    else:
+        if not texts:
+            raise ValueError(f"scoring method '{method}' needs calibration texts")
+        cosines = collect_layer_cosines(model, tokenizer, texts, max_length, batch_size)
+        if method == "bi":
+            scores = block_influence(cosines)
+            result.update(scores=scores, removal=removal_from_importance(scores))
+        else:
+            distances = angular_distances(cosines)
+            result["scores"] = distances[1]
+            result["block_distances"] = {str(n): d for n, d in distances.items()}
+            removal = {0: []}
+            for n, per_start in distances.items():
+                start = min(range(len(per_start)), key=lambda start: (per_start[start], -start))
+                removal[n] = list(range(start, start + n))
+            result["removal"] = removal
+    result["removal"] = {str(k): v for k, v in result["removal"].items()}
+    return result
+
+
+def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
+    """The removal set for pruning ratio r: k = round(r * L) layers."""
+    num_layers = scores["num_layers"]
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio}")
+    k = round(ratio * num_layers)
+    if k >= num_layers:
+        raise ValueError(f"ratio {ratio} would remove all {num_layers} layers")
+    if k == 0:
+        raise ValueError(
+            f"ratio {ratio} removes no layer of {num_layers} (round({ratio} * {num_layers}) = 0)"
+        )
+    return scores["removal"][str(k)]

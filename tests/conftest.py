@@ -1,0 +1,142 @@
+"""Tiny offline models and tokenizers shared by the unit tests.
+
+Everything here is built from configs with fixed seeds: no hub access. Import the
+plain helpers with ``from conftest import make_tiny_checkpoint`` (pytest puts this
+directory on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+FAMILIES = ("llama", "qwen2", "mistral", "gemma3")
+VOCAB_SIZE = 128
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+SLIDING_WINDOW = 4
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a tiny random model is enough for unit tests of layer pruning",
+    "pruning removes decoder layers and keeps the rest of the network as it is",
+    "every kept layer keeps its weights while its cache slot is renumbered",
+    "hello world",
+]
+
+
+def _layer_types(family: str, num_layers: int) -> list[str] | None:
+    """Per-layer attention kinds used by the hybrid families (None: no layer_types)."""
+    if family == "gemma3":
+        # sliding, sliding, full, sliding, sliding, full, ...
+        return ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(num_layers)]
+    if family == "qwen2":
+        # full for the first two layers, sliding above (Qwen2's max_window_layers convention).
+        return ["full_attention" if i < 2 else "sliding_attention" for i in range(num_layers)]
+    return None
+
+
+def make_config(family: str = "llama", num_layers: int = 6, tie_word_embeddings: bool = False, **overrides):
+    """A tiny config of `family` (llama, qwen2, mistral, gemma3)."""
+    import transformers
+
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        tie_word_embeddings=tie_word_embeddings,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        bos_token_id=BOS_ID,
+    )
+    if family == "llama":
+        config = transformers.LlamaConfig(**{**common, **overrides})
+    elif family == "qwen2":
+        config = transformers.Qwen2Config(
+            **{
+                **common,
+                "use_sliding_window": True,
+                "sliding_window": SLIDING_WINDOW,
+                "max_window_layers": 2,
+                "layer_types": _layer_types(family, num_layers),
+                **overrides,
+            }
+        )
+    elif family == "mistral":
+        config = transformers.MistralConfig(**{**common, "sliding_window": SLIDING_WINDOW, **overrides})
+    elif family == "gemma3":
+        config = transformers.Gemma3TextConfig(
+            **{
+                **common,
+                "head_dim": 8,
+                "query_pre_attn_scalar": 8,
+                "sliding_window": SLIDING_WINDOW,
+                "layer_types": _layer_types(family, num_layers),
+                **overrides,
+            }
+        )
+    else:
+        raise ValueError(f"unknown family {family}")
+    return config
+
+
+def make_tiny_model(
+    family: str = "llama", num_layers: int = 6, seed: int = 0, tie_word_embeddings: bool = False, **overrides
+):
+    """A float32, eval-mode, seeded random causal LM of `family`."""
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(family, num_layers, tie_word_embeddings=tie_word_embeddings, **overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    return model.eval()
+
+
+def make_tokenizer(with_pad: bool = True):
+    """A word-level fast tokenizer trained on CORPUS (ids: <pad>=0, <eos>=1, <bos>=2, <unk>=3)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(
+        CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"])
+    )
+    special = {"eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"}
+    if with_pad:
+        special["pad_token"] = "<pad>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **special)
+    assert len(tokenizer) <= VOCAB_SIZE
+    return tokenizer
+
+
+def make_tiny_checkpoint(
+    path,
+    family: str = "llama",
+    num_layers: int = 4,
+    seed: int = 0,
+    tie_word_embeddings: bool = False,
+    with_pad: bool = True,
+) -> Path:
+    """Save a tiny random model of `family` and a tokenizer to `path`; return the path."""
+    path = Path(path)
+    model = make_tiny_model(family, num_layers, seed=seed, tie_word_embeddings=tie_word_embeddings)
+    model.save_pretrained(path)
+    make_tokenizer(with_pad=with_pad).save_pretrained(path)
+    return path
+
+
+def sample_ids(length: int = 12, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    """Random token ids that avoid the special tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(4, VOCAB_SIZE, (batch, length), generator=generator)

@@ -1,0 +1,213 @@
+"""`layerprune.aggregate`: tidy table, retention vs dense, report, metrics and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from layerprune.aggregate import COLUMNS, aggregate, collect
+from layerprune.io import read_json, write_json
+
+MODEL = "tiny"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TASKS = {"arith": ("generative", "exact_match"), "colours": ("classification", "accuracy")}
+# Powers of two, so every retention is an exact binary fraction.
+DENSE = {"arith": 0.5, "colours": 0.75}
+VALUES = {
+    # (ratio, recovery) -> value per task
+    (0.25, "none"): {"arith": 0.25, "colours": 0.375},
+    (0.25, "sgr"): {"arith": 0.5, "colours": 0.75},
+    (0.5, "none"): {"arith": 0.125, "colours": 0.1875},
+    (0.5, "sgr"): {"arith": 0.375, "colours": 0.5625},
+}
+RETENTION = {
+    (0.25, "none"): {"arith": 0.5, "colours": 0.5},
+    (0.25, "sgr"): {"arith": 1.0, "colours": 1.0},
+    (0.5, "none"): {"arith": 0.25, "colours": 0.25},
+    (0.5, "sgr"): {"arith": 0.75, "colours": 0.75},
+}
+
+
+def _result(task: str, method: str, ratio: float, recovery: str, value: float, stderr: float, n: int = 16):
+    task_type, metric = TASKS[task]
+    return {
+        "model": MODEL,
+        "method": method,
+        "ratio": ratio,
+        "recovery": recovery,
+        "task": task,
+        "type": task_type,
+        "metric": metric,
+        "value": value,
+        "stderr": stderr,
+        "n": n,
+        # Extra keys written by `evaluate` that the table ignores.
+        "checkpoint": f"/ckpt/{method}/{ratio}/{recovery}",
+        "samples": [{"id": 0, "correct": True}],
+    }
+
+
+def write_results(directory: Path) -> list[Path]:
+    paths = []
+    # Written in a scrambled order: the table must sort them itself.
+    for (ratio, recovery), values in reversed(list(VALUES.items())):
+        for task, value in values.items():
+            path = directory / f"{task}__bi__{ratio}__{recovery}.json"
+            write_json(path, _result(task, "bi", ratio, recovery, value, stderr=0.0625))
+            paths.append(path)
+    for task, value in DENSE.items():
+        path = directory / f"{task}__dense.json"
+        write_json(path, _result(task, "dense", 0.0, "none", value, stderr=0.125))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def aggregated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("aggregate")
+    paths = write_results(root / "results")
+    out_dir = root / "report"
+    table = aggregate(paths, out_dir)
+    return table, out_dir
+
+
+def test_summary_csv_columns_and_rows(aggregated):
+    table, out_dir = aggregated
+    summary = pd.read_csv(out_dir / "summary.csv")
+    assert list(summary.columns) == COLUMNS
+    assert COLUMNS == [
+        "model", "method", "ratio", "recovery", "task", "type", "metric", "value", "stderr", "n", "retention"
+    ]  # fmt: skip
+    assert list(table.columns) == COLUMNS
+    assert len(summary) == len(table) == 2 * (1 + len(VALUES))
+    pd.testing.assert_frame_equal(summary, table, check_dtype=False)
+
+
+def test_retention_is_value_over_dense(aggregated):
+    _, out_dir = aggregated
+    summary = pd.read_csv(out_dir / "summary.csv")
+    for row in summary.itertuples():
+        assert row.model == MODEL
+        assert (row.type, row.metric) == TASKS[row.task]
+        if row.method == "dense":
+            assert (row.ratio, row.recovery) == (0.0, "none")
+            assert row.value == DENSE[row.task]
+            assert row.retention == 1.0
+            assert row.stderr == 0.125
+        else:
+            assert row.method == "bi"
+            assert row.value == VALUES[(row.ratio, row.recovery)][row.task]
+            assert row.retention == RETENTION[(row.ratio, row.recovery)][row.task]
+            assert row.retention == row.value / DENSE[row.task]
+            assert row.stderr == 0.0625
+        assert row.n == 16
+
+
+def test_rows_sorted_dense_first(aggregated):
+    table, _ = aggregated
+    for _, rows in table.groupby("task", sort=False):
+        assert rows.iloc[0]["method"] == "dense"
+        pruned = rows.iloc[1:]
+        assert list(zip(pruned["ratio"], pruned["recovery"], strict=True)) == sorted(VALUES)
+    assert list(table["task"]) == sorted(table["task"])
+
+
+def test_metrics_json(aggregated):
+    _, out_dir = aggregated
+    metrics = read_json(out_dir / "metrics.json")
+    expected = {f"{MODEL}/dense/0.0/none/{task}" for task in TASKS}
+    expected |= {f"{MODEL}/bi/{ratio}/{recovery}/{task}" for ratio, recovery in VALUES for task in TASKS}
+    assert set(metrics) == expected
+    assert metrics[f"{MODEL}/dense/0.0/none/colours"] == {"value": 0.75, "retention": 1.0}
+    assert metrics[f"{MODEL}/bi/0.5/sgr/arith"] == {"value": 0.375, "retention": 0.75}
+    assert metrics[f"{MODEL}/bi/0.25/none/colours"] == {"value": 0.375, "retention": 0.5}
+
+
+def test_plots_are_png(aggregated):
+    _, out_dir = aggregated
+    plots = sorted((out_dir / "plots").iterdir())
+    assert [p.name for p in plots] == [f"{MODEL}__{task}.png" for task in sorted(TASKS)]
+    for plot in plots:
+        payload = plot.read_bytes()
+        assert len(payload) > 1000
+        assert payload.startswith(PNG_MAGIC)
+        assert payload[12:16] == b"IHDR"
+        width, height = int.from_bytes(payload[16:20], "big"), int.from_bytes(payload[20:24], "big")
+        assert width > 100 and height > 100
+        assert payload.endswith(b"IEND\xaeB`\x82")
+
+
+def test_report_markdown(aggregated):
+    _, out_dir = aggregated
+    report = (out_dir / "report.md").read_text()
+    assert report.startswith("# layerprune report")
+    assert "## Retention by variant" in report
+    retention_section = report.split("## Retention by variant", 1)[1].split("## Dense baselines", 1)[0]
+    lines = [line for line in retention_section.splitlines() if line.startswith("|")]
+    assert lines[0] == "| model | method | ratio | recovery | arith | colours |"
+    body = lines[2:]
+    assert len(body) == len(VALUES)
+    for (ratio, recovery), retention in RETENTION.items():
+        kept = [f"{retention[task]:.3f}" for task in ("arith", "colours")]
+        cells = [MODEL, "bi", f"{ratio:.3f}", recovery, *kept]
+        assert "| " + " | ".join(cells) + " |" in body
+    dense_section = report.split("## Dense baselines", 1)[1].split("## Plots", 1)[0]
+    assert f"| {MODEL} | colours | accuracy | 0.750 | 0.125 | 16 |" in dense_section
+    assert f"| {MODEL} | arith | exact_match | 0.500 | 0.125 | 16 |" in dense_section
+    for task in TASKS:
+        assert f"![{task}](plots/{MODEL}__{task}.png)" in report
+    assert "## All results" in report
+
+
+def test_aggregate_leaves_no_temporary_files(aggregated):
+    _, out_dir = aggregated
+    names = sorted(p.name for p in out_dir.rglob("*"))
+    assert not [name for name in names if name.endswith(".tmp")]
+    assert {"summary.csv", "metrics.json", "report.md", "plots"} <= set(names)
+
+
+def test_missing_variant_key_names_the_file(tmp_path):
+    paths = write_results(tmp_path)
+    broken = tmp_path / "broken.json"
+    result = _result("arith", "bi", 0.5, "none", 0.25, 0.0)
+    del result["method"]
+    write_json(broken, result)
+    with pytest.raises(KeyError, match="broken.json") as excinfo:
+        aggregate([*paths, broken], tmp_path / "out")
+    assert "method" in str(excinfo.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_dense_results_for_one_task(tmp_path):
+    paths = write_results(tmp_path)
+    duplicate = tmp_path / "dense_again.json"
+    write_json(duplicate, _result("arith", "dense", 0.0, "none", 0.25, 0.0))
+    with pytest.raises(ValueError, match="dense"):
+        collect([*paths, duplicate])
+    with pytest.raises(ValueError, match="dense"):
+        aggregate([*paths, duplicate], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dense_for_another_model_is_not_a_duplicate(tmp_path):
+    paths = write_results(tmp_path)
+    other = _result("arith", "dense", 0.0, "none", 0.25, 0.0)
+    other["model"] = "other"
+    write_json(tmp_path / "other.json", other)
+    table = collect([*paths, tmp_path / "other.json"])
+    row = table[table["model"] == "other"].iloc[0]
+    assert row["retention"] == 1.0
+
+
+def test_no_dense_baseline_gives_nan_retention(tmp_path):
+    path = tmp_path / "only.json"
+    write_json(path, _result("arith", "bi", 0.5, "sgr", 0.25, float("nan")))
+    table = aggregate([path], tmp_path / "out")
+    assert len(table) == 1
+    assert math.isnan(table.loc[0, "retention"])
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text().replace("NaN", "null"))
+    assert (tmp_path / "out" / "plots" / f"{MODEL}__arith.png").read_bytes().startswith(PNG_MAGIC)

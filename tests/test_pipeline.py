@@ -1,0 +1,178 @@
+"""The whole DAG for real on a tiny random model, then what a re-run would redo.
+
+One complete `snakemake --cores 2` run (a few minutes on 2 cores); the re-run
+checks are dry runs against that finished state, counting the jobs Snakemake plans.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import make_tiny_checkpoint
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from workflow_helpers import planned_jobs, snakemake, workflow_copy
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}"
+    "{% if add_generation_prompt %}<bos>{% endif %}"
+)
+
+
+def tiny_config(model_dir) -> dict:
+    return {
+        "seed": 0,
+        "dtype": "float32",
+        "models": {"tiny": {"source": {"path": str(model_dir)}}},
+        "scoring": {
+            "methods": ["bi"],
+            "batch_size": 4,
+            "calibration": {"bigbench_tasks": ["gem/xsum"], "num_samples": 4, "max_length": 32},
+        },
+        "pruning": {"ratios": [0.25, 0.5]},
+        "prompts": {
+            "bigbench_tasks": ["arithmetic/1_digit_subtraction", "auto_categorization"],
+            "num_prompts": 8,
+        },
+        "selfgen": {
+            "max_new_tokens": 6,
+            "temperature": 0.7,
+            "top_p": 0.95,
+            "system_prompt": None,
+            "batch_size": 4,
+        },
+        "recovery": {
+            "methods": ["none", "data", "sgr"],
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_dropout": 0.0,
+            "learning_rate": 1e-3,
+            "num_epochs": 1,
+            "batch_size": 4,
+            "grad_accum": 1,
+            "max_length": 64,
+            "warmup_steps": 0,
+            "lr_scheduler": "constant",
+            "weight_decay": 0.0,
+            "max_steps": 2,
+        },
+        "tasks": {
+            "knowledge": {
+                "type": "classification",
+                "bigbench_task": "general_knowledge",
+                "num_fewshot": 0,
+                "limit": 6,
+            },
+            "addition": {
+                "type": "generative",
+                "bigbench_task": "arithmetic/1_digit_addition",
+                "num_fewshot": 1,
+                "limit": 6,
+                "max_new_tokens": 3,
+            },
+        },
+        "evaluation": {"batch_size": 4},
+        "resources": {"default": {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpus": 0}},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    config = tiny_config(model_dir)
+    workdir = workflow_copy(root / "wf", config)
+    snakemake(workdir, "--cores", "2")
+    return workdir, config
+
+
+@pytest.mark.slow
+def test_pipeline_produces_summary_report_and_plots(finished_run):
+    workdir, config = finished_run
+    results = workdir / "results"
+    summary = pd.read_csv(results / "summary.csv")
+    assert list(summary.columns) == [
+        "model",
+        "method",
+        "ratio",
+        "recovery",
+        "task",
+        "type",
+        "metric",
+        "value",
+        "stderr",
+        "n",
+        "retention",
+    ]
+    # 2 dense rows + 1 method x 2 ratios x 3 recoveries x 2 tasks
+    assert len(summary) == 2 + 12
+    assert set(summary["recovery"]) == {"none", "data", "sgr"}
+    assert (summary["n"] == 6).all()
+    assert summary["value"].between(0, 1).all()
+    dense = summary[summary["method"] == "dense"]
+    assert set(dense["task"]) == {"knowledge", "addition"}
+    report = (results / "report.md").read_text()
+    assert "Retention" in report
+    for task in ("knowledge", "addition"):
+        png = results / "plots" / f"tiny__{task}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/tiny__{task}.png" in report
+
+    # every sample's prompt, output and verdict is kept
+    result = json.loads((results / "eval/tiny/bi/0.5/sgr/addition.json").read_text())
+    assert len(result["samples"]) == 6
+    assert {"prompt", "output", "correct"} <= set(result["samples"][0])
+
+    # the pruned and recovered checkpoints are plain HF checkpoints of the new depth
+    pruning = json.loads((results / "pruned/tiny/bi/0.5/pruning.json").read_text())
+    assert pruning["num_layers_after"] == 2 and len(pruning["removed_layers"]) == 2
+    recovered = AutoModelForCausalLM.from_pretrained(results / "recovered/tiny/bi/0.5/sgr")
+    assert recovered.config.num_hidden_layers == 2
+
+    # selfgen is TRL prompt-completion JSONL, one record per prompt
+    records = [json.loads(line) for line in (results / "selfgen/tiny.jsonl").read_text().splitlines()]
+    assert len(records) == 8
+    assert records[0]["prompt"][-1]["role"] == "user" and records[0]["completion"][0]["role"] == "assistant"
+
+
+@pytest.mark.slow
+def test_finished_run_has_nothing_to_do(finished_run):
+    workdir, _ = finished_run
+    assert planned_jobs(workdir) == {}
+
+
+@pytest.mark.slow
+def test_adding_a_ratio_reruns_only_that_ratio(finished_run, tmp_path):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["pruning"]["ratios"].append(0.75)
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
+    jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
+    assert jobs == {"prune": 1, "recover": 2, "evaluate_variant": 3 * 2, "aggregate": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_evaluation_setting_reruns_no_scoring_selfgen_or_training(finished_run):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["evaluation"]["batch_size"] = 2
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
+    jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
+    assert jobs == {"evaluate_dense": 2, "evaluate_variant": 12, "aggregate": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_selfgen_setting_reruns_selfgen_and_its_descendants_only(finished_run):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["selfgen"]["temperature"] = 0.9
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
+    jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
+    # the sgr branch only: 2 ratios x (1 recover + 2 task evaluations)
+    assert jobs == {"selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1}

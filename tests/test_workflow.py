@@ -1,0 +1,123 @@
+"""The Snakemake DAG: config validation, job counts, SLURM profile and DVC, as dry runs."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import yaml
+from workflow_helpers import BIN, REPO, planned_jobs, run, snakemake, workflow_copy
+
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def expected_jobs(config: dict) -> dict[str, int]:
+    models = len(config["models"])
+    methods = len(config["scoring"]["methods"])
+    ratios = len(config["pruning"]["ratios"])
+    recoveries = config["recovery"]["methods"]
+    trained = len([r for r in recoveries if r != "none"])
+    tasks = len(config["tasks"])
+    bigbench = {t["bigbench_task"] for t in config["tasks"].values()}
+    bigbench |= set(config["prompts"]["bigbench_tasks"])
+    calibrated = [m for m in config["scoring"]["methods"] if m in ("bi", "angular")]
+    if calibrated:
+        bigbench |= set(config["scoring"]["calibration"]["bigbench_tasks"])
+    jobs = {
+        "all": 1,
+        "fetch_bigbench": 1,
+        "extract_bigbench": len(bigbench),
+        "prepare_task": tasks,
+        "prepare_prompts": 1,
+        "prepare_calibration": 1 if calibrated else 0,
+        "materialize": models,
+        "score": models * methods,
+        "prune": models * methods * ratios,
+        "selfgen": models if "sgr" in recoveries else 0,
+        "recover": models * methods * ratios * trained,
+        "evaluate_dense": models * tasks,
+        "evaluate_variant": models * methods * ratios * len(recoveries) * tasks,
+        "aggregate": 1,
+    }
+    if not trained:
+        jobs["prepare_prompts"] = 0
+    return {rule: count for rule, count in jobs.items() if count}
+
+
+def test_default_dry_run_lists_exactly_the_expected_jobs(tmp_path):
+    workdir = workflow_copy(tmp_path / "wf")
+    assert planned_jobs(workdir) == expected_jobs(DEFAULT)
+
+
+def test_dry_run_scales_with_the_grid(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["other"] = {"source": {"hub": "Qwen/Qwen2.5-7B-Instruct"}}
+    config["pruning"]["ratios"] = [0.25]
+    config["recovery"]["methods"] = ["none", "sgr"]
+    config["scoring"]["methods"] = ["reverse"]
+    workdir = workflow_copy(tmp_path / "wf", config)
+    jobs = planned_jobs(workdir)
+    assert jobs == expected_jobs(config)
+    assert "prepare_calibration" not in jobs  # reverse needs no calibration
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c.update(bogus_key=1), "bogus_key"),
+        (lambda c: c["pruning"].update(ratios=[0.5, 1.5]), "1.5"),
+        (lambda c: c["scoring"].update(methods=["bi", "magic"]), "magic"),
+        (lambda c: c["tasks"]["plural"].update(nshot=3), "nshot"),
+        (lambda c: c["models"]["smollm2-135m"].update(source={"hub": "a/b", "path": "/x"}), "source"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(tmp_path, mutate, message):
+    config = copy.deepcopy(DEFAULT)
+    mutate(config)
+    workdir = workflow_copy(tmp_path / "wf", config)
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_slurm_profile_dry_run_as_users_type_it(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["resources"]["recover"] = {
+        "threads": 4,
+        "mem_mb": 32000,
+        "runtime": 240,
+        "gpus": 1,
+        "gpu_model": "a100",
+        "slurm_partition": "gpu",
+    }
+    workdir = workflow_copy(tmp_path / "wf", config)
+    result = snakemake(workdir, "--cores", "all", "--profile", "slurm", "-n", "-p")
+    output = result.stdout + result.stderr
+    assert "Job stats:" in output
+    # the recover jobs carry the resources from the config
+    recover_block = output[output.index("rule recover:") :][:2000]
+    assert (
+        "gpu=1" in recover_block
+        and "mem_mb=32000" in recover_block
+        and "slurm_partition=gpu" in recover_block
+    )
+    assert "runtime=240" in recover_block and "gpu_model=a100" in recover_block
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is needed for a DVC repo")
+def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
+    workdir = workflow_copy(tmp_path / "wf")
+    (workdir / "src" / "layerprune").mkdir(parents=True)
+    (workdir / "src" / "layerprune" / "__init__.py").write_text("")
+    dvc = str(BIN / "dvc")
+    run(["git", "init", "-q"], workdir)
+    run([dvc, "init", "-q"], workdir)
+    status = run([dvc, "status"], workdir).stdout
+    # never run: DVC sees the config as new params and every versioned artifact as missing
+    assert "pipeline:" in status and "config.yaml" in status
+    for artifact in ("results/selfgen", "results/pruned", "results/recovered", "results/metrics.json"):
+        assert artifact in status
+    dry = run([dvc, "repro", "--dry"], workdir)
+    assert "Running stage 'pipeline'" in dry.stdout
+    assert "snakemake --cores all" in dry.stdout

@@ -1,0 +1,61 @@
+import json
+
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+SEED = config["seed"]
+DTYPE = config.get("dtype", "auto")
+MODELS = list(config["models"])
+METHODS = config["scoring"]["methods"]
+RATIOS = [f"{ratio:g}" for ratio in config["pruning"]["ratios"]]
+RECOVERIES = config["recovery"]["methods"]
+TASKS = list(config["tasks"])
+
+wildcard_constraints:
+    model="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    method="[a-z]+",
+    ratio="0\\.[0-9]+",
+    recovery="none|data|sgr",
+    task="[A-Za-z0-9][A-Za-z0-9_-]*",
+
+
+def job_resources(rule_name):
+    """Cluster resources for a rule: config resources.<rule> over resources.default."""
+    merged = {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
+    merged.pop("threads", None)
+    resources = {"mem_mb": merged["mem_mb"], "runtime": merged["runtime"]}
+    if merged.get("gpus"):
+        resources["gpu"] = merged["gpus"]
+    for key in ("gpu_model", "slurm_partition", "slurm_account"):
+        if key in merged:
+            resources[key] = merged[key]
+    return resources
+
+
+def job_threads(rule_name):
+    return config["resources"].get(rule_name, {}).get("threads", config["resources"]["default"]["threads"])
+
+
+def bigbench_file(task):
+    return f"resources/bigbench/{task}/task.json"
+
+
+def dense_checkpoint(model):
+    return f"results/models/{model}/dense"
+
+
+def variant_checkpoint(wildcards):
+    """recovery `none` evaluates the pruned checkpoint itself."""
+    if wildcards.recovery == "none":
+        return f"results/pruned/{wildcards.model}/{wildcards.method}/{wildcards.ratio}"
+    return f"results/recovered/{wildcards.model}/{wildcards.method}/{wildcards.ratio}/{wildcards.recovery}"
+
+
+def all_evaluations():
+    dense = expand("results/eval/{model}/dense/{task}.json", model=MODELS, task=TASKS)
+    variants = expand(
+        "results/eval/{model}/{method}/{ratio}/{recovery}/{task}.json",
+        model=MODELS, method=METHODS, ratio=RATIOS, recovery=RECOVERIES, task=TASKS,
+    )
+    return dense + variants

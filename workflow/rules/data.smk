@@ -1,0 +1,73 @@
+rule fetch_bigbench:
+    output:
+        "resources/bigbench-1.0.0.tar.gz",
+    shell:
+        "layerprune fetch-bigbench --out {output}"
+
+
+rule extract_bigbench:
+    input:
+        sdist="resources/bigbench-1.0.0.tar.gz",
+    output:
+        "resources/bigbench/{bbtask}/task.json",
+    wildcard_constraints:
+        bbtask="[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*",
+    shell:
+        "layerprune extract-bigbench --sdist {input.sdist} --task {wildcards.bbtask} --out {output}"
+
+
+rule prepare_task:
+    input:
+        lambda wc: bigbench_file(config["tasks"][wc.task]["bigbench_task"]),
+    output:
+        "results/data/tasks/{task}.json",
+    params:
+        bigbench_task=lambda wc: config["tasks"][wc.task]["bigbench_task"],
+        type=lambda wc: config["tasks"][wc.task]["type"],
+        num_fewshot=lambda wc: config["tasks"][wc.task]["num_fewshot"],
+        limit=lambda wc: config["tasks"][wc.task]["limit"],
+        seed=SEED,
+    shell:
+        "layerprune prepare-task --bigbench-dir resources/bigbench --bigbench-task {params.bigbench_task}"
+        " --type {params.type} --num-fewshot {params.num_fewshot} --limit {params.limit}"
+        " --seed {params.seed} --out {output}"
+
+
+rule prepare_prompts:
+    input:
+        [bigbench_file(task) for task in config["prompts"]["bigbench_tasks"]],
+    output:
+        "results/data/prompts.jsonl",
+    params:
+        tasks=config["prompts"]["bigbench_tasks"],
+        num_prompts=config["prompts"]["num_prompts"],
+        seed=SEED,
+    shell:
+        "layerprune prepare-prompts --bigbench-dir resources/bigbench --tasks {params.tasks}"
+        " --num-prompts {params.num_prompts} --seed {params.seed} --out {output}"
+
+
+rule prepare_calibration:
+    input:
+        [bigbench_file(task) for task in config["scoring"]["calibration"]["bigbench_tasks"]],
+    output:
+        "results/data/calibration.jsonl",
+    params:
+        tasks=config["scoring"]["calibration"]["bigbench_tasks"],
+        num_samples=config["scoring"]["calibration"]["num_samples"],
+        seed=SEED,
+    shell:
+        "layerprune prepare-calibration --bigbench-dir resources/bigbench --tasks {params.tasks}"
+        " --num-samples {params.num_samples} --seed {params.seed} --out {output}"
+
+
+rule materialize:
+    output:
+        directory("results/models/{model}/dense"),
+    params:
+        source=lambda wc: json.dumps(config["models"][wc.model]["source"], sort_keys=True),
+    threads: job_threads("materialize")
+    resources:
+        **job_resources("materialize"),
+    shell:
+        "layerprune materialize --source '{params.source}' --out {output}"
