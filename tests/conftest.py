@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pathlib import Path  # noqa: E402
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "mistral", "gemma3")
@@ -28,6 +29,16 @@ CORPUS = [
     "every kept layer keeps its weights while its cache slot is renumbered",
     "hello world",
 ]
+
+
+@pytest.fixture
+def single_thread():
+    """Run torch on one thread: tiny models gain nothing from more, and on a busy machine
+    oversubscribed intra-op threads make a 20 ms generate() take seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _layer_types(family: str, num_layers: int) -> list[str] | None:
@@ -109,9 +120,7 @@ def make_tokenizer(with_pad: bool = True):
 
     backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(
-        CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"])
-    )
+    backend.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"]))
     special = {"eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"}
     if with_pad:
         special["pad_token"] = "<pad>"

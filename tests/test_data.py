@@ -133,9 +133,7 @@ def _all_ids(payload: dict) -> list[int]:
 
 def test_prepare_task_generative(tmp_path, bigbench_dir):
     out = tmp_path / "gen.json"
-    payload = prepare_task(
-        bigbench_dir, "arith/add", "generative", num_fewshot=3, limit=5, seed=7, out_path=out
-    )
+    payload = prepare_task(bigbench_dir, "arith/add", "generative", num_fewshot=3, limit=5, seed=7, out_path=out)
     assert read_json(out) == payload
     assert payload["source"] == "bigbench:arith/add"
     assert payload["type"] == "generative"
@@ -307,11 +305,6 @@ def test_fetch_bigbench_sdist_reuses_verified_cache(tmp_path, cache, monkeypatch
     assert read_json(tmp_path / "mc.json") == MC_TASK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: when out_path is already a hard link to the cached sdist, os.replace(tmp, out_path) "
-    "between two links of one inode is a no-op (POSIX rename), so the '.tmp' link is left behind",
-)
 def test_fetch_bigbench_sdist_again_over_existing_output(tmp_path, cache, monkeypatch, sdist):
     monkeypatch.setattr(data, "_sdist_url", _no_network)
     cached = cache / BIGBENCH_SDIST

@@ -24,6 +24,8 @@ from layerprune.models import (
     resolve_dtype,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _logits(model, input_ids):
     with torch.no_grad():
@@ -89,6 +91,11 @@ def test_describe_source_normalises(tiny_dir, monkeypatch):
 def test_locate_package_file_missing_package():
     with pytest.raises(ModelSourceError, match="'layerprune_no_such_package' is not installed"):
         locate_package_file("layerprune_no_such_package", "model.gguf")
+
+
+def test_locate_package_file_missing_parent_package():
+    with pytest.raises(ModelSourceError, match="not installed"):
+        locate_package_file("layerprune_no_such_package.data", "model.gguf")
 
 
 def test_locate_package_file_missing_file():
@@ -249,7 +256,5 @@ def test_materialize_packaged_gguf(tmp_path):
     ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     assert torch.isfinite(_logits(model, ids)).all()
     with torch.no_grad():  # de-quantized weights are the real model, not noise
-        generated = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False
-        )
+        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(generated[0, ids.shape[1] :])

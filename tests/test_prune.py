@@ -17,6 +17,8 @@ from layerprune.models import load_checkpoint
 from layerprune.prune import prune_checkpoint, remove_layers
 from layerprune.score import score_layers
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 NUM_LAYERS = 6
 REMOVED = [1, 3]
 KEPT = [0, 2, 4, 5]
@@ -102,9 +104,7 @@ def test_kept_layers_are_original_modules_and_match_manual_forward(family):
     for new_index, old_index in enumerate(KEPT):
         assert model.model.layers[new_index] is original_layers[old_index]
     assert [attn.layer_idx for attn in _attentions(model)] == list(range(len(KEPT)))
-    layer_idx_values = {
-        module.layer_idx for module in model.model.layers[2].modules() if hasattr(module, "layer_idx")
-    }
+    layer_idx_values = {module.layer_idx for module in model.model.layers[2].modules() if hasattr(module, "layer_idx")}
     assert layer_idx_values == {2}
     torch.testing.assert_close(_logits(model, ids), expected, rtol=0, atol=1e-6)
 
@@ -251,11 +251,6 @@ def test_mixture_of_experts_is_refused():
     assert len(model.model.layers) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: remove_layers slices every config list whose length equals the layer count, "
-    "including non-per-layer fields such as eos_token_id",
-)
 def test_only_per_layer_config_lists_are_sliced():
     model = make_tiny_model("llama", 3, eos_token_id=[1, 2, 3])
     remove_layers(model, [1])

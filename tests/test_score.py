@@ -18,6 +18,8 @@ from layerprune.score import (
     score_layers,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TEXTS = [
     "hello world",
     "the quick brown fox jumps over the lazy dog",
@@ -194,8 +196,11 @@ def test_collect_layer_cosines_shape_diagonal_and_symmetry(model_and_tokenizer):
     assert float(cosines.min()) < 0.99
 
 
-def test_collect_layer_cosines_masks_padding(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_collect_layer_cosines_masks_padding(model_and_tokenizer, padding_side):
+    model, _ = model_and_tokenizer
+    tokenizer = make_tokenizer()
+    tokenizer.padding_side = padding_side
     texts = [TEXTS[0], TEXTS[3]]  # 2 and 15 tokens: the short one is padded in a batch
     batch = tokenizer(texts, padding=True)
     assert 0 in batch["attention_mask"][0]

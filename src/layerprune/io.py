@@ -37,6 +37,10 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
         if directory and final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        if tmp.exists():
+            # Renaming a hard link onto another link of the same file is a no-op
+            # that leaves the source name behind.
+            tmp.unlink()
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

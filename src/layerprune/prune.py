@@ -19,6 +19,10 @@ from layerprune.models import decoder_layers, load_checkpoint
 
 # Config fields that mean "mixture of experts" when set; the surgery does not
 # cover expert routing tables, so such models are refused rather than half-pruned.
+# Config lists with one entry per decoder layer. Only these are sliced: other
+# lists may have L entries by coincidence (e.g. several eos_token_ids).
+PER_LAYER_CONFIG_FIELDS = ("layer_types", "no_rope_layers")
+
 _MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -49,7 +53,8 @@ def remove_layers(model, removed: list[int]) -> dict[str, Any]:
                 module.layer_idx = new_index
     sliced = []
     config = model.config
-    for key, value in list(vars(config).items()):
+    for key in PER_LAYER_CONFIG_FIELDS:
+        value = getattr(config, key, None)
         if isinstance(value, (list, tuple)) and len(value) == num_layers:
             setattr(config, key, type(value)(value[i] for i in kept))
             sliced.append(key)

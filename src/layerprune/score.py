@@ -77,6 +77,8 @@ def collect_layer_cosines(
     finally:
         for handle in handles:
             handle.remove()
+    if token_count == 0:
+        raise ValueError("the calibration texts produced no tokens")
     return cosine_sum / token_count
 
 
@@ -152,11 +154,11 @@ def score_layers(
 
 
 def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
-    """The removal set for pruning ratio r: k = round(r * L) layers."""
+    """The removal set for pruning ratio r: k = round(r * L) layers, halves rounded up."""
     num_layers = scores["num_layers"]
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio}")
-    k = round(ratio * num_layers)
+    k = math.floor(ratio * num_layers + 0.5)  # halves round up (Python's round() goes to even)
     if k >= num_layers:
         raise ValueError(f"ratio {ratio} would remove all {num_layers} layers")
     if k == 0:

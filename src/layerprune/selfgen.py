@@ -53,7 +53,11 @@ def generate_responses(
             **batch,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
-            top_k=None,
+            # Override sampling defaults a hub model's generation_config may carry
+            # (Qwen ships top_k=20, repetition_penalty=1.05): only the config's
+            # temperature and top-p shape the distribution.
+            top_k=0,
+            repetition_penalty=1.0,
             **sampling,
         )
         texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
