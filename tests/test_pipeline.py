@@ -17,8 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from workflow_helpers import planned_jobs, snakemake, workflow_copy
 
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}"
-    "{% if add_generation_prompt %}<bos>{% endif %}"
+    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
 )
 
 

@@ -97,11 +97,7 @@ def test_slurm_profile_dry_run_as_users_type_it(tmp_path):
     assert "Job stats:" in output
     # the recover jobs carry the resources from the config
     recover_block = output[output.index("rule recover:") :][:2000]
-    assert (
-        "gpu=1" in recover_block
-        and "mem_mb=32000" in recover_block
-        and "slurm_partition=gpu" in recover_block
-    )
+    assert "gpu=1" in recover_block and "mem_mb=32000" in recover_block and "slurm_partition=gpu" in recover_block
     assert "runtime=240" in recover_block and "gpu_model=a100" in recover_block
 
 

@@ -65,18 +65,14 @@ def plot_task(table: pd.DataFrame, model: str, task: str, out_path: Path) -> Non
     dense = rows[rows["method"] == "dense"]
     pruned = rows[rows["method"] != "dense"]
     methods = sorted(pruned["method"].unique())
-    figure, axes = plt.subplots(
-        1, max(1, len(methods)), figsize=(4.2 * max(1, len(methods)), 3.4), squeeze=False
-    )
+    figure, axes = plt.subplots(1, max(1, len(methods)), figsize=(4.2 * max(1, len(methods)), 3.4), squeeze=False)
     dense_value = float(dense["value"].iloc[0]) if len(dense) else math.nan
     for axis, method in zip(axes[0], methods or ["(none)"], strict=True):
         for recovery, group in pruned[pruned["method"] == method].groupby("recovery"):
             group = group.sort_values("ratio")
             ratios = [0.0, *group["ratio"]]
             values = [dense_value, *group["value"]]
-            axis.errorbar(
-                ratios, values, yerr=[0.0, *group["stderr"].fillna(0)], marker="o", capsize=3, label=recovery
-            )
+            axis.errorbar(ratios, values, yerr=[0.0, *group["stderr"].fillna(0)], marker="o", capsize=3, label=recovery)
         axis.axhline(dense_value, color="grey", linestyle="--", linewidth=1, label="dense")
         axis.set_title(f"{method}")
         axis.set_xlabel("pruning ratio")

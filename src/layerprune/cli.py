@@ -47,9 +47,7 @@ def cmd_extract_bigbench(args: argparse.Namespace) -> None:
 def cmd_prepare_task(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_task
 
-    prepare_task(
-        args.bigbench_dir, args.bigbench_task, args.type, args.num_fewshot, args.limit, args.seed, args.out
-    )
+    prepare_task(args.bigbench_dir, args.bigbench_task, args.type, args.num_fewshot, args.limit, args.seed, args.out)
 
 
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
@@ -173,9 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = stages.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(func=func)
         if model_job:
-            sub.add_argument(
-                "--dtype", default="auto", help="auto (bf16 on a capable GPU, else fp32), float32, ..."
-            )
+            sub.add_argument("--dtype", default="auto", help="auto (bf16 on a capable GPU, else fp32), float32, ...")
             sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         return sub
 
@@ -232,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--ratio", type=float, required=True)
     sub.add_argument("--out", required=True)
 
-    sub = stage(
-        "selfgen", cmd_selfgen, "Generate the dense model's responses to the prompt set.", model_job=True
-    )
+    sub = stage("selfgen", cmd_selfgen, "Generate the dense model's responses to the prompt set.", model_job=True)
     sub.add_argument("--model", required=True)
     sub.add_argument("--prompts", required=True)
     sub.add_argument("--out", required=True)

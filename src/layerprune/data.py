@@ -60,9 +60,7 @@ def fetch_bigbench_sdist(out_path: str | Path, index_url: str = BIGBENCH_INDEX) 
     digest = sha256_file(path)
     if digest != BIGBENCH_SHA256:
         path.unlink()
-        raise ValueError(
-            f"{path}: sha256 {digest} != expected {BIGBENCH_SHA256}; removed, re-run to fetch again"
-        )
+        raise ValueError(f"{path}: sha256 {digest} != expected {BIGBENCH_SHA256}; removed, re-run to fetch again")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:

@@ -42,9 +42,7 @@ def normalise_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def evaluate_generative(
-    model, tokenizer, task: dict[str, Any], max_new_tokens: int, batch_size: int
-) -> dict[str, Any]:
+def evaluate_generative(model, tokenizer, task: dict[str, Any], max_new_tokens: int, batch_size: int) -> dict[str, Any]:
     tokenizer.padding_side = "left"
     samples = task["samples"]
     prompts = [fewshot_prompt(task["fewshot"], sample["input"]) for sample in samples]
@@ -55,9 +53,7 @@ def evaluate_generative(
         generated = model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )
-        outputs += tokenizer.batch_decode(
-            generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
-        )
+        outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     records = []
     for sample, prompt, output in zip(samples, prompts, outputs, strict=True):
         correct = normalise_answer(output) in {normalise_answer(t) for t in sample["targets"]}

@@ -52,9 +52,7 @@ def describe_source(source: dict[str, Any]) -> dict[str, Any]:
     """Validate a source mapping and return it normalised (for pruning.json)."""
     kinds = [key for key in ("hub", "path", "package") if key in source]
     if len(kinds) != 1:
-        raise ModelSourceError(
-            f"a model source needs exactly one of 'hub', 'path' or 'package', got {sorted(source)}"
-        )
+        raise ModelSourceError(f"a model source needs exactly one of 'hub', 'path' or 'package', got {sorted(source)}")
     kind = kinds[0]
     if kind == "hub":
         return {"hub": source["hub"], "revision": source.get("revision", "main")}

@@ -77,9 +77,7 @@ def prune_checkpoint(
     change = remove_layers(model, removed)
     source_file = Path(model_dir) / "source.json"
     record = {
-        "source": read_json(source_file)
-        if source_file.is_file()
-        else {"path": str(Path(model_dir).resolve())},
+        "source": read_json(source_file) if source_file.is_file() else {"path": str(Path(model_dir).resolve())},
         "method": scores["method"],
         "ratio": ratio,
         "removed_layers": removed,

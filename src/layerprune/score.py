@@ -28,9 +28,7 @@ def _tensor_of(output: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect_layer_cosines(
-    model, tokenizer, texts: list[str], max_length: int, batch_size: int
-) -> torch.Tensor:
+def collect_layer_cosines(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> torch.Tensor:
     """Mean cosine similarity between the residual stream at depths i and j.
 
     Returns an (L+1) x (L+1) matrix C, where depth 0 is the input of layer 0 and
@@ -162,7 +160,5 @@ def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
     if k >= num_layers:
         raise ValueError(f"ratio {ratio} would remove all {num_layers} layers")
     if k == 0:
-        raise ValueError(
-            f"ratio {ratio} removes no layer of {num_layers} (round({ratio} * {num_layers}) = 0)"
-        )
+        raise ValueError(f"ratio {ratio} removes no layer of {num_layers} (round({ratio} * {num_layers}) = 0)")
     return scores["removal"][str(k)]

@@ -39,9 +39,7 @@ def generate_responses(
     responses: list[str] = [""] * len(rendered)
     seed_everything(seed)
     sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if temperature > 0
-        else {"do_sample": False}
+        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     )
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(order), batch_size), desc="self-generating", unit="batch"):
