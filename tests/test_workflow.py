@@ -117,3 +117,14 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
     dry = run([dvc, "repro", "--dry"], workdir)
     assert "Running stage 'pipeline'" in dry.stdout
     assert "snakemake --cores all" in dry.stdout
+
+
+def test_paper_config_dry_run_offline(tmp_path):
+    """configs/paper.yaml plans the paper's grid without touching the hub."""
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    workdir = workflow_copy(tmp_path / "wf", paper)
+    jobs = planned_jobs(workdir)
+    assert jobs == expected_jobs(paper)
+    # 3 models x 2 methods x 3 ratios x 2 trained recoveries
+    assert jobs["recover"] == 36
+    assert jobs["evaluate_variant"] == 3 * 2 * 3 * 3 * 4
