@@ -224,6 +224,15 @@ def test_prepare_prompt_set_records(tmp_path, bigbench_dir):
     assert {s.rsplit("#", 1)[0] for s in sources} <= {"bigbench:arith/add", "bigbench:mc"}
 
 
+def test_prepare_prompt_set_system_prompt_leads_every_prompt(tmp_path, bigbench_dir):
+    out = tmp_path / "prompts.jsonl"
+    prepare_prompt_set(bigbench_dir, ["arith/add"], 5, 0, out, system_prompt="You are a helpful assistant.")
+    for record in read_jsonl(out):
+        system, user = record["prompt"]
+        assert system == {"role": "system", "content": "You are a helpful assistant."}
+        assert user["role"] == "user"
+
+
 def test_prepare_prompt_set_is_seeded(tmp_path, bigbench_dir):
     tasks = ["arith/add", "mc"]
     prepare_prompt_set(bigbench_dir, tasks, NUM_GEN + NUM_MC, 0, tmp_path / "a.jsonl")

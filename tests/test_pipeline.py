@@ -40,7 +40,6 @@ def tiny_config(model_dir) -> dict:
             "max_new_tokens": 6,
             "temperature": 0.7,
             "top_p": 0.95,
-            "system_prompt": None,
             "batch_size": 4,
         },
         "recovery": {

@@ -109,8 +109,10 @@ def sampled(checkpoint, tmp_path_factory):
     """Three sampled self-generation runs: seed 0 twice and seed 1."""
     root = tmp_path_factory.mktemp("selfgen")
     records = prompt_records(8)
+    for record in records:  # prepare_prompt_set puts the system prompt into the prompt set
+        record["prompt"].insert(0, {"role": "system", "content": SYSTEM_PROMPT})
     write_jsonl(root / "prompts.jsonl", records)
-    settings = dict(max_new_tokens=6, temperature=1.0, top_p=1.0, system_prompt=SYSTEM_PROMPT, batch_size=3)
+    settings = dict(max_new_tokens=6, temperature=1.0, top_p=1.0, batch_size=3)
     counts = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         counts[name] = self_generate(
@@ -126,7 +128,7 @@ def test_selfgen_writes_prompt_completion_records(sampled):
     for record, generated in zip(records, out, strict=True):
         assert set(generated) == {"prompt", "completion", "source"}
         assert generated["source"] == record["source"], "order must follow the prompts file"
-        assert generated["prompt"] == [{"role": "system", "content": SYSTEM_PROMPT}, *record["prompt"]]
+        assert generated["prompt"] == record["prompt"], "the prompt set's conversation, system message included"
         assert len(generated["completion"]) == 1
         assert generated["completion"][0]["role"] == "assistant"
         content = generated["completion"][0]["content"]
@@ -150,13 +152,13 @@ def test_selfgen_sampling_depends_on_seed(sampled):
 def test_selfgen_temperature_zero_is_greedy(checkpoint, tokenizer, model, tmp_path):
     records = prompt_records(5, offset=2)
     write_jsonl(tmp_path / "prompts.jsonl", records)
-    kwargs = dict(max_new_tokens=5, temperature=0.0, top_p=0.9, system_prompt=None, batch_size=4, dtype="float32")
+    kwargs = dict(max_new_tokens=5, temperature=0.0, top_p=0.9, batch_size=4, dtype="float32")
     self_generate(checkpoint, tmp_path / "prompts.jsonl", tmp_path / "g0.jsonl", seed=0, **kwargs)
     self_generate(checkpoint, tmp_path / "prompts.jsonl", tmp_path / "g1.jsonl", seed=1, **kwargs)
     assert (tmp_path / "g0.jsonl").read_bytes() == (tmp_path / "g1.jsonl").read_bytes(), "greedy ignores the seed"
     generated = read_jsonl(tmp_path / "g0.jsonl")
     for record, out in zip(records, generated, strict=True):
-        assert out["prompt"] == record["prompt"], "no system message without a system prompt"
+        assert out["prompt"] == record["prompt"]
         # One prompt on its own: no batch, no padding.
         text = tokenizer.apply_chat_template(record["prompt"], tokenize=False, add_generation_prompt=True)
         inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)

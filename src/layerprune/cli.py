@@ -53,7 +53,9 @@ def cmd_prepare_task(args: argparse.Namespace) -> None:
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_prompt_set
 
-    prepare_prompt_set(args.bigbench_dir, args.tasks, args.num_prompts, args.seed, args.out)
+    prepare_prompt_set(
+        args.bigbench_dir, args.tasks, args.num_prompts, args.seed, args.out, system_prompt=args.system_prompt
+    )
 
 
 def cmd_prepare_calibration(args: argparse.Namespace) -> None:
@@ -102,7 +104,6 @@ def cmd_selfgen(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
-        system_prompt=args.system_prompt,
         batch_size=args.batch_size,
         seed=args.seed,
         dtype=args.dtype,
@@ -197,21 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, required=True)
     sub.add_argument("--out", required=True)
 
-    for name, func, help_text, count_flag in (
-        (
-            "prepare-prompts",
-            cmd_prepare_prompts,
-            "Build the prompt set (with reference answers).",
-            "--num-prompts",
-        ),
-        ("prepare-calibration", cmd_prepare_calibration, "Build the calibration texts.", "--num-samples"),
-    ):
-        sub = stage(name, func, help_text)
-        sub.add_argument("--bigbench-dir", required=True)
-        sub.add_argument("--tasks", nargs="+", required=True)
-        sub.add_argument(count_flag, type=int, required=True)
-        sub.add_argument("--seed", type=int, required=True)
-        sub.add_argument("--out", required=True)
+    sub = stage("prepare-prompts", cmd_prepare_prompts, "Build the prompt set (with reference answers).")
+    sub.add_argument("--bigbench-dir", required=True)
+    sub.add_argument("--tasks", nargs="+", required=True)
+    sub.add_argument("--num-prompts", type=int, required=True)
+    sub.add_argument("--system-prompt", type=_optional_str, default=None, help="prepended to every prompt")
+    sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--out", required=True)
+
+    sub = stage("prepare-calibration", cmd_prepare_calibration, "Build the calibration texts.")
+    sub.add_argument("--bigbench-dir", required=True)
+    sub.add_argument("--tasks", nargs="+", required=True)
+    sub.add_argument("--num-samples", type=int, required=True)
+    sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--out", required=True)
 
     sub = stage("score", cmd_score, "Score the decoder layers of a checkpoint.", model_job=True)
     sub.add_argument("--model", required=True)
@@ -235,7 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-new-tokens", type=int, required=True)
     sub.add_argument("--temperature", type=float, required=True)
     sub.add_argument("--top-p", type=float, required=True)
-    sub.add_argument("--system-prompt", type=_optional_str, default=None)
     sub.add_argument("--batch-size", type=int, default=16)
     sub.add_argument("--seed", type=int, required=True)
 

@@ -150,19 +150,27 @@ def prepare_task(
 
 
 def prepare_prompt_set(
-    bigbench_dir: str | Path, bigbench_tasks: list[str], num_prompts: int, seed: int, out_path: str | Path
+    bigbench_dir: str | Path,
+    bigbench_tasks: list[str],
+    num_prompts: int,
+    seed: int,
+    out_path: str | Path,
+    system_prompt: str | None = None,
 ) -> int:
     """Write a TRL conversational prompt–completion JSONL from BIG-bench tasks.
 
     The completion is the task's own reference answer: that file is the training
     set of the paper's `data` control, and its prompts are what `selfgen` answers.
+    The system prompt belongs to the prompt set, so `data` and `sgr` train on the
+    very same prompts and differ only in their answers.
     """
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     pool = []
     for task in bigbench_tasks:
         for index, example in enumerate(load_bigbench_examples(bigbench_dir, task)):
             pool.append(
                 {
-                    "prompt": [{"role": "user", "content": example["input"].strip()}],
+                    "prompt": [*system, {"role": "user", "content": example["input"].strip()}],
                     "completion": [{"role": "assistant", "content": _first_target(example)}],
                     "source": f"bigbench:{task}#{index}",
                 }

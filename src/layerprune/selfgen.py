@@ -71,7 +71,6 @@ def self_generate(
     max_new_tokens: int,
     temperature: float,
     top_p: float,
-    system_prompt: str | None,
     batch_size: int,
     seed: int,
     dtype: str = "auto",
@@ -79,8 +78,7 @@ def self_generate(
     """Write the dense model's answers to the prompt set as prompt–completion JSONL."""
     model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
     records = read_jsonl(prompts_path)
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    conversations = [system + record["prompt"] for record in records]
+    conversations = [record["prompt"] for record in records]
     responses = generate_responses(
         model, tokenizer, conversations, max_new_tokens, temperature, top_p, batch_size, seed
     )

@@ -41,10 +41,12 @@ rule prepare_prompts:
     params:
         tasks=config["prompts"]["bigbench_tasks"],
         num_prompts=config["prompts"]["num_prompts"],
+        system_prompt=config["prompts"]["system_prompt"] or "",
         seed=SEED,
     shell:
         "layerprune prepare-prompts --bigbench-dir resources/bigbench --tasks {params.tasks}"
-        " --num-prompts {params.num_prompts} --seed {params.seed} --out {output}"
+        " --num-prompts {params.num_prompts} --system-prompt {params.system_prompt:q} --seed {params.seed}"
+        " --out {output}"
 
 
 rule prepare_calibration:
@@ -70,4 +72,4 @@ rule materialize:
     resources:
         **job_resources("materialize"),
     shell:
-        "layerprune materialize --source '{params.source}' --out {output}"
+        "layerprune materialize --source {params.source:q} --out {output}"

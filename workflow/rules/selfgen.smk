@@ -9,7 +9,6 @@ rule selfgen:
         max_new_tokens=config["selfgen"]["max_new_tokens"],
         temperature=config["selfgen"]["temperature"],
         top_p=config["selfgen"]["top_p"],
-        system_prompt=json.dumps(config["selfgen"]["system_prompt"] or ""),
         batch_size=config["selfgen"]["batch_size"],
         seed=SEED,
         dtype=DTYPE,
@@ -19,5 +18,5 @@ rule selfgen:
     shell:
         "layerprune selfgen --model {input.model} --prompts {input.prompts} --out {output}"
         " --max-new-tokens {params.max_new_tokens} --temperature {params.temperature} --top-p {params.top_p}"
-        " --system-prompt {params.system_prompt} --batch-size {params.batch_size} --seed {params.seed}"
+        " --batch-size {params.batch_size} --seed {params.seed}"
         " --dtype {params.dtype} --threads {threads}"
