@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 
 import pytest
@@ -128,3 +129,17 @@ def test_paper_config_dry_run_offline(tmp_path):
     # 3 models x 2 methods x 3 ratios x 2 trained recoveries
     assert jobs["recover"] == 36
     assert jobs["evaluate_variant"] == 3 * 2 * 3 * 3 * 4
+
+
+@pytest.mark.parametrize("system_prompt", [None, 'You are a helpful assistant. It\'s "quoted" $HOME `x`'])
+def test_system_prompt_reaches_the_prompt_set_verbatim(tmp_path, system_prompt):
+    """Config strings are shell-quoted on their way to the CLI; null means no system message."""
+    config = copy.deepcopy(DEFAULT)
+    config["prompts"]["system_prompt"] = system_prompt
+    workdir = workflow_copy(tmp_path / "wf", config)
+    snakemake(workdir, "--cores", "1", "results/data/prompts.jsonl")
+    first = json.loads((workdir / "results/data/prompts.jsonl").read_text().splitlines()[0])
+    if system_prompt is None:
+        assert [m["role"] for m in first["prompt"]] == ["user"]
+    else:
+        assert first["prompt"][0] == {"role": "system", "content": system_prompt}

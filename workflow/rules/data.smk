@@ -45,7 +45,7 @@ rule prepare_prompts:
         seed=SEED,
     shell:
         "layerprune prepare-prompts --bigbench-dir resources/bigbench --tasks {params.tasks}"
-        " --num-prompts {params.num_prompts} --system-prompt {params.system_prompt:q} --seed {params.seed}"
+        " --num-prompts {params.num_prompts} --system-prompt={params.system_prompt:q} --seed {params.seed}"
         " --out {output}"
 
 
