@@ -99,8 +99,38 @@ def _cell(value) -> str:
     return str(value)
 
 
-def aggregate(result_paths: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
-    """Write summary.csv, metrics.json, report.md and plots/ under `out_dir`."""
+def method_comparison(table: pd.DataFrame, score_paths: list[str | Path], out_dir: Path) -> list[str]:
+    """Plots and overlap table comparing the scoring methods; returns report lines."""
+    from layerprune.compare import load_scores, overlap_table, plot_layer_scores, plot_removal_map
+
+    by_model = load_scores(score_paths)
+    ratios = sorted(float(r) for r in table.loc[table["method"] != "dense", "ratio"].unique())
+    if not by_model or not ratios:
+        return []
+    lines = ["## Scoring methods compared", ""]
+    for model, methods in sorted(by_model.items()):
+        scores_png = out_dir / "plots" / f"{model}__layer_scores.png"
+        if plot_layer_scores(methods, model, scores_png):
+            lines += [f"![layer scores]({scores_png.relative_to(out_dir).as_posix()})", ""]
+        removal_png = out_dir / "plots" / f"{model}__removal_map.png"
+        plot_removal_map(methods, ratios, model, removal_png)
+        lines += [f"![removal map]({removal_png.relative_to(out_dir).as_posix()})", ""]
+    overlap = overlap_table(by_model, ratios)
+    with atomic_path(out_dir / "removal_overlap.csv") as tmp:
+        overlap.to_csv(tmp, index=False)
+    if len(overlap):
+        lines += ["Overlap (Jaccard) of the removal sets of two methods at each ratio:", ""]
+        lines += [_markdown_table(overlap), ""]
+    return lines
+
+
+def aggregate(
+    result_paths: list[str | Path], out_dir: str | Path, score_paths: list[str | Path] | None = None
+) -> pd.DataFrame:
+    """Write summary.csv, metrics.json, report.md and plots/ under `out_dir`.
+
+    With `score_paths`, the report also compares the scoring methods (see compare.py).
+    """
     out_dir = Path(out_dir)
     table = collect(result_paths)
     with atomic_path(out_dir / "summary.csv") as tmp:
@@ -140,6 +170,7 @@ def aggregate(result_paths: list[str | Path], out_dir: str | Path) -> pd.DataFra
         "",
     ]
     lines += [f"### {model} · {task}\n\n![{task}]({path.as_posix()})\n" for model, task, path in plots]
+    lines += method_comparison(table, score_paths or [], out_dir)
     lines += ["## All results", "", _markdown_table(table), ""]
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text("\n".join(lines))

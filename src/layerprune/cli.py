@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from layerprune.aggregate import aggregate
 
-    aggregate(args.results, args.out_dir)
+    aggregate(args.results, args.out_dir, score_paths=args.scores)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = stage("aggregate", cmd_aggregate, "Tidy table, report and plots from evaluation JSONs.")
     sub.add_argument("--results", nargs="+", required=True)
+    sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
     sub.add_argument("--out-dir", required=True)
     return parser
 
