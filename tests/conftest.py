@@ -17,7 +17,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-FAMILIES = ("llama", "qwen2", "mistral", "gemma3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "olmo2")
+# Families whose tiny configs mix sliding-window and full-attention layers (`layer_types`).
+HYBRID_FAMILIES = ("qwen2", "qwen3", "gemma2", "gemma3")
 VOCAB_SIZE = 128
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 SLIDING_WINDOW = 4
@@ -46,14 +48,20 @@ def _layer_types(family: str, num_layers: int) -> list[str] | None:
     if family == "gemma3":
         # sliding, sliding, full, sliding, sliding, full, ...
         return ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(num_layers)]
+    if family == "gemma2":
+        # sliding, full, sliding, full, ... (Gemma 2's own default pattern)
+        return ["full_attention" if i % 2 else "sliding_attention" for i in range(num_layers)]
     if family == "qwen2":
         # full for the first two layers, sliding above (Qwen2's max_window_layers convention).
         return ["full_attention" if i < 2 else "sliding_attention" for i in range(num_layers)]
+    if family == "qwen3":
+        # full, sliding, full, sliding, ...: an explicit list that max_window_layers could not express.
+        return ["sliding_attention" if i % 2 else "full_attention" for i in range(num_layers)]
     return None
 
 
 def make_config(family: str = "llama", num_layers: int = 6, tie_word_embeddings: bool = False, **overrides):
-    """A tiny config of `family` (llama, qwen2, mistral, gemma3)."""
+    """A tiny config of `family` (see FAMILIES)."""
     import transformers
 
     common = dict(
@@ -70,35 +78,33 @@ def make_config(family: str = "llama", num_layers: int = 6, tie_word_embeddings:
         eos_token_id=EOS_ID,
         bos_token_id=BOS_ID,
     )
-    if family == "llama":
-        config = transformers.LlamaConfig(**{**common, **overrides})
-    elif family == "qwen2":
-        config = transformers.Qwen2Config(
-            **{
-                **common,
-                "use_sliding_window": True,
-                "sliding_window": SLIDING_WINDOW,
-                "max_window_layers": 2,
-                "layer_types": _layer_types(family, num_layers),
-                **overrides,
-            }
-        )
-    elif family == "mistral":
-        config = transformers.MistralConfig(**{**common, "sliding_window": SLIDING_WINDOW, **overrides})
-    elif family == "gemma3":
-        config = transformers.Gemma3TextConfig(
-            **{
-                **common,
-                "head_dim": 8,
-                "query_pre_attn_scalar": 8,
-                "sliding_window": SLIDING_WINDOW,
-                "layer_types": _layer_types(family, num_layers),
-                **overrides,
-            }
-        )
-    else:
+    qwen_sliding = {"use_sliding_window": True, "sliding_window": SLIDING_WINDOW}
+    gemma = {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": SLIDING_WINDOW}
+    families = {
+        "llama": (transformers.LlamaConfig, {}),
+        "mistral": (transformers.MistralConfig, {"sliding_window": SLIDING_WINDOW}),
+        "qwen2": (transformers.Qwen2Config, {**qwen_sliding, "max_window_layers": 2}),
+        "qwen3": (transformers.Qwen3Config, {**qwen_sliding, "head_dim": 8}),
+        # Gemma 2 keeps its default attention and final logit soft-capping.
+        "gemma2": (transformers.Gemma2Config, gemma),
+        "gemma3": (transformers.Gemma3TextConfig, gemma),
+        # Phi-3 (mini-4k) applies one sliding window to every layer.
+        "phi3": (transformers.Phi3Config, {"sliding_window": SLIDING_WINDOW}),
+        "olmo2": (transformers.Olmo2Config, {}),
+    }
+    if family not in families:
         raise ValueError(f"unknown family {family}")
-    return config
+    config_class, specific = families[family]
+    layer_types = _layer_types(family, num_layers)
+    if layer_types is not None:
+        specific = {**specific, "layer_types": layer_types}
+    return config_class(**{**common, **specific, **overrides})
+
+
+def attn_implementation(family: str) -> str:
+    """sdpa, except for Gemma 2, whose attention logit soft-capping transformers only runs eagerly
+    (from_pretrained picks the same, so a reloaded model computes exactly alike)."""
+    return "eager" if family == "gemma2" else "sdpa"
 
 
 def make_tiny_model(
@@ -109,7 +115,9 @@ def make_tiny_model(
 
     config = make_config(family, num_layers, tie_word_embeddings=tie_word_embeddings, **overrides)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(
+        config, dtype=torch.float32, attn_implementation=attn_implementation(family)
+    )
     return model.eval()
 
 

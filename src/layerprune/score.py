@@ -11,6 +11,7 @@ padding positions are masked out of every average.
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from layerprune.io import sha256_file
 from layerprune.models import decoder_layers
 
 METHODS = ("bi", "angular", "reverse", "random")
@@ -149,6 +151,31 @@ def score_layers(
             result["removal"] = removal
     result["removal"] = {str(k): v for k, v in result["removal"].items()}
     return result
+
+
+def score_file_record(
+    result: dict[str, Any],
+    model: str | os.PathLike,
+    calibration: str | os.PathLike | None,
+    texts: list[str] | None,
+    max_length: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The scores file: `result` plus the scored model, the calibration file and its sha256,
+    and the settings it was scored with (which `prune_checkpoint` copies into pruning.json)."""
+    return {
+        **result,
+        "model": str(model),
+        "calibration": str(calibration) if calibration else None,
+        "calibration_sha256": sha256_file(calibration) if calibration else None,
+        "settings": {
+            "max_length": max_length,
+            "batch_size": batch_size,
+            "seed": seed,
+            "num_samples": len(texts) if texts is not None else None,
+        },
+    }
 
 
 def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
