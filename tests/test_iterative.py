@@ -105,8 +105,9 @@ def state_of(model) -> tuple:
 # ----------------------------------------------------------- log-likelihoods
 
 
-def test_continuation_loglikelihoods_batched_equal_one_by_one():
-    model, tokenizer = make_tiny_model("llama", 4), make_tokenizer()
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])  # qwen2, gemma3: sliding windows of 4
+def test_continuation_loglikelihoods_batched_equal_one_by_one(family):
+    model, tokenizer = make_tiny_model(family, 4), make_tokenizer()
     task = raw_classification_task(5)
     pairs = [
         encode_pair(tokenizer, classification_prompt(task["fewshot"], s["input"]), " " + c)

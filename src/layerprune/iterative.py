@@ -96,7 +96,10 @@ def continuation_loglikelihoods(
 ) -> list[float]:
     """Sum of log p(continuation | context) for (context_ids, continuation_ids) pairs, batched.
 
-    Sequences are right-padded (so positions are unchanged), longest first.
+    Sequences are left-padded, longest first, with explicit position ids (each row
+    counts from 0 at its first real token, as if unpadded), so every continuation
+    ends at the last position and the logits are computed for the last
+    max(continuation) + 1 positions only (`logits_to_keep`).
     """
     if any(not context or not continuation for context, continuation in pairs):
         raise ValueError("every probe request needs a non-empty context and continuation")
@@ -110,13 +113,21 @@ def continuation_loglikelihoods(
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, sequence in enumerate(sequences):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, : len(sequence)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False).logits
+            input_ids[row, width - len(sequence) :] = torch.tensor(sequence)
+            attention_mask[row, width - len(sequence) :] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(len(pairs[i][1]) for i in chunk) + 1
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+            use_cache=False,
+            logits_to_keep=keep,
+        ).logits
         for row, index in enumerate(chunk):
-            context, continuation = pairs[index]
-            # logits at position p predict token p + 1
-            predicting = logits[row, len(context) - 1 : len(context) + len(continuation) - 1].float()
+            continuation = pairs[index][1]
+            # the logits at position p predict token p + 1; the continuation fills the last positions
+            predicting = logits[row, keep - len(continuation) - 1 : keep - 1].float()
             targets = torch.tensor(continuation, device=predicting.device)
             results[index] = float(predicting.log_softmax(-1).gather(-1, targets[:, None]).sum())
     return results
