@@ -13,6 +13,8 @@ from layerprune.score import (
     angular_distances,
     block_influence,
     collect_layer_cosines,
+    last_token_mask,
+    layers_for_ratio,
     layers_to_remove,
     removal_from_importance,
     score_layers,
@@ -133,7 +135,7 @@ def test_score_layers_rejects_unknown_method_and_missing_texts():
     with pytest.raises(ValueError, match="unknown scoring method 'magnitude'"):
         score_layers("magnitude", num_layers=4)
     model = make_tiny_model("llama", 4)
-    for method in ("bi", "angular"):
+    for method in ("bi", "angular", "angular_last"):
         with pytest.raises(ValueError, match="needs calibration texts"):
             score_layers(method, model, make_tokenizer(), texts=[])
 
@@ -154,6 +156,20 @@ def test_score_layers_rejects_unknown_method_and_missing_texts():
 def test_layers_to_remove_rounds_ratio_times_depth(ratio, expected):
     scores = json.loads(json.dumps(score_layers("reverse", num_layers=6)))
     assert layers_to_remove(scores, ratio) == expected
+
+
+def test_layers_for_ratio():
+    assert layers_for_ratio(0.25, 6) == 2  # 1.5 rounds up
+    assert layers_for_ratio(0.3, 30) == 9
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
+        layers_for_ratio(1.0, 6)
+
+
+def test_layers_to_remove_beyond_max_k_names_the_limit():
+    scores = {"method": "iterative", "num_layers": 6, "max_k": 2, "removal": {"0": [], "1": [5], "2": [3, 5]}}
+    assert layers_to_remove(scores, 0.3) == [3, 5]  # 1.8 -> 2
+    with pytest.raises(ValueError, match=r"ratio 0.5 removes 3 of 6 layers.*'iterative'.*k = 2.*--max-ratio"):
+        layers_to_remove(scores, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -337,3 +353,113 @@ def test_cli_score_writes_calibration_sha256_and_settings(tmp_path):
     assert scores["calibration_sha256"] == sha256_file(calibration)
     assert scores["settings"] == {"max_length": 16, "batch_size": 2, "seed": 3, "num_samples": len(TEXTS)}
     assert scores["model"] == str(model_dir)
+
+
+def test_score_layers_angular_last(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    result = score_layers("angular_last", model, tokenizer, CORPUS, max_length=32, batch_size=2)
+    assert (result["method"], result["tokens"]) == ("angular_last", "last")
+    assert score_layers("angular", model, tokenizer, CORPUS, max_length=32, batch_size=2)["tokens"] == "all"
+    _check_removal_shape(result["removal"], 4, nested=False)
+    cosines = collect_layer_cosines(model, tokenizer, CORPUS, max_length=32, batch_size=2, last_token_only=True)
+    distances = angular_distances(cosines)
+    assert result["block_distances"] == {str(n): pytest.approx(d, abs=1e-9) for n, d in distances.items()}
+    for k in range(1, 4):
+        chosen = result["removal"][str(k)]
+        assert chosen == list(range(chosen[0], chosen[0] + k))
+        assert result["block_distances"][str(k)][chosen[0]] == min(result["block_distances"][str(k)])
+    assert json.loads(json.dumps(result)) == result
+
+
+# ------------------------------------------------------ last-token cosines
+
+
+@pytest.mark.parametrize(
+    "mask, expected",
+    [
+        ([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], [[0, 0, 1, 0, 0], [0, 0, 0, 0, 1]]),  # right padding
+        ([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], [[0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]),  # left padding
+        ([[0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], [[0, 0, 0, 0, 0], [1, 0, 0, 0, 0]]),  # an empty row selects nothing
+    ],
+)
+def test_last_token_mask(mask, expected):
+    selected = last_token_mask(torch.tensor(mask))
+    assert selected.dtype == torch.bool
+    assert selected.tolist() == [[bool(v) for v in row] for row in expected]
+
+
+class _QuarterTurn(torch.nn.Module):
+    """Rotates (x, y) by 90 degrees at tokens whose flag (third coordinate) is set."""
+
+    def forward(self, hidden):
+        x, y, flag = hidden.unbind(-1)
+        return torch.where(flag[..., None] > 0, torch.stack([-y, x, flag], -1), hidden)
+
+
+class _FlagModel(torch.nn.Module):
+    """Hidden state (1, 0, flag) per token, flag = 1 for `flagged` ids; two quarter-turn layers.
+
+    At a flagged token the depths are (1,0,1), (0,1,1), (-1,0,1): cos(0,1) = cos(1,2) = 1/2,
+    cos(0,2) = 0. At any other token every cosine is 1.
+    """
+
+    def __init__(self, flagged: list[int]):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList([_QuarterTurn(), _QuarterTurn()])
+        self.register_buffer("flagged", torch.tensor(flagged))
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        flag = torch.isin(input_ids, self.flagged).float()
+        hidden = torch.stack([torch.ones_like(flag), torch.zeros_like(flag), flag], -1)
+        for layer in self.model.layers:
+            hidden = layer(hidden)
+        return hidden
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_collect_layer_cosines_last_token_known_answer(padding_side, batch_size):
+    tokenizer = make_tokenizer()
+    tokenizer.padding_side = padding_side
+    model = _FlagModel([tokenizer.convert_tokens_to_ids(word) for word in ("fox", "dog")])
+    # 10 tokens, 2 flagged (fox, dog); last tokens fox, world, jumps: 1 of 3 flagged.
+    texts = ["the quick brown fox", "hello world", "the lazy dog jumps"]
+
+    def expected(share: float) -> torch.Tensor:
+        return _cosines({(0, 1): 1 - share / 2, (1, 2): 1 - share / 2, (0, 2): 1 - share}, 3)
+
+    every = collect_layer_cosines(model, tokenizer, texts, max_length=32, batch_size=batch_size)
+    last = collect_layer_cosines(model, tokenizer, texts, max_length=32, batch_size=batch_size, last_token_only=True)
+    torch.testing.assert_close(every, expected(2 / 10), rtol=0, atol=1e-6)
+    torch.testing.assert_close(last, expected(1 / 3), rtol=0, atol=1e-6)
+    # truncation moves the last token: "the quick brown" ends unflagged, "the lazy dog" flagged
+    truncated = collect_layer_cosines(model, tokenizer, texts, 3, batch_size, last_token_only=True)
+    torch.testing.assert_close(truncated, expected(1 / 3), rtol=0, atol=1e-6)
+    assert angular_distances(last)[1] == pytest.approx([math.acos(5 / 6) / math.pi] * 2)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_collect_layer_cosines_last_token_padding_invariant(model_and_tokenizer, padding_side):
+    model, _ = model_and_tokenizer
+    tokenizer = make_tokenizer()
+    tokenizer.padding_side = padding_side
+    together = collect_layer_cosines(model, tokenizer, TEXTS, max_length=32, batch_size=4, last_token_only=True)
+    one_by_one = collect_layer_cosines(model, tokenizer, TEXTS, max_length=32, batch_size=1, last_token_only=True)
+    torch.testing.assert_close(together, one_by_one, rtol=0, atol=1e-5)
+    every = collect_layer_cosines(model, tokenizer, TEXTS, max_length=32, batch_size=4)
+    assert float((together - every).abs().max()) > 1e-3  # the last token is not the average token
+
+
+def test_collect_layer_cosines_last_token_matches_hidden_states(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    last = collect_layer_cosines(model, tokenizer, TEXTS, max_length=32, batch_size=2, last_token_only=True)
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    for text in TEXTS:
+        with torch.no_grad():
+            hidden = model(**tokenizer([text], return_tensors="pt"), output_hidden_states=True).hidden_states
+        # depths 0..L-1 are the layer inputs (the last entry is normed, so left out)
+        states = torch.nn.functional.normalize(torch.stack([h[0, -1].double() for h in hidden[:4]]), dim=-1)
+        expected += states @ states.T / len(TEXTS)
+    torch.testing.assert_close(last[:4, :4], expected, rtol=0, atol=1e-5)

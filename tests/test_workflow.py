@@ -22,7 +22,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
     tasks = len(config["tasks"])
     bigbench = {t["bigbench_task"] for t in config["tasks"].values()}
     bigbench |= set(config["prompts"]["bigbench_tasks"])
-    calibrated = [m for m in config["scoring"]["methods"] if m in ("bi", "angular")]
+    calibrated = [m for m in config["scoring"]["methods"] if m in ("bi", "angular", "angular_last")]
+    iterative = int("iterative" in config["scoring"]["methods"])
     if calibrated:
         bigbench |= set(config["scoring"]["calibration"]["bigbench_tasks"])
     jobs = {
@@ -33,7 +34,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "prepare_prompts": 1,
         "prepare_calibration": 1 if calibrated else 0,
         "materialize": models,
-        "score": models * methods,
+        "score": models * (methods - iterative),
+        "score_iterative": models * iterative,
         "prune": models * methods * ratios,
         "selfgen": models if "sgr" in recoveries else 0,
         "recover": models * methods * ratios * trained,
@@ -63,6 +65,40 @@ def test_dry_run_scales_with_the_grid(tmp_path):
     assert "prepare_calibration" not in jobs  # reverse needs no calibration
 
 
+def test_dry_run_with_iterative_and_angular_last(tmp_path):
+    """iterative depends on the probe tasks' prepared files and gets its settings as flags."""
+    config = copy.deepcopy(DEFAULT)
+    config["scoring"]["methods"] = ["bi", "angular_last", "reverse", "iterative"]
+    config["scoring"]["iterative"] = {"probe_tasks": ["general_knowledge", "plural"], "num_samples": 8}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    assert planned_jobs(workdir) == expected_jobs(config)
+    output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
+    block = output[output.index("rule score_iterative:") :]
+    block = block[: block.index("\n\n")]
+    inputs = block.split("input:", 1)[1].splitlines()[0]
+    assert [name.strip() for name in inputs.split(",")] == [
+        "results/models/smollm2-135m/dense",
+        "results/data/tasks/general_knowledge.json",
+        "results/data/tasks/plural.json",
+    ]
+    assert "output: results/scores/smollm2-135m/iterative.json" in block
+    assert (
+        "--method iterative --probe-tasks results/data/tasks/general_knowledge.json results/data/tasks/plural.json"
+        " --probe-max-new-tokens 16 8 --num-samples 8 --max-ratio 0.3 " in block
+    )
+    # angular_last is scored by the plain score rule, from the calibration set
+    block = output[output.index("output: results/scores/smollm2-135m/angular_last.json") :][:1500]
+    assert "--method angular_last --calibration results/data/calibration.jsonl" in block
+
+    # without probe_tasks, every task probes
+    del config["scoring"]["iterative"]["probe_tasks"]
+    workdir = workflow_copy(tmp_path / "wf2", config)
+    output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
+    block = output[output.index("rule score_iterative:") :][:1500]
+    for task in config["tasks"]:
+        assert f"results/data/tasks/{task}.json" in block.split("output:")[0]
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -71,6 +107,8 @@ def test_dry_run_scales_with_the_grid(tmp_path):
         (lambda c: c["scoring"].update(methods=["bi", "magic"]), "magic"),
         (lambda c: c["tasks"]["plural"].update(nshot=3), "nshot"),
         (lambda c: c["models"]["smollm2-135m"].update(source={"hub": "a/b", "path": "/x"}), "source"),
+        (lambda c: c["scoring"].update(iterative={"probe_tasks": ["plural", "no_such_task"]}), "'no_such_task'"),
+        (lambda c: c["scoring"].update(iterative={"num_samples": 0}), "num_samples"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(tmp_path, mutate, message):
@@ -126,9 +164,10 @@ def test_paper_config_dry_run_offline(tmp_path):
     workdir = workflow_copy(tmp_path / "wf", paper)
     jobs = planned_jobs(workdir)
     assert jobs == expected_jobs(paper)
-    # 3 models x 2 methods x 3 ratios x 2 trained recoveries
-    assert jobs["recover"] == 36
-    assert jobs["evaluate_variant"] == 3 * 2 * 3 * 3 * 4
+    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios x 2 trained recoveries
+    assert jobs["recover"] == 54
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 4
+    assert jobs["score_iterative"] == 3
 
 
 @pytest.mark.parametrize("system_prompt", [None, 'You are a helpful assistant. It\'s "quoted" $HOME `x`'])

@@ -66,15 +66,33 @@ def cmd_prepare_calibration(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     from layerprune.io import read_jsonl, write_json
-    from layerprune.models import load_checkpoint
-    from layerprune.score import score_file_record, score_layers
+    from layerprune.models import decoder_layers, load_checkpoint
+    from layerprune.score import layers_for_ratio, score_file_record, score_layers
 
     _threads(args.threads)
+    probe_tasks = max_k = None
+    if args.method == "iterative":
+        from layerprune.iterative import load_probe_tasks
+
+        if not args.probe_tasks or args.max_ratio is None:
+            raise SystemExit("layerprune score: --method iterative needs --probe-tasks and --max-ratio")
+        max_new_tokens = args.probe_max_new_tokens or [16]
+        if len(max_new_tokens) == 1:
+            max_new_tokens = max_new_tokens[0]
+        probe_tasks = load_probe_tasks(args.probe_tasks, args.num_samples, max_new_tokens)
     model, tokenizer = load_checkpoint(args.model, dtype=args.dtype)
+    if args.method == "iterative":
+        num_layers = len(decoder_layers(model))
+        max_k = layers_for_ratio(args.max_ratio, num_layers)
+        if not 1 <= max_k < num_layers:
+            raise SystemExit(f"layerprune score: --max-ratio {args.max_ratio} removes {max_k} of {num_layers} layers")
     texts = [record["text"] for record in read_jsonl(args.calibration)] if args.calibration else None
     settings = dict(max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
-    result = score_layers(args.method, model, tokenizer, texts, **settings)
-    write_json(args.out, score_file_record(result, args.model, args.calibration, texts, **settings))
+    result = score_layers(args.method, model, tokenizer, texts, probe_tasks=probe_tasks, max_k=max_k, **settings)
+    record = score_file_record(result, args.model, args.calibration, texts, **settings)
+    if args.method == "iterative":
+        record.update(max_ratio=args.max_ratio, probe_task_files=args.probe_tasks)
+    write_json(args.out, record)
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -211,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-length", type=int, default=256)
     sub.add_argument("--batch-size", type=int, default=8)
     sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--probe-tasks", nargs="+", default=None, help="iterative: prepared task JSON files")
+    sub.add_argument(
+        "--probe-max-new-tokens", type=int, nargs="+", default=None, help="iterative: one per probe task (or one)"
+    )
+    sub.add_argument("--num-samples", type=int, default=16, help="iterative: first samples of each probe task")
+    sub.add_argument("--max-ratio", type=float, default=None, help="iterative: rounds up to round(max_ratio * L)")
     sub.add_argument("--out", required=True)
 
     sub = stage("prune", cmd_prune, "Remove layers at a ratio and save a plain checkpoint.", model_job=True)

@@ -42,13 +42,15 @@ def normalise_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def evaluate_generative(model, tokenizer, task: dict[str, Any], max_new_tokens: int, batch_size: int) -> dict[str, Any]:
+def evaluate_generative(
+    model, tokenizer, task: dict[str, Any], max_new_tokens: int, batch_size: int, progress: bool = True
+) -> dict[str, Any]:
     tokenizer.padding_side = "left"
     samples = task["samples"]
     prompts = [fewshot_prompt(task["fewshot"], sample["input"]) for sample in samples]
     outputs: list[str] = []
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch"):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
         batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
         generated = model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id

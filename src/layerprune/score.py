@@ -1,7 +1,8 @@
 """Layer scoring: which decoder layers to remove, for every number k of layers.
 
 Every method returns per-layer scores (higher = more important, where a method has
-scores) and `removal[k]`, the set of k layer indices to remove, for k = 0..L-1.
+scores) and `removal[k]`, the set of k layer indices to remove, for k = 0..L-1
+(`iterative`, which costs a round of probe evaluations per k, stops at its `max_k`).
 
 Hidden states come from forward hooks on the decoder layers, not from
 `output_hidden_states` (whose last entry is the *normed* final state), and
@@ -22,20 +23,43 @@ from tqdm import tqdm
 from layerprune.io import sha256_file
 from layerprune.models import decoder_layers
 
-METHODS = ("bi", "angular", "reverse", "random")
+METHODS = ("bi", "angular", "angular_last", "reverse", "random", "iterative")
 
 
 def _tensor_of(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def last_token_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """A mask selecting each row's last non-padding position (left or right padding alike).
+
+    Rows without any real token select nothing.
+    """
+    mask = attention_mask.bool()
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask, positions, -1).amax(dim=1)
+    rows = torch.nonzero(last >= 0).flatten()
+    selected = torch.zeros_like(mask)
+    selected[rows, last[rows]] = True
+    return selected
+
+
 @torch.no_grad()
-def collect_layer_cosines(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> torch.Tensor:
+def collect_layer_cosines(
+    model, tokenizer, texts: list[str], max_length: int, batch_size: int, last_token_only: bool = False
+) -> torch.Tensor:
     """Mean cosine similarity between the residual stream at depths i and j.
 
     Returns an (L+1) x (L+1) matrix C, where depth 0 is the input of layer 0 and
-    depth l+1 the output of layer l, each entry averaged over every non-padding
-    token of the calibration set (one forward pass per batch).
+    depth l+1 the output of layer l (one forward pass per batch):
+
+    * `last_token_only=False`: C[i, j] = mean over every non-padding token t of the
+      calibration set of cos(h_i[t], h_j[t]);
+    * `last_token_only=True`: C[i, j] = mean over sequences s of cos(h_i[T_s], h_j[T_s]),
+      where T_s is the last non-padding token of s (after truncation to `max_length`),
+      found from the attention mask, so left and right padding give the same result.
+      This is the position Gromov et al. (2024, "The Unreasonable Ineffectiveness of
+      the Deeper Layers", arXiv 2403.17887) measure their angular distance at.
     """
     layers = decoder_layers(model)
     num_layers = len(layers)
@@ -67,6 +91,8 @@ def collect_layer_cosines(model, tokenizer, texts: list[str], max_length: int, b
             ).to(device)
             model(**batch, use_cache=False)
             mask = batch["attention_mask"].bool()
+            if last_token_only:
+                mask = last_token_mask(mask)
             # (depths, tokens, hidden) over real tokens only, unit-normalised once.
             stacked = torch.stack([s[mask].float() for s in states])
             stacked = torch.nn.functional.normalize(stacked, dim=-1).flatten(1)
@@ -91,7 +117,11 @@ def block_influence(cosines: torch.Tensor) -> list[float]:
 def angular_distances(cosines: torch.Tensor) -> dict[int, list[float]]:
     """Gromov et al. (2024): d(l, n) = arccos(cos(h_l, h_{l+n})) / pi, for every block size n.
 
-    Uses the mean cosine over tokens (the all-token variant).
+    `cosines` is a matrix from `collect_layer_cosines`: the mean over all tokens
+    (`angular`) or over each sequence's last token (`angular_last`, the paper's own
+    choice). Either way the arccos is taken of the mean cosine; averaging the
+    distance itself over sequences instead can rank blocks differently when their
+    cosines vary a lot between sequences (arccos is not linear).
     """
     num_layers = cosines.shape[0] - 1
     return {
@@ -118,8 +148,14 @@ def score_layers(
     batch_size: int = 8,
     seed: int = 0,
     num_layers: int | None = None,
+    probe_tasks: list[dict[str, Any]] | None = None,
+    max_k: int | None = None,
 ) -> dict[str, Any]:
-    """Score the layers of `model` with `method`; see the module docstring for the output."""
+    """Score the layers of `model` with `method`; see the module docstring for the output.
+
+    `iterative` needs `probe_tasks` (see `layerprune.iterative.load_probe_tasks`) and
+    `max_k`, and its `removal` stops at k = max_k.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown scoring method '{method}' (choose from {', '.join(METHODS)})")
     if num_layers is None:
@@ -133,15 +169,23 @@ def score_layers(
         random.Random(seed).shuffle(order)
         result.update(seed=seed, scores=None, removal_order=order)
         result["removal"] = {k: sorted(order[:k]) for k in range(num_layers)}
+    elif method == "iterative":
+        from layerprune.iterative import iterative_removal
+
+        if not probe_tasks or max_k is None:
+            raise ValueError("scoring method 'iterative' needs probe tasks and max_k")
+        result.update(iterative_removal(model, tokenizer, probe_tasks, max_k, batch_size=batch_size))
     else:
         if not texts:
             raise ValueError(f"scoring method '{method}' needs calibration texts")
-        cosines = collect_layer_cosines(model, tokenizer, texts, max_length, batch_size)
+        last_token_only = method == "angular_last"
+        cosines = collect_layer_cosines(model, tokenizer, texts, max_length, batch_size, last_token_only)
         if method == "bi":
             scores = block_influence(cosines)
             result.update(scores=scores, removal=removal_from_importance(scores))
         else:
             distances = angular_distances(cosines)
+            result["tokens"] = "last" if last_token_only else "all"
             result["scores"] = distances[1]
             result["block_distances"] = {str(n): d for n, d in distances.items()}
             removal = {0: []}
@@ -178,14 +222,25 @@ def score_file_record(
     }
 
 
+def layers_for_ratio(ratio: float, num_layers: int) -> int:
+    """k = round(r * L) layers for pruning ratio r, halves rounded up (Python's round() goes to even)."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio}")
+    return math.floor(ratio * num_layers + 0.5)
+
+
 def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
     """The removal set for pruning ratio r: k = round(r * L) layers, halves rounded up."""
     num_layers = scores["num_layers"]
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio}")
-    k = math.floor(ratio * num_layers + 0.5)  # halves round up (Python's round() goes to even)
+    k = layers_for_ratio(ratio, num_layers)
     if k >= num_layers:
         raise ValueError(f"ratio {ratio} would remove all {num_layers} layers")
     if k == 0:
         raise ValueError(f"ratio {ratio} removes no layer of {num_layers} (round({ratio} * {num_layers}) = 0)")
+    if str(k) not in scores["removal"]:
+        largest = max(int(key) for key in scores["removal"])
+        raise ValueError(
+            f"ratio {ratio} removes {k} of {num_layers} layers, but these '{scores['method']}' scores only go up to "
+            f"k = {largest}; score again with a larger --max-ratio (at least {ratio})"
+        )
     return scores["removal"][str(k)]

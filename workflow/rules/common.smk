@@ -11,10 +11,17 @@ METHODS = config["scoring"]["methods"]
 RATIOS = [f"{ratio:g}" for ratio in config["pruning"]["ratios"]]
 RECOVERIES = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
+PROBE_TASKS = config["scoring"]["iterative"]["probe_tasks"] or TASKS
+_unknown_probes = [task for task in PROBE_TASKS if task not in config["tasks"]]
+if _unknown_probes:
+    raise ValueError(
+        f"scoring.iterative.probe_tasks: {', '.join(map(repr, _unknown_probes))} is not a task in config "
+        f"`tasks` (tasks: {', '.join(TASKS)})"
+    )
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    method="[a-z]+",
+    method="[a-z][a-z_]*",
     ratio="0\\.[0-9]+",
     recovery="none|data|sgr",
     task="[A-Za-z0-9][A-Za-z0-9_-]*",
