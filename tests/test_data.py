@@ -326,19 +326,17 @@ def test_fetch_bigbench_sdist_again_over_existing_output(tmp_path, cache, monkey
     assert sorted(p.name for p in out.parent.iterdir()) == [BIGBENCH_SDIST], "no temporary files left"
 
 
-def test_fetch_bigbench_sdist_copies_when_hard_link_fails(tmp_path, cache, monkeypatch, sdist):
+def test_fetch_bigbench_sdist_links_without_sharing_mtime(tmp_path, cache, monkeypatch, sdist):
+    """Snakemake touches outputs after a job; that must not touch the shared cache file."""
     monkeypatch.setattr(data, "_sdist_url", _no_network)
     cached = cache / BIGBENCH_SDIST
     cached.write_bytes(sdist.read_bytes())
     monkeypatch.setattr(data, "BIGBENCH_SHA256", sha256_file(cached))
-
-    def no_link(src, dst, *args, **kwargs):
-        raise OSError("cross-device link")
-
-    monkeypatch.setattr(os, "link", no_link)
+    os.utime(cached, (1_000_000, 1_000_000))
     out = fetch_bigbench_sdist(tmp_path / "out" / BIGBENCH_SDIST)
-    assert out.read_bytes() == cached.read_bytes()
-    assert not os.path.samefile(out, cached)
+    assert out.is_symlink() and os.path.samefile(out, cached)
+    os.utime(out, (2_000_000, 2_000_000), follow_symlinks=False)  # what Snakemake's touch does
+    assert cached.stat().st_mtime == 1_000_000
     assert sorted(p.name for p in out.parent.iterdir()) == [BIGBENCH_SDIST]
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -44,7 +43,7 @@ def _sdist_url(index_url: str) -> str:
 
 
 def fetch_bigbench_sdist(out_path: str | Path, index_url: str = BIGBENCH_INDEX) -> Path:
-    """Place the verified bigbench sdist at `out_path`.
+    """Place the verified bigbench sdist at `out_path` (a symlink into the cache).
 
     A copy in the user cache (`$LAYERPRUNE_CACHE`, default ~/.cache/layerprune) is
     reused, so test runs and fresh clones download it once per machine.
@@ -65,10 +64,11 @@ def fetch_bigbench_sdist(out_path: str | Path, index_url: str = BIGBENCH_INDEX) 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
         tmp.unlink()
-        try:  # a hard link costs no space; fall back to a copy across file systems
-            os.link(path, tmp)
-        except OSError:
-            shutil.copyfile(path, tmp)
+        # A symbolic link, not a hard link: Snakemake touches every output after
+        # its job, and touching a hard link would bump the shared cache file's
+        # mtime, making every other workflow using the cache redo its extraction
+        # and everything downstream. Touching a symlink changes only the link.
+        tmp.symlink_to(path.resolve())
     return out_path
 
 
