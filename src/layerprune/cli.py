@@ -26,6 +26,14 @@ def _optional_str(text: str) -> str | None:
     return None if text.lower() in {"none", "null", ""} else text
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in {"true", "1", "yes"}:
+        return True
+    if text.lower() in {"false", "0", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
 def cmd_materialize(args: argparse.Namespace) -> None:
     from layerprune.models import materialize
 
@@ -80,6 +88,8 @@ def cmd_score(args: argparse.Namespace) -> None:
         max_length=args.max_length,
         batch_size=args.batch_size,
         seed=args.seed,
+        chunk_size=args.chunk_size,
+        sleb_exclude_ends=args.sleb_exclude_ends,
     )
     result["model"] = args.model
     result["calibration"] = args.calibration
@@ -220,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-length", type=int, default=256)
     sub.add_argument("--batch-size", type=int, default=8)
     sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument(
+        "--chunk-size", type=_optional_int, default=None, help="ppl, sleb: texts whose layer inputs are cached at once"
+    )
+    sub.add_argument("--sleb-exclude-ends", type=_bool, default=True, help="sleb: never remove the first/last layer")
     sub.add_argument("--out", required=True)
 
     sub = stage("prune", cmd_prune, "Remove layers at a ratio and save a plain checkpoint.", model_job=True)

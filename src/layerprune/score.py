@@ -1,7 +1,11 @@
 """Layer scoring: which decoder layers to remove, for every number k of layers.
 
 Every method returns per-layer scores (higher = more important, where a method has
-scores) and `removal[k]`, the set of k layer indices to remove, for k = 0..L-1.
+scores) and `removal[k]`, the set of k layer indices to remove, for k = 0..L-1
+(`sleb` with its ends excluded stops at k = L-2).
+
+`bi` and `angular` compare hidden states; the calibration-loss methods `ppl`,
+`taylor` and `sleb` live in `layerprune.ablation`.
 
 Hidden states come from forward hooks on the decoder layers, not from
 `output_hidden_states` (whose last entry is the *normed* final state), and
@@ -18,9 +22,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from layerprune import ablation
 from layerprune.models import decoder_layers
 
-METHODS = ("bi", "angular", "reverse", "random")
+# Methods that need calibration texts: hidden-state similarity, then calibration loss.
+SIMILARITY_METHODS = ("bi", "angular")
+ABLATION_METHODS = ("ppl", "taylor", "sleb")
+METHODS = (*SIMILARITY_METHODS, *ABLATION_METHODS, "reverse", "random")
 
 
 def _tensor_of(output: Any) -> torch.Tensor:
@@ -116,8 +124,14 @@ def score_layers(
     batch_size: int = 8,
     seed: int = 0,
     num_layers: int | None = None,
+    chunk_size: int | None = None,
+    sleb_exclude_ends: bool = True,
 ) -> dict[str, Any]:
-    """Score the layers of `model` with `method`; see the module docstring for the output."""
+    """Score the layers of `model` with `method`; see the module docstring for the output.
+
+    `chunk_size` (ppl, sleb) is how many calibration texts have their layer inputs cached
+    at once (None: all); `sleb_exclude_ends` keeps sleb off the first and last layer.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown scoring method '{method}' (choose from {', '.join(METHODS)})")
     if num_layers is None:
@@ -131,9 +145,21 @@ def score_layers(
         random.Random(seed).shuffle(order)
         result.update(seed=seed, scores=None, removal_order=order)
         result["removal"] = {k: sorted(order[:k]) for k in range(num_layers)}
+    elif not texts:
+        raise ValueError(f"scoring method '{method}' needs calibration texts")
+    elif method == "ppl":
+        scores = ablation.ppl_scores(model, tokenizer, texts, max_length, batch_size, chunk_size)
+        result.update(scores=scores, removal=removal_from_importance(scores))
+    elif method == "taylor":
+        scores = ablation.taylor_scores(model, tokenizer, texts, max_length, batch_size)
+        result.update(scores=scores, removal=removal_from_importance(scores))
+    elif method == "sleb":
+        order, rounds = ablation.sleb_order(
+            model, tokenizer, texts, max_length, batch_size, chunk_size, exclude_ends=sleb_exclude_ends
+        )
+        result.update(scores=None, exclude_ends=sleb_exclude_ends, removal_order=order, rounds=rounds)
+        result["removal"] = {k: sorted(order[:k]) for k in range(len(order) + 1)}
     else:
-        if not texts:
-            raise ValueError(f"scoring method '{method}' needs calibration texts")
         cosines = collect_layer_cosines(model, tokenizer, texts, max_length, batch_size)
         if method == "bi":
             scores = block_influence(cosines)
@@ -161,4 +187,7 @@ def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
         raise ValueError(f"ratio {ratio} would remove all {num_layers} layers")
     if k == 0:
         raise ValueError(f"ratio {ratio} removes no layer of {num_layers} (round({ratio} * {num_layers}) = 0)")
+    if str(k) not in scores["removal"]:
+        most = max(int(key) for key in scores["removal"])
+        raise ValueError(f"ratio {ratio} would remove {k} layers; '{scores['method']}' removes at most {most}")
     return scores["removal"][str(k)]
