@@ -22,7 +22,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
     tasks = len(config["tasks"])
     bigbench = {t["bigbench_task"] for t in config["tasks"].values()}
     bigbench |= set(config["prompts"]["bigbench_tasks"])
-    calibrated = [m for m in config["scoring"]["methods"] if m in ("bi", "angular", "angular_last")]
+    calibrated = [
+        m for m in config["scoring"]["methods"] if m in ("bi", "angular", "angular_last", "ppl", "taylor", "sleb")
+    ]
     iterative = int("iterative" in config["scoring"]["methods"])
     if calibrated:
         bigbench |= set(config["scoring"]["calibration"]["bigbench_tasks"])
@@ -97,6 +99,23 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     block = output[output.index("rule score_iterative:") :][:1500]
     for task in config["tasks"]:
         assert f"results/data/tasks/{task}.json" in block.split("output:")[0]
+
+
+def test_calibration_loss_methods_get_their_settings(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["scoring"].update(methods=["ppl", "sleb", "reverse"], chunk_size=16, sleb_exclude_ends=False)
+    workdir = workflow_copy(tmp_path / "wf", config)
+    assert planned_jobs(workdir) == expected_jobs(config)
+    output = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "score").stdout
+    commands = {
+        line.split("--method ")[1].split()[0]: line for line in output.splitlines() if "layerprune score" in line
+    }
+    assert sorted(commands) == ["ppl", "reverse", "sleb"]
+    assert "--calibration results/data/calibration.jsonl" in commands["sleb"]
+    assert "--chunk-size 16 --sleb-exclude-ends False" in commands["sleb"]
+    assert "--chunk-size 16 --sleb-exclude-ends True" in commands["ppl"]  # sleb's setting does not reach ppl
+    assert "--chunk-size None --sleb-exclude-ends True" in commands["reverse"]
+    assert "--calibration" not in commands["reverse"]
 
 
 @pytest.mark.parametrize(

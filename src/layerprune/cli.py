@@ -26,6 +26,14 @@ def _optional_str(text: str) -> str | None:
     return None if text.lower() in {"none", "null", ""} else text
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in {"true", "1", "yes"}:
+        return True
+    if text.lower() in {"false", "0", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
 def cmd_materialize(args: argparse.Namespace) -> None:
     from layerprune.models import materialize
 
@@ -88,7 +96,17 @@ def cmd_score(args: argparse.Namespace) -> None:
             raise SystemExit(f"layerprune score: --max-ratio {args.max_ratio} removes {max_k} of {num_layers} layers")
     texts = [record["text"] for record in read_jsonl(args.calibration)] if args.calibration else None
     settings = dict(max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
-    result = score_layers(args.method, model, tokenizer, texts, probe_tasks=probe_tasks, max_k=max_k, **settings)
+    result = score_layers(
+        args.method,
+        model,
+        tokenizer,
+        texts,
+        probe_tasks=probe_tasks,
+        max_k=max_k,
+        chunk_size=args.chunk_size,
+        sleb_exclude_ends=args.sleb_exclude_ends,
+        **settings,
+    )
     record = score_file_record(result, args.model, args.calibration, texts, **settings)
     if args.method == "iterative":
         record.update(max_ratio=args.max_ratio, probe_task_files=args.probe_tasks)
@@ -235,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--num-samples", type=int, default=16, help="iterative: first samples of each probe task")
     sub.add_argument("--max-ratio", type=float, default=None, help="iterative: rounds up to round(max_ratio * L)")
+    sub.add_argument(
+        "--chunk-size", type=_optional_int, default=None, help="ppl, sleb: texts whose layer inputs are cached at once"
+    )
+    sub.add_argument("--sleb-exclude-ends", type=_bool, default=True, help="sleb: never remove the first/last layer")
     sub.add_argument("--out", required=True)
 
     sub = stage("prune", cmd_prune, "Remove layers at a ratio and save a plain checkpoint.", model_job=True)

@@ -2,7 +2,12 @@
 
 Every method returns per-layer scores (higher = more important, where a method has
 scores) and `removal[k]`, the set of k layer indices to remove, for k = 0..L-1
-(`iterative`, which costs a round of probe evaluations per k, stops at its `max_k`).
+(`iterative`, which costs a round of probe evaluations per k, stops at its `max_k`;
+`sleb` with its ends excluded stops at k = L-2).
+
+`bi`, `angular` and `angular_last` compare hidden states; the calibration-loss
+methods `ppl`, `taylor` and `sleb` live in `layerprune.ablation`, the task-driven
+`iterative` in `layerprune.iterative`.
 
 Hidden states come from forward hooks on the decoder layers, not from
 `output_hidden_states` (whose last entry is the *normed* final state), and
@@ -20,10 +25,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from layerprune import ablation
 from layerprune.io import sha256_file
 from layerprune.models import decoder_layers
 
-METHODS = ("bi", "angular", "angular_last", "reverse", "random", "iterative")
+# Methods that need calibration texts: hidden-state similarity, then calibration loss.
+SIMILARITY_METHODS = ("bi", "angular", "angular_last")
+ABLATION_METHODS = ("ppl", "taylor", "sleb")
+METHODS = (*SIMILARITY_METHODS, *ABLATION_METHODS, "reverse", "random", "iterative")
 
 
 def _tensor_of(output: Any) -> torch.Tensor:
@@ -150,11 +159,15 @@ def score_layers(
     num_layers: int | None = None,
     probe_tasks: list[dict[str, Any]] | None = None,
     max_k: int | None = None,
+    chunk_size: int | None = None,
+    sleb_exclude_ends: bool = True,
 ) -> dict[str, Any]:
     """Score the layers of `model` with `method`; see the module docstring for the output.
 
     `iterative` needs `probe_tasks` (see `layerprune.iterative.load_probe_tasks`) and
-    `max_k`, and its `removal` stops at k = max_k.
+    `max_k`, and its `removal` stops at k = max_k. `chunk_size` (ppl, sleb) is how many
+    calibration texts have their layer inputs cached at once (None: all);
+    `sleb_exclude_ends` keeps sleb off the first and last layer.
     """
     if method not in METHODS:
         raise ValueError(f"unknown scoring method '{method}' (choose from {', '.join(METHODS)})")
@@ -175,9 +188,21 @@ def score_layers(
         if not probe_tasks or max_k is None:
             raise ValueError("scoring method 'iterative' needs probe tasks and max_k")
         result.update(iterative_removal(model, tokenizer, probe_tasks, max_k, batch_size=batch_size))
+    elif not texts:
+        raise ValueError(f"scoring method '{method}' needs calibration texts")
+    elif method == "ppl":
+        scores = ablation.ppl_scores(model, tokenizer, texts, max_length, batch_size, chunk_size)
+        result.update(scores=scores, removal=removal_from_importance(scores))
+    elif method == "taylor":
+        scores = ablation.taylor_scores(model, tokenizer, texts, max_length, batch_size)
+        result.update(scores=scores, removal=removal_from_importance(scores))
+    elif method == "sleb":
+        order, rounds = ablation.sleb_order(
+            model, tokenizer, texts, max_length, batch_size, chunk_size, exclude_ends=sleb_exclude_ends
+        )
+        result.update(scores=None, exclude_ends=sleb_exclude_ends, removal_order=order, rounds=rounds)
+        result["removal"] = {k: sorted(order[:k]) for k in range(len(order) + 1)}
     else:
-        if not texts:
-            raise ValueError(f"scoring method '{method}' needs calibration texts")
         last_token_only = method == "angular_last"
         cosines = collect_layer_cosines(model, tokenizer, texts, max_length, batch_size, last_token_only)
         if method == "bi":
@@ -239,8 +264,9 @@ def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
         raise ValueError(f"ratio {ratio} removes no layer of {num_layers} (round({ratio} * {num_layers}) = 0)")
     if str(k) not in scores["removal"]:
         largest = max(int(key) for key in scores["removal"])
+        hint = "; score again with a larger --max-ratio" if scores["method"] == "iterative" else ""
         raise ValueError(
             f"ratio {ratio} removes {k} of {num_layers} layers, but these '{scores['method']}' scores only go up to "
-            f"k = {largest}; score again with a larger --max-ratio (at least {ratio})"
+            f"k = {largest}{hint}"
         )
     return scores["removal"][str(k)]
