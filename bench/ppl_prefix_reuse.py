@@ -62,6 +62,24 @@ def equal_length_texts(tokenizer, candidates: list[str], count: int, tokens: int
     return chosen
 
 
+def packed_texts(tokenizer, candidates: list[str], count: int, tokens: int) -> list[str]:
+    """`count` texts of at least `tokens` tokens, each several candidates joined by blank lines.
+
+    SLEB-style calibration segments (a long stream cut into fixed-length windows) from
+    short documents: join texts until the window is full; `ppl_scores` cuts it there.
+    """
+    packed, current = [], []
+    for text in candidates:
+        current.append(text)
+        joined = "\n\n".join(current)
+        if len(tokenizer(joined)["input_ids"]) >= tokens:
+            packed.append(joined)
+            current = []
+            if len(packed) == count:
+                return packed
+    raise SystemExit(f"the texts fill only {len(packed)} windows of {tokens} tokens; lower --tokens or --num-texts")
+
+
 def timed(call):
     wall, cpu = time.perf_counter(), time.process_time()
     value = call()
@@ -92,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         default=str(REPO / "resources" / "bigbench" / "gem" / "xsum" / "task.json"),
         help="BIG-bench gem/xsum task.json; generated English sentences if it does not exist",
     )
+    parser.add_argument(
+        "--pack",
+        action="store_true",
+        help="join texts into windows of --tokens tokens (SLEB's long calibration segments) instead of "
+        "picking texts that are long enough on their own",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each path (alternating; fastest kept)")
@@ -108,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     xsum = Path(args.xsum)
     source = "xsum" if xsum.is_file() else "generated"
     candidates = xsum_texts(xsum) if xsum.is_file() else generated_texts(4 * args.num_texts)
-    texts = equal_length_texts(tokenizer, candidates, args.num_texts, args.tokens)
+    choose = packed_texts if args.pack else equal_length_texts
+    texts = choose(tokenizer, candidates, args.num_texts, args.tokens)
     num_layers = len(decoder_layers(model))
+    unit = "windows" if args.pack else "texts"
     print(
-        f"model {model_dir} ({num_layers} layers), {args.num_texts} {source} texts x {args.tokens} tokens, "
+        f"model {model_dir} ({num_layers} layers), {args.num_texts} {source} {unit} x {args.tokens} tokens, "
         f"{args.threads} thread(s), torch {torch.__version__}",
         flush=True,
     )
