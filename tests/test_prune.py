@@ -608,7 +608,7 @@ def test_mergekit_yaml_warns_about_per_layer_lists(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "phi3", "olmo2"])
 def test_mergekit_rebuilds_the_pruned_checkpoint(family, tmp_path):
     """Run mergekit itself (in the test extra) on mergekit.yaml: same tensors, same logits."""
     import yaml
