@@ -184,6 +184,18 @@ def test_sleb_reused_equals_naive(family, exclude_ends):
     assert len(naive_order) == (NUM_LAYERS - 2 if exclude_ends else NUM_LAYERS - 1)
 
 
+def test_sleb_max_rounds_stops_early_with_the_same_choices():
+    model, tokenizer = make_tiny_model("llama", NUM_LAYERS, seed=3), make_tokenizer()
+    full_order, full_rounds = ablation.sleb_order(model, tokenizer, CORPUS, max_length=32, batch_size=2)
+    order, rounds = ablation.sleb_order(model, tokenizer, CORPUS, max_length=32, batch_size=2, max_rounds=2)
+    assert len(full_order) > 2
+    assert order == full_order[:2]
+    assert rounds == full_rounds[:2]
+    assert ablation.sleb_order(model, tokenizer, CORPUS, max_length=32, max_rounds=0)[0] == []
+    with pytest.raises(ValueError, match="max_rounds"):
+        ablation.sleb_order(model, tokenizer, CORPUS, max_length=32, max_rounds=-1)
+
+
 def test_hybrid_naive_path_keeps_each_layers_attention_kind():
     """Without slicing layer_types, gemma3 layers above a removed one would get the wrong mask."""
     model, tokenizer = make_tiny_model("gemma3", NUM_LAYERS, seed=2), make_tokenizer()
@@ -376,3 +388,19 @@ def test_cli_score_passes_sleb_settings(tmp_path):
     result = read_json(out)
     assert result["exclude_ends"] is False
     assert list(result["removal"]) == ["0", "1", "2", "3"]
+
+
+def test_cli_score_sleb_stops_at_the_largest_ratio(tmp_path):
+    checkpoint = make_tiny_checkpoint(tmp_path / "model", "llama", num_layers=6)
+    calibration = tmp_path / "calibration.jsonl"
+    write_jsonl(calibration, ({"text": text} for text in CORPUS))
+    out = tmp_path / "sleb.json"
+    argv = ["score", "--model", str(checkpoint), "--method", "sleb", "--calibration", str(calibration)]
+    argv += ["--max-length", "32", "--batch-size", "2", "--max-ratio", "0.3", "--dtype", "float32", "--out", str(out)]
+    assert cli_main(argv) == 0
+    result = read_json(out)
+    assert result["max_ratio"] == 0.3
+    assert list(result["removal"]) == ["0", "1", "2"]  # round(0.3 * 6) = 2 rounds
+    assert layers_to_remove(result, 0.3) == result["removal"]["2"]
+    with pytest.raises(ValueError, match="larger --max-ratio"):
+        layers_to_remove(result, 0.5)

@@ -389,6 +389,7 @@ def sleb_order(
     chunk_size: int | None = None,
     exclude_ends: bool = True,
     reuse: bool = True,
+    max_rounds: int | None = None,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """SLEB (Song et al., 2024, "SLEB: Streamlining LLMs through Redundancy Verification and
     Elimination of Transformer Blocks", arXiv:2402.09025): greedy iterative removal.
@@ -403,9 +404,15 @@ def sleb_order(
     across rounds: after b_r leaves, only the inputs of the kept blocks above b_r are
     recomputed (`advance_prefix`).
 
+    `max_rounds` stops the greedy search after that many removals (None: until the pool
+    is exhausted): the first rounds are the expensive ones, but a pipeline that prunes at
+    most k layers needs no more than k of the up to L - 1.
+
     Returns the removal order and, per round, the calibration PPL of every candidate.
     """
     num_layers = len(decoder_layers(model))
+    if max_rounds is not None and max_rounds < 0:
+        raise ValueError(f"max_rounds must be at least 0, got {max_rounds}")
     pool = list(range(1, num_layers - 1)) if exclude_ends else list(range(num_layers))
     chunks, tokens = encode_calibration(tokenizer, texts, max_length, batch_size, chunk_size, _device(model))
     if reuse and pool:
@@ -414,7 +421,8 @@ def sleb_order(
     prefixes: list[Prefix] | None = None
     order: list[int] = []
     rounds: list[dict[str, Any]] = []
-    for _ in tqdm(range(min(len(pool), num_layers - 1)), desc="sleb rounds", unit="round"):
+    num_rounds = min(len(pool), num_layers - 1, num_layers if max_rounds is None else max_rounds)
+    for _ in tqdm(range(num_rounds), desc="sleb rounds", unit="round"):
         candidates = [layer for layer in pool if layer not in order]
         kept = [layer for layer in range(num_layers) if layer not in order]
         if not reuse:

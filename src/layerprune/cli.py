@@ -89,6 +89,8 @@ def cmd_score(args: argparse.Namespace) -> None:
             max_new_tokens = max_new_tokens[0]
         probe_tasks = load_probe_tasks(args.probe_tasks, args.num_samples, max_new_tokens)
     model, tokenizer = load_checkpoint(args.model, dtype=args.dtype)
+    if args.method == "sleb" and args.max_ratio is not None:
+        max_k = layers_for_ratio(args.max_ratio, len(decoder_layers(model)))
     if args.method == "iterative":
         num_layers = len(decoder_layers(model))
         max_k = layers_for_ratio(args.max_ratio, num_layers)
@@ -108,8 +110,10 @@ def cmd_score(args: argparse.Namespace) -> None:
         **settings,
     )
     record = score_file_record(result, args.model, args.calibration, texts, **settings)
+    if args.method in ("iterative", "sleb"):
+        record["max_ratio"] = args.max_ratio
     if args.method == "iterative":
-        record.update(max_ratio=args.max_ratio, probe_task_files=args.probe_tasks)
+        record["probe_task_files"] = args.probe_tasks
     write_json(args.out, record)
 
 
@@ -252,7 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--probe-max-new-tokens", type=int, nargs="+", default=None, help="iterative: one per probe task (or one)"
     )
     sub.add_argument("--num-samples", type=int, default=16, help="iterative: first samples of each probe task")
-    sub.add_argument("--max-ratio", type=float, default=None, help="iterative: rounds up to round(max_ratio * L)")
+    sub.add_argument(
+        "--max-ratio",
+        type=float,
+        default=None,
+        help="iterative, sleb: rounds up to round(max_ratio * L) (sleb without it: every round)",
+    )
     sub.add_argument(
         "--chunk-size", type=_optional_int, default=None, help="ppl, sleb: texts whose layer inputs are cached at once"
     )

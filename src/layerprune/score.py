@@ -165,7 +165,8 @@ def score_layers(
     """Score the layers of `model` with `method`; see the module docstring for the output.
 
     `iterative` needs `probe_tasks` (see `layerprune.iterative.load_probe_tasks`) and
-    `max_k`, and its `removal` stops at k = max_k. `chunk_size` (ppl, sleb) is how many
+    `max_k`, and its `removal` stops at k = max_k; `sleb` stops there too when `max_k`
+    is given (its rounds are greedy, so stopping early changes no chosen layer). `chunk_size` (ppl, sleb) is how many
     calibration texts have their layer inputs cached at once (None: all);
     `sleb_exclude_ends` keeps sleb off the first and last layer.
     """
@@ -198,7 +199,7 @@ def score_layers(
         result.update(scores=scores, removal=removal_from_importance(scores))
     elif method == "sleb":
         order, rounds = ablation.sleb_order(
-            model, tokenizer, texts, max_length, batch_size, chunk_size, exclude_ends=sleb_exclude_ends
+            model, tokenizer, texts, max_length, batch_size, chunk_size, sleb_exclude_ends, max_rounds=max_k
         )
         result.update(scores=None, exclude_ends=sleb_exclude_ends, removal_order=order, rounds=rounds)
         result["removal"] = {k: sorted(order[:k]) for k in range(len(order) + 1)}
@@ -264,7 +265,7 @@ def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
         raise ValueError(f"ratio {ratio} removes no layer of {num_layers} (round({ratio} * {num_layers}) = 0)")
     if str(k) not in scores["removal"]:
         largest = max(int(key) for key in scores["removal"])
-        hint = "; score again with a larger --max-ratio" if scores["method"] == "iterative" else ""
+        hint = "; score again with a larger --max-ratio" if scores["method"] in ("iterative", "sleb") else ""
         raise ValueError(
             f"ratio {ratio} removes {k} of {num_layers} layers, but these '{scores['method']}' scores only go up to "
             f"k = {largest}{hint}"

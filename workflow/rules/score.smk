@@ -1,7 +1,8 @@
 # Calibration-free methods (reverse, random) do not depend on the calibration
 # set, so changing it re-scores only the calibrated methods. A setting reaches only
 # the methods that use it: chunk_size the prefix-reusing scans (ppl, sleb),
-# sleb_exclude_ends sleb.
+# sleb_exclude_ends and the largest ratio sleb, whose greedy rounds stop at that
+# ratio's k (so adding a larger ratio re-scores sleb, as it does iterative).
 CALIBRATED_METHODS = {"bi", "angular", "angular_last", "ppl", "taylor", "sleb"}
 CHUNKED_METHODS = {"ppl", "sleb"}
 
@@ -18,6 +19,7 @@ rule score:
         batch_size=config["scoring"]["batch_size"],
         chunk_size=lambda wc: config["scoring"]["chunk_size"] if wc.method in CHUNKED_METHODS else None,
         sleb_exclude_ends=lambda wc: config["scoring"]["sleb_exclude_ends"] if wc.method == "sleb" else True,
+        sleb_max_ratio=lambda wc: f"--max-ratio {max(config['pruning']['ratios']):g}" if wc.method == "sleb" else "",
         seed=SEED,
         dtype=DTYPE,
     threads: job_threads("score")
@@ -26,7 +28,7 @@ rule score:
     shell:
         "layerprune score --model {input.model} --method {wildcards.method} {params.calibration}"
         " --max-length {params.max_length} --batch-size {params.batch_size} --chunk-size {params.chunk_size}"
-        " --sleb-exclude-ends {params.sleb_exclude_ends} --seed {params.seed}"
+        " --sleb-exclude-ends {params.sleb_exclude_ends} {params.sleb_max_ratio} --seed {params.seed}"
         " --dtype {params.dtype} --threads {threads} --out {output}"
 
 
