@@ -142,6 +142,7 @@ class TransformersGenerator:
             # temperature and top-p shape the distribution.
             top_k=None if not self.sampling["do_sample"] else 0,
             repetition_penalty=1.0,
+            use_cache=True,  # the KV cache, whatever the checkpoint's config says
             **self.sampling,
         )
         results = []
