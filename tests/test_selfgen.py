@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import CORPUS, EOS_ID, make_tiny_checkpoint
+from conftest import CORPUS, EOS_ID, FAMILIES, make_tiny_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.data import filter_prompt_set, prepare_prompt_set, prompt_token_ids
@@ -79,26 +79,32 @@ def checkpoint(tmp_path_factory) -> Path:
     return with_template(make_tiny_checkpoint(tmp_path_factory.mktemp("dense") / "m", num_layers=2))
 
 
-@pytest.fixture(scope="module")
-def eos_checkpoint(tmp_path_factory) -> Path:
-    """A tiny model whose EOS logit wins at about a third of positions (greedy).
+def boost_eos(path: Path, fraction: float = 0.3) -> Path:
+    """Make EOS the top logit at about `fraction` of positions of the tiny random model at `path`.
 
-    The EOS row of the LM head is set along the mean final hidden state, scaled so
-    that it beats every other logit at ~30% of random contexts.
+    The EOS row of the LM head is set along the mean final hidden state, scaled so that
+    it beats every other logit at that share of random contexts: answers then end at
+    varied lengths, and some not at all.
     """
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("eos") / "m", num_layers=2, seed=3)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     ids = torch.randint(4, 20, (16, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         hidden = model.model(input_ids=ids).last_hidden_state.reshape(-1, model.config.hidden_size)
         direction = hidden.mean(0)
-        logits = hidden @ model.lm_head.weight.T
+        logits = hidden @ model.get_output_embeddings().weight.T
         logits[:, EOS_ID] = -float("inf")
         projection = hidden @ direction
         ratio = logits.max(1).values / projection
-        model.lm_head.weight[EOS_ID] = direction * torch.quantile(ratio[projection > 0], 0.7)
+        model.get_output_embeddings().weight[EOS_ID] = direction * torch.quantile(ratio[projection > 0], 1 - fraction)
     model.save_pretrained(path)
-    return with_template(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def eos_checkpoint(tmp_path_factory) -> Path:
+    """A tiny Llama whose answers end early about a third of the time (greedy)."""
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("eos") / "m", num_layers=2, seed=3)
+    return with_template(boost_eos(path))
 
 
 # --------------------------------------------------------------------------- prompt sources
@@ -248,6 +254,24 @@ def test_batched_greedy_equals_one_prompt_at_a_time(checkpoint, tmp_path):
     self_generate(checkpoint, tmp_path / "p.jsonl", tmp_path / "batched.jsonl", batch_size=6, **settings)
     self_generate(checkpoint, tmp_path / "p.jsonl", tmp_path / "single.jsonl", batch_size=1, **settings)
     assert (tmp_path / "batched.jsonl").read_bytes() == (tmp_path / "single.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shrinking_batch_decoder_matches_generate_on_every_family(family, tmp_path):
+    """Finished rows leave the batch and its KV cache; the answers stay those of plain `generate`,
+    sliding-window families included (tiny windows of 4 tokens, prompts longer than that)."""
+    path = with_template(boost_eos(make_tiny_checkpoint(tmp_path / family, family=family, num_layers=3), 0.15))
+    records = prompt_records(8)
+    write_jsonl(tmp_path / "p.jsonl", records)
+    settings = dict(max_new_tokens=6, temperature=0.0, top_p=1.0, batch_size=8, seed=0, dtype="float32")
+    self_generate(path, tmp_path / "p.jsonl", tmp_path / "out.jsonl", backend="transformers", **settings)
+    got = [r["completion"][0]["content"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    reference = reference_greedy(path, records, 6)
+    assert got == [text for text, _ in reference]
+    stats = read_json(tmp_path / "out.stats.json")
+    # Rows left the batch at different steps: some ended while others went on.
+    assert stats["truncated"] < len(records) and stats["empty"] < len(records)
+    assert len({len(text.split()) for text in got}) > 1
 
 
 def reference_greedy(checkpoint: Path, records: list[dict], max_new_tokens: int) -> list[tuple[str, bool]]:
