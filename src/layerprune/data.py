@@ -197,7 +197,7 @@ def _rows_pool(
                     f"{where} row {index}: no field {response_field!r} (prompts.response_field); "
                     f"fields: {', '.join(row)}"
                 )
-            response = str(row[response_field]).strip()
+            response = "" if row[response_field] is None else str(row[response_field]).strip()
         pool.append((user, response, f"{where}#{index}"))
     return pool
 
