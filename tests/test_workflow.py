@@ -21,7 +21,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
     trained = len([r for r in recoveries if r != "none"])
     tasks = len(config["tasks"])
     bigbench = {t["bigbench_task"] for t in config["tasks"].values()}
-    bigbench |= set(config["prompts"]["bigbench_tasks"])
+    source = config["prompts"].get("source", "bigbench")
+    if source == "bigbench" and trained:
+        bigbench |= set(config["prompts"]["bigbench_tasks"])
     calibrated = [
         m for m in config["scoring"]["methods"] if m in ("bi", "angular", "angular_last", "ppl", "taylor", "sleb")
     ]
@@ -39,13 +41,15 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "score": models * (methods - iterative),
         "score_iterative": models * iterative,
         "prune": models * methods * ratios,
+        "filter_prompts": models if trained and source != "magpie" else 0,
+        "magpie_prompts": models if trained and source == "magpie" else 0,
         "selfgen": models if "sgr" in recoveries else 0,
         "recover": models * methods * ratios * trained,
         "evaluate_dense": models * tasks,
         "evaluate_variant": models * methods * ratios * len(recoveries) * tasks,
         "aggregate": 1,
     }
-    if not trained:
+    if not trained or source == "magpie":
         jobs["prepare_prompts"] = 0
     return {rule: count for rule, count in jobs.items() if count}
 
@@ -128,6 +132,12 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
         (lambda c: c["models"]["smollm2-135m"].update(source={"hub": "a/b", "path": "/x"}), "source"),
         (lambda c: c["scoring"].update(iterative={"probe_tasks": ["plural", "no_such_task"]}), "'no_such_task'"),
         (lambda c: c["scoring"].update(iterative={"num_samples": 0}), "num_samples"),
+        (lambda c: c["prompts"].update(source="magpie"), "recovery.methods has `data`"),
+        (lambda c: c["prompts"].update(source="jsonl", path="x.jsonl", response_field=None), "prompts.response_field"),
+        (lambda c: c["prompts"].update(source="hub"), "prompts.path is not set"),
+        (lambda c: c["prompts"].update(source="bigbench", bigbench_tasks=[]), "bigbench_tasks"),
+        (lambda c: c["selfgen"].update(backend="tgi"), "tgi"),
+        (lambda c: c["prompts"].update(magpie={"dedup_threshold": 0}), "dedup_threshold"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(tmp_path, mutate, message):
@@ -201,3 +211,47 @@ def test_system_prompt_reaches_the_prompt_set_verbatim(tmp_path, system_prompt):
         assert [m["role"] for m in first["prompt"]] == ["user"]
     else:
         assert first["prompt"][0] == {"role": "system", "content": system_prompt}
+
+
+def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
+    """Prompt-free SGR: no prompt dataset, the dense model writes the prompt set; `data` is not allowed."""
+    config = copy.deepcopy(DEFAULT)
+    config["prompts"].update(source="magpie", num_prompts=12, magpie={"dedup_threshold": 0.6, "max_new_tokens": 40})
+    config["recovery"]["methods"] = ["none", "sgr"]
+    workdir = workflow_copy(tmp_path / "wf", config)
+    jobs = planned_jobs(workdir)
+    assert jobs == expected_jobs(config)
+    assert jobs["magpie_prompts"] == 1 and "prepare_prompts" not in jobs and "filter_prompts" not in jobs
+    output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
+    command = next(line for line in output.splitlines() if "layerprune magpie-prompts" in line)
+    for flag in (
+        "--num-prompts 12",
+        "--max-new-tokens 40",
+        "--dedup-threshold 0.6",
+        "--temperature 1.0",
+        "--max-prompt-tokens 256",
+        "--backend auto",
+        "--out results/data/prompts/smollm2-135m.jsonl",
+    ):
+        assert flag in command, flag
+    selfgen = next(line for line in output.splitlines() if "layerprune selfgen" in line)
+    assert "--prompts results/data/prompts/smollm2-135m.jsonl" in selfgen
+    assert "--drop-empty False --drop-truncated False" in selfgen
+
+
+def test_hub_prompt_source_from_a_saved_dataset_through_the_rule(tmp_path):
+    """The config's field mapping reaches prepare-prompts intact (quoting, separator, null response)."""
+    import datasets
+
+    rows = {"instruction": ["Say hi.", "Add the numbers."], "input": ["", "2 and 3"], "output": ["hi", "5"]}
+    config = copy.deepcopy(DEFAULT)
+    workdir = workflow_copy(tmp_path / "wf", config)
+    datasets.Dataset.from_dict(rows).save_to_disk(workdir / "alpaca")
+    config["prompts"].update(
+        source="hub", path="alpaca", num_prompts=2, prompt_fields=["instruction", "input"], separator="\n--\n"
+    )
+    workflow_copy(workdir, config)
+    snakemake(workdir, "--cores", "1", "results/data/prompts.jsonl")
+    records = [json.loads(line) for line in (workdir / "results/data/prompts.jsonl").read_text().splitlines()]
+    answers = {r["prompt"][-1]["content"]: r["completion"][0]["content"] for r in records}
+    assert answers == {"Say hi.": "hi", "Add the numbers.\n--\n2 and 3": "5"}

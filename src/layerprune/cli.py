@@ -62,7 +62,49 @@ def cmd_prepare_prompts(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_prompt_set
 
     prepare_prompt_set(
-        args.bigbench_dir, args.tasks, args.num_prompts, args.seed, args.out, system_prompt=args.system_prompt
+        args.bigbench_dir,
+        args.tasks,
+        args.num_prompts,
+        args.seed,
+        args.out,
+        system_prompt=args.system_prompt,
+        source=args.source,
+        path=args.path,
+        name=args.name,
+        split=args.split,
+        prompt_fields=args.prompt_fields,
+        response_field=args.response_field,
+        separator=args.separator,
+    )
+
+
+def cmd_filter_prompts(args: argparse.Namespace) -> None:
+    from layerprune.data import filter_prompt_set
+
+    filter_prompt_set(args.prompts, args.model, args.max_prompt_tokens, args.out, args.stats)
+
+
+def cmd_magpie_prompts(args: argparse.Namespace) -> None:
+    from layerprune.selfgen import magpie_prompts
+
+    _threads(args.threads)
+    magpie_prompts(
+        args.model,
+        args.out,
+        args.stats,
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dedup_threshold=args.dedup_threshold,
+        ngram=args.ngram,
+        max_candidates=args.max_candidates,
+        system_prompt=args.system_prompt,
+        max_prompt_tokens=args.max_prompt_tokens,
+        dtype=args.dtype,
+        backend=args.backend,
     )
 
 
@@ -138,6 +180,10 @@ def cmd_selfgen(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         dtype=args.dtype,
+        backend=args.backend,
+        drop_empty=args.drop_empty,
+        drop_truncated=args.drop_truncated,
+        stats_path=args.stats,
     )
 
 
@@ -230,12 +276,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True)
 
     sub = stage("prepare-prompts", cmd_prepare_prompts, "Build the prompt set (with reference answers).")
-    sub.add_argument("--bigbench-dir", required=True)
-    sub.add_argument("--tasks", nargs="+", required=True)
+    sub.add_argument("--source", choices=["bigbench", "hub", "jsonl"], default="bigbench")
+    sub.add_argument("--bigbench-dir", default=None)
+    sub.add_argument("--tasks", nargs="*", default=None, help="bigbench: BIG-bench tasks")
+    sub.add_argument("--path", type=_optional_str, default=None, help="hub: id, save_to_disk dir or file; jsonl: file")
+    sub.add_argument("--name", type=_optional_str, default=None, help="hub: dataset config name")
+    sub.add_argument("--split", default="train", help="hub: split")
+    sub.add_argument("--prompt-fields", nargs="*", default=None, help="hub, jsonl: fields joined into the user turn")
+    sub.add_argument("--response-field", type=_optional_str, default=None, help="hub, jsonl: the reference answer")
+    sub.add_argument("--separator", default="\n\n", help="between the prompt fields")
     sub.add_argument("--num-prompts", type=int, required=True)
     sub.add_argument("--system-prompt", type=_optional_str, default=None, help="prepended to every prompt")
     sub.add_argument("--seed", type=int, required=True)
     sub.add_argument("--out", required=True)
+
+    sub = stage("filter-prompts", cmd_filter_prompts, "Drop prompts over a token limit of a model's tokenizer.")
+    sub.add_argument("--prompts", required=True)
+    sub.add_argument("--model", required=True, help="checkpoint whose tokenizer and chat template count")
+    sub.add_argument("--max-prompt-tokens", type=_optional_int, default=None)
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--stats", required=True)
+
+    sub = stage("magpie-prompts", cmd_magpie_prompts, "Let the dense model write the user turns (Magpie).", True)
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--num-prompts", type=int, required=True)
+    sub.add_argument("--max-new-tokens", type=int, required=True)
+    sub.add_argument("--temperature", type=float, required=True)
+    sub.add_argument("--top-p", type=float, required=True)
+    sub.add_argument("--batch-size", type=int, default=16)
+    sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument(
+        "--dedup-threshold", type=float, required=True, help="shingle Jaccard at which a question is dropped"
+    )
+    sub.add_argument("--ngram", type=int, default=3)
+    sub.add_argument("--max-candidates", type=_optional_int, default=None, help="default 4 x num-prompts")
+    sub.add_argument("--system-prompt", type=_optional_str, default=None)
+    sub.add_argument("--max-prompt-tokens", type=_optional_int, default=None)
+    sub.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto")
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--stats", required=True)
 
     sub = stage("prepare-calibration", cmd_prepare_calibration, "Build the calibration texts.")
     sub.add_argument("--bigbench-dir", required=True)
@@ -283,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--top-p", type=float, required=True)
     sub.add_argument("--batch-size", type=int, default=16)
     sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto")
+    sub.add_argument("--drop-empty", type=_bool, default=False)
+    sub.add_argument("--drop-truncated", type=_bool, default=False)
+    sub.add_argument("--stats", default=None, help="stats JSON (default: <out stem>.stats.json)")
 
     sub = stage("recover", cmd_recover, "LoRA SFT of a pruned checkpoint (TRL), merged.", model_job=True)
     sub.add_argument("--model", required=True)

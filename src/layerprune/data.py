@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from layerprune.io import atomic_path, sha256_file, write_json, write_jsonl
+from layerprune.io import atomic_path, read_jsonl, sha256_file, write_json, write_jsonl
 
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
 BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
@@ -149,37 +149,188 @@ def prepare_task(
     return payload
 
 
+def _prompt_record(user: str, response: str | None, source: str, system_prompt: str | None) -> dict[str, Any]:
+    """One prompt-set record: TRL conversational prompt(-completion), plus where it came from.
+
+    Sources without reference answers (a JSONL with no response field) give records
+    without a `completion`; the `data` control cannot train on those.
+    """
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    record: dict[str, Any] = {"prompt": [*system, {"role": "user", "content": user}]}
+    if response is not None:
+        record["completion"] = [{"role": "assistant", "content": response}]
+    record["source"] = source
+    return record
+
+
+def _bigbench_pool(bigbench_dir: str | Path, bigbench_tasks: list[str]) -> list[tuple[str, str | None, str]]:
+    pool = []
+    for task in bigbench_tasks:
+        for index, example in enumerate(load_bigbench_examples(bigbench_dir, task)):
+            pool.append((example["input"].strip(), _first_target(example), f"bigbench:{task}#{index}"))
+    return pool
+
+
+def _join_fields(row: dict[str, Any], prompt_fields: list[str], separator: str, where: str) -> str:
+    """The user turn from one row: the non-empty prompt fields joined (Alpaca: instruction + input)."""
+    missing = [field for field in prompt_fields if field not in row]
+    if missing:
+        raise KeyError(
+            f"{where}: no field {', '.join(map(repr, missing))} (prompts.prompt_fields); fields: {', '.join(row)}"
+        )
+    parts = [str(row[field]).strip() for field in prompt_fields if row[field] is not None]
+    return separator.join(part for part in parts if part)
+
+
+def _rows_pool(
+    rows: Any, prompt_fields: list[str], response_field: str | None, separator: str, where: str
+) -> list[tuple[str, str | None, str]]:
+    pool = []
+    for index, row in enumerate(rows):
+        user = _join_fields(row, prompt_fields, separator, f"{where} row {index}")
+        if not user:
+            continue  # nothing to ask
+        response = None
+        if response_field is not None:
+            if response_field not in row:
+                raise KeyError(
+                    f"{where} row {index}: no field {response_field!r} (prompts.response_field); "
+                    f"fields: {', '.join(row)}"
+                )
+            response = "" if row[response_field] is None else str(row[response_field]).strip()
+        pool.append((user, response, f"{where}#{index}"))
+    return pool
+
+
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def load_prompt_dataset(path: str, name: str | None = None, split: str = "train") -> Any:
+    """A `datasets.Dataset` from a hub id, a `Dataset.save_to_disk` directory or a local data file.
+
+    A directory written by `save_to_disk` (or `DatasetDict.save_to_disk`) is read with
+    `load_from_disk`; a local .json/.jsonl/.csv/.parquet file with the matching builder;
+    anything else is a hub dataset id (e.g. tatsu-lab/alpaca), which needs the network
+    or the local Hugging Face cache.
+    """
+    import datasets
+
+    local = Path(path)
+    if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()):
+        loaded = datasets.load_from_disk(str(local))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise KeyError(f"prompts.split={split!r} is not in {path} (splits: {', '.join(loaded)})")
+            loaded = loaded[split]
+        return loaded
+    if local.is_file():
+        builder = DATA_FILE_BUILDERS.get(local.suffix.lower())
+        if builder is None:
+            raise ValueError(f"prompts.path={path}: unknown data file type (known: {', '.join(DATA_FILE_BUILDERS)})")
+        return datasets.load_dataset(builder, data_files=str(local), split="train")
+    return datasets.load_dataset(path, name, split=split)
+
+
 def prepare_prompt_set(
-    bigbench_dir: str | Path,
-    bigbench_tasks: list[str],
+    bigbench_dir: str | Path | None,
+    bigbench_tasks: list[str] | None,
     num_prompts: int,
     seed: int,
     out_path: str | Path,
     system_prompt: str | None = None,
+    source: str = "bigbench",
+    path: str | None = None,
+    name: str | None = None,
+    split: str = "train",
+    prompt_fields: list[str] | None = None,
+    response_field: str | None = None,
+    separator: str = "\n\n",
 ) -> int:
-    """Write a TRL conversational prompt–completion JSONL from BIG-bench tasks.
+    """Write a TRL conversational prompt–completion JSONL of `num_prompts` prompts.
 
-    The completion is the task's own reference answer: that file is the training
-    set of the paper's `data` control, and its prompts are what `selfgen` answers.
-    The system prompt belongs to the prompt set, so `data` and `sgr` train on the
-    very same prompts and differ only in their answers.
+    `source` is `bigbench` (the offline default: task inputs and first targets),
+    `hub` (a `datasets` hub id, `save_to_disk` directory or local data file at `path`)
+    or `jsonl` (a plain local JSONL at `path`). For `hub` and `jsonl` the user turn is
+    the non-empty `prompt_fields` joined by `separator` (Alpaca: instruction, input) and
+    the completion is `response_field` (null: no reference answers).
+
+    The completion is the dataset's own answer: that file is the training set of the
+    paper's `data` control, and its prompts are what `selfgen` answers. The system
+    prompt belongs to the prompt set, so `data` and `sgr` train on the very same
+    prompts and differ only in their answers.
     """
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    pool = []
-    for task in bigbench_tasks:
-        for index, example in enumerate(load_bigbench_examples(bigbench_dir, task)):
-            pool.append(
-                {
-                    "prompt": [*system, {"role": "user", "content": example["input"].strip()}],
-                    "completion": [{"role": "assistant", "content": _first_target(example)}],
-                    "source": f"bigbench:{task}#{index}",
-                }
-            )
+    if source == "bigbench":
+        if not bigbench_tasks or bigbench_dir is None:
+            raise ValueError("prompts.source=bigbench needs prompts.bigbench_tasks")
+        pool = _bigbench_pool(bigbench_dir, bigbench_tasks)
+    elif source in ("hub", "jsonl"):
+        if not path:
+            raise ValueError(f"prompts.source={source} needs prompts.path")
+        if not prompt_fields:
+            raise ValueError(f"prompts.source={source} needs prompts.prompt_fields")
+        if source == "jsonl":
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"prompts.path={path}: no such JSONL file")
+            rows = read_jsonl(path)
+        else:
+            rows = load_prompt_dataset(path, name, split)
+        pool = _rows_pool(rows, prompt_fields, response_field, separator, f"{source}:{path}")
+    else:
+        raise ValueError(f"prompts.source={source!r}: prepare-prompts handles bigbench, hub and jsonl")
     if num_prompts > len(pool):
         raise ValueError(f"prompts.num_prompts={num_prompts} exceeds the {len(pool)} available prompts")
     rng = random.Random(seed)
-    records = rng.sample(pool, num_prompts)
-    return write_jsonl(out_path, records)
+    chosen = rng.sample(pool, num_prompts)
+    return write_jsonl(
+        out_path, (_prompt_record(user, response, where, system_prompt) for user, response, where in chosen)
+    )
+
+
+def filter_prompt_set(
+    prompts_path: str | Path,
+    model_dir: str | Path,
+    max_prompt_tokens: int | None,
+    out_path: str | Path,
+    stats_path: str | Path,
+) -> dict[str, Any]:
+    """Keep the prompts whose chat-template rendering fits `max_prompt_tokens` of the model's tokenizer.
+
+    The limit is counted in the dense model's own tokens (system prompt and template
+    included, as `selfgen` feeds them), so the filter is per model. The kept file is
+    both what `selfgen` answers and what the `data` control trains on, so the two
+    stay on identical prompts. Counts go to `stats_path` and the log.
+    """
+    records = read_jsonl(prompts_path)
+    kept = records
+    if max_prompt_tokens is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        kept = [record for record in records if len(prompt_token_ids(tokenizer, record["prompt"])) <= max_prompt_tokens]
+    stats = {
+        "prompts": str(prompts_path),
+        "model": str(model_dir),
+        "max_prompt_tokens": max_prompt_tokens,
+        "total": len(records),
+        "kept": len(kept),
+        "dropped_too_long": len(records) - len(kept),
+    }
+    if not kept:
+        raise ValueError(f"prompts.max_prompt_tokens={max_prompt_tokens} drops every one of the {len(records)} prompts")
+    write_jsonl(out_path, kept)
+    write_json(stats_path, stats)
+    print(
+        f"prompt set: kept {stats['kept']} of {stats['total']} prompts, "
+        f"dropped {stats['dropped_too_long']} longer than {max_prompt_tokens} tokens",
+        flush=True,
+    )
+    return stats
+
+
+def prompt_token_ids(tokenizer: Any, conversation: list[dict]) -> list[int]:
+    """The token ids the model is prompted with: the chat template with the generation prompt."""
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 def prepare_calibration(

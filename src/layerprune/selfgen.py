@@ -2,66 +2,385 @@
 
 The output is TRL's conversational prompt–completion JSONL, generated once per
 model and shared by every scoring method and pruning ratio. Prompts are sorted
-by length into batches (less padding) and sampled with a seeded generator, so
-the same config gives the same file.
+by length into batches (less padding, KV cache on) and every batch is sampled
+from its own seed, derived from the config seed and the batch's position, so
+that a run interrupted and resumed writes the very same file as one that was not.
+
+Resumption: each finished batch is appended to a partial JSONL beside the output
+and fsync'ed; a re-run with the same settings skips the batches already there.
+The output itself appears only at the end, by an atomic rename, so a partial file
+is never taken for the finished dataset.
+
+Backends: transformers `generate` (the tested CPU path) or vLLM, used when it is
+installed and a CUDA GPU is present (`selfgen.backend: auto`); both return the
+same records.
+
+Magpie (prompt-free SGR, Xu et al. 2024): `magpie_prompts` lets the dense model
+write the user turns itself, starting from its chat template's user prefix, and
+removes near-duplicates; `self_generate` then answers them like any prompt set.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from layerprune.io import read_jsonl, seed_everything, write_jsonl
-from layerprune.models import load_checkpoint
+from layerprune.io import read_jsonl, sha256_file, write_json, write_jsonl
+
+BACKENDS = ("auto", "transformers", "vllm")
+PARTIAL_FORMAT = 1
 
 
-@torch.no_grad()
-def generate_responses(
-    model,
-    tokenizer,
-    conversations: list[list[dict]],
+@dataclass(frozen=True)
+class Generation:
+    """One sampled response: its text (stripped) and whether it hit max_new_tokens without a stop token."""
+
+    text: str
+    truncated: bool
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The seed of one batch: a function of the config seed and the batch's place only.
+
+    Seeding every batch afresh (rather than once per run) makes a batch's samples
+    independent of which batches ran before it in this process, which is what
+    lets a resumed run reproduce an uninterrupted one.
+    """
+    digest = hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(backend: str, has_vllm: bool | None = None, has_cuda: bool | None = None) -> str:
+    """`auto` -> vllm when vLLM is importable and a CUDA GPU is present, else transformers.
+
+    Asking for `vllm` explicitly without either is an error rather than a silent
+    fallback, so a study never runs on a different backend than it says.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"selfgen.backend={backend!r}: expected one of {', '.join(BACKENDS)}")
+    has_vllm = vllm_available() if has_vllm is None else has_vllm
+    has_cuda = torch.cuda.is_available() if has_cuda is None else has_cuda
+    if backend == "auto":
+        return "vllm" if has_vllm and has_cuda else "transformers"
+    if backend == "vllm":
+        if not has_vllm:
+            raise RuntimeError(
+                "selfgen.backend=vllm, but vLLM is not installed: `pip install -e .[vllm]` on a CUDA machine, "
+                "or set selfgen.backend to auto or transformers"
+            )
+        if not has_cuda:
+            raise RuntimeError(
+                "selfgen.backend=vllm needs a CUDA GPU and none is visible; set selfgen.backend to auto or transformers"
+            )
+    return backend
+
+
+def stop_token_ids(model: Any, tokenizer: Any, extra: Sequence[int] = ()) -> list[int]:
+    """Token ids that end a response: the generation config's EOS ids, the tokenizer's, and `extra`."""
+    ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id, *extra):
+        for token in value if isinstance(value, list | tuple) else [value]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return ids
+
+
+class TransformersGenerator:
+    """Batched decoding on a transformers model with the KV cache; greedy when temperature is 0.
+
+    The loop is `model.generate`'s (left padding, position ids from the attention
+    mask, the library's temperature and top-p warpers, multinomial sampling), with one
+    difference: a row that has produced its stop token leaves the batch, its KV cache
+    rows included (`DynamicCache.batch_select_indices`). `generate` keeps computing
+    finished rows until the longest answer ends, which on SmolLM2 answers wastes about
+    40% of a batch's work (bench/selfgen_batching.py).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        extra_stop_ids: Sequence[int] = (),
+    ) -> None:
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.stop_ids = stop_token_ids(model, tokenizer, extra_stop_ids)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self.do_sample = temperature > 0
+        # Only the config's temperature and top-p shape the distribution: a hub model's
+        # generation_config (Qwen ships top_k=20, repetition_penalty=1.05) is not applied.
+        self.warpers = LogitsProcessorList()
+        if self.do_sample and temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(temperature))
+        if self.do_sample and top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def token_count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _next_tokens(self, logits: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        scores = self.warpers(previous, logits.float())
+        if not self.do_sample:
+            return scores.argmax(-1)
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], seed: int) -> list[Generation]:
+        from transformers import DynamicCache
+
+        torch.manual_seed(seed)
+        device = next(self.model.parameters()).device
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        mask = batch["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        stops = torch.tensor(self.stop_ids, device=device)
+        rows = torch.arange(len(texts), device=device)  # batch row -> text index
+        last = positions[:, -1]
+        tokens = batch["input_ids"][:, -1]
+        generated: list[list[int]] = [[] for _ in texts]
+        finished = [False] * len(texts)
+        for step in range(self.max_new_tokens):
+            tokens = self._next_tokens(logits, tokens)
+            ended = torch.isin(tokens, stops)
+            for row, token, end in zip(rows.tolist(), tokens.tolist(), ended.tolist(), strict=True):
+                if end:
+                    finished[row] = True
+                else:
+                    generated[row].append(token)
+            if step == self.max_new_tokens - 1 or bool(ended.all()):
+                break
+            if bool(ended.any()):
+                keep = (~ended).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, mask, last, tokens = rows[keep], mask[keep], last[keep], tokens[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            last = last + 1
+            logits = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=last[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+        return [
+            Generation(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), truncated=not done)
+            for ids, done in zip(generated, finished, strict=True)
+        ]
+
+
+class VLLMGenerator:
+    """The same interface on vLLM (GPU only; not exercised by the CPU test suite).
+
+    Prompts go in as token ids (the chat template already holds BOS), each request
+    with its own seed, so the batch composition does not change a sample.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        extra_stop_ids: Sequence[int] = (),
+    ) -> None:
+        from transformers import AutoTokenizer, GenerationConfig
+        from vllm import LLM
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        try:
+            generation_config = GenerationConfig.from_pretrained(model_dir)
+        except OSError:
+            generation_config = None
+        holder = type("Holder", (), {"generation_config": generation_config})()
+        self.stop_ids = stop_token_ids(holder, self.tokenizer, extra_stop_ids)
+        self.llm = LLM(model=str(model_dir), dtype="auto" if dtype == "auto" else dtype, seed=seed)
+        self.settings = dict(
+            max_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature > 0 else 1.0
+        )
+
+    def token_count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def __call__(self, texts: list[str], seed: int) -> list[Generation]:
+        from vllm import SamplingParams
+
+        prompts = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False).input_ids} for t in texts]
+        params = [
+            SamplingParams(**self.settings, seed=(seed + j) % (1 << 63), stop_token_ids=self.stop_ids)
+            for j in range(len(texts))
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [Generation(o.outputs[0].text.strip(), o.outputs[0].finish_reason == "length") for o in outputs]
+
+
+def make_generator(
+    model_dir: str | Path,
+    backend: str,
+    dtype: str,
     max_new_tokens: int,
     temperature: float,
     top_p: float,
+    seed: int,
+    extra_stop_text: str | None = None,
+) -> tuple[Any, Any, str]:
+    """The generator for the resolved backend, the tokenizer, and the backend's name."""
+    resolved = resolve_backend(backend)
+    if resolved == "vllm":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        extra = _first_token(tokenizer, extra_stop_text)
+        generator = VLLMGenerator(model_dir, dtype, max_new_tokens, temperature, top_p, seed, extra)
+        return generator, tokenizer, resolved
+    from layerprune.models import load_checkpoint
+
+    model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
+    extra = _first_token(tokenizer, extra_stop_text)
+    return TransformersGenerator(model, tokenizer, max_new_tokens, temperature, top_p, extra), tokenizer, resolved
+
+
+def _first_token(tokenizer: Any, text: str | None) -> list[int]:
+    if not text or not text.strip():
+        return []
+    return tokenizer(text.strip(), add_special_tokens=False).input_ids[:1]
+
+
+def render(tokenizer: Any, conversation: list[dict]) -> str:
+    return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (stable: ties keep file order)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def generate_responses(
+    generator: Callable[[list[str], int], list[Generation]],
+    texts: list[str],
+    lengths: Sequence[int],
     batch_size: int,
     seed: int,
-) -> list[str]:
-    """Answer each conversation; greedy when temperature is 0. Order is preserved."""
-    tokenizer.padding_side = "left"
-    rendered = [
-        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        for messages in conversations
-    ]
-    lengths = [len(tokenizer(text, add_special_tokens=False).input_ids) for text in rendered]
-    order = sorted(range(len(rendered)), key=lambda i: lengths[i])
-    responses: list[str] = [""] * len(rendered)
-    seed_everything(seed)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-    )
-    device = next(model.parameters()).device
-    for start in tqdm(range(0, len(order), batch_size), desc="self-generating", unit="batch"):
-        indices = order[start : start + batch_size]
-        batch = tokenizer(
-            [rendered[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(device)
-        output = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            # Override sampling defaults a hub model's generation_config may carry
-            # (Qwen ships top_k=20, repetition_penalty=1.05): only the config's
-            # temperature and top-p shape the distribution.
-            top_k=0,
-            repetition_penalty=1.0,
-            **sampling,
-        )
-        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        for index, text in zip(indices, texts, strict=True):
-            responses[index] = text.strip()
-    return responses
+    done: dict[int, Generation] | None = None,
+    on_batch: Callable[[int, list[int], list[Generation]], None] | None = None,
+) -> list[Generation]:
+    """Answer every rendered prompt in length-sorted batches, each batch from its own seed.
+
+    Batches whose every index is in `done` are skipped (resumption); `on_batch`
+    gets each newly generated batch (its number, indices and generations), e.g.
+    to append it to the partial file before the next one starts.
+    """
+    done = dict(done or {})
+    batches = length_sorted_batches(lengths, batch_size)
+    todo = [b for b, indices in enumerate(batches) if not all(i in done for i in indices)]
+    if len(todo) < len(batches):
+        print(f"resuming: {len(batches) - len(todo)} of {len(batches)} batches already generated", flush=True)
+    for number in tqdm(todo, desc="self-generating", unit="batch"):
+        indices = batches[number]
+        generations = generator([texts[i] for i in indices], batch_seed(seed, number))
+        if on_batch is not None:
+            on_batch(number, indices, generations)
+        done.update(zip(indices, generations, strict=True))
+    return [done[i] for i in range(len(texts))]
+
+
+def partial_path(out_path: str | Path) -> Path:
+    out_path = Path(out_path)
+    return out_path.parent / f".{out_path.name}.partial"
+
+
+def _load_partial(path: Path, fingerprint: dict[str, Any]) -> dict[int, Generation]:
+    """The generations of a previous run with the same settings; anything else starts afresh.
+
+    The first line is the settings header; every following line is one record. A
+    torn last line (the process died mid-write) is ignored; its batch is redone.
+    """
+    if not path.is_file():
+        return {}
+    done: dict[int, Generation] = {}
+    with open(path) as handle:
+        lines = handle.read().split("\n")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        header = None
+    if header != {"partial": fingerprint}:
+        print(f"{path}: written with other settings; starting over", flush=True)
+        return {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[record["index"]] = Generation(record["text"], record["truncated"])
+    return done
+
+
+class PartialWriter:
+    """Appends each finished batch to the partial file and fsyncs it, so a kill loses at most one batch."""
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any], done: dict[int, Generation]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Rewrite what is kept (drops a torn line), then append from there.
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as handle:
+            handle.write(json.dumps({"partial": fingerprint}) + "\n")
+            for index in sorted(done):
+                handle.write(self._line(index, done[index]))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        self.handle = open(path, "a")  # noqa: SIM115 - held for the whole generation
+
+    @staticmethod
+    def _line(index: int, generation: Generation) -> str:
+        record = {"index": index, "text": generation.text, "truncated": generation.truncated}
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+    def __call__(self, number: int, indices: list[int], generations: list[Generation]) -> None:
+        self.handle.write("".join(self._line(i, g) for i, g in zip(indices, generations, strict=True)))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 def self_generate(
@@ -74,22 +393,234 @@ def self_generate(
     batch_size: int,
     seed: int,
     dtype: str = "auto",
+    backend: str = "auto",
+    drop_empty: bool = False,
+    drop_truncated: bool = False,
+    stats_path: str | Path | None = None,
+    on_batch: Callable[[int, list[int], list[Generation]], None] | None = None,
 ) -> int:
-    """Write the dense model's answers to the prompt set as prompt–completion JSONL."""
-    model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
+    """Write the dense model's answers to the prompt set as prompt–completion JSONL; return the record count.
+
+    Empty and truncated responses are counted (and dropped when asked) in the stats
+    JSON, by default `<out>.stats.json`. `on_batch` is called after each batch is
+    safely in the partial file.
+    """
+    out_path = Path(out_path)
+    stats_path = Path(stats_path) if stats_path else out_path.with_name(out_path.stem + ".stats.json")
     records = read_jsonl(prompts_path)
-    conversations = [record["prompt"] for record in records]
-    responses = generate_responses(
-        model, tokenizer, conversations, max_new_tokens, temperature, top_p, batch_size, seed
-    )
-    return write_jsonl(
+    if not records:
+        raise ValueError(f"{prompts_path}: the prompt set is empty")
+    generator, tokenizer, resolved = make_generator(model_dir, backend, dtype, max_new_tokens, temperature, top_p, seed)
+    texts = [render(tokenizer, record["prompt"]) for record in records]
+    lengths = [generator.token_count(text) for text in texts]
+    fingerprint = {
+        "format": PARTIAL_FORMAT,
+        "model": str(Path(model_dir).resolve()),
+        "prompts_sha256": sha256_file(prompts_path),
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "batch_size": batch_size,
+        "seed": seed,
+        "backend": resolved,
+        "dtype": dtype,
+    }
+    partial = partial_path(out_path)
+    done = _load_partial(partial, fingerprint)
+    reused = len(done)
+    writer = PartialWriter(partial, fingerprint, done)
+
+    def after_batch(number: int, indices: list[int], generations: list[Generation]) -> None:
+        writer(number, indices, generations)
+        if on_batch is not None:
+            on_batch(number, indices, generations)
+
+    try:
+        generations = generate_responses(generator, texts, lengths, batch_size, seed, done, after_batch)
+    finally:
+        writer.close()
+    empty = [i for i, g in enumerate(generations) if not g.text]
+    truncated = [i for i, g in enumerate(generations) if g.truncated]
+    dropped = set(empty if drop_empty else []) | set(truncated if drop_truncated else [])
+    count = write_jsonl(
         out_path,
         (
             {
-                "prompt": conversation,
-                "completion": [{"role": "assistant", "content": response}],
+                "prompt": record["prompt"],
+                "completion": [{"role": "assistant", "content": generation.text}],
                 "source": record.get("source"),
             }
-            for conversation, response, record in zip(conversations, responses, records, strict=True)
+            for index, (record, generation) in enumerate(zip(records, generations, strict=True))
+            if index not in dropped
         ),
     )
+    stats = {
+        "prompts": str(prompts_path),
+        "model": str(model_dir),
+        "backend": resolved,
+        "settings": {k: fingerprint[k] for k in ("max_new_tokens", "temperature", "top_p", "batch_size", "seed")},
+        "total": len(records),
+        "resumed_records": reused,
+        "empty": len(empty),
+        "truncated": len(truncated),
+        "drop_empty": drop_empty,
+        "drop_truncated": drop_truncated,
+        "dropped": len(dropped),
+        "kept": count,
+    }
+    write_json(stats_path, stats)
+    partial.unlink(missing_ok=True)
+    print(
+        f"selfgen: {count} of {len(records)} responses kept; empty {len(empty)}, truncated {len(truncated)} "
+        f"(at {max_new_tokens} new tokens), dropped {len(dropped)}; backend {resolved}",
+        flush=True,
+    )
+    return count
+
+
+# --------------------------------------------------------------------------- Magpie
+
+
+MAGPIE_SENTINEL = "MAGPIE_USER_TURN_7f3a"
+
+
+def magpie_user_prefix(tokenizer: Any, system_prompt: str | None = None) -> tuple[str, str]:
+    """The chat template rendered up to where a user turn's text starts, and what ends the turn.
+
+    Rendering a conversation whose user text is a sentinel and cutting there gives
+    the model's own "pre-query template" (Magpie): the model then writes a user
+    turn, stopped by the turn's end marker (the first token after the sentinel).
+    """
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": MAGPIE_SENTINEL})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    prefix, found, suffix = text.partition(MAGPIE_SENTINEL)
+    if not found:
+        raise ValueError("the chat template does not render the user turn's text verbatim; Magpie cannot use it")
+    return prefix, suffix
+
+
+def _normalise_words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+def shingles(text: str, ngram: int) -> frozenset[tuple[str, ...]]:
+    """Word n-grams of the normalised text (the whole text when it is shorter than n words)."""
+    words = _normalise_words(text)
+    if len(words) <= ngram:
+        return frozenset([tuple(words)])
+    return frozenset(tuple(words[i : i + ngram]) for i in range(len(words) - ngram + 1))
+
+
+class NearDuplicateFilter:
+    """Keeps a text unless its shingle Jaccard similarity to a kept one reaches `threshold`.
+
+    Exact comparison against every kept text: quadratic, but a few thousand short
+    questions take seconds, and it needs no MinHash tuning.
+    """
+
+    def __init__(self, threshold: float, ngram: int) -> None:
+        self.threshold, self.ngram = threshold, ngram
+        self.kept: list[frozenset] = []
+
+    def add(self, text: str) -> bool:
+        candidate = shingles(text, self.ngram)
+        for other in self.kept:
+            union = len(candidate | other)
+            if union and len(candidate & other) / union >= self.threshold:
+                return False
+        self.kept.append(candidate)
+        return True
+
+
+def magpie_prompts(
+    model_dir: str | Path,
+    out_path: str | Path,
+    stats_path: str | Path,
+    num_prompts: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    dedup_threshold: float,
+    ngram: int = 3,
+    max_candidates: int | None = None,
+    system_prompt: str | None = None,
+    max_prompt_tokens: int | None = None,
+    dtype: str = "auto",
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Write a prompt set (no reference answers) of user turns the dense model writes itself.
+
+    Batches of the pre-query template are sampled until `num_prompts` distinct
+    questions are kept or `max_candidates` (default 4 x num_prompts) were drawn.
+    Empty, truncated (no end of turn within `max_new_tokens`), too long (rendered
+    prompt over `max_prompt_tokens`) and near-duplicate questions are dropped and
+    counted in the stats JSON.
+    """
+    from layerprune.data import _prompt_record
+
+    max_candidates = max_candidates or 4 * num_prompts
+    from transformers import AutoTokenizer
+
+    # The end-of-turn marker stops a question: read it from the template first.
+    prefix, suffix = magpie_user_prefix(AutoTokenizer.from_pretrained(model_dir), system_prompt)
+    generator, tokenizer, resolved = make_generator(
+        model_dir, backend, dtype, max_new_tokens, temperature, top_p, seed, extra_stop_text=suffix
+    )
+    end_text = suffix.strip()
+    dedup = NearDuplicateFilter(dedup_threshold, ngram)
+    counts = {"candidates": 0, "empty": 0, "truncated": 0, "too_long": 0, "near_duplicate": 0}
+    questions: list[str] = []
+    progress = tqdm(total=num_prompts, desc="magpie questions", unit="question")
+    number = 0
+    while len(questions) < num_prompts and counts["candidates"] < max_candidates:
+        size = min(batch_size, max_candidates - counts["candidates"])
+        for generation in generator([prefix] * size, batch_seed(seed, number)):
+            counts["candidates"] += 1
+            text = generation.text.split(end_text)[0].strip() if end_text else generation.text
+            if not text:
+                counts["empty"] += 1
+            elif generation.truncated:
+                counts["truncated"] += 1
+            elif (
+                max_prompt_tokens is not None
+                and generator.token_count(render(tokenizer, _prompt_record(text, None, "", system_prompt)["prompt"]))
+                > max_prompt_tokens
+            ):
+                counts["too_long"] += 1
+            elif not dedup.add(text):
+                counts["near_duplicate"] += 1
+            elif len(questions) < num_prompts:
+                questions.append(text)
+                progress.update(1)
+        number += 1
+    progress.close()
+    if not questions:
+        raise ValueError(f"Magpie kept no question out of {counts['candidates']} candidates ({counts})")
+    model_name = Path(model_dir).name
+    write_jsonl(
+        out_path,
+        (_prompt_record(q, None, f"magpie:{model_name}#{i}", system_prompt) for i, q in enumerate(questions)),
+    )
+    stats = {
+        "source": "magpie",
+        "model": str(model_dir),
+        "backend": resolved,
+        "requested": num_prompts,
+        **counts,
+        "kept": len(questions),
+        "dedup_threshold": dedup_threshold,
+        "ngram": ngram,
+        "max_prompt_tokens": max_prompt_tokens,
+        "pre_query_template": prefix,
+    }
+    write_json(stats_path, stats)
+    print(
+        f"magpie: kept {len(questions)} of {num_prompts} requested from {counts['candidates']} candidates "
+        f"(empty {counts['empty']}, truncated {counts['truncated']}, too long {counts['too_long']}, "
+        f"near-duplicate {counts['near_duplicate']})",
+        flush=True,
+    )
+    return stats

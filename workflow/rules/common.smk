@@ -1,4 +1,5 @@
 import json
+import os
 
 from snakemake.utils import validate
 
@@ -17,6 +18,20 @@ if _unknown_probes:
     raise ValueError(
         f"scoring.iterative.probe_tasks: {', '.join(map(repr, _unknown_probes))} is not a task in config "
         f"`tasks` (tasks: {', '.join(TASKS)})"
+    )
+
+PROMPTS = config["prompts"]
+if PROMPTS["source"] == "bigbench" and not PROMPTS.get("bigbench_tasks"):
+    raise ValueError("prompts.source is bigbench but prompts.bigbench_tasks is missing or empty")
+if PROMPTS["source"] in ("hub", "jsonl") and not PROMPTS["path"]:
+    raise ValueError(f"prompts.source is {PROMPTS['source']} but prompts.path is not set")
+if "data" in RECOVERIES and (PROMPTS["source"] == "magpie" or (
+    PROMPTS["source"] in ("hub", "jsonl") and PROMPTS["response_field"] is None
+)):
+    raise ValueError(
+        "recovery.methods has `data`, which trains on the prompt set's own answers, but the prompt set has none "
+        f"(prompts.source: {PROMPTS['source']}, prompts.response_field: {PROMPTS['response_field']}); "
+        "remove `data` from recovery.methods or use a prompt source with answers"
     )
 
 wildcard_constraints:
@@ -46,6 +61,20 @@ def job_threads(rule_name):
 
 def bigbench_file(task):
     return f"resources/bigbench/{task}/task.json"
+
+
+def prompt_source_inputs():
+    """Files the prompt set is drawn from: BIG-bench task files, or a local dataset path (a hub id has none)."""
+    if PROMPTS["source"] == "bigbench":
+        return [bigbench_file(task) for task in PROMPTS["bigbench_tasks"]]
+    if PROMPTS["source"] in ("hub", "jsonl") and os.path.exists(PROMPTS["path"]):
+        return [PROMPTS["path"]]
+    return []
+
+
+def model_prompt_set(model):
+    """The prompt set of one model, after its token-length filter (or Magpie's questions)."""
+    return f"results/data/prompts/{model}.jsonl"
 
 
 def dense_checkpoint(model):

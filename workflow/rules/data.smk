@@ -35,16 +35,26 @@ rule prepare_task:
 
 rule prepare_prompts:
     input:
-        [bigbench_file(task) for task in config["prompts"]["bigbench_tasks"]],
+        prompt_source_inputs(),
     output:
         "results/data/prompts.jsonl",
     params:
-        tasks=config["prompts"]["bigbench_tasks"],
-        num_prompts=config["prompts"]["num_prompts"],
-        system_prompt=config["prompts"]["system_prompt"] or "",
+        source=PROMPTS["source"],
+        tasks=PROMPTS.get("bigbench_tasks") or [],
+        path=PROMPTS["path"] or "",
+        name=PROMPTS["name"] or "",
+        split=PROMPTS["split"],
+        prompt_fields=PROMPTS["prompt_fields"],
+        response_field=PROMPTS["response_field"] or "",
+        separator=PROMPTS["separator"],
+        num_prompts=PROMPTS["num_prompts"],
+        system_prompt=PROMPTS["system_prompt"] or "",
         seed=SEED,
     shell:
-        "layerprune prepare-prompts --bigbench-dir resources/bigbench --tasks {params.tasks}"
+        "layerprune prepare-prompts --source {params.source} --bigbench-dir resources/bigbench --tasks {params.tasks}"
+        " --path={params.path:q} --name={params.name:q} --split={params.split:q}"
+        " --prompt-fields {params.prompt_fields:q} --response-field={params.response_field:q}"
+        " --separator={params.separator:q}"
         " --num-prompts {params.num_prompts} --system-prompt={params.system_prompt:q} --seed {params.seed}"
         " --out {output}"
 

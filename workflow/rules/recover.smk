@@ -5,7 +5,7 @@ def recovery_dataset(wildcards):
     """`sgr` trains on the dense model's answers, `data` on the prompt set's references."""
     if wildcards.recovery == "sgr":
         return f"results/selfgen/{wildcards.model}.jsonl"
-    return "results/data/prompts.jsonl"
+    return model_prompt_set(wildcards.model)
 
 
 rule recover:
