@@ -69,7 +69,9 @@ def _python() -> tuple[str, str]:
     return executable, sys.base_prefix
 
 
-def run_program(source: str, limits: SandboxLimits | None = None, extra_sys_path: list[str] | None = None) -> SandboxResult:
+def run_program(
+    source: str, limits: SandboxLimits | None = None, extra_sys_path: list[str] | None = None
+) -> SandboxResult:
     """Run Python `source` in the sandbox and report its exit status and output tails.
 
     `extra_sys_path` directories (readable by everyone) are appended to the
