@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import CORPUS, make_tiny_checkpoint
@@ -111,3 +115,27 @@ def test_auto_prompting_uses_the_chat_template_when_there_is_one(tiny):
     assert chat["samples"][0]["prompt"] == (
         f"<bos> the quick brown <eos> <bos> fox <eos> <bos> {task['samples'][0]['input']} <eos> <bos>"
     )
+
+
+def test_cli_prepare_and_evaluate_a_code_task(tiny, tmp_path):
+    """The workflow's commands: `layerprune prepare-task --spec` then `evaluate` with sampling and sandbox flags."""
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    cli = [sys.executable, "-m", "layerprune"]
+    spec = {"type": "generative", "dataset": "humaneval", "num_fewshot": 0, "limit": 2}
+    subprocess.run(
+        [*cli, "prepare-task", "--spec", json.dumps(spec), "--seed", "0", "--out", str(tmp_path / "t.json")], check=True
+    )
+    subprocess.run(
+        [*cli, "evaluate", "--model", str(tmp_path / "m"), "--task-file", str(tmp_path / "t.json"), "--task-name", "he",
+         "--model-name", "tiny", "--batch-size", "2", "--max-new-tokens", "4", "--dtype", "float32",
+         "--temperature", "0.9", "--top-k", "50", "--num-samples", "2", "--pass-k", "1", "2",
+         "--sandbox-timeout", "5", "--sandbox-nproc", "8", "--threads", "1", "--out", str(tmp_path / "r.json")],
+        check=True,
+    )  # fmt: skip
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["task"] == "he" and result["n"] == 2 and set(result["pass_at_k"]) == {"1", "2"}
+    assert result["sampling"] == {"temperature": 0.9, "top_k": 50, "top_p": None, "num_samples": 2}
+    assert result["sandbox"]["timeout_s"] == 5 and result["sandbox"]["nproc"] == 8
+    assert all(len(r["outputs"]) == 2 and r["error_bucket"] in ERROR_BUCKETS for r in result["samples"])

@@ -189,3 +189,20 @@ def test_prompt_formats_fewshot_and_chat(tmp_path):
         use_chat(object(), "chat")
     chat = build_prompt(task, sample, tokenizer, chat=True)
     assert chat.count("<user>") == 2 and f"<assistant>{shot['solution']}</assistant>" in chat and "\\boxed{}" in chat
+
+
+def test_hub_path_goes_through_load_dataset(tmp_path):
+    """`hub:` is passed to datasets.load_dataset; a local data directory exercises that very call offline."""
+    rows = read_rows(FIXTURES / "gsm8k_main_test.jsonl")
+    (tmp_path / "hubdir").mkdir()
+    for split, part in (("train", rows[:2]), ("test", rows[2:])):
+        (tmp_path / "hubdir" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    task = prepare_task_spec(
+        spec(dataset="gsm8k", hub=str(tmp_path / "hubdir"), fewshot_split="train", num_fewshot=1),
+        tmp_path,
+        0,
+        tmp_path / "t.json",
+    )
+    assert task["source"] == f"hub:{tmp_path / 'hubdir'}:test"
+    assert {s["input"] for s in task["samples"]} == {r["question"] for r in rows[2:]}
+    assert task["fewshot"][0]["input"] in {r["question"] for r in rows[:2]}
