@@ -213,7 +213,9 @@ def test_paper_config_dry_run_offline(tmp_path):
     assert jobs == expected_jobs(paper)
     # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios x 2 trained recoveries
     assert jobs["recover"] == 54
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 4
+    # 4 BIG-bench tasks + 5 hub generative tasks + the 2 arithmetic diagnostics
+    assert len(paper["tasks"]) == 11
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 11
     assert jobs["score_iterative"] == 3
 
 
