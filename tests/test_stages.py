@@ -344,7 +344,7 @@ def generative_task(samples_targets: list[list[str]] | None = None) -> dict:
 def test_evaluate_generative_exact_match(checkpoint, tokenizer, model, tmp_path):
     task = generative_task()
     write_json(tmp_path / "task.json", task)
-    kwargs = dict(batch_size=4, max_new_tokens=4, seed=0, dtype="float32", variant=VARIANT)
+    kwargs = dict(batch_size=4, max_new_tokens=4, seed=0, dtype="float32", variant=VARIANT, prompting="fewshot")
     first = evaluate_checkpoint(checkpoint, tmp_path / "task.json", "gen", tmp_path / "first.json", **kwargs)
     outputs = [s["output"] for s in first["samples"]]
     answerable = [i for i, output in enumerate(outputs) if normalise_answer(output)]

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from workflow_helpers import BIN, REPO, planned_jobs, run, snakemake, workflow_copy
 
+from layerprune.tasks import bigbench_inputs
+
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
@@ -20,7 +22,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
     recoveries = config["recovery"]["methods"]
     trained = len([r for r in recoveries if r != "none"])
     tasks = len(config["tasks"])
-    bigbench = {t["bigbench_task"] for t in config["tasks"].values()}
+    bigbench = {name for t in config["tasks"].values() for name in bigbench_inputs(t)}
     source = config["prompts"].get("source", "bigbench")
     if source == "bigbench" and trained:
         bigbench |= set(config["prompts"]["bigbench_tasks"])
@@ -105,6 +107,28 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
         assert f"results/data/tasks/{task}.json" in block.split("output:")[0]
 
 
+def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["tasks"]["humaneval"].update(temperature=0.9, top_k=50, num_samples=5, pass_k=[1, 5])
+    config["tasks"]["gsm8k"] = {"type": "generative", "dataset": "gsm8k", "file": "data/gsm8k.jsonl", "num_fewshot": 2}
+    config["evaluation"]["sandbox"] = {"timeout_s": 7, "nproc": 12}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    (workdir / "data").mkdir()
+    (workdir / "data" / "gsm8k.jsonl").write_text("")
+    output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout
+    lines = output.splitlines()
+    prepare = next(line for line in lines if "layerprune prepare-task" in line and "gsm8k.jsonl" in line)
+    assert '"dataset": "gsm8k"' in prepare and "--out results/data/tasks/gsm8k.json" in prepare
+    probe = next(line for line in lines if "layerprune prepare-task" in line and "1_digit_multiplication" in line)
+    assert '"grader": "first_digit"' in probe
+    evaluate = next(line for line in lines if "layerprune evaluate" in line and "--task-name humaneval" in line)
+    assert "--prompting fewshot --temperature 0.9 --top-k 50 --top-p None --num-samples 5 --pass-k 1 5" in evaluate
+    assert "--sandbox-timeout 7 --sandbox-cpu 10 --sandbox-memory-mb 2048 --sandbox-file-size-mb 16" in evaluate
+    assert "--sandbox-nproc 12" in evaluate
+    plural = next(line for line in lines if "layerprune evaluate" in line and "--task-name plural" in line)
+    assert "--prompting auto --temperature 0 " in plural and "--num-samples 1 --pass-k 1" in plural
+
+
 def test_calibration_loss_methods_get_their_settings(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["scoring"].update(methods=["ppl", "sleb", "reverse"], chunk_size=16, sleb_exclude_ends=False)
@@ -138,6 +162,10 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
         (lambda c: c["prompts"].update(source="bigbench", bigbench_tasks=[]), "bigbench_tasks"),
         (lambda c: c["selfgen"].update(backend="tgi"), "tgi"),
         (lambda c: c["prompts"].update(magpie={"dedup_threshold": 0}), "dedup_threshold"),
+        (lambda c: c["tasks"]["humaneval"].update(grader="bleu"), "bleu"),
+        (lambda c: c["tasks"]["plural"].pop("bigbench_task"), "bigbench_task"),
+        (lambda c: c["tasks"]["humaneval"].update(prompting="socratic"), "socratic"),
+        (lambda c: c["evaluation"].update(sandbox={"nproc": 0}), "nproc"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(tmp_path, mutate, message):
@@ -195,7 +223,9 @@ def test_paper_config_dry_run_offline(tmp_path):
     assert jobs == expected_jobs(paper)
     # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios x 2 trained recoveries
     assert jobs["recover"] == 54
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 4
+    # 4 BIG-bench tasks + 5 hub generative tasks + the 2 arithmetic diagnostics
+    assert len(paper["tasks"]) == 11
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 11
     assert jobs["score_iterative"] == 3
 
 

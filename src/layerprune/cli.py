@@ -22,6 +22,10 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in {"none", "null", ""} else int(text)
 
 
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in {"none", "null", ""} else float(text)
+
+
 def _optional_str(text: str) -> str | None:
     return None if text.lower() in {"none", "null", ""} else text
 
@@ -53,9 +57,9 @@ def cmd_extract_bigbench(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_task(args: argparse.Namespace) -> None:
-    from layerprune.data import prepare_task
+    from layerprune.tasks import prepare_task_spec
 
-    prepare_task(args.bigbench_dir, args.bigbench_task, args.type, args.num_fewshot, args.limit, args.seed, args.out)
+    prepare_task_spec(json.loads(args.spec), args.bigbench_dir, args.seed, args.out)
 
 
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
@@ -215,6 +219,8 @@ def cmd_recover(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.generative import Sampling
+    from layerprune.sandbox import SandboxLimits
 
     _threads(args.threads)
     evaluate_checkpoint(
@@ -232,6 +238,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             "ratio": args.ratio,
             "recovery": args.recovery,
         },
+        prompting=args.prompting,
+        sampling=Sampling(args.temperature, args.top_k, args.top_p, args.num_samples),
+        pass_k=args.pass_k,
+        sandbox=SandboxLimits(
+            timeout_s=args.sandbox_timeout,
+            cpu_s=args.sandbox_cpu,
+            memory_mb=args.sandbox_memory_mb,
+            file_size_mb=args.sandbox_file_size_mb,
+            nproc=args.sandbox_nproc,
+        ),
     )
 
 
@@ -267,11 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True)
 
     sub = stage("prepare-task", cmd_prepare_task, "Draw few-shot and evaluated samples of a task.")
-    sub.add_argument("--bigbench-dir", required=True)
-    sub.add_argument("--bigbench-task", required=True)
-    sub.add_argument("--type", required=True, choices=["classification", "generative"])
-    sub.add_argument("--num-fewshot", type=int, required=True)
-    sub.add_argument("--limit", type=_optional_int, default=None)
+    sub.add_argument("--spec", required=True, help="the task's config entry (tasks.<name>) as JSON")
+    sub.add_argument("--bigbench-dir", default="resources/bigbench")
     sub.add_argument("--seed", type=int, required=True)
     sub.add_argument("--out", required=True)
 
@@ -398,6 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--method", default="dense")
     sub.add_argument("--ratio", type=float, default=0.0)
     sub.add_argument("--recovery", default="none")
+    sub.add_argument("--prompting", default="auto", choices=["auto", "chat", "fewshot"])
+    sub.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    sub.add_argument("--top-k", type=_optional_int, default=None)
+    sub.add_argument("--top-p", type=_optional_float, default=None)
+    sub.add_argument("--num-samples", type=int, default=1, help="generations per problem")
+    sub.add_argument("--pass-k", type=int, nargs="+", default=[1], help="code tasks: the k of pass@k")
+    sub.add_argument("--sandbox-timeout", type=float, default=10.0, help="seconds of wall clock per program")
+    sub.add_argument("--sandbox-cpu", type=int, default=10, help="seconds of CPU per program")
+    sub.add_argument("--sandbox-memory-mb", type=int, default=2048)
+    sub.add_argument("--sandbox-file-size-mb", type=int, default=16)
+    sub.add_argument("--sandbox-nproc", type=int, default=32)
 
     sub = stage("aggregate", cmd_aggregate, "Tidy table, report and plots from evaluation JSONs.")
     sub.add_argument("--results", nargs="+", required=True)

@@ -1,80 +1,33 @@
-"""Evaluation of one checkpoint on one task.
+"""Evaluation of one checkpoint on one task (a dispatcher).
 
 * classification: log-likelihood over the choices, through lm-eval, with a local
   task YAML over local JSONL and the already-loaded model object passed in;
-* generative: few-shot prompting, greedy decoding, exact match on the first line.
+* generative: `layerprune.generative` (chat or few-shot prompts, per-task
+  sampling, graders from `layerprune.graders`, code run in `layerprune.sandbox`).
 
 Every sample's prompt, output and verdict is kept in the result JSON.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from tqdm import tqdm
 
+from layerprune.generative import Sampling, evaluate_generative
+from layerprune.graders import normalise_answer  # noqa: F401 - re-exported
 from layerprune.io import read_json, write_json, write_jsonl
 from layerprune.models import load_checkpoint
+from layerprune.sandbox import SandboxLimits
 
 QUESTION, ANSWER = "Q: ", "A:"
-
-
-def _stderr(values: list[float]) -> float:
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def fewshot_prompt(fewshot: list[dict], question: str) -> str:
     shots = "".join(f"{QUESTION}{shot['input']}\n{ANSWER} {shot['targets'][0]}\n\n" for shot in fewshot)
     return f"{shots}{QUESTION}{question}\n{ANSWER}"
-
-
-def normalise_answer(text: str) -> str:
-    return text.strip().split("\n")[0].strip().rstrip(".").strip().lower()
-
-
-@torch.no_grad()
-def evaluate_generative(
-    model, tokenizer, task: dict[str, Any], max_new_tokens: int, batch_size: int, progress: bool = True
-) -> dict[str, Any]:
-    tokenizer.padding_side = "left"
-    samples = task["samples"]
-    prompts = [fewshot_prompt(task["fewshot"], sample["input"]) for sample in samples]
-    outputs: list[str] = []
-    device = next(model.parameters()).device
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-        generated = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )
-        outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    records = []
-    for sample, prompt, output in zip(samples, prompts, outputs, strict=True):
-        correct = normalise_answer(output) in {normalise_answer(t) for t in sample["targets"]}
-        records.append(
-            {
-                "id": sample["id"],
-                "prompt": prompt,
-                "output": output,
-                "target": sample["targets"],
-                "correct": correct,
-            }
-        )
-    scores = [float(r["correct"]) for r in records]
-    return {
-        "metric": "exact_match",
-        "value": sum(scores) / len(scores),
-        "stderr": _stderr(scores),
-        "samples": records,
-    }
 
 
 def _lm_eval_task_yaml(name: str, test_file: Path, fewshot_file: Path) -> dict[str, Any]:
@@ -155,6 +108,10 @@ def evaluate_checkpoint(
     seed: int,
     dtype: str = "auto",
     variant: dict[str, Any] | None = None,
+    prompting: str = "auto",
+    sampling: Sampling | None = None,
+    pass_k: list[int] | None = None,
+    sandbox: SandboxLimits | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in `model_dir` on the prepared task in `task_path`.
 
@@ -166,7 +123,18 @@ def evaluate_checkpoint(
     if task["type"] == "classification":
         result = evaluate_classification(model, tokenizer, task, task_name, batch_size, seed)
     else:
-        result = evaluate_generative(model, tokenizer, task, max_new_tokens, batch_size)
+        result = evaluate_generative(
+            model,
+            tokenizer,
+            task,
+            max_new_tokens,
+            batch_size,
+            prompting=prompting,
+            sampling=sampling,
+            pass_k=pass_k,
+            sandbox=sandbox,
+            seed=seed,
+        )
     result = {
         **(variant or {}),
         "task": task_name,

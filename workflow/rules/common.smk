@@ -77,6 +77,18 @@ def model_prompt_set(model):
     return f"results/data/prompts/{model}.jsonl"
 
 
+def task_inputs(wildcards):
+    """What preparing a task reads: its BIG-bench task(s) (gem/xsum for offline XSum) and local files."""
+    spec = config["tasks"][wildcards.task]
+    files = [spec[key] for key in ("file", "fewshot_file") if spec.get(key)]
+    if spec["dataset"] == "bigbench":
+        tasks = spec["bigbench_task"]
+        files += [bigbench_file(task) for task in ([tasks] if isinstance(tasks, str) else tasks)]
+    elif spec["dataset"] == "xsum" and not spec.get("hub") and not spec.get("file"):
+        files.append(bigbench_file("gem/xsum"))
+    return files
+
+
 def dense_checkpoint(model):
     return f"results/models/{model}/dense"
 

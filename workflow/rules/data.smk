@@ -18,19 +18,15 @@ rule extract_bigbench:
 
 rule prepare_task:
     input:
-        lambda wc: bigbench_file(config["tasks"][wc.task]["bigbench_task"]),
+        task_inputs,
     output:
         "results/data/tasks/{task}.json",
     params:
-        bigbench_task=lambda wc: config["tasks"][wc.task]["bigbench_task"],
-        type=lambda wc: config["tasks"][wc.task]["type"],
-        num_fewshot=lambda wc: config["tasks"][wc.task]["num_fewshot"],
-        limit=lambda wc: config["tasks"][wc.task]["limit"],
+        spec=lambda wc: json.dumps(config["tasks"][wc.task], sort_keys=True),
         seed=SEED,
     shell:
-        "layerprune prepare-task --bigbench-dir resources/bigbench --bigbench-task {params.bigbench_task}"
-        " --type {params.type} --num-fewshot {params.num_fewshot} --limit {params.limit}"
-        " --seed {params.seed} --out {output}"
+        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --seed {params.seed}"
+        " --out {output}"
 
 
 rule prepare_prompts:

@@ -1,4 +1,25 @@
 EVALUATION = config["evaluation"]
+SANDBOX = EVALUATION["sandbox"]
+
+
+def generation_flags(wildcards):
+    """Per-task prompting and sampling, and the sandbox limits, as CLI flags."""
+    task = config["tasks"][wildcards.task]
+    flags = [
+        f"--prompting {task['prompting']}",
+        f"--temperature {task['temperature']}",
+        f"--top-k {task['top_k']}",
+        f"--top-p {task['top_p']}",
+        f"--num-samples {task['num_samples']}",
+        "--pass-k " + " ".join(str(k) for k in task["pass_k"]),
+        f"--sandbox-timeout {SANDBOX['timeout_s']}",
+        f"--sandbox-cpu {SANDBOX['cpu_s']}",
+        f"--sandbox-memory-mb {SANDBOX['memory_mb']}",
+        f"--sandbox-file-size-mb {SANDBOX['file_size_mb']}",
+        f"--sandbox-nproc {SANDBOX['nproc']}",
+    ]
+    return " ".join(flags)
+
 
 
 rule evaluate_dense:
@@ -12,6 +33,7 @@ rule evaluate_dense:
         max_new_tokens=lambda wc: config["tasks"][wc.task]["max_new_tokens"],
         seed=SEED,
         dtype=DTYPE,
+        generation=generation_flags,
     threads: job_threads("evaluate")
     resources:
         **job_resources("evaluate"),
@@ -19,7 +41,7 @@ rule evaluate_dense:
         "layerprune evaluate --model {input.model} --task-file {input.task} --task-name {wildcards.task}"
         " --model-name {wildcards.model} --batch-size {params.batch_size}"
         " --max-new-tokens {params.max_new_tokens} --seed {params.seed} --dtype {params.dtype}"
-        " --threads {threads} --out {output}"
+        " {params.generation} --threads {threads} --out {output}"
 
 
 rule evaluate_variant:
@@ -33,6 +55,7 @@ rule evaluate_variant:
         max_new_tokens=lambda wc: config["tasks"][wc.task]["max_new_tokens"],
         seed=SEED,
         dtype=DTYPE,
+        generation=generation_flags,
     threads: job_threads("evaluate")
     resources:
         **job_resources("evaluate"),
@@ -41,4 +64,4 @@ rule evaluate_variant:
         " --model-name {wildcards.model} --method {wildcards.method} --ratio {wildcards.ratio}"
         " --recovery {wildcards.recovery} --batch-size {params.batch_size}"
         " --max-new-tokens {params.max_new_tokens} --seed {params.seed} --dtype {params.dtype}"
-        " --threads {threads} --out {output}"
+        " {params.generation} --threads {threads} --out {output}"

