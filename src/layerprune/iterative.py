@@ -17,7 +17,8 @@ first `num_samples` samples:
   token split of the evaluation through lm-eval, computed here directly and batched;
   the few-shot examples are taken in the task file's order, where lm-eval draws
   them with its seed);
-* generative: greedy decoding and exact match, through `evaluate_generative`.
+* generative: greedy few-shot decoding graded by the task's own grader (exact match,
+  first digit, ...), through `evaluate_generative`.
 
 A removal is temporary: `layers_removed` applies `layerprune.prune.remove_layers`
 (the very surgery `prune` does: layer list, `layer_idx` renumbering, per-layer config
@@ -62,14 +63,9 @@ def load_probe_tasks(
     tasks = []
     for path, tokens in zip(paths, max_new_tokens, strict=True):
         task = read_json(path)
+        # the whole prepared task (its grader, stop strings, ...) with the samples cut
         tasks.append(
-            {
-                "name": Path(path).stem,
-                "type": task["type"],
-                "fewshot": task["fewshot"],
-                "samples": task["samples"][:num_samples],
-                "max_new_tokens": tokens,
-            }
+            {**task, "name": Path(path).stem, "samples": task["samples"][:num_samples], "max_new_tokens": tokens}
         )
     return tasks
 
