@@ -58,6 +58,18 @@ def cmd_prepare_task(args: argparse.Namespace) -> None:
     prepare_task(args.bigbench_dir, args.bigbench_task, args.type, args.num_fewshot, args.limit, args.seed, args.out)
 
 
+def _optional_float(text: str) -> float | None:
+    return None if text in ("", "None", "null") else float(text)
+
+
+def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
+    from layerprune.data import prepare_lm_eval_task
+
+    prepare_lm_eval_task(
+        args.lm_eval_task, args.num_fewshot, args.limit, args.metric, args.include_path, args.seed, args.out
+    )
+
+
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_prompt_set
 
@@ -222,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--type", required=True, choices=["classification", "generative"])
     sub.add_argument("--num-fewshot", type=int, required=True)
     sub.add_argument("--limit", type=_optional_int, default=None)
+    sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--out", required=True)
+
+    sub = stage("prepare-lm-eval-task", cmd_prepare_lm_eval_task, "Pin the settings of an lm-eval task run by name.")
+    sub.add_argument("--lm-eval-task", required=True, help="lm-eval task or group name, e.g. mmlu, arc_challenge")
+    sub.add_argument("--num-fewshot", type=int, required=True)
+    sub.add_argument("--limit", type=_optional_float, default=None, help="count, or fraction if < 1 (lm-eval)")
+    sub.add_argument("--metric", default="acc", choices=["acc", "acc_norm"])
+    sub.add_argument("--include-path", type=_optional_str, default=None, help="folder of extra lm-eval task YAMLs")
     sub.add_argument("--seed", type=int, required=True)
     sub.add_argument("--out", required=True)
 

@@ -11,6 +11,9 @@ METHODS = config["scoring"]["methods"]
 RATIOS = [f"{ratio:g}" for ratio in config["pruning"]["ratios"]]
 RECOVERIES = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
+# Tasks lm-eval runs by name (MMLU, ARC, ...): a settings file, no BIG-bench download.
+LM_EVAL_TASKS = [task for task, settings in config["tasks"].items() if settings.get("lm_eval_task")]
+LM_EVAL_TASK_PATTERN = "|".join(LM_EVAL_TASKS) or "(?!)"
 PROBE_TASKS = config["scoring"]["iterative"]["probe_tasks"] or TASKS
 _unknown_probes = [task for task in PROBE_TASKS if task not in config["tasks"]]
 if _unknown_probes:
@@ -46,6 +49,12 @@ def job_threads(rule_name):
 
 def bigbench_file(task):
     return f"resources/bigbench/{task}/task.json"
+
+
+def bigbench_inputs(task):
+    """The BIG-bench file a task is drawn from ([] for an lm-eval task)."""
+    bigbench_task = config["tasks"][task].get("bigbench_task")
+    return [bigbench_file(bigbench_task)] if bigbench_task else []
 
 
 def dense_checkpoint(model):
