@@ -200,7 +200,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from layerprune.aggregate import aggregate
 
-    aggregate(args.results, args.out_dir, score_paths=args.scores)
+    aggregate(
+        args.results,
+        args.out_dir,
+        score_paths=args.scores,
+        bootstrap_samples=args.bootstrap_samples,
+        confidence=args.confidence,
+        seed=args.seed,
+        headline_ratio=args.headline_ratio,
+        self_bleu_max_texts=args.self_bleu_max_texts,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--results", nargs="+", required=True)
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
     sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the retention intervals")
+    sub.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals")
+    sub.add_argument("--seed", type=int, default=0, help="seeds the bootstrap and the self-BLEU subsample")
+    sub.add_argument("--headline-ratio", type=_optional_float, default=None, help="first-screen ratio (None: median)")
+    sub.add_argument("--self-bleu-max-texts", type=int, default=200, help="outputs per result for self-BLEU")
     return parser
 
 

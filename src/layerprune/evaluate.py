@@ -211,7 +211,9 @@ def evaluate_classification(
         )
     metrics = results["results"][lm_eval_name]
     if f"{metric},none" not in metrics:
-        raise KeyError(f"tasks.{task_name}.metric: lm-eval task {lm_eval_name} reports no {metric!r} ({sorted(metrics)})")
+        raise KeyError(
+            f"tasks.{task_name}.lm_eval_metric: lm-eval task {lm_eval_name} reports no {metric!r} ({sorted(metrics)})"
+        )
     return {
         "metric": {"acc": "accuracy", "acc_norm": "accuracy_norm"}.get(metric, metric),
         "value": float(metrics[f"{metric},none"]),

@@ -1,0 +1,121 @@
+"""The paper's diagnostics, computed in aggregate from the samples kept in each result JSON.
+
+* degeneration of generated text: Rep-n (the repeated fraction of n-grams, n = 2, 3, 4) and
+  self-BLEU (sacrebleu, already a dependency of lm-eval);
+* code error buckets: counts of the per-sample `error_bucket` of code tasks;
+* arithmetic: accuracy at the first answer digit and exact accuracy, by operation and by
+  digit count, from the per-sample `digits` and `operation` of arithmetic tasks.
+
+Every function takes the plain list of sample dicts and skips samples that lack the field it
+needs, so a result written before a field existed still aggregates (to an empty table).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+REP_N = (2, 3, 4)
+ERROR_BUCKETS = ("never_closed_bracket", "unmatched_bracket", "syntax_error", "runtime_error", "wrong_answer", "pass")
+DIGIT = re.compile(r"-?\d")
+
+
+def _tokens(text: str) -> list[str]:
+    """Whitespace tokens: model-agnostic, so that Rep-n compares across tokenizers."""
+    return str(text).split()
+
+
+def rep_n(texts: list[str], n: int) -> float:
+    """Rep-n: the repeated fraction of n-grams, seq-rep-n of Welleck et al. (2020).
+
+    Per text 1 - unique n-grams / n-grams (0: no n-gram repeats, near 1: a loop), averaged
+    over the texts that have at least n tokens; NaN when none has.
+    """
+    values = []
+    for text in texts:
+        tokens = _tokens(text)
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        if grams:
+            values.append(1.0 - len(set(grams)) / len(grams))
+    return sum(values) / len(values) if values else float("nan")
+
+
+def self_bleu(texts: list[str], max_texts: int = 200, seed: int = 0) -> float:
+    """Self-BLEU (Zhu et al., 2018): mean sentence BLEU of each text against all the others.
+
+    High = the outputs resemble each other (mode collapse). sacrebleu's sentence BLEU with
+    effective order, on 0-100 divided by 100. At most `max_texts` texts (a seeded sample):
+    the cost is quadratic. NaN with fewer than two non-empty texts.
+    """
+    from sacrebleu.metrics import BLEU
+
+    texts = [str(t) for t in texts if str(t).strip()]
+    if len(texts) < 2:
+        return float("nan")
+    if len(texts) > max_texts:
+        texts = random.Random(seed).sample(texts, max_texts)
+    bleu = BLEU(effective_order=True)
+    scores = [bleu.sentence_score(text, texts[:i] + texts[i + 1 :]).score / 100.0 for i, text in enumerate(texts)]
+    return sum(scores) / len(scores)
+
+
+def degeneration(samples: list[dict[str, Any]], max_texts: int = 200, seed: int = 0) -> dict[str, float]:
+    """Rep-2/3/4 and self-BLEU of the samples' `output`s."""
+    texts = [s["output"] for s in samples if isinstance(s.get("output"), str)]
+    row = {f"rep_{n}": rep_n(texts, n) for n in REP_N}
+    row["self_bleu"] = self_bleu(texts, max_texts=max_texts, seed=seed)
+    row["n_texts"] = len(texts)
+    return row
+
+
+def error_bucket_counts(samples: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts of each code error bucket (fixed order; an unknown bucket is kept under its name)."""
+    counts = Counter(s["error_bucket"] for s in samples if s.get("error_bucket"))
+    return {**{bucket: counts.pop(bucket, 0) for bucket in ERROR_BUCKETS}, **dict(sorted(counts.items()))}
+
+
+def first_digit(text: Any) -> str | None:
+    """The first digit of an answer (a leading minus sign kept), or None when there is none."""
+    if isinstance(text, list):
+        text = text[0] if text else ""
+    match = DIGIT.search(str(text))
+    return match.group(0) if match else None
+
+
+def first_digit_correct(sample: dict[str, Any]) -> bool:
+    """The sample's own `first_digit_correct` when the grader wrote one, else output vs target."""
+    if "first_digit_correct" in sample:
+        return bool(sample["first_digit_correct"])
+    predicted = first_digit(sample.get("output"))
+    return predicted is not None and predicted == first_digit(sample.get("target"))
+
+
+def arithmetic_breakdown(samples: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per (operation, digits): n, exact accuracy and first-digit accuracy.
+
+    Only samples with both `operation` and `digits` count; the frame is empty without any.
+    """
+    rows = [
+        {
+            "operation": str(s["operation"]),
+            "digits": int(s["digits"]),
+            "correct": float(bool(s.get("correct"))),
+            "first_digit": float(first_digit_correct(s)),
+        }
+        for s in samples
+        if s.get("operation") is not None and s.get("digits") is not None
+    ]
+    columns = ["operation", "digits", "n", "accuracy", "first_digit_accuracy"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows)
+    table = (
+        frame.groupby(["operation", "digits"])
+        .agg(n=("correct", "size"), accuracy=("correct", "mean"), first_digit_accuracy=("first_digit", "mean"))
+        .reset_index()
+    )
+    return table[columns]
