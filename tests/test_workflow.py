@@ -20,7 +20,11 @@ def expected_jobs(config: dict) -> dict[str, int]:
     recoveries = config["recovery"]["methods"]
     trained = len([r for r in recoveries if r != "none"])
     tasks = len(config["tasks"])
-    bigbench = {t["bigbench_task"] for t in config["tasks"].values()}
+    lm_eval_tasks = len([t for t in config["tasks"].values() if t.get("lm_eval_task")])
+    bigbench = set()
+    for settings in config["tasks"].values():
+        named = settings.get("bigbench_task") or []
+        bigbench |= {named} if isinstance(named, str) else set(named)
     bigbench |= set(config["prompts"]["bigbench_tasks"])
     calibrated = [
         m for m in config["scoring"]["methods"] if m in ("bi", "angular", "angular_last", "ppl", "taylor", "sleb")
@@ -32,7 +36,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "all": 1,
         "fetch_bigbench": 1,
         "extract_bigbench": len(bigbench),
-        "prepare_task": tasks,
+        "prepare_task": tasks - lm_eval_tasks,
+        "prepare_lm_eval_task": lm_eval_tasks,
         "prepare_prompts": 1,
         "prepare_calibration": 1 if calibrated else 0,
         "materialize": models,
@@ -183,10 +188,50 @@ def test_paper_config_dry_run_offline(tmp_path):
     workdir = workflow_copy(tmp_path / "wf", paper)
     jobs = planned_jobs(workdir)
     assert jobs == expected_jobs(paper)
-    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios x 2 trained recoveries
-    assert jobs["recover"] == 54
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 4
+    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 15 tasks:
+    # 7 lm-eval + general_knowledge + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + 2 arithmetic.
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 15 == 1215
+    assert jobs["evaluate_dense"] == 45
+    assert jobs["recover"] == 54  # 2 trained recoveries (data, sgr)
     assert jobs["score_iterative"] == 3
+    assert jobs["prepare_lm_eval_task"] == 7
+    assert jobs["prepare_task"] == 8
+    assert jobs["extract_bigbench"] == 15  # 12 task + 2 more prompt + 1 calibration BIG-bench tasks
+    assert sum(jobs.values()) == 1391
+
+
+def test_lm_eval_task_cannot_probe_iterative(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["scoring"]["methods"] = ["iterative"]
+    config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 0}
+    config["scoring"]["iterative"] = {"probe_tasks": ["arc"]}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "scoring.iterative.probe_tasks: 'arc'" in result.stdout + result.stderr
+
+
+def test_lm_eval_task_is_classification_only(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["tasks"]["arc"] = {"type": "generative", "lm_eval_task": "arc_easy", "num_fewshot": 0}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "classification" in result.stdout + result.stderr
+
+
+def test_lm_eval_task_settings_reach_the_cli(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 5, "limit": 0.2}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    jobs = planned_jobs(workdir)
+    assert jobs == expected_jobs(config) and jobs["prepare_lm_eval_task"] == 1
+    dry = snakemake(workdir, "-n", "-p", "--cores", "1", "results/data/tasks/arc.json")
+    shown = dry.stdout + dry.stderr
+    assert (
+        "layerprune prepare-lm-eval-task --lm-eval-task arc_easy --num-fewshot 5 --limit 0.2 --metric acc"
+        " --include-path='' --seed 0 --out results/data/tasks/arc.json"
+    ) in " ".join(shown.split())
 
 
 @pytest.mark.parametrize("system_prompt", [None, 'You are a helpful assistant. It\'s "quoted" $HOME `x`'])

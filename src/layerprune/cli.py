@@ -22,6 +22,10 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in {"none", "null", ""} else int(text)
 
 
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in {"none", "null", ""} else float(text)
+
+
 def _optional_str(text: str) -> str | None:
     return None if text.lower() in {"none", "null", ""} else text
 
@@ -56,10 +60,6 @@ def cmd_prepare_task(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_task
 
     prepare_task(args.bigbench_dir, args.bigbench_task, args.type, args.num_fewshot, args.limit, args.seed, args.out)
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text in ("", "None", "null") else float(text)
 
 
 def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:

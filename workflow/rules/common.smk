@@ -16,6 +16,12 @@ LM_EVAL_TASKS = [task for task, settings in config["tasks"].items() if settings.
 LM_EVAL_TASK_PATTERN = "|".join(LM_EVAL_TASKS) or "(?!)"
 PROBE_TASKS = config["scoring"]["iterative"]["probe_tasks"] or TASKS
 _unknown_probes = [task for task in PROBE_TASKS if task not in config["tasks"]]
+_lm_eval_probes = [task for task in PROBE_TASKS if task in LM_EVAL_TASKS]
+if "iterative" in METHODS and _lm_eval_probes:
+    raise ValueError(
+        f"scoring.iterative.probe_tasks: {', '.join(map(repr, _lm_eval_probes))} run through lm-eval by name and "
+        "have no prepared samples to probe with; name BIG-bench or dataset tasks (set probe_tasks explicitly)"
+    )
 if _unknown_probes:
     raise ValueError(
         f"scoring.iterative.probe_tasks: {', '.join(map(repr, _unknown_probes))} is not a task in config "
@@ -52,9 +58,9 @@ def bigbench_file(task):
 
 
 def bigbench_inputs(task):
-    """The BIG-bench file a task is drawn from ([] for an lm-eval task)."""
-    bigbench_task = config["tasks"][task].get("bigbench_task")
-    return [bigbench_file(bigbench_task)] if bigbench_task else []
+    """The BIG-bench files a task is drawn from ([] for an lm-eval or hub task)."""
+    bigbench_task = config["tasks"][task].get("bigbench_task") or []
+    return [bigbench_file(t) for t in ([bigbench_task] if isinstance(bigbench_task, str) else bigbench_task)]
 
 
 def dense_checkpoint(model):

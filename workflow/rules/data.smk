@@ -29,7 +29,7 @@ rule prepare_lm_eval_task:
         num_fewshot=lambda wc: config["tasks"][wc.task]["num_fewshot"],
         limit=lambda wc: config["tasks"][wc.task]["limit"],
         metric=lambda wc: config["tasks"][wc.task]["lm_eval_metric"],
-        include_path=lambda wc: config["tasks"][wc.task]["lm_eval_include_path"],
+        include_path=lambda wc: config["tasks"][wc.task]["lm_eval_include_path"] or "",
         seed=SEED,
     shell:
         "layerprune prepare-lm-eval-task --lm-eval-task {params.lm_eval_task} --num-fewshot {params.num_fewshot}"
@@ -43,7 +43,7 @@ rule prepare_task:
     output:
         "results/data/tasks/{task}.json",
     params:
-        bigbench_task=lambda wc: config["tasks"][wc.task]["bigbench_task"],
+        bigbench_task=lambda wc: config["tasks"][wc.task].get("bigbench_task"),
         type=lambda wc: config["tasks"][wc.task]["type"],
         num_fewshot=lambda wc: config["tasks"][wc.task]["num_fewshot"],
         limit=lambda wc: config["tasks"][wc.task]["limit"],
