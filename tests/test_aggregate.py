@@ -155,7 +155,7 @@ def test_report_markdown(aggregated):
     for (ratio, recovery), retention in RETENTION.items():
         # retention [CI]; every sample of the fixture is the same, so the interval is [1, 1].
         kept = [f"{retention[task]:.2f} [1.00, 1.00]" for task in ("arith", "colours")]
-        cells = [MODEL, "bi", f"{ratio:.3f}", recovery, *kept]
+        cells = [MODEL, "bi", f"{ratio:g}", recovery, *kept]
         assert "| " + " | ".join(cells) + " |" in body
     dense_section = report.split("## Dense baselines", 1)[1].split("## Diagnostics", 1)[0]
     assert f"| {MODEL} | colours | accuracy | 0.750 | 0.125 | 16 |" in dense_section

@@ -234,7 +234,7 @@ def plot_retention_by_type(per_type: pd.DataFrame, out_path: Path) -> None:
     plt = _pyplot()
     wide = per_type.pivot_table(index=VARIANT, columns="type", values=["retention", "ci_low", "ci_high"]).reset_index()
     models = sorted(wide["model"].unique())
-    figure, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.8), squeeze=False)
+    figure, axes = plt.subplots(1, len(models), figsize=(max(6.5, 5.2 * len(models)), 5.0), squeeze=False)
     methods = sorted(wide["method"].unique())
     recoveries = sorted(wide["recovery"].unique())
     colors = {r: f"C{i}" for i, r in enumerate(recoveries)}
@@ -271,8 +271,8 @@ def plot_retention_by_type(per_type: pd.DataFrame, out_path: Path) -> None:
     ]
     axes[0, -1].legend(handles=handles, fontsize=8, loc="best")
     figure.suptitle(
-        "Classification vs generative retention\n(point label: pruning ratio; bars: bootstrap CI; "
-        "below the diagonal: generation lost more)",
+        "Classification vs generative retention\n"
+        "label: pruning ratio · bars: bootstrap CI · below the diagonal: generation lost more",
         fontsize=9,
     )
     figure.tight_layout()
@@ -373,6 +373,7 @@ def type_summary_table(per_type: pd.DataFrame, ratio: float | None = None) -> pd
     rows = rows.assign(cell=[_with_ci(r.retention, r.ci_low, r.ci_high) for r in rows.itertuples()])
     wide = rows.pivot_table(index=VARIANT, columns="type", values="cell", aggfunc="first").reset_index()
     wide.columns.name = None
+    wide["ratio"] = wide["ratio"].map("{:g}".format)
     return wide.fillna("–")
 
 
@@ -382,6 +383,7 @@ def task_retention_table(per_task: pd.DataFrame) -> pd.DataFrame:
     rows = per_task.assign(cell=[_with_ci(r.retention, r.ci_low, r.ci_high) for r in per_task.itertuples()])
     wide = rows.pivot_table(index=VARIANT, columns="task", values="cell", aggfunc="first").reset_index()
     wide.columns.name = None
+    wide["ratio"] = wide["ratio"].map("{:g}".format)
     return wide.fillna("–")
 
 
