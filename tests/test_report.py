@@ -53,6 +53,12 @@ def test_self_bleu_is_sacrebleu_against_the_other_outputs():
     assert self_bleu(["same words here now"] * 4) == pytest.approx(1.0)
     assert self_bleu(texts) < 1.0
     assert np.isnan(self_bleu(["only one"]))
+    # The counting shortcut equals sacrebleu's own sentence BLEU against the other outputs.
+    rng = random.Random(5)
+    words = ["a", "b", "c", "d", "e", "the", "of", "x"]
+    varied = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) + "." for _ in range(25)]
+    slow = np.mean([bleu.sentence_score(t, varied[:i] + varied[i + 1 :]).score / 100 for i, t in enumerate(varied)])
+    assert self_bleu(varied) == pytest.approx(slow, abs=1e-12)
     # Capped texts are a seeded sample: same seed, same value.
     many = [f"w{i} w{i + 1} w{i + 2} common tail" for i in range(30)]
     assert self_bleu(many, max_texts=10, seed=1) == self_bleu(many, max_texts=10, seed=1)

@@ -36,8 +36,19 @@ def load_results(result_paths: list[str | Path]) -> list[dict]:
         missing = [key for key in ("model", "method", "ratio", "recovery", "task", "value") if key not in result]
         if missing:
             raise KeyError(f"{path} lacks {missing}; was it written by `layerprune evaluate`?")
-        results.append(result)
+        results.append(_slim(result))
     return results
+
+
+# The per-sample fields the report reads; prompts (5-shot MMLU: kilobytes each) are dropped on
+# loading so that a paper-sized grid (over a thousand result files) fits in memory.
+SAMPLE_FIELDS = ("id", "correct", "score", "target", "error_bucket", "digits", "operation", "first_digit_correct")
+
+
+def _slim(result: dict) -> dict:
+    keep = SAMPLE_FIELDS + (("output",) if result.get("type") == "generative" else ())
+    samples = [{k: s[k] for k in keep if k in s} for s in result.get("samples") or []]
+    return {**result, "samples": samples}
 
 
 def collect(result_paths: list[str | Path] | list[dict]) -> pd.DataFrame:
@@ -144,7 +155,7 @@ def aggregate(
     confidence: float = 0.95,
     seed: int = 0,
     headline_ratio: float | None = None,
-    self_bleu_max_texts: int = 200,
+    self_bleu_max_texts: int = 1000,
 ) -> pd.DataFrame:
     """Write summary.csv, retention.csv, diagnostics CSVs, metrics.json, report.md and plots/.
 

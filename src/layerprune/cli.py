@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals")
     sub.add_argument("--seed", type=int, default=0, help="seeds the bootstrap and the self-BLEU subsample")
     sub.add_argument("--headline-ratio", type=_optional_float, default=None, help="first-screen ratio (None: median)")
-    sub.add_argument("--self-bleu-max-texts", type=int, default=200, help="outputs per result for self-BLEU")
+    sub.add_argument("--self-bleu-max-texts", type=int, default=1000, help="outputs per result for self-BLEU")
     return parser
 
 
