@@ -236,10 +236,16 @@ def test_report_first_screen_states_the_answer(report_dir):
     first_screen = report.split("## Retention by task type, every ratio", 1)[0]
     assert first_screen.startswith("# layerprune report")
     assert "## Answer: 0.25 of the layers removed" in first_screen
-    assert "- **tiny**, 0.25 of layers removed, recovery `none`: classification keeps" in first_screen
+    assert "- **tiny** (mean over methods, by recovery): classification keeps none 81% · sgr 87%; generative" in (
+        first_screen
+    )
     table = [line for line in first_screen.splitlines() if line.startswith("|")]
-    assert table[0] == "| model | method | ratio | recovery | classification | generative |"
-    assert len(table) == 2 + 3  # the three variants at ratio 0.25
+    assert table[0] == (
+        "| model | method | classification · none | classification · sgr | generative · none | generative · sgr |"
+    )
+    assert [line.split(" | ")[1] for line in table[2:]] == ["bi", "reverse"]
+    assert table[3].startswith("| tiny | reverse | 0.") and table[3].count("| – |") == 2  # no reverse+sgr run
+    assert table[3].endswith(" | – |")
     assert all("[" in line for line in table[2:])  # retention [CI]
     assert "![classification vs generative retention](plots/retention_by_type.png)" in first_screen
     assert len(first_screen.splitlines()) < 30

@@ -213,7 +213,7 @@ def aggregate(
         *report.answer_lines(per_type, ratio),
         "",
     ]
-    headline = report.type_summary_table(per_type, ratio)
+    headline = report.headline_table(per_type, ratio)
     lines += [markdown_table(headline) if len(headline) else "_no pruned variants_", ""]
     lines += [f"![classification vs generative retention]({report.HEADLINE_PNG})", ""]
     lines += ["## Retention by task type, every ratio", ""]

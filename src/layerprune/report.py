@@ -397,21 +397,42 @@ def headline_ratio(per_type: pd.DataFrame, requested: float | None) -> float | N
     return ratios[(len(ratios) - 1) // 2]
 
 
+def headline_table(per_type: pd.DataFrame, ratio: float | None) -> pd.DataFrame:
+    """The first-screen table at one ratio: (model, method) rows, a `type · recovery` column each.
+
+    Compact on purpose: the paper's grid (3 models x 3 methods x 3 recoveries) is 9 rows.
+    """
+    if ratio is None or not len(per_type):
+        return pd.DataFrame(columns=["model", "method"])
+    rows = per_type[np.isclose(per_type["ratio"], ratio)]
+    rows = rows.assign(
+        cell=[_with_ci(r.retention, r.ci_low, r.ci_high) for r in rows.itertuples()],
+        column=[f"{r.type} · {r.recovery}" for r in rows.itertuples()],
+    )
+    wide = rows.pivot_table(index=["model", "method"], columns="column", values="cell", aggfunc="first")
+    recoveries = sorted(rows["recovery"].unique(), key=lambda r: (r != "none", r))
+    types = [t for t in TYPES if t in set(rows["type"])] + sorted(set(rows["type"]) - set(TYPES))
+    order = [f"{t} · {r}" for t in types for r in recoveries if f"{t} · {r}" in wide.columns]
+    wide = wide[order].reset_index()
+    wide.columns.name = None
+    return wide.fillna("–")
+
+
 def answer_lines(per_type: pd.DataFrame, ratio: float | None) -> list[str]:
-    """One sentence per (model, recovery) at the headline ratio: the two retentions, mean over methods."""
+    """One line per model at the headline ratio: each type's retention per recovery, mean over methods."""
     if ratio is None or not len(per_type):
         return ["_No pruned variant has been evaluated._"]
     rows = per_type[np.isclose(per_type["ratio"], ratio)]
     lines = []
-    for (model, recovery), group in rows.groupby(["model", "recovery"], sort=True):
+    for model, group in rows.groupby("model", sort=True):
+        recoveries = sorted(group["recovery"].unique(), key=lambda r: (r != "none", r))
         parts = []
         for task_type in TYPES:
             typed = group[group["type"] == task_type]
             if len(typed):
-                by_method = ", ".join(f"{m} {v:.0%}" for m, v in zip(typed["method"], typed["retention"], strict=True))
-                parts.append(f"{task_type} keeps {typed['retention'].mean():.0%} (methods: {by_method})")
+                means = typed.groupby("recovery")["retention"].mean()
+                kept = " · ".join(f"{r} {means[r]:.0%}" for r in recoveries if r in means)
+                parts.append(f"{task_type} keeps {kept}")
         if parts:
-            lines.append(
-                f"- **{model}**, {ratio:g} of layers removed, recovery `{recovery}`: " + "; ".join(parts) + "."
-            )
+            lines.append(f"- **{model}** (mean over methods, by recovery): " + "; ".join(parts) + ".")
     return lines
