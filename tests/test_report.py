@@ -79,6 +79,9 @@ def test_error_bucket_counts_in_fixed_order():
     assert list(counts)[: len(ERROR_BUCKETS)] == list(ERROR_BUCKETS)
     assert counts["pass"] == 2 and counts["syntax_error"] == 1 and counts["never_closed_bracket"] == 1
     assert counts["unmatched_bracket"] == 0 and counts["timeout"] == 1
+    # Several generations per problem (pass@k): every generation's bucket counts.
+    sampled = [{"error_bucket": "pass", "error_buckets": ["pass", "wrong_answer", "wrong_answer"]}]
+    assert error_bucket_counts(sampled) == {**dict.fromkeys(ERROR_BUCKETS, 0), "pass": 1, "wrong_answer": 2}
 
 
 def test_first_digit_and_arithmetic_breakdown():
@@ -86,6 +89,7 @@ def test_first_digit_and_arithmetic_breakdown():
     assert not first_digit_correct({"output": "-3", "target": "3"})
     assert not first_digit_correct({"output": "no idea", "target": "3"})
     assert first_digit_correct({"output": "9", "target": "3", "first_digit_correct": True})  # grader's own
+    assert not first_digit_correct({"output": "3", "target": "3", "first_digit": False})  # grader's own
     samples = [
         {"operation": "+", "digits": 1, "output": "7", "target": "7", "correct": True},
         {"operation": "+", "digits": 1, "output": "8", "target": "9", "correct": False},

@@ -42,7 +42,10 @@ def load_results(result_paths: list[str | Path]) -> list[dict]:
 
 # The per-sample fields the report reads; prompts (5-shot MMLU: kilobytes each) are dropped on
 # loading so that a paper-sized grid (over a thousand result files) fits in memory.
-SAMPLE_FIELDS = ("id", "correct", "score", "target", "error_bucket", "digits", "operation", "first_digit_correct")
+SAMPLE_FIELDS = (
+    "id", "correct", "score", "target", "error_bucket", "error_buckets", "digits", "operation", "first_digit",
+    "first_digit_correct",
+)  # fmt: skip
 
 
 def _slim(result: dict) -> dict:

@@ -98,8 +98,15 @@ def degeneration(samples: list[dict[str, Any]], max_texts: int = 1000, seed: int
 
 
 def error_bucket_counts(samples: list[dict[str, Any]]) -> dict[str, int]:
-    """Counts of each code error bucket (fixed order; an unknown bucket is kept under its name)."""
-    counts = Counter(s["error_bucket"] for s in samples if s.get("error_bucket"))
+    """Counts of each code error bucket (fixed order; an unknown bucket is kept under its name).
+
+    Every generation counts: a sample's `error_buckets` list (one per generation, when several
+    are sampled for pass@k), else its single `error_bucket`.
+    """
+    counts: Counter = Counter()
+    for sample in samples:
+        buckets = sample.get("error_buckets") or ([sample["error_bucket"]] if sample.get("error_bucket") else [])
+        counts.update(buckets)
     return {**{bucket: counts.pop(bucket, 0) for bucket in ERROR_BUCKETS}, **dict(sorted(counts.items()))}
 
 
@@ -112,9 +119,11 @@ def first_digit(text: Any) -> str | None:
 
 
 def first_digit_correct(sample: dict[str, Any]) -> bool:
-    """The sample's own `first_digit_correct` when the grader wrote one, else output vs target."""
-    if "first_digit_correct" in sample:
-        return bool(sample["first_digit_correct"])
+    """The grader's own verdict (`first_digit` or `first_digit_correct`) when the sample has one,
+    else the first digit of the output against the target's."""
+    for key in ("first_digit", "first_digit_correct"):
+        if isinstance(sample.get(key), bool):
+            return sample[key]
     predicted = first_digit(sample.get("output"))
     return predicted is not None and predicted == first_digit(sample.get("target"))
 

@@ -165,7 +165,7 @@ def diagnostics_tables(
             row = degeneration(samples, max_texts=self_bleu_max_texts, seed=seed)
             if row["n_texts"]:
                 degeneration_rows.append(variant | row)
-        if any(s.get("error_bucket") for s in samples):
+        if any(s.get("error_bucket") or s.get("error_buckets") for s in samples):
             bucket_rows.append(variant | error_bucket_counts(samples))
         breakdown = arithmetic_breakdown(samples)
         for row in breakdown.to_dict("records"):
