@@ -303,3 +303,19 @@ def test_retention_tables_without_dense_are_nan():
     result["samples"] = [{"id": 0, "correct": True}]
     per_task, per_type = retention_tables([result], BootstrapSettings(samples=10))
     assert np.isnan(per_task.loc[0, "retention"]) and np.isnan(per_type.loc[0, "ci_low"])
+
+
+def test_headline_plot_with_undefined_generative_retention(tmp_path):
+    """A dense score of 0 leaves retention undefined: the report still renders (the tiny pipeline's case)."""
+    paths = []
+    for task, task_type in [("mc", "classification"), ("gen", "generative")]:
+        for method, ratio, correct in [("dense", 0.0, task_type == "classification"), ("bi", 0.25, False)]:
+            samples = [{"id": i, "correct": correct and i % 2 == 0, "output": "x y"} for i in range(6)]
+            value = sum(s["correct"] for s in samples) / 6
+            result = {**BASE, "method": method, "ratio": ratio, "task": task, "type": task_type, "value": value}
+            write_json(tmp_path / f"{task}_{method}.json", {**result, "samples": samples})
+            paths.append(tmp_path / f"{task}_{method}.json")
+    aggregate(paths, tmp_path / "out", bootstrap_samples=20)
+    assert (tmp_path / "out" / "plots" / "retention_by_type.png").read_bytes().startswith(PNG_MAGIC)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| tiny | bi | 0.00 [0.00, 0.00] | – |" in report

@@ -231,30 +231,40 @@ def plot_retention_by_type(per_type: pd.DataFrame, out_path: Path) -> None:
         present = ", ".join(sorted(per_type["type"].unique())) if len(per_type) else "none"
         _note(out_path, f"classification vs generative retention needs both task types (present: {present})")
         return
+    # variant -> type -> (retention, ci_low, ci_high); a variant needs both types to be a point.
+    points: dict[tuple, dict[str, tuple[float, float, float]]] = {}
+    for row in per_type.itertuples(index=False):
+        variant = tuple(getattr(row, k) for k in VARIANT)
+        points.setdefault(variant, {})[row.type] = (row.retention, row.ci_low, row.ci_high)
+    points = {
+        variant: types
+        for variant, types in points.items()
+        if all(t in types and math.isfinite(types[t][0]) for t in TYPES)
+    }
+    if not points:
+        _note(out_path, "no variant has a finite classification and generative retention (dense score 0?)")
+        return
     plt = _pyplot()
-    wide = per_type.pivot_table(index=VARIANT, columns="type", values=["retention", "ci_low", "ci_high"]).reset_index()
-    models = sorted(wide["model"].unique())
+    models = sorted({variant[0] for variant in points})
     figure, axes = plt.subplots(1, len(models), figsize=(max(6.5, 5.2 * len(models)), 5.0), squeeze=False)
-    methods = sorted(wide["method"].unique())
-    recoveries = sorted(wide["recovery"].unique())
+    methods = sorted({variant[1] for variant in points})
+    recoveries = sorted({variant[3] for variant in points})
     colors = {r: f"C{i}" for i, r in enumerate(recoveries)}
+
+    def error(value: float, low: float, high: float) -> np.ndarray:
+        return np.nan_to_num(np.array([[max(0.0, value - low)], [max(0.0, high - value)]]))
+
     for axis, model in zip(axes[0], models, strict=True):
-        rows = wide[wide["model"] == model]
-        for _, row in rows.iterrows():
-            x, y = row[("retention", "classification")], row[("retention", "generative")]
-            if math.isnan(x) or math.isnan(y):
+        for (_, method, ratio, recovery), types in sorted(points.items()):
+            if _ != model:
                 continue
-            xerr = [
-                [max(0.0, x - row[("ci_low", "classification")])],
-                [max(0.0, row[("ci_high", "classification")] - x)],
-            ]
-            yerr = [[max(0.0, y - row[("ci_low", "generative")])], [max(0.0, row[("ci_high", "generative")] - y)]]
-            xerr = np.nan_to_num(np.array(xerr))
-            yerr = np.nan_to_num(np.array(yerr))
-            marker = MARKERS[methods.index(row[("method", "")]) % len(MARKERS)]
-            axis.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, color=colors[row[("recovery", "")]], capsize=2,
-                          alpha=0.85, markersize=6)  # fmt: skip
-            axis.annotate(f"{row[('ratio', '')]:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            x, y = types["classification"][0], types["generative"][0]
+            axis.errorbar(
+                x, y, xerr=error(*types["classification"]), yerr=error(*types["generative"]),
+                fmt=MARKERS[methods.index(method) % len(MARKERS)], color=colors[recovery], capsize=2, alpha=0.85,
+                markersize=6,
+            )  # fmt: skip
+            axis.annotate(f"{ratio:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
         axis.plot([0, 1.2], [0, 1.2], color="grey", linestyle="--", linewidth=1)
         axis.axhline(1, color="grey", linewidth=0.5)
         axis.axvline(1, color="grey", linewidth=0.5)
