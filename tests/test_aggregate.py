@@ -130,7 +130,8 @@ def test_metrics_json(aggregated):
 def test_plots_are_png(aggregated):
     _, out_dir = aggregated
     plots = sorted((out_dir / "plots").iterdir())
-    assert [p.name for p in plots] == [f"{MODEL}__{task}.png" for task in sorted(TASKS)]
+    expected = [f"{MODEL}__{task}.png" for task in TASKS] + ["degeneration.png", "error_buckets.png"]
+    assert [p.name for p in plots] == sorted([*expected, "retention_by_type.png"])
     for plot in plots:
         payload = plot.read_bytes()
         assert len(payload) > 1000
@@ -145,17 +146,18 @@ def test_report_markdown(aggregated):
     _, out_dir = aggregated
     report = (out_dir / "report.md").read_text()
     assert report.startswith("# layerprune report")
-    assert "## Retention by variant" in report
-    retention_section = report.split("## Retention by variant", 1)[1].split("## Dense baselines", 1)[0]
+    assert "## Retention by task" in report
+    retention_section = report.split("## Retention by task\n", 1)[1].split("## Dense baselines", 1)[0]
     lines = [line for line in retention_section.splitlines() if line.startswith("|")]
     assert lines[0] == "| model | method | ratio | recovery | arith | colours |"
     body = lines[2:]
     assert len(body) == len(VALUES)
     for (ratio, recovery), retention in RETENTION.items():
-        kept = [f"{retention[task]:.3f}" for task in ("arith", "colours")]
-        cells = [MODEL, "bi", f"{ratio:.3f}", recovery, *kept]
+        # retention [CI]; every sample of the fixture is the same, so the interval is [1, 1].
+        kept = [f"{retention[task]:.2f} [1.00, 1.00]" for task in ("arith", "colours")]
+        cells = [MODEL, "bi", f"{ratio:g}", recovery, *kept]
         assert "| " + " | ".join(cells) + " |" in body
-    dense_section = report.split("## Dense baselines", 1)[1].split("## Plots", 1)[0]
+    dense_section = report.split("## Dense baselines", 1)[1].split("## Diagnostics", 1)[0]
     assert f"| {MODEL} | colours | accuracy | 0.750 | 0.125 | 16 |" in dense_section
     assert f"| {MODEL} | arith | exact_match | 0.500 | 0.125 | 16 |" in dense_section
     for task in TASKS:

@@ -22,7 +22,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
     recoveries = config["recovery"]["methods"]
     trained = len([r for r in recoveries if r != "none"])
     tasks = len(config["tasks"])
-    bigbench = {name for t in config["tasks"].values() for name in bigbench_inputs(t)}
+    lm_eval_tasks = len([t for t in config["tasks"].values() if t.get("lm_eval_task")])
+    bigbench = {name for t in config["tasks"].values() if not t.get("lm_eval_task") for name in bigbench_inputs(t)}
     source = config["prompts"].get("source", "bigbench")
     if source == "bigbench" and trained:
         bigbench |= set(config["prompts"]["bigbench_tasks"])
@@ -36,7 +37,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "all": 1,
         "fetch_bigbench": 1,
         "extract_bigbench": len(bigbench),
-        "prepare_task": tasks,
+        "prepare_task": tasks - lm_eval_tasks,
+        "prepare_lm_eval_task": lm_eval_tasks,
         "prepare_prompts": 1,
         "prepare_calibration": 1 if calibrated else 0,
         "materialize": models,
@@ -221,12 +223,51 @@ def test_paper_config_dry_run_offline(tmp_path):
     workdir = workflow_copy(tmp_path / "wf", paper)
     jobs = planned_jobs(workdir)
     assert jobs == expected_jobs(paper)
-    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios x 2 trained recoveries
-    assert jobs["recover"] == 54
-    # 4 BIG-bench tasks + 5 hub generative tasks + the 2 arithmetic diagnostics
-    assert len(paper["tasks"]) == 11
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 11
+    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 15 tasks:
+    # 7 lm-eval + general_knowledge + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + 2 arithmetic.
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 15 == 1215
+    assert jobs["evaluate_dense"] == 45
+    assert jobs["recover"] == 54  # 2 trained recoveries (data, sgr)
     assert jobs["score_iterative"] == 3
+    assert jobs["prepare_lm_eval_task"] == 7
+    assert jobs["prepare_task"] == 8
+    assert jobs["extract_bigbench"] == 13  # 12 task + 1 calibration BIG-bench tasks (prompts: Alpaca)
+    assert jobs["filter_prompts"] == 3  # the prompt set cut to each model's own token count
+    assert sum(jobs.values()) == 1392
+
+
+def test_lm_eval_task_cannot_probe_iterative(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["scoring"]["methods"] = ["iterative"]
+    config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 0}
+    config["scoring"]["iterative"] = {"probe_tasks": ["arc"]}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "scoring.iterative.probe_tasks: 'arc'" in result.stdout + result.stderr
+
+
+def test_lm_eval_task_is_classification_only(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["tasks"]["arc"] = {"type": "generative", "lm_eval_task": "arc_easy", "num_fewshot": 0}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "classification" in result.stdout + result.stderr
+
+
+def test_lm_eval_task_settings_reach_the_cli(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 5, "limit": 0.2}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    jobs = planned_jobs(workdir)
+    assert jobs == expected_jobs(config) and jobs["prepare_lm_eval_task"] == 1
+    dry = snakemake(workdir, "-n", "-p", "--cores", "1", "results/data/tasks/arc.json")
+    shown = dry.stdout + dry.stderr
+    assert (
+        "layerprune prepare-lm-eval-task --lm-eval-task arc_easy --num-fewshot 5 --limit 0.2 --metric acc"
+        " --include-path= --seed 0 --out results/data/tasks/arc.json"
+    ) in " ".join(shown.split())
 
 
 @pytest.mark.parametrize("system_prompt", [None, 'You are a helpful assistant. It\'s "quoted" $HOME `x`'])
@@ -285,3 +326,39 @@ def test_hub_prompt_source_from_a_saved_dataset_through_the_rule(tmp_path):
     records = [json.loads(line) for line in (workdir / "results/data/prompts.jsonl").read_text().splitlines()]
     answers = {r["prompt"][-1]["content"]: r["completion"][0]["content"] for r in records}
     assert answers == {"Say hi.": "hi", "Add the numbers.\n--\n2 and 3": "5"}
+
+
+@pytest.mark.slow
+def test_snakemake_report_html_on_a_finished_run(tmp_path):
+    """`snakemake --report report.html` after the aggregate step: the report() outputs are in the HTML.
+
+    The evaluation results and scores are fixtures in the evaluate/score contracts, so only the
+    real aggregate rule runs (`--allowed-rules`), as it would at the end of a finished run.
+    """
+    from test_report import _result
+
+    from layerprune.io import write_json
+
+    config = copy.deepcopy(DEFAULT)
+    config["scoring"]["methods"] = ["reverse"]
+    config["pruning"]["ratios"] = [0.25]
+    config["recovery"]["methods"] = ["none", "sgr"]
+    config["report"] = {"bootstrap_samples": 100}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    (model,) = config["models"]
+    for task, settings in config["tasks"].items():
+        for method, ratio, recovery in [("dense", 0.0, "none"), ("reverse", 0.25, "none"), ("reverse", 0.25, "sgr")]:
+            result = _result("mc", method, ratio, recovery, 0.8 if method == "dense" else 0.5, recovery == "none")
+            result.update(model=model, task=task, type=settings["type"])
+            where = "dense" if method == "dense" else f"{method}/{ratio:g}/{recovery}"
+            write_json(workdir / f"results/eval/{model}/{where}/{task}.json", result)
+    removal = {str(k): list(range(30 - k, 30)) for k in range(1, 30)}
+    scores = {"method": "reverse", "num_layers": 30, "scores": list(range(30)), "removal": removal}
+    write_json(workdir / f"results/scores/{model}/reverse.json", scores)
+
+    snakemake(workdir, "--cores", "1", "--allowed-rules", "aggregate", "all")
+    assert (workdir / "results" / "report.md").read_text().startswith("# layerprune report")
+    snakemake(workdir, "--report", "report.html", "--allowed-rules", "aggregate", "all")
+    html = (workdir / "report.html").read_text(errors="replace")
+    for name in ["report.md", "retention_by_type.png", "error_buckets.png", "degeneration.png", "retention.csv"]:
+        assert name in html, name

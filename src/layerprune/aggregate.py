@@ -28,15 +28,41 @@ COLUMNS = [
 ]
 
 
-def collect(result_paths: list[str | Path]) -> pd.DataFrame:
-    rows = []
+def load_results(result_paths: list[str | Path]) -> list[dict]:
+    """Every result JSON, checked for the keys that place it in the grid."""
+    results = []
     for path in result_paths:
         result = read_json(path)
+        missing = [key for key in ("model", "method", "ratio", "recovery", "task", "value") if key not in result]
+        if missing:
+            raise KeyError(f"{path} lacks {missing}; was it written by `layerprune evaluate`?")
+        results.append(_slim(result))
+    return results
+
+
+# The per-sample fields the report reads; prompts (5-shot MMLU: kilobytes each) are dropped on
+# loading so that a paper-sized grid (over a thousand result files) fits in memory.
+SAMPLE_FIELDS = (
+    "id", "correct", "score", "target", "error_bucket", "error_buckets", "digits", "operation", "first_digit",
+    "first_digit_correct",
+)  # fmt: skip
+
+
+def _slim(result: dict) -> dict:
+    keep = SAMPLE_FIELDS + (("output",) if result.get("type") == "generative" else ())
+    samples = [{k: s[k] for k in keep if k in s} for s in result.get("samples") or []]
+    return {**result, "samples": samples}
+
+
+def collect(result_paths: list[str | Path] | list[dict]) -> pd.DataFrame:
+    rows = []
+    for path in result_paths:
+        result = path if isinstance(path, dict) else read_json(path)
         missing = [key for key in ("model", "method", "ratio", "recovery", "task") if key not in result]
         if missing:
             raise KeyError(f"{path} lacks {missing}; was it written by `layerprune evaluate`?")
         rows.append({key: result[key] for key in COLUMNS if key in result})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c != "retention"])  # absent: NaN
     dense = table[table["method"] == "dense"].set_index(["model", "task"])["value"]
     if dense.index.has_duplicates:
         raise ValueError("more than one dense result for a (model, task)")
@@ -86,7 +112,7 @@ def plot_task(table: pd.DataFrame, model: str, task: str, out_path: Path) -> Non
     plt.close(figure)
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -120,19 +146,31 @@ def method_comparison(table: pd.DataFrame, score_paths: list[str | Path], out_di
         overlap.to_csv(tmp, index=False)
     if len(overlap):
         lines += ["Overlap (Jaccard) of the removal sets of two methods at each ratio:", ""]
-        lines += [_markdown_table(overlap), ""]
+        lines += [markdown_table(overlap), ""]
     return lines
 
 
 def aggregate(
-    result_paths: list[str | Path], out_dir: str | Path, score_paths: list[str | Path] | None = None
+    result_paths: list[str | Path],
+    out_dir: str | Path,
+    score_paths: list[str | Path] | None = None,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    headline_ratio: float | None = None,
+    self_bleu_max_texts: int = 1000,
 ) -> pd.DataFrame:
-    """Write summary.csv, metrics.json, report.md and plots/ under `out_dir`.
+    """Write summary.csv, retention.csv, diagnostics CSVs, metrics.json, report.md and plots/.
 
-    With `score_paths`, the report also compares the scoring methods (see compare.py).
+    The report opens with the answer: retention by task type at the headline ratio with
+    bootstrap confidence intervals (see report.py) and the classification-vs-generative plot.
+    With `score_paths`, it also compares the scoring methods (see compare.py).
     """
+    from layerprune import report
+
     out_dir = Path(out_dir)
-    table = collect(result_paths)
+    results = load_results(result_paths)
+    table = collect(results)
     with atomic_path(out_dir / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
     metrics = {
@@ -141,37 +179,86 @@ def aggregate(
     }
     write_json(out_dir / "metrics.json", metrics)
 
+    settings = report.BootstrapSettings(samples=bootstrap_samples, confidence=confidence, seed=seed)
+    per_task, per_type = report.retention_tables(results, settings)
+    degeneration, buckets, arithmetic = report.diagnostics_tables(results, self_bleu_max_texts, seed)
+    for name, frame in {
+        "retention.csv": per_task,
+        "retention_by_type.csv": per_type,
+        "degeneration.csv": degeneration,
+        "error_buckets.csv": buckets,
+        "arithmetic.csv": arithmetic,
+    }.items():
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    report.plot_retention_by_type(per_type, out_dir / report.HEADLINE_PNG)
+    report.plot_error_buckets(buckets, out_dir / report.ERROR_BUCKETS_PNG)
+    report.plot_degeneration(degeneration, out_dir / report.DEGENERATION_PNG)
+
     plots = []
     for (model, task), _ in table.groupby(["model", "task"], sort=True):
         plot_path = out_dir / "plots" / f"{model}__{task}.png"
         plot_task(table, model, task, plot_path)
         plots.append((model, task, plot_path.relative_to(out_dir)))
 
-    pivot = (
-        table[table["method"] != "dense"]
-        .pivot_table(index=["model", "method", "ratio", "recovery"], columns="task", values="retention")
-        .reset_index()
-    )
+    ratio = report.headline_ratio(per_type, headline_ratio)
+    level = f"{confidence:.0%}"
     dense = table[table["method"] == "dense"][["model", "task", "metric", "value", "stderr", "n"]]
     lines = [
         "# layerprune report",
         "",
-        "Retention = metric of the variant ÷ metric of the dense model on the same task.",
+        "Retention = a pruned variant's metric ÷ the dense model's on the same task; 1.00 = nothing lost. "
+        f"Brackets: {level} paired-bootstrap interval ({bootstrap_samples} resamples of the evaluated samples, "
+        f"seed {seed}). A type's retention is the mean over its tasks.",
         "",
-        "## Retention by variant",
+        "## Answer" + (f": {ratio:g} of the layers removed" if ratio is not None else ""),
         "",
-        _markdown_table(pivot) if len(pivot) else "_no pruned variants_",
-        "",
-        "## Dense baselines",
-        "",
-        _markdown_table(dense),
-        "",
-        "## Plots",
+        *report.answer_lines(per_type, ratio),
         "",
     ]
+    headline = report.headline_table(per_type, ratio)
+    lines += [markdown_table(headline) if len(headline) else "_no pruned variants_", ""]
+    lines += [f"![classification vs generative retention]({report.HEADLINE_PNG})", ""]
+    lines += ["## Retention by task type, every ratio", ""]
+    every = report.type_summary_table(per_type)
+    lines += [markdown_table(every) if len(every) else "_no pruned variants_", ""]
+    lines += ["## Retention by task", ""]
+    by_task = report.task_retention_table(per_task)
+    lines += [markdown_table(by_task) if len(by_task) else "_no pruned variants_", ""]
+    lines += ["## Dense baselines", "", markdown_table(dense), ""]
+    lines += ["## Diagnostics", "", "### Degeneration of generated text", ""]
+    if len(degeneration):
+        lines += [
+            "Rep-n: the repeated fraction of whitespace-token n-grams within each output, averaged over outputs "
+            "(Welleck et al. 2020). Self-BLEU: sacrebleu sentence BLEU of each output against the task's other "
+            "outputs (0-1; high = outputs alike).",
+            "",
+            f"![degeneration]({report.DEGENERATION_PNG})",
+            "",
+            markdown_table(degeneration),
+            "",
+        ]
+    else:
+        lines += ["_No generative outputs._", ""]
+    lines += ["### Code error buckets", ""]
+    if len(buckets):
+        lines += [f"![error buckets]({report.ERROR_BUCKETS_PNG})", "", markdown_table(buckets), ""]
+    else:
+        lines += ["_No code task recorded per-sample `error_bucket`._", ""]
+    lines += ["### Arithmetic by operation and digit count", ""]
+    if len(arithmetic):
+        lines += [
+            "First-digit accuracy: the first digit of the output equals the target's (the paper's ablation score).",
+            "",
+            markdown_table(arithmetic),
+            "",
+        ]
+    else:
+        lines += ["_No arithmetic task recorded per-sample `digits` and `operation`._", ""]
+    lines += ["## Metric against the pruning ratio", ""]
     lines += [f"### {model} · {task}\n\n![{task}]({path.as_posix()})\n" for model, task, path in plots]
     lines += method_comparison(table, score_paths or [], out_dir)
-    lines += ["## All results", "", _markdown_table(table), ""]
+    lines += ["## All results", "", markdown_table(table), ""]
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
     return table

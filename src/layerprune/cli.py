@@ -62,6 +62,14 @@ def cmd_prepare_task(args: argparse.Namespace) -> None:
     prepare_task_spec(json.loads(args.spec), args.bigbench_dir, args.seed, args.out)
 
 
+def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
+    from layerprune.data import prepare_lm_eval_task
+
+    prepare_lm_eval_task(
+        args.lm_eval_task, args.num_fewshot, args.limit, args.metric, args.include_path, args.seed, args.out
+    )
+
+
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_prompt_set
 
@@ -254,7 +262,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from layerprune.aggregate import aggregate
 
-    aggregate(args.results, args.out_dir, score_paths=args.scores)
+    aggregate(
+        args.results,
+        args.out_dir,
+        score_paths=args.scores,
+        bootstrap_samples=args.bootstrap_samples,
+        confidence=args.confidence,
+        seed=args.seed,
+        headline_ratio=args.headline_ratio,
+        self_bleu_max_texts=args.self_bleu_max_texts,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stage("prepare-task", cmd_prepare_task, "Draw few-shot and evaluated samples of a task.")
     sub.add_argument("--spec", required=True, help="the task's config entry (tasks.<name>) as JSON")
     sub.add_argument("--bigbench-dir", default="resources/bigbench")
+    sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--out", required=True)
+
+    sub = stage("prepare-lm-eval-task", cmd_prepare_lm_eval_task, "Pin the settings of an lm-eval task run by name.")
+    sub.add_argument("--lm-eval-task", required=True, help="lm-eval task or group name, e.g. mmlu, arc_challenge")
+    sub.add_argument("--num-fewshot", type=int, required=True)
+    sub.add_argument("--limit", type=_optional_float, default=None, help="count, or fraction if < 1 (lm-eval)")
+    sub.add_argument("--metric", default="acc", choices=["acc", "acc_norm"])
+    sub.add_argument("--include-path", type=_optional_str, default=None, help="folder of extra lm-eval task YAMLs")
     sub.add_argument("--seed", type=int, required=True)
     sub.add_argument("--out", required=True)
 
@@ -427,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--results", nargs="+", required=True)
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
     sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the retention intervals")
+    sub.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals")
+    sub.add_argument("--seed", type=int, default=0, help="seeds the bootstrap and the self-BLEU subsample")
+    sub.add_argument("--headline-ratio", type=_optional_float, default=None, help="first-screen ratio (None: median)")
+    sub.add_argument("--self-bleu-max-texts", type=int, default=1000, help="outputs per result for self-BLEU")
     return parser
 
 

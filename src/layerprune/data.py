@@ -344,3 +344,34 @@ def prepare_calibration(
     if num_samples > len(texts):
         raise ValueError(f"scoring.calibration.num_samples={num_samples} exceeds the {len(texts)} passages")
     return write_jsonl(out_path, ({"text": text} for text in random.Random(seed).sample(texts, num_samples)))
+
+
+def prepare_lm_eval_task(
+    lm_eval_task: str,
+    num_fewshot: int,
+    limit: float | None,
+    metric: str,
+    include_path: str | Path | None,
+    seed: int,
+    out_path: str | Path,
+) -> dict[str, Any]:
+    """The task file of an lm-eval task run by name (MMLU, ARC, ...): settings, no samples.
+
+    lm-eval loads the data itself (from the hub, or from YAMLs under `include_path`) at
+    evaluation time, so this file only pins what `evaluate` passes to lm-eval; `limit` is a
+    count, or a fraction of the test split when below 1 (lm-eval's convention).
+    """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"tasks.*.limit for lm-eval task {lm_eval_task!r} must be > 0, got {limit}")
+    payload = {
+        "source": f"lm_eval:{lm_eval_task}",
+        "type": "classification",
+        "lm_eval_task": lm_eval_task,
+        "include_path": str(Path(include_path).resolve()) if include_path else None,
+        "num_fewshot": num_fewshot,
+        "limit": int(limit) if limit is not None and limit >= 1 else limit,
+        "metric": metric,
+        "seed": seed,
+    }
+    write_json(out_path, payload)
+    return payload

@@ -31,6 +31,7 @@ def fewshot_prompt(fewshot: list[dict], question: str) -> str:
 
 
 def _lm_eval_task_yaml(name: str, test_file: Path, fewshot_file: Path) -> dict[str, Any]:
+    """lm-eval task config for a prepared local (BIG-bench) multiple-choice task."""
     return {
         "task": name,
         "dataset_path": "json",
@@ -43,57 +44,136 @@ def _lm_eval_task_yaml(name: str, test_file: Path, fewshot_file: Path) -> dict[s
         "doc_to_target": "{{label}}",
         "target_delimiter": " ",
         "fewshot_delimiter": "\n\n",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
     }
+
+
+def write_local_lm_eval_task(task: dict[str, Any], task_name: str, directory: str | Path) -> str:
+    """Write a prepared local task as an lm-eval task (YAML + JSONL) under `directory`.
+
+    Returns the lm-eval task name. The pipeline and the `lm_eval` command line read the
+    very same files, which is what the agreement test relies on.
+    """
+    directory = Path(directory)
+    lm_eval_name = f"layerprune_{task_name}"
+    write_jsonl(directory / "test.jsonl", task["samples"])
+    # lm-eval needs a non-empty few-shot split even for 0-shot.
+    write_jsonl(directory / "fewshot.jsonl", task["fewshot"] or task["samples"][:1])
+    task_yaml = _lm_eval_task_yaml(lm_eval_name, directory / "test.jsonl", directory / "fewshot.jsonl")
+    (directory / f"{lm_eval_name}.yaml").write_text(yaml.safe_dump(task_yaml))
+    return lm_eval_name
+
+
+def run_lm_eval(
+    model,
+    tokenizer,
+    lm_eval_task: str,
+    num_fewshot: int,
+    limit: float | None,
+    batch_size: int,
+    seed: int,
+    include_path: str | Path | None = None,
+    include_defaults: bool = True,
+) -> dict[str, Any]:
+    """lm-eval's `simple_evaluate` on one task (or group) by name, with the model object passed in.
+
+    The seeds are lm-eval's four (python, numpy, torch, few-shot sampler), all set from `seed`,
+    as `lm_eval --seed <seed>` does, so that the command line gives the same numbers.
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(
+        include_path=str(include_path) if include_path else None, include_defaults=include_defaults
+    )
+    if lm_eval_task not in task_manager.all_tasks:
+        where = f" (include_path {include_path})" if include_path else ""
+        raise KeyError(f"tasks.*.lm_eval_task: lm-eval knows no task or group {lm_eval_task!r}{where}")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[lm_eval_task],
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=task_manager,
+        log_samples=True,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+
+
+def lm_eval_records(results: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    """Per-sample records from lm-eval's logged samples, over every subtask of a group (MMLU).
+
+    A sample's id is its document's own `id` (or its index) and, in a group, is prefixed with
+    `<subtask>/`: the same on every checkpoint, so dense and pruned runs pair up for the bootstrap.
+    """
+    records = []
+    grouped = len(results["samples"]) > 1
+    for subtask in sorted(results["samples"]):
+        for logged in sorted(results["samples"][subtask], key=lambda s: s["doc_id"]):
+            arguments = [tuple(arg) for arg in logged["arguments"]]
+            loglikelihoods = [float(resp[0]) for resp in logged["filtered_resps"]]
+            best = max(range(len(loglikelihoods)), key=loglikelihoods.__getitem__)
+            doc_id = logged["doc"].get("id", logged["doc_id"]) if isinstance(logged["doc"], dict) else logged["doc_id"]
+            target = logged["target"]
+            choices = [continuation.strip() for _, continuation in arguments]
+            if len(set(choices)) == 1:  # e.g. WinoGrande: the choices differ in the context
+                choices = [context for context, _ in arguments]
+            records.append(
+                {
+                    "id": f"{subtask}/{doc_id}" if grouped else doc_id,
+                    "subtask": subtask,
+                    "prompt": arguments[0][0],
+                    "output": choices[best],
+                    "target": choices[target] if isinstance(target, int) and 0 <= target < len(choices) else target,
+                    "loglikelihoods": loglikelihoods,
+                    "correct": bool(logged[metric]),
+                }
+            )
+    return records
 
 
 def evaluate_classification(
     model, tokenizer, task: dict[str, Any], task_name: str, batch_size: int, seed: int
 ) -> dict[str, Any]:
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+    """Log-likelihood over the choices through lm-eval.
 
-    lm_eval_name = f"layerprune_{task_name}"
+    A task JSON with `lm_eval_task` names an lm-eval task or group (MMLU, ARC, ...; its data
+    comes from the hub, or from `include_path`'s own YAMLs); otherwise the prepared samples
+    (BIG-bench) become a local lm-eval task.
+    """
+    import lm_eval
+
+    metric = task.get("metric", "acc")
     with tempfile.TemporaryDirectory(prefix="layerprune-lmeval-") as work:
-        work = Path(work)
-        write_jsonl(work / "test.jsonl", task["samples"])
-        # lm-eval needs a non-empty few-shot split even for 0-shot.
-        write_jsonl(work / "fewshot.jsonl", task["fewshot"] or task["samples"][:1])
-        task_yaml = _lm_eval_task_yaml(lm_eval_name, work / "test.jsonl", work / "fewshot.jsonl")
-        (work / f"{lm_eval_name}.yaml").write_text(yaml.safe_dump(task_yaml))
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[lm_eval_name],
-            num_fewshot=task["num_fewshot"],
-            task_manager=TaskManager(include_path=str(work), include_defaults=False),
-            log_samples=True,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
+        if task.get("lm_eval_task"):
+            lm_eval_name, include_path, include_defaults = task["lm_eval_task"], task.get("include_path"), True
+            limit = task.get("limit")
+        else:
+            lm_eval_name = write_local_lm_eval_task(task, task_name, work)
+            include_path, include_defaults, limit = work, False, None
+        results = run_lm_eval(
+            model, tokenizer, lm_eval_name, task["num_fewshot"], limit, batch_size, seed, include_path, include_defaults
         )
     metrics = results["results"][lm_eval_name]
-    records = []
-    for logged in sorted(results["samples"][lm_eval_name], key=lambda s: s["doc_id"]):
-        doc = logged["doc"]
-        loglikelihoods = [float(resp[0]) for resp in logged["filtered_resps"]]
-        records.append(
-            {
-                "id": doc["id"],
-                "prompt": logged["arguments"][0][0] if logged.get("arguments") else doc["input"],
-                "output": doc["choices"][max(range(len(loglikelihoods)), key=loglikelihoods.__getitem__)],
-                "target": doc["choices"][doc["label"]],
-                "loglikelihoods": loglikelihoods,
-                "correct": bool(logged["acc"]),
-            }
+    if f"{metric},none" not in metrics:
+        raise KeyError(
+            f"tasks.{task_name}.lm_eval_metric: lm-eval task {lm_eval_name} reports no {metric!r} ({sorted(metrics)})"
         )
     return {
-        "metric": "accuracy",
-        "value": float(metrics["acc,none"]),
-        "stderr": float(metrics.get("acc_stderr,none", float("nan"))),
-        "samples": records,
+        "metric": {"acc": "accuracy", "acc_norm": "accuracy_norm"}.get(metric, metric),
+        "value": float(metrics[f"{metric},none"]),
+        "stderr": float(metrics.get(f"{metric}_stderr,none", float("nan"))),
+        "grader": f"lm-eval {lm_eval.__version__} {lm_eval_name} {metric}",
+        "samples": lm_eval_records(results, metric),
+        "lm_eval_task": lm_eval_name,
         "lm_eval_version": lm_eval.__version__,
     }
 

@@ -1,13 +1,40 @@
+REPORT = config["report"]
+
+
 rule aggregate:
     input:
         results=all_evaluations(),
         scores=expand("results/scores/{model}/{method}.json", model=MODELS, method=METHODS),
     output:
         summary="results/summary.csv",
-        report="results/report.md",
+        report=report("results/report.md", caption="../report/report.rst", category="Report"),
         metrics="results/metrics.json",
         overlap="results/removal_overlap.csv",
-        plots=expand("results/plots/{model}__{task}.png", model=MODELS, task=TASKS),
-        removal_maps=expand("results/plots/{model}__removal_map.png", model=MODELS),
+        retention=report("results/retention.csv", category="Tables"),
+        retention_by_type=report("results/retention_by_type.csv", category="Tables"),
+        degeneration="results/degeneration.csv",
+        error_buckets="results/error_buckets.csv",
+        arithmetic="results/arithmetic.csv",
+        headline=report(
+            "results/plots/retention_by_type.png", caption="../report/headline.rst", category="Retention"
+        ),
+        error_bucket_plot=report("results/plots/error_buckets.png", category="Diagnostics"),
+        degeneration_plot=report("results/plots/degeneration.png", category="Diagnostics"),
+        plots=report(
+            expand("results/plots/{model}__{task}.png", model=MODELS, task=TASKS),
+            category="Metric vs ratio",
+        ),
+        removal_maps=report(
+            expand("results/plots/{model}__removal_map.png", model=MODELS), category="Scoring methods"
+        ),
+    params:
+        bootstrap_samples=REPORT["bootstrap_samples"],
+        confidence=REPORT["confidence"],
+        headline_ratio=REPORT["headline_ratio"],
+        self_bleu_max_texts=REPORT["self_bleu_max_texts"],
+        seed=SEED,
     shell:
         "layerprune aggregate --results {input.results} --scores {input.scores} --out-dir results"
+        " --bootstrap-samples {params.bootstrap_samples} --confidence {params.confidence}"
+        " --headline-ratio {params.headline_ratio} --self-bleu-max-texts {params.self_bleu_max_texts}"
+        " --seed {params.seed}"

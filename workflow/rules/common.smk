@@ -12,8 +12,17 @@ METHODS = config["scoring"]["methods"]
 RATIOS = [f"{ratio:g}" for ratio in config["pruning"]["ratios"]]
 RECOVERIES = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
+# Tasks lm-eval runs by name (MMLU, ARC, ...): a settings file, no BIG-bench download.
+LM_EVAL_TASKS = [task for task, settings in config["tasks"].items() if settings.get("lm_eval_task")]
+LM_EVAL_TASK_PATTERN = "|".join(LM_EVAL_TASKS) or "(?!)"
 PROBE_TASKS = config["scoring"]["iterative"]["probe_tasks"] or TASKS
 _unknown_probes = [task for task in PROBE_TASKS if task not in config["tasks"]]
+_lm_eval_probes = [task for task in PROBE_TASKS if task in LM_EVAL_TASKS]
+if "iterative" in METHODS and _lm_eval_probes:
+    raise ValueError(
+        f"scoring.iterative.probe_tasks: {', '.join(map(repr, _lm_eval_probes))} run through lm-eval by name and "
+        "have no prepared samples to probe with; name BIG-bench or dataset tasks (set probe_tasks explicitly)"
+    )
 if _unknown_probes:
     raise ValueError(
         f"scoring.iterative.probe_tasks: {', '.join(map(repr, _unknown_probes))} is not a task in config "
@@ -80,6 +89,8 @@ def model_prompt_set(model):
 def task_inputs(wildcards):
     """What preparing a task reads: its BIG-bench task(s) (gem/xsum for offline XSum) and local files."""
     spec = config["tasks"][wildcards.task]
+    if spec.get("lm_eval_task"):
+        return []  # prepared by prepare_lm_eval_task, from lm-eval's own task config
     files = [spec[key] for key in ("file", "fewshot_file") if spec.get(key)]
     if spec["dataset"] == "bigbench":
         tasks = spec["bigbench_task"]

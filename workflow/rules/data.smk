@@ -16,6 +16,27 @@ rule extract_bigbench:
         "layerprune extract-bigbench --sdist {input.sdist} --task {wildcards.bbtask} --out {output}"
 
 
+ruleorder: prepare_lm_eval_task > prepare_task
+
+
+rule prepare_lm_eval_task:
+    output:
+        "results/data/tasks/{task}.json",
+    wildcard_constraints:
+        task=LM_EVAL_TASK_PATTERN,
+    params:
+        lm_eval_task=lambda wc: config["tasks"][wc.task]["lm_eval_task"],
+        num_fewshot=lambda wc: config["tasks"][wc.task]["num_fewshot"],
+        limit=lambda wc: config["tasks"][wc.task]["limit"],
+        metric=lambda wc: config["tasks"][wc.task]["lm_eval_metric"],
+        include_path=lambda wc: config["tasks"][wc.task]["lm_eval_include_path"] or "",
+        seed=SEED,
+    shell:
+        "layerprune prepare-lm-eval-task --lm-eval-task {params.lm_eval_task} --num-fewshot {params.num_fewshot}"
+        " --limit {params.limit} --metric {params.metric} --include-path={params.include_path:q}"
+        " --seed {params.seed} --out {output}"
+
+
 rule prepare_task:
     input:
         task_inputs,

@@ -1,0 +1,321 @@
+"""Diagnostics from samples, bootstrap retention and the report, on result JSONs in the evaluate contract.
+
+The fixtures follow the contract of `layerprune evaluate`'s result files: top-level metric,
+value, stderr, type, task, grader and samples [{id, prompt, output, target, correct, ...}], with
+`error_bucket` on code tasks, `digits`/`operation` on arithmetic tasks and a numeric `score` on
+ROUGE-graded ones; some fixtures drop those fields to check that the report degrades.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from sacrebleu.metrics import BLEU
+
+from layerprune.aggregate import aggregate
+from layerprune.diagnostics import (
+    ERROR_BUCKETS,
+    arithmetic_breakdown,
+    degeneration,
+    error_bucket_counts,
+    first_digit_correct,
+    rep_n,
+    self_bleu,
+)
+from layerprune.io import write_json
+from layerprune.report import BootstrapSettings, paired_bootstrap, retention_tables
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def test_rep_n_counts_repeated_ngrams_per_text():
+    assert rep_n(["a b c d"], 2) == 0.0
+    # "a a a a": 3 bigrams, 1 unique -> 2/3 repeated; averaged with a text without repeats.
+    assert rep_n(["a a a a", "a b c d"], 2) == pytest.approx((2 / 3 + 0) / 2)
+    # "x y x y x y": trigrams xyx, yxy, xyx, yxy -> 2 unique of 4.
+    assert rep_n(["x y x y x y"], 3) == pytest.approx(0.5)
+    # Texts shorter than n do not count; none long enough -> NaN.
+    assert rep_n(["a", "a a a a"], 4) == pytest.approx(0.0)
+    assert np.isnan(rep_n(["a b", ""], 3))
+
+
+def test_self_bleu_is_sacrebleu_against_the_other_outputs():
+    texts = ["the cat sat on the mat", "the cat sat on a mat", "a dog ran in the park today"]
+    bleu = BLEU(effective_order=True)
+    expected = np.mean([bleu.sentence_score(t, texts[:i] + texts[i + 1 :]).score / 100 for i, t in enumerate(texts)])
+    assert self_bleu(texts) == pytest.approx(expected)
+    assert self_bleu(["same words here now"] * 4) == pytest.approx(1.0)
+    assert self_bleu(texts) < 1.0
+    assert np.isnan(self_bleu(["only one"]))
+    # The counting shortcut equals sacrebleu's own sentence BLEU against the other outputs.
+    rng = random.Random(5)
+    words = ["a", "b", "c", "d", "e", "the", "of", "x"]
+    varied = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) + "." for _ in range(25)]
+    slow = np.mean([bleu.sentence_score(t, varied[:i] + varied[i + 1 :]).score / 100 for i, t in enumerate(varied)])
+    assert self_bleu(varied) == pytest.approx(slow, abs=1e-12)
+    # Capped texts are a seeded sample: same seed, same value.
+    many = [f"w{i} w{i + 1} w{i + 2} common tail" for i in range(30)]
+    assert self_bleu(many, max_texts=10, seed=1) == self_bleu(many, max_texts=10, seed=1)
+
+
+def test_degeneration_of_sample_outputs_skips_missing_outputs():
+    samples = [{"output": "a a a a"}, {"output": "b c d e"}, {"id": 3}]
+    row = degeneration(samples)
+    assert row["n_texts"] == 2
+    assert row["rep_2"] == pytest.approx(1 / 3)
+    assert set(row) == {"rep_2", "rep_3", "rep_4", "self_bleu", "n_texts"}
+
+
+def test_error_bucket_counts_in_fixed_order():
+    samples = [{"error_bucket": b} for b in ["pass", "syntax_error", "pass", "never_closed_bracket", "timeout"]]
+    samples.append({"correct": False})  # no bucket: not counted
+    counts = error_bucket_counts(samples)
+    assert list(counts)[: len(ERROR_BUCKETS)] == list(ERROR_BUCKETS)
+    assert counts["pass"] == 2 and counts["syntax_error"] == 1 and counts["never_closed_bracket"] == 1
+    assert counts["unmatched_bracket"] == 0 and counts["timeout"] == 1
+    # Several generations per problem (pass@k): every generation's bucket counts.
+    sampled = [{"error_bucket": "pass", "error_buckets": ["pass", "wrong_answer", "wrong_answer"]}]
+    assert error_bucket_counts(sampled) == {**dict.fromkeys(ERROR_BUCKETS, 0), "pass": 1, "wrong_answer": 2}
+
+
+def test_first_digit_and_arithmetic_breakdown():
+    assert first_digit_correct({"output": " 42 apples", "target": ["47"]})
+    assert not first_digit_correct({"output": "-3", "target": "3"})
+    assert not first_digit_correct({"output": "no idea", "target": "3"})
+    assert first_digit_correct({"output": "9", "target": "3", "first_digit_correct": True})  # grader's own
+    assert not first_digit_correct({"output": "3", "target": "3", "first_digit": False})  # grader's own
+    samples = [
+        {"operation": "+", "digits": 1, "output": "7", "target": "7", "correct": True},
+        {"operation": "+", "digits": 1, "output": "8", "target": "9", "correct": False},
+        {"operation": "+", "digits": 2, "output": "57", "target": "51", "correct": False},
+        {"operation": "*", "digits": 2, "output": "100", "target": "144", "correct": False},
+        {"output": "1", "target": "1", "correct": True},  # not an arithmetic sample
+    ]
+    table = arithmetic_breakdown(samples)
+    assert list(table.columns) == ["operation", "digits", "n", "accuracy", "first_digit_accuracy"]
+    rows = {(r.operation, r.digits): (r.n, r.accuracy, r.first_digit_accuracy) for r in table.itertuples()}
+    assert rows == {("*", 2): (1, 0.0, 1.0), ("+", 1): (2, 0.5, 0.5), ("+", 2): (1, 0.0, 1.0)}
+    assert arithmetic_breakdown([{"output": "1"}]).empty
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def test_paired_bootstrap_identical_runs_retain_everything():
+    scores = {i: float(i % 2) for i in range(50)}
+    draws = paired_bootstrap(scores, dict(scores), BootstrapSettings(samples=200, seed=0), "k")
+    assert draws.shape == (200,)
+    assert np.allclose(draws, 1.0)
+
+
+def test_paired_bootstrap_resamples_pairs_and_is_seeded():
+    rng = random.Random(0)
+    dense = {i: float(rng.random() < 0.8) for i in range(200)}
+    variant = {i: float(dense[i] and rng.random() < 0.5) for i in range(200)}
+    settings = BootstrapSettings(samples=500, seed=7)
+    draws = paired_bootstrap(dense, variant, settings, "m", "t")
+    point = sum(variant.values()) / sum(dense.values())
+    low, high = np.percentile(draws, [2.5, 97.5])
+    assert low < point < high and high - low < 0.3
+    assert np.array_equal(draws, paired_bootstrap(dense, variant, settings, "m", "t"))
+    assert not np.array_equal(draws, paired_bootstrap(dense, variant, BootstrapSettings(500, seed=8), "m", "t"))
+    # Pairing: each resample takes the same ids from both runs. A variant that is right exactly
+    # where the dense model is has retention 1 on every resample; unpaired draws would scatter.
+    assert np.allclose(paired_bootstrap(dense, dict(dense), settings, "x"), 1.0)
+    # Only shared ids pair up.
+    assert np.isnan(paired_bootstrap({1: 1.0}, {2: 1.0}, settings, "y")).all()
+
+
+# ----------------------------------------------------------------------------- report fixtures
+
+N = 40
+BASE = {"model": "tiny", "ratio": 0.0, "recovery": "none", "method": "dense"}
+VARIANTS = [("bi", 0.25, "none"), ("bi", 0.25, "sgr"), ("reverse", 0.25, "none"), ("bi", 0.5, "none")]
+
+
+def _samples(task: str, accuracy: float, seed: int, degenerate: bool) -> list[dict]:
+    rng = random.Random(seed)
+    samples = []
+    for i in range(N):
+        correct = rng.random() < accuracy
+        sample = {"id": i, "prompt": f"q{i}", "target": str(i % 10), "correct": correct}
+        sample["output"] = ("loop " * 8).strip() if degenerate and i % 2 else f"answer {i} is {i % 10} because {i}"
+        if task == "humaneval_plus":
+            sample["error_bucket"] = "pass" if correct else ERROR_BUCKETS[i % 5]
+        if task == "arith":
+            sample.update(operation="+*-"[i % 3], digits=1 + i % 2, output=str(i % 10 if correct else (i + 1) % 10))
+        if task == "xsum":
+            sample["score"] = accuracy * rng.random()
+        samples.append(sample)
+    return samples
+
+
+TASKS = {"mc": "classification", "arc": "classification", "humaneval_plus": "generative", "arith": "generative"}
+TASKS["xsum"] = "generative"
+
+
+def _result(task: str, method: str, ratio: float, recovery: str, accuracy: float, degenerate: bool) -> dict:
+    samples = _samples(task, accuracy, zlib.crc32(f"{task}{method}{ratio}{recovery}".encode()), degenerate)
+    scores = [s.get("score", float(s["correct"])) for s in samples]
+    return {
+        "model": "tiny",
+        "method": method,
+        "ratio": ratio,
+        "recovery": recovery,
+        "task": task,
+        "type": TASKS[task],
+        "metric": "accuracy" if TASKS[task] == "classification" else "exact_match",
+        "grader": "fixture",
+        "value": sum(scores) / len(scores),
+        "stderr": 0.05,
+        "n": N,
+        "samples": samples,
+    }
+
+
+def write_grid(directory) -> list:
+    paths = []
+    for task in TASKS:
+        results = [_result(task, "dense", 0.0, "none", 0.8, False)]
+        for method, ratio, recovery in VARIANTS:
+            # Classification keeps more than generation; sgr recovers; more pruning hurts more.
+            keep = (0.9 if TASKS[task] == "classification" else 0.5) - ratio * 0.4 + (0.2 if recovery == "sgr" else 0)
+            results.append(_result(task, method, ratio, recovery, 0.8 * keep, recovery == "none"))
+        for result in results:
+            path = directory / f"{task}__{result['method']}__{result['ratio']}__{result['recovery']}.json"
+            write_json(path, result)
+            paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    paths = write_grid(root / "results")
+    aggregate(paths, root / "out", bootstrap_samples=300, seed=0)
+    return root
+
+
+def test_retention_tables_type_is_mean_of_tasks(report_dir):
+    out = report_dir / "out"
+    per_task = pd.read_csv(out / "retention.csv")
+    per_type = pd.read_csv(out / "retention_by_type.csv")
+    assert len(per_task) == len(VARIANTS) * len(TASKS)
+    assert (per_task["ci_low"] <= per_task["retention"] + 1e-9).all()
+    assert (per_task["retention"] <= per_task["ci_high"] + 1e-9).all()
+    for row in per_type.itertuples():
+        tasks = per_task[
+            (per_task["method"] == row.method)
+            & (per_task["ratio"] == row.ratio)
+            & (per_task["recovery"] == row.recovery)
+            & (per_task["type"] == row.type)
+        ]
+        assert row.tasks == len(tasks) == (2 if row.type == "classification" else 3)
+        assert row.retention == pytest.approx(tasks["retention"].mean())
+        assert row.ci_low <= row.retention <= row.ci_high
+        # Averaging over tasks narrows the interval compared with the widest single task.
+        assert row.ci_high - row.ci_low <= (tasks["ci_high"] - tasks["ci_low"]).max() + 1e-9
+
+
+def test_retention_csv_is_reproducible_and_order_free(report_dir, tmp_path):
+    paths = sorted((report_dir / "results").glob("*.json"))
+    random.Random(3).shuffle(paths)
+    aggregate(paths, tmp_path / "again", bootstrap_samples=300, seed=0)
+    first = pd.read_csv(report_dir / "out" / "retention.csv")
+    again = pd.read_csv(tmp_path / "again" / "retention.csv")
+    key = ["method", "ratio", "recovery", "task"]
+    pd.testing.assert_frame_equal(
+        first.sort_values(key).reset_index(drop=True), again.sort_values(key).reset_index(drop=True)
+    )
+
+
+def test_report_first_screen_states_the_answer(report_dir):
+    report = (report_dir / "out" / "report.md").read_text()
+    first_screen = report.split("## Retention by task type, every ratio", 1)[0]
+    assert first_screen.startswith("# layerprune report")
+    assert "## Answer: 0.25 of the layers removed" in first_screen
+    assert "- **tiny** (mean over methods, by recovery): classification keeps none 81% · sgr 87%; generative" in (
+        first_screen
+    )
+    table = [line for line in first_screen.splitlines() if line.startswith("|")]
+    assert table[0] == (
+        "| model | method | classification · none | classification · sgr | generative · none | generative · sgr |"
+    )
+    assert [line.split(" | ")[1] for line in table[2:]] == ["bi", "reverse"]
+    assert table[3].startswith("| tiny | reverse | 0.") and table[3].count("| – |") == 2  # no reverse+sgr run
+    assert table[3].endswith(" | – |")
+    assert all("[" in line for line in table[2:])  # retention [CI]
+    assert "![classification vs generative retention](plots/retention_by_type.png)" in first_screen
+    assert len(first_screen.splitlines()) < 30
+
+
+def test_report_sections_diagnostics_and_pngs(report_dir):
+    out = report_dir / "out"
+    report = (out / "report.md").read_text()
+    for png in ["retention_by_type", "error_buckets", "degeneration", "tiny__mc", "tiny__xsum"]:
+        payload = (out / "plots" / f"{png}.png").read_bytes()
+        assert payload.startswith(PNG_MAGIC) and len(payload) > 5000, png
+        assert f"plots/{png}.png" in report
+    buckets = pd.read_csv(out / "error_buckets.csv")
+    assert set(buckets["task"]) == {"humaneval_plus"} and len(buckets) == 1 + len(VARIANTS)
+    assert (buckets[list(ERROR_BUCKETS)].sum(axis=1) == N).all()
+    arithmetic = pd.read_csv(out / "arithmetic.csv")
+    assert set(arithmetic["operation"]) == {"+", "*", "-"} and set(arithmetic["digits"]) == {1, 2}
+    degeneration_table = pd.read_csv(out / "degeneration.csv")
+    assert set(degeneration_table["task"]) == {"humaneval_plus", "arith", "xsum"}
+    looped = degeneration_table[(degeneration_table["recovery"] == "none") & (degeneration_table["method"] != "dense")]
+    dense = degeneration_table[degeneration_table["method"] == "dense"]
+    assert looped["rep_2"].min() > dense["rep_2"].max()  # the fixture's looping outputs show up
+    for heading in ["### Degeneration of generated text", "### Code error buckets", "### Arithmetic by operation"]:
+        assert heading in report
+
+
+def test_report_degrades_without_optional_fields(tmp_path):
+    """Old-style results (no samples beyond id/correct, one task type): notes instead of failures."""
+    paths = []
+    for method, ratio, value in [("dense", 0.0, 0.5), ("bi", 0.25, 0.25)]:
+        result = {**BASE, "method": method, "ratio": ratio, "task": "mc", "value": value, "metric": "accuracy"}
+        result["samples"] = [{"id": i, "correct": i < value * 8} for i in range(8)]
+        write_json(tmp_path / f"{method}.json", result)
+        paths.append(tmp_path / f"{method}.json")
+    write_json(tmp_path / "nosamples.json", {**BASE, "method": "bi", "ratio": 0.5, "task": "mc", "value": 0.1})
+    aggregate([*paths, tmp_path / "nosamples.json"], tmp_path / "out", bootstrap_samples=50)
+    out = tmp_path / "out"
+    report = (out / "report.md").read_text()
+    assert "_No code task recorded per-sample `error_bucket`._" in report
+    assert "_No arithmetic task recorded per-sample `digits` and `operation`._" in report
+    assert "_No generative outputs._" in report
+    for png in ["retention_by_type", "error_buckets", "degeneration"]:
+        assert (out / "plots" / f"{png}.png").read_bytes().startswith(PNG_MAGIC)
+    per_task = pd.read_csv(out / "retention.csv")
+    no_samples = per_task[per_task["ratio"] == 0.5].iloc[0]
+    assert no_samples["retention"] == pytest.approx(0.2) and np.isnan(no_samples["ci_low"])
+
+
+def test_retention_tables_without_dense_are_nan():
+    result = {**BASE, "method": "bi", "ratio": 0.25, "task": "mc", "type": "classification", "value": 0.5}
+    result["samples"] = [{"id": 0, "correct": True}]
+    per_task, per_type = retention_tables([result], BootstrapSettings(samples=10))
+    assert np.isnan(per_task.loc[0, "retention"]) and np.isnan(per_type.loc[0, "ci_low"])
+
+
+def test_headline_plot_with_undefined_generative_retention(tmp_path):
+    """A dense score of 0 leaves retention undefined: the report still renders (the tiny pipeline's case)."""
+    paths = []
+    for task, task_type in [("mc", "classification"), ("gen", "generative")]:
+        for method, ratio, correct in [("dense", 0.0, task_type == "classification"), ("bi", 0.25, False)]:
+            samples = [{"id": i, "correct": correct and i % 2 == 0, "output": "x y"} for i in range(6)]
+            value = sum(s["correct"] for s in samples) / 6
+            result = {**BASE, "method": method, "ratio": ratio, "task": task, "type": task_type, "value": value}
+            write_json(tmp_path / f"{task}_{method}.json", {**result, "samples": samples})
+            paths.append(tmp_path / f"{task}_{method}.json")
+    aggregate(paths, tmp_path / "out", bootstrap_samples=20)
+    assert (tmp_path / "out" / "plots" / "retention_by_type.png").read_bytes().startswith(PNG_MAGIC)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| tiny | bi | 0.00 [0.00, 0.00] | – |" in report
