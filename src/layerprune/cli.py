@@ -160,6 +160,15 @@ def cmd_recover(args: argparse.Namespace) -> None:
         seed=args.seed,
         max_steps=args.max_steps,
         dtype=args.dtype,
+        trainer=args.trainer,
+        precision=args.precision,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        completion_only_loss=args.completion_only_loss,
+        padding_free=args.padding_free,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        report_to=args.report_to,
     )
 
 
@@ -275,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch-size", type=int, default=16)
     sub.add_argument("--seed", type=int, required=True)
 
-    sub = stage("recover", cmd_recover, "LoRA SFT of a pruned checkpoint (TRL), merged.", model_job=True)
+    sub = stage("recover", cmd_recover, "SFT (LoRA, QLoRA or full) of a pruned checkpoint (TRL), merged.", model_job=True)
     sub.add_argument("--model", required=True)
     sub.add_argument("--dataset", required=True, help="prompt-completion JSONL")
     sub.add_argument("--out", required=True)
@@ -293,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--weight-decay", type=float, required=True)
     sub.add_argument("--max-steps", type=int, default=-1)
     sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--trainer", choices=["lora", "qlora", "full"], default="lora")
+    sub.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    sub.add_argument("--adam-beta1", type=float, default=0.9)
+    sub.add_argument("--adam-beta2", type=float, default=0.99)
+    sub.add_argument("--completion-only-loss", type=_bool, default=True, help="true/false (sgr, data only)")
+    sub.add_argument("--padding-free", type=_bool, default=True, help="true/false: flattened batches")
+    sub.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (for resuming)")
+    sub.add_argument("--save-total-limit", type=int, default=2)
+    sub.add_argument("--report-to", default="none", help="none, tensorboard, wandb (comma-separated)")
 
     sub = stage("evaluate", cmd_evaluate, "Evaluate a checkpoint on one prepared task.", model_job=True)
     sub.add_argument("--model", required=True, help="checkpoint directory")
