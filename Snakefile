@@ -22,6 +22,7 @@ localrules:
     prepare_task,
     prepare_prompts,
     prepare_calibration,
+    prepare_heal,
     aggregate,
 
 

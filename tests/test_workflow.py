@@ -28,6 +28,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
     iterative = int("iterative" in config["scoring"]["methods"])
     if calibrated:
         bigbench |= set(config["scoring"]["calibration"]["bigbench_tasks"])
+    heal_source = config["recovery"].get("heal", {"source": {"bigbench_tasks": ["gem/wikilingua_en"]}})["source"]
+    if "heal" in recoveries:
+        bigbench |= set(heal_source.get("bigbench_tasks", []))
     jobs = {
         "all": 1,
         "fetch_bigbench": 1,
@@ -35,6 +38,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "prepare_task": tasks,
         "prepare_prompts": 1,
         "prepare_calibration": 1 if calibrated else 0,
+        "prepare_heal": int("heal" in recoveries),
         "materialize": models,
         "score": models * (methods - iterative),
         "score_iterative": models * iterative,
@@ -45,7 +49,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "evaluate_variant": models * methods * ratios * len(recoveries) * tasks,
         "aggregate": 1,
     }
-    if not trained:
+    if not {"data", "sgr"} & set(recoveries):
         jobs["prepare_prompts"] = 0
     return {rule: count for rule, count in jobs.items() if count}
 
@@ -183,9 +187,10 @@ def test_paper_config_dry_run_offline(tmp_path):
     workdir = workflow_copy(tmp_path / "wf", paper)
     jobs = planned_jobs(workdir)
     assert jobs == expected_jobs(paper)
-    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios x 2 trained recoveries
-    assert jobs["recover"] == 54
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 4
+    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios x 3 trained recoveries (data, sgr, heal)
+    assert jobs["recover"] == 81
+    assert jobs["prepare_heal"] == 1
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 4 * 4
     assert jobs["score_iterative"] == 3
 
 

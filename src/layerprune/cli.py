@@ -72,6 +72,13 @@ def cmd_prepare_calibration(args: argparse.Namespace) -> None:
     prepare_calibration(args.bigbench_dir, args.tasks, args.num_samples, args.seed, args.out)
 
 
+def cmd_prepare_heal(args: argparse.Namespace) -> None:
+    from layerprune.heal import prepare_heal_text
+
+    count = prepare_heal_text(json.loads(args.source), args.num_texts, args.seed, args.out, args.bigbench_dir)
+    print(f"{count} heal texts -> {args.out}")
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from layerprune.io import read_jsonl, write_json
     from layerprune.models import decoder_layers, load_checkpoint
@@ -246,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--bigbench-dir", required=True)
     sub.add_argument("--tasks", nargs="+", required=True)
     sub.add_argument("--num-samples", type=int, required=True)
+    sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--out", required=True)
+
+    sub = stage("prepare-heal", cmd_prepare_heal, "Build the plain texts of the `heal` recovery (LM loss).")
+    sub.add_argument("--source", required=True, help='JSON, e.g. {"bigbench_tasks": ["gem/wikilingua_en"]}')
+    sub.add_argument("--bigbench-dir", default="resources/bigbench")
+    sub.add_argument("--num-texts", type=int, required=True)
     sub.add_argument("--seed", type=int, required=True)
     sub.add_argument("--out", required=True)
 

@@ -332,7 +332,7 @@ def recover_checkpoint(
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=save_total_limit,
-        report_to=report_to,
+        report_to=[name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"] or "none",
         use_cpu=not on_gpu,
         bf16=mixed == "bf16",
         fp16=mixed == "fp16",
