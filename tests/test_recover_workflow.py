@@ -8,12 +8,12 @@ import json
 import datasets
 import pytest
 import yaml
+from conftest import make_tiny_checkpoint
 from test_pipeline import CHAT_TEMPLATE, tiny_config
 from test_workflow import DEFAULT, expected_jobs
 from transformers import AutoTokenizer
 from workflow_helpers import REPO, planned_jobs, snakemake, workflow_copy
 
-from conftest import make_tiny_checkpoint
 from layerprune.heal import prepare_heal_text
 from layerprune.io import read_jsonl
 

@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch-size", type=int, default=16)
     sub.add_argument("--seed", type=int, required=True)
 
-    sub = stage("recover", cmd_recover, "SFT (LoRA, QLoRA or full) of a pruned checkpoint (TRL), merged.", model_job=True)
+    sub = stage(
+        "recover", cmd_recover, "SFT (LoRA, QLoRA or full) of a pruned checkpoint (TRL), merged.", model_job=True
+    )
     sub.add_argument("--model", required=True)
     sub.add_argument("--dataset", required=True, help="prompt-completion JSONL")
     sub.add_argument("--out", required=True)
