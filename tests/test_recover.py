@@ -331,3 +331,13 @@ def test_killed_training_resumes_from_its_checkpoint(base, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
     assert not work.exists()
+
+
+def test_report_to_tensorboard_passes_through(base, sft_data, tmp_path):
+    """recovery.report_to reaches SFTConfig; the event files are kept with the checkpoint."""
+    out = tmp_path / "tb"
+    recover_checkpoint(base, sft_data, out, "sgr", report_to="tensorboard", **{**SETTINGS, "max_steps": 2})
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["report_to"] == ["tensorboard"]
+    events = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
