@@ -253,6 +253,22 @@ def test_stale_work_dir_is_discarded(tmp_path):
     assert not (work / "checkpoint-4").exists()
 
 
+def test_fingerprint_tracks_settings_data_and_model(base, sft_data, heal_data):
+    from layerprune.recover import _fingerprint
+
+    one = _fingerprint(base, sft_data, {"lora_r": 4})
+    assert one == _fingerprint(base, sft_data, {"lora_r": 4})
+    assert one != _fingerprint(base, sft_data, {"lora_r": 8})
+    assert one != _fingerprint(base, heal_data, {"lora_r": 4})
+    original = (base / "config.json").read_text()
+    try:
+        (base / "config.json").write_text(json.dumps({**json.loads(original), "num_hidden_layers": 1}))
+        assert one != _fingerprint(base, sft_data, {"lora_r": 4})
+    finally:
+        (base / "config.json").write_text(original)
+    assert one == _fingerprint(base, sft_data, {"lora_r": 4})
+
+
 def _cli_settings(settings: dict) -> list[str]:
     flags = []
     for key, value in settings.items():

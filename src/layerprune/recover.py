@@ -99,13 +99,21 @@ def _dataset_records(dataset_path: str | Path, recovery: str) -> list[dict[str, 
 
 
 def _fingerprint(model_dir: Path, dataset_path: Path, settings: dict[str, Any]) -> str:
-    """Hash of everything a training run depends on, so a stale work dir is never resumed."""
+    """Hash of everything a training run depends on, so a stale work dir is never resumed.
+
+    The model enters through its JSON files (config, pruning.json: which layers
+    were removed, source.json) and its weight files' names and sizes; hashing
+    many GB of weights on every job start would cost minutes at 8B.
+    """
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(sha256_file(dataset_path).encode())
-    for name in sorted(p.name for p in model_dir.iterdir() if p.suffix in {".json", ".safetensors"}):
-        digest.update(name.encode())
-        digest.update(sha256_file(model_dir / name).encode())
+    for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        if path.suffix == ".safetensors":
+            digest.update(str(path.stat().st_size).encode())
+        else:
+            digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 
