@@ -95,6 +95,7 @@ def run(model_dir: str, records: list[dict], padding_free: bool, args: argparse.
             padding_free=padding_free,
             max_length=None if padding_free else args.max_length,
             completion_only_loss=True,
+            gradient_checkpointing=False,  # as recovery.gradient_checkpointing in config.yaml
             seed=args.seed,
             data_seed=args.seed,
             logging_steps=1,

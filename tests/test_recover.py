@@ -174,7 +174,7 @@ def test_outputs_loss_curve_and_training_args(full_run):
     args = json.loads((out / "training_args.json").read_text())
     assert args["adam_beta1"] == 0.9 and args["adam_beta2"] == 0.99
     assert args["report_to"] in ("none", ["none"], [])
-    assert args["padding_free"] is True
+    assert args["padding_free"] is False and args["gradient_checkpointing"] is False
     assert read_json(out / "recovery.json") == record
 
 
@@ -190,7 +190,9 @@ def test_heal_trains_with_lm_loss_on_every_token(base, heal_data, tmp_path, monk
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(trl, "SFTTrainer", Recording)
-    record = recover_checkpoint(base, heal_data, tmp_path / "heal", "heal", trainer="lora", **SETTINGS)
+    record = recover_checkpoint(
+        base, heal_data, tmp_path / "heal", "heal", trainer="lora", padding_free=True, **SETTINGS
+    )
     assert record["recovery"] == "heal" and record["settings"]["completion_only_loss"] is False
     assert len(captured) == 3
     for batch in captured:
@@ -212,7 +214,12 @@ def test_heal_rejects_prompt_completion_data(base, sft_data, tmp_path):
 
 
 def test_padding_free_loss_equals_padded_loss(base, sft_data):
-    """Same batch, padded vs flattened with position ids: same loss (SDPA on CPU)."""
+    """Same batch, padded vs flattened with position ids: same loss through TRL's compute_loss (SDPA on CPU).
+
+    transformers detects the packed sequences from the position ids only without a KV
+    cache; TRL's compute_loss passes use_cache=False, which this checks with a config
+    that asks for the cache.
+    """
     import trl
     from datasets import Dataset
     from trl import SFTConfig
@@ -220,7 +227,8 @@ def test_padding_free_loss_equals_padded_loss(base, sft_data):
     from layerprune.io import read_jsonl
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    assert model.config._attn_implementation in ("sdpa", "eager")
+    model.config.use_cache = True
+    assert model.config._attn_implementation == "sdpa"
     tokenizer = AutoTokenizer.from_pretrained(base)
     losses = {}
     for padding_free in (False, True):
@@ -234,7 +242,7 @@ def test_padding_free_loss_equals_padded_loss(base, sft_data):
         if not padding_free:
             assert batch["attention_mask"].min() == 0, "the batch really is padded"
         with torch.no_grad():
-            losses[padding_free] = model(**batch).loss.item()
+            losses[padding_free] = trainer.compute_loss(model, dict(batch)).item()
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-6)
 
 

@@ -173,6 +173,7 @@ def cmd_recover(args: argparse.Namespace) -> None:
         adam_beta2=args.adam_beta2,
         completion_only_loss=args.completion_only_loss,
         padding_free=args.padding_free,
+        gradient_checkpointing=args.gradient_checkpointing,
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
         report_to=args.report_to,
@@ -323,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--adam-beta1", type=float, default=0.9)
     sub.add_argument("--adam-beta2", type=float, default=0.99)
     sub.add_argument("--completion-only-loss", type=_bool, default=True, help="true/false (sgr, data only)")
-    sub.add_argument("--padding-free", type=_bool, default=True, help="true/false: flattened batches")
+    sub.add_argument("--padding-free", type=_bool, default=False, help="true/false: flattened batches")
+    sub.add_argument("--gradient-checkpointing", type=_bool, default=False, help="true/false: recompute activations")
     sub.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (for resuming)")
     sub.add_argument("--save-total-limit", type=int, default=2)
     sub.add_argument("--report-to", default="none", help="none, tensorboard, wandb (comma-separated)")

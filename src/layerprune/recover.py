@@ -255,7 +255,8 @@ def recover_checkpoint(
     adam_beta1: float = 0.9,
     adam_beta2: float = 0.99,
     completion_only_loss: bool = True,
-    padding_free: bool = True,
+    padding_free: bool = False,
+    gradient_checkpointing: bool = False,
     save_steps: int = 50,
     save_total_limit: int = 2,
     report_to: str = "none",
@@ -265,7 +266,10 @@ def recover_checkpoint(
     `completion_only_loss` applies to prompt–completion data (sgr, data); `heal`
     always trains on every token. `padding_free` flattens each batch into one
     row with per-sequence position ids (transformers then masks attention per
-    sequence, also with SDPA on CPU): the same loss as padded batches, fewer FLOPs.
+    sequence, also with SDPA on CPU): the same loss as padded batches, but on CPU
+    no faster (bench/sft_padding_free.py), so it is off by default.
+    `gradient_checkpointing` (TRL's default is on) trades compute for memory:
+    worth it for 7-8B models on a GPU, a ~30% slowdown for nothing on a small CPU run.
     """
     check_trainer(trainer)
     mixed = resolve_precision(precision)
@@ -291,6 +295,7 @@ def recover_checkpoint(
         "adam_beta2": adam_beta2,
         "completion_only_loss": completion_only_loss and recovery != "heal",
         "padding_free": padding_free,
+        "gradient_checkpointing": gradient_checkpointing,
         "precision": mixed,
         "seed": seed,
         "max_steps": max_steps,
@@ -326,6 +331,7 @@ def recover_checkpoint(
         # batch); _truncate_tokenized applies it to the tokenized rows instead.
         max_length=None if padding_free else max_length,
         padding_free=padding_free,
+        gradient_checkpointing=gradient_checkpointing,
         warmup_steps=warmup_steps,
         lr_scheduler_type=lr_scheduler,
         weight_decay=weight_decay,

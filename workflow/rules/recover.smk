@@ -50,6 +50,7 @@ rule recover:
         adam_beta2=RECOVERY["adam_beta2"],
         completion_only_loss=RECOVERY["completion_only_loss"],
         padding_free=RECOVERY["padding_free"],
+        gradient_checkpointing=RECOVERY["gradient_checkpointing"],
         save_steps=RECOVERY["save_steps"],
         save_total_limit=RECOVERY["save_total_limit"],
         report_to=RECOVERY["report_to"],
@@ -69,6 +70,7 @@ rule recover:
         " --lr-scheduler {params.lr_scheduler} --weight-decay {params.weight_decay}"
         " --adam-beta1 {params.adam_beta1} --adam-beta2 {params.adam_beta2}"
         " --completion-only-loss {params.completion_only_loss} --padding-free {params.padding_free}"
+        " --gradient-checkpointing {params.gradient_checkpointing}"
         " --save-steps {params.save_steps} --save-total-limit {params.save_total_limit}"
         " --report-to {params.report_to}"
         " --max-steps {params.max_steps} --seed {params.seed} --dtype {params.dtype} --threads {threads}"
