@@ -25,6 +25,7 @@ localrules:
     prepare_task,
     prepare_prompts,
     prepare_calibration,
+    prepare_heal,
     aggregate,
 
 

@@ -249,7 +249,8 @@ def test_recover_record(pruned, recovery_data, recovered):
     assert all(math.isfinite(e["loss"]) and e["loss"] > 0 for e in record["loss_curve"])
     assert math.isfinite(record["train_loss"])
     settings = {k: v for k, v in RECOVER_SETTINGS.items() if k != "dtype"}
-    assert record["settings"] == settings
+    assert {k: record["settings"][k] for k in settings} == settings
+    assert record["settings"]["trainer"] == "lora" and record["settings"]["completion_only_loss"] is True
     args = json.loads((root / "a" / "training_args.json").read_text())
     assert args["learning_rate"] == 1e-2
     assert args["max_steps"] == 3 and args["seed"] == 0
@@ -266,21 +267,27 @@ def test_recover_is_reproducible(recovered):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
-def test_recover_completion_only_loss(checkpoint, tokenizer, tmp_path, monkeypatch):
-    """The batches the trainer computes its loss on mask every prompt token (and padding)."""
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_recover_completion_only_loss(checkpoint, tokenizer, tmp_path, monkeypatch, padding_free):
+    """The batches the trainer computes its loss on mask every prompt token (and padding).
+
+    Padding-free batches are one row; position ids restart at 0 at each sequence.
+    """
     import trl
 
     captured = []
 
     class RecordingSFTTrainer(trl.SFTTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
-            captured.append({key: value.detach().clone() for key, value in inputs.items()})
+            captured.append({k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)})
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(trl, "SFTTrainer", RecordingSFTTrainer)
     records = prompt_records(6, offset=4)
     write_jsonl(tmp_path / "train.jsonl", records)
-    record = recover_checkpoint(checkpoint, tmp_path / "train.jsonl", tmp_path / "out", "data", **RECOVER_SETTINGS)
+    record = recover_checkpoint(
+        checkpoint, tmp_path / "train.jsonl", tmp_path / "out", "data", padding_free=padding_free, **RECOVER_SETTINGS
+    )
     assert record["recovery"] == "data"
     assert not (tmp_path / "out" / "pruning.json").exists(), "no pruning.json in the input, none in the output"
 
@@ -298,7 +305,15 @@ def test_recover_completion_only_loss(checkpoint, tokenizer, tmp_path, monkeypat
     assert len(captured) == 3
     seen = []
     for batch in captured:
-        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+        if padding_free:
+            assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+            starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+            bounds = list(zip(starts, [*starts[1:], batch["input_ids"].shape[1]], strict=True))
+            rows = [(batch["input_ids"][0, a:b], batch["labels"][0, a:b], torch.ones(b - a)) for a, b in bounds]
+            assert len(rows) == 2
+        else:
+            rows = zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True)
+        for ids, labels, mask in rows:
             length = int(mask.sum())
             assert mask[:length].all(), "right padding expected"
             tokens = tuple(ids[:length].tolist())

@@ -24,8 +24,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
     tasks = len(config["tasks"])
     lm_eval_tasks = len([t for t in config["tasks"].values() if t.get("lm_eval_task")])
     bigbench = {name for t in config["tasks"].values() if not t.get("lm_eval_task") for name in bigbench_inputs(t)}
+    prompted = bool({"data", "sgr"} & set(recoveries))  # heal trains on plain text, not on the prompt set
     source = config["prompts"].get("source", "bigbench")
-    if source == "bigbench" and trained:
+    if source == "bigbench" and prompted:
         bigbench |= set(config["prompts"]["bigbench_tasks"])
     calibrated = [
         m for m in config["scoring"]["methods"] if m in ("bi", "angular", "angular_last", "ppl", "taylor", "sleb")
@@ -33,6 +34,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
     iterative = int("iterative" in config["scoring"]["methods"])
     if calibrated:
         bigbench |= set(config["scoring"]["calibration"]["bigbench_tasks"])
+    heal_source = config["recovery"].get("heal", {"source": {"bigbench_tasks": ["gem/wikilingua_en"]}})["source"]
+    if "heal" in recoveries:
+        bigbench |= set(heal_source.get("bigbench_tasks", []))
     jobs = {
         "all": 1,
         "fetch_bigbench": 1,
@@ -41,19 +45,20 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "prepare_lm_eval_task": lm_eval_tasks,
         "prepare_prompts": 1,
         "prepare_calibration": 1 if calibrated else 0,
+        "prepare_heal": int("heal" in recoveries),
         "materialize": models,
         "score": models * (methods - iterative),
         "score_iterative": models * iterative,
         "prune": models * methods * ratios,
-        "filter_prompts": models if trained and source != "magpie" else 0,
-        "magpie_prompts": models if trained and source == "magpie" else 0,
+        "filter_prompts": models if prompted and source != "magpie" else 0,
+        "magpie_prompts": models if prompted and source == "magpie" else 0,
         "selfgen": models if "sgr" in recoveries else 0,
         "recover": models * methods * ratios * trained,
         "evaluate_dense": models * tasks,
         "evaluate_variant": models * methods * ratios * len(recoveries) * tasks,
         "aggregate": 1,
     }
-    if not trained or source == "magpie":
+    if not prompted or source == "magpie":
         jobs["prepare_prompts"] = 0
     return {rule: count for rule, count in jobs.items() if count}
 

@@ -126,6 +126,13 @@ def cmd_prepare_calibration(args: argparse.Namespace) -> None:
     prepare_calibration(args.bigbench_dir, args.tasks, args.num_samples, args.seed, args.out)
 
 
+def cmd_prepare_heal(args: argparse.Namespace) -> None:
+    from layerprune.heal import prepare_heal_text
+
+    count = prepare_heal_text(json.loads(args.source), args.num_texts, args.seed, args.out, args.bigbench_dir)
+    print(f"{count} heal texts -> {args.out}")
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from layerprune.io import read_jsonl, write_json
     from layerprune.models import decoder_layers, load_checkpoint
@@ -222,6 +229,16 @@ def cmd_recover(args: argparse.Namespace) -> None:
         seed=args.seed,
         max_steps=args.max_steps,
         dtype=args.dtype,
+        trainer=args.trainer,
+        precision=args.precision,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        completion_only_loss=args.completion_only_loss,
+        padding_free=args.padding_free,
+        gradient_checkpointing=args.gradient_checkpointing,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        report_to=args.report_to,
     )
 
 
@@ -362,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, required=True)
     sub.add_argument("--out", required=True)
 
+    sub = stage("prepare-heal", cmd_prepare_heal, "Build the plain texts of the `heal` recovery (LM loss).")
+    sub.add_argument("--source", required=True, help='JSON, e.g. {"bigbench_tasks": ["gem/wikilingua_en"]}')
+    sub.add_argument("--bigbench-dir", default="resources/bigbench")
+    sub.add_argument("--num-texts", type=int, required=True)
+    sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--out", required=True)
+
     sub = stage("score", cmd_score, "Score the decoder layers of a checkpoint.", model_job=True)
     sub.add_argument("--model", required=True)
     sub.add_argument("--method", required=True)
@@ -406,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--drop-truncated", type=_bool, default=False)
     sub.add_argument("--stats", default=None, help="stats JSON (default: <out stem>.stats.json)")
 
-    sub = stage("recover", cmd_recover, "LoRA SFT of a pruned checkpoint (TRL), merged.", model_job=True)
+    sub = stage(
+        "recover", cmd_recover, "SFT (LoRA, QLoRA or full) of a pruned checkpoint (TRL), merged.", model_job=True
+    )
     sub.add_argument("--model", required=True)
     sub.add_argument("--dataset", required=True, help="prompt-completion JSONL")
     sub.add_argument("--out", required=True)
@@ -424,6 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--weight-decay", type=float, required=True)
     sub.add_argument("--max-steps", type=int, default=-1)
     sub.add_argument("--seed", type=int, required=True)
+    sub.add_argument("--trainer", choices=["lora", "qlora", "full"], default="lora")
+    sub.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    sub.add_argument("--adam-beta1", type=float, default=0.9)
+    sub.add_argument("--adam-beta2", type=float, default=0.99)
+    sub.add_argument("--completion-only-loss", type=_bool, default=True, help="true/false (sgr, data only)")
+    sub.add_argument("--padding-free", type=_bool, default=False, help="true/false: flattened batches")
+    sub.add_argument("--gradient-checkpointing", type=_bool, default=False, help="true/false: recompute activations")
+    sub.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (for resuming)")
+    sub.add_argument("--save-total-limit", type=int, default=2)
+    sub.add_argument("--report-to", default="none", help="none, tensorboard, wandb (comma-separated)")
 
     sub = stage("evaluate", cmd_evaluate, "Evaluate a checkpoint on one prepared task.", model_job=True)
     sub.add_argument("--model", required=True, help="checkpoint directory")

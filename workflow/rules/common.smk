@@ -47,7 +47,7 @@ wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
     method="[a-z][a-z_]*",
     ratio="0\\.[0-9]+",
-    recovery="none|data|sgr",
+    recovery="none|data|sgr|heal",
     task="[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
@@ -98,6 +98,13 @@ def task_inputs(wildcards):
     elif spec["dataset"] == "xsum" and not spec.get("hub") and not spec.get("file"):
         files.append(bigbench_file("gem/xsum"))
     return files
+
+def heal_inputs():
+    """The files the heal text is drawn from: BIG-bench task JSONs or a local file (none for the hub)."""
+    source = config["recovery"]["heal"]["source"]
+    if "bigbench_tasks" in source:
+        return [bigbench_file(task) for task in source["bigbench_tasks"]]
+    return [source["path"]] if "path" in source else []
 
 
 def dense_checkpoint(model):

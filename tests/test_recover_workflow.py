@@ -1,0 +1,144 @@
+"""Recovery through the Snakemake DAG: every variant x trainer plans (dry run), heal text, real tiny runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import datasets
+import pytest
+import yaml
+from conftest import make_tiny_checkpoint
+from test_pipeline import CHAT_TEMPLATE, tiny_config
+from test_workflow import DEFAULT, expected_jobs
+from transformers import AutoTokenizer
+from workflow_helpers import REPO, planned_jobs, snakemake, workflow_copy
+
+from layerprune.heal import prepare_heal_text
+from layerprune.io import read_jsonl
+
+VARIANTS = ["none", "data", "sgr", "heal"]
+
+
+@pytest.mark.parametrize("trainer", ["lora", "qlora", "full"])
+def test_every_variant_and_trainer_is_planned(tmp_path, trainer):
+    config = copy.deepcopy(DEFAULT)
+    config["recovery"]["methods"] = VARIANTS
+    config["recovery"]["trainer"] = trainer
+    workdir = workflow_copy(tmp_path / "wf", config)
+    jobs = planned_jobs(workdir)
+    assert jobs == expected_jobs(config)
+    # 1 model x 2 methods x 3 ratios x 3 trained variants
+    assert jobs["recover"] == 18 and jobs["prepare_heal"] == 1
+    output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout
+    recover = [line for line in output.splitlines() if "layerprune recover" in line]
+    assert len(recover) == 18
+    assert all(f"--trainer {trainer}" in line for line in recover)
+    heal = [line for line in recover if "--recovery heal" in line]
+    assert len(heal) == 6 and all("--dataset results/data/heal.jsonl" in line for line in heal)
+    assert all("--adam-beta1 0.9 --adam-beta2 0.99" in line for line in recover)
+    assert all("--padding-free False --gradient-checkpointing False" in line for line in recover)
+    assert all("--report-to none" in line for line in recover)
+
+
+def test_paper_recovery_settings():
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["recovery"]
+    assert paper["trainer"] == "qlora"
+    assert (paper["lora_r"], paper["lora_alpha"], paper["lora_dropout"]) == (64, 16, 0.05)
+    assert paper["learning_rate"] == 2e-4 and paper["num_epochs"] == 1
+    assert (paper["lr_scheduler"], paper["warmup_steps"]) == ("constant_with_warmup", 50)
+    assert (paper["adam_beta1"], paper["adam_beta2"], paper["weight_decay"]) == (0.9, 0.99, 1e-4)
+    assert (paper["batch_size"], paper["grad_accum"]) == (4, 2)
+    assert paper["completion_only_loss"] is True
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(trainer="adapter"), "adapter"),
+        (lambda r: r.update(precision="fp8"), "fp8"),
+        (lambda r: r.update(report_to="mlflow"), "mlflow"),
+        (lambda r: r.update(heal={"source": {"path": "a.txt", "hub": "b"}, "num_texts": 4}), "source"),
+    ],
+)
+def test_bad_recovery_config_is_rejected(tmp_path, mutate, message):
+    config = copy.deepcopy(DEFAULT)
+    mutate(config["recovery"])
+    workdir = workflow_copy(tmp_path / "wf", config)
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- heal text sources
+
+
+def test_heal_text_from_a_local_file(tmp_path):
+    (tmp_path / "corpus.txt").write_text("first document\nstill first\n\nsecond one\n\n\nthird\n")
+    assert prepare_heal_text({"path": str(tmp_path / "corpus.txt")}, 3, 0, tmp_path / "heal.jsonl") == 3
+    texts = sorted(r["text"] for r in read_jsonl(tmp_path / "heal.jsonl"))
+    assert texts == ["first document\nstill first", "second one", "third"]
+    with pytest.raises(ValueError, match="recovery.heal.num_texts"):
+        prepare_heal_text({"path": str(tmp_path / "corpus.txt")}, 4, 0, tmp_path / "x.jsonl")
+
+
+def test_heal_text_from_a_saved_hub_dataset(tmp_path):
+    rows = {"body": [f"text number {i}" for i in range(10)], "id": list(range(10))}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "ds")
+    source = {"hub": str(tmp_path / "ds"), "split": "train", "text_field": "body"}
+    prepare_heal_text(source, 4, 1, tmp_path / "a.jsonl")
+    prepare_heal_text(source, 4, 1, tmp_path / "b.jsonl")
+    a = read_jsonl(tmp_path / "a.jsonl")
+    assert a == read_jsonl(tmp_path / "b.jsonl"), "seeded"
+    assert len({r["text"] for r in a}) == 4 and all(r["text"] in rows["body"] for r in a)
+    with pytest.raises(KeyError, match="text_field"):
+        prepare_heal_text({**source, "text_field": "text"}, 4, 1, tmp_path / "c.jsonl")
+
+
+def test_heal_text_offline_from_bigbench_is_disjoint_from_eval_and_calibration(tmp_path):
+    """The default heal source (gem/wikilingua_en) shares no text with the default tasks or calibration."""
+    workdir = workflow_copy(tmp_path / "wf")
+    snakemake(workdir, "--cores", "1", "results/data/heal.jsonl", "results/data/calibration.jsonl",
+              *[f"results/data/tasks/{task}.json" for task in DEFAULT["tasks"]])
+    heal = read_jsonl(workdir / "results/data/heal.jsonl")
+    assert len(heal) == DEFAULT["recovery"]["heal"]["num_texts"]
+    assert all(r["source"].startswith("bigbench:gem/wikilingua_en#") for r in heal)
+    heal_texts = {r["text"] for r in heal}
+    calibration = {r["text"] for r in read_jsonl(workdir / "results/data/calibration.jsonl")}
+    evaluated = set()
+    for task in DEFAULT["tasks"]:
+        payload = json.loads((workdir / f"results/data/tasks/{task}.json").read_text())
+        evaluated |= {s["input"] for s in payload["samples"] + payload["fewshot"]}
+    for text in heal_texts:
+        assert not any(text in other or other in text for other in calibration | evaluated if len(other) > 20)
+
+
+# --------------------------------------------------------------------------- real tiny DAG runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["lora", "full"])
+def test_real_tiny_recovery_through_the_dag(tmp_path, trainer):
+    """heal and data, trained for real by snakemake with each CPU trainer, evaluated as plain checkpoints."""
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    config = tiny_config(model_dir)
+    config["pruning"]["ratios"] = [0.25]
+    config["recovery"].update(methods=["none", "data", "heal"], trainer=trainer, save_steps=1)
+    config["recovery"]["heal"] = {"source": {"bigbench_tasks": ["gem/wikilingua_en"]}, "num_texts": 8}
+    config["tasks"].pop("knowledge")
+    workdir = workflow_copy(tmp_path / "wf", config)
+    snakemake(workdir, "--cores", "2")
+    for variant in ("data", "heal"):
+        out = workdir / f"results/recovered/tiny/bi/0.25/{variant}"
+        record = json.loads((out / "recovery.json").read_text())
+        assert record["trainer"] == trainer and record["global_steps"] == 2
+        assert {"loss_curve.csv", "loss_curve.png", "training_args.json", "config.json"} <= {
+            p.name for p in out.iterdir()
+        }
+        assert not (out.parent / f"{variant}.work").exists()
+        assert (workdir / f"results/eval/tiny/bi/0.25/{variant}/addition.json").is_file()
+    assert json.loads((workdir / "results/recovered/tiny/bi/0.25/heal/recovery.json").read_text())[
+        "settings"]["completion_only_loss"] is False
