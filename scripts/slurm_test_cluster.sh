@@ -77,6 +77,8 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 AccountingStorageEnforce=associations
 JobCompType=jobcomp/none
+# sacct shows the executor's --comment (rule_<name>_wildcards_...).
+AccountingStoreFlags=job_comment
 MinJobAge=300
 KillWait=5
 InactiveLimit=0
