@@ -16,6 +16,7 @@
 set -euo pipefail
 
 DIR="${LAYERPRUNE_SLURM_DIR:-/tmp/layerprune-slurm}"
+CONFIG_CHANGED=""
 ACCOUNT="${LAYERPRUNE_SLURM_ACCOUNT:-layerprune}"
 PARTITION=debug
 CLUSTER=layerprune
@@ -87,7 +88,21 @@ SlurmdTimeout=30
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
-    mv "$DIR/slurm.conf.new" "$DIR/slurm.conf"
+    if cmp -s "$DIR/slurm.conf.new" "$DIR/slurm.conf"; then
+        rm "$DIR/slurm.conf.new"
+    else
+        mv "$DIR/slurm.conf.new" "$DIR/slurm.conf"
+        CONFIG_CHANGED=1
+    fi
+    # Commands inside a job must find the config without SLURM_CONF: the snakemake
+    # slurm-jobstep plugin drops every SLURM_* variable before its inner `srun`. A real
+    # cluster has /etc/slurm/slurm.conf; so does this one, as a link to ours. A real
+    # cluster's config there is never replaced.
+    local system=/etc/slurm/slurm.conf
+    if [ -e "$system" ] && [ ! -L "$system" ]; then
+        die "$system exists and is not this script's link: is this machine part of a real cluster? (set LAYERPRUNE_SLURM_DIR and remove it only if it is not)"
+    fi
+    mkdir -p /etc/slurm && ln -sfn "$DIR/slurm.conf" "$system"
     cat >"$DIR/slurmdbd.conf" <<EOF
 AuthType=auth/munge
 DbdHost=localhost
@@ -166,6 +181,10 @@ start() {
     fi
     if ! sacctmgr -n -P show assoc where user=root account="$ACCOUNT" format=user | grep -qx root; then
         sacctmgr -i add user root account="$ACCOUNT" cluster="$CLUSTER" >/dev/null
+    fi
+    if [ -n "${CONFIG_CHANGED:-}" ] && running "$DIR/slurmctld.pid"; then
+        log "slurm.conf changed: reconfiguring the running daemons"
+        scontrol reconfigure || die "scontrol reconfigure failed (logs in $DIR/log)"
     fi
     start_daemon slurmctld "$DIR/slurmctld.pid" slurmctld -f "$DIR/slurm.conf"
     wait_for 30 "slurmctld does not answer" scontrol ping

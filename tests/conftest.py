@@ -168,6 +168,12 @@ def tiny_run(tmp_path_factory):
     from transformers import AutoTokenizer
     from workflow_helpers import snakemake, workflow_copy
 
+    reuse = os.environ.get("LAYERPRUNE_TEST_TINY_RUN")
+    if reuse:  # iterating on these tests: a root an earlier session left (<basetemp>/pipeline0)
+        root = Path(reuse)
+        import yaml
+
+        return root / "wf", yaml.safe_load((root / "wf" / "config.yaml").read_text())
     root = tmp_path_factory.mktemp("pipeline")
     model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -18,11 +18,8 @@ from workflow_helpers import BIN, REPO, copy_run, planned_jobs, run
 
 pytestmark = pytest.mark.slow
 
-GIT_IDENTITY = ["-c", "user.name=layerprune test", "-c", "user.email=test@layerprune"]
-
-
 def git(cwd: Path, *args: str) -> str:
-    return run(["git", *GIT_IDENTITY, *args], cwd=cwd).stdout
+    return run(["git", *args], cwd=cwd).stdout
 
 
 def dvc(cwd: Path, *args: str) -> str:
@@ -46,6 +43,9 @@ def alice(tiny_run, tmp_path_factory):
     shutil.copytree(REPO / "src" / "layerprune", repo / "src" / "layerprune",
                     ignore=shutil.ignore_patterns("__pycache__"))  # a dependency in dvc.yaml
     git(repo, "init", "-q", "-b", "main")
+    # DVC commits experiments too: a repository-local identity, whatever the machine has
+    git(repo, "config", "user.name", "layerprune test")
+    git(repo, "config", "user.email", "test@layerprune")
     dvc(repo, "init", "-q")
     dvc(repo, "remote", "add", "-d", "shared", str(root / "remote"))
     # the outputs persist: DVC runs `snakemake`, which has nothing to do, and records them
