@@ -49,9 +49,11 @@ def alice(tiny_run, tmp_path_factory):
     dvc(repo, "init", "-q")
     dvc(repo, "remote", "add", "-d", "shared", str(root / "remote"))
     # the outputs persist: DVC runs `snakemake`, which has nothing to do, and records them
-    before = {p: p.stat().st_mtime for p in (repo / "results").rglob("*") if p.is_file()}
+    # (DVC re-links the single-file outputs from its cache, so their mtimes move, forward only)
     dvc(repo, "repro")
-    assert {p: p.stat().st_mtime for p in (repo / "results").rglob("*") if p.is_file()} == before
+    log = max((repo / ".snakemake" / "log").iterdir(), key=lambda p: p.stat().st_mtime).read_text()
+    assert "Nothing to be done" in log, log[-2000:]
+    assert planned_jobs(repo) == {}
     dvc(repo, "push")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "tiny study")
