@@ -157,3 +157,29 @@ def sample_ids(length: int = 12, batch: int = 1, seed: int = 1) -> torch.Tensor:
     """Random token ids that avoid the special tokens."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(4, VOCAB_SIZE, (batch, length), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One real `snakemake --cores 2` run of the tiny DAG (tests/test_pipeline.py's config),
+    shared by every test that needs a finished run: the pipeline, re-run, SLURM and DVC
+    tests. Treat it as read-only; copy it with `workflow_helpers.copy_run` to change it."""
+    from test_pipeline import CHAT_TEMPLATE, tiny_config
+    from transformers import AutoTokenizer
+    from workflow_helpers import snakemake, workflow_copy
+
+    reuse = os.environ.get("LAYERPRUNE_TEST_TINY_RUN")
+    if reuse:  # iterating on these tests: a root an earlier session left (<basetemp>/pipeline0)
+        root = Path(reuse)
+        import yaml
+
+        return root / "wf", yaml.safe_load((root / "wf" / "config.yaml").read_text())
+    root = tmp_path_factory.mktemp("pipeline")
+    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    config = tiny_config(model_dir)
+    workdir = workflow_copy(root / "wf", config)
+    snakemake(workdir, "--cores", "2")
+    return workdir, config

@@ -433,3 +433,14 @@ def test_atomic_path_directory_success_replaces_existing(tmp_path):
         (tmp / "config.json").write_text("{}")
     assert sorted(p.name for p in final.iterdir()) == ["config.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_atomic_path_removes_what_a_killed_attempt_left(tmp_path):
+    """SIGKILL skips the cleanup; the job's re-run removes the stale temporaries."""
+    (tmp_path / ".out.abc12345.tmp").mkdir()
+    (tmp_path / ".out.abc12345.tmp" / "weights").write_text("half")
+    (tmp_path / ".out.json.x1234567.tmp").write_text("{")
+    (tmp_path / ".other.x1.tmp").write_text("not ours")
+    with atomic_path(tmp_path / "out", directory=True) as tmp:
+        (tmp / "weights").write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.x1.tmp", ".out.json.x1234567.tmp", "out"]

@@ -12,9 +12,8 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_tiny_checkpoint
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from workflow_helpers import planned_jobs, snakemake, workflow_copy
+from transformers import AutoModelForCausalLM
+from workflow_helpers import planned_jobs
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
@@ -78,16 +77,9 @@ def tiny_config(model_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
-    config = tiny_config(model_dir)
-    workdir = workflow_copy(root / "wf", config)
-    snakemake(workdir, "--cores", "2")
-    return workdir, config
+def finished_run(tiny_run):
+    """The session's one real tiny run (conftest.tiny_run builds it from `tiny_config`)."""
+    return tiny_run
 
 
 @pytest.mark.slow

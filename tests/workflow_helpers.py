@@ -65,3 +65,11 @@ def planned_jobs(cwd: Path, *args: str) -> dict[str, int]:
         counts[match.group(1)] = int(match.group(2))
     counts.pop("total", None)
     return counts
+
+
+def copy_run(src: Path, dest: Path) -> Path:
+    """A copy of a finished run (workflow, results, .snakemake metadata) with its mtimes kept,
+    so the copy is exactly as up to date as the original."""
+    shutil.copytree(src, dest, symlinks=True, copy_function=shutil.copy2)
+    return dest
+

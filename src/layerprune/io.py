@@ -7,6 +7,7 @@ interrupted job never leaves a file or directory that looks complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -23,9 +24,17 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
     """Yield a temporary path beside `final`; rename it onto `final` on success.
 
     On an exception the temporary path is removed and `final` is left untouched.
+    Temporaries left beside `final` by a killed earlier attempt are removed first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A job killed hard (SIGKILL, node failure) leaves its temporary behind; the re-run
+    # of that job (one job per output, so nobody else writes here) removes it.
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.????????.tmp"):  # tempfile: 8 random chars
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     else:

@@ -1,6 +1,8 @@
 import json
 import os
 
+from layerprune.launch import rule_command_prefix, slurm_resources
+
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -53,15 +55,7 @@ wildcard_constraints:
 
 def job_resources(rule_name):
     """Cluster resources for a rule: config resources.<rule> over resources.default."""
-    merged = {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
-    merged.pop("threads", None)
-    resources = {"mem_mb": merged["mem_mb"], "runtime": merged["runtime"]}
-    if merged.get("gpus"):
-        resources["gpu"] = merged["gpus"]
-    for key in ("gpu_model", "slurm_partition", "slurm_account"):
-        if key in merged:
-            resources[key] = merged[key]
-    return resources
+    return slurm_resources(config["resources"], rule_name)
 
 
 def job_threads(rule_name):

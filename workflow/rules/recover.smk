@@ -57,11 +57,13 @@ rule recover:
         max_steps=RECOVERY["max_steps"],
         seed=SEED,
         dtype=DTYPE,
+        # one process per GPU (accelerate/torchrun) when resources.recover asks for >1
+        launcher=rule_command_prefix(config["resources"], "recover"),
     threads: job_threads("recover")
     resources:
         **job_resources("recover"),
     shell:
-        "layerprune recover --model {input.model} --dataset {input.dataset} --out {output}"
+        "{params.launcher} recover --model {input.model} --dataset {input.dataset} --out {output}"
         " --recovery {wildcards.recovery} --trainer {params.trainer} --precision {params.precision}"
         " --lora-r {params.lora_r} --lora-alpha {params.lora_alpha}"
         " --lora-dropout {params.lora_dropout} --learning-rate {params.learning_rate}"

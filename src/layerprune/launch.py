@@ -1,0 +1,91 @@
+"""How a training job is started: one process, or one per GPU.
+
+A recover job asking SLURM (or the local machine) for more than one GPU must run one
+training process per GPU, or all but one GPU sit idle. `accelerate launch` (what TRL
+documents) or `torchrun` starts them; TRL's `SFTTrainer` then trains with DDP. The
+rule calls `command_prefix` so the command is built here, where it is unit-tested,
+and not in the Snakefile.
+
+Note that under DDP the global batch is `batch_size x grad_accum x processes`, so
+changing a recover job's GPU count from 1 to N changes its training: the prefix is a
+rule `params:` entry and Snakemake re-runs the job, as it should.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+LAUNCHERS = ("accelerate", "torchrun")
+
+
+def command_prefix(num_gpus: int, launcher: str = "accelerate", main_process_port: int | None = None) -> str:
+    """The command that runs `layerprune <stage> ...` on `num_gpus` GPUs.
+
+    0 or 1 GPU: the plain `layerprune` entry point (one process; a single GPU needs no
+    launcher). More: `accelerate launch --multi_gpu --num_processes N` or
+    `torchrun --standalone --nproc_per_node N`, both running `python -m layerprune.cli`.
+    `main_process_port` sets the rendezvous port for accelerate, so two multi-GPU
+    jobs sharing a node do not collide on the default 29500 (torchrun `--standalone`
+    picks a free one itself).
+    """
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 0:
+        raise ValueError(f"resources gpus: expected a whole number >= 0, got {num_gpus!r}")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"resources launcher: expected one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if num_gpus <= 1:
+        return "layerprune"
+    if launcher == "torchrun":
+        parts = ["torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", str(num_gpus)]
+    else:
+        parts = ["accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(num_gpus)]
+        if main_process_port is not None:
+            parts += ["--main_process_port", str(main_process_port)]
+    return shlex.join([*parts, "-m", "layerprune.cli"])
+
+
+def rule_settings(resources: dict, rule: str) -> dict:
+    """Config `resources.<rule>` over `resources.default` (the rule's own keys win)."""
+    return {**resources["default"], **resources.get(rule, {})}
+
+
+def num_gpus(settings: dict) -> int:
+    """GPUs a job gets: `gpus`, else the count in `gres` (`gpu:2`, `gpu:a100:2`), else 0."""
+    if settings.get("gpus"):
+        return int(settings["gpus"])
+    gres = settings.get("gres")
+    if gres and gres.split(":", 1)[0] == "gpu":
+        count = gres.rsplit(":", 1)[-1]
+        return int(count) if count.isdigit() else 1
+    return 0
+
+
+def slurm_resources(resources: dict, rule: str) -> dict:
+    """A rule's Snakemake `resources:` from the config, named as the slurm executor wants them.
+
+    threads -> cpus_per_task (also the job's torch threads), mem_mb, runtime (minutes),
+    gpus -> gpu (with gpu_model: `--gpus=<model>:<n>`), gres (passed as `--gres`),
+    slurm_partition, slurm_account. A local run ignores what it does not know, so the
+    same rules serve both.
+    """
+    settings = rule_settings(resources, rule)
+    if settings.get("gpus") and settings.get("gres"):
+        raise ValueError(f"resources.{rule}: give either `gpus` or `gres`, not both")
+    if settings.get("gpu_model") and not settings.get("gpus"):
+        raise ValueError(f"resources.{rule}: `gpu_model` needs `gpus` >= 1")
+    out = {"mem_mb": settings["mem_mb"], "runtime": settings["runtime"], "cpus_per_task": settings["threads"]}
+    if settings.get("gpus"):
+        out["gpu"] = settings["gpus"]
+        if settings.get("gpu_model"):
+            out["gpu_model"] = settings["gpu_model"]
+    for key in ("gres", "slurm_partition", "slurm_account"):
+        if settings.get(key):
+            out[key] = settings[key]
+    return out
+
+
+def rule_command_prefix(resources: dict, rule: str) -> str:
+    """`command_prefix` for a rule from its config resources (gpus/gres, launcher)."""
+    settings = rule_settings(resources, rule)
+    return command_prefix(
+        num_gpus(settings), settings.get("launcher", "accelerate"), settings.get("main_process_port")
+    )

@@ -1,0 +1,116 @@
+"""The pipeline on a real single-node SLURM cluster, through `snakemake --profile slurm`.
+
+The session fixture starts the cluster with scripts/slurm_test_cluster.sh (installing
+Debian's slurm and munge packages when they are missing, which needs root). If it
+cannot start, the test fails and says why: CI must not pass without having run it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_helpers import REPO, env, planned_jobs, snakemake, workflow_copy
+
+SCRIPT = REPO / "scripts" / "slurm_test_cluster.sh"
+ACCOUNT = "layerprune"
+PARTITION = "debug"
+LOCAL_RULES = {"all", "fetch_bigbench", "extract_bigbench", "prepare_task", "prepare_prompts",
+               "prepare_calibration", "aggregate"}
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running cluster; SLURM_CONF exported for snakemake, sbatch and sacct."""
+    result = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        pytest.fail(
+            f"the SLURM test cluster did not start (`bash {SCRIPT.relative_to(REPO)} start` exited "
+            f"{result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}",
+            pytrace=False,
+        )
+    conf = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
+    os.environ["SLURM_CONF"] = conf.strip().split("=", 1)[1]
+    return os.environ["SLURM_CONF"]
+
+
+def sacct_jobs(workdir: Path, since: str) -> list[dict]:
+    """Every SLURM job (allocation, not step) started since `since` from `workdir`."""
+    fields = ["JobID", "Comment", "State", "Account", "Partition", "Timelimit", "ReqMem", "ReqCPUS", "WorkDir"]
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-a", "-S", since, "-o", ",".join(fields)],
+        capture_output=True, text=True, check=True, env=env(),
+    ).stdout
+    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]
+    return [row for row in rows if Path(row["WorkDir"]).resolve() == workdir.resolve()]
+
+
+def rule_of(comment: str) -> str:
+    match = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", comment)
+    assert match, comment
+    return match.group(1)
+
+
+def slurm_config(config: dict) -> dict:
+    """The shared tiny run's config cut to one ratio, `none` and `sgr`: every stage, fewer jobs."""
+    cfg = copy.deepcopy(config)
+    cfg["pruning"]["ratios"] = [0.5]
+    cfg["recovery"]["methods"] = ["none", "sgr"]
+    cfg["resources"]["default"].update(slurm_account=ACCOUNT, slurm_partition=PARTITION)
+    cfg["resources"]["evaluate"] = {"mem_mb": 1500, "runtime": 7}
+    return cfg
+
+
+# Files every run writes the same bytes into, given the same seed, config and threads:
+# datasets, scores, self-generated responses, weights, evaluations. (pruning.json,
+# mergekit.yaml and training_args.json record absolute paths, so they differ by place.)
+COMPARED = ("data/**/*.json*", "scores/**/*.json", "selfgen/*.jsonl", "eval/**/*.json",
+            "models/**/*.safetensors", "pruned/**/*.safetensors", "recovered/**/*.safetensors")
+
+
+@pytest.mark.slow
+def test_pipeline_through_slurm_matches_the_local_run(slurm_cluster, tiny_run, tmp_path):
+    local, config = tiny_run
+    cfg = slurm_config(config)
+    workdir = workflow_copy(tmp_path / "wf", cfg)
+    expected = {rule: n for rule, n in planned_jobs(workdir).items() if rule not in LOCAL_RULES}
+    assert expected == {"materialize": 1, "score": 1, "prune": 1, "selfgen": 1, "recover": 1,
+                        "evaluate_dense": 2, "evaluate_variant": 4}
+
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+    result = snakemake(workdir, "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "2")
+    jobs = sacct_jobs(workdir, since)
+
+    # every cluster job went through sbatch and finished; the light rules stayed local
+    assert Counter(rule_of(job["Comment"]) for job in jobs) == expected, result.stderr[-3000:]
+    assert {job["State"] for job in jobs} == {"COMPLETED"}
+    submitted = set(re.findall(r"SLURM jobid (\d+)", result.stdout + result.stderr))
+    assert not submitted or submitted == {job["JobID"] for job in jobs}
+    # each rule's config resources reached sbatch
+    for job in jobs:
+        assert (job["Account"], job["Partition"], job["ReqCPUS"]) == (ACCOUNT, PARTITION, "1")
+        evaluate = rule_of(job["Comment"]).startswith("evaluate")
+        assert job["Timelimit"] == ("00:07:00" if evaluate else "00:10:00"), job
+        assert job["ReqMem"].rstrip("Mn") == ("1500" if evaluate else "2000"), job
+
+    # the same bytes as the local run, file by file
+    compared = 0
+    for pattern in COMPARED:
+        for path in sorted((workdir / "results").glob(pattern)):
+            relative = path.relative_to(workdir)
+            assert path.read_bytes() == (local / relative).read_bytes(), f"{relative} differs from the local run"
+            compared += 1
+    assert compared >= 14
+    pruning = "results/pruned/tiny/bi/0.5/pruning.json"
+    assert json.loads((workdir / pruning).read_text())["removed_layers"] == json.loads(
+        (local / pruning).read_text())["removed_layers"]
+    assert planned_jobs(workdir) == {}
+    assert yaml.safe_load((workdir / "config.yaml").read_text()) == cfg
