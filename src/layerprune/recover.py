@@ -362,8 +362,6 @@ def recover_checkpoint(
     if padding_free:
         sft.train_dataset = _truncate_tokenized(sft.train_dataset, max_length)
     train_output = sft.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    merged = _merged_model(sft, trainer, model_dir, work_dir, mixed)
-
     record = {
         "recovery": recovery,
         "trainer": trainer,
@@ -375,6 +373,11 @@ def recover_checkpoint(
         "loss_curve": None,
         "settings": settings,
     }
+    if not sft.is_world_process_zero():
+        # Under accelerate / torchrun (resources.recover.gpus > 1) every rank trains the
+        # same model; only the first merges and writes the checkpoint.
+        return record
+    merged = _merged_model(sft, trainer, model_dir, work_dir, mixed)
     pruning_file = model_dir / "pruning.json"
     with atomic_path(out_dir, directory=True) as tmp:
         merged.save_pretrained(tmp)
