@@ -354,19 +354,6 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path) -> None:
 # ----------------------------------------------------------------------------- markdown
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.3f}"
-    return str(value)
-
-
 def _with_ci(retention: float, low: float, high: float) -> str:
     if math.isnan(retention):
         return "–"
