@@ -23,6 +23,7 @@ localrules:
     fetch_bigbench,
     extract_bigbench,
     prepare_task,
+    prepare_lm_eval_task,
     prepare_prompts,
     prepare_calibration,
     prepare_heal,

@@ -23,8 +23,8 @@ from workflow_helpers import REPO, env, planned_jobs, snakemake, workflow_copy
 SCRIPT = REPO / "scripts" / "slurm_test_cluster.sh"
 ACCOUNT = "layerprune"
 PARTITION = "debug"
-LOCAL_RULES = {"all", "fetch_bigbench", "extract_bigbench", "prepare_task", "prepare_prompts",
-               "prepare_calibration", "aggregate"}
+LOCAL_RULES = {"all", "fetch_bigbench", "extract_bigbench", "prepare_task", "prepare_lm_eval_task",
+               "prepare_prompts", "filter_prompts", "prepare_calibration", "prepare_heal", "aggregate"}
 
 
 @pytest.fixture(scope="session")
