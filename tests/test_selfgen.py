@@ -22,16 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.data import filter_prompt_set, prepare_prompt_set, prompt_token_ids
 from layerprune.io import read_json, read_jsonl, write_jsonl
-from layerprune.selfgen import (
-    NearDuplicateFilter,
-    batch_seed,
-    magpie_prompts,
-    magpie_user_prefix,
-    partial_path,
-    resolve_backend,
-    self_generate,
-    shingles,
-)
+from layerprune.magpie import NearDuplicateFilter, magpie_prompts, magpie_user_prefix, shingles
+from layerprune.selfgen import batch_seed, partial_path, resolve_backend, self_generate
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"

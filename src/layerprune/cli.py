@@ -97,7 +97,7 @@ def cmd_filter_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_magpie_prompts(args: argparse.Namespace) -> None:
-    from layerprune.selfgen import magpie_prompts
+    from layerprune.magpie import magpie_prompts
 
     _threads(args.threads)
     magpie_prompts(
