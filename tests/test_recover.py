@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_checkpoint
+from conftest import CORPUS, RECOVER_SETTINGS, make_tiny_checkpoint
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -34,23 +34,7 @@ CHAT_TEMPLATE = (
 WORDS = " ".join(CORPUS).split()
 VENV_BIN = Path(sys.executable).parent
 
-SETTINGS = dict(
-    lora_r=4,
-    lora_alpha=8,
-    lora_dropout=0.0,
-    learning_rate=1e-2,
-    num_epochs=1,
-    batch_size=2,
-    grad_accum=1,
-    max_length=64,
-    warmup_steps=0,
-    lr_scheduler="constant",
-    weight_decay=0.0,
-    seed=0,
-    max_steps=3,
-    dtype="float32",
-    precision="fp32",
-)
+SETTINGS = {**RECOVER_SETTINGS, "precision": "fp32"}
 
 
 def phrase(start: int, length: int) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, UNK_ID, make_tiny_checkpoint
+from conftest import CORPUS, RECOVER_SETTINGS, UNK_ID, make_tiny_checkpoint
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -169,23 +169,6 @@ def test_selfgen_temperature_zero_is_greedy(checkpoint, tokenizer, model, tmp_pa
 
 
 # --------------------------------------------------------------------------- recover
-
-RECOVER_SETTINGS = dict(
-    lora_r=4,
-    lora_alpha=8,
-    lora_dropout=0.0,
-    learning_rate=1e-2,
-    num_epochs=1,
-    batch_size=2,
-    grad_accum=1,
-    max_length=64,
-    warmup_steps=0,
-    lr_scheduler="constant",
-    weight_decay=0.0,
-    seed=0,
-    max_steps=3,
-    dtype="float32",
-)
 
 
 @pytest.fixture(scope="module")
