@@ -219,11 +219,11 @@ class _Cgroup:
         return sorted({str(directory / "cgroup.procs") for directory in self.dirs.values()})
 
     def describe(self) -> dict[str, str]:
-        files = {
-            1: {"pids": "pids.max", "memory": "memory.limit_in_bytes"},
-            2: {"pids": "pids.max", "memory": "memory.max"},
+        """Per controller, the file that enforces it (the same for every run, so that it logs once)."""
+        files = {"pids": "pids.max", "memory": "memory.limit_in_bytes" if self.version == 1 else "memory.max"}
+        return {
+            c: f"cgroup v{self.version} {files[c]}, a group per sandbox in {d.parent}" for c, d in self.dirs.items()
         }
-        return {c: f"cgroup v{self.version} {d / files[self.version][c]}" for c, d in self.dirs.items()}
 
     def pids(self) -> set[int]:
         found: set[int] = set()
