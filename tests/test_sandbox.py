@@ -1,34 +1,55 @@
 """Hostile programs in the sandbox: each is contained, and the suite finishes.
 
-These run real programs under the real launcher (namespaces, rlimits, `nobody`),
-with tight limits so that a failure of containment cannot hurt the machine.
+These run real programs under the real launcher (namespaces, cgroups, rlimits,
+a user of the sandbox's own), with tight limits so that a failure of containment
+cannot hurt the machine. Where a mechanism has a fallback (no writable cgroups),
+the test runs both ways (`LAYERPRUNE_SANDBOX_CGROUPS=0` forces the fallback).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from layerprune.sandbox import SandboxLimits, run_program
+import layerprune
+from layerprune.graders import grade_code
+from layerprune.sandbox import SandboxLimits, run_program, site_packages
+from layerprune.tasks import prepare_task_spec
 
 TIGHT = SandboxLimits(timeout_s=5, cpu_s=5, memory_mb=512, file_size_mb=1, nproc=8, tmpfs_mb=8)
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="full isolation (namespaces, nobody) is set up as root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="full isolation (namespaces, own uid) is set up as root")
+FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 
 
-def _nobody_processes() -> set[int]:
+@pytest.fixture(params=["cgroups", "fallback"])
+def mechanism(request, monkeypatch):
+    """Each test that takes this runs with per-sandbox cgroups and with the uid/watchdog fallback."""
+    if request.param == "fallback":
+        monkeypatch.setenv("LAYERPRUNE_SANDBOX_CGROUPS", "0")
+    return request.param
+
+
+def _sandbox_processes() -> set[int]:
+    """Processes of sandbox users: `nobody` (before 0bcd45e) or the sandbox's own uid range."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == 65534:
-                    pids.add(int(entry.name))
+                uid = entry.stat().st_uid
             except FileNotFoundError:
-                pass
+                continue
+            if uid == 65534 or uid >= 1_000_000_000:
+                pids.add(int(entry.name))
     return pids
 
 
@@ -52,15 +73,14 @@ def test_cpu_limit_kills_a_busy_program_before_the_wall_clock():
 
 
 @needs_root
-def test_fork_bomb_is_contained_and_leaves_no_process():
-    before = _nobody_processes()
-    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-    result = run_program(bomb, SandboxLimits(timeout_s=3, cpu_s=3, memory_mb=256, nproc=8))
+def test_fork_bomb_is_contained_and_leaves_no_process(mechanism):
+    before = _sandbox_processes()
+    result = run_program(FORK_BOMB, SandboxLimits(timeout_s=3, cpu_s=3, memory_mb=256, nproc=8))
     assert not result.passed
     deadline = time.monotonic() + 10  # the kernel tears the PID namespace down asynchronously
-    while not _nobody_processes() <= before and time.monotonic() < deadline:
+    while not _sandbox_processes() <= before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _nobody_processes() <= before, "processes of the fork bomb outlived the sandbox"
+    assert _sandbox_processes() <= before, "processes of the fork bomb outlived the sandbox"
 
 
 def test_ten_gigabyte_allocation_fails_inside():
@@ -131,3 +151,185 @@ def test_socket_to_a_listening_localhost_port_fails():
     assert result.passed, result.stderr
     assert result.stdout.startswith("blocked"), result.stdout
     assert result.isolation["network"]
+
+
+@pytest.fixture(scope="module")
+def humaneval_samples(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("he")
+    spec = {"type": "generative", "dataset": "humaneval", "num_fewshot": 0, "limit": 8}
+    return prepare_task_spec(spec, tmp, 0, tmp / "t.json")["samples"]
+
+
+@needs_root
+def test_a_fork_bomb_does_not_fail_correct_programs_in_concurrent_sandboxes(humaneval_samples, mechanism):
+    # Each sandbox may hold 8 processes: before 0bcd45e they all counted against the one user `nobody`.
+    bomb_limits = SandboxLimits(timeout_s=25, cpu_s=25, memory_mb=256, nproc=8)
+    bomb = threading.Thread(target=run_program, args=(FORK_BOMB, bomb_limits))
+    before = _sandbox_processes()
+    bomb.start()
+    deadline = time.monotonic() + 20
+    # The bomb's first process changed its uid before exec, so it is non-dumpable and /proc shows it as root's.
+    while len(_sandbox_processes() - before) < bomb_limits.nproc - 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(_sandbox_processes() - before) >= bomb_limits.nproc - 1, "the fork bomb never filled its limit"
+
+    limits = SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=512, nproc=8)
+    verdicts: dict[str, dict] = {}
+
+    def grade(samples: list[dict]) -> None:
+        for sample in samples:
+            verdicts[sample["id"]] = grade_code(sample, sample["solution"], chat=False, limits=limits)
+
+    graders = [threading.Thread(target=grade, args=(humaneval_samples[i::4],)) for i in range(4)]
+    start = time.monotonic()
+    for thread in graders:
+        thread.start()
+    for thread in graders:
+        thread.join()
+    graders_s = time.monotonic() - start
+    bomb_outlived_graders = bomb.is_alive()
+    bomb.join()
+    assert bomb_outlived_graders, "the graders finished after the fork bomb: the test did not run them side by side"
+    assert len(verdicts) == len(humaneval_samples) == 8
+    failed = {id_: v["stderr_tail"][-300:] for id_, v in verdicts.items() if v["error_bucket"] != "pass"}
+    assert not failed, f"canonical solutions failed next to a fork bomb: {failed}"
+    print(
+        f"{mechanism}: 8/8 canonical HumanEval solutions passed in 4 sandboxes beside a fork bomb ({graders_s:.1f} s);",
+        verdicts[humaneval_samples[0]["id"]]["isolation"]["limits"],
+    )
+
+
+@needs_root
+def test_memory_limit_covers_the_program_and_all_its_children(mechanism):
+    # Six children of 200 MB each (bytearray zero-fills, so every page is resident) under 512 MB in all; the
+    # parent ignores how its children ended and exits 0, so only a limit on the whole tree can fail it.
+    program = (
+        "import os, time\n"
+        "children = []\n"
+        "for _ in range(6):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        block = bytearray(200 << 20)\n"
+        "        time.sleep(4)\n"
+        "        os._exit(0)\n"
+        "    children.append(pid)\n"
+        "for pid in children:\n"
+        "    os.waitpid(pid, 0)\n"
+        "print('all children done')\n"
+    )
+    result = run_program(program, SandboxLimits(timeout_s=30, cpu_s=10, memory_mb=512, nproc=16))
+    print(
+        mechanism,
+        result.isolation.get("limits"),
+        "->",
+        getattr(result, "limit_exceeded", None),
+        result.stderr.strip()[-120:],
+    )
+    assert not result.passed
+    assert result.limit_exceeded == "memory" and "exceeded 512 MB" in result.stderr
+    expected = "cgroup" if mechanism == "cgroups" else "watchdog"
+    assert result.isolation["limits"]["memory"].startswith(expected)
+    small = run_program(program.replace("200 << 20", "20 << 20"), SandboxLimits(timeout_s=30, memory_mb=512, nproc=16))
+    assert small.passed and small.stdout.strip() == "all children done", small.stderr  # 6 x 20 MB fits
+
+
+def _venv_under_tmp(parent: Path, package: str) -> tuple[Path, Path]:
+    """A venv in a private (0700) directory under /tmp, with a package that exists in that venv only."""
+    venv = parent / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    (Path(purelib) / package).mkdir()
+    (Path(purelib) / package / "__init__.py").write_text("ANSWER = 42\n")
+    return python, Path(purelib)
+
+
+def _evaluate_in(python: Path, program: str) -> dict:
+    """Run `run_program(program, ..., site_packages())` in an evaluator that uses `python` (i.e. the venv)."""
+    driver = (
+        "import json, sys\n"
+        "from layerprune.sandbox import SandboxLimits, run_program, site_packages\n"
+        "try:\n"
+        f"    result = run_program({program!r}, SandboxLimits(timeout_s=30, nproc=8), site_packages())\n"
+        "    print(json.dumps({'passed': result.passed, 'stdout': result.stdout, 'stderr': result.stderr}))\n"
+        "except RuntimeError as error:\n"
+        "    print(json.dumps({'error': str(error)}))\n"
+    )
+    src = str(Path(layerprune.__file__).parents[1])
+    done = subprocess.run(
+        [str(python), "-c", driver],
+        env={"PYTHONPATH": src, "PATH": os.environ["PATH"]},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@needs_root
+def test_a_package_installed_only_in_a_venv_under_tmp_imports_inside():
+    package = f"lp_venv_probe_{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(dir="/tmp") as parent:  # 0700, as mkdtemp makes it
+        python, purelib = _venv_under_tmp(Path(parent), package)
+        assert not any(Path(p, package).exists() for p in site_packages() + sys.path if p), "not venv-only"
+        program = f"import {package}\nassert {package}.ANSWER == 42\nprint('imported', {package}.__file__)\n"
+        result = _evaluate_in(python, program)
+        print(result)
+        assert result.get("passed"), result
+        assert result["stdout"].startswith(f"imported {purelib}"), result
+
+        # A needed directory the sandbox's user cannot read: evaluation stops, naming it; no sample is graded.
+        purelib.chmod(0o700)
+        refused = _evaluate_in(python, program)
+        print(refused)
+        assert "could not be set up" in refused.get("error", ""), refused
+        assert str(purelib) in refused["error"], refused
+
+
+@needs_root
+def test_setuid_and_killing_the_evaluator_are_refused():
+    program = (
+        "import os, signal\n"
+        f"evaluator = {os.getpid()}\n"
+        "for attempt in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.kill(evaluator, signal.SIGKILL)):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "        print('allowed')\n"
+        "    except OSError as error:\n"
+        "        print('blocked', type(error).__name__)\n"
+        "print('uid', os.getuid())\n"
+        "os.kill(-1, signal.SIGKILL)\n"  # everything this user may signal: only the sandbox itself
+    )
+    result = run_program(program, TIGHT)
+    assert "allowed" not in result.stdout and result.stdout.count("blocked") == 3, result.stdout
+    assert "uid 0" not in result.stdout
+    assert not result.passed  # it killed itself, and only itself: this test process is still here to check
+
+
+def test_a_gigabyte_of_stdout_is_cut_off():
+    start = time.monotonic()
+    result = run_program(
+        "import sys\nblock = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(block)\n", TIGHT
+    )
+    assert not result.passed and len(result.stdout) <= 4000
+    assert time.monotonic() - start < 30
+
+
+def test_ten_thousand_threads_or_files_are_refused():
+    threads = (
+        "import threading, time\n"
+        "for _ in range(10000):\n"
+        "    threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+    )
+    files = "handles = [open('f%d' % i, 'w') for i in range(10000)]\n"
+    for program in (threads, files):
+        result = run_program(program, TIGHT)
+        assert not result.passed and not result.timed_out, result.stderr
+        assert "can't start new thread" in result.stderr or "Too many open files" in result.stderr, result.stderr

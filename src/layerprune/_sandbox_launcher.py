@@ -6,18 +6,26 @@ multi-threaded torch process. Only the standard library is used.
 
 As root (the usual case in containers) it:
 
-1. enters new mount, network and PID namespaces (no network: the new namespace
+1. puts itself into the sandbox's own cgroup(s) that the parent created (their
+   `pids.max` and memory limit then cover the program and every descendant);
+2. enters new mount, network and PID namespaces (no network: the new namespace
    has only a downed loopback; the PID namespace dies with its first process,
    taking every descendant with it, so nothing can outlive the time limit);
-2. mounts fresh tmpfs over the world-writable directories (/tmp, /var/tmp,
+3. mounts fresh tmpfs over the world-writable directories (/tmp, /var/tmp,
    /dev/shm, /run/lock) and makes one of them the scratch directory, and a fresh
-   /proc; the interpreter's installation is re-exposed read-only when it lives
-   under a directory `nobody` cannot enter (e.g. pyenv under /root), which also
-   hides the rest of that directory;
-3. sets resource limits (CPU, address space, file size, processes, open files,
-   no core dumps) and drops to the `nobody` user, because the kernel does not
-   enforce RLIMIT_NPROC for uid 0;
-4. execs `python -I main.py` in the scratch directory with an environment that
+   /proc. The directories the interpreter needs (its installation, stdlib,
+   site-packages passed on `sys.path`) are re-exposed read-only at their own
+   paths when those mounts would hide them (a venv under /tmp) or an ancestor
+   is closed to others (pyenv under /root, a 0750 home; the closed ancestor is
+   then replaced by an empty tmpfs holding just those paths);
+4. sets resource limits (CPU, address space, file size, processes, open files,
+   no core dumps) and drops to the sandbox's own uid (one per concurrent
+   sandbox, leased by the parent), because the kernel does not enforce
+   RLIMIT_NPROC for uid 0 and counts it per user;
+5. checks, as that user, that every needed directory is readable, and stops
+   with exit 125 and a message naming the directory if one is not (the parent
+   then raises: a sandbox fault never becomes a failed sample);
+6. execs `python -I main.py` in the scratch directory with an environment that
    holds HOME only.
 
 As any other user it tries an unprivileged user namespace for the same mount,
@@ -38,8 +46,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-NOBODY = 65534
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 WRITABLE_DIRS = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]
 SCRATCH = "/tmp/scratch"
 
@@ -57,24 +64,63 @@ def _mount(source, target, fstype, flags, data=None) -> None:
     _check(libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
 
 
-def _expose(prefix: str) -> None:
-    """Re-expose `prefix` read-only if some ancestor is closed to others (mode without o+x)."""
-    parts = prefix.rstrip("/").split("/")
-    closed = None
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _closed_ancestor(path: str) -> "str | None":
+    """The topmost proper ancestor of `path` that others may not enter (mode without o+x), if any."""
+    parts = path.rstrip("/").split("/")
     for i in range(2, len(parts)):
         ancestor = "/".join(parts[:i])
         if not os.stat(ancestor).st_mode & 0o001:
-            closed = ancestor
-            break
-    if closed is None:
-        return
-    holder = "/tmp/.layerprune-python"
-    os.mkdir(holder)
-    _mount(prefix, holder, None, MS_BIND | MS_REC)
-    _mount("tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-    os.makedirs(prefix, exist_ok=True)
-    _mount(holder, prefix, None, MS_BIND | MS_REC)
-    _mount(None, prefix, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            return ancestor
+    return None
+
+
+def _expose(paths: list, drop: bool, tmpfs_mb: int) -> None:
+    """Mount the world's writable dirs over with tmpfs, keeping each needed path visible read-only at its place.
+
+    Each needed directory is opened (O_PATH) before anything is mounted over it, and bound back from
+    /proc/self/fd afterwards, so that it survives a tmpfs over /tmp or over a closed ancestor.
+    """
+    covered = [d for d in WRITABLE_DIRS if os.path.isdir(d)]
+    hidden, closed = [], []
+    for path in paths:
+        if not os.path.isdir(path):
+            continue
+        ancestor = _closed_ancestor(path) if drop else None
+        if any(_inside(path, d) for d in covered) or ancestor:
+            hidden.append(path)
+        if ancestor and not any(_inside(ancestor, d) for d in covered):
+            closed.append(ancestor)
+    closed = sorted(a for a in set(closed) if not any(_inside(a, b) and a != b for b in closed))
+    hidden = sorted(p for p in set(hidden) if not any(_inside(p, q) and p != q for q in hidden))
+    for path in hidden:
+        if any(path == d for d in covered + closed):
+            raise OSError(f"{path} is a directory the sandbox replaces; it cannot stay visible inside")
+    handles = {path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in hidden}
+    for directory in covered:
+        _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_mb}m,mode=1777")
+    for directory in closed:
+        _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for path, handle in handles.items():
+        old_umask = os.umask(0o022)
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.umask(old_umask)
+        _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        os.close(handle)
+
+
+def _check_visible(config: dict) -> None:
+    """As the sandbox's user: every needed directory is readable, and the stdlib is there."""
+    for path in config["needed_paths"]:
+        if not (os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)):
+            raise OSError(f"needed directory {path} is not visible to the sandbox's user {os.getuid()}")
+    stdlib_os = os.path.join(config["stdlib"], "os.py")
+    if not os.access(stdlib_os, os.R_OK):
+        raise OSError(f"the standard library ({stdlib_os}) is not readable by the sandbox's user {os.getuid()}")
 
 
 def _limits(config: dict) -> None:
@@ -92,33 +138,32 @@ def _child(config: dict, isolation: dict, report) -> None:
     """Runs as the first process of the new PID namespace; never returns."""
     try:
         privileged = isolation["namespaces"]
+        drop = isolation["drop_privileges"]
         scratch = SCRATCH if privileged else config["fallback_scratch"]
         if privileged:
             _mount(None, "/", None, MS_REC | MS_PRIVATE)
-            for directory in WRITABLE_DIRS:
-                if os.path.isdir(directory):
-                    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, f"size={config['tmpfs_mb']}m,mode=1777")
+            _expose(config["needed_paths"], drop, config["tmpfs_mb"])
             try:
                 _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
                 isolation["proc"] = True
             except OSError:
                 isolation["proc"] = False
-            if isolation["drop_to_nobody"]:
-                _expose(config["python_prefix"])
             os.makedirs(scratch, mode=0o700)
         program = os.path.join(scratch, "main.py")
         with open(program, "w") as handle:
             handle.write(config["source"])
-        if isolation["drop_to_nobody"]:
-            os.chown(scratch, NOBODY, NOBODY)
-            os.chown(program, NOBODY, NOBODY)
+        uid = config["uid"]
+        if drop:
+            os.chown(scratch, uid, uid)
+            os.chown(program, uid, uid)
+        _limits(config)
+        if drop:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        _check_visible(config)
         report.write(json.dumps(isolation))
         report.close()
-        _limits(config)
-        if isolation["drop_to_nobody"]:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
         # After the credential change (which clears it): die with the launcher.
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl PDEATHSIG")
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl NO_NEW_PRIVS")
@@ -126,7 +171,7 @@ def _child(config: dict, isolation: dict, report) -> None:
         python = config["python"]
         os.execve(python, [python, "-I", "main.py"], {"HOME": scratch})
     except BaseException as error:  # noqa: BLE001 - report any set-up failure, never run unconfined
-        sys.stderr.write(f"layerprune sandbox set-up failed: {error!r}\n")
+        sys.stderr.write(f"layerprune sandbox set-up failed: {error}\n")
         sys.stderr.flush()
         os._exit(125)
 
@@ -137,11 +182,17 @@ def main() -> None:
     # Opened before the mounts hide the parent's work directory.
     report = open(config["isolation_file"], "w")  # noqa: SIM115
     root = os.geteuid() == 0
-    isolation = {"namespaces": False, "network": False, "drop_to_nobody": False, "user": os.geteuid()}
+    isolation = {"namespaces": False, "network": False, "drop_privileges": False, "user": os.geteuid()}
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
     if root:
+        if config["uid"] is None:
+            raise SystemExit("layerprune sandbox set-up failed: as root the parent must lease a uid")
+        # Joined before anything else (even the namespaces), so that every process and byte after counts.
+        for procs in config["cgroup_procs"]:
+            with open(procs, "w") as handle:
+                handle.write("0")
         _check(libc.unshare(flags), "unshare")
-        isolation.update(namespaces=True, network=True, drop_to_nobody=True, user=NOBODY)
+        isolation.update(namespaces=True, network=True, drop_privileges=True, user=config["uid"])
     else:
         uid, gid = os.geteuid(), os.getegid()
         if libc.unshare(flags | CLONE_NEWUSER) == 0:
@@ -149,6 +200,8 @@ def main() -> None:
                 with open(f"/proc/self/{name}", "w") as handle:
                     handle.write(text)
             isolation.update(namespaces=True, network=True)
+        else:  # no PID namespace: orphans must still re-parent to us, for the parent's memory watchdog
+            _check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl CHILD_SUBREAPER")
     pid = os.fork()
     if pid == 0:
         _child(config, isolation, report)

@@ -2,35 +2,77 @@
 
 Each program runs in its own freshly exec'd interpreter (`python -I`, isolated
 mode) through `_sandbox_launcher.py`, which sets up namespaces, resource limits
-and the `nobody` user (see its docstring for what each step guards against).
-Here, the parent side: a wall-clock timeout that kills the launcher's whole
-process group (the launcher's death also kills the program's PID namespace),
-stdout/stderr captured in size-limited files rather than pipes (a program that
-prints forever cannot exhaust the evaluator's memory), and a result that the
-evaluation scores instead of raising: a hostile or broken program is simply a
-failed sample.
+and the sandbox's own user (see its docstring for what each step guards against).
+Here, the parent side:
+
+* a user id of its own per sandbox (as root): a lease on one id of a high range,
+  held by a lock file for as long as the program or any of its processes lives,
+  so that per-user limits (RLIMIT_NPROC) count this program's processes only and
+  a neighbour's fork bomb cannot make a correct program fail;
+* a cgroup of its own per sandbox (as root, where the machine lets us create one):
+  `pids.max` and a memory limit that cover the program and all its descendants
+  together. Without a writable memory controller, a watchdog sums the resident
+  memory of the program's process tree and kills it over the limit; without a
+  pids controller, RLIMIT_NPROC on the sandbox's own uid bounds its processes.
+  Which mechanism ran is recorded in the result's `isolation["limits"]`;
+* a wall-clock timeout that kills the launcher's whole process group (the
+  launcher's death also kills the program's PID namespace);
+* stdout/stderr captured in size-limited files rather than pipes (a program that
+  prints forever cannot exhaust the evaluator's memory), and a result that the
+  evaluation scores instead of raising: a hostile or broken program is simply a
+  failed sample. A program that exceeds its memory limit fails even if it exits 0
+  (e.g. a parent that ignores its OOM-killed children).
+
+See docs/sandbox.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import functools
 import json
+import logging
 import os
+import random
+import select
 import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 LAUNCHER = Path(__file__).with_name("_sandbox_launcher.py")
 OUTPUT_TAIL = 4000
+# Sandbox user ids: far above any account (useradd's default ceiling is 60000, subuid ranges start at 100000
+# and rarely reach 10^9), one per concurrent sandbox on this machine.
+UID_BASE = 1_700_000_000
+UID_SLOTS = 4096
+UID_LOCK_DIRS = (Path("/run/layerprune-sandbox"), Path(tempfile.gettempdir()) / "layerprune-sandbox-uids")
+CGROUP_NAME = "layerprune-sandbox"
+WATCHDOG_INTERVAL_S = 0.05
+DRAIN_TIMEOUT_S = 10.0
+# Set to 0 to skip cgroups (then the uid and watchdog fallbacks run): for tests, and machines whose cgroup
+# set-up misbehaves.
+CGROUPS_ENV = "LAYERPRUNE_SANDBOX_CGROUPS"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-program limits; the defaults fit HumanEval/MBPP tests with a wide margin."""
+    """Per-program limits; the defaults fit HumanEval/MBPP tests with a wide margin.
+
+    `memory_mb` bounds the program and all its descendants together (and each
+    process's address space); `nproc` bounds how many processes and threads the
+    program may have at once, again together with its descendants.
+    """
 
     timeout_s: float = 10.0
     cpu_s: int = 10
@@ -47,10 +89,12 @@ class SandboxResult:
     stdout: str
     stderr: str
     isolation: dict[str, Any] = field(default_factory=dict)
+    # "memory" when the program (with its descendants) went over `memory_mb`; such a sample fails.
+    limit_exceeded: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and self.limit_exceeded is None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,22 +113,337 @@ def _python() -> tuple[str, str]:
     return executable, sys.base_prefix
 
 
+def _needed_paths(python: str, prefix: str, extra_sys_path: list[str]) -> list[str]:
+    """Directories the sandboxed interpreter must be able to read: its installation, stdlib and `extra_sys_path`."""
+    paths = [prefix, os.path.dirname(python), sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib")]
+    paths += [path for path in extra_sys_path if os.path.isdir(path)]  # a missing sys.path entry is harmless
+    unique: list[str] = []
+    for path in paths:
+        path = os.path.abspath(path)
+        for variant in (path, os.path.realpath(path)):  # symlinked prefixes: both spellings must resolve inside
+            if variant not in unique:
+                unique.append(variant)
+    return unique
+
+
+def _uid_has_processes(uid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    return True
+    return False
+
+
+@functools.cache
+def _uid_lock_dir() -> Path:
+    for directory in UID_LOCK_DIRS:
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            if directory.stat().st_uid == os.geteuid() and os.access(directory, os.W_OK):
+                return directory
+        except OSError:
+            continue
+    raise RuntimeError(f"the sandbox found no directory for its uid locks (tried {[str(d) for d in UID_LOCK_DIRS]})")
+
+
+@contextlib.contextmanager
+def _uid_lease() -> Iterator[int]:
+    """A user id no other sandbox on this machine holds (flock on a file per id; released when we exit or die)."""
+    directory = _uid_lock_dir()
+    start = random.randrange(UID_SLOTS)
+    for offset in range(UID_SLOTS):
+        slot = (start + offset) % UID_SLOTS
+        fd = os.open(directory / f"{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        uid = UID_BASE + slot
+        if _uid_has_processes(uid):  # left over from an evaluator that was killed mid-run: not ours to reuse yet
+            os.close(fd)
+            continue
+        try:
+            yield uid
+        finally:
+            os.close(fd)
+        return
+    raise RuntimeError(f"all {UID_SLOTS} sandbox uids are in use")
+
+
+def _mounts(fstype: str) -> list[tuple[str, str, set[str]]]:
+    """(mount point, mounted root, super options) of each mount of `fstype`."""
+    found = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            left, right = line.split(" - ", 1)
+            fields, after = left.split(), right.split()
+            if after[0] == fstype:
+                found.append((fields[4], fields[3], set(after[2].split(","))))
+    return found
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup path per v1 controller (and "" for the unified hierarchy)."""
+    own = {}
+    with open("/proc/self/cgroup") as handle:
+        for line in handle:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for controller in controllers.split(",") if controllers else [""]:
+                own[controller] = path
+    return own
+
+
+def _mounted_dir(mount_point: str, mount_root: str, path: str) -> Path | None:
+    if mount_root != "/" and not (path + "/").startswith(mount_root.rstrip("/") + "/"):
+        return None  # our cgroup is not under what is mounted here
+    relative = path[len(mount_root.rstrip("/")) :] if mount_root != "/" else path
+    return Path(mount_point + relative)
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(value)
+
+
+@dataclass
+class _Cgroup:
+    """One sandbox's cgroup(s): one directory on v2, one per controller on v1."""
+
+    version: int
+    dirs: dict[str, Path]  # controller ("pids", "memory") -> directory that enforces it
+
+    @property
+    def procs_files(self) -> list[str]:
+        return sorted({str(directory / "cgroup.procs") for directory in self.dirs.values()})
+
+    def describe(self) -> dict[str, str]:
+        """Per controller, the file that enforces it (the same for every run, so that it logs once)."""
+        files = {"pids": "pids.max", "memory": "memory.limit_in_bytes" if self.version == 1 else "memory.max"}
+        return {
+            c: f"cgroup v{self.version} {files[c]}, a group per sandbox in {d.parent}" for c, d in self.dirs.items()
+        }
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for procs in self.procs_files:
+            with contextlib.suppress(FileNotFoundError):
+                found.update(int(line) for line in Path(procs).read_text().split())
+        return found
+
+    def oom_kills(self) -> int:
+        memory = self.dirs.get("memory")
+        if memory is None:
+            return 0
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        for line in (memory / name).read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        raise RuntimeError(f"{memory / name} has no oom_kill counter (kernel older than 4.13?)")
+
+    def remove(self) -> None:
+        """Kill whatever is left in the group, then delete it (the PID namespace dies asynchronously)."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while pids := self.pids():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sandbox processes {sorted(pids)} survived SIGKILL for {DRAIN_TIMEOUT_S} s")
+            time.sleep(0.005)
+        for directory in set(self.dirs.values()):
+            for attempt in range(200):  # the kernel may report the group busy for a moment after its last exit
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as error:
+                    if error.errno != errno.EBUSY or attempt == 199:
+                        raise
+                    time.sleep(0.005)
+
+
+def _make_dir(parent: Path, name: str) -> Path:
+    directory = parent / name
+    with contextlib.suppress(FileNotFoundError):
+        directory.rmdir()  # an empty one left by an evaluator that was killed mid-run
+    directory.mkdir()
+    return directory
+
+
+def _cgroup_v2(name: str, limits: SandboxLimits) -> _Cgroup | None:
+    mounts = _mounts("cgroup2")
+    own = _own_cgroups().get("")
+    if not mounts or own is None:
+        return None
+    mount_point, mount_root, _ = mounts[0]
+    mine = _mounted_dir(mount_point, mount_root, own)
+    if mine is None:
+        return None
+    # Processes may only live in leaves: the sandbox's group is a sibling of ours when our parent already
+    # delegates both controllers (then our own group has their files), else a child of ours if we are the root.
+    if (mine / "memory.max").exists() and (mine / "pids.max").exists() and mine != Path(mount_point):
+        parent = mine.parent
+    else:
+        try:
+            _write(mine / "cgroup.subtree_control", "+memory +pids")
+        except OSError:
+            return None
+        parent = mine
+    try:
+        directory = _make_dir(parent, name)
+    except OSError:
+        return None
+    group = _Cgroup(2, {"pids": directory, "memory": directory})
+    try:
+        _write(directory / "pids.max", str(limits.nproc))
+        _write(directory / "memory.max", str(limits.memory_mb << 20))
+        if (directory / "memory.swap.max").exists():
+            _write(directory / "memory.swap.max", "0")
+        _write(directory / "memory.oom.group", "1")  # an OOM kill takes the whole program down
+    except OSError:
+        group.remove()
+        return None
+    return group
+
+
+def _cgroup_v1(name: str, limits: SandboxLimits) -> _Cgroup | None:
+    own = _own_cgroups()
+    dirs: dict[str, Path] = {}
+    for mount_point, mount_root, options in _mounts("cgroup"):
+        for controller in ("pids", "memory"):
+            if controller in options and controller not in dirs and controller in own:
+                mine = _mounted_dir(mount_point, mount_root, own[controller])
+                if mine is None:
+                    continue
+                try:
+                    parent = mine / CGROUP_NAME
+                    parent.mkdir(exist_ok=True)
+                    directory = _make_dir(parent, name)
+                except OSError:
+                    continue
+                dirs[controller] = directory
+    if not dirs:
+        return None
+    group = _Cgroup(1, dirs)
+    try:
+        if "pids" in dirs:
+            _write(dirs["pids"] / "pids.max", str(limits.nproc))
+        if "memory" in dirs:
+            limit = str(limits.memory_mb << 20)
+            _write(dirs["memory"] / "memory.limit_in_bytes", limit)
+            with contextlib.suppress(OSError):  # only where swap accounting is on; without it there is no swap
+                _write(dirs["memory"] / "memory.memsw.limit_in_bytes", limit)
+            group.oom_kills()  # fail here, not after the run, if the kernel has no counter to read
+    except (OSError, RuntimeError):
+        group.remove()
+        return None
+    return group
+
+
+def _cgroup(name: str, limits: SandboxLimits) -> _Cgroup | None:
+    """A fresh cgroup for one sandbox, v2 preferred; None when this machine lets us create neither."""
+    if os.environ.get(CGROUPS_ENV, "1") == "0" or os.geteuid() != 0:
+        return None
+    return _cgroup_v2(name, limits) or _cgroup_v1(name, limits)
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of `root`'s descendants (not `root`, the launcher), from /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()  # fields from the 3rd on (comm may hold spaces)
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(fields[21])
+    total, stack = 0, list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total * os.sysconf("SC_PAGE_SIZE")
+
+
+def _limit_mechanisms(group: _Cgroup | None, uid: int | None) -> dict[str, str]:
+    found = group.describe() if group else {}
+    processes = "RLIMIT_NPROC" + (f" of the sandbox's own uid {uid}" if uid is not None else " of the evaluator's user")
+    return {
+        "processes": found.get("pids", processes),
+        "memory": found.get("memory", "watchdog: resident memory of the process tree, polled"),
+    }
+
+
+@contextlib.contextmanager
+def _exit_waiter(process: subprocess.Popen) -> Iterator[Callable[[float], int | None]]:
+    """wait(timeout) -> exit code, or None on timeout; woken by a pidfd the moment the process exits.
+
+    (Popen.wait with a timeout polls with sleeps of up to 50 ms, a delay every sample would pay.)
+    """
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # Python or kernel without pidfds
+        yield lambda timeout: _popen_wait(process, timeout)
+        return
+
+    def wait(timeout: float) -> int | None:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+        return process.wait() if ready else None
+
+    try:
+        yield wait
+    finally:
+        os.close(pidfd)
+
+
+def _popen_wait(process: subprocess.Popen, timeout: float) -> int | None:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+_reported: set[tuple[tuple[str, str], ...]] = set()
+
+
 def run_program(
     source: str, limits: SandboxLimits | None = None, extra_sys_path: list[str] | None = None
 ) -> SandboxResult:
     """Run Python `source` in the sandbox and report its exit status and output tails.
 
     `extra_sys_path` directories (readable by everyone) are appended to the
-    program's `sys.path`, e.g. site-packages for MBPP+'s numpy-based checks.
-    Raises RuntimeError only when the sandbox itself cannot be set up, so that
-    nothing ever runs unconfined by accident.
+    program's `sys.path`, e.g. site-packages for MBPP+'s numpy-based checks; they
+    stay visible inside even under /tmp or a home directory others cannot enter.
+    Raises RuntimeError only when the sandbox itself cannot be set up (including a
+    needed directory it cannot make visible), so that nothing ever runs unconfined
+    by accident and no sample is graded wrong for the sandbox's sake.
     """
     limits = limits or SandboxLimits()
+    extra_sys_path = list(extra_sys_path or [])
     if extra_sys_path:
-        source = f"import sys\nsys.path.extend({list(extra_sys_path)!r})\n" + source
+        source = f"import sys\nsys.path.extend({extra_sys_path!r})\n" + source
     python, prefix = _python()
-    with tempfile.TemporaryDirectory(prefix="layerprune-sandbox-") as work:
-        work = Path(work)
+    root = os.geteuid() == 0
+    with contextlib.ExitStack() as stack:
+        uid = stack.enter_context(_uid_lease()) if root else None
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="layerprune-sandbox-")))
+        group = _cgroup(f"uid-{uid}", limits) if uid is not None else None
+        if group is not None:
+            stack.callback(group.remove)  # runs before the uid lease is released: no process of it survives
+        mechanisms = _limit_mechanisms(group, uid)
+        if tuple(mechanisms.items()) not in _reported:
+            _reported.add(tuple(mechanisms.items()))
+            log.info("sandbox limits: %s", mechanisms)
         fallback_scratch = work / "scratch"
         isolation_file = work / "isolation.json"
         config = {
@@ -92,6 +451,10 @@ def run_program(
             "source": source,
             "python": python,
             "python_prefix": prefix,
+            "needed_paths": _needed_paths(python, prefix, extra_sys_path),
+            "stdlib": sysconfig.get_path("stdlib"),
+            "uid": uid,
+            "cgroup_procs": group.procs_files if group else [],
             "isolation_file": str(isolation_file),
             "fallback_scratch": str(fallback_scratch),
         }
@@ -100,6 +463,8 @@ def run_program(
         config_file.write_text(json.dumps(config))
         config_file.chmod(0o600)
         stdout_path, stderr_path = work / "stdout", work / "stderr"
+        watchdog = group is None or "memory" not in group.dirs
+        limit_exceeded = None
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             process = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(LAUNCHER), str(config_file)],
@@ -111,28 +476,41 @@ def run_program(
                 start_new_session=True,
                 close_fds=True,
             )
+            deadline = time.monotonic() + limits.timeout_s
             timed_out = False
-            try:
-                returncode = process.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                returncode = process.wait()
+            with _exit_waiter(process) as wait:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    returncode = wait(max(0.0, min(remaining, WATCHDOG_INTERVAL_S) if watchdog else remaining))
+                    if returncode is not None:
+                        break
+                    over_memory = watchdog and _tree_rss_bytes(process.pid) > limits.memory_mb << 20
+                    if over_memory or time.monotonic() >= deadline:
+                        timed_out = not over_memory
+                        limit_exceeded = "memory" if over_memory else None
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(process.pid, signal.SIGKILL)
+                        returncode = process.wait()
+                        break
         stderr = _tail(stderr_path)
-        if not isolation_file.is_file():
+        if not isolation_file.is_file() or not isolation_file.stat().st_size:
             if timed_out:  # a set-up that hangs is a sandbox failure too, but say so plainly
                 raise RuntimeError(f"the sandbox did not start within {limits.timeout_s} s: {stderr}")
             raise RuntimeError(f"the sandbox could not be set up (exit {returncode}): {stderr.strip()}")
         isolation = json.loads(isolation_file.read_text())
+        isolation["limits"] = mechanisms
+        if group is not None and group.oom_kills():
+            limit_exceeded = "memory"
+        if limit_exceeded:
+            # Said last, so that the grader's bucket is a runtime error, not the program's own last words.
+            stderr += f"\nlayerprune sandbox: the program and its descendants exceeded {limits.memory_mb} MB\n"
         return SandboxResult(
             returncode=None if timed_out else returncode,
             timed_out=timed_out,
             stdout=_tail(stdout_path),
             stderr=stderr,
             isolation=isolation,
+            limit_exceeded=limit_exceeded,
         )
 
 
