@@ -212,7 +212,8 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path) -> None:
             axis.set_title(f"{model} · {measure.replace('_', '-')}", fontsize=9)
             axis.set_xlabel("pruning ratio")
             axis.grid(alpha=0.3)
-        row_axes[-1].legend(fontsize=7)
+        if row_axes[-1].get_legend_handles_labels()[0]:  # a dense-only model has no lines to name
+            row_axes[-1].legend(fontsize=7)
     figure.tight_layout()
     _save(figure, out_path)
 

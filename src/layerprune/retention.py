@@ -84,6 +84,12 @@ def _key(sample_id: Any) -> Any:
     return tuple(sample_id) if isinstance(sample_id, list) else sample_id
 
 
+def _id_order(sample_id: Any) -> tuple:
+    """Numeric ids in numeric order, then the rest as text: a fixed order for the resample weights."""
+    numeric = isinstance(sample_id, (int, float)) and not isinstance(sample_id, bool)
+    return (0, sample_id, "") if numeric else (1, 0, str(sample_id))
+
+
 def choice_count(sample: dict[str, Any]) -> int | None:
     """How many choices a multiple-choice sample had: `n_choices`, or the length of `choices` / `loglikelihoods`."""
     if isinstance(sample.get("n_choices"), int):
@@ -167,7 +173,7 @@ def interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
 
 def task_base(dense_result: dict[str, Any], settings: BootstrapSettings) -> TaskBase:
     scores = sample_scores(dense_result)
-    ids = sorted(scores, key=str)
+    ids = sorted(scores, key=_id_order)
     dense = np.array([scores[i] for i in ids])
     chance, source = task_chance(dense_result, f"{dense_result['model']}/dense/{dense_result['task']}")
     weights = resample_weights(len(ids), settings, dense_result["model"], dense_result["task"]) if ids else None
