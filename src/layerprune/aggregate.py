@@ -156,7 +156,8 @@ def _dense_cells(tasks: pd.DataFrame) -> pd.DataFrame:
             "task": tasks["task"],
             "type": tasks["type"],
             "metric": tasks["metric"],
-            "dense [CI]": [_interval_cell(r.dense_value, r.dense_low, r.dense_high) for r in tasks.itertuples()],
+            "value": tasks["dense_value"].map("{:.3f}".format),
+            "sample mean [CI]": [_interval_cell(r.dense_mean, r.dense_low, r.dense_high) for r in tasks.itertuples()],
             "chance": [f"{r.chance:.3f} ({r.chance_source})" for r in tasks.itertuples()],
             "n": tasks["n"],
             "counted": ["yes" if r.informative else f"no: {r.reason}" for r in tasks.itertuples()],
@@ -165,6 +166,8 @@ def _dense_cells(tasks: pd.DataFrame) -> pd.DataFrame:
 
 
 def _interval_cell(value: float, low: float, high: float) -> str:
+    if math.isnan(value):
+        return "–"
     if math.isnan(low):
         return f"{value:.3f}"
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"

@@ -303,8 +303,8 @@ TYPE_COLUMNS = [
     "excluded", "nan_draws", "draws",
 ]  # fmt: skip
 BASE_COLUMNS = [
-    "model", "task", "type", "metric", "dense_value", "dense_low", "dense_high", "chance", "chance_source", "n",
-    "informative", "reason",
+    "model", "task", "type", "metric", "dense_value", "dense_mean", "dense_low", "dense_high", "chance",
+    "chance_source", "n", "informative", "reason",
 ]  # fmt: skip
 
 
@@ -370,6 +370,7 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
             "type": b.type,
             "metric": b.metric,
             "dense_value": b.dense_value,
+            "dense_mean": float(b.dense.mean()) if len(b.ids) else math.nan,
             "dense_low": b.dense_low,
             "dense_high": b.dense_high,
             "chance": b.chance,
