@@ -119,7 +119,12 @@ def plot_retention_by_ratio(per_type: pd.DataFrame, out_path: Path) -> None:
     top = max(1.2, float(np.nanmax(rows[["retention", "ci_high"]].to_numpy(dtype=float))) + 0.05)
     bottom = min(0.0, float(np.nanmin(rows[["retention", "ci_low"]].to_numpy(dtype=float))) - 0.05)
     figure, axes = plt.subplots(
-        len(panels), len(types), figsize=(4.2 * len(types), 3.2 * len(panels) + 0.9), squeeze=False, sharey=True
+        len(panels),
+        len(types),
+        figsize=(4.2 * len(types), 3.2 * len(panels) + 0.9),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
     )
     for panel_axes, (model, method) in zip(axes, panels, strict=True):
         for axis, task_type in zip(panel_axes, types, strict=True):
@@ -139,19 +144,18 @@ def plot_retention_by_ratio(per_type: pd.DataFrame, out_path: Path) -> None:
             axis.axhline(0, color="black", linewidth=0.6)
             tasks = int(cell["tasks"].max()) if len(cell) else 0
             axis.set_title(f"{model} · {method} · {task_type} ({tasks} task{'s' if tasks != 1 else ''})", fontsize=9)
-            axis.set_xticks([0.0, *ratios])
+            axis.set_xticks([0.0, *ratios], ["dense", *(f"{r:g}" for r in ratios)])
             axis.set_xlim(-0.01, ratios[-1] + 0.02)
             axis.set_ylim(bottom, top)
             axis.set_xlabel("fraction of layers removed")
             axis.grid(alpha=0.3)
         panel_axes[0].set_ylabel("retention (dense = 1)")
     handles = [plt.Line2D([], [], color=colors[r], marker="o", label=f"recovery: {r}") for r in recoveries]
-    figure.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
-    figure.suptitle(
+    figure.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.supxlabel(
         "Retention = mean chance-normalised score ÷ the dense model's, informative tasks only; bands: paired bootstrap",
-        fontsize=8, y=0.005, va="bottom",
-    )  # fmt: skip
-    figure.tight_layout(rect=(0, 0.03, 1, 1 - 0.5 / (3.2 * len(panels) + 0.9)))
+        fontsize=8,
+    )
     _save(figure, out_path)
 
 
@@ -247,8 +251,15 @@ def type_summary_table(per_type: pd.DataFrame, ratio: float | None = None) -> pd
     rows = rows.assign(cell=[retention_cell(r) for r in rows.itertuples()])
     wide = rows.pivot_table(index=VARIANT, columns="type", values="cell", aggfunc="first").reset_index()
     wide.columns.name = None
+    wide = _none_first(wide)
     wide["ratio"] = wide["ratio"].map("{:g}".format)
     return wide.fillna("–")
+
+
+def _none_first(wide: pd.DataFrame) -> pd.DataFrame:
+    """Rows by model, method, ratio, then recovery with `none` (the baseline) first."""
+    order = wide["recovery"].map(lambda r: (r != "none", r))
+    return wide.assign(_order=order).sort_values(["model", "method", "ratio", "_order"]).drop(columns="_order")
 
 
 def task_retention_table(per_task: pd.DataFrame) -> pd.DataFrame:
@@ -266,6 +277,7 @@ def task_retention_table(per_task: pd.DataFrame) -> pd.DataFrame:
     rows = per_task.assign(cell=[cell(r) for r in per_task.itertuples()])
     wide = rows.pivot_table(index=VARIANT, columns="task", values="cell", aggfunc="first").reset_index()
     wide.columns.name = None
+    wide = _none_first(wide)
     wide["ratio"] = wide["ratio"].map("{:g}".format)
     return wide.fillna("–")
 
