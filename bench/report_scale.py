@@ -69,6 +69,10 @@ def main() -> None:
     print(f"wrote {len(paths)} results in {time.time() - start:.0f} s", flush=True)
     start, cpu = time.time(), time.process_time()
     aggregate(paths, args.root / "out", bootstrap_samples=args.bootstrap_samples, seed=0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"aggregate: {time.time() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU, peak RSS {peak:.0f} MiB"
+    )
     # The statistics alone (chance-normalised ratio of means, paired resamples, findings), for comparison.
     from layerprune.aggregate import load_results
     from layerprune.report import BootstrapSettings, findings, retention
@@ -77,10 +81,6 @@ def main() -> None:
     start = time.time()
     findings(retention(results, BootstrapSettings(samples=args.bootstrap_samples)))
     print(f"retention + findings alone: {time.time() - start:.1f} s wall")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"aggregate: {time.time() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU, peak RSS {peak:.0f} MiB"
-    )
 
 
 if __name__ == "__main__":
