@@ -39,6 +39,8 @@ def write_grid(root: Path, seed: int = 0) -> list[Path]:
                 samples = []
                 for i in range(n):
                     sample = {"id": i, "prompt": "Q " * 100, "correct": rng.random() < 0.6, "target": "7"}
+                    if task not in GENERATIVE:  # lm-eval records one log-likelihood per choice
+                        sample["loglikelihoods"] = [-1.0] * (2 if task in ("winogrande", "piqa") else 4)
                     if task in GENERATIVE:
                         sample["output"] = " ".join(rng.choice(words) for _ in range(rng.randint(5, 80)))
                     if task.endswith("_plus"):
@@ -71,6 +73,14 @@ def main() -> None:
     print(
         f"aggregate: {time.time() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU, peak RSS {peak:.0f} MiB"
     )
+    # The statistics alone (chance-normalised ratio of means, paired resamples, findings), for comparison.
+    from layerprune.aggregate import load_results
+    from layerprune.report import BootstrapSettings, findings, retention
+
+    results = load_results(paths)
+    start = time.time()
+    findings(retention(results, BootstrapSettings(samples=args.bootstrap_samples)))
+    print(f"retention + findings alone: {time.time() - start:.1f} s wall")
 
 
 if __name__ == "__main__":

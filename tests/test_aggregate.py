@@ -152,14 +152,22 @@ def test_report_markdown(aggregated):
     assert lines[0] == "| model | method | ratio | recovery | arith | colours |"
     body = lines[2:]
     assert len(body) == len(VALUES)
-    for (ratio, recovery), retention in RETENTION.items():
-        # retention [CI]; every sample of the fixture is the same, so the interval is [1, 1].
-        kept = [f"{retention[task]:.2f} [1.00, 1.00]" for task in ("arith", "colours")]
+    for ratio, recovery in RETENTION:
+        # The fixture's results carry one sample each, correct everywhere: the report's retention, its
+        # interval and the drop all come from those samples (1, [1, 1], 0), while summary.csv keeps the raw
+        # value ratio. (The old report printed value ratios beside sample intervals: "0.50 [1.00, 1.00]".)
+        kept = ["1.00 [1.00, 1.00] · drop 0.0 [0.0, 0.0] pts"] * 2
         cells = [MODEL, "bi", f"{ratio:g}", recovery, *kept]
         assert "| " + " | ".join(cells) + " |" in body
     dense_section = report.split("## Dense baselines", 1)[1].split("## Diagnostics", 1)[0]
-    assert f"| {MODEL} | colours | accuracy | 0.750 | 0.125 | 16 |" in dense_section
-    assert f"| {MODEL} | arith | exact_match | 0.500 | 0.125 | 16 |" in dense_section
+    assert (
+        f"| {MODEL} | colours | classification | accuracy | 0.750 | 1.000 [1.000, 1.000] | 0.000 (choices not recorded:"
+        in (dense_section)
+    )
+    assert (
+        f"| {MODEL} | arith | generative | exact_match | 0.500 | 1.000 [1.000, 1.000] | 0.000 (free generation) | 1 |"
+        in (dense_section)
+    )
     for task in TASKS:
         assert f"![{task}](plots/{MODEL}__{task}.png)" in report
     assert "## All results" in report

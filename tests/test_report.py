@@ -27,7 +27,7 @@ from layerprune.diagnostics import (
     self_bleu,
 )
 from layerprune.io import write_json
-from layerprune.report import BootstrapSettings, paired_bootstrap, retention_tables
+from layerprune.report import BootstrapSettings, retention
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -104,34 +104,6 @@ def test_first_digit_and_arithmetic_breakdown():
     assert arithmetic_breakdown([{"output": "1"}]).empty
 
 
-# ----------------------------------------------------------------------------- bootstrap
-
-
-def test_paired_bootstrap_identical_runs_retain_everything():
-    scores = {i: float(i % 2) for i in range(50)}
-    draws = paired_bootstrap(scores, dict(scores), BootstrapSettings(samples=200, seed=0), "k")
-    assert draws.shape == (200,)
-    assert np.allclose(draws, 1.0)
-
-
-def test_paired_bootstrap_resamples_pairs_and_is_seeded():
-    rng = random.Random(0)
-    dense = {i: float(rng.random() < 0.8) for i in range(200)}
-    variant = {i: float(dense[i] and rng.random() < 0.5) for i in range(200)}
-    settings = BootstrapSettings(samples=500, seed=7)
-    draws = paired_bootstrap(dense, variant, settings, "m", "t")
-    point = sum(variant.values()) / sum(dense.values())
-    low, high = np.percentile(draws, [2.5, 97.5])
-    assert low < point < high and high - low < 0.3
-    assert np.array_equal(draws, paired_bootstrap(dense, variant, settings, "m", "t"))
-    assert not np.array_equal(draws, paired_bootstrap(dense, variant, BootstrapSettings(500, seed=8), "m", "t"))
-    # Pairing: each resample takes the same ids from both runs. A variant that is right exactly
-    # where the dense model is has retention 1 on every resample; unpaired draws would scatter.
-    assert np.allclose(paired_bootstrap(dense, dict(dense), settings, "x"), 1.0)
-    # Only shared ids pair up.
-    assert np.isnan(paired_bootstrap({1: 1.0}, {2: 1.0}, settings, "y")).all()
-
-
 # ----------------------------------------------------------------------------- report fixtures
 
 N = 40
@@ -202,13 +174,15 @@ def report_dir(tmp_path_factory):
     return root
 
 
-def test_retention_tables_type_is_mean_of_tasks(report_dir):
+def test_type_retention_is_a_ratio_of_means_over_informative_tasks(report_dir):
     out = report_dir / "out"
     per_task = pd.read_csv(out / "retention.csv")
     per_type = pd.read_csv(out / "retention_by_type.csv")
     assert len(per_task) == len(VARIANTS) * len(TASKS)
-    assert (per_task["ci_low"] <= per_task["retention"] + 1e-9).all()
-    assert (per_task["retention"] <= per_task["ci_high"] + 1e-9).all()
+    counted = per_task[per_task["informative"]]
+    assert (counted["ci_low"] <= counted["retention"] + 1e-9).all()
+    assert (counted["retention"] <= counted["ci_high"] + 1e-9).all()
+    assert (per_task["chance"] == 0).all()  # the fixture records no choices: taken as 0
     for row in per_type.itertuples():
         tasks = per_task[
             (per_task["method"] == row.method)
@@ -216,11 +190,14 @@ def test_retention_tables_type_is_mean_of_tasks(report_dir):
             & (per_task["recovery"] == row.recovery)
             & (per_task["type"] == row.type)
         ]
-        assert row.tasks == len(tasks) == (2 if row.type == "classification" else 3)
-        assert row.retention == pytest.approx(tasks["retention"].mean())
-        assert row.ci_low <= row.retention <= row.ci_high
-        # Averaging over tasks narrows the interval compared with the widest single task.
-        assert row.ci_high - row.ci_low <= (tasks["ci_high"] - tasks["ci_low"]).max() + 1e-9
+        assert row.tasks + row.excluded == len(tasks) == (2 if row.type == "classification" else 3)
+        assert row.tasks == tasks["informative"].sum() > 0
+        used = tasks[tasks["informative"]]
+        # With chance 0 the normalised ratio of means is mean(variant) / mean(dense).
+        assert row.retention == pytest.approx(used["value"].mean() / used["dense_value"].mean())
+        assert row.drop_points == pytest.approx((used["dense_value"] - used["value"]).mean() * 100)
+        assert row.ci_low <= row.retention <= row.ci_high and row.drop_low <= row.drop_points <= row.drop_high
+        assert row.nan_draws == 0 and row.draws == 300
 
 
 def test_retention_csv_is_reproducible_and_order_free(report_dir, tmp_path):
@@ -239,20 +216,26 @@ def test_report_first_screen_states_the_answer(report_dir):
     report = (report_dir / "out" / "report.md").read_text()
     first_screen = report.split("## Retention by task type, every ratio", 1)[0]
     assert first_screen.startswith("# layerprune report")
-    assert "## Answer: 0.25 of the layers removed" in first_screen
-    assert "- **tiny** (mean over methods, by recovery): classification keeps none 81% · sgr 87%; generative" in (
-        first_screen
-    )
-    table = [line for line in first_screen.splitlines() if line.startswith("|")]
+    findings = first_screen.split("## Findings", 1)[1].split("## Retention at 0.25 of the layers removed", 1)[0]
+    rows = [line for line in findings.splitlines() if line.startswith("| tiny |")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "(i) generation loses more than classification at equal ratio",
+        "(ii) SGR recovers generation more than the data control",
+        "(ii) SGR recovers generation more than no recovery",
+        "(iii) recovery shrinks as the ratio grows",
+    ]
+    # No data recovery in the fixture, and only bi has two ratios with sgr... and sgr only at 0.25.
+    assert "**not tested** | not tested: no data variant with generative retention |" in rows[1]
+    assert "**not tested** | not tested: one ratio only" in rows[3]
+    table = [line for line in first_screen.split("## Retention at", 1)[1].splitlines() if line.startswith("|")]
     assert table[0] == (
         "| model | method | classification · none | classification · sgr | generative · none | generative · sgr |"
     )
     assert [line.split(" | ")[1] for line in table[2:]] == ["bi", "reverse"]
     assert table[3].startswith("| tiny | reverse | 0.") and table[3].count("| – |") == 2  # no reverse+sgr run
-    assert table[3].endswith(" | – |")
-    assert all("[" in line for line in table[2:])  # retention [CI]
-    assert "![classification vs generative retention](plots/retention_by_type.png)" in first_screen
-    assert len(first_screen.splitlines()) < 30
+    assert all("] · drop " in line and " pts" in line for line in table[2:])  # retention [CI] · drop [CI]
+    assert "![retention against the pruning ratio](plots/retention_by_type.png)" in first_screen
+    assert len(first_screen.splitlines()) < 40
 
 
 def test_report_sections_diagnostics_and_pngs(report_dir):
@@ -295,14 +278,16 @@ def test_report_degrades_without_optional_fields(tmp_path):
         assert (out / "plots" / f"{png}.png").read_bytes().startswith(PNG_MAGIC)
     per_task = pd.read_csv(out / "retention.csv")
     no_samples = per_task[per_task["ratio"] == 0.5].iloc[0]
-    assert no_samples["retention"] == pytest.approx(0.2) and np.isnan(no_samples["ci_low"])
+    assert no_samples["raw_retention"] == pytest.approx(0.2) and no_samples["n"] == 0
+    assert np.isnan(no_samples["retention"]) and np.isnan(no_samples["drop_points"])
 
 
-def test_retention_tables_without_dense_are_nan():
+def test_retention_without_dense_is_nan():
     result = {**BASE, "method": "bi", "ratio": 0.25, "task": "mc", "type": "classification", "value": 0.5}
     result["samples"] = [{"id": 0, "correct": True}]
-    per_task, per_type = retention_tables([result], BootstrapSettings(samples=10))
-    assert np.isnan(per_task.loc[0, "retention"]) and np.isnan(per_type.loc[0, "ci_low"])
+    stats = retention([result], BootstrapSettings(samples=10))
+    assert np.isnan(stats.per_task.loc[0, "retention"]) and np.isnan(stats.per_type.loc[0, "ci_low"])
+    assert stats.per_type.loc[0, "tasks"] == 0 and stats.per_type.loc[0, "excluded"] == 1
 
 
 def test_headline_plot_with_undefined_generative_retention(tmp_path):
@@ -318,4 +303,7 @@ def test_headline_plot_with_undefined_generative_retention(tmp_path):
     aggregate(paths, tmp_path / "out", bootstrap_samples=20)
     assert (tmp_path / "out" / "plots" / "retention_by_type.png").read_bytes().startswith(PNG_MAGIC)
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| tiny | bi | 0.00 [0.00, 0.00] | – |" in report
+    # mc: dense 3/6, pruned 0/6: retention 0 in every draw; gen: dense 0 -> not informative, no retention.
+    assert "| tiny | bi | 0.00 [0.00, 0.00] · drop 50.0 [" in report
+    assert "· drop 50.0 [" in report and "| – (no informative task) |" in report
+    assert "`gen` (generative; dense lower bound 0.000 ≤ chance 0.000 + margin 0.05)" in report

@@ -1,7 +1,8 @@
 """Aggregate: one tidy table of every result, retention vs dense, report and plots.
 
-Retention is a variant's metric divided by the dense model's on the same task,
-the paper's way of comparing how much of each capability survives pruning.
+summary.csv's `retention` is the raw ratio value ÷ dense value of one row. The report's
+retention (retention.csv, retention_by_type.csv, the first screen) is the chance-normalised
+ratio of means with paired intervals described in retention.py.
 """
 
 from __future__ import annotations
@@ -49,8 +50,16 @@ SAMPLE_FIELDS = (
 
 
 def _slim(result: dict) -> dict:
+    from layerprune.retention import choice_count
+
     keep = SAMPLE_FIELDS + (("output",) if result.get("type") == "generative" else ())
-    samples = [{k: s[k] for k in keep if k in s} for s in result.get("samples") or []]
+    samples = []
+    for sample in result.get("samples") or []:
+        slim = {k: sample[k] for k in keep if k in sample}
+        choices = choice_count(sample)  # the chance level needs the number of choices, not the choices
+        if choices:
+            slim["n_choices"] = choices
+        samples.append(slim)
     return {**result, "samples": samples}
 
 
@@ -125,6 +134,45 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _time_cells(timing: pd.DataFrame) -> pd.DataFrame:
+    """The time table as printed: whole seconds, CPU share in percent, RSS in MB."""
+    return pd.DataFrame(
+        {
+            "stage": timing["stage"],
+            "jobs": timing["jobs"],
+            "CPU-s": timing["cpu_s"].map("{:.0f}".format),
+            "wall-s (sum over jobs)": timing["wall_s"].map("{:.0f}".format),
+            "CPU share": timing["cpu_share"].map(lambda v: "" if math.isnan(v) else f"{v:.0%}"),
+            "max RSS (MB)": timing["max_rss_mb"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
+        }
+    )
+
+
+def _dense_cells(tasks: pd.DataFrame) -> pd.DataFrame:
+    """Dense baselines with their interval, chance level and whether the task counts."""
+    return pd.DataFrame(
+        {
+            "model": tasks["model"],
+            "task": tasks["task"],
+            "type": tasks["type"],
+            "metric": tasks["metric"],
+            "value": tasks["dense_value"].map("{:.3f}".format),
+            "sample mean [CI]": [_interval_cell(r.dense_mean, r.dense_low, r.dense_high) for r in tasks.itertuples()],
+            "chance": [f"{r.chance:.3f} ({r.chance_source})" for r in tasks.itertuples()],
+            "n": tasks["n"],
+            "counted": ["yes" if r.informative else f"no: {r.reason}" for r in tasks.itertuples()],
+        }
+    )
+
+
+def _interval_cell(value: float, low: float, high: float) -> str:
+    if math.isnan(value):
+        return "–"
+    if math.isnan(low):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def method_comparison(table: pd.DataFrame, score_paths: list[str | Path], out_dir: Path) -> list[str]:
     """Plots and overlap table comparing the scoring methods; returns report lines."""
     from layerprune.compare import load_scores, overlap_table, plot_layer_scores, plot_removal_map
@@ -159,18 +207,27 @@ def aggregate(
     seed: int = 0,
     headline_ratio: float | None = None,
     self_bleu_max_texts: int = 1000,
+    min_dense_margin: float = 0.05,
+    benchmark_paths: list[str | Path] | None = None,
 ) -> pd.DataFrame:
-    """Write summary.csv, retention.csv, diagnostics CSVs, metrics.json, report.md and plots/.
+    """Write summary.csv, retention CSVs, findings.csv, diagnostics CSVs, metrics.json, report.md and plots/.
 
-    The report opens with the answer: retention by task type at the headline ratio with
-    bootstrap confidence intervals (see report.py) and the classification-vs-generative plot.
-    With `score_paths`, it also compares the scoring methods (see compare.py).
+    The report opens with the paper's findings as verdicts, then retention by task type at the
+    headline ratio with paired-bootstrap intervals (see retention.py) and the retention-vs-ratio
+    plot. `min_dense_margin`: a task counts only if the dense lower bound beats chance by this
+    much. `benchmark_paths`: Snakemake benchmark TSVs under benchmarks/<rule>/ for the "where the
+    time went" table (time.csv); none, no table. With `score_paths`, the report also compares the
+    scoring methods (see compare.py).
     """
     from layerprune import report
 
     out_dir = Path(out_dir)
+    settings = report.BootstrapSettings(
+        samples=bootstrap_samples, confidence=confidence, seed=seed, min_dense_margin=min_dense_margin
+    )
     results = load_results(result_paths)
     table = collect(results)
+    timing = report.time_table(benchmark_paths or [])
     with atomic_path(out_dir / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
     metrics = {
@@ -179,19 +236,24 @@ def aggregate(
     }
     write_json(out_dir / "metrics.json", metrics)
 
-    settings = report.BootstrapSettings(samples=bootstrap_samples, confidence=confidence, seed=seed)
-    per_task, per_type = report.retention_tables(results, settings)
+    stats = report.retention(results, settings)
+    verdicts = report.findings(stats)
     degeneration, buckets, arithmetic = report.diagnostics_tables(results, self_bleu_max_texts, seed)
-    for name, frame in {
-        "retention.csv": per_task,
-        "retention_by_type.csv": per_type,
+    tables = {
+        "retention.csv": stats.per_task,
+        "retention_by_type.csv": stats.per_type,
+        "tasks_counted.csv": stats.tasks,
+        "findings.csv": verdicts,
         "degeneration.csv": degeneration,
         "error_buckets.csv": buckets,
         "arithmetic.csv": arithmetic,
-    }.items():
+    }
+    if benchmark_paths:
+        tables["time.csv"] = timing
+    for name, frame in tables.items():
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
-    report.plot_retention_by_type(per_type, out_dir / report.HEADLINE_PNG)
+    report.plot_retention_by_ratio(stats.per_type, out_dir / report.HEADLINE_PNG)
     report.plot_error_buckets(buckets, out_dir / report.ERROR_BUCKETS_PNG)
     report.plot_degeneration(degeneration, out_dir / report.DEGENERATION_PNG)
 
@@ -201,31 +263,46 @@ def aggregate(
         plot_task(table, model, task, plot_path)
         plots.append((model, task, plot_path.relative_to(out_dir)))
 
+    per_type = stats.per_type
     ratio = report.headline_ratio(per_type, headline_ratio)
     level = f"{confidence:.0%}"
-    dense = table[table["method"] == "dense"][["model", "task", "metric", "value", "stderr", "n"]]
     lines = [
         "# layerprune report",
         "",
-        "Retention = a pruned variant's metric ÷ the dense model's on the same task; 1.00 = nothing lost. "
-        f"Brackets: {level} paired-bootstrap interval ({bootstrap_samples} resamples of the evaluated samples, "
-        f"seed {seed}). A type's retention is the mean over its tasks.",
+        "Retention = mean chance-normalised score of a pruned variant ÷ the same for the dense model, over a task "
+        "type's informative tasks (score − chance) / (1 − chance); 1.00 = nothing lost. Drop = mean score lost, in "
+        f"points. Brackets: {level} paired-bootstrap intervals ({bootstrap_samples} resamples of each task's items, "
+        f"the same for every variant; seed {seed}).",
         "",
-        "## Answer" + (f": {ratio:g} of the layers removed" if ratio is not None else ""),
+        "## Findings",
         "",
-        *report.answer_lines(per_type, ratio),
+    ]
+    findings = report.findings_table(verdicts, confidence)
+    lines += [markdown_table(findings) if len(findings) else "_No pruned variant has been evaluated._", ""]
+    lines += [
+        "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
+        "undecided: it covers 0.",
+        "",
+        "## Retention" + (f" at {ratio:g} of the layers removed" if ratio is not None else ""),
         "",
     ]
     headline = report.headline_table(per_type, ratio)
     lines += [markdown_table(headline) if len(headline) else "_no pruned variants_", ""]
-    lines += [f"![classification vs generative retention]({report.HEADLINE_PNG})", ""]
+    lines += [f"Tasks counted (dense lower bound above chance + {min_dense_margin:g}):", ""]
+    lines += report.excluded_lines(stats) + [""]
+    undefined = report.nan_draw_lines(per_type)
+    if undefined:
+        lines += ["Resamples without a retention (counted, not dropped silently):", "", *undefined, ""]
+    lines += [f"![retention against the pruning ratio]({report.HEADLINE_PNG})", ""]
+    if len(timing):
+        lines += ["## Where the time went", "", markdown_table(_time_cells(timing)), ""]
     lines += ["## Retention by task type, every ratio", ""]
     every = report.type_summary_table(per_type)
     lines += [markdown_table(every) if len(every) else "_no pruned variants_", ""]
     lines += ["## Retention by task", ""]
-    by_task = report.task_retention_table(per_task)
+    by_task = report.task_retention_table(stats.per_task)
     lines += [markdown_table(by_task) if len(by_task) else "_no pruned variants_", ""]
-    lines += ["## Dense baselines", "", markdown_table(dense), ""]
+    lines += ["## Dense baselines", "", markdown_table(_dense_cells(stats.tasks)) if len(stats.tasks) else "", ""]
     lines += ["## Diagnostics", "", "### Degeneration of generated text", ""]
     if len(degeneration):
         lines += [

@@ -1,23 +1,14 @@
-"""Retention with bootstrap confidence intervals, the diagnostics tables, their plots, and report.md.
-
-Retention is a variant's metric over the dense model's on the same task. Its confidence
-interval comes from a paired bootstrap: the evaluated samples (matched by id between the
-dense and the pruned run) are resampled with replacement, and the ratio of the two means is
-taken on each resample. A task type's retention (classification, generative) is the mean of
-its tasks' retentions; its interval resamples every task at once (a stratified bootstrap).
-Every random draw is seeded from the config's seed.
+"""The report's tables, plots and first screen; the statistics themselves live in `retention.py`.
 
 Only the result JSONs are read; any per-sample field beyond `id` and `correct` (a numeric
-`score`, `error_bucket`, `digits`/`operation`, `output`) is optional, and a missing one drops
-the matching table or plot to a short note instead of failing the report.
+`score`, `error_bucket`, `digits`/`operation`, `output`, the choices' `loglikelihoods`) is
+optional, and a missing one drops the matching table or plot to a short note instead of failing
+the report.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,131 +17,21 @@ import pandas as pd
 
 from layerprune.diagnostics import ERROR_BUCKETS, REP_N, arithmetic_breakdown, degeneration, error_bucket_counts
 from layerprune.io import atomic_path
+from layerprune.retention import (  # noqa: F401 - re-exported: the report's settings and statistics
+    NOT_TESTED,
+    REPRODUCED,
+    TYPES,
+    VARIANT,
+    BootstrapSettings,
+    Retention,
+    findings,
+    retention,
+    sample_scores,
+)
 
-VARIANT = ["model", "method", "ratio", "recovery"]
-TYPES = ("classification", "generative")
 HEADLINE_PNG = "plots/retention_by_type.png"
 ERROR_BUCKETS_PNG = "plots/error_buckets.png"
 DEGENERATION_PNG = "plots/degeneration.png"
-
-
-@dataclass(frozen=True)
-class BootstrapSettings:
-    """How the confidence intervals are drawn (config `report`)."""
-
-    samples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-
-
-def sample_scores(result: dict[str, Any]) -> dict[Any, float]:
-    """id -> the sample's score: its numeric `score` (e.g. ROUGE-L) if any, else `correct` as 0/1."""
-    scores = {}
-    for sample in result.get("samples") or []:
-        if "id" not in sample:
-            continue
-        score = sample.get("score")
-        if not isinstance(score, (int, float)) or isinstance(score, bool):
-            if "correct" not in sample:
-                continue
-            score = float(bool(sample["correct"]))
-        scores[_key(sample["id"])] = float(score)
-    return scores
-
-
-def _key(sample_id: Any) -> Any:
-    return tuple(sample_id) if isinstance(sample_id, list) else sample_id
-
-
-def _rng(settings: BootstrapSettings, *parts: Any) -> np.random.Generator:
-    """A generator per (variant, task): the draws do not depend on the order of the results."""
-    return np.random.default_rng([settings.seed, zlib.crc32("/".join(map(str, parts)).encode())])
-
-
-def paired_bootstrap(dense: dict, variant: dict, settings: BootstrapSettings, *key: Any) -> np.ndarray:
-    """Retention (variant mean / dense mean) on `settings.samples` paired resamples of the shared ids."""
-    ids = sorted(set(dense) & set(variant), key=str)
-    if not ids or settings.samples < 1:
-        return np.full(max(settings.samples, 0), np.nan)
-    d = np.array([dense[i] for i in ids])
-    v = np.array([variant[i] for i in ids])
-    rng = _rng(settings, *key)
-    out = np.empty(settings.samples)
-    chunk = max(1, 2_000_000 // len(ids))
-    for start in range(0, settings.samples, chunk):
-        idx = rng.integers(0, len(ids), size=(min(chunk, settings.samples - start), len(ids)))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[start : start + len(idx)] = v[idx].mean(1) / d[idx].mean(1)
-    out[~np.isfinite(out)] = np.nan
-    return out
-
-
-def _interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
-    finite = replicates[np.isfinite(replicates)]
-    if not len(finite):
-        return math.nan, math.nan
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(finite, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def _ratio(value: float, base: float) -> float:
-    return value / base if base and not (math.isnan(base) or math.isnan(value)) else math.nan
-
-
-def retention_tables(results: list[dict[str, Any]], settings: BootstrapSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-task retention, per-type retention), each with ci_low/ci_high, for every pruned variant."""
-    dense = {(r["model"], r["task"]): r for r in results if r["method"] == "dense"}
-    dense_scores = {key: sample_scores(r) for key, r in dense.items()}
-    task_rows, replicates = [], {}
-    for result in results:
-        if result["method"] == "dense":
-            continue
-        base = dense.get((result["model"], result["task"]))
-        variant = tuple(result[k] for k in VARIANT)
-        row = {k: result[k] for k in VARIANT}
-        row.update(task=result["task"], type=result.get("type", "unknown"), metric=result.get("metric", ""))
-        row.update(value=result["value"], dense_value=base["value"] if base else math.nan)
-        row["retention"] = _ratio(row["value"], row["dense_value"])
-        draws = (
-            paired_bootstrap(
-                dense_scores[(result["model"], result["task"])],
-                sample_scores(result),
-                settings,
-                *variant,
-                result["task"],
-            )
-            if base
-            else np.full(settings.samples, np.nan)
-        )
-        replicates[(variant, result["task"])] = draws
-        row["ci_low"], row["ci_high"] = _interval(draws, settings.confidence)
-        row["n"] = len(set(sample_scores(result)) & set(dense_scores.get((result["model"], result["task"]), {})))
-        task_rows.append(row)
-    columns = [*VARIANT, "task", "type", "metric", "value", "dense_value", "retention", "ci_low", "ci_high", "n"]
-    per_task = pd.DataFrame(task_rows, columns=columns)
-    type_rows = []
-    groups = per_task.groupby([*VARIANT, "type"], sort=True) if len(per_task) else []
-    for key, group in groups:
-        variant, task_type = tuple(key[:-1]), key[-1]
-        stacked = np.vstack([replicates[(variant, task)] for task in group["task"]])
-        # A replicate's type retention: the mean over the type's tasks of their replicate retentions.
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            draws = np.nanmean(stacked, axis=0)
-        low, high = _interval(draws, settings.confidence)
-        type_rows.append(
-            {
-                **dict(zip(VARIANT, variant, strict=True)),
-                "type": task_type,
-                "retention": float(group["retention"].mean()),
-                "ci_low": low,
-                "ci_high": high,
-                "tasks": len(group),
-            }
-        )
-    per_type = pd.DataFrame(type_rows, columns=[*VARIANT, "type", "retention", "ci_low", "ci_high", "tasks"])
-    return per_task, per_type
 
 
 def diagnostics_tables(
@@ -219,73 +100,62 @@ def _variant_label(row) -> str:
     return f"{row['method']} {row['ratio']:g} {row['recovery']}"
 
 
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+def plot_retention_by_ratio(per_type: pd.DataFrame, out_path: Path) -> None:
+    """The headline plot: retention against the pruning ratio, one line per recovery with its interval band.
 
-
-def plot_retention_by_type(per_type: pd.DataFrame, out_path: Path) -> None:
-    """The headline: classification (x) against generative (y) retention, one point per variant.
-
-    Below the diagonal, pruning hurts generation more than classification.
+    One panel per task type (columns) for each (model, method) (rows); the dense model is the point
+    (0, 1). A ratio whose type has no informative task has no point.
     """
-    if not len(per_type) or not set(TYPES) <= set(per_type["type"]):
-        present = ", ".join(sorted(per_type["type"].unique())) if len(per_type) else "none"
-        _note(out_path, f"classification vs generative retention needs both task types (present: {present})")
-        return
-    # variant -> type -> (retention, ci_low, ci_high); a variant needs both types to be a point.
-    points: dict[tuple, dict[str, tuple[float, float, float]]] = {}
-    for row in per_type.itertuples(index=False):
-        variant = tuple(getattr(row, k) for k in VARIANT)
-        points.setdefault(variant, {})[row.type] = (row.retention, row.ci_low, row.ci_high)
-    points = {
-        variant: types
-        for variant, types in points.items()
-        if all(t in types and math.isfinite(types[t][0]) for t in TYPES)
-    }
-    if not points:
-        _note(out_path, "no variant has a finite classification and generative retention (dense score 0?)")
+    rows = per_type[per_type["tasks"] > 0] if len(per_type) else per_type
+    if not len(rows):
+        _note(out_path, "no task type has an informative task (see the report's excluded tasks)")
         return
     plt = _pyplot()
-    models = sorted({variant[0] for variant in points})
-    figure, axes = plt.subplots(1, len(models), figsize=(max(6.5, 5.2 * len(models)), 5.0), squeeze=False)
-    methods = sorted({variant[1] for variant in points})
-    recoveries = sorted({variant[3] for variant in points})
+    panels = sorted({(r.model, r.method) for r in rows.itertuples()})
+    types = [t for t in TYPES if t in set(rows["type"])] + sorted(set(rows["type"]) - set(TYPES))
+    recoveries = sorted(rows["recovery"].unique(), key=lambda r: (r != "none", r))
     colors = {r: f"C{i}" for i, r in enumerate(recoveries)}
-
-    def error(value: float, low: float, high: float) -> np.ndarray:
-        return np.nan_to_num(np.array([[max(0.0, value - low)], [max(0.0, high - value)]]))
-
-    for axis, model in zip(axes[0], models, strict=True):
-        for (_, method, ratio, recovery), types in sorted(points.items()):
-            if _ != model:
-                continue
-            x, y = types["classification"][0], types["generative"][0]
-            axis.errorbar(
-                x, y, xerr=error(*types["classification"]), yerr=error(*types["generative"]),
-                fmt=MARKERS[methods.index(method) % len(MARKERS)], color=colors[recovery], capsize=2, alpha=0.85,
-                markersize=6,
-            )  # fmt: skip
-            axis.annotate(f"{ratio:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        axis.plot([0, 1.2], [0, 1.2], color="grey", linestyle="--", linewidth=1)
-        axis.axhline(1, color="grey", linewidth=0.5)
-        axis.axvline(1, color="grey", linewidth=0.5)
-        axis.set_xlabel("classification retention (vs dense)")
-        axis.set_ylabel("generative retention (vs dense)")
-        axis.set_title(model)
-        axis.grid(alpha=0.3)
-    handles = [
-        plt.Line2D([], [], color=colors[r], marker="o", linestyle="", label=f"recovery: {r}") for r in recoveries
-    ]
-    handles += [
-        plt.Line2D([], [], color="black", marker=MARKERS[i % len(MARKERS)], linestyle="", label=f"method: {m}")
-        for i, m in enumerate(methods)
-    ]
-    axes[0, -1].legend(handles=handles, fontsize=8, loc="best")
-    figure.suptitle(
-        "Classification vs generative retention\n"
-        "label: pruning ratio · bars: bootstrap CI · below the diagonal: generation lost more",
-        fontsize=9,
+    ratios = sorted(rows["ratio"].unique())
+    top = max(1.2, float(np.nanmax(rows[["retention", "ci_high"]].to_numpy(dtype=float))) + 0.05)
+    bottom = min(0.0, float(np.nanmin(rows[["retention", "ci_low"]].to_numpy(dtype=float))) - 0.05)
+    figure, axes = plt.subplots(
+        len(panels),
+        len(types),
+        figsize=(4.2 * len(types), 3.2 * len(panels) + 0.9),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
     )
-    figure.tight_layout()
+    for panel_axes, (model, method) in zip(axes, panels, strict=True):
+        for axis, task_type in zip(panel_axes, types, strict=True):
+            cell = rows[(rows["model"] == model) & (rows["method"] == method) & (rows["type"] == task_type)]
+            for recovery in recoveries:
+                line = cell[cell["recovery"] == recovery].sort_values("ratio")
+                if not len(line):
+                    continue
+                xs = [0.0, *line["ratio"]]
+                axis.plot(xs, [1.0, *line["retention"]], marker="o", color=colors[recovery], label=recovery)
+                low, high = (
+                    [1.0, *line["ci_low"].fillna(line["retention"])],
+                    [1.0, *line["ci_high"].fillna(line["retention"])],
+                )
+                axis.fill_between(xs, low, high, color=colors[recovery], alpha=0.15, linewidth=0)
+            axis.axhline(1, color="grey", linestyle="--", linewidth=0.8)
+            axis.axhline(0, color="black", linewidth=0.6)
+            tasks = int(cell["tasks"].max()) if len(cell) else 0
+            axis.set_title(f"{model} · {method} · {task_type} ({tasks} task{'s' if tasks != 1 else ''})", fontsize=9)
+            axis.set_xticks([0.0, *ratios], ["dense", *(f"{r:g}" for r in ratios)])
+            axis.set_xlim(-0.01, ratios[-1] + 0.02)
+            axis.set_ylim(bottom, top)
+            axis.set_xlabel("fraction of layers removed")
+            axis.grid(alpha=0.3)
+        panel_axes[0].set_ylabel("retention (dense = 1)")
+    handles = [plt.Line2D([], [], color=colors[r], marker="o", label=f"recovery: {r}") for r in recoveries]
+    figure.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.supxlabel(
+        "Retention = mean chance-normalised score ÷ the dense model's, informative tasks only; bands: paired bootstrap",
+        fontsize=8,
+    )
     _save(figure, out_path)
 
 
@@ -346,7 +216,8 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path) -> None:
             axis.set_title(f"{model} · {measure.replace('_', '-')}", fontsize=9)
             axis.set_xlabel("pruning ratio")
             axis.grid(alpha=0.3)
-        row_axes[-1].legend(fontsize=7)
+        if row_axes[-1].get_legend_handles_labels()[0]:  # a dense-only model has no lines to name
+            row_axes[-1].legend(fontsize=7)
     figure.tight_layout()
     _save(figure, out_path)
 
@@ -354,32 +225,59 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path) -> None:
 # ----------------------------------------------------------------------------- markdown
 
 
-def _with_ci(retention: float, low: float, high: float) -> str:
-    if math.isnan(retention):
+def _with_ci(value: float, low: float, high: float, digits: int = 2) -> str:
+    if value is None or math.isnan(value):
         return "–"
     if math.isnan(low):
-        return f"{retention:.2f}"
-    return f"{retention:.2f} [{low:.2f}, {high:.2f}]"
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def retention_cell(row: Any) -> str:
+    """`retention [CI] · drop points [CI]`, or `–` with the reason when no task counted."""
+    if not getattr(row, "tasks", 1):
+        return "– (no informative task)"
+    if math.isnan(row.retention) and math.isnan(row.drop_points):
+        return "–"
+    drop = _with_ci(row.drop_points, row.drop_low, row.drop_high, 1)
+    return f"{_with_ci(row.retention, row.ci_low, row.ci_high)} · drop {drop} pts"
 
 
 def type_summary_table(per_type: pd.DataFrame, ratio: float | None = None) -> pd.DataFrame:
-    """Variants as rows, one `retention [CI]` column per task type (at one ratio, or all)."""
+    """Variants as rows, one `retention [CI] · drop [CI]` column per task type (at one ratio, or all)."""
     rows = per_type if ratio is None else per_type[np.isclose(per_type["ratio"], ratio)]
     if not len(rows):
         return pd.DataFrame(columns=VARIANT)
-    rows = rows.assign(cell=[_with_ci(r.retention, r.ci_low, r.ci_high) for r in rows.itertuples()])
+    rows = rows.assign(cell=[retention_cell(r) for r in rows.itertuples()])
     wide = rows.pivot_table(index=VARIANT, columns="type", values="cell", aggfunc="first").reset_index()
     wide.columns.name = None
+    wide = _none_first(wide)
     wide["ratio"] = wide["ratio"].map("{:g}".format)
     return wide.fillna("–")
 
 
+def _none_first(wide: pd.DataFrame) -> pd.DataFrame:
+    """Rows by model, method, ratio, then recovery with `none` (the baseline) first."""
+    order = wide["recovery"].map(lambda r: (r != "none", r))
+    return wide.assign(_order=order).sort_values(["model", "method", "ratio", "_order"]).drop(columns="_order")
+
+
 def task_retention_table(per_task: pd.DataFrame) -> pd.DataFrame:
+    """Variants as rows, a column per task: retention [CI] for informative tasks, else the drop only."""
     if not len(per_task):
         return pd.DataFrame(columns=VARIANT)
-    rows = per_task.assign(cell=[_with_ci(r.retention, r.ci_low, r.ci_high) for r in per_task.itertuples()])
+
+    def cell(row: Any) -> str:
+        if row.informative:
+            return retention_cell(row)
+        if math.isnan(row.drop_points):
+            return "–"
+        return f"excluded · drop {_with_ci(row.drop_points, row.drop_low, row.drop_high, 1)} pts"
+
+    rows = per_task.assign(cell=[cell(r) for r in per_task.itertuples()])
     wide = rows.pivot_table(index=VARIANT, columns="task", values="cell", aggfunc="first").reset_index()
     wide.columns.name = None
+    wide = _none_first(wide)
     wide["ratio"] = wide["ratio"].map("{:g}".format)
     return wide.fillna("–")
 
@@ -403,7 +301,7 @@ def headline_table(per_type: pd.DataFrame, ratio: float | None) -> pd.DataFrame:
         return pd.DataFrame(columns=["model", "method"])
     rows = per_type[np.isclose(per_type["ratio"], ratio)]
     rows = rows.assign(
-        cell=[_with_ci(r.retention, r.ci_low, r.ci_high) for r in rows.itertuples()],
+        cell=[retention_cell(r) for r in rows.itertuples()],
         column=[f"{r.type} · {r.recovery}" for r in rows.itertuples()],
     )
     wide = rows.pivot_table(index=["model", "method"], columns="column", values="cell", aggfunc="first")
@@ -415,21 +313,113 @@ def headline_table(per_type: pd.DataFrame, ratio: float | None) -> pd.DataFrame:
     return wide.fillna("–")
 
 
-def answer_lines(per_type: pd.DataFrame, ratio: float | None) -> list[str]:
-    """One line per model at the headline ratio: each type's retention per recovery, mean over methods."""
-    if ratio is None or not len(per_type):
-        return ["_No pruned variant has been evaluated._"]
-    rows = per_type[np.isclose(per_type["ratio"], ratio)]
+PAPER_SIGN = {"i": "< 0", "ii": "> 0", "iii": "> 0"}
+
+
+def findings_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """The findings as the first screen shows them: one row per (model, finding)."""
+    rows = []
+    for row in frame.itertuples(index=False):
+        tested = row.verdict != NOT_TESTED
+        rows.append(
+            {
+                "model": row.model,
+                "finding": f"({row.finding}) {row.claim}",
+                "statistic": f"{row.statistic} (paper: {PAPER_SIGN[row.finding]})",
+                f"estimate [{confidence:.0%} CI]": _with_ci(row.estimate, row.ci_low, row.ci_high),
+                "verdict": f"**{row.verdict}**",
+                "basis": row.detail if tested else f"not tested: {row.detail}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def excluded_lines(stats: Retention) -> list[str]:
+    """One line per model naming the tasks left out of the type retention, and why."""
+    tasks = stats.tasks
     lines = []
-    for model, group in rows.groupby("model", sort=True):
-        recoveries = sorted(group["recovery"].unique(), key=lambda r: (r != "none", r))
-        parts = []
-        for task_type in TYPES:
-            typed = group[group["type"] == task_type]
-            if len(typed):
-                means = typed.groupby("recovery")["retention"].mean()
-                kept = " · ".join(f"{r} {means[r]:.0%}" for r in recoveries if r in means)
-                parts.append(f"{task_type} keeps {kept}")
-        if parts:
-            lines.append(f"- **{model}** (mean over methods, by recovery): " + "; ".join(parts) + ".")
+    for model, group in tasks.groupby("model", sort=True):
+        left_out = group[~group["informative"].astype(bool)]
+        counted = group[group["informative"].astype(bool)]
+        if not len(left_out):
+            lines.append(f"- **{model}**: every task counts ({', '.join(counted['task'])}).")
+            continue
+        parts = [f"`{r.task}` ({r.type}; {r.reason})" for r in left_out.itertuples()]
+        lines.append(f"- **{model}**: left out {'; '.join(parts)}.")
     return lines
+
+
+def nan_draw_lines(per_type: pd.DataFrame) -> list[str]:
+    """A line for every type retention whose resamples were not all defined (never silent)."""
+    if not len(per_type):
+        return []
+    partial = per_type[per_type["nan_draws"].fillna(0) > 0]
+    return [
+        f"- {r.model} {r.method} {r.ratio:g} {r.recovery} · {r.type}: {int(r.nan_draws)} of {int(r.draws)} resamples "
+        "had a dense mean at or below chance (no retention); its interval is over the rest."
+        for r in partial.itertuples()
+    ]
+
+
+# ----------------------------------------------------------------------------- where the time went
+
+BENCHMARK_COLUMNS = [
+    "s",
+    "h:m:s",
+    "max_rss",
+    "max_vms",
+    "max_uss",
+    "max_pss",
+    "io_in",
+    "io_out",
+    "mean_load",
+    "cpu_time",
+]
+TIME_COLUMNS = ["stage", "jobs", "cpu_s", "wall_s", "cpu_share", "max_rss_mb"]
+
+
+def benchmark_stage(path: Path) -> str:
+    """The rule a Snakemake benchmark file belongs to: the folder right under `benchmarks/`."""
+    parts = path.parts
+    if "benchmarks" not in parts[:-1] or parts.index("benchmarks") >= len(parts) - 2:
+        raise ValueError(f"{path}: a benchmark file must lie under benchmarks/<rule>/")
+    return parts[parts.index("benchmarks") + 1]
+
+
+def time_table(benchmark_paths: list[str | Path]) -> pd.DataFrame:
+    """Per stage (rule): jobs, CPU seconds, wall seconds (summed over jobs), share of CPU, peak RSS (MB).
+
+    Reads Snakemake `benchmark:` TSVs (s, h:m:s, max_rss, ..., cpu_time; "NA" or "-" where
+    Snakemake measured nothing). A file with several rows (`repeat`) counts each row as a run.
+    """
+    per_stage: dict[str, dict[str, float]] = {}
+    for raw_path in benchmark_paths:
+        path = Path(raw_path)
+        stage = benchmark_stage(path)
+        try:
+            frame = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+            raise ValueError(f"{path}: not a Snakemake benchmark TSV ({error})") from error
+        missing = [c for c in ("s", "max_rss", "cpu_time") if c not in frame.columns]
+        if missing:
+            raise KeyError(f"{path}: benchmark TSV lacks columns {missing} (has {list(frame.columns)})")
+        totals = per_stage.setdefault(stage, {"jobs": 0, "cpu_s": 0.0, "wall_s": 0.0, "max_rss_mb": math.nan})
+        totals["jobs"] += 1
+        totals["wall_s"] += float(pd.to_numeric(frame["s"], errors="coerce").fillna(0).sum())
+        totals["cpu_s"] += float(pd.to_numeric(frame["cpu_time"], errors="coerce").fillna(0).sum())
+        rss = pd.to_numeric(frame["max_rss"], errors="coerce").max()
+        if not math.isnan(rss):
+            totals["max_rss_mb"] = rss if math.isnan(totals["max_rss_mb"]) else max(totals["max_rss_mb"], rss)
+    if not per_stage:
+        return pd.DataFrame(columns=TIME_COLUMNS)
+    table = pd.DataFrame([{"stage": stage, **totals} for stage, totals in per_stage.items()])
+    table = table.sort_values("cpu_s", ascending=False).reset_index(drop=True)
+    total_cpu = table["cpu_s"].sum()
+    table["cpu_share"] = table["cpu_s"] / total_cpu if total_cpu else math.nan
+    total = {
+        "stage": "total", "jobs": int(table["jobs"].sum()), "cpu_s": total_cpu, "wall_s": table["wall_s"].sum(),
+        "cpu_share": 1.0 if total_cpu else math.nan, "max_rss_mb": table["max_rss_mb"].max(),
+    }  # fmt: skip
+    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    table["jobs"] = table["jobs"].astype(int)
+    return table[TIME_COLUMNS]

@@ -1,0 +1,548 @@
+"""The statistics the report prints: retention as a ratio of chance-normalised means, and the paper's findings.
+
+Every interval comes from one paired, task-stratified bootstrap per model: for each (model, task)
+the dense model's evaluated items are resampled with replacement `samples` times, and the very same
+resamples (the same item indices) are applied to the dense run and to every pruned or recovered
+variant of that model. Differences between variants (sgr − data), between task types at one ratio
+(generative − classification) and between ratios are therefore paired too.
+
+On each resample, for a task t with chance level c_t (1/choices for multiple choice, 0 for free
+generation unless the result says otherwise) a score s becomes (s − c_t) / (1 − c_t). A task type's
+retention for a variant is
+
+    mean over informative tasks t of normalised(variant score on t)
+    ─────────────────────────────────────────────────────────────────
+    mean over informative tasks t of normalised(dense score on t)
+
+a ratio of means, never a mean of ratios, so a task with a tiny dense score cannot dominate it.
+A task is informative when the dense model's lower confidence bound beats chance by
+`min_dense_margin`; the others are listed with the reason. Beside each ratio: the absolute drop,
+the mean over the same tasks of (dense score − variant score), in points (0-100).
+
+A resample whose normalised dense mean is not positive has no retention; such draws are counted
+(`nan_draws`) and left out of the interval, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+VARIANT = ["model", "method", "ratio", "recovery"]
+TYPES = ("classification", "generative")
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How the intervals are drawn and which tasks count (config `report`)."""
+
+    samples: int = field(default=1000, metadata={"help": "paired-bootstrap resamples behind every interval"})
+    confidence: float = field(default=0.95, metadata={"help": "level of every interval (0-1)"})
+    seed: int = field(default=0, metadata={"help": "seeds the resampling (the same seed, the same intervals)"})
+    min_dense_margin: float = field(
+        default=0.05,
+        metadata={
+            "help": "a task counts towards its type's retention only if the dense model's lower confidence "
+            "bound exceeds chance by this much (score units, 0-1)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"report.bootstrap_samples must be at least 1, got {self.samples}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"report.confidence must lie in (0, 1), got {self.confidence}")
+        if not 0 <= self.min_dense_margin < 1:
+            raise ValueError(f"report.min_dense_margin must lie in [0, 1), got {self.min_dense_margin}")
+
+
+# ----------------------------------------------------------------------------- per-sample inputs
+
+
+def sample_scores(result: dict[str, Any]) -> dict[Any, float]:
+    """id -> the sample's score: its numeric `score` (e.g. ROUGE-L) if any, else `correct` as 0/1."""
+    scores = {}
+    for sample in result.get("samples") or []:
+        if "id" not in sample:
+            continue
+        score = sample.get("score")
+        if not isinstance(score, (int, float)) or isinstance(score, bool):
+            if "correct" not in sample:
+                continue
+            score = float(bool(sample["correct"]))
+        scores[_key(sample["id"])] = float(score)
+    return scores
+
+
+def _key(sample_id: Any) -> Any:
+    return tuple(sample_id) if isinstance(sample_id, list) else sample_id
+
+
+def _id_order(sample_id: Any) -> tuple:
+    """Numeric ids in numeric order, then the rest as text: a fixed order for the resample weights."""
+    numeric = isinstance(sample_id, (int, float)) and not isinstance(sample_id, bool)
+    return (0, sample_id, "") if numeric else (1, 0, str(sample_id))
+
+
+def choice_count(sample: dict[str, Any]) -> int | None:
+    """How many choices a multiple-choice sample had: `n_choices`, or the length of `choices` / `loglikelihoods`."""
+    if isinstance(sample.get("n_choices"), int):
+        return sample["n_choices"]
+    for key in ("choices", "loglikelihoods"):
+        if isinstance(sample.get(key), list) and sample[key]:
+            return len(sample[key])
+    return None
+
+
+def task_chance(result: dict[str, Any], where: str = "") -> tuple[float, str]:
+    """(chance level, where it came from) for a result: the score a random guesser expects.
+
+    A top-level `chance` (the task's own say) wins; else a multiple-choice task's chance is the
+    mean over its samples of 1/choices (lm-eval records one log-likelihood per choice); free
+    generation is 0.
+    """
+    if "chance" in result and result["chance"] is not None:
+        chance = result["chance"]
+        if not isinstance(chance, (int, float)) or not 0 <= chance < 1:
+            raise ValueError(f"{where or result.get('task')}: `chance` must be a number in [0, 1), got {chance!r}")
+        return float(chance), "given by the task"
+    counts = [choice_count(s) for s in result.get("samples") or []]
+    known = [c for c in counts if c]
+    if known:
+        if min(known) < 2:
+            raise ValueError(f"{where or result.get('task')}: a multiple-choice sample with fewer than 2 choices")
+        choices = sorted(set(known))
+        label = f"{choices[0]}" if len(choices) == 1 else f"{choices[0]}-{choices[-1]}"
+        return float(np.mean([1 / c for c in known])), f"1/choices ({label} choices)"
+    if result.get("type") == "classification":
+        return 0.0, "choices not recorded: taken as 0"
+    return 0.0, "free generation"
+
+
+# ----------------------------------------------------------------------------- the bootstrap
+
+
+@dataclass
+class TaskBase:
+    """One (model, task): the dense run, its chance level and the resamples shared by every variant."""
+
+    model: str
+    task: str
+    type: str
+    metric: str
+    ids: list[Any]
+    dense: np.ndarray
+    dense_value: float
+    chance: float
+    chance_source: str
+    weights: np.ndarray  # (samples, n): how often each item appears in each resample
+    dense_low: float
+    dense_high: float
+    informative: bool
+    reason: str
+
+    def index(self) -> dict[Any, int]:
+        return {sample_id: i for i, sample_id in enumerate(self.ids)}
+
+
+def resample_weights(n: int, settings: BootstrapSettings, *key: Any) -> np.ndarray:
+    """(samples, n) counts: resample b draws item i weights[b, i] times (n draws with replacement).
+
+    Seeded per key (model, task), so the draws depend neither on the order of the results nor
+    on which variants exist.
+    """
+    rng = np.random.default_rng([settings.seed, zlib.crc32("/".join(map(str, key)).encode())])
+    return rng.multinomial(n, np.full(n, 1 / n), size=settings.samples).astype(float)
+
+
+def interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile interval of the finite draws (NaN, NaN when none is finite)."""
+    finite = draws[np.isfinite(draws)]
+    if not len(finite):
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def task_base(dense_result: dict[str, Any], settings: BootstrapSettings) -> TaskBase:
+    scores = sample_scores(dense_result)
+    ids = sorted(scores, key=_id_order)
+    dense = np.array([scores[i] for i in ids])
+    chance, source = task_chance(dense_result, f"{dense_result['model']}/dense/{dense_result['task']}")
+    weights = resample_weights(len(ids), settings, dense_result["model"], dense_result["task"]) if ids else None
+    if ids:
+        low, high = interval(weights @ dense / len(ids), settings.confidence)
+        threshold = chance + settings.min_dense_margin
+        informative = low > threshold
+        margin = settings.min_dense_margin
+        reason = "" if informative else f"dense lower bound {low:.3f} ≤ chance {chance:.3f} + margin {margin:g}"
+    else:
+        low = high = math.nan
+        informative, reason = False, "dense result has no per-sample scores to resample"
+    return TaskBase(
+        model=dense_result["model"],
+        task=dense_result["task"],
+        type=dense_result.get("type", "unknown"),
+        metric=dense_result.get("metric", ""),
+        ids=ids,
+        dense=dense,
+        dense_value=float(dense_result["value"]),
+        chance=chance,
+        chance_source=source,
+        weights=weights if weights is not None else np.zeros((settings.samples, 0)),
+        dense_low=low,
+        dense_high=high,
+        informative=informative,
+        reason=reason,
+    )
+
+
+@dataclass
+class Paired:
+    """A variant's and the dense model's mean score on one task: on all shared items and per resample."""
+
+    variant: float
+    dense: float
+    variant_draws: np.ndarray
+    dense_draws: np.ndarray
+    n: int
+
+
+def paired_means(base: TaskBase, variant_result: dict[str, Any]) -> Paired | None:
+    """Means over the items both runs scored, on the full sample and on each of the base's resamples.
+
+    Returns None when the runs share no item.
+    """
+    scores = sample_scores(variant_result)
+    index = base.index()
+    shared = [index[i] for i in scores if i in index]
+    if not shared:
+        return None
+    mask = np.zeros(len(base.ids))
+    mask[shared] = 1.0
+    variant = np.zeros(len(base.ids))
+    for sample_id, score in scores.items():
+        if sample_id in index:
+            variant[index[sample_id]] = score
+    counted = base.weights @ mask  # items of resample b that the variant also scored
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variant_draws = np.where(counted > 0, base.weights @ variant / counted, np.nan)
+        dense_draws = np.where(counted > 0, base.weights @ (base.dense * mask) / counted, np.nan)
+    return Paired(
+        variant=float(variant[shared].mean()),
+        dense=float(base.dense[shared].mean()),
+        variant_draws=variant_draws,
+        dense_draws=dense_draws,
+        n=len(shared),
+    )
+
+
+def normalised(score: np.ndarray | float, chance: float) -> np.ndarray | float:
+    return (score - chance) / (1 - chance)
+
+
+@dataclass
+class TypeDraws:
+    """A variant's retention and drop on one task type, point estimate and per-resample draws."""
+
+    retention: float
+    retention_draws: np.ndarray
+    drop: float
+    drop_draws: np.ndarray
+    tasks: tuple[str, ...]
+
+
+def _ratio_of_means(variant: np.ndarray, dense: np.ndarray, chances: np.ndarray) -> np.ndarray:
+    """Mean normalised variant score ÷ mean normalised dense score over the task axis (0); NaN where ≤ 0."""
+    numerator = normalised(variant, chances[:, None]).mean(0)
+    denominator = normalised(dense, chances[:, None]).mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def combine(bases: list[TaskBase], pairs: list[Paired]) -> TypeDraws:
+    """Retention (ratio of mean chance-normalised scores) and drop (points) over the given tasks."""
+    chances = np.array([b.chance for b in bases])
+    points_variant = np.array([[p.variant] for p in pairs])
+    points_dense = np.array([[p.dense] for p in pairs])
+    draws_variant = np.vstack([p.variant_draws for p in pairs])
+    draws_dense = np.vstack([p.dense_draws for p in pairs])
+    return TypeDraws(
+        retention=float(_ratio_of_means(points_variant, points_dense, chances)[0]),
+        retention_draws=_ratio_of_means(draws_variant, draws_dense, chances),
+        drop=float((points_dense - points_variant).mean() * 100),
+        drop_draws=(draws_dense - draws_variant).mean(0) * 100,
+        tasks=tuple(b.task for b in bases),
+    )
+
+
+@dataclass
+class Retention:
+    """Everything the report prints about retention, and the draws the findings are computed from."""
+
+    per_task: pd.DataFrame
+    per_type: pd.DataFrame
+    tasks: pd.DataFrame  # one row per (model, task): dense score, its interval, chance, informative, reason
+    draws: dict[tuple[tuple, str], TypeDraws]  # (variant, type) -> draws
+    settings: BootstrapSettings
+
+
+TASK_COLUMNS = [
+    *VARIANT, "task", "type", "metric", "value", "dense_value", "chance", "informative", "retention", "ci_low",
+    "ci_high", "drop_points", "drop_low", "drop_high", "raw_retention", "n", "nan_draws",
+]  # fmt: skip
+TYPE_COLUMNS = [
+    *VARIANT, "type", "retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high", "tasks",
+    "excluded", "nan_draws", "draws",
+]  # fmt: skip
+BASE_COLUMNS = [
+    "model", "task", "type", "metric", "dense_value", "dense_mean", "dense_low", "dense_high", "chance",
+    "chance_source", "n", "informative", "reason",
+]  # fmt: skip
+
+
+def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Retention:
+    """Per-task and per-type retention with paired intervals, for every pruned variant of every model."""
+    bases: dict[tuple[str, str], TaskBase] = {}
+    for result in results:
+        if result["method"] == "dense":
+            key = (result["model"], result["task"])
+            if key in bases:
+                raise ValueError(f"more than one dense result for model {key[0]!r}, task {key[1]!r}")
+            bases[key] = task_base(result, settings)
+    task_rows: list[dict[str, Any]] = []
+    paired: dict[tuple, dict[str, Paired]] = {}
+    types: dict[tuple, str] = {}
+    for result in results:
+        if result["method"] == "dense":
+            continue
+        variant = tuple(result[k] for k in VARIANT)
+        base = bases.get((result["model"], result["task"]))
+        pair = paired_means(base, result) if base else None
+        row: dict[str, Any] = dict(zip(VARIANT, variant, strict=True))
+        row.update(task=result["task"], type=result.get("type", "unknown"), metric=result.get("metric", ""))
+        row.update(value=float(result["value"]), dense_value=base.dense_value if base else math.nan)
+        row["raw_retention"] = row["value"] / row["dense_value"] if row["dense_value"] else math.nan
+        row.update(chance=base.chance if base else math.nan, informative=bool(base and base.informative))
+        row.update(n=pair.n if pair else 0, nan_draws=0)
+        row.update(dict.fromkeys(["retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high"], math.nan))
+        if pair is not None:
+            single = combine([base], [pair])
+            row["drop_points"] = single.drop
+            row["drop_low"], row["drop_high"] = interval(single.drop_draws, settings.confidence)
+            if base.informative:
+                row["retention"] = single.retention
+                row["ci_low"], row["ci_high"] = interval(single.retention_draws, settings.confidence)
+                row["nan_draws"] = int(np.isnan(single.retention_draws).sum())
+            paired.setdefault(variant, {})[result["task"]] = pair
+        types[(variant, result["task"])] = row["type"]
+        task_rows.append(row)
+    per_task = pd.DataFrame(task_rows, columns=TASK_COLUMNS)
+
+    type_rows, draws = [], {}
+    variant_types = sorted({(variant, task_type) for (variant, _), task_type in types.items()}, key=str)
+    for variant, task_type in variant_types:
+        model = variant[0]
+        evaluated = sorted(task for (v, task), t in types.items() if v == variant and t == task_type)
+        counted = [task for task in evaluated if task in paired.get(variant, {}) and bases[(model, task)].informative]
+        row = dict(zip(VARIANT, variant, strict=True)) | {"type": task_type, "tasks": len(counted)}
+        row.update(excluded=len(evaluated) - len(counted), draws=settings.samples)
+        if counted:
+            combined = combine([bases[(model, t)] for t in counted], [paired[variant][t] for t in counted])
+            draws[(variant, task_type)] = combined
+            row.update(retention=combined.retention, drop_points=combined.drop)
+            row["ci_low"], row["ci_high"] = interval(combined.retention_draws, settings.confidence)
+            row["drop_low"], row["drop_high"] = interval(combined.drop_draws, settings.confidence)
+            row["nan_draws"] = int(np.isnan(combined.retention_draws).sum())
+        type_rows.append(row)
+    per_type = pd.DataFrame(type_rows, columns=TYPE_COLUMNS)
+    base_rows = [
+        {
+            "model": b.model,
+            "task": b.task,
+            "type": b.type,
+            "metric": b.metric,
+            "dense_value": b.dense_value,
+            "dense_mean": float(b.dense.mean()) if len(b.ids) else math.nan,
+            "dense_low": b.dense_low,
+            "dense_high": b.dense_high,
+            "chance": b.chance,
+            "chance_source": b.chance_source,
+            "n": len(b.ids),
+            "informative": b.informative,
+            "reason": b.reason,
+        }  # fmt: skip
+        for b in sorted(bases.values(), key=lambda b: (b.model, b.task))
+    ]
+    return Retention(per_task, per_type, pd.DataFrame(base_rows, columns=BASE_COLUMNS), draws, settings)
+
+
+# ----------------------------------------------------------------------------- findings
+
+REPRODUCED, NOT_REPRODUCED, UNDECIDED, NOT_TESTED = "reproduced", "not reproduced", "undecided", "not tested"
+FINDING_COLUMNS = ["model", "finding", "claim", "statistic", "estimate", "ci_low", "ci_high", "verdict", "detail"]
+
+
+@dataclass
+class Contrast:
+    """A paired difference averaged over several (method, ratio) cells: point estimate and draws."""
+
+    point: float
+    draws: np.ndarray
+    cells: int
+    unit: str = "(method, ratio) cell"
+
+
+def _mean_contrast(pairs: list[tuple[TypeDraws, TypeDraws]]) -> Contrast | None:
+    """Mean over pairs of (first − second) retention, per draw."""
+    if not pairs:
+        return None
+    point = float(np.mean([a.retention - b.retention for a, b in pairs]))
+    draws = np.mean([a.retention_draws - b.retention_draws for a, b in pairs], axis=0)
+    return Contrast(point, draws, len(pairs))
+
+
+def verdict(contrast: Contrast, sign: int, confidence: float) -> tuple[str, float, float, str]:
+    """(verdict, ci_low, ci_high, detail): reproduced only when the interval lies wholly on the paper's side of 0."""
+    finite = np.isfinite(contrast.draws)
+    low, high = interval(contrast.draws, confidence)
+    detail = f"mean over {contrast.cells} {contrast.unit}{'s' if contrast.cells > 1 else ''}"
+    missing = int((~finite).sum())
+    if missing:
+        detail += f"; {missing} of {len(finite)} draws had no retention (dense mean ≤ chance) and are left out"
+    if finite.sum() < len(finite) / 2:
+        return NOT_TESTED, low, high, f"retention undefined in {missing} of {len(finite)} draws"
+    if sign * low > 0 and sign * high > 0:
+        return REPRODUCED, low, high, detail
+    if sign * low < 0 and sign * high < 0:
+        return NOT_REPRODUCED, low, high, detail
+    return UNDECIDED, low, high, detail + "; the interval covers 0"
+
+
+def _cells(draws: dict, model: str, task_type: str, recovery: str) -> dict[tuple[str, float], TypeDraws]:
+    """(method, ratio) -> draws of one model, type and recovery."""
+    return {
+        (variant[1], variant[2]): d
+        for (variant, t), d in draws.items()
+        if variant[0] == model and t == task_type and variant[3] == recovery
+    }
+
+
+def findings(stats: Retention) -> pd.DataFrame:
+    """The paper's three findings, per model, each as a paired difference with its interval and a verdict.
+
+    (i)   generation loses more than classification: generative − classification retention with no
+          recovery, within each (method, ratio), averaged over them; the paper: < 0.
+    (ii)  SGR recovers generation better than the data control (sgr − data) and than no recovery
+          (sgr − none): generative retention, within each (method, ratio), averaged; the paper: > 0.
+    (iii) recovery shrinks as the ratio grows: gain(r) = generative retention of the best recovery − none
+          at ratio r; per method gain(lowest ratio) − gain(highest ratio), averaged over methods; the
+          paper: > 0. The best recovery is the one with the largest mean point gain, chosen once and
+          held fixed in every draw (so that no draw picks its own luckiest recovery).
+    """
+    confidence = stats.settings.confidence
+    models = sorted({variant[0] for variant, _ in stats.draws} | set(stats.per_type["model"]))
+    rows = []
+    for model in models:
+
+        def row(
+            finding: str, claim: str, statistic: str, contrast: Contrast | None, sign: int, why: str, model=model
+        ) -> None:
+            entry = {"model": model, "finding": finding, "claim": claim, "statistic": statistic}
+            if contrast is None:
+                entry.update(estimate=math.nan, ci_low=math.nan, ci_high=math.nan, verdict=NOT_TESTED, detail=why)
+            else:
+                result, low, high, detail = verdict(contrast, sign, confidence)
+                entry.update(estimate=contrast.point, ci_low=low, ci_high=high, verdict=result, detail=detail)
+            rows.append(entry)
+
+        gen_none = _cells(stats.draws, model, "generative", NONE)
+        cls_none = _cells(stats.draws, model, "classification", NONE)
+        shared = sorted(set(gen_none) & set(cls_none))
+        why = _absent(stats, model, {"generative": gen_none, "classification": cls_none}, "recovery none")
+        row(
+            "i",
+            "generation loses more than classification at equal ratio",
+            "generative − classification retention, no recovery",
+            _mean_contrast([(gen_none[c], cls_none[c]) for c in shared]),
+            -1,
+            why,
+        )
+        sgr = _cells(stats.draws, model, "generative", "sgr")
+        for control in ("data", NONE):
+            other = _cells(stats.draws, model, "generative", control)
+            shared = sorted(set(sgr) & set(other))
+            why = _absent(stats, model, {"sgr": sgr, control: other}, "generative retention")
+            row(
+                "ii",
+                f"SGR recovers generation more than {'the data control' if control == 'data' else 'no recovery'}",
+                f"sgr − {control} generative retention",
+                _mean_contrast([(sgr[c], other[c]) for c in shared]),
+                +1,
+                why,
+            )
+        contrast, statistic, why = _shrinking_recovery(stats, model)
+        row("iii", "recovery shrinks as the ratio grows", statistic, contrast, +1, why)
+    return pd.DataFrame(rows, columns=FINDING_COLUMNS)
+
+
+def _absent(stats: Retention, model: str, arms: dict[str, dict], what: str) -> str:
+    """Why a contrast has no cell: which arm is missing, and whether its tasks were all excluded."""
+    missing = [name for name, cells in arms.items() if not cells]
+    if not missing:
+        return "no (method, ratio) has both arms"
+    reasons = []
+    for name in missing:
+        task_type = name if name in TYPES else "generative"
+        bases = stats.tasks[(stats.tasks["model"] == model) & (stats.tasks["type"] == task_type)]
+        if not len(bases):
+            reasons.append(f"no {task_type} task evaluated")
+        elif not bases["informative"].any():
+            reasons.append(f"no informative {task_type} task ({len(bases)} excluded)")
+        else:
+            reasons.append(f"no {name} variant with {what}")
+    return "; ".join(reasons)
+
+
+def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, str, str]:
+    none = _cells(stats.draws, model, "generative", NONE)
+    recoveries = sorted({v[3] for v, t in stats.draws if v[0] == model and t == "generative"} - {NONE})
+    if not none or not recoveries:
+        return None, "gain(lowest ratio) − gain(highest ratio)", "needs generative retention with none and a recovery"
+    gains = {}
+    for recovery in recoveries:
+        cells = _cells(stats.draws, model, "generative", recovery)
+        shared = set(cells) & set(none)
+        if shared:
+            gains[recovery] = np.mean([cells[c].retention - none[c].retention for c in shared])
+    if not gains:
+        return None, "gain(lowest ratio) − gain(highest ratio)", "no (method, ratio) has a recovery and none"
+    best = max(sorted(gains), key=gains.__getitem__)
+    cells = _cells(stats.draws, model, "generative", best)
+    statistic = f"gain(lowest ratio) − gain(highest ratio), gain = {best} − none generative retention"
+    per_method = []
+    for method in sorted({m for m, _ in cells}):
+        ratios = sorted(r for m, r in set(cells) & set(none) if m == method)
+        if len(ratios) >= 2:
+            low, high = (method, ratios[0]), (method, ratios[-1])
+            point = (cells[low].retention - none[low].retention) - (cells[high].retention - none[high].retention)
+            draws = (cells[low].retention_draws - none[low].retention_draws) - (
+                cells[high].retention_draws - none[high].retention_draws
+            )
+            per_method.append((point, draws))
+    if not per_method:
+        return None, statistic, "one ratio only: nothing to compare across ratios"
+    contrast = Contrast(
+        float(np.mean([p for p, _ in per_method])),
+        np.mean([d for _, d in per_method], axis=0),
+        len(per_method),
+        unit="method",
+    )
+    return contrast, statistic, ""

@@ -1,0 +1,409 @@
+"""The report's statistics on constructed results whose right answer is known.
+
+Items are scored by a rule (item i is correct when i < k), so a variant's hits are a subset of
+the dense model's and every ratio, drop and pairing is known in closed form.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
+
+from layerprune.aggregate import aggregate
+from layerprune.io import write_json
+from layerprune.report import time_table
+from layerprune.retention import (
+    NOT_REPRODUCED,
+    NOT_TESTED,
+    REPRODUCED,
+    UNDECIDED,
+    BootstrapSettings,
+    Contrast,
+    findings,
+    resample_weights,
+    retention,
+    task_chance,
+    verdict,
+)
+
+SETTINGS = BootstrapSettings(samples=2000, seed=0)
+
+
+def result(task: str, task_type: str, method: str, ratio: float, recovery: str, hits: int, n: int, **extra) -> dict:
+    """A result JSON in the evaluate contract: items shift..shift+hits-1 correct, `choices` log-likelihoods if given."""
+    choices, shift = extra.pop("choices", None), extra.pop("shift", 0)
+    samples = [{"id": i, "correct": shift <= i < shift + hits, "output": "x"} for i in range(n)]
+    if choices:
+        for sample in samples:
+            sample["loglikelihoods"] = [-1.0] * choices
+    return {
+        "model": extra.pop("model", "m"), "method": method, "ratio": ratio, "recovery": recovery, "task": task,
+        "type": task_type, "metric": "accuracy", "value": hits / n, "n": n, "samples": samples, **extra,
+    }  # fmt: skip
+
+
+def dense(task: str, task_type: str, hits: int, n: int, **extra) -> dict:
+    return result(task, task_type, "dense", 0.0, "none", hits, n, **extra)
+
+
+# The issue's constructed collapse: arithmetic 13 -> 6 of 30, plural 44 -> 8 of 100, dyck a lucky 2 -> 4 of 16.
+COLLAPSE = [
+    dense("arithmetic", "generative", 13, 30),
+    result("arithmetic", "generative", "bi", 0.2, "none", 6, 30),
+    dense("plural", "generative", 44, 100),
+    result("plural", "generative", "bi", 0.2, "none", 8, 100),
+    dense("dyck", "generative", 2, 16),
+    result("dyck", "generative", "bi", 0.2, "none", 4, 16),
+]
+
+
+def type_row(frame: pd.DataFrame, task_type: str, recovery: str = "none", ratio: float = 0.2) -> pd.Series:
+    rows = frame[(frame["type"] == task_type) & (frame["recovery"] == recovery) & np.isclose(frame["ratio"], ratio)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_collapse_reads_as_a_collapse_through_aggregate(tmp_path):
+    """Old code: a mean of per-task ratios, 0.88 [0.24, 2.22] with dyck's lucky 2.0 counted, and tasks = 3."""
+    paths = []
+    for i, entry in enumerate(COLLAPSE):
+        write_json(tmp_path / f"{i}.json", entry)
+        paths.append(tmp_path / f"{i}.json")
+    aggregate(paths, tmp_path / "out", bootstrap_samples=2000, seed=0)
+    per_type = pd.read_csv(tmp_path / "out" / "retention_by_type.csv")
+    row = type_row(per_type, "generative")
+    # dyck (dense 2/16: lower bound 0, not above chance 0 + 0.05) is left out; the rest is a ratio of means.
+    assert row["tasks"] == 2 and row["excluded"] == 1
+    assert row["retention"] == pytest.approx((6 / 30 + 8 / 100) / (13 / 30 + 44 / 100))
+    assert row["ci_high"] < 0.6 and row["ci_low"] > 0.05
+    assert row["drop_points"] == pytest.approx(((13 - 6) / 30 + (44 - 8) / 100) / 2 * 100)
+    assert row["drop_low"] > 15 and row["nan_draws"] == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "`dyck` (generative; dense lower bound 0.000 ≤ chance 0.000 + margin 0.05)" in report
+
+
+def test_lucky_draw_on_an_uninformative_task_counts_for_nothing():
+    stats = retention(COLLAPSE[4:], SETTINGS)
+    row = type_row(stats.per_type, "generative")
+    assert row["tasks"] == 0 and row["excluded"] == 1 and np.isnan(row["retention"])
+    task = stats.per_task.iloc[0]
+    assert not task["informative"] and np.isnan(task["retention"])
+    assert task["raw_retention"] == 2.0  # what the old headline averaged in
+    assert task["drop_points"] == pytest.approx(-12.5) and task["drop_low"] < 0 <= task["drop_high"]
+    verdicts = findings(stats)
+    assert (verdicts["verdict"] == NOT_TESTED).all()
+    assert "no informative generative task (1 excluded)" in verdicts.iloc[1]["detail"]
+
+
+def test_chance_level_from_choices_and_a_task_at_chance_is_excluded():
+    assert task_chance(dense("mc", "classification", 1, 4, choices=4)) == (0.25, "1/choices (4 choices)")
+    assert task_chance(dense("gen", "generative", 1, 4)) == (0.0, "free generation")
+    assert task_chance(dense("gen", "generative", 1, 4, chance=0.1)) == (0.1, "given by the task")
+    mixed = dense("mc", "classification", 1, 4)
+    for sample, count in zip(mixed["samples"], [2, 2, 4, 4], strict=True):
+        sample["loglikelihoods"] = [0.0] * count
+    assert task_chance(mixed)[0] == pytest.approx((0.5 + 0.5 + 0.25 + 0.25) / 4)
+    with pytest.raises(ValueError, match="chance"):
+        task_chance(dense("gen", "generative", 1, 4, chance=1.5))
+    results = [
+        # 4 choices, the dense model right on 55 of 200: chance is 0.25, so 0.275 is not informative ...
+        dense("at_chance", "classification", 55, 200, choices=4),
+        result("at_chance", "classification", "bi", 0.2, "none", 20, 200, choices=4),
+        # ... while 150 of 200 is; its retention is normalised: (0.5 - 0.25) / (0.75 - 0.25) = 0.5.
+        dense("knows", "classification", 150, 200, choices=4),
+        result("knows", "classification", "bi", 0.2, "none", 100, 200, choices=4),
+    ]
+    stats = retention(results, SETTINGS)
+    row = type_row(stats.per_type, "classification")
+    assert row["tasks"] == 1 and row["excluded"] == 1
+    assert row["retention"] == pytest.approx(0.5)
+    assert row["drop_points"] == pytest.approx(25.0)  # raw points lost: 75 % -> 50 %
+    tasks = stats.tasks.set_index("task")
+    assert tasks.loc["at_chance", "chance"] == 0.25 and not tasks.loc["at_chance", "informative"]
+    assert "≤ chance 0.250 + margin 0.05" in tasks.loc["at_chance", "reason"]
+    # The margin is a setting: with a lower bar... still at chance; with a higher one, nothing counts.
+    strict = retention(results, BootstrapSettings(samples=500, min_dense_margin=0.6))
+    assert type_row(strict.per_type, "classification")["tasks"] == 0
+
+
+def test_all_zero_dense_has_no_retention_and_no_nan_draws():
+    results = [dense("zero", "generative", 0, 20), result("zero", "generative", "bi", 0.2, "none", 0, 20)]
+    stats = retention(results, SETTINGS)
+    row = type_row(stats.per_type, "generative")
+    assert row["tasks"] == 0 and np.isnan(row["retention"]) and np.isnan(row["ci_low"])
+    task = stats.per_task.iloc[0]
+    assert task["drop_points"] == 0 and task["drop_low"] == task["drop_high"] == 0
+    assert stats.tasks.iloc[0]["reason"].startswith("dense lower bound 0.000")
+
+
+def test_one_task_only_equals_its_own_normalised_ratio():
+    results = [dense("only", "generative", 120, 160), result("only", "generative", "bi", 0.2, "none", 40, 160)]
+    stats = retention(results, SETTINGS)
+    row, task = type_row(stats.per_type, "generative"), stats.per_task.iloc[0]
+    assert row["retention"] == task["retention"] == pytest.approx(40 / 120)
+    assert (row["ci_low"], row["ci_high"]) == (task["ci_low"], task["ci_high"])
+    assert row["drop_points"] == pytest.approx(50.0)
+    # Variant hits are a subset of the dense hits: per resample retention = hits in [0,40) / hits in [0,120).
+    weights = resample_weights(160, SETTINGS, "m", "only")
+    expected = weights[:, :40].sum(1) / weights[:, :120].sum(1)
+    assert np.percentile(expected, [2.5, 97.5]) == pytest.approx([row["ci_low"], row["ci_high"]])
+
+
+def test_identical_models_retain_one_and_drop_nothing_in_every_draw():
+    results = []
+    for task, task_type, hits in [("a", "generative", 30), ("b", "generative", 50), ("c", "classification", 70)]:
+        results.append(dense(task, task_type, hits, 100))
+        for ratio in (0.1, 0.3):
+            for recovery in ("none", "data", "sgr"):
+                results.append(result(task, task_type, "bi", ratio, recovery, hits, 100))
+    stats = retention(results, BootstrapSettings(samples=300))
+    assert np.allclose(stats.per_type[["retention", "ci_low", "ci_high"]], 1.0)
+    assert np.allclose(stats.per_type[["drop_points", "drop_low", "drop_high"]], 0.0)
+    for draws in stats.draws.values():
+        assert np.allclose(draws.retention_draws, 1.0) and np.allclose(draws.drop_draws, 0.0)
+    verdicts = findings(stats)
+    assert list(verdicts["verdict"][1:]) == [UNDECIDED] * 3  # sgr = data = none at every ratio: exactly 0
+    assert (verdicts[["estimate", "ci_low", "ci_high"]].iloc[1:].abs() < 1e-12).all().all()
+
+
+def test_draws_are_paired_across_variants_and_seeded():
+    base = [dense("t", "generative", 60, 100)]
+    variants = [result("t", "generative", "bi", 0.2, rec, hits, 100) for rec, hits in [("none", 30), ("sgr", 31)]]
+    stats = retention(base + variants, SETTINGS)
+    none, sgr = (stats.draws[(("m", "bi", 0.2, rec), "generative")] for rec in ("none", "sgr"))
+    # sgr differs from none on item 30 only: every draw's difference is (weight of item 30) / (dense hits).
+    weights = resample_weights(100, SETTINGS, "m", "t")
+    assert np.allclose(sgr.retention_draws - none.retention_draws, weights[:, 30] / weights[:, :60].sum(1))
+    again = retention(list(reversed(base + variants)), SETTINGS)
+    assert np.array_equal(again.draws[(("m", "bi", 0.2, "none"), "generative")].retention_draws, none.retention_draws)
+    other = retention(base + variants, BootstrapSettings(samples=2000, seed=1))
+    assert not np.array_equal(
+        other.draws[(("m", "bi", 0.2, "none"), "generative")].retention_draws, none.retention_draws
+    )
+    assert (weights.sum(1) == 100).all()
+
+
+def test_resamples_without_a_retention_are_counted_not_dropped(tmp_path):
+    # A weak dense task admitted by a lax setting: some resamples hold none of its 2 hits.
+    results = [dense("weak", "generative", 2, 16), result("weak", "generative", "bi", 0.2, "none", 1, 16)]
+    lax = BootstrapSettings(samples=2000, confidence=0.5, min_dense_margin=0.0)
+    stats = retention(results, lax)
+    row = type_row(stats.per_type, "generative")
+    weights = resample_weights(16, lax, "m", "weak")
+    empty = int((weights[:, :2].sum(1) == 0).sum())
+    assert row["tasks"] == 1 and row["nan_draws"] == empty > 0
+    assert stats.per_task.iloc[0]["nan_draws"] == empty
+    paths = []
+    for i, entry in enumerate(results):
+        write_json(tmp_path / f"{i}.json", entry)
+        paths.append(tmp_path / f"{i}.json")
+    aggregate(paths, tmp_path / "out", bootstrap_samples=2000, confidence=0.5, min_dense_margin=0.0)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"{empty} of 2000 resamples had a dense mean at or below chance" in report
+
+
+def test_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="min_dense_margin"):
+        BootstrapSettings(min_dense_margin=-0.1)
+    with pytest.raises(ValueError, match="confidence"):
+        BootstrapSettings(confidence=1.0)
+    with pytest.raises(ValueError, match="bootstrap_samples"):
+        BootstrapSettings(samples=0)
+
+
+# ----------------------------------------------------------------------------- findings
+
+N = 200
+
+
+def study(keep: dict[tuple[str, float, str], float | tuple], ratios=(0.1, 0.3), model: str = "m") -> list[dict]:
+    """Two tasks per type, dense 160/200 each (chance 0); keep[(type, ratio, recovery)] = share of hits kept.
+
+    A (share, shift) pair moves the variant's window of correct items by `shift`: hits the dense
+    model missed and misses it had, so that two variants differ in both directions.
+    """
+    results = []
+    for task, task_type in [
+        ("c1", "classification"),
+        ("c2", "classification"),
+        ("g1", "generative"),
+        ("g2", "generative"),
+    ]:
+        results.append(dense(task, task_type, 160, N, model=model))
+        for ratio in ratios:
+            for recovery in ("none", "data", "sgr"):
+                share = keep.get((task_type, ratio, recovery))
+                if share is not None:
+                    share, shift = share if isinstance(share, tuple) else (share, 0)
+                    hits = round(160 * share)
+                    results.append(result(task, task_type, "bi", ratio, recovery, hits, N, model=model, shift=shift))
+    return results
+
+
+def paper_like(gen_none=(0.4, 0.2), cls_none=(0.9, 0.7), sgr_gain=(0.3, 0.05), data_gain=(0.1, 0.0)) -> dict:
+    keep = {}
+    for i, ratio in enumerate((0.1, 0.3)):
+        keep[("classification", ratio, "none")] = cls_none[i]
+        keep[("generative", ratio, "none")] = gen_none[i]
+        keep[("generative", ratio, "sgr")] = gen_none[i] + sgr_gain[i]
+        keep[("generative", ratio, "data")] = gen_none[i] + data_gain[i]
+    return keep
+
+
+def verdicts_of(results: list[dict]) -> list[str]:
+    return list(findings(retention(results, SETTINGS))["verdict"])
+
+
+def test_findings_reproduced_on_paper_like_data():
+    frame = findings(retention(study(paper_like()), SETTINGS))
+    assert list(frame["finding"]) == ["i", "ii", "ii", "iii"]
+    assert list(frame["verdict"]) == [REPRODUCED] * 4
+    # (i) mean over ratios of gen - cls: (0.4 - 0.9 + 0.2 - 0.7) / 2; (ii) sgr - data (0.2 + 0.05) / 2 ...
+    assert frame["estimate"].tolist() == pytest.approx([-0.5, 0.125, 0.175, 0.25])
+    assert (frame["ci_low"] <= frame["estimate"]).all() and (frame["estimate"] <= frame["ci_high"]).all()
+    assert "sgr − none" in frame.iloc[3]["statistic"]  # the best recovery by its point gain
+
+
+def test_findings_not_reproduced_when_the_data_say_the_opposite():
+    opposite = paper_like(gen_none=(0.9, 0.7), cls_none=(0.4, 0.2), sgr_gain=(-0.1, -0.05), data_gain=(0.0, 0.2))
+    frame = findings(retention(study(opposite), SETTINGS))
+    assert list(frame["verdict"]) == [NOT_REPRODUCED] * 4
+    assert frame["ci_high"].iloc[1] < 0 and frame["ci_low"].iloc[0] > 0
+    assert "data − none" in frame.iloc[3]["statistic"]  # data gained more here, so it is the best recovery
+
+
+def test_findings_undecided_when_the_interval_covers_zero():
+    # Equal counts everywhere; sgr and data get 10-15 items right that none gets wrong, and the reverse.
+    close = {
+        (task_type, ratio, recovery): (0.5, {"none": 0, "sgr": 10, "data": 15 if ratio == 0.1 else 5}[recovery])
+        for task_type in ("classification", "generative")
+        for ratio in (0.1, 0.3)
+        for recovery in ("none", "sgr", "data")
+    }
+    frame = findings(retention(study(close), SETTINGS))
+    assert list(frame["verdict"]) == [UNDECIDED] * 4
+    assert ((frame["ci_low"] < 0) & (frame["ci_high"] > 0)).all()
+    assert frame["detail"].str.contains("covers 0").all()
+
+
+def test_findings_not_tested_say_why():
+    no_classification = [r for r in study(paper_like()) if r["type"] == "generative"]
+    frame = findings(retention(no_classification, SETTINGS))
+    assert frame.iloc[0]["verdict"] == NOT_TESTED and "no classification task evaluated" in frame.iloc[0]["detail"]
+    assert list(frame["verdict"][1:]) == [REPRODUCED] * 3
+    one_ratio = {k: v for k, v in paper_like().items() if k[1] == 0.1}
+    frame = findings(retention(study(one_ratio, ratios=(0.1,)), SETTINGS))
+    assert frame.iloc[3]["verdict"] == NOT_TESTED and "one ratio" in frame.iloc[3]["detail"]
+    no_data = {k: v for k, v in paper_like().items() if k[2] != "data"}
+    frame = findings(retention(study(no_data), SETTINGS))
+    assert frame.iloc[1]["verdict"] == NOT_TESTED and "no data variant" in frame.iloc[1]["detail"]
+    assert frame.iloc[2]["verdict"] == REPRODUCED
+
+
+def test_verdict_rules_on_given_draws():
+    draws = np.linspace(0.1, 0.3, 1001)
+    assert verdict(Contrast(0.2, draws, 1), +1, 0.95)[0] == REPRODUCED
+    assert verdict(Contrast(0.2, draws, 1), -1, 0.95)[0] == NOT_REPRODUCED
+    assert verdict(Contrast(0.0, draws - 0.2, 1), +1, 0.95)[0] == UNDECIDED
+    mostly_nan = np.where(np.arange(1001) < 600, np.nan, draws)
+    assert verdict(Contrast(0.2, mostly_nan, 1), +1, 0.95)[0] == NOT_TESTED
+    some_nan = np.where(np.arange(1001) < 10, np.nan, draws)
+    result, _, _, detail = verdict(Contrast(0.2, some_nan, 1), +1, 0.95)
+    assert result == REPRODUCED and "10 of 1001 draws had no retention" in detail
+
+
+def test_report_first_screen_gives_the_verdicts(tmp_path):
+    results = study(paper_like())
+    results += [dense("dyck", "generative", 2, 16), result("dyck", "generative", "bi", 0.1, "none", 4, 16)]
+    paths = []
+    for i, entry in enumerate(results):
+        write_json(tmp_path / f"{i}.json", entry)
+        paths.append(tmp_path / f"{i}.json")
+    aggregate(paths, tmp_path / "out", bootstrap_samples=500)
+    report = (tmp_path / "out" / "report.md").read_text()
+    first_screen = "\n".join(report.splitlines()[:40])
+    assert "## Findings" in first_screen
+    for claim in ["(i) generation loses more than classification", "(ii) SGR recovers generation more than the data"]:
+        line = next(line for line in first_screen.splitlines() if claim in line)
+        assert "| **reproduced** |" in line and "[" in line
+    assert "`dyck` (generative; dense lower bound" in first_screen
+    assert "![retention against the pruning ratio](plots/retention_by_type.png)" in first_screen
+    verdict_table = pd.read_csv(tmp_path / "out" / "findings.csv")
+    assert list(verdict_table["verdict"]) == [REPRODUCED] * 4
+    counted = pd.read_csv(tmp_path / "out" / "tasks_counted.csv")
+    assert counted.set_index("task")["informative"].to_dict() == {
+        "c1": True, "c2": True, "dyck": False, "g1": True, "g2": True
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- where the time went
+
+
+def _benchmark(path: Path, rows: list[tuple[float, float | None, float | None]]) -> Path:
+    """A benchmark TSV as Snakemake writes it: (seconds, max RSS MB, CPU seconds) per run; None = not measured."""
+    records = []
+    for seconds, rss, cpu in rows:
+        record = BenchmarkRecord(running_time=seconds, max_rss=rss, cpu_time=cpu)
+        record.data_collected = rss is not None
+        records.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_benchmark_records(records, str(path), False)
+    return path
+
+
+def test_time_table_sums_per_stage(tmp_path):
+    bench = tmp_path / "benchmarks"
+    paths = [
+        _benchmark(bench / "evaluate" / "m" / "bi" / "t1.tsv", [(10.0, 500.0, 9.0)]),
+        _benchmark(bench / "evaluate" / "m" / "bi" / "t2.tsv", [(20.0, 700.0, 18.0)]),
+        _benchmark(bench / "recover" / "m_sgr.tsv", [(60.0, 1200.0, 110.0)]),
+        _benchmark(bench / "prune" / "m.tsv", [(3.0, None, None)]),  # Snakemake measured nothing: NA
+    ]
+    table = time_table(paths).set_index("stage")
+    assert list(table.index) == ["recover", "evaluate", "prune", "total"]
+    assert table.loc["evaluate", ["jobs", "cpu_s", "wall_s", "max_rss_mb"]].tolist() == [2, 27.0, 30.0, 700.0]
+    assert (
+        table.loc["prune", "jobs"] == 1
+        and table.loc["prune", "cpu_s"] == 0
+        and np.isnan(table.loc["prune", "max_rss_mb"])
+    )
+    assert table.loc["total", ["jobs", "cpu_s", "wall_s", "max_rss_mb"]].tolist() == [4, 137.0, 93.0, 1200.0]
+    assert table.loc["recover", "cpu_share"] == pytest.approx(110 / 137)
+    with pytest.raises(ValueError, match="stray.tsv"):
+        time_table([_benchmark(tmp_path / "elsewhere" / "stray.tsv", [(1.0, 1.0, 1.0)])])
+    (bench / "evaluate" / "bad.tsv").write_text("wall\n3\n")
+    with pytest.raises(KeyError, match="bad.tsv"):
+        time_table([bench / "evaluate" / "bad.tsv"])
+
+
+def test_time_table_from_a_real_snakemake_run(tmp_path):
+    (tmp_path / "Snakefile").write_text(
+        textwrap.dedent(
+            """
+            rule all:
+                input: expand("out/{i}.txt", i=[1, 2])
+            rule busy:
+                output: "out/{i}.txt"
+                benchmark: "benchmarks/busy/{i}.tsv"
+                shell: "python -c 'sum(range(3_000_000))' && touch {output}"
+            """
+        )
+    )
+    snakemake = Path(sys.executable).parent / "snakemake"
+    subprocess.run([str(snakemake), "--cores", "1", "--quiet"], cwd=tmp_path, check=True, capture_output=True)
+    paths = sorted((tmp_path / "benchmarks").rglob("*.tsv"))
+    assert len(paths) == 2
+    table = time_table(paths).set_index("stage")
+    assert table.loc["busy", "jobs"] == 2 and table.loc["busy", "wall_s"] > 0
+    write_json(tmp_path / "r.json", COLLAPSE[0])
+    aggregate([tmp_path / "r.json"], tmp_path / "report", bootstrap_samples=50, benchmark_paths=paths)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Where the time went" in report and "| busy | 2 |" in report
+    assert pd.read_csv(tmp_path / "report" / "time.csv")["stage"].tolist() == ["busy", "total"]
