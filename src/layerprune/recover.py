@@ -306,7 +306,7 @@ def check_adapter_folded(model_dir: Path, merged, quantised_peft) -> int:
         if key not in stored or key not in merged_weights:
             raise ValueError(f"qlora merge check: the adapter's layer {key} is not in {model_dir} or the merged model")
         weight = merged_weights[key].detach().float().cpu()
-        update = module.lora_B["default"].weight.float() @ module.lora_A["default"].weight.float()
+        update = module.lora_B["default"].weight.detach().float() @ module.lora_A["default"].weight.detach().float()
         expected = stored[key]().float() + module.scaling["default"] * update.cpu()
         eps = torch.finfo(merged_weights[key].dtype).eps
         worst = float(((weight - expected).abs() - 4 * eps * expected.abs()).max())
