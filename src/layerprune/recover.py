@@ -148,6 +148,29 @@ def prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
+def prepare_work_dir_once(work_dir: Path, fingerprint: str) -> Path | None:
+    """`prepare_work_dir` by one process of a multi-process run; every process gets the checkpoint to resume from.
+
+    Under accelerate / torchrun each process runs this same job: if all of them wiped
+    stale checkpoints and wrote the marker at once, one could delete what another just
+    wrote. The first process prepares the work dir while the others wait at a barrier.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return prepare_work_dir(work_dir, fingerprint)
+    import torch
+    from accelerate import PartialState
+
+    # cpu=True picks the gloo backend on a machine without GPUs (the Trainer asks for the same).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.is_main_process:
+        prepare_work_dir(work_dir, fingerprint)
+    state.wait_for_everyone()
+    checkpoints = _complete_checkpoints(work_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
 def write_loss_curve(log_history: list[dict[str, Any]], out_dir: Path, title: str) -> list[dict[str, Any]]:
     """Write loss_curve.csv and loss_curve.png from the Trainer's log history."""
     import matplotlib
@@ -454,7 +477,7 @@ def recover_checkpoint(
     records = _dataset_records(dataset_path, recovery)
     work_dir = out_dir.parent / f"{out_dir.name}.work"
     fingerprint = _fingerprint(model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": dtype})
-    resume_from = prepare_work_dir(work_dir, fingerprint)
+    resume_from = prepare_work_dir_once(work_dir, fingerprint)
     resumed_step = int(resume_from.name.split("-", 1)[1]) if resume_from else 0
     if resume_from:
         print(f"resuming from {resume_from} (step {resumed_step})", flush=True)
@@ -520,6 +543,7 @@ def recover_checkpoint(
         "train_loss": train_output.training_loss,
         "global_steps": train_output.global_step,
         "resumed_from_step": resumed_step,
+        "processes": args.world_size,  # DDP: the global batch is batch_size x grad_accum x processes
         "loss_curve": None,
         "settings": settings,
     }
@@ -544,4 +568,5 @@ def recover_checkpoint(
         if (work_dir / "runs").is_dir():  # tensorboard event files
             shutil.copytree(work_dir / "runs", tmp / "runs")
     shutil.rmtree(work_dir, ignore_errors=True)
+    print(f"recover: wrote {out_dir} ({train_output.global_step} steps)", flush=True)
     return record
