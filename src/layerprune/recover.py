@@ -28,7 +28,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from layerprune.io import atomic_path, read_json, read_jsonl, seed_everything, sha256_file, write_json
+from layerprune.io import (
+    atomic_path,
+    check_checkpoint_files,
+    content_fingerprint,
+    read_json,
+    read_jsonl_checked,
+    seed_everything,
+    sha256_file,
+    write_json,
+)
 from layerprune.models import load_checkpoint
 
 TRAINERS = ("lora", "qlora", "full")
@@ -76,8 +85,11 @@ def check_trainer(trainer: str) -> None:
 
 
 def _dataset_records(dataset_path: str | Path, recovery: str) -> list[dict[str, Any]]:
-    """`heal` reads `{"text"}` records (LM loss); the others prompt–completion records."""
-    rows = read_jsonl(dataset_path)
+    """`heal` reads `{"text"}` records (LM loss); the others prompt–completion records.
+
+    The count is checked against the one selfgen / filter-prompts recorded beside the file.
+    """
+    rows = read_jsonl_checked(dataset_path)
     if recovery == "heal":
         if rows and "text" not in rows[0]:
             raise ValueError(f"{dataset_path}: recovery 'heal' needs {{'text': ...}} records (see prepare-heal)")
@@ -97,19 +109,14 @@ def _dataset_records(dataset_path: str | Path, recovery: str) -> list[dict[str, 
 def _fingerprint(model_dir: Path, dataset_path: Path, settings: dict[str, Any]) -> str:
     """Hash of everything a training run depends on, so a stale work dir is never resumed.
 
-    The model enters through its JSON files (config, pruning.json: which layers
-    were removed, source.json) and its weight files' names and sizes; hashing
-    many GB of weights on every job start would cost minutes at 8B.
+    The model enters through its content (`content_fingerprint`: every file's sha256,
+    the weights' remembered after the first time), never its path: a model replaced at
+    the same path starts the training over.
     """
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(sha256_file(dataset_path).encode())
-    for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
-        digest.update(path.name.encode())
-        if path.suffix == ".safetensors":
-            digest.update(str(path.stat().st_size).encode())
-        else:
-            digest.update(sha256_file(path).encode())
+    digest.update(json.dumps(content_fingerprint(model_dir), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -258,6 +265,7 @@ def _load_model(model_dir: Path, trainer: str, dtype: str, precision: str):
         return load_checkpoint(model_dir, dtype=dtype)
     from transformers import AutoTokenizer
 
+    check_checkpoint_files(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
