@@ -254,7 +254,7 @@ def check_checkpoint_files(directory: str | os.PathLike) -> None:
         problems += [
             f"{shard} (listed in {index.name}) is missing" for shard in shards if not (directory / shard).is_file()
         ]
-    elif not (directory / "model.safetensors").is_file():
+    elif not any((directory / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
         problems.append("the weights (model.safetensors or model.safetensors.index.json) are missing")
     for weights in sorted(directory.glob("*.safetensors")):
         problem = safetensors_problem(weights)
