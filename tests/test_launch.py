@@ -21,11 +21,25 @@ def test_one_gpu_or_none_runs_one_plain_process():
 
 def test_several_gpus_start_one_process_each():
     assert shlex.split(command_prefix(4)) == [
-        "accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", "4",
-        "-m", "layerprune.cli",
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_machines",
+        "1",
+        "--num_processes",
+        "4",
+        "-m",
+        "layerprune.cli",
     ]
     assert shlex.split(command_prefix(2, "torchrun")) == [
-        "torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", "2", "-m", "layerprune.cli",
+        "torchrun",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "layerprune.cli",
     ]
     assert "--main_process_port 29611" in command_prefix(2, main_process_port=29611)
 
@@ -47,21 +61,42 @@ def test_gpu_count_from_gpus_or_gres():
 
 
 RESOURCES = {
-    "default": {"threads": 1, "mem_mb": 4000, "runtime": 30, "gpus": 0, "slurm_account": "lab",
-                "slurm_partition": "cpu"},
-    "recover": {"threads": 8, "mem_mb": 64000, "runtime": 240, "gpus": 2, "gpu_model": "a100",
-                "slurm_partition": "gpu"},
+    "default": {
+        "threads": 1,
+        "mem_mb": 4000,
+        "runtime": 30,
+        "gpus": 0,
+        "slurm_account": "lab",
+        "slurm_partition": "cpu",
+    },
+    "recover": {
+        "threads": 8,
+        "mem_mb": 64000,
+        "runtime": 240,
+        "gpus": 2,
+        "gpu_model": "a100",
+        "slurm_partition": "gpu",
+    },
     "evaluate": {"gres": "gpu:1"},
 }
 
 
 def test_slurm_resources_per_rule_override_the_default():
     assert slurm_resources(RESOURCES, "prune") == {
-        "mem_mb": 4000, "runtime": 30, "cpus_per_task": 1, "slurm_partition": "cpu", "slurm_account": "lab",
+        "mem_mb": 4000,
+        "runtime": 30,
+        "cpus_per_task": 1,
+        "slurm_partition": "cpu",
+        "slurm_account": "lab",
     }
     assert slurm_resources(RESOURCES, "recover") == {
-        "mem_mb": 64000, "runtime": 240, "cpus_per_task": 8, "gpu": 2, "gpu_model": "a100",
-        "slurm_partition": "gpu", "slurm_account": "lab",
+        "mem_mb": 64000,
+        "runtime": 240,
+        "cpus_per_task": 8,
+        "gpu": 2,
+        "gpu_model": "a100",
+        "slurm_partition": "gpu",
+        "slurm_account": "lab",
     }
     assert slurm_resources(RESOURCES, "evaluate")["gres"] == "gpu:1"
     assert rule_command_prefix(RESOURCES, "recover").startswith("accelerate launch")
@@ -107,23 +142,55 @@ def test_recover_rule_runs_through_the_launcher_its_resources_ask_for(tmp_path):
 # --------------------------------------------------------------------------- 2 processes for real (DDP on CPU)
 
 DDP_SETTINGS = dict(
-    lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2, num_epochs=1, grad_accum=1, max_length=64,
-    warmup_steps=0, lr_scheduler="constant", weight_decay=0.0, seed=0, max_steps=3, dtype="float32", precision="fp32",
+    lora_r=4,
+    lora_alpha=8,
+    lora_dropout=0.0,
+    learning_rate=1e-2,
+    num_epochs=1,
+    grad_accum=1,
+    max_length=64,
+    warmup_steps=0,
+    lr_scheduler="constant",
+    weight_decay=0.0,
+    seed=0,
+    max_steps=3,
+    dtype="float32",
+    precision="fp32",
 )
 
 
 def _recover_args(model, data, out, batch_size: int) -> list[str]:
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in DDP_SETTINGS.items()]
-    return ["recover", "--model", str(model), "--dataset", str(data), "--out", str(out), "--recovery", "sgr",
-            "--trainer", "lora", "--threads", "1", "--batch-size", str(batch_size), *flags]
+    return [
+        "recover",
+        "--model",
+        str(model),
+        "--dataset",
+        str(data),
+        "--out",
+        str(out),
+        "--recovery",
+        "sgr",
+        "--trainer",
+        "lora",
+        "--threads",
+        "1",
+        "--batch-size",
+        str(batch_size),
+        *flags,
+    ]
 
 
 def _run(command: str, cwd) -> subprocess.CompletedProcess:
     import os
     from pathlib import Path
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    }
     result = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result

@@ -118,8 +118,21 @@ def qlora_run(base, sft_data, tmp_path_factory):
     """Real QLoRA through the CLI: 4-bit NF4 base (bitsandbytes' CPU kernels), LoRA on top, 3 TRL steps."""
     out = tmp_path_factory.mktemp("qlora") / "sgr"
     cli = [
-        str(VENV_BIN / "layerprune"), "recover", "--model", str(base), "--dataset", str(sft_data), "--out", str(out),
-        "--recovery", "sgr", "--trainer", "qlora", "--threads", "1", *_cli_settings(SETTINGS),
+        str(VENV_BIN / "layerprune"),
+        "recover",
+        "--model",
+        str(base),
+        "--dataset",
+        str(sft_data),
+        "--out",
+        str(out),
+        "--recovery",
+        "sgr",
+        "--trainer",
+        "qlora",
+        "--threads",
+        "1",
+        *_cli_settings(SETTINGS),
     ]
     result = subprocess.run(cli, capture_output=True, text=True, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
@@ -291,11 +304,20 @@ def test_padding_free_loss_equals_padded_loss(base, sft_data):
     losses = {}
     for padding_free in (False, True):
         args = SFTConfig(
-            output_dir="/tmp/unused", padding_free=padding_free, max_length=None, report_to="none",
-            use_cpu=True, per_device_train_batch_size=6, completion_only_loss=True,
+            output_dir="/tmp/unused",
+            padding_free=padding_free,
+            max_length=None,
+            report_to="none",
+            use_cpu=True,
+            per_device_train_batch_size=6,
+            completion_only_loss=True,
         )
-        trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                                 train_dataset=Dataset.from_list(read_jsonl(sft_data)[:6]))
+        trainer = trl.SFTTrainer(
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(read_jsonl(sft_data)[:6]),
+        )
         batch = next(iter(trainer.get_train_dataloader()))
         if not padding_free:
             assert batch["attention_mask"].min() == 0, "the batch really is padded"
@@ -383,8 +405,22 @@ RESUME_SETTINGS = {**SETTINGS, "lora_dropout": 0.1, "max_steps": 30, "batch_size
 
 def _recover_cli(base: Path, data: Path, out: Path, save_steps: int) -> list[str]:
     return [
-        str(VENV_BIN / "layerprune"), "recover", "--model", str(base), "--dataset", str(data), "--out", str(out),
-        "--recovery", "sgr", "--trainer", "lora", "--save-steps", str(save_steps), "--threads", "1",
+        str(VENV_BIN / "layerprune"),
+        "recover",
+        "--model",
+        str(base),
+        "--dataset",
+        str(data),
+        "--out",
+        str(out),
+        "--recovery",
+        "sgr",
+        "--trainer",
+        "lora",
+        "--save-steps",
+        str(save_steps),
+        "--threads",
+        "1",
         *_cli_settings(RESUME_SETTINGS),
     ]
 
@@ -404,8 +440,9 @@ def test_killed_training_resumes_from_its_checkpoint(base, tmp_path):
 
     out = tmp_path / "resumed" / "sgr"
     work = out.parent / "sgr.work"
-    process = subprocess.Popen(_recover_cli(base, data, out, save_steps=4), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _recover_cli(base, data, out, save_steps=4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     killed_after = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -537,8 +574,11 @@ def test_outputs_respect_the_umask(full_run):
     umask = os.umask(0o022)
     os.umask(umask)
     modes = _modes(out)
-    wrong = {name: oct(mode) for name, mode in modes.items()
-             if mode != (0o777 if (out.parent / name).is_dir() else 0o666) & ~umask}
+    wrong = {
+        name: oct(mode)
+        for name, mode in modes.items()
+        if mode != (0o777 if (out.parent / name).is_dir() else 0o666) & ~umask
+    }
     assert not wrong, f"umask {oct(umask)}: {wrong}"
 
 
