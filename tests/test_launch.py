@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from workflow_helpers import snakemake, workflow_copy
 
 from layerprune.launch import command_prefix, num_gpus, rule_command_prefix, slurm_resources
@@ -136,3 +137,134 @@ def test_recover_rule_runs_through_the_launcher_its_resources_ask_for(tmp_path):
     workflow_copy(workdir, config)
     commands = recover_commands(workdir, target)
     assert commands[0].startswith("layerprune recover --model"), commands[0]
+
+
+# --------------------------------------------------------------------------- 2 processes for real (DDP on CPU)
+
+DDP_SETTINGS = dict(
+    lora_r=4,
+    lora_alpha=8,
+    lora_dropout=0.0,
+    learning_rate=1e-2,
+    num_epochs=1,
+    grad_accum=1,
+    max_length=64,
+    warmup_steps=0,
+    lr_scheduler="constant",
+    weight_decay=0.0,
+    seed=0,
+    max_steps=3,
+    dtype="float32",
+    precision="fp32",
+)
+
+
+def _recover_args(model, data, out, batch_size: int) -> list[str]:
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in DDP_SETTINGS.items()]
+    return [
+        "recover",
+        "--model",
+        str(model),
+        "--dataset",
+        str(data),
+        "--out",
+        str(out),
+        "--recovery",
+        "sgr",
+        "--trainer",
+        "lora",
+        "--threads",
+        "1",
+        "--batch-size",
+        str(batch_size),
+        *flags,
+    ]
+
+
+def _run(command: str, cwd) -> subprocess.CompletedProcess:
+    import os
+    from pathlib import Path
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+    }
+    result = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_train_like_one_with_the_same_global_batch(launcher, tmp_path):
+    """The real recover command, started by command_prefix(2) over gloo, against one process with batch 2 x 2.
+
+    Each of the 2 processes takes 2 rows of a global batch of 4 (accelerate shards the
+    seeded sampler's batches), DDP averages the gradients, and the Trainer averages the
+    loss over the tokens of all processes: the same update as one process with batch 4.
+    Only the order of float32 sums differs, so weights and losses agree to 1e-5 after
+    3 Adam steps, while one step changes the LoRA weights by ~1e-2 (lr).
+    """
+    from conftest import make_tiny_checkpoint
+    from safetensors.torch import load_file
+    from test_recover import CHAT_TEMPLATE, prompt_records
+    from transformers import AutoTokenizer
+
+    from layerprune.io import read_json, write_jsonl
+
+    base = make_tiny_checkpoint(tmp_path / "base", family="llama", num_layers=2)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(base)
+    data = tmp_path / "train.jsonl"
+    write_jsonl(data, prompt_records(16))
+
+    single = tmp_path / "one" / "sgr"
+    _run(shlex.join([command_prefix(1), *_recover_args(base, data, single, batch_size=4)]), tmp_path)
+    double = tmp_path / "two" / "sgr"
+    prefix = command_prefix(2, launcher, main_process_port=_free_port() if launcher == "accelerate" else None)
+    assert prefix != "layerprune"
+    result = _run(f"{prefix} {shlex.join(_recover_args(base, data, double, batch_size=2))}", tmp_path)
+    log = result.stdout + result.stderr
+
+    assert log.count(f"recover: wrote {double}") == 1, "only rank 0 writes the checkpoint"
+    assert read_json(double / "training_args.json")["per_device_train_batch_size"] == 2
+    files = sorted(path.name for path in double.iterdir())
+    assert files == sorted(path.name for path in single.iterdir()), files
+    assert sorted(path.name for path in double.parent.iterdir()) == ["sgr"], "no temporaries or work dir left"
+
+    one, two = read_json(single / "recovery.json"), read_json(double / "recovery.json")
+    assert one["global_steps"] == two["global_steps"] == DDP_SETTINGS["max_steps"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for a, b in zip(one["loss_curve"], two["loss_curve"], strict=True):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    a_weights, b_weights = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
+    original = load_file(base / "model.safetensors")
+    assert set(a_weights) == set(b_weights)
+    moved = max(float((a_weights[k] - original[k]).abs().max()) for k in a_weights)
+    assert moved > 1e-3, "training changed the weights"
+    for key in a_weights:
+        torch.testing.assert_close(a_weights[key], b_weights[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_cpu_processes_without_gpus():
+    """`processes` starts N CPU training processes (DDP over gloo) where a job has no GPU; GPUs win."""
+    from layerprune.launch import num_processes
+
+    assert num_processes({"gpus": 0}) == 1
+    assert num_processes({"gpus": 0, "processes": 2}) == 2
+    assert num_processes({"gpus": 4, "processes": 2}) == 4
+    with pytest.raises(ValueError, match="processes"):
+        num_processes({"processes": 0})
+    resources = {"default": {"threads": 1, "mem_mb": 1, "runtime": 1}, "recover": {"processes": 2}}
+    assert rule_command_prefix({**resources}, "recover").startswith("accelerate launch --multi_gpu")
+    assert rule_command_prefix({**resources}, "prune") == "layerprune"

@@ -123,9 +123,10 @@ def test_heal_text_offline_from_bigbench_is_disjoint_from_eval_and_calibration(t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["lora", "full"])
+@pytest.mark.parametrize("trainer", ["lora", "qlora", "full"])
 def test_real_tiny_recovery_through_the_dag(tmp_path, trainer):
-    """heal and data, trained for real by snakemake with each CPU trainer, evaluated as plain checkpoints."""
+    """heal and data, trained for real by snakemake with each trainer (qlora: 4-bit NF4 on CPU), evaluated as
+    plain checkpoints."""
     model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -145,6 +146,9 @@ def test_real_tiny_recovery_through_the_dag(tmp_path, trainer):
             p.name for p in out.iterdir()
         }
         assert not (out.parent / f"{variant}.work").exists()
+        if trainer == "qlora":  # merged into the fp base, checked against the 4-bit model: 3 layers x 7 projections
+            assert record["merge_check"]["layers_checked"] == 21
+            assert "quantization_config" not in json.loads((out / "config.json").read_text())
         assert (workdir / f"results/eval/tiny/bi/0.25/{variant}/addition.json").is_file()
     assert (
         json.loads((workdir / "results/recovered/tiny/bi/0.25/heal/recovery.json").read_text())["settings"][

@@ -471,3 +471,48 @@ def test_magpie_greedy_collapses_to_one_question(eos_checkpoint, tmp_path):
             max_candidates=8,
             **settings,
         )
+
+
+# --------------------------------------------------------------------------- nothing silently mixed or dropped
+
+
+def test_partial_file_of_a_model_replaced_at_the_same_path_is_not_reused(tmp_path, monkeypatch):
+    """A killed selfgen, resumed after the model at its path changed, starts over: no old answers are mixed in."""
+    monkeypatch.setenv("LAYERPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    model = with_template(make_tiny_checkpoint(tmp_path / "m", num_layers=2, seed=0))
+    write_jsonl(tmp_path / "p.jsonl", prompt_records(6))
+    out = tmp_path / "o.jsonl"
+
+    def stop_after_first(number, indices, generations):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        self_generate(model, tmp_path / "p.jsonl", out, on_batch=stop_after_first, **SAMPLED)
+    assert partial_path(out).is_file()
+    # Same path, same config and tokenizer, other weights (e.g. the model re-materialized from another source).
+    replacement = make_tiny_checkpoint(tmp_path / "other", num_layers=2, seed=1)
+    (replacement / "model.safetensors").replace(model / "model.safetensors")
+    regenerated = []
+    self_generate(model, tmp_path / "p.jsonl", out, on_batch=lambda n, *_: regenerated.append(n), **SAMPLED)
+    assert len(regenerated) == 2, "every batch is generated again by the new model"
+    self_generate(model, tmp_path / "p.jsonl", tmp_path / "fresh.jsonl", **SAMPLED)
+    assert out.read_bytes() == (tmp_path / "fresh.jsonl").read_bytes()
+
+
+def test_prompt_set_cut_short_is_named(checkpoint, tmp_path):
+    """A prompt set cut mid-line, or at a line boundary below the count its writer recorded, is an error naming it."""
+    from layerprune.data import filter_prompt_set
+
+    prompts = tmp_path / "prompts" / "m.jsonl"
+    prompts.parent.mkdir()
+    write_jsonl(tmp_path / "all.jsonl", prompt_records(8))
+    filter_prompt_set(tmp_path / "all.jsonl", checkpoint, None, prompts, prompts.with_name("m.stats.json"))
+    lines = prompts.read_text().splitlines(keepends=True)
+
+    prompts.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])
+    with pytest.raises(ValueError, match=r"m\.jsonl: line 5 is not valid JSON \(.*cut mid-line\)"):
+        self_generate(checkpoint, prompts, tmp_path / "o.jsonl", **SAMPLED)
+    prompts.write_text("".join(lines[:4]))
+    with pytest.raises(ValueError, match=r"m\.jsonl: has 4 records, but .*m\.stats\.json records 8"):
+        self_generate(checkpoint, prompts, tmp_path / "o.jsonl", **SAMPLED)
+    assert not (tmp_path / "o.jsonl").exists()

@@ -1,7 +1,10 @@
 """Shared plumbing: atomic writes, JSON/JSONL, hashing and seeding.
 
 Every artifact is written to a temporary sibling and renamed into place, so an
-interrupted job never leaves a file or directory that looks complete.
+interrupted job never leaves a file or directory that looks complete. Temporaries
+get the permissions the umask gives a plain `open`, so colleagues on a shared
+filesystem can read the results. Readers name the file (and line) that is corrupt
+or cut short, and check it against what its writer recorded where it recorded it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create 0600/0700 (private, as a temporary in a shared /tmp must be),
+        # and so do libraries that write through their own temporaries (transformers' safetensors
+        # shards); here the temporary becomes the result, so give it what open()/mkdir() would.
+        apply_umask(tmp)
         if directory and final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -58,13 +65,50 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
         raise
 
 
+def apply_umask(path: str | os.PathLike) -> None:
+    """Set `path` (and all under it) to the modes a plain open()/mkdir() gives under the umask.
+
+    Executable files keep their execute bits (as far as the umask allows); links are left alone.
+    """
+    mask = current_umask()
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if item.is_symlink():
+            continue
+        executable = item.is_dir() or item.stat().st_mode & 0o111
+        os.chmod(item, (0o777 if executable else 0o666) & ~mask)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class CorruptFileError(ValueError):
+    """A file that is cut short, malformed or disagrees with what its writer recorded; the message names it."""
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a truncated or corrupt one is a CorruptFileError naming it."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        cut = " (it ends mid-document: cut short?)" if error.pos >= len(text.rstrip()) else ""
+        raise CorruptFileError(f"{path}: not valid JSON{cut}: {error}") from None
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -77,8 +121,41 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSONL file; a line that does not parse is a CorruptFileError naming file and line."""
+    records = []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                cut = " (the last line has no newline: the file was cut mid-line)" if not line.endswith("\n") else ""
+                raise CorruptFileError(f"{path}: line {number} is not valid JSON{cut}: {error}") from None
+    return records
+
+
+def stats_path_of(path: str | os.PathLike) -> Path:
+    """`<dir>/<stem>.stats.json`: where the writers of a JSONL data set (selfgen, filter-prompts) record its counts."""
+    path = Path(path)
+    return path.with_name(path.stem + ".stats.json")
+
+
+def read_jsonl_checked(path: str | os.PathLike) -> list[dict]:
+    """`read_jsonl`, checked against the record count (`kept`) its writer put in `stats_path_of(path)`, if any.
+
+    A data set cut at a line boundary parses, so only the writer's count shows it is short.
+    """
+    records = read_jsonl(path)
+    stats_file = stats_path_of(path)
+    if stats_file.is_file():
+        stats = read_json(stats_file)
+        if isinstance(stats, dict) and isinstance(stats.get("kept"), int) and stats["kept"] != len(records):
+            raise CorruptFileError(
+                f"{path}: has {len(records)} records, but {stats_file} records {stats['kept']} written: "
+                "the file was cut short or changed since; re-run the job that writes it"
+            )
+    return records
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -87,6 +164,121 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _hash_cache_dir() -> Path:
+    root = os.environ.get("LAYERPRUNE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(root) / "layerprune" / "sha256"
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, remembered per (real path, device, inode, size, mtime in ns).
+
+    Hashing 16 GB of 8B weights takes about a minute; every job that resumes needs the
+    identity of its model, so it is computed once per version of a file. Every writer here
+    renames a new file into place (new inode and mtime), and a rewrite in place changes the
+    mtime, so a changed file never matches a remembered key. A cache that cannot be
+    written (read-only home) only costs the re-hash.
+    """
+    path = Path(path)
+    info = path.stat()
+    key = f"{path.resolve()}|{info.st_dev}|{info.st_ino}|{info.st_size}|{info.st_mtime_ns}"
+    entry = _hash_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+    with contextlib.suppress(OSError, ValueError):
+        remembered = json.loads(entry.read_text())
+        if remembered.get("key") == key:
+            return remembered["sha256"]
+    digest = sha256_file(path)
+    with contextlib.suppress(OSError):
+        write_json(entry, {"key": key, "sha256": digest})
+    return digest
+
+
+def content_fingerprint(directory: str | os.PathLike) -> dict[str, str]:
+    """name -> sha256 of every file at the top of a checkpoint directory: what a model *is*, not where.
+
+    This takes in the weights (safetensors, hashed in full once and then remembered, see
+    `cached_sha256`), the config and tokenizer, and the source record the pipeline wrote
+    (source.json, pruning.json, recovery.json). Resume fingerprints use it so that a model
+    replaced at the same path is never mixed with the one a partial result came from.
+    """
+    directory = Path(directory)
+    return {
+        path.name: cached_sha256(path)
+        for path in sorted(directory.iterdir())
+        if path.is_file() and not path.name.startswith(".")
+    }
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a safetensors file's framing (None if nothing): cut short, bad header, trailing bytes.
+
+    Reads the 8-byte header length and the JSON header only: the data must end exactly
+    where the header's last tensor ends.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return f"{size} bytes, shorter than the 8-byte header length"
+        header_length = int.from_bytes(prefix, "little")
+        if header_length > size - 8:
+            return f"its header claims {header_length} bytes but the file has {size}: cut short"
+        try:
+            header = json.loads(handle.read(header_length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return f"its header is not valid JSON ({error})"
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    expected = 8 + header_length + max(ends, default=0)
+    if size != expected:
+        return f"{size} bytes, but its header describes {expected}" + (": cut short" if size < expected else "")
+    return None
+
+
+def check_checkpoint_files(directory: str | os.PathLike) -> None:
+    """Fail with a CorruptFileError naming the file when a checkpoint directory is incomplete or cut short.
+
+    Needs config.json, a tokenizer, and the weights: model.safetensors, or an index whose
+    every shard is present; every safetensors file must be whole (`safetensors_problem`).
+    """
+    directory = Path(directory)
+    problems = []
+    if not (directory / "config.json").is_file():
+        problems.append("config.json is missing")
+    if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        problems.append("the tokenizer (tokenizer.json / tokenizer_config.json) is missing")
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        problems += [
+            f"{shard} (listed in {index.name}) is missing" for shard in shards if not (directory / shard).is_file()
+        ]
+    elif not any((directory / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        problems.append("the weights (model.safetensors or model.safetensors.index.json) are missing")
+    for weights in sorted(directory.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            problems.append(f"{weights.name}: {problem}")
+    if problems:
+        raise CorruptFileError(f"{directory}: incomplete or corrupt checkpoint: {'; '.join(problems)}")
+
+
+def check_gguf_complete(path: str | os.PathLike) -> None:
+    """Fail with a CorruptFileError naming a GGUF file that does not parse or is shorter than its tensors need."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(path)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as error:  # the reader fails in many ways on a cut file (struct, reshape, index errors)
+        raise CorruptFileError(
+            f"{path}: not a readable GGUF file, cut short or corrupt ({type(error).__name__}: {error})"
+        ) from None
+    if end > size:
+        raise CorruptFileError(f"{path}: {size} bytes, but its tensors need {end}: the GGUF is cut short")
 
 
 def seed_everything(seed: int) -> None:

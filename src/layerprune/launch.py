@@ -19,11 +19,14 @@ LAUNCHERS = ("accelerate", "torchrun")
 
 
 def command_prefix(num_gpus: int, launcher: str = "accelerate", main_process_port: int | None = None) -> str:
-    """The command that runs `layerprune <stage> ...` on `num_gpus` GPUs.
+    """The command that runs `layerprune <stage> ...` in `num_gpus` processes (one per GPU, or CPU processes).
 
-    0 or 1 GPU: the plain `layerprune` entry point (one process; a single GPU needs no
+    0 or 1: the plain `layerprune` entry point (one process; a single GPU needs no
     launcher). More: `accelerate launch --multi_gpu --num_processes N` or
     `torchrun --standalone --nproc_per_node N`, both running `python -m layerprune.cli`.
+    On a machine without GPUs the same commands start N CPU processes that train
+    with DDP over gloo (accelerate's `--multi_gpu` is its torchrun-based launcher;
+    the processes pick gloo themselves, see recover.prepare_work_dir_once).
     `main_process_port` sets the rendezvous port for accelerate, so two multi-GPU
     jobs sharing a node do not collide on the default 29500 (torchrun `--standalone`
     picks a free one itself).
@@ -46,6 +49,17 @@ def command_prefix(num_gpus: int, launcher: str = "accelerate", main_process_por
 def rule_settings(resources: dict, rule: str) -> dict:
     """Config `resources.<rule>` over `resources.default` (the rule's own keys win)."""
     return {**resources["default"], **resources.get(rule, {})}
+
+
+def num_processes(settings: dict) -> int:
+    """Training processes a recover job starts: one per GPU, or `processes` (CPU, DDP over gloo) without GPUs."""
+    gpus = num_gpus(settings)
+    if gpus:
+        return gpus
+    processes = settings.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"resources processes: expected a whole number >= 1, got {processes!r}")
+    return processes
 
 
 def num_gpus(settings: dict) -> int:
@@ -84,6 +98,8 @@ def slurm_resources(resources: dict, rule: str) -> dict:
 
 
 def rule_command_prefix(resources: dict, rule: str) -> str:
-    """`command_prefix` for a rule from its config resources (gpus/gres, launcher)."""
+    """`command_prefix` for a rule from its config resources (gpus/gres or CPU processes, launcher)."""
     settings = rule_settings(resources, rule)
-    return command_prefix(num_gpus(settings), settings.get("launcher", "accelerate"), settings.get("main_process_port"))
+    return command_prefix(
+        num_processes(settings), settings.get("launcher", "accelerate"), settings.get("main_process_port")
+    )

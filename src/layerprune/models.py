@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from layerprune.io import atomic_path, sha256_file, write_json
+from layerprune.io import atomic_path, check_checkpoint_files, check_gguf_complete, sha256_file, write_json
 
 
 class ModelSourceError(ValueError):
@@ -169,6 +169,7 @@ def describe_source(source: dict[str, Any]) -> dict[str, Any]:
 def _load_gguf(gguf_path: Path, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf_complete(gguf_path)  # a cut file otherwise fails deep in the reader with no file named
     directory, filename = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
     quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype)
@@ -246,6 +247,7 @@ def load_checkpoint(path: str | Path, dtype: str = "auto", device: str | None = 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"'{path}' is not a checkpoint (no config.json)")
+    check_checkpoint_files(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -7,7 +7,7 @@ JSONL; `heal` trains with plain language-modelling loss on a `{"text": ...}`
 JSONL, the post-pruning "healing" of Gromov et al. and Shortened LLaMA.
 
 Trainers (`recovery.trainer`): `lora` (PEFT LoRA on all linear layers), `qlora`
-(the same on a 4-bit NF4 base, needs CUDA and bitsandbytes) and `full` (every
+(the same on a 4-bit NF4 base, bitsandbytes; CPU or GPU) and `full` (every
 parameter). Each one ends in the same plain merged checkpoint, so evaluation
 never needs to know how a checkpoint was recovered.
 
@@ -28,7 +28,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from layerprune.io import atomic_path, read_json, read_jsonl, seed_everything, sha256_file, write_json
+from layerprune.io import (
+    atomic_path,
+    check_checkpoint_files,
+    content_fingerprint,
+    read_json,
+    read_jsonl_checked,
+    seed_everything,
+    sha256_file,
+    write_json,
+)
 from layerprune.models import load_checkpoint
 
 TRAINERS = ("lora", "qlora", "full")
@@ -61,27 +70,26 @@ def resolve_precision(precision: str, cuda: bool | None = None, bf16_supported: 
 
 
 def check_trainer(trainer: str) -> None:
-    """Fail at once, before anything heavy is loaded, if `trainer` cannot run here."""
+    """Fail at once, before anything heavy is loaded, if `trainer` cannot run here.
+
+    `qlora` runs on CPU and GPU alike: bitsandbytes (>= 0.48) has CPU kernels for
+    4-bit NF4 with double quantisation, and PEFT trains LoRA on top of them.
+    """
     if trainer not in TRAINERS:
         raise ValueError(f"recovery.trainer: unknown value '{trainer}' (use one of {', '.join(TRAINERS)})")
-    if trainer == "qlora":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "recovery.trainer: qlora quantises the base model to 4-bit NF4 with bitsandbytes, which needs a "
-                "CUDA GPU; none is available here. Use recovery.trainer: lora (or full) on this machine."
-            )
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise RuntimeError(
-                "recovery.trainer: qlora needs the bitsandbytes package, which is not installed "
-                "(pip install 'layerprune[gpu]'), or use recovery.trainer: lora."
-            )
+    if trainer == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(
+            "recovery.trainer: qlora needs the bitsandbytes package, which is not installed "
+            "(pip install -c constraints.txt bitsandbytes), or use recovery.trainer: lora."
+        )
 
 
 def _dataset_records(dataset_path: str | Path, recovery: str) -> list[dict[str, Any]]:
-    """`heal` reads `{"text"}` records (LM loss); the others prompt–completion records."""
-    rows = read_jsonl(dataset_path)
+    """`heal` reads `{"text"}` records (LM loss); the others prompt–completion records.
+
+    The count is checked against the one selfgen / filter-prompts recorded beside the file.
+    """
+    rows = read_jsonl_checked(dataset_path)
     if recovery == "heal":
         if rows and "text" not in rows[0]:
             raise ValueError(f"{dataset_path}: recovery 'heal' needs {{'text': ...}} records (see prepare-heal)")
@@ -101,19 +109,14 @@ def _dataset_records(dataset_path: str | Path, recovery: str) -> list[dict[str, 
 def _fingerprint(model_dir: Path, dataset_path: Path, settings: dict[str, Any]) -> str:
     """Hash of everything a training run depends on, so a stale work dir is never resumed.
 
-    The model enters through its JSON files (config, pruning.json: which layers
-    were removed, source.json) and its weight files' names and sizes; hashing
-    many GB of weights on every job start would cost minutes at 8B.
+    The model enters through its content (`content_fingerprint`: every file's sha256,
+    the weights' remembered after the first time), never its path: a model replaced at
+    the same path starts the training over.
     """
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(sha256_file(dataset_path).encode())
-    for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
-        digest.update(path.name.encode())
-        if path.suffix == ".safetensors":
-            digest.update(str(path.stat().st_size).encode())
-        else:
-            digest.update(sha256_file(path).encode())
+    digest.update(json.dumps(content_fingerprint(model_dir), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -148,6 +151,29 @@ def prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
     for path in work_dir.glob("checkpoint-*"):
         if path not in complete:
             shutil.rmtree(path)
+    checkpoints = _complete_checkpoints(work_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def prepare_work_dir_once(work_dir: Path, fingerprint: str) -> Path | None:
+    """`prepare_work_dir` by one process of a multi-process run; every process gets the checkpoint to resume from.
+
+    Under accelerate / torchrun each process runs this same job: if all of them wiped
+    stale checkpoints and wrote the marker at once, one could delete what another just
+    wrote. The first process prepares the work dir while the others wait at a barrier.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return prepare_work_dir(work_dir, fingerprint)
+    import torch
+    from accelerate import PartialState
+
+    # cpu=True picks the gloo backend on a machine without GPUs (the Trainer asks for the same).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.is_main_process:
+        prepare_work_dir(work_dir, fingerprint)
+    state.wait_for_everyone()
     checkpoints = _complete_checkpoints(work_dir)
     return checkpoints[-1][1] if checkpoints else None
 
@@ -190,15 +216,37 @@ def _truncate_tokenized(dataset, max_length: int):
     return dataset.filter(lambda example: any(label != -100 for label in example["labels"]))
 
 
-def _load_model(model_dir: Path, trainer: str, dtype: str, precision: str):
-    """The base model: as stored for lora/full, 4-bit NF4 (double quantised) for qlora."""
-    if trainer != "qlora":
-        return load_checkpoint(model_dir, dtype=dtype)
-    import torch
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+def _compute_dtype(precision: str):
+    """The dtype 4-bit layers dequantise to and compute in: the mixed-precision mode's, fp32 without one.
 
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    On a GPU `auto` precision is bf16 (the paper's QLoRA compute dtype). On CPU `auto` is
+    fp32 for every trainer: exact to the 4-bit weights, no autocast rounding, and the same
+    arithmetic as lora/full there. bf16 buys little on CPU: 0.88x the CPU time per step of
+    fp32 on SmolLM2-135M on an AVX512-BF16 EPYC (bench/qlora_vs_lora.py); `precision: bf16`
+    selects it on CPU too.
+    """
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def training_device() -> str:
+    """Where this process trains: its own GPU under a launcher (LOCAL_RANK), else GPU 0, else the CPU."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def load_quantised(model_dir: Path, precision: str):
+    """`model_dir` with its linear layers as 4-bit NF4 (double quantised), ready for k-bit training."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute = _compute_dtype(precision)
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -206,29 +254,162 @@ def _load_model(model_dir: Path, trainer: str, dtype: str, precision: str):
         bnb_4bit_compute_dtype=compute,
     )
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quantization, dtype=compute, device_map={"": 0}
+        model_dir, quantization_config=quantization, dtype=compute, device_map={"": training_device()}
     )
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def _merged_model(trainer_obj, trainer: str, model_dir: Path, work_dir: Path, precision: str):
-    """A plain model with the training folded in, whatever the trainer."""
-    if trainer == "full":
-        return trainer_obj.model
-    if trainer == "lora":
-        return trainer_obj.model.merge_and_unload()
-    # qlora: merging into 4-bit weights would quantise the update away; fold the
-    # adapter into the unquantised base at the compute dtype instead.
+def _load_model(model_dir: Path, trainer: str, dtype: str, precision: str):
+    """The base model: as stored for lora/full, 4-bit NF4 (double quantised) for qlora."""
+    if trainer != "qlora":
+        return load_checkpoint(model_dir, dtype=dtype)
+    from transformers import AutoTokenizer
+
+    check_checkpoint_files(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return load_quantised(model_dir, precision), tokenizer
+
+
+def _unpacked_4bit_kernels(model) -> None:
+    """Keep 4-bit layers on the kernel they trained with when evaluated.
+
+    In eval mode bitsandbytes repacks a 4-bit weight for its CPU inference kernel,
+    rounding the block scales to bf16 (and failing for layers narrower than one
+    64-value block): the logits would then no longer be those of the trained model.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def probe_inputs(train_dataset, count: int = 4, max_tokens: int = 64) -> list[list[int]]:
+    """Token ids of the first `count` training rows (cut to `max_tokens`): real inputs for the merge check."""
+    rows = train_dataset.select(range(min(count, len(train_dataset))))
+    return [list(ids[:max_tokens]) for ids in rows["input_ids"]]
+
+
+def _logits(model, probes: list[list[int]]):
     import torch
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([ids], device=device)).logits.float().cpu() for ids in probes]
+
+
+def _max_gap(left, right) -> float:
+    return max(float((a - b).abs().max()) for a, b in zip(left, right, strict=True))
+
+
+def _stored_tensors(model_dir: Path):
+    """name -> a loader of that tensor as stored in `model_dir`'s safetensors (one tensor in memory at a time)."""
+    from safetensors import safe_open
+
+    loaders = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(path, framework="pt") as handle:
+            names = list(handle.keys())
+        for name in names:
+            loaders[name] = lambda path=path, name=name: safe_open(path, framework="pt").get_tensor(name)
+    return loaders
+
+
+def check_adapter_folded(model_dir: Path, merged, quantised_peft) -> int:
+    """Check that every LoRA layer of `merged` is the stored full-precision weight plus the adapter's update.
+
+    W_merged = W_stored + scaling * B @ A, to the rounding of the merged dtype. This is what
+    "merged into the unquantised base" means; merging into the dequantised 4-bit weight
+    instead would be off by the quantisation error (about 10% of each weight). Returns the
+    number of layers checked; raises ValueError naming the first that differs.
+    """
+    import torch
+
+    stored = _stored_tensors(model_dir)
+    merged_weights = dict(merged.named_parameters())
+    checked = 0
+    for name, module in quantised_peft.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in module.lora_A:
+            continue
+        key = name.removeprefix("base_model.model.") + ".weight"
+        if key not in stored or key not in merged_weights:
+            raise ValueError(f"qlora merge check: the adapter's layer {key} is not in {model_dir} or the merged model")
+        weight = merged_weights[key].detach().float().cpu()
+        update = module.lora_B["default"].weight.detach().float() @ module.lora_A["default"].weight.detach().float()
+        expected = stored[key]().float() + module.scaling["default"] * update.cpu()
+        eps = torch.finfo(merged_weights[key].dtype).eps
+        worst = float(((weight - expected).abs() - 4 * eps * expected.abs()).max())
+        if worst > 4 * eps * float(expected.abs().max()):
+            raise ValueError(
+                f"qlora merge check: {key} of the merged model is not {model_dir}'s weight plus the adapter's "
+                f"update (off by {worst:.3g} beyond {merged_weights[key].dtype} rounding)"
+            )
+        checked += 1
+    if not checked:
+        raise ValueError("qlora merge check: the trained model has no LoRA layer")
+    return checked
+
+
+# The merged model and the trained one (4-bit + adapter) differ only by W - Q(W): the
+# adapter is the same on both. The fp and the 4-bit base differ by exactly that too, so the
+# first gap is of the size of the second; the slack allows for the adapter changing the
+# activations the quantisation error passes through (measured ratios 0.94-1.26 on tiny random
+# Llamas, whose 4-bit error is several logits: the worst case). Wrong configs, a merge into
+# the dequantised weights or a base of another dtype show up as a gap beyond it.
+MERGE_SLACK = 2.0
+
+
+def check_qlora_merge(fp_base_logits: list, merged, quantised_peft, probes: list[list[int]]) -> dict[str, float]:
+    """Check the merged full-precision model's logits against the quantised model it was trained as.
+
+    `fp_base_logits` are the unquantised base's logits on `probes` (taken before the merge, which
+    changes the base in place). Returns the gaps (max absolute logit differences); raises
+    ValueError when the merged model is further from the trained model than MERGE_SLACK times
+    the quantisation error (the fp base's distance from the 4-bit base).
+    """
+    _unpacked_4bit_kernels(quantised_peft)
+    quantised_peft.eval()
+    trained = _logits(quantised_peft, probes)
+    with quantised_peft.disable_adapter():
+        quantised_base = _logits(quantised_peft, probes)
+    merged_logits = _logits(merged, probes)
+    report = {
+        "probe_tokens": sum(len(ids) for ids in probes),
+        "quantisation_error": _max_gap(fp_base_logits, quantised_base),
+        "merge_gap": _max_gap(merged_logits, trained),
+        "adapter_effect": _max_gap(trained, quantised_base),
+    }
+    report["merge_gap_ratio"] = report["merge_gap"] / max(report["quantisation_error"], 1e-12)
+    if report["merge_gap"] > MERGE_SLACK * report["quantisation_error"] + 1e-4:
+        raise ValueError(
+            f"qlora merge check: the merged model's logits are {report['merge_gap']:.4g} from the trained "
+            f"(4-bit + adapter) model's, more than {MERGE_SLACK} x the 4-bit quantisation error "
+            f"{report['quantisation_error']:.4g}: {report}"
+        )
+    return report
+
+
+def _merged_model(trainer_obj, trainer: str, model_dir: Path, work_dir: Path, dtype: str, probes):
+    """A plain model with the training folded in, whatever the trainer, and the qlora merge check (else None)."""
+    if trainer == "full":
+        return trainer_obj.model, None
+    if trainer == "lora":
+        return trainer_obj.model.merge_and_unload(), None
+    # qlora: merging into 4-bit weights would quantise the update away; fold the
+    # adapter into the unquantised base (the pruned checkpoint reloaded at the dtype
+    # lora and full save) instead, and check that against the model as trained.
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     adapter_dir = work_dir / "adapter"
     trainer_obj.model.save_pretrained(adapter_dir)
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=compute)
-    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    base, _ = load_checkpoint(model_dir, dtype=dtype, device=training_device())
+    fp_logits = _logits(base, probes)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    report = check_qlora_merge(fp_logits, merged, trainer_obj.model, probes)
+    report["layers_checked"] = check_adapter_folded(model_dir, merged, trainer_obj.model)
+    return merged, report
 
 
 def recover_checkpoint(
@@ -304,7 +485,7 @@ def recover_checkpoint(
     records = _dataset_records(dataset_path, recovery)
     work_dir = out_dir.parent / f"{out_dir.name}.work"
     fingerprint = _fingerprint(model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": dtype})
-    resume_from = prepare_work_dir(work_dir, fingerprint)
+    resume_from = prepare_work_dir_once(work_dir, fingerprint)
     resumed_step = int(resume_from.name.split("-", 1)[1]) if resume_from else 0
     if resume_from:
         print(f"resuming from {resume_from} (step {resumed_step})", flush=True)
@@ -370,6 +551,7 @@ def recover_checkpoint(
         "train_loss": train_output.training_loss,
         "global_steps": train_output.global_step,
         "resumed_from_step": resumed_step,
+        "processes": args.world_size,  # DDP: the global batch is batch_size x grad_accum x processes
         "loss_curve": None,
         "settings": settings,
     }
@@ -377,7 +559,9 @@ def recover_checkpoint(
         # Under accelerate / torchrun (resources.recover.gpus > 1) every rank trains the
         # same model; only the first merges and writes the checkpoint.
         return record
-    merged = _merged_model(sft, trainer, model_dir, work_dir, mixed)
+    merged, merge_check = _merged_model(sft, trainer, model_dir, work_dir, dtype, probe_inputs(sft.train_dataset))
+    if merge_check is not None:
+        record["merge_check"] = merge_check
     pruning_file = model_dir / "pruning.json"
     with atomic_path(out_dir, directory=True) as tmp:
         merged.save_pretrained(tmp)
@@ -392,4 +576,5 @@ def recover_checkpoint(
         if (work_dir / "runs").is_dir():  # tensorboard event files
             shutil.copytree(work_dir / "runs", tmp / "runs")
     shutil.rmtree(work_dir, ignore_errors=True)
+    print(f"recover: wrote {out_dir} ({train_output.global_step} steps)", flush=True)
     return record

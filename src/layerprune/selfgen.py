@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from layerprune.io import read_jsonl, sha256_file, write_json, write_jsonl
+from layerprune.io import content_fingerprint, read_jsonl_checked, sha256_file, write_json, write_jsonl
 
 BACKENDS = ("auto", "transformers", "vllm")
-PARTIAL_FORMAT = 1
+PARTIAL_FORMAT = 2  # 2: the model by content
 
 
 @dataclass(frozen=True)
@@ -405,7 +405,7 @@ def self_generate(
     """
     out_path = Path(out_path)
     stats_path = Path(stats_path) if stats_path else out_path.with_name(out_path.stem + ".stats.json")
-    records = read_jsonl(prompts_path)
+    records = read_jsonl_checked(prompts_path)
     if not records:
         raise ValueError(f"{prompts_path}: the prompt set is empty")
     generator, tokenizer, resolved = make_generator(model_dir, backend, dtype, max_new_tokens, temperature, top_p, seed)
@@ -413,7 +413,9 @@ def self_generate(
     lengths = [generator.token_count(text) for text in texts]
     fingerprint = {
         "format": PARTIAL_FORMAT,
-        "model": str(Path(model_dir).resolve()),
+        # what the model is (weights, config, tokenizer, source record), not where: answers of a
+        # model replaced at the same path are never mixed into the new one's file
+        "model": content_fingerprint(model_dir),
         "prompts_sha256": sha256_file(prompts_path),
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
