@@ -228,17 +228,18 @@ def test_paper_config_dry_run_offline(tmp_path):
     workdir = workflow_copy(tmp_path / "wf", paper)
     jobs = planned_jobs(workdir)
     assert jobs == expected_jobs(paper)
-    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 15 tasks:
-    # 7 lm-eval + general_knowledge + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + 2 arithmetic.
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 15 == 1215
-    assert jobs["evaluate_dense"] == 45
+    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 17 tasks:
+    # 7 lm-eval + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + the 3 iterative probes
+    # (evaluated too until tasks can be probe-only) + 2 arithmetic.
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 17 == 1377
+    assert jobs["evaluate_dense"] == 51
     assert jobs["recover"] == 54  # 2 trained recoveries (data, sgr)
     assert jobs["score_iterative"] == 3
     assert jobs["prepare_lm_eval_task"] == 7
-    assert jobs["prepare_task"] == 8
-    assert jobs["extract_bigbench"] == 13  # 12 task + 1 calibration BIG-bench tasks (prompts: Alpaca)
+    assert jobs["prepare_task"] == 10
+    assert jobs["extract_bigbench"] == 12  # 11 task + 1 calibration BIG-bench tasks (prompts: Alpaca)
     assert jobs["filter_prompts"] == 3  # the prompt set cut to each model's own token count
-    assert sum(jobs.values()) == 1392
+    assert sum(jobs.values()) == 1561
 
 
 def test_lm_eval_task_cannot_probe_iterative(tmp_path):

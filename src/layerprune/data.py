@@ -375,3 +375,23 @@ def prepare_lm_eval_task(
     }
     write_json(out_path, payload)
     return payload
+
+
+def holdout_split(records: list[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Split SFT records into (train, eval): `eval_fraction` of them, at least one, held out (seeded).
+
+    The authors hold out 10% (train/sft_trainer.py: `test_size = max(1, int(len(df) * 0.1))`,
+    drawn at random) and log its loss after the epoch. Both parts keep the records' order;
+    `eval_fraction` 0 holds nothing out.
+    """
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"recovery.eval_fraction must lie in [0, 1), got {eval_fraction}")
+    if eval_fraction == 0:
+        return list(records), []
+    if len(records) < 2:
+        raise ValueError(f"recovery.eval_fraction={eval_fraction} needs at least 2 records, got {len(records)}")
+    count = max(1, int(len(records) * eval_fraction))
+    held = set(random.Random(seed).sample(range(len(records)), count))
+    train = [record for index, record in enumerate(records) if index not in held]
+    evaluation = [record for index, record in enumerate(records) if index in held]
+    return train, evaluation

@@ -140,6 +140,10 @@ def lm_eval_records(results: dict[str, Any], metric: str) -> list[dict[str, Any]
     return records
 
 
+def _stderr_value(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
 def evaluate_classification(
     model, tokenizer, task: dict[str, Any], task_name: str, batch_size: int, seed: int
 ) -> dict[str, Any]:
@@ -170,7 +174,8 @@ def evaluate_classification(
     return {
         "metric": {"acc": "accuracy", "acc_norm": "accuracy_norm"}.get(metric, metric),
         "value": float(metrics[f"{metric},none"]),
-        "stderr": float(metrics.get(f"{metric}_stderr,none", float("nan"))),
+        # lm-eval reports "N/A" when it cannot estimate one (a single sample, a group of such subtasks)
+        "stderr": _stderr_value(metrics.get(f"{metric}_stderr,none")),
         "grader": f"lm-eval {lm_eval.__version__} {lm_eval_name} {metric}",
         "samples": lm_eval_records(results, metric),
         "lm_eval_task": lm_eval_name,

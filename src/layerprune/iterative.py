@@ -8,6 +8,11 @@ tasks. The candidate kept is the one with the highest retention
 
 ties going to the later layer. The order is greedy, so the removal set for k is the
 first k entries of `removal_order`, and every set for a smaller k is a subset of it.
+These three choices are the authors' (safal312/on-the-limits-of-layer-pruning,
+layer_pruner/script.py: `avg_normalized`, sorted by (score, index) descending, `i == 0`
+skipped); `criterion`, `tie_break` and `keep_first_layer` of `iterative_removal` name
+them, with `mean_score` (the plain mean of the raw scores), `earlier` and False as the
+alternatives.
 
 Probe tasks are prepared task files (`layerprune.data.prepare_task`), cut to their
 first `num_samples` samples:
@@ -17,8 +22,13 @@ first `num_samples` samples:
   token split of the evaluation through lm-eval, computed here directly and batched;
   the few-shot examples are taken in the task file's order, where lm-eval draws
   them with its seed);
-* generative: greedy few-shot decoding graded by the task's own grader (exact match,
-  first digit, ...), through `evaluate_generative`.
+* generative: decoding with the task's own evaluation settings, i.e. its `prompting`
+  (chat template or few-shot) and its sampling (temperature, top-k, top-p), seeded with
+  the prepared task's seed, graded by the task's own grader (exact match, math-verify,
+  ROUGE-L F1, code, ...), through `evaluate_generative`. A probe thus measures what the
+  evaluation measures; the authors' probes sample at their evaluation's T 0.9, top-k 50,
+  top-p 1. Every candidate is generated with the same seed, so candidates are compared
+  on common random numbers rather than on independent draws.
 
 A removal is temporary: `layers_removed` applies `layerprune.prune.remove_layers`
 (the very surgery `prune` does: layer list, `layer_idx` renumbering, per-layer config
@@ -37,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 from layerprune.evaluate import evaluate_generative, fewshot_prompt
+from layerprune.generative import Sampling
 from layerprune.io import read_json
 from layerprune.models import decoder_layers
 from layerprune.prune import PER_LAYER_CONFIG_FIELDS, remove_layers
@@ -44,28 +55,59 @@ from layerprune.prune import PER_LAYER_CONFIG_FIELDS, remove_layers
 # Retentions closer than this count as tied (sums of the same ratios in another
 # order may differ in the last bits).
 TIE_TOLERANCE = 1e-9
+CRITERIA = ("mean_ratio", "mean_score")
+TIE_BREAKS = ("later", "earlier")
+PROMPTINGS = ("auto", "chat", "fewshot")
+
+
+def _per_task(value: Any, count: int, what: str) -> list[Any]:
+    """One value for every probe task: a list of `count` values, or one value for all."""
+    if not isinstance(value, list):
+        return [value] * count
+    if len(value) != count:
+        raise ValueError(f"{count} probe tasks but {len(value)} {what} values")
+    return value
 
 
 def load_probe_tasks(
-    paths: list[str | Path], num_samples: int, max_new_tokens: list[int] | int = 16
+    paths: list[str | Path],
+    num_samples: int,
+    max_new_tokens: list[int] | int = 16,
+    prompting: list[str] | str = "auto",
+    sampling: list[Sampling | None] | Sampling | None = None,
 ) -> list[dict[str, Any]]:
     """Read prepared task files as probe tasks: the first `num_samples` samples of each.
 
-    A task is named after its file (`results/data/tasks/{task}.json`);
-    `max_new_tokens` (one per task, or one for all) bounds generative answers.
+    A task is named after its file (`results/data/tasks/{task}.json`). Each of
+    `max_new_tokens`, `prompting` (auto/chat/fewshot) and `sampling` is one value per
+    task or one for all; pass the task's evaluation settings (`tasks.<name>`), so that
+    a generative probe is generated exactly as the task is evaluated. The defaults are
+    the evaluation's defaults (prompting auto, greedy).
     """
-    if isinstance(max_new_tokens, int):
-        max_new_tokens = [max_new_tokens] * len(paths)
-    if len(max_new_tokens) != len(paths):
-        raise ValueError(f"{len(paths)} probe tasks but {len(max_new_tokens)} max_new_tokens values")
+    max_new_tokens = _per_task(max_new_tokens, len(paths), "max_new_tokens")
+    promptings = _per_task(prompting, len(paths), "prompting")
+    samplings = _per_task(sampling, len(paths), "sampling")
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     tasks = []
-    for path, tokens in zip(paths, max_new_tokens, strict=True):
+    for path, tokens, task_prompting, task_sampling in zip(paths, max_new_tokens, promptings, samplings, strict=True):
+        if task_prompting not in PROMPTINGS:
+            raise ValueError(
+                f"probe task {path}: prompting must be one of {', '.join(PROMPTINGS)}, got {task_prompting!r}"
+            )
+        if task_sampling is not None and not isinstance(task_sampling, Sampling):
+            raise TypeError(f"probe task {path}: sampling must be a layerprune.generative.Sampling or None")
         task = read_json(path)
-        # the whole prepared task (its grader, stop strings, ...) with the samples cut
+        # the whole prepared task (its grader, stop strings, seed, ...) with the samples cut
         tasks.append(
-            {**task, "name": Path(path).stem, "samples": task["samples"][:num_samples], "max_new_tokens": tokens}
+            {
+                **task,
+                "name": Path(path).stem,
+                "samples": task["samples"][:num_samples],
+                "max_new_tokens": tokens,
+                "prompting": task_prompting,
+                "sampling": task_sampling or Sampling(),
+            }
         )
     return tasks
 
@@ -175,8 +217,18 @@ class _Prober:
                 pairs = self.pairs[task["name"]]
                 value = classification_accuracy(self.model, task, pairs, self.batch_size, self.pad_id)
             else:
+                # the task's own evaluation settings; tasks built without load_probe_tasks get
+                # the evaluation's defaults (prompting auto, greedy)
                 value = evaluate_generative(
-                    self.model, self.tokenizer, task, task["max_new_tokens"], self.batch_size, progress=False
+                    self.model,
+                    self.tokenizer,
+                    task,
+                    task["max_new_tokens"],
+                    self.batch_size,
+                    progress=False,
+                    prompting=task.get("prompting", "auto"),
+                    sampling=task.get("sampling") or Sampling(),
+                    seed=task.get("seed", 0),
                 )["value"]
             accuracies[task["name"]] = value
         return accuracies
@@ -208,19 +260,62 @@ def retention(accuracies: dict[str, float], dense: dict[str, float]) -> float:
     return sum(ratios) / len(ratios)
 
 
+def probe_score(accuracies: dict[str, float], dense: dict[str, float], criterion: str = "mean_ratio") -> float:
+    """A candidate's score: `mean_ratio` (the paper's: `retention`) or `mean_score` (plain mean).
+
+    Both use the probe tasks with nonzero dense score. The authors count a dense-zero task
+    as ratio 0 for every candidate, which adds the same constant to each and so picks the
+    same layer as leaving it out.
+    """
+    if criterion == "mean_ratio":
+        return retention(accuracies, dense)
+    if criterion == "mean_score":
+        values = [accuracies[name] for name in dense if dense[name] > 0]
+        return sum(values) / len(values)
+    raise ValueError(f"scoring.iterative.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+
+
+def choose_layer(scores: dict[int, float], tie_break: str = "later") -> int:
+    """The candidate with the highest score; among tied ones the later (or earlier) layer."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"scoring.iterative.tie_break must be one of {', '.join(TIE_BREAKS)}, got {tie_break!r}")
+    best = max(scores.values())
+    tied = [layer for layer, value in scores.items() if value >= best - TIE_TOLERANCE]
+    return max(tied) if tie_break == "later" else min(tied)
+
+
 @torch.no_grad()
 def iterative_removal(
-    model, tokenizer, probe_tasks: list[dict[str, Any]], max_k: int, batch_size: int = 8
+    model,
+    tokenizer,
+    probe_tasks: list[dict[str, Any]],
+    max_k: int,
+    batch_size: int = 8,
+    criterion: str = "mean_ratio",
+    tie_break: str = "later",
+    keep_first_layer: bool = True,
 ) -> dict[str, Any]:
     """Greedy removal order for k = 1..max_k; see the module docstring.
 
+    `criterion` (`mean_ratio`: mean over tasks of pruned ÷ dense; `mean_score`: mean of
+    the raw scores), `tie_break` (`later` or `earlier` layer among tied candidates) and
+    `keep_first_layer` (layer 0 is never a candidate) default to the paper's choices.
+
     Returns `removal_order`, `removal` (k -> sorted layers, k = 0..max_k), `max_k`,
-    the dense accuracies, the probe tasks used and, per round, every candidate's
-    accuracies and retention.
+    the dense accuracies, the probe tasks used and how they were generated, the
+    selection rule and, per round, every candidate's accuracies and retention (the
+    criterion's score).
     """
+    if criterion not in CRITERIA:
+        raise ValueError(f"scoring.iterative.criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"scoring.iterative.tie_break must be one of {', '.join(TIE_BREAKS)}, got {tie_break!r}")
     num_layers = len(decoder_layers(model))
-    if not 0 <= max_k <= num_layers - 1:
-        raise ValueError(f"max_k must lie in [0, {num_layers - 1}] for {num_layers} layers (layer 0 stays): {max_k}")
+    first_candidate = 1 if keep_first_layer else 0
+    most = num_layers - 1  # one layer always stays, so the model keeps a decoder
+    if not 0 <= max_k <= most:
+        kept = " (layer 0 stays)" if keep_first_layer else ""
+        raise ValueError(f"max_k must lie in [0, {most}] for {num_layers} layers{kept}: {max_k}")
     padding_side = tokenizer.padding_side  # evaluate_generative switches it to left
     try:
         probe = _Prober(model, tokenizer, probe_tasks, batch_size)
@@ -238,19 +333,18 @@ def iterative_removal(
             )
         order: list[int] = []
         rounds = []
-        total = sum(num_layers - 1 - done for done in range(max_k))
+        total = sum(num_layers - first_candidate - done for done in range(max_k))
         with tqdm(total=total, desc="iterative pruning", unit="candidate") as bar:
             for k in range(1, max_k + 1):
                 bar.set_postfix(round=f"{k}/{max_k}", removed=str(sorted(order)))
-                candidates = [layer for layer in range(1, num_layers) if layer not in order]
+                candidates = [layer for layer in range(first_candidate, num_layers) if layer not in order]
                 accuracies, retained = {}, {}
                 for layer in candidates:
                     with layers_removed(model, order + [layer]):
                         accuracies[layer] = probe()
-                    retained[layer] = retention(accuracies[layer], dense)
+                    retained[layer] = probe_score(accuracies[layer], dense, criterion)
                     bar.update(1)
-                best = max(retained.values())
-                chosen = max(layer for layer in candidates if retained[layer] >= best - TIE_TOLERANCE)
+                chosen = choose_layer(retained, tie_break)
                 rounds.append(
                     {
                         "k": k,
@@ -271,6 +365,17 @@ def iterative_removal(
         "probe_tasks": {
             task["name"]: {"type": task["type"], "num_samples": len(task["samples"])} for task in probe_tasks
         },
+        "probe_generation": {
+            task["name"]: {
+                "prompting": task.get("prompting", "auto"),
+                "sampling": {**(task.get("sampling") or Sampling()).__dict__},
+                "seed": task.get("seed", 0),
+                "max_new_tokens": task.get("max_new_tokens"),
+            }
+            for task in probe_tasks
+            if task["type"] == "generative"
+        },
+        "selection": {"criterion": criterion, "tie_break": tie_break, "keep_first_layer": keep_first_layer},
         "dense_accuracy": dense,
         "excluded_probe_tasks": excluded,
         "rounds": rounds,

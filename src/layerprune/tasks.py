@@ -33,6 +33,7 @@ import gzip
 import json
 import random
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,15 @@ def read_rows(file: str | Path, split: str = "test") -> list[dict[str, Any]]:
 
         return [dict(row) for row in datasets.Dataset.from_parquet(str(path))]
     raise ValueError(f"{path}: unsupported task file type (JSON, JSONL, JSONL.gz, Parquet or a save_to_disk dir)")
+
+
+def task_sample_ids(paths: list[str | Path]) -> set[str]:
+    """The ids of every evaluated and few-shot sample of prepared task files (for `exclude_ids`)."""
+    ids: set[str] = set()
+    for path in paths:
+        task = json.loads(Path(path).read_text())
+        ids |= {str(sample["id"]) for sample in [*task["samples"], *task.get("fewshot", [])]}
+    return ids
 
 
 def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None) -> list[dict[str, Any]]:
@@ -244,11 +254,20 @@ def _fewshot_pool(spec: dict[str, Any]) -> list[dict] | None:
     return None
 
 
-def prepare_task_spec(spec: dict[str, Any], bigbench_dir: str | Path, seed: int, out_path: str | Path) -> dict:
+def prepare_task_spec(
+    spec: dict[str, Any],
+    bigbench_dir: str | Path,
+    seed: int,
+    out_path: str | Path,
+    exclude_ids: Collection[Any] | None = None,
+) -> dict:
     """Prepare a task from its config entry (`tasks.<name>`) and write the task JSON.
 
     Few-shot examples come from `fewshot_file`/`fewshot_split` when given, else
-    from the same pool, disjoint from the evaluated samples.
+    from the same pool, disjoint from the evaluated samples. Rows whose id is in
+    `exclude_ids` (e.g. `task_sample_ids` of another prepared task) leave the pool
+    first, so a probe and an evaluation drawn from one dataset stay disjoint
+    (dataset tasks only: BIG-bench ids are positions, not stable names).
     """
     spec = {"dataset": "bigbench", **spec}
     dataset = spec["dataset"]
@@ -257,6 +276,10 @@ def prepare_task_spec(spec: dict[str, Any], bigbench_dir: str | Path, seed: int,
     grader = spec.get("grader") or DEFAULT_GRADER[dataset]
     bigbench_dir = Path(bigbench_dir)
     if dataset == "bigbench":
+        if exclude_ids:
+            raise ValueError(
+                "exclude_ids applies to dataset tasks (gsm8k, math500, humaneval, mbpp, xsum), not BIG-bench"
+            )
         fewshot, samples, source = _prepare_bigbench(spec, bigbench_dir, seed)
     else:
         if spec["type"] != "generative":
@@ -273,6 +296,11 @@ def prepare_task_spec(spec: dict[str, Any], bigbench_dir: str | Path, seed: int,
                 ) from error
             sample["id"] = sample.get("id") if sample.get("id") is not None else index
             pool.append(sample)
+        if exclude_ids:
+            excluded = {str(sample_id) for sample_id in exclude_ids}
+            pool = [sample for sample in pool if str(sample["id"]) not in excluded]
+            if not pool:
+                raise ValueError(f"{source}: every row is excluded (exclude_ids), nothing left to prepare")
         order = list(range(len(pool)))
         random.Random(seed).shuffle(order)
         pool = [pool[i] for i in order]
