@@ -1,6 +1,3 @@
-REPORT = config["report"]
-
-
 rule aggregate:
     input:
         results=all_evaluations(),
@@ -28,13 +25,7 @@ rule aggregate:
             expand("results/plots/{model}__removal_map.png", model=MODELS), category="Scoring methods"
         ),
     params:
-        bootstrap_samples=REPORT["bootstrap_samples"],
-        confidence=REPORT["confidence"],
-        headline_ratio=REPORT["headline_ratio"],
-        self_bleu_max_texts=REPORT["self_bleu_max_texts"],
-        seed=SEED,
+        settings=REPORT_SETTINGS,
     shell:
-        "layerprune aggregate --results {input.results} --scores {input.scores} --out-dir results"
-        " --bootstrap-samples {params.bootstrap_samples} --confidence {params.confidence}"
-        " --headline-ratio {params.headline_ratio} --self-bleu-max-texts {params.self_bleu_max_texts}"
-        " --seed {params.seed}"
+        "layerprune aggregate --results {input.results:q} --scores {input.scores:q} --out-dir results"
+        " --settings {params.settings:q}"

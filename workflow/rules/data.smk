@@ -2,7 +2,7 @@ rule fetch_bigbench:
     output:
         "resources/bigbench-1.0.0.tar.gz",
     shell:
-        "layerprune fetch-bigbench --out {output}"
+        "layerprune fetch-bigbench --out {output:q}"
 
 
 rule extract_bigbench:
@@ -13,7 +13,7 @@ rule extract_bigbench:
     wildcard_constraints:
         bbtask="[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*",
     shell:
-        "layerprune extract-bigbench --sdist {input.sdist} --task {wildcards.bbtask} --out {output}"
+        "layerprune extract-bigbench --sdist {input.sdist:q} --task {wildcards.bbtask:q} --out {output:q}"
 
 
 ruleorder: prepare_lm_eval_task > prepare_task
@@ -32,9 +32,9 @@ rule prepare_lm_eval_task:
         include_path=lambda wc: config["tasks"][wc.task]["lm_eval_include_path"] or "",
         seed=SEED,
     shell:
-        "layerprune prepare-lm-eval-task --lm-eval-task {params.lm_eval_task} --num-fewshot {params.num_fewshot}"
-        " --limit {params.limit} --metric {params.metric} --include-path={params.include_path:q}"
-        " --seed {params.seed} --out {output}"
+        "layerprune prepare-lm-eval-task --lm-eval-task {params.lm_eval_task:q} --num-fewshot {params.num_fewshot:q}"
+        " --limit {params.limit:q} --metric {params.metric:q} --include-path={params.include_path:q}"
+        " --seed {params.seed:q} --out {output:q}"
 
 
 rule prepare_task:
@@ -46,8 +46,8 @@ rule prepare_task:
         spec=lambda wc: json.dumps(config["tasks"][wc.task], sort_keys=True),
         seed=SEED,
     shell:
-        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --seed {params.seed}"
-        " --out {output}"
+        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --seed {params.seed:q}"
+        " --out {output:q}"
 
 
 rule prepare_prompts:
@@ -56,24 +56,9 @@ rule prepare_prompts:
     output:
         "results/data/prompts.jsonl",
     params:
-        source=PROMPTS["source"],
-        tasks=PROMPTS.get("bigbench_tasks") or [],
-        path=PROMPTS["path"] or "",
-        name=PROMPTS["name"] or "",
-        split=PROMPTS["split"],
-        prompt_fields=PROMPTS["prompt_fields"],
-        response_field=PROMPTS["response_field"] or "",
-        separator=PROMPTS["separator"],
-        num_prompts=PROMPTS["num_prompts"],
-        system_prompt=PROMPTS["system_prompt"] or "",
-        seed=SEED,
+        settings=PROMPT_SET_SETTINGS,
     shell:
-        "layerprune prepare-prompts --source {params.source} --bigbench-dir resources/bigbench --tasks {params.tasks}"
-        " --path={params.path:q} --name={params.name:q} --split={params.split:q}"
-        " --prompt-fields {params.prompt_fields:q} --response-field={params.response_field:q}"
-        " --separator={params.separator:q}"
-        " --num-prompts {params.num_prompts} --system-prompt={params.system_prompt:q} --seed {params.seed}"
-        " --out {output}"
+        "layerprune prepare-prompts --settings {params.settings:q} --bigbench-dir resources/bigbench --out {output:q}"
 
 
 rule prepare_calibration:
@@ -82,12 +67,10 @@ rule prepare_calibration:
     output:
         "results/data/calibration.jsonl",
     params:
-        tasks=config["scoring"]["calibration"]["bigbench_tasks"],
-        num_samples=config["scoring"]["calibration"]["num_samples"],
-        seed=SEED,
+        settings=CALIBRATION_SETTINGS,
     shell:
-        "layerprune prepare-calibration --bigbench-dir resources/bigbench --tasks {params.tasks}"
-        " --num-samples {params.num_samples} --seed {params.seed} --out {output}"
+        "layerprune prepare-calibration --settings {params.settings:q} --bigbench-dir resources/bigbench"
+        " --out {output:q}"
 
 
 rule materialize:
@@ -99,4 +82,4 @@ rule materialize:
     resources:
         **job_resources("materialize"),
     shell:
-        "layerprune materialize --source {params.source:q} --out {output}"
+        "layerprune materialize --source {params.source:q} --out {output:q}"

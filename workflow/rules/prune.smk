@@ -5,10 +5,10 @@ rule prune:
     output:
         directory("results/pruned/{model}/{method}/{ratio}"),
     params:
-        dtype=DTYPE,
+        settings=PRUNE_SETTINGS,
     threads: job_threads("prune")
     resources:
         **job_resources("prune"),
     shell:
-        "layerprune prune --model {input.model} --scores {input.scores} --ratio {wildcards.ratio}"
-        " --dtype {params.dtype} --threads {threads} --out {output}"
+        "layerprune prune --model {input.model:q} --scores {input.scores:q} --ratio {wildcards.ratio:q}"
+        " --settings {params.settings:q} --threads {threads} --out {output:q}"
