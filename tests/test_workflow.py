@@ -152,6 +152,8 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
         (lambda c: c["tasks"]["plural"].pop("bigbench_task"), "bigbench_task"),
         (lambda c: c["tasks"]["humaneval"].update(prompting="socratic"), "socratic"),
         (lambda c: c["evaluation"].update(sandbox={"nproc": 0}), "nproc"),
+        # a study given with --configfile is not completed from config.yaml: a missing resource is named
+        (lambda c: c["resources"]["default"].pop("mem_mb"), "mem_mb"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(tmp_path, mutate, message):
@@ -203,9 +205,9 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
 
 def test_paper_config_dry_run_offline(tmp_path):
     """configs/paper.yaml plans the paper's grid without touching the hub."""
-    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
-    workdir = workflow_copy(tmp_path / "wf", paper)
-    jobs = planned_jobs(workdir)
+    workdir = workflow_copy(tmp_path / "wf")  # the embedded default beside it, as in a checkout
+    shutil.copy(REPO / "configs" / "paper.yaml", workdir / "paper.yaml")
+    jobs = planned_jobs(workdir, "--configfile", "paper.yaml")
     assert jobs == {
         "all": 1, "fetch_bigbench": 1, "extract_bigbench": 13, "prepare_task": 8, "prepare_lm_eval_task": 7,
         "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3,
