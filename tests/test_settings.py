@@ -156,8 +156,8 @@ def test_cli_settings_json_with_a_flag_over_it():
     selfgen = settings_from_args(settings.SelfgenSettings, args, "selfgen")
     assert (selfgen.max_new_tokens, selfgen.temperature, selfgen.drop_empty, selfgen.seed) == (8, 0.0, True, 1)
     with pytest.raises(SystemExit, match="not valid JSON"):
-        settings_from_args(settings.SelfgenSettings, parser.parse_args(["selfgen", "--model", "m", "--prompts", "p",
-                                                                       "--out", "o", "--settings", "{"]), "selfgen")  # fmt: skip
+        broken = parser.parse_args(["selfgen", "--model", "m", "--prompts", "p", "--out", "o", "--settings", "{"])
+        settings_from_args(settings.SelfgenSettings, broken, "selfgen")
 
 
 def test_registries_match_the_code_that_dispatches_on_them():
@@ -179,24 +179,25 @@ def test_registries_match_the_code_that_dispatches_on_them():
 
 
 def test_lora_target_modules_reaches_peft(tmp_path, single_thread):
-    """The setting added as the proof of 'one place': LoRA on q_proj and v_proj only changes only those weights."""
+    """The setting added as the proof of 'one place': LoRA on q_proj and v_proj changes only those weights."""
     import torch
     from conftest import RECOVER_SETTINGS, make_tiny_checkpoint
     from safetensors.torch import load_file
     from test_stages import prompt_records
+    from transformers import AutoTokenizer
+    from workflow_helpers import CHAT_TEMPLATE
 
     from layerprune.io import write_jsonl
     from layerprune.recover import recover_checkpoint
-
-    from transformers import AutoTokenizer
-    from workflow_helpers import CHAT_TEMPLATE
 
     base = make_tiny_checkpoint(tmp_path / "base", num_layers=2)
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(base)
     write_jsonl(tmp_path / "train.jsonl", prompt_records(4))
-    options = RecoverySettings.build(**{**RECOVER_SETTINGS, "max_steps": 2, "lora_target_modules": ["q_proj", "v_proj"]})
+    options = RecoverySettings.build(
+        **{**RECOVER_SETTINGS, "max_steps": 2, "lora_target_modules": ["q_proj", "v_proj"]}
+    )
     record = recover_checkpoint(base, tmp_path / "train.jsonl", tmp_path / "out", "sgr", options)
     assert record["settings"]["lora_target_modules"] == ["q_proj", "v_proj"]
     before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")

@@ -140,7 +140,6 @@ def copy_run(src: Path, dest: Path) -> Path:
     return dest
 
 
-
 def shell_commands(output: str, stage: str) -> list[list[str]]:
     """The `layerprune <stage>` commands a `snakemake -n -p` printed, each split as the shell would."""
     commands = []
