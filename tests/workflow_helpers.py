@@ -82,11 +82,12 @@ def tiny_config(model_dir) -> dict:
 
 
 def workflow_copy(dest: Path, config: dict | None = None) -> Path:
-    """Copy the workflow (Snakefile, rules, schema, profiles, dvc.yaml) into `dest`."""
+    """Copy the workflow (Snakefile, rules, schema, envs, profiles, dvc.yaml) into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dest / "Snakefile")
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
     shutil.copytree(REPO / "workflow", dest / "workflow", dirs_exist_ok=True)
+    shutil.copytree(REPO / "envs", dest / "envs", dirs_exist_ok=True)
     shutil.copytree(REPO / "profiles", dest / "profiles", dirs_exist_ok=True, symlinks=True)
     if not (dest / "slurm").exists():
         (dest / "slurm").symlink_to("profiles/slurm")
@@ -141,13 +142,14 @@ def copy_run(src: Path, dest: Path) -> Path:
 
 
 def shell_commands(output: str, stage: str) -> list[list[str]]:
-    """The `layerprune <stage>` commands a `snakemake -n -p` printed, each split as the shell would."""
+    """The `layerprune <stage>` commands a `snakemake -n -p` printed, each split as the shell would
+    (the job's redirection of its output to its log left out)."""
     commands = []
     for line in output.splitlines():
         line = line.strip().removeprefix("Shell command:").strip()
         argv = shlex.split(line) if f"layerprune {stage} " in line or f"layerprune.cli {stage} " in line else []
         if argv:
-            commands.append(argv)
+            commands.append(argv[: argv.index(">")] if ">" in argv else argv)  # without the redirection to the log
     return commands
 
 

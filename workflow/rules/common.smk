@@ -90,7 +90,11 @@ def score_settings(wildcards):
 def iterative_settings(wildcards):
     probe_max_new_tokens = [config["tasks"][task]["max_new_tokens"] for task in PROBE_TASKS]
     return settings_json(
-        ScoreSettings, config, method="iterative", max_ratio=MAX_RATIO, probe_max_new_tokens=probe_max_new_tokens
+        ScoreSettings,
+        config,
+        method="iterative",
+        max_ratio=MAX_RATIO,
+        probe_max_new_tokens=probe_max_new_tokens,
     )
 
 
@@ -149,6 +153,15 @@ def heal_inputs():
 
 def dense_checkpoint(model):
     return f"results/models/{model}/dense"
+
+
+def recovery_dataset(wildcards):
+    """`sgr` trains on the dense model's answers, `data` on the prompt set's references, `heal` on plain text."""
+    if wildcards.recovery == "sgr":
+        return f"results/selfgen/{wildcards.model}.jsonl"
+    if wildcards.recovery == "heal":
+        return "results/data/heal.jsonl"
+    return model_prompt_set(wildcards.model)
 
 
 def variant_checkpoint(wildcards):

@@ -9,18 +9,24 @@ CALIBRATED_METHODS = methods_where("calibrated")
 rule score:
     input:
         model=lambda wc: dense_checkpoint(wc.model),
-        calibration=lambda wc: "results/data/calibration.jsonl" if wc.method in CALIBRATED_METHODS else [],
+        calibration=lambda wc: ("results/data/calibration.jsonl" if wc.method in CALIBRATED_METHODS else []),
     output:
         "results/scores/{model}/{method}.json",
-    params:
-        calibration=lambda wc, input: f"--calibration {input.calibration}" if input.calibration else "",
-        settings=score_settings,
+    log:
+        "logs/score/{model}/{method}.log",
+    benchmark:
+        "benchmarks/score/{model}/{method}.tsv"
+    conda:
+        "../../envs/layerprune.yaml"
     threads: job_threads("score")
     resources:
         **job_resources("score"),
+    params:
+        calibration=lambda wc, input: (f"--calibration {input.calibration}" if input.calibration else ""),
+        settings=score_settings,
     shell:
         "layerprune score --model {input.model:q} --method {wildcards.method:q} {params.calibration}"
-        " --settings {params.settings:q} --threads {threads} --out {output:q}"
+        " --settings {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 # The iterative method (arXiv 2602.01997) evaluates candidate removals on the
@@ -36,11 +42,17 @@ rule score_iterative:
         probes=[f"results/data/tasks/{task}.json" for task in PROBE_TASKS],
     output:
         "results/scores/{model}/iterative.json",
-    params:
-        settings=iterative_settings,
+    log:
+        "logs/score_iterative/{model}.log",
+    benchmark:
+        "benchmarks/score_iterative/{model}.tsv"
+    conda:
+        "../../envs/layerprune.yaml"
     threads: job_threads("score")
     resources:
         **job_resources("score"),
+    params:
+        settings=iterative_settings,
     shell:
         "layerprune score --model {input.model:q} --method iterative --probe-tasks {input.probes:q}"
-        " --settings {params.settings:q} --threads {threads} --out {output:q}"
+        " --settings {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"

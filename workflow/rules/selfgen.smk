@@ -7,14 +7,20 @@ if PROMPTS["source"] == "magpie":
         output:
             prompts="results/data/prompts/{model}.jsonl",
             stats="results/data/prompts/{model}.stats.json",
-        params:
-            settings=MAGPIE_SETTINGS,
+        log:
+            "logs/magpie_prompts/{model}.log",
+        benchmark:
+            "benchmarks/magpie_prompts/{model}.tsv"
+        conda:
+            "../../envs/layerprune.yaml"
         threads: job_threads("selfgen")
         resources:
             **job_resources("selfgen"),
+        params:
+            settings=MAGPIE_SETTINGS,
         shell:
             "layerprune magpie-prompts --model {input.model:q} --settings {params.settings:q} --threads {threads}"
-            " --out {output.prompts:q} --stats {output.stats:q}"
+            " --out {output.prompts:q} --stats {output.stats:q} > {log:q} 2>&1"
 
 else:
 
@@ -29,11 +35,15 @@ else:
         output:
             prompts="results/data/prompts/{model}.jsonl",
             stats="results/data/prompts/{model}.stats.json",
+        log:
+            "logs/filter_prompts/{model}.log",
+        conda:
+            "../../envs/layerprune.yaml"
         params:
             settings=PROMPT_FILTER_SETTINGS,
         shell:
             "layerprune filter-prompts --prompts {input.prompts:q} --model {input.model:q}"
-            " --settings {params.settings:q} --out {output.prompts:q} --stats {output.stats:q}"
+            " --settings {params.settings:q} --out {output.prompts:q} --stats {output.stats:q} > {log:q} 2>&1"
 
 
 # Generated once per model by the dense model, shared by every method and ratio.
@@ -44,11 +54,17 @@ rule selfgen:
     output:
         dataset="results/selfgen/{model}.jsonl",
         stats="results/selfgen/{model}.stats.json",
-    params:
-        settings=SELFGEN_SETTINGS,
+    log:
+        "logs/selfgen/{model}.log",
+    benchmark:
+        "benchmarks/selfgen/{model}.tsv"
+    conda:
+        "../../envs/layerprune.yaml"
     threads: job_threads("selfgen")
     resources:
         **job_resources("selfgen"),
+    params:
+        settings=SELFGEN_SETTINGS,
     shell:
         "layerprune selfgen --model {input.model:q} --prompts {input.prompts:q} --settings {params.settings:q}"
-        " --threads {threads} --out {output.dataset:q} --stats {output.stats:q}"
+        " --threads {threads} --out {output.dataset:q} --stats {output.stats:q} > {log:q} 2>&1"
