@@ -1,7 +1,12 @@
 # layerprune: score -> prune -> selfgen -> recover -> evaluate -> aggregate.
 # Rules only wire files to the `layerprune` CLI; the logic lives in src/layerprune.
 
-configfile: "config.yaml"
+# The study: the config given with --configfile is the whole study (several are merged
+# in order); the embedded default config.yaml applies only when none is given. Either
+# way `--config key=value` overrides on top. (Snakemake's `configfile:` directive would
+# deep-merge a --configfile into the default instead, adding its models and tasks.)
+if not workflow.overwrite_configfiles:
+    workflow.configfile("config.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -161,12 +161,11 @@ def sample_ids(length: int = 12, batch: int = 1, seed: int = 1) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """One real `snakemake --cores 2` run of the tiny DAG (tests/test_pipeline.py's config),
+    """One real `snakemake --cores 2` run of the tiny DAG (workflow_helpers.tiny_config),
     shared by every test that needs a finished run: the pipeline, re-run, SLURM and DVC
     tests. Treat it as read-only; copy it with `workflow_helpers.copy_run` to change it."""
-    from test_pipeline import CHAT_TEMPLATE, tiny_config
     from transformers import AutoTokenizer
-    from workflow_helpers import snakemake, workflow_copy
+    from workflow_helpers import CHAT_TEMPLATE, snakemake, tiny_config, workflow_copy
 
     reuse = os.environ.get("LAYERPRUNE_TEST_TINY_RUN")
     if reuse:  # iterating on these tests: a root an earlier session left (<basetemp>/pipeline0)

@@ -13,67 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from transformers import AutoModelForCausalLM
-from workflow_helpers import planned_jobs
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
-)
-
-
-def tiny_config(model_dir) -> dict:
-    return {
-        "seed": 0,
-        "dtype": "float32",
-        "models": {"tiny": {"source": {"path": str(model_dir)}}},
-        "scoring": {
-            "methods": ["bi"],
-            "batch_size": 4,
-            "calibration": {"bigbench_tasks": ["gem/xsum"], "num_samples": 4, "max_length": 32},
-        },
-        "pruning": {"ratios": [0.25, 0.5]},
-        "prompts": {
-            "bigbench_tasks": ["arithmetic/1_digit_subtraction", "auto_categorization"],
-            "num_prompts": 8,
-        },
-        "selfgen": {
-            "max_new_tokens": 6,
-            "temperature": 0.7,
-            "top_p": 0.95,
-            "batch_size": 4,
-        },
-        "recovery": {
-            "methods": ["none", "data", "sgr"],
-            "lora_r": 4,
-            "lora_alpha": 8,
-            "lora_dropout": 0.0,
-            "learning_rate": 1e-3,
-            "num_epochs": 1,
-            "batch_size": 4,
-            "grad_accum": 1,
-            "max_length": 64,
-            "warmup_steps": 0,
-            "lr_scheduler": "constant",
-            "weight_decay": 0.0,
-            "max_steps": 2,
-        },
-        "tasks": {
-            "knowledge": {
-                "type": "classification",
-                "bigbench_task": "general_knowledge",
-                "num_fewshot": 0,
-                "limit": 6,
-            },
-            "addition": {
-                "type": "generative",
-                "bigbench_task": "arithmetic/1_digit_addition",
-                "num_fewshot": 1,
-                "limit": 6,
-                "max_new_tokens": 3,
-            },
-        },
-        "evaluation": {"batch_size": 4},
-        "resources": {"default": {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpus": 0}},
-    }
+from workflow_helpers import CHAT_TEMPLATE, planned_jobs, tiny_config  # noqa: F401  (others import them from here)
 
 
 @pytest.fixture(scope="module")

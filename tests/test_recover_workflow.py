@@ -10,9 +10,9 @@ import pytest
 import yaml
 from conftest import make_tiny_checkpoint
 from test_pipeline import CHAT_TEMPLATE, tiny_config
-from test_workflow import DEFAULT, expected_jobs
+from test_workflow import DEFAULT, DEFAULT_JOBS
 from transformers import AutoTokenizer
-from workflow_helpers import REPO, planned_jobs, snakemake, workflow_copy
+from workflow_helpers import REPO, flag, planned_jobs, settings_of, shell_commands, snakemake, workflow_copy
 
 from layerprune.heal import prepare_heal_text
 from layerprune.io import read_jsonl
@@ -27,18 +27,19 @@ def test_every_variant_and_trainer_is_planned(tmp_path, trainer):
     config["recovery"]["trainer"] = trainer
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    assert jobs == expected_jobs(config)
+    assert jobs == {**DEFAULT_JOBS, "extract_bigbench": 20, "prepare_heal": 1, "recover": 18, "evaluate_variant": 144}
     # 1 model x 2 methods x 3 ratios x 3 trained variants
     assert jobs["recover"] == 18 and jobs["prepare_heal"] == 1
     output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout
-    recover = [line for line in output.splitlines() if "layerprune recover" in line]
+    recover = shell_commands(output, "recover")
     assert len(recover) == 18
-    assert all(f"--trainer {trainer}" in line for line in recover)
-    heal = [line for line in recover if "--recovery heal" in line]
-    assert len(heal) == 6 and all("--dataset results/data/heal.jsonl" in line for line in heal)
-    assert all("--adam-beta1 0.9 --adam-beta2 0.99" in line for line in recover)
-    assert all("--padding-free False --gradient-checkpointing False" in line for line in recover)
-    assert all("--report-to none" in line for line in recover)
+    settings = [settings_of(argv) for argv in recover]
+    assert all(s["trainer"] == trainer for s in settings)
+    heal = [argv for argv in recover if flag(argv, "--recovery") == "heal"]
+    assert len(heal) == 6 and all(flag(argv, "--dataset") == "results/data/heal.jsonl" for argv in heal)
+    assert all((s["adam_beta1"], s["adam_beta2"]) == (0.9, 0.99) for s in settings)
+    assert all((s["padding_free"], s["gradient_checkpointing"]) == (False, False) for s in settings)
+    assert all(s["report_to"] == "none" for s in settings)
 
 
 def test_paper_recovery_settings():

@@ -129,6 +129,28 @@ def test_selfgen_sampling_setting_reruns_selfgen_and_its_descendants_only(tiny_r
     }
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        # the setting added as the proof of "one place": every trained variant, nothing upstream
+        ("recovery", "lora_target_modules", ["q_proj", "v_proj"], {"recover": 4, "evaluate_variant": 8}),
+        # an evaluation setting of one task: that task's evaluations (and its prepared file, which records
+        # the task's whole entry), no other task's
+        ("tasks.addition", "max_new_tokens", 4, {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 6}),
+        # a calibration setting: the calibrated method and all below it, not the prompt set or selfgen
+        ("scoring.calibration", "max_length", 16, {"score": 1, "prune": 2, "recover": 4, "evaluate_variant": 12}),
+    ],
+)
+def test_a_changed_setting_reruns_exactly_the_jobs_that_use_it(tiny_run, section, key, value, expected):
+    workdir, config = tiny_run
+    changed = copy.deepcopy(config)
+    node = changed
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
+    assert planned_with(workdir, changed) == {**expected, "aggregate": 1, "all": 1}
+
+
 def test_editing_a_stage_module_reruns_nothing_until_asked(run_copy):
     """The documented policy (docs/pipeline.md, "Reproducibility and re-runs"): code edits
     never re-run finished jobs by themselves, since a docstring edit must not cost hours

@@ -8,64 +8,25 @@ import shutil
 
 import pytest
 import yaml
-from workflow_helpers import BIN, REPO, planned_jobs, run, snakemake, workflow_copy
-
-from layerprune.tasks import bigbench_inputs
+from workflow_helpers import BIN, REPO, flag, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-def expected_jobs(config: dict) -> dict[str, int]:
-    models = len(config["models"])
-    methods = len(config["scoring"]["methods"])
-    ratios = len(config["pruning"]["ratios"])
-    recoveries = config["recovery"]["methods"]
-    trained = len([r for r in recoveries if r != "none"])
-    tasks = len(config["tasks"])
-    lm_eval_tasks = len([t for t in config["tasks"].values() if t.get("lm_eval_task")])
-    bigbench = {name for t in config["tasks"].values() if not t.get("lm_eval_task") for name in bigbench_inputs(t)}
-    prompted = bool({"data", "sgr"} & set(recoveries))  # heal trains on plain text, not on the prompt set
-    source = config["prompts"].get("source", "bigbench")
-    if source == "bigbench" and prompted:
-        bigbench |= set(config["prompts"]["bigbench_tasks"])
-    calibrated = [
-        m for m in config["scoring"]["methods"] if m in ("bi", "angular", "angular_last", "ppl", "taylor", "sleb")
-    ]
-    iterative = int("iterative" in config["scoring"]["methods"])
-    if calibrated:
-        bigbench |= set(config["scoring"]["calibration"]["bigbench_tasks"])
-    heal_source = config["recovery"].get("heal", {"source": {"bigbench_tasks": ["gem/wikilingua_en"]}})["source"]
-    if "heal" in recoveries:
-        bigbench |= set(heal_source.get("bigbench_tasks", []))
-    jobs = {
-        "all": 1,
-        "fetch_bigbench": 1,
-        "extract_bigbench": len(bigbench),
-        "prepare_task": tasks - lm_eval_tasks,
-        "prepare_lm_eval_task": lm_eval_tasks,
-        "prepare_prompts": 1,
-        "prepare_calibration": 1 if calibrated else 0,
-        "prepare_heal": int("heal" in recoveries),
-        "materialize": models,
-        "score": models * (methods - iterative),
-        "score_iterative": models * iterative,
-        "prune": models * methods * ratios,
-        "filter_prompts": models if prompted and source != "magpie" else 0,
-        "magpie_prompts": models if prompted and source == "magpie" else 0,
-        "selfgen": models if "sgr" in recoveries else 0,
-        "recover": models * methods * ratios * trained,
-        "evaluate_dense": models * tasks,
-        "evaluate_variant": models * methods * ratios * len(recoveries) * tasks,
-        "aggregate": 1,
-    }
-    if not prompted or source == "magpie":
-        jobs["prepare_prompts"] = 0
-    return {rule: count for rule, count in jobs.items() if count}
+# What each config plans, counted by hand from the grid (not by re-deriving the DAG):
+# the default is 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant
+# evaluations, 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 BIG-bench tasks
+# (6 evaluated + 3 arithmetic probe ops + 8 multidigit - overlap, 1 calibration, 4 prompt tasks).
+DEFAULT_JOBS = {
+    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 19, "prepare_task": 6, "prepare_prompts": 1,
+    "prepare_calibration": 1, "materialize": 1, "score": 2, "prune": 6, "filter_prompts": 1, "selfgen": 1,
+    "recover": 12, "evaluate_dense": 6, "evaluate_variant": 108, "aggregate": 1,
+}  # fmt: skip
 
 
 def test_default_dry_run_lists_exactly_the_expected_jobs(tmp_path):
     workdir = workflow_copy(tmp_path / "wf")
-    assert planned_jobs(workdir) == expected_jobs(DEFAULT)
+    assert planned_jobs(workdir) == DEFAULT_JOBS
 
 
 def test_dry_run_scales_with_the_grid(tmp_path):
@@ -76,17 +37,23 @@ def test_dry_run_scales_with_the_grid(tmp_path):
     config["scoring"]["methods"] = ["reverse"]
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    assert jobs == expected_jobs(config)
-    assert "prepare_calibration" not in jobs  # reverse needs no calibration
+    # 2 models x 1 method x 1 ratio; reverse needs no calibration (no gem/xsum, no prepare_calibration)
+    assert jobs == {
+        "all": 1, "fetch_bigbench": 1, "extract_bigbench": 18, "prepare_task": 6, "prepare_prompts": 1,
+        "materialize": 2, "score": 2, "prune": 2, "filter_prompts": 2, "selfgen": 2, "recover": 2,
+        "evaluate_dense": 12, "evaluate_variant": 24, "aggregate": 1,
+    }  # fmt: skip
 
 
 def test_dry_run_with_iterative_and_angular_last(tmp_path):
-    """iterative depends on the probe tasks' prepared files and gets its settings as flags."""
+    """iterative depends on the probe tasks' prepared files and gets its settings in --settings."""
     config = copy.deepcopy(DEFAULT)
     config["scoring"]["methods"] = ["bi", "angular_last", "reverse", "iterative"]
     config["scoring"]["iterative"] = {"probe_tasks": ["general_knowledge", "plural"], "num_samples": 8}
     workdir = workflow_copy(tmp_path / "wf", config)
-    assert planned_jobs(workdir) == expected_jobs(config)
+    assert planned_jobs(workdir) == {
+        **DEFAULT_JOBS, "score": 3, "score_iterative": 1, "prune": 12, "recover": 24, "evaluate_variant": 216,
+    }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
     block = output[output.index("rule score_iterative:") :]
     block = block[: block.index("\n\n")]
@@ -97,13 +64,16 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
         "results/data/tasks/plural.json",
     ]
     assert "output: results/scores/smollm2-135m/iterative.json" in block
-    assert (
-        "--method iterative --probe-tasks results/data/tasks/general_knowledge.json results/data/tasks/plural.json"
-        " --probe-max-new-tokens 16 8 --num-samples 8 --max-ratio 0.3 " in block
-    )
+    commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
+    iterative = commands["iterative"]
+    probes = iterative[iterative.index("--probe-tasks") + 1 : iterative.index("--settings")]
+    assert probes == ["results/data/tasks/general_knowledge.json", "results/data/tasks/plural.json"]
+    assert settings_of(iterative) == {
+        "batch_size": 8, "dtype": "auto", "max_ratio": 0.3, "num_samples": 8, "probe_max_new_tokens": [16, 8],
+        "seed": 0,
+    }  # fmt: skip
     # angular_last is scored by the plain score rule, from the calibration set
-    block = output[output.index("output: results/scores/smollm2-135m/angular_last.json") :][:1500]
-    assert "--method angular_last --calibration results/data/calibration.jsonl" in block
+    assert flag(commands["angular_last"], "--calibration") == "results/data/calibration.jsonl"
 
     # without probe_tasks, every task probes
     del config["scoring"]["iterative"]["probe_tasks"]
@@ -123,33 +93,42 @@ def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
     (workdir / "data").mkdir()
     (workdir / "data" / "gsm8k.jsonl").write_text("")
     output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout
-    lines = output.splitlines()
-    prepare = next(line for line in lines if "layerprune prepare-task" in line and "gsm8k.jsonl" in line)
-    assert '"dataset": "gsm8k"' in prepare and "--out results/data/tasks/gsm8k.json" in prepare
-    probe = next(line for line in lines if "layerprune prepare-task" in line and "1_digit_multiplication" in line)
-    assert '"grader": "first_digit"' in probe
-    evaluate = next(line for line in lines if "layerprune evaluate" in line and "--task-name humaneval" in line)
-    assert "--prompting fewshot --temperature 0.9 --top-k 50 --top-p None --num-samples 5 --pass-k 1 5" in evaluate
-    assert "--sandbox-timeout 7 --sandbox-cpu 10 --sandbox-memory-mb 2048 --sandbox-file-size-mb 16" in evaluate
-    assert "--sandbox-nproc 12" in evaluate
-    plural = next(line for line in lines if "layerprune evaluate" in line and "--task-name plural" in line)
-    assert "--prompting auto --temperature 0 " in plural and "--num-samples 1 --pass-k 1" in plural
+    prepare = shell_commands(output, "prepare-task")
+    prepared = {flag(argv, "--out"): json.loads(flag(argv, "--spec")) for argv in prepare}
+    assert prepared["results/data/tasks/gsm8k.json"]["dataset"] == "gsm8k"
+    assert prepared["results/data/tasks/arithmetic_probe.json"]["grader"] == "first_digit"
+    evaluated = {flag(argv, "--task-name"): settings_of(argv) for argv in shell_commands(output, "evaluate")}
+    humaneval = evaluated["humaneval"]
+    assert {k: humaneval[k] for k in ("prompting", "temperature", "top_k", "top_p", "num_samples", "pass_k")} == {
+        "prompting": "fewshot", "temperature": 0.9, "top_k": 50, "top_p": None, "num_samples": 5, "pass_k": [1, 5],
+    }  # fmt: skip
+    sandbox = {k: v for k, v in humaneval.items() if k.startswith("sandbox_")}
+    assert sandbox == {
+        "sandbox_timeout": 7.0, "sandbox_cpu": 10, "sandbox_memory_mb": 2048, "sandbox_file_size_mb": 16,
+        "sandbox_nproc": 12,
+    }  # fmt: skip
+    plural = evaluated["plural"]
+    assert (plural["prompting"], plural["temperature"], plural["num_samples"], plural["pass_k"]) == ("auto", 0, 1, [1])
 
 
 def test_calibration_loss_methods_get_their_settings(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["scoring"].update(methods=["ppl", "sleb", "reverse"], chunk_size=16, sleb_exclude_ends=False)
     workdir = workflow_copy(tmp_path / "wf", config)
-    assert planned_jobs(workdir) == expected_jobs(config)
+    assert planned_jobs(workdir) == {**DEFAULT_JOBS, "score": 3, "prune": 9, "recover": 18, "evaluate_variant": 162}
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "score").stdout
-    commands = {
-        line.split("--method ")[1].split()[0]: line for line in output.splitlines() if "layerprune score" in line
-    }
+    commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
     assert sorted(commands) == ["ppl", "reverse", "sleb"]
-    assert "--calibration results/data/calibration.jsonl" in commands["sleb"]
-    assert "--chunk-size 16 --sleb-exclude-ends False" in commands["sleb"]
-    assert "--chunk-size 16 --sleb-exclude-ends True" in commands["ppl"]  # sleb's setting does not reach ppl
-    assert "--chunk-size None --sleb-exclude-ends True" in commands["reverse"]
+    assert flag(commands["sleb"], "--calibration") == "results/data/calibration.jsonl"
+    assert settings_of(commands["sleb"]) == {
+        "batch_size": 8, "chunk_size": 16, "dtype": "auto", "max_length": 256, "max_ratio": 0.3, "seed": 0,
+        "sleb_exclude_ends": False,
+    }  # fmt: skip
+    # sleb's settings do not reach ppl, nor the calibration settings the calibration-free reverse
+    assert settings_of(commands["ppl"]) == {
+        "batch_size": 8, "chunk_size": 16, "dtype": "auto", "max_length": 256, "seed": 0,
+    }  # fmt: skip
+    assert settings_of(commands["reverse"]) == {"batch_size": 8, "dtype": "auto", "seed": 0}
     assert "--calibration" not in commands["reverse"]
 
 
@@ -173,6 +152,8 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
         (lambda c: c["tasks"]["plural"].pop("bigbench_task"), "bigbench_task"),
         (lambda c: c["tasks"]["humaneval"].update(prompting="socratic"), "socratic"),
         (lambda c: c["evaluation"].update(sandbox={"nproc": 0}), "nproc"),
+        # a study given with --configfile is not completed from config.yaml: a missing resource is named
+        (lambda c: c["resources"]["default"].pop("mem_mb"), "mem_mb"),
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(tmp_path, mutate, message):
@@ -224,15 +205,19 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
 
 def test_paper_config_dry_run_offline(tmp_path):
     """configs/paper.yaml plans the paper's grid without touching the hub."""
-    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
-    workdir = workflow_copy(tmp_path / "wf", paper)
-    jobs = planned_jobs(workdir)
-    assert jobs == expected_jobs(paper)
-    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 17 tasks:
-    # 7 lm-eval + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + the 3 iterative probes
-    # (evaluated too until tasks can be probe-only) + 2 arithmetic.
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 17 == 1377
-    assert jobs["evaluate_dense"] == 51
+    workdir = workflow_copy(tmp_path / "wf")  # the embedded default beside it, as in a checkout
+    shutil.copy(REPO / "configs" / "paper.yaml", workdir / "paper.yaml")
+    jobs = planned_jobs(workdir, "--configfile", "paper.yaml")
+    assert jobs == {
+        "all": 1, "fetch_bigbench": 1, "extract_bigbench": 13, "prepare_task": 8, "prepare_lm_eval_task": 7,
+        "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3,
+        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 45, "evaluate_variant": 1215,
+        "aggregate": 1,
+    }  # fmt: skip
+    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 15 tasks:
+    # 7 lm-eval + general_knowledge + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + 2 arithmetic.
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 15 == 1215
+    assert jobs["evaluate_dense"] == 45
     assert jobs["recover"] == 54  # 2 trained recoveries (data, sgr)
     assert jobs["score_iterative"] == 3
     assert jobs["prepare_lm_eval_task"] == 7
@@ -267,13 +252,13 @@ def test_lm_eval_task_settings_reach_the_cli(tmp_path):
     config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 5, "limit": 0.2}
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    assert jobs == expected_jobs(config) and jobs["prepare_lm_eval_task"] == 1
+    assert jobs == {**DEFAULT_JOBS, "prepare_lm_eval_task": 1, "evaluate_dense": 7, "evaluate_variant": 126}
     dry = snakemake(workdir, "-n", "-p", "--cores", "1", "results/data/tasks/arc.json")
-    shown = dry.stdout + dry.stderr
-    assert (
-        "layerprune prepare-lm-eval-task --lm-eval-task arc_easy --num-fewshot 5 --limit 0.2 --metric acc"
-        " --include-path= --seed 0 --out results/data/tasks/arc.json"
-    ) in " ".join(shown.split())
+    (argv,) = shell_commands(dry.stdout + dry.stderr, "prepare-lm-eval-task")
+    assert argv[2:] == [
+        "--lm-eval-task", "arc_easy", "--num-fewshot", "5", "--limit", "0.2", "--metric", "acc", "--include-path=",
+        "--seed", "0", "--out", "results/data/tasks/arc.json",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("system_prompt", [None, 'You are a helpful assistant. It\'s "quoted" $HOME `x`'])
@@ -297,23 +282,22 @@ def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
     config["recovery"]["methods"] = ["none", "sgr"]
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    assert jobs == expected_jobs(config)
-    assert jobs["magpie_prompts"] == 1 and "prepare_prompts" not in jobs and "filter_prompts" not in jobs
+    assert jobs == {
+        "all": 1, "fetch_bigbench": 1, "extract_bigbench": 15, "prepare_task": 6, "prepare_calibration": 1,
+        "materialize": 1, "score": 2, "prune": 6, "magpie_prompts": 1, "selfgen": 1, "recover": 6,
+        "evaluate_dense": 6, "evaluate_variant": 72, "aggregate": 1,
+    }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
-    command = next(line for line in output.splitlines() if "layerprune magpie-prompts" in line)
-    for flag in (
-        "--num-prompts 12",
-        "--max-new-tokens 40",
-        "--dedup-threshold 0.6",
-        "--temperature 1.0",
-        "--max-prompt-tokens 256",
-        "--backend auto",
-        "--out results/data/prompts/smollm2-135m.jsonl",
-    ):
-        assert flag in command, flag
-    selfgen = next(line for line in output.splitlines() if "layerprune selfgen" in line)
-    assert "--prompts results/data/prompts/smollm2-135m.jsonl" in selfgen
-    assert "--drop-empty False --drop-truncated False" in selfgen
+    (magpie,) = shell_commands(output, "magpie-prompts")
+    assert flag(magpie, "--out") == "results/data/prompts/smollm2-135m.jsonl"
+    assert settings_of(magpie) == {
+        "num_prompts": 12, "max_new_tokens": 40, "dedup_threshold": 0.6, "temperature": 1.0, "top_p": 1.0,
+        "batch_size": 16, "ngram": 3, "max_candidates": None, "max_prompt_tokens": 256, "system_prompt": None,
+        "backend": "auto", "seed": 0, "dtype": "auto",
+    }  # fmt: skip
+    (selfgen,) = shell_commands(output, "selfgen")
+    assert flag(selfgen, "--prompts") == "results/data/prompts/smollm2-135m.jsonl"
+    assert (settings_of(selfgen)["drop_empty"], settings_of(selfgen)["drop_truncated"]) == (False, False)
 
 
 def test_hub_prompt_source_from_a_saved_dataset_through_the_rule(tmp_path):

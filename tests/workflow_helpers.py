@@ -1,9 +1,14 @@
-"""Run the real Snakefile in a scratch copy of the repository."""
+"""Run the real Snakefile in a scratch copy of the repository; the tiny study the slow tests run.
+
+Plain helpers, no fixtures and no tests: conftest.py and the test modules import from here.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,13 +19,75 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
+)
+
+
+def tiny_config(model_dir) -> dict:
+    """The tiny study of the one real pipeline run (conftest.tiny_run): a 4-layer random Llama at `model_dir`."""
+    return {
+        "seed": 0,
+        "dtype": "float32",
+        "models": {"tiny": {"source": {"path": str(model_dir)}}},
+        "scoring": {
+            "methods": ["bi"],
+            "batch_size": 4,
+            "calibration": {"bigbench_tasks": ["gem/xsum"], "num_samples": 4, "max_length": 32},
+        },
+        "pruning": {"ratios": [0.25, 0.5]},
+        "prompts": {
+            "bigbench_tasks": ["arithmetic/1_digit_subtraction", "auto_categorization"],
+            "num_prompts": 8,
+        },
+        "selfgen": {
+            "max_new_tokens": 6,
+            "temperature": 0.7,
+            "top_p": 0.95,
+            "batch_size": 4,
+        },
+        "recovery": {
+            "methods": ["none", "data", "sgr"],
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_dropout": 0.0,
+            "learning_rate": 1e-3,
+            "num_epochs": 1,
+            "batch_size": 4,
+            "grad_accum": 1,
+            "max_length": 64,
+            "warmup_steps": 0,
+            "lr_scheduler": "constant",
+            "weight_decay": 0.0,
+            "max_steps": 2,
+        },
+        "tasks": {
+            "knowledge": {
+                "type": "classification",
+                "bigbench_task": "general_knowledge",
+                "num_fewshot": 0,
+                "limit": 6,
+            },
+            "addition": {
+                "type": "generative",
+                "bigbench_task": "arithmetic/1_digit_addition",
+                "num_fewshot": 1,
+                "limit": 6,
+                "max_new_tokens": 3,
+            },
+        },
+        "evaluation": {"batch_size": 4},
+        "resources": {"default": {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpus": 0}},
+    }
+
 
 def workflow_copy(dest: Path, config: dict | None = None) -> Path:
-    """Copy the workflow (Snakefile, rules, schema, profiles, dvc.yaml) into `dest`."""
+    """Copy the workflow (Snakefile, rules, schema, envs, profiles, dvc.yaml) into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dest / "Snakefile")
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
     shutil.copytree(REPO / "workflow", dest / "workflow", dirs_exist_ok=True)
+    shutil.copytree(REPO / "envs", dest / "envs", dirs_exist_ok=True)
     shutil.copytree(REPO / "profiles", dest / "profiles", dirs_exist_ok=True, symlinks=True)
     if not (dest / "slurm").exists():
         (dest / "slurm").symlink_to("profiles/slurm")
@@ -72,3 +139,25 @@ def copy_run(src: Path, dest: Path) -> Path:
     so the copy is exactly as up to date as the original."""
     shutil.copytree(src, dest, symlinks=True, copy_function=shutil.copy2)
     return dest
+
+
+def shell_commands(output: str, stage: str) -> list[list[str]]:
+    """The `layerprune <stage>` commands a `snakemake -n -p` printed, each split as the shell would
+    (the job's redirection of its output to its log left out)."""
+    commands = []
+    for line in output.splitlines():
+        line = line.strip().removeprefix("Shell command:").strip()
+        argv = shlex.split(line) if f"layerprune {stage} " in line or f"layerprune.cli {stage} " in line else []
+        if argv:
+            commands.append(argv[: argv.index(">")] if ">" in argv else argv)  # without the redirection to the log
+    return commands
+
+
+def settings_of(argv: list[str]) -> dict:
+    """The `--settings` JSON of a command line."""
+    return json.loads(argv[argv.index("--settings") + 1])
+
+
+def flag(argv: list[str], name: str) -> str:
+    """The value after `name` in a command line."""
+    return argv[argv.index(name) + 1]

@@ -20,9 +20,10 @@ import re
 import tokenize
 from typing import Any
 
+from layerprune.registry import GRADERS as GRADER_REGISTRY
 from layerprune.sandbox import SandboxLimits, run_program, site_packages
 
-GRADERS = ("exact_match", "first_digit", "math_verify", "rouge_l", "code")
+GRADERS = tuple(GRADER_REGISTRY)  # names and descriptions: layerprune.registry
 ERROR_BUCKETS = ("never_closed_bracket", "unmatched_bracket", "syntax_error", "runtime_error", "wrong_answer", "pass")
 OPENERS, CLOSERS = "([{", ")]}"
 

@@ -39,8 +39,9 @@ from layerprune.io import (
     write_json,
 )
 from layerprune.models import load_checkpoint
+from layerprune.registry import TRAINERS
+from layerprune.settings import RecoverySettings
 
-TRAINERS = ("lora", "qlora", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -417,30 +418,8 @@ def recover_checkpoint(
     dataset_path: str | Path,
     out_dir: str | Path,
     recovery: str,
-    lora_r: int,
-    lora_alpha: int,
-    lora_dropout: float,
-    learning_rate: float,
-    num_epochs: float,
-    batch_size: int,
-    grad_accum: int,
-    max_length: int,
-    warmup_steps: int,
-    lr_scheduler: str,
-    weight_decay: float,
-    seed: int,
-    max_steps: int = -1,
-    dtype: str = "auto",
-    trainer: str = "lora",
-    precision: str = "auto",
-    adam_beta1: float = 0.9,
-    adam_beta2: float = 0.99,
-    completion_only_loss: bool = True,
-    padding_free: bool = False,
-    gradient_checkpointing: bool = False,
-    save_steps: int = 50,
-    save_total_limit: int = 2,
-    report_to: str = "none",
+    settings: RecoverySettings | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Finetune the checkpoint in `model_dir` on `dataset_path` and save the merged model to `out_dir`.
 
@@ -451,83 +430,91 @@ def recover_checkpoint(
     no faster (bench/sft_padding_free.py), so it is off by default.
     `gradient_checkpointing` (TRL's default is on) trades compute for memory:
     worth it for 7-8B models on a GPU, a ~30% slowdown for nothing on a small CPU run.
+    `settings` (layerprune.settings.RecoverySettings) with `overrides` applied, e.g.
+    `recover_checkpoint(m, d, out, "sgr", lora_r=4, ...)`.
     """
-    check_trainer(trainer)
-    mixed = resolve_precision(precision)
+    options = RecoverySettings.build(settings, **overrides)
+    check_trainer(options.trainer)
+    mixed = resolve_precision(options.precision)
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     model_dir, dataset_path, out_dir = Path(model_dir), Path(dataset_path), Path(out_dir)
     settings = {
-        "trainer": trainer,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout,
-        "learning_rate": learning_rate,
-        "num_epochs": num_epochs,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "max_length": max_length,
-        "warmup_steps": warmup_steps,
-        "lr_scheduler": lr_scheduler,
-        "weight_decay": weight_decay,
-        "adam_beta1": adam_beta1,
-        "adam_beta2": adam_beta2,
-        "completion_only_loss": completion_only_loss and recovery != "heal",
-        "padding_free": padding_free,
-        "gradient_checkpointing": gradient_checkpointing,
+        "trainer": options.trainer,
+        "lora_r": options.lora_r,
+        "lora_alpha": options.lora_alpha,
+        "lora_dropout": options.lora_dropout,
+        "lora_target_modules": options.lora_target_modules,
+        "learning_rate": options.learning_rate,
+        "num_epochs": options.num_epochs,
+        "batch_size": options.batch_size,
+        "grad_accum": options.grad_accum,
+        "max_length": options.max_length,
+        "warmup_steps": options.warmup_steps,
+        "lr_scheduler": options.lr_scheduler,
+        "weight_decay": options.weight_decay,
+        "adam_beta1": options.adam_beta1,
+        "adam_beta2": options.adam_beta2,
+        "completion_only_loss": options.completion_only_loss and recovery != "heal",
+        "padding_free": options.padding_free,
+        "gradient_checkpointing": options.gradient_checkpointing,
         "precision": mixed,
-        "seed": seed,
-        "max_steps": max_steps,
+        "seed": options.seed,
+        "max_steps": options.max_steps,
     }
-    seed_everything(seed)
+    seed_everything(options.seed)
     records = _dataset_records(dataset_path, recovery)
     work_dir = out_dir.parent / f"{out_dir.name}.work"
-    fingerprint = _fingerprint(model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": dtype})
+    fingerprint = _fingerprint(model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": options.dtype})
     resume_from = prepare_work_dir_once(work_dir, fingerprint)
     resumed_step = int(resume_from.name.split("-", 1)[1]) if resume_from else 0
     if resume_from:
         print(f"resuming from {resume_from} (step {resumed_step})", flush=True)
 
-    model, tokenizer = _load_model(model_dir, trainer, dtype, mixed)
+    model, tokenizer = _load_model(model_dir, options.trainer, options.dtype, mixed)
     peft_config = None
-    if trainer != "full":
+    if options.trainer != "full":
         peft_config = LoraConfig(
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules="all-linear",
+            r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.lora_dropout,
+            # PEFT's "all-linear" shorthand is a string, never a list entry
+            target_modules="all-linear"
+            if options.lora_target_modules == ["all-linear"]
+            else options.lora_target_modules,
             task_type="CAUSAL_LM",
         )
     on_gpu = next(model.parameters()).is_cuda
     args = SFTConfig(
         output_dir=str(work_dir),
-        learning_rate=learning_rate,
-        num_train_epochs=num_epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
+        learning_rate=options.learning_rate,
+        num_train_epochs=options.num_epochs,
+        max_steps=options.max_steps,
+        per_device_train_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.grad_accum,
         # TRL refuses max_length with padding_free (it cannot truncate a flattened
         # batch); _truncate_tokenized applies it to the tokenized rows instead.
-        max_length=None if padding_free else max_length,
-        padding_free=padding_free,
-        gradient_checkpointing=gradient_checkpointing,
-        warmup_steps=warmup_steps,
-        lr_scheduler_type=lr_scheduler,
-        weight_decay=weight_decay,
-        adam_beta1=adam_beta1,
-        adam_beta2=adam_beta2,
+        max_length=None if options.padding_free else options.max_length,
+        padding_free=options.padding_free,
+        gradient_checkpointing=options.gradient_checkpointing,
+        warmup_steps=options.warmup_steps,
+        lr_scheduler_type=options.lr_scheduler,
+        weight_decay=options.weight_decay,
+        adam_beta1=options.adam_beta1,
+        adam_beta2=options.adam_beta2,
         optim="adamw_torch",
         completion_only_loss=settings["completion_only_loss"],
         dataset_text_field="text",
-        seed=seed,
-        data_seed=seed,
+        seed=options.seed,
+        data_seed=options.seed,
         logging_steps=1,
         save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=save_total_limit,
-        report_to=[name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"] or "none",
+        save_steps=options.save_steps,
+        save_total_limit=options.save_total_limit,
+        report_to=[name.strip() for name in options.report_to.split(",") if name.strip() and name.strip() != "none"]
+        or "none",
         use_cpu=not on_gpu,
         bf16=mixed == "bf16",
         fp16=mixed == "fp16",
@@ -540,12 +527,12 @@ def recover_checkpoint(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    if padding_free:
-        sft.train_dataset = _truncate_tokenized(sft.train_dataset, max_length)
+    if options.padding_free:
+        sft.train_dataset = _truncate_tokenized(sft.train_dataset, options.max_length)
     train_output = sft.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     record = {
         "recovery": recovery,
-        "trainer": trainer,
+        "trainer": options.trainer,
         "dataset": str(dataset_path),
         "num_examples": len(records),
         "train_loss": train_output.training_loss,
@@ -559,7 +546,9 @@ def recover_checkpoint(
         # Under accelerate / torchrun (resources.recover.gpus > 1) every rank trains the
         # same model; only the first merges and writes the checkpoint.
         return record
-    merged, merge_check = _merged_model(sft, trainer, model_dir, work_dir, dtype, probe_inputs(sft.train_dataset))
+    merged, merge_check = _merged_model(
+        sft, options.trainer, model_dir, work_dir, options.dtype, probe_inputs(sft.train_dataset)
+    )
     if merge_check is not None:
         record["merge_check"] = merge_check
     pruning_file = model_dir / "pruning.json"
@@ -569,7 +558,7 @@ def recover_checkpoint(
         if pruning_file.is_file():
             write_json(tmp / "pruning.json", read_json(pruning_file))
         record["loss_curve"] = write_loss_curve(
-            sft.state.log_history, tmp, f"{recovery} ({trainer}) on {model_dir.name}"
+            sft.state.log_history, tmp, f"{recovery} ({options.trainer}) on {model_dir.name}"
         )
         write_json(tmp / "recovery.json", record)
         (tmp / "training_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))

@@ -28,11 +28,13 @@ from tqdm import tqdm
 from layerprune import ablation
 from layerprune.io import sha256_file
 from layerprune.models import decoder_layers
+from layerprune.registry import SCORING_METHODS
 
 # Methods that need calibration texts: hidden-state similarity, then calibration loss.
 SIMILARITY_METHODS = ("bi", "angular", "angular_last")
 ABLATION_METHODS = ("ppl", "taylor", "sleb")
-METHODS = (*SIMILARITY_METHODS, *ABLATION_METHODS, "reverse", "random", "iterative")
+# TODO(lead): dispatch through layerprune.registry too, once the surgery refactor of this module has landed.
+METHODS = tuple(SCORING_METHODS)  # the names, their order and what each needs: layerprune.registry
 
 
 def _tensor_of(output: Any) -> torch.Tensor:

@@ -39,16 +39,11 @@ from typing import Any
 
 from layerprune.data import _first_target, _normalise, load_bigbench_examples
 from layerprune.io import write_json
+from layerprune.registry import DATASETS as DATASET_REGISTRY
 
-DATASETS = ("bigbench", "gsm8k", "math500", "humaneval", "mbpp", "xsum")
-DEFAULT_GRADER = {
-    "bigbench": "exact_match",
-    "gsm8k": "math_verify",
-    "math500": "math_verify",
-    "humaneval": "code",
-    "mbpp": "code",
-    "xsum": "rouge_l",
-}
+# The loaders' names and each one's default grader: layerprune.registry
+DATASETS = tuple(DATASET_REGISTRY)
+DEFAULT_GRADER = {name: grader for name, (_, grader) in DATASET_REGISTRY.items()}
 OFFLINE_XSUM = "gem/xsum"
 _ARITHMETIC = re.compile(r"^arithmetic/(\d+)_digit_(addition|subtraction|multiplication|division)$")
 

@@ -1,6 +1,3 @@
-REPORT = config["report"]
-
-
 rule aggregate:
     input:
         results=all_evaluations(),
@@ -16,7 +13,9 @@ rule aggregate:
         error_buckets="results/error_buckets.csv",
         arithmetic="results/arithmetic.csv",
         headline=report(
-            "results/plots/retention_by_type.png", caption="../report/headline.rst", category="Retention"
+            "results/plots/retention_by_type.png",
+            caption="../report/headline.rst",
+            category="Retention",
         ),
         error_bucket_plot=report("results/plots/error_buckets.png", category="Diagnostics"),
         degeneration_plot=report("results/plots/degeneration.png", category="Diagnostics"),
@@ -25,16 +24,15 @@ rule aggregate:
             category="Metric vs ratio",
         ),
         removal_maps=report(
-            expand("results/plots/{model}__removal_map.png", model=MODELS), category="Scoring methods"
+            expand("results/plots/{model}__removal_map.png", model=MODELS),
+            category="Scoring methods",
         ),
+    log:
+        "logs/aggregate.log",
+    conda:
+        "../../envs/layerprune.yaml"
     params:
-        bootstrap_samples=REPORT["bootstrap_samples"],
-        confidence=REPORT["confidence"],
-        headline_ratio=REPORT["headline_ratio"],
-        self_bleu_max_texts=REPORT["self_bleu_max_texts"],
-        seed=SEED,
+        settings=REPORT_SETTINGS,
     shell:
-        "layerprune aggregate --results {input.results} --scores {input.scores} --out-dir results"
-        " --bootstrap-samples {params.bootstrap_samples} --confidence {params.confidence}"
-        " --headline-ratio {params.headline_ratio} --self-bleu-max-texts {params.self_bleu_max_texts}"
-        " --seed {params.seed}"
+        "layerprune aggregate --results {input.results:q} --scores {input.scores:q} --out-dir results"
+        " --settings {params.settings:q} > {log:q} 2>&1"

@@ -2,17 +2,32 @@ import json
 import os
 
 from layerprune.launch import rule_command_prefix, slurm_resources
+from layerprune.registry import RECOVERIES, SCORING_METHODS, methods_where
+from layerprune.settings import (
+    CalibrationSettings,
+    EvaluationSettings,
+    HealSettings,
+    MagpieSettings,
+    PromptFilterSettings,
+    PromptSetSettings,
+    PruneSettings,
+    RecoverySettings,
+    ReportSettings,
+    ScoreSettings,
+    SelfgenSettings,
+    settings_json,
+)
 
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 SEED = config["seed"]
-DTYPE = config.get("dtype", "auto")
 MODELS = list(config["models"])
 METHODS = config["scoring"]["methods"]
 RATIOS = [f"{ratio:g}" for ratio in config["pruning"]["ratios"]]
-RECOVERIES = config["recovery"]["methods"]
+MAX_RATIO = float(f"{max(config['pruning']['ratios']):g}")  # where greedy scoring stops
+RECOVERIES_RUN = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
 # Tasks lm-eval runs by name (MMLU, ARC, ...): a settings file, no BIG-bench download.
 LM_EVAL_TASKS = [task for task, settings in config["tasks"].items() if settings.get("lm_eval_task")]
@@ -36,21 +51,55 @@ if PROMPTS["source"] == "bigbench" and not PROMPTS.get("bigbench_tasks"):
     raise ValueError("prompts.source is bigbench but prompts.bigbench_tasks is missing or empty")
 if PROMPTS["source"] in ("hub", "jsonl") and not PROMPTS["path"]:
     raise ValueError(f"prompts.source is {PROMPTS['source']} but prompts.path is not set")
-if "data" in RECOVERIES and (PROMPTS["source"] == "magpie" or (
-    PROMPTS["source"] in ("hub", "jsonl") and PROMPTS["response_field"] is None
-)):
+if "data" in RECOVERIES_RUN and (
+    PROMPTS["source"] == "magpie" or (PROMPTS["source"] in ("hub", "jsonl") and PROMPTS["response_field"] is None)
+):
     raise ValueError(
         "recovery.methods has `data`, which trains on the prompt set's own answers, but the prompt set has none "
         f"(prompts.source: {PROMPTS['source']}, prompts.response_field: {PROMPTS['response_field']}); "
         "remove `data` from recovery.methods or use a prompt source with answers"
     )
 
+
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    method="[a-z][a-z_]*",
+    method="|".join(SCORING_METHODS),
     ratio="0\\.[0-9]+",
-    recovery="none|data|sgr|heal",
+    recovery="|".join(RECOVERIES),
     task="[A-Za-z0-9][A-Za-z0-9_-]*",
+
+
+# Each rule's `settings` param: the JSON of exactly the settings its job uses
+# (layerprune.settings), shell-quoted into the command as `--settings {params.settings:q}`.
+# Snakemake's params trigger then re-runs exactly the jobs a changed setting reaches.
+PROMPT_SET_SETTINGS = settings_json(PromptSetSettings, config)
+PROMPT_FILTER_SETTINGS = settings_json(PromptFilterSettings, config)
+CALIBRATION_SETTINGS = settings_json(CalibrationSettings, config)
+HEAL_SETTINGS = settings_json(HealSettings, config)
+PRUNE_SETTINGS = settings_json(PruneSettings, config)
+SELFGEN_SETTINGS = settings_json(SelfgenSettings, config)
+MAGPIE_SETTINGS = settings_json(MagpieSettings, config)
+RECOVERY_SETTINGS = settings_json(RecoverySettings, config)
+REPORT_SETTINGS = settings_json(ReportSettings, config)
+
+
+def score_settings(wildcards):
+    return settings_json(ScoreSettings, config, method=wildcards.method, max_ratio=MAX_RATIO)
+
+
+def iterative_settings(wildcards):
+    probe_max_new_tokens = [config["tasks"][task]["max_new_tokens"] for task in PROBE_TASKS]
+    return settings_json(
+        ScoreSettings,
+        config,
+        method="iterative",
+        max_ratio=MAX_RATIO,
+        probe_max_new_tokens=probe_max_new_tokens,
+    )
+
+
+def evaluation_settings(wildcards):
+    return settings_json(EvaluationSettings, config, task=wildcards.task)
 
 
 def job_resources(rule_name):
@@ -93,6 +142,7 @@ def task_inputs(wildcards):
         files.append(bigbench_file("gem/xsum"))
     return files
 
+
 def heal_inputs():
     """The files the heal text is drawn from: BIG-bench task JSONs or a local file (none for the hub)."""
     source = config["recovery"]["heal"]["source"]
@@ -103,6 +153,15 @@ def heal_inputs():
 
 def dense_checkpoint(model):
     return f"results/models/{model}/dense"
+
+
+def recovery_dataset(wildcards):
+    """`sgr` trains on the dense model's answers, `data` on the prompt set's references, `heal` on plain text."""
+    if wildcards.recovery == "sgr":
+        return f"results/selfgen/{wildcards.model}.jsonl"
+    if wildcards.recovery == "heal":
+        return "results/data/heal.jsonl"
+    return model_prompt_set(wildcards.model)
 
 
 def variant_checkpoint(wildcards):
@@ -116,6 +175,10 @@ def all_evaluations():
     dense = expand("results/eval/{model}/dense/{task}.json", model=MODELS, task=TASKS)
     variants = expand(
         "results/eval/{model}/{method}/{ratio}/{recovery}/{task}.json",
-        model=MODELS, method=METHODS, ratio=RATIOS, recovery=RECOVERIES, task=TASKS,
+        model=MODELS,
+        method=METHODS,
+        ratio=RATIOS,
+        recovery=RECOVERIES_RUN,
+        task=TASKS,
     )
     return dense + variants

@@ -1,8 +1,12 @@
 rule fetch_bigbench:
     output:
         "resources/bigbench-1.0.0.tar.gz",
+    log:
+        "logs/fetch_bigbench.log",
+    conda:
+        "../../envs/layerprune.yaml"
     shell:
-        "layerprune fetch-bigbench --out {output}"
+        "layerprune fetch-bigbench --out {output:q} > {log:q} 2>&1"
 
 
 rule extract_bigbench:
@@ -10,10 +14,14 @@ rule extract_bigbench:
         sdist="resources/bigbench-1.0.0.tar.gz",
     output:
         "resources/bigbench/{bbtask}/task.json",
+    log:
+        "logs/extract_bigbench/{bbtask}.log",
     wildcard_constraints:
         bbtask="[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*",
+    conda:
+        "../../envs/layerprune.yaml"
     shell:
-        "layerprune extract-bigbench --sdist {input.sdist} --task {wildcards.bbtask} --out {output}"
+        "layerprune extract-bigbench --sdist {input.sdist:q} --task {wildcards.bbtask:q} --out {output:q} > {log:q} 2>&1"
 
 
 ruleorder: prepare_lm_eval_task > prepare_task
@@ -22,8 +30,12 @@ ruleorder: prepare_lm_eval_task > prepare_task
 rule prepare_lm_eval_task:
     output:
         "results/data/tasks/{task}.json",
+    log:
+        "logs/prepare_lm_eval_task/{task}.log",
     wildcard_constraints:
         task=LM_EVAL_TASK_PATTERN,
+    conda:
+        "../../envs/layerprune.yaml"
     params:
         lm_eval_task=lambda wc: config["tasks"][wc.task]["lm_eval_task"],
         num_fewshot=lambda wc: config["tasks"][wc.task]["num_fewshot"],
@@ -32,9 +44,9 @@ rule prepare_lm_eval_task:
         include_path=lambda wc: config["tasks"][wc.task]["lm_eval_include_path"] or "",
         seed=SEED,
     shell:
-        "layerprune prepare-lm-eval-task --lm-eval-task {params.lm_eval_task} --num-fewshot {params.num_fewshot}"
-        " --limit {params.limit} --metric {params.metric} --include-path={params.include_path:q}"
-        " --seed {params.seed} --out {output}"
+        "layerprune prepare-lm-eval-task --lm-eval-task {params.lm_eval_task:q} --num-fewshot {params.num_fewshot:q}"
+        " --limit {params.limit:q} --metric {params.metric:q} --include-path={params.include_path:q}"
+        " --seed {params.seed:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_task:
@@ -42,12 +54,16 @@ rule prepare_task:
         task_inputs,
     output:
         "results/data/tasks/{task}.json",
+    log:
+        "logs/prepare_task/{task}.log",
+    conda:
+        "../../envs/layerprune.yaml"
     params:
         spec=lambda wc: json.dumps(config["tasks"][wc.task], sort_keys=True),
         seed=SEED,
     shell:
-        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --seed {params.seed}"
-        " --out {output}"
+        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --seed {params.seed:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_prompts:
@@ -55,25 +71,14 @@ rule prepare_prompts:
         prompt_source_inputs(),
     output:
         "results/data/prompts.jsonl",
+    log:
+        "logs/prepare_prompts.log",
+    conda:
+        "../../envs/layerprune.yaml"
     params:
-        source=PROMPTS["source"],
-        tasks=PROMPTS.get("bigbench_tasks") or [],
-        path=PROMPTS["path"] or "",
-        name=PROMPTS["name"] or "",
-        split=PROMPTS["split"],
-        prompt_fields=PROMPTS["prompt_fields"],
-        response_field=PROMPTS["response_field"] or "",
-        separator=PROMPTS["separator"],
-        num_prompts=PROMPTS["num_prompts"],
-        system_prompt=PROMPTS["system_prompt"] or "",
-        seed=SEED,
+        settings=PROMPT_SET_SETTINGS,
     shell:
-        "layerprune prepare-prompts --source {params.source} --bigbench-dir resources/bigbench --tasks {params.tasks}"
-        " --path={params.path:q} --name={params.name:q} --split={params.split:q}"
-        " --prompt-fields {params.prompt_fields:q} --response-field={params.response_field:q}"
-        " --separator={params.separator:q}"
-        " --num-prompts {params.num_prompts} --system-prompt={params.system_prompt:q} --seed {params.seed}"
-        " --out {output}"
+        "layerprune prepare-prompts --settings {params.settings:q} --bigbench-dir resources/bigbench --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_calibration:
@@ -81,22 +86,30 @@ rule prepare_calibration:
         [bigbench_file(task) for task in config["scoring"]["calibration"]["bigbench_tasks"]],
     output:
         "results/data/calibration.jsonl",
+    log:
+        "logs/prepare_calibration.log",
+    conda:
+        "../../envs/layerprune.yaml"
     params:
-        tasks=config["scoring"]["calibration"]["bigbench_tasks"],
-        num_samples=config["scoring"]["calibration"]["num_samples"],
-        seed=SEED,
+        settings=CALIBRATION_SETTINGS,
     shell:
-        "layerprune prepare-calibration --bigbench-dir resources/bigbench --tasks {params.tasks}"
-        " --num-samples {params.num_samples} --seed {params.seed} --out {output}"
+        "layerprune prepare-calibration --settings {params.settings:q} --bigbench-dir resources/bigbench"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule materialize:
     output:
         directory("results/models/{model}/dense"),
-    params:
-        source=lambda wc: json.dumps(config["models"][wc.model]["source"], sort_keys=True),
+    log:
+        "logs/materialize/{model}.log",
+    benchmark:
+        "benchmarks/materialize/{model}.tsv"
+    conda:
+        "../../envs/layerprune.yaml"
     threads: job_threads("materialize")
     resources:
         **job_resources("materialize"),
+    params:
+        source=lambda wc: json.dumps(config["models"][wc.model]["source"], sort_keys=True),
     shell:
-        "layerprune materialize --source {params.source:q} --out {output}"
+        "layerprune materialize --source {params.source:q} --out {output:q} > {log:q} 2>&1"

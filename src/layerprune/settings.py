@@ -1,0 +1,782 @@
+"""Every stage's settings, each declared once: type, default, help and allowed values.
+
+One frozen dataclass per kind of job, in the style of TRL's `SFTConfig`: each field is
+`setting(default, help=..., choices=..., schema=...)` and names where it lives in the
+config (`config=`, default: the class's section + the field name). Everything else is
+derived from these declarations:
+
+* the config schema's settings blocks: `python -m layerprune.settings --write-schema`
+  rewrites the marked blocks of workflow/schemas/config.schema.yaml (a test fails when
+  they are stale), so a setting's type, default, bounds and help are written here only;
+* the CLI flags of each stage (`add_settings_arguments`: `--lora-r 16`, or all at once
+  as `--settings '{"lora_r": 16, ...}'`);
+* a rule's one `settings` param (`settings_json`, used by workflow/rules/*.smk): the
+  settings that rule's job uses, and no other, so Snakemake's params trigger re-runs
+  exactly the jobs a changed setting reaches;
+* the object the stage function receives.
+
+Importing this module imports no torch: the workflow reads it while building the DAG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from layerprune.registry import DATASETS, GRADERS, SCORING_METHODS, TRAINERS, methods_where
+
+MISSING = dataclasses.MISSING
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,  # noqa: A002  (the argparse / HfArgumentParser name)
+    choices: Sequence[Any] | None = None,
+    config: str | None = None,
+    schema: dict[str, Any] | None = None,
+    methods: Sequence[str] | None = None,
+    derived: bool = False,
+    home: bool = True,
+) -> Any:
+    """A settings field.
+
+    config: dotted path in the config (`tasks.*.x`: the task's entry); default the class's SECTION.name.
+    schema: JSON-schema keywords beside the type (bounds, minItems, or a whole `$ref`).
+    methods: the scoring methods whose jobs use this setting (others never receive it).
+    derived: computed by the workflow (e.g. the largest ratio), not a config key.
+    home: False where the field is borrowed from the class that declares it (see `borrow`).
+    """
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "config": config,
+        "schema": schema or {},
+        "methods": frozenset(methods) if methods is not None else None,
+        "derived": derived,
+        "home": home,
+    }
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def borrow(cls: type, name: str) -> Any:
+    """The field `name` of `cls` for another stage's settings: same default, type, help and config key."""
+    source = {f.name: f for f in dataclasses.fields(cls)}[name]
+    metadata = {**source.metadata, "config": config_path(cls, source), "home": False}
+    if source.default_factory is not MISSING:
+        return dataclasses.field(default_factory=source.default_factory, metadata=metadata)
+    return dataclasses.field(default=source.default, metadata=metadata)
+
+
+def config_path(cls: type, field: dataclasses.Field) -> str:
+    return field.metadata["config"] or ".".join(part for part in (cls.SECTION, field.name) if part)
+
+
+class StageSettings:
+    """Shared behaviour of the settings dataclasses."""
+
+    SECTION: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "settings") -> StageSettings:
+        """Check, coerce (an int for a float field) and build; errors name the setting and the valid values."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+        hints = typing.get_type_hints(cls)
+        coerced = {}
+        for name, value in values.items():
+            coerced[name] = _coerce(value, hints[name], f"{where}: {name}")
+            choices = fields[name].metadata["choices"]
+            if choices and coerced[name] is not None and coerced[name] not in choices:
+                raise ValueError(f"{where}: {name} '{value}' is not one of {', '.join(map(str, choices))}")
+        missing = [
+            name
+            for name, f in fields.items()
+            if name not in coerced and f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing:
+            raise ValueError(f"{where}: missing setting(s) {', '.join(missing)}")
+        return cls(**coerced)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _optional_inner(hint: Any) -> tuple[Any, bool]:
+    """(X, True) for `X | None`, else (hint, False)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    inner, optional = _optional_inner(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{where}: null is not allowed")
+    origin = typing.get_origin(inner)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(inner)
+        return [_coerce(v, item, where) for v in value]
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if inner is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if inner is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if inner in (str, dict) and isinstance(value, inner):
+        return value
+    raise ValueError(f"{where}: expected {getattr(inner, '__name__', inner)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- the settings
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Seeded(StageSettings):
+    seed: int = setting(help="every random choice is seeded from this", config="seed", schema={"minimum": 0})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OnModel(StageSettings):
+    dtype: str = setting(
+        "auto",
+        help="weights dtype; auto = bf16 on a GPU that supports it, fp32 on CPU",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        config="dtype",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PromptSetSettings(Seeded):
+    """prepare_prompts: draw the SGR prompt set (with the reference answers of `data` recovery)."""
+
+    SECTION: ClassVar[str] = "prompts"
+    source: str = setting(
+        "bigbench",
+        help=(
+            "bigbench: the offline BIG-bench tasks in bigbench_tasks; hub: a `datasets` hub id, a "
+            "`Dataset.save_to_disk` directory or a local .json/.jsonl/.csv/.parquet file at `path`; jsonl: a plain "
+            "local JSONL at `path`; magpie: no dataset, the dense model writes the user turns itself (no reference "
+            "answers, so no `data` recovery)"
+        ),
+        choices=("bigbench", "hub", "jsonl", "magpie"),
+    )
+    bigbench_tasks: list[str] | None = setting(
+        None, help="source bigbench: BIG-bench tasks", schema={"$ref": "#/$defs/bigbench_tasks"}
+    )
+    path: str | None = setting(
+        None, help="source hub: hub id (e.g. tatsu-lab/alpaca), save_to_disk directory or data file; jsonl: file"
+    )
+    name: str | None = setting(None, help="source hub: the dataset's config name")
+    split: str = setting("train", help="source hub: the split to draw from")
+    prompt_fields: list[str] = setting(
+        ["instruction", "input"],
+        help="source hub/jsonl: fields joined (non-empty ones, by `separator`) into the user turn",
+        schema={"minItems": 1},
+    )
+    response_field: str | None = setting(
+        "output", help="source hub/jsonl: the dataset's own answer; null = none (then no `data` recovery)"
+    )
+    separator: str = setting("\n\n", help="between the joined prompt fields")
+    num_prompts: int = setting(
+        help="prompts drawn (seeded); magpie - distinct questions to generate", schema={"minimum": 1}
+    )
+    system_prompt: str | None = setting(
+        None, help="prepended to every prompt; null keeps the chat template's own default"
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PromptFilterSettings(StageSettings):
+    """filter_prompts: cut the prompt set to what fits one model's token limit."""
+
+    SECTION: ClassVar[str] = "prompts"
+    max_prompt_tokens: int | None = setting(
+        None,
+        help=(
+            "drop prompts whose chat-template rendering is longer than this many of the dense model's tokens "
+            "(per model, counts in results/data/prompts/{model}.stats.json); null keeps all"
+        ),
+        schema={"minimum": 1},
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SelfgenSettings(Seeded, OnModel):
+    """selfgen: the dense model answers the prompt set (SGR)."""
+
+    SECTION: ClassVar[str] = "selfgen"
+    max_new_tokens: int = setting(help="longest response", schema={"minimum": 1})
+    temperature: float = setting(help="0 = greedy", schema={"minimum": 0})
+    top_p: float = setting(help="nucleus sampling", schema={"exclusiveMinimum": 0, "maximum": 1})
+    batch_size: int = setting(16, help="prompts per length-sorted batch", schema={"minimum": 1})
+    backend: str = setting(
+        "auto",
+        help=(
+            "auto = vLLM when it is installed (extra `vllm`) and a CUDA GPU is present, else transformers; "
+            "vllm without either is an error"
+        ),
+        choices=("auto", "transformers", "vllm"),
+    )
+    drop_empty: bool = setting(False, help="drop empty responses (always counted in the stats)")
+    drop_truncated: bool = setting(
+        False, help="drop responses that hit max_new_tokens without an end of turn (always counted)"
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MagpieSettings(Seeded, OnModel):
+    """magpie_prompts: prompt-free SGR, the dense model samples its own user turns."""
+
+    SECTION: ClassVar[str] = "prompts.magpie"
+    max_new_tokens: int = setting(128, help="longest question", schema={"minimum": 1})
+    temperature: float = setting(1.0, help="sampling temperature of the questions", schema={"minimum": 0})
+    top_p: float = setting(1.0, help="nucleus sampling", schema={"exclusiveMinimum": 0, "maximum": 1})
+    batch_size: int = setting(16, help="questions sampled per batch", schema={"minimum": 1})
+    dedup_threshold: float = setting(
+        0.7,
+        help="word-shingle Jaccard similarity at or above which a question is a near-duplicate",
+        schema={"exclusiveMinimum": 0, "maximum": 1},
+    )
+    ngram: int = setting(3, help="words per shingle", schema={"minimum": 1})
+    max_candidates: int | None = setting(
+        None, help="stop sampling after this many candidates (null = 4 x num_prompts)", schema={"minimum": 1}
+    )
+    num_prompts: int = borrow(PromptSetSettings, "num_prompts")
+    system_prompt: str | None = borrow(PromptSetSettings, "system_prompt")
+    max_prompt_tokens: int | None = borrow(PromptFilterSettings, "max_prompt_tokens")
+    backend: str = borrow(SelfgenSettings, "backend")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CalibrationSettings(Seeded):
+    """prepare_calibration: the texts the calibrated scoring methods read."""
+
+    SECTION: ClassVar[str] = "scoring.calibration"
+    bigbench_tasks: list[str] = setting(
+        help="BIG-bench tasks the texts come from", schema={"$ref": "#/$defs/bigbench_tasks"}
+    )
+    num_samples: int = setting(help="texts drawn (seeded)", schema={"minimum": 1})
+
+
+HEAL_SOURCE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "oneOf": [{"required": ["bigbench_tasks"]}, {"required": ["path"]}, {"required": ["hub"]}],
+    "properties": {
+        "bigbench_tasks": {
+            "$ref": "#/$defs/bigbench_tasks",
+            "description": (
+                "BIG-bench tasks whose `field` is the text; gem/wikilingua_en = 1001 English WikiHow articles, "
+                "disjoint from the evaluated tasks and the gem/xsum calibration set"
+            ),
+        },
+        "field": {"type": "string", "default": "input", "description": "the example field holding the text"},
+        "path": {"type": "string", "description": "a local .txt (documents split at blank lines) or .jsonl with text"},
+        "hub": {"type": "string", "description": "datasets.load_dataset name, or a directory from save_to_disk"},
+        "name": {"type": ["string", "null"], "default": None, "description": "the hub dataset's config name"},
+        "split": {"type": "string", "default": "train"},
+        "text_field": {"type": "string", "default": "text"},
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HealSettings(Seeded):
+    """prepare_heal: the plain text of the `heal` recovery (LM loss)."""
+
+    SECTION: ClassVar[str] = "recovery.heal"
+    source: dict = setting(
+        {"bigbench_tasks": ["gem/wikilingua_en"]},
+        help="exactly one of bigbench_tasks (offline, from the bigbench sdist), path, hub",
+        schema=HEAL_SOURCE_SCHEMA,
+    )
+    num_texts: int = setting(64, help="texts drawn (seeded) from the source", schema={"minimum": 1})
+
+
+CALIBRATED = methods_where("calibrated")
+CHUNKED = methods_where("chunked")
+PROBED = methods_where("probes")
+STOP_AT_MAX_RATIO = methods_where("stops_at_max_ratio")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScoreSettings(Seeded, OnModel):
+    """score / score_iterative: rank the decoder layers. A method's job gets only the settings it uses."""
+
+    SECTION: ClassVar[str] = "scoring"
+    batch_size: int = setting(8, help="texts (or probe requests) per forward pass", schema={"minimum": 1})
+    max_length: int = setting(
+        256,
+        help="calibration texts are cut to this many tokens",
+        config="scoring.calibration.max_length",
+        schema={"minimum": 8},
+        methods=CALIBRATED,
+    )
+    chunk_size: int | None = setting(
+        64,
+        help=(
+            "ppl, sleb: calibration texts whose per-layer inputs are cached at once (memory ~ chunk_size x max_length "
+            "x hidden x layers); null caches all. sleb keeps a single chunk's cache across rounds."
+        ),
+        schema={"minimum": 1},
+        methods=CHUNKED,
+    )
+    sleb_exclude_ends: bool = setting(
+        True, help="sleb never removes the first or the last decoder layer", methods=("sleb",)
+    )
+    num_samples: int = setting(
+        16,
+        help="iterative: the first num_samples samples of each probe task",
+        config="scoring.iterative.num_samples",
+        schema={"minimum": 1},
+        methods=PROBED,
+    )
+    max_ratio: float | None = setting(
+        None,
+        help="iterative, sleb: rounds up to round(max_ratio * L) (sleb without it: every round); the largest ratio",
+        derived=True,
+        methods=STOP_AT_MAX_RATIO,
+    )
+    probe_max_new_tokens: list[int] = setting(
+        [16], help="iterative: max_new_tokens of each probe task (or one for all)", derived=True, methods=PROBED
+    )
+
+    def used_by(self, method: str) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if _uses(type(self), k, method)}
+
+
+def _uses(cls: type, name: str, method: str | None) -> bool:
+    methods = {f.name: f for f in dataclasses.fields(cls)}[name].metadata["methods"]
+    return methods is None or method in methods
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneSettings(OnModel):
+    """prune: remove the scored layers at a ratio (the ratio is the job's wildcard)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecoverySettings(Seeded, OnModel):
+    """recover: SFT of a pruned checkpoint with TRL, merged into a plain checkpoint."""
+
+    SECTION: ClassVar[str] = "recovery"
+    trainer: str = setting(
+        "lora",
+        help=(
+            "lora = PEFT LoRA on lora_target_modules; qlora = LoRA on a 4-bit NF4 (double-quantised, bitsandbytes) "
+            "base; full = every parameter. All end in a plain merged checkpoint"
+        ),
+        choices=TRAINERS,
+    )
+    precision: str = setting(
+        "auto",
+        help="mixed precision of training; auto = bf16 on a GPU that supports it, fp32 on CPU",
+        choices=("auto", "bf16", "fp16", "fp32"),
+    )
+    lora_r: int = setting(help="LoRA rank", schema={"minimum": 1})
+    lora_alpha: int = setting(help="LoRA scaling numerator (scale = alpha / r)", schema={"minimum": 1})
+    lora_dropout: float = setting(help="dropout on the LoRA input", schema={"minimum": 0, "maximum": 1})
+    lora_target_modules: list[str] = setting(
+        ["all-linear"],
+        help=(
+            "module names LoRA adapts (e.g. [q_proj, v_proj]); [all-linear] = every linear layer but the output "
+            "head (PEFT's shorthand: on Llama-style models the 7 projections)"
+        ),
+        schema={"minItems": 1},
+    )
+    learning_rate: float = setting(help="peak learning rate", schema={"exclusiveMinimum": 0})
+    num_epochs: float = setting(help="passes over the data (max_steps overrides)", schema={"exclusiveMinimum": 0})
+    batch_size: int = setting(help="examples per device and step", schema={"minimum": 1})
+    grad_accum: int = setting(help="gradient accumulation steps", schema={"minimum": 1})
+    max_length: int = setting(help="tokens per example (longer ones are cut)", schema={"minimum": 8})
+    warmup_steps: int = setting(help="linear warmup steps", schema={"minimum": 0})
+    lr_scheduler: str = setting(
+        help="learning-rate schedule", choices=("constant", "constant_with_warmup", "linear", "cosine")
+    )
+    weight_decay: float = setting(help="AdamW weight decay", schema={"minimum": 0})
+    max_steps: int = setting(-1, help="-1 = train num_epochs", schema={"minimum": -1})
+    adam_beta1: float = setting(0.9, help="AdamW beta1", schema={"minimum": 0, "exclusiveMaximum": 1})
+    adam_beta2: float = setting(0.99, help="AdamW beta2", schema={"minimum": 0, "exclusiveMaximum": 1})
+    completion_only_loss: bool = setting(
+        True, help="sgr/data train only on the answer tokens (heal always trains on every token)"
+    )
+    padding_free: bool = setting(
+        False,
+        help=(
+            "flatten each batch into one row with per-sequence position ids instead of padding (same loss, fewer "
+            "positions computed, but no faster on CPU with SDPA: see bench/sft_padding_free.py); still cut at "
+            "max_length"
+        ),
+    )
+    gradient_checkpointing: bool = setting(
+        False, help="recompute activations in the backward pass (less memory, ~30% more compute)"
+    )
+    save_steps: int = setting(
+        50,
+        help="a training checkpoint every N optimizer steps in <output>.work, so a killed job resumes",
+        schema={"minimum": 1},
+    )
+    save_total_limit: int = setting(2, help="training checkpoints kept", schema={"minimum": 1})
+    report_to: str = setting(
+        "none",
+        help="passed to TRL's SFTConfig; tensorboard event files are kept in the checkpoint's runs/",
+        choices=("none", "tensorboard", "wandb"),
+    )
+
+    @classmethod
+    def build(cls, settings: RecoverySettings | None = None, **overrides: Any) -> RecoverySettings:
+        """`settings` (or the defaults) with `overrides` applied, checked like a config."""
+        base = settings.to_dict() if settings is not None else {}
+        return cls.from_dict({**base, **overrides}, where="recover_checkpoint")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluationSettings(Seeded, OnModel):
+    """evaluate_dense / evaluate_variant: one task on one checkpoint (per-task settings from tasks.<task>)."""
+
+    SECTION: ClassVar[str] = "evaluation"
+    batch_size: int = setting(16, help="prompts per forward pass", schema={"minimum": 1})
+    max_new_tokens: int = setting(
+        16, help="longest generated answer", config="tasks.*.max_new_tokens", schema={"minimum": 1}
+    )
+    prompting: str = setting(
+        "auto",
+        help="auto = the chat template when the tokenizer has one (instruct models), else plain few-shot",
+        choices=("auto", "chat", "fewshot"),
+        config="tasks.*.prompting",
+    )
+    temperature: float = setting(
+        0.0, help="0 = greedy (deterministic); paper 0.9", config="tasks.*.temperature", schema={"minimum": 0}
+    )
+    top_k: int | None = setting(
+        None, help="null = no top-k cut; paper 50", config="tasks.*.top_k", schema={"minimum": 1}
+    )
+    top_p: float | None = setting(
+        None, help="null = no nucleus cut", config="tasks.*.top_p", schema={"exclusiveMinimum": 0, "maximum": 1}
+    )
+    num_samples: int = setting(
+        1,
+        help="generations per problem (needs temperature > 0 when above 1); seeded from `seed`",
+        config="tasks.*.num_samples",
+        schema={"minimum": 1},
+    )
+    pass_k: list[int] = setting(
+        [1],
+        help="code tasks report unbiased pass@k for each k up to num_samples",
+        config="tasks.*.pass_k",
+        schema={"minItems": 1, "items": {"type": "integer", "minimum": 1}},
+    )
+    sandbox_timeout: float = setting(
+        10.0,
+        help="wall clock, kills the whole program",
+        config="evaluation.sandbox.timeout_s",
+        schema={"exclusiveMinimum": 0},
+    )
+    sandbox_cpu: int = setting(
+        10, help="RLIMIT_CPU (seconds)", config="evaluation.sandbox.cpu_s", schema={"minimum": 1}
+    )
+    sandbox_memory_mb: int = setting(
+        2048, help="RLIMIT_AS (address space)", config="evaluation.sandbox.memory_mb", schema={"minimum": 64}
+    )
+    sandbox_file_size_mb: int = setting(
+        16, help="RLIMIT_FSIZE", config="evaluation.sandbox.file_size_mb", schema={"minimum": 1}
+    )
+    sandbox_nproc: int = setting(
+        32, help="RLIMIT_NPROC (of the sandbox user nobody)", config="evaluation.sandbox.nproc", schema={"minimum": 1}
+    )
+
+    def sampling(self):
+        """generative.Sampling (imported here: it pulls in torch)."""
+        from layerprune.generative import Sampling
+
+        return Sampling(self.temperature, self.top_k, self.top_p, self.num_samples)
+
+    def sandbox_limits(self):
+        from layerprune.sandbox import SandboxLimits
+
+        return SandboxLimits(
+            timeout_s=self.sandbox_timeout,
+            cpu_s=self.sandbox_cpu,
+            memory_mb=self.sandbox_memory_mb,
+            file_size_mb=self.sandbox_file_size_mb,
+            nproc=self.sandbox_nproc,
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReportSettings(Seeded):
+    """aggregate: the summary table, the report and its plots."""
+
+    SECTION: ClassVar[str] = "report"
+    bootstrap_samples: int = setting(
+        1000,
+        help="paired-bootstrap resamples behind every retention interval (seeded from `seed`)",
+        schema={"minimum": 1},
+    )
+    confidence: float = setting(0.95, help="interval level", schema={"exclusiveMinimum": 0, "exclusiveMaximum": 1})
+    headline_ratio: float | None = setting(
+        None, help="the ratio of the report's first-screen table (nearest evaluated); null = the median ratio"
+    )
+    self_bleu_max_texts: int = setting(
+        1000, help="outputs per result that self-BLEU compares (a seeded sample beyond that)", schema={"minimum": 2}
+    )
+
+
+# Every settings class, in the order their blocks appear in the schema.
+STAGES: tuple[type[StageSettings], ...] = (
+    Seeded,
+    OnModel,
+    CalibrationSettings,
+    ScoreSettings,
+    PromptSetSettings,
+    PromptFilterSettings,
+    MagpieSettings,
+    SelfgenSettings,
+    RecoverySettings,
+    HealSettings,
+    EvaluationSettings,
+    ReportSettings,
+)
+
+
+# --------------------------------------------------------------------------- config -> settings
+
+
+def lookup(config: dict[str, Any], path: str, task: str | None = None) -> Any:
+    """The value at a dotted config path (`*` = the task); MISSING where it is not set."""
+    node: Any = config
+    for part in path.split("."):
+        key = task if part == "*" else part
+        if not isinstance(node, dict) or key not in node:
+            return MISSING
+        node = node[key]
+    return node
+
+
+def settings_from_config(
+    cls: type[StageSettings], config: dict[str, Any], task: str | None = None, **derived: Any
+) -> StageSettings:
+    """A stage's settings from a validated config: every field from its config key (the field's
+    default where the key is absent), `derived` ones from the workflow (e.g. max_ratio)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata["derived"]:
+            if f.name in derived:
+                values[f.name] = derived[f.name]
+            continue
+        value = lookup(config, config_path(cls, f), task)
+        if value is not MISSING:
+            values[f.name] = value
+    return cls.from_dict(values, where=f"config ({cls.__name__})")
+
+
+def settings_json(
+    cls: type[StageSettings], config: dict[str, Any], method: str | None = None, task: str | None = None, **derived: Any
+) -> str:
+    """The one `settings` param of a rule: JSON of the settings its job uses (for `score`, those of `method`)."""
+    settings = settings_from_config(cls, config, task=task, **derived)
+    values = {k: v for k, v in settings.to_dict().items() if _uses(cls, k, method)}
+    return json.dumps(values, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser_for(hint: Any) -> tuple[Any, str | None]:
+    """argparse (type, nargs) of a field type."""
+    inner, optional = _optional_inner(hint)
+    nargs = None
+    if typing.get_origin(inner) is list:
+        (inner,) = typing.get_args(inner)
+        nargs = "*"
+    if inner is bool:
+        convert = _parse_bool
+    elif inner is dict:
+        convert = json.loads
+    else:
+        convert = inner
+    if optional:
+        return (lambda text: None if text.lower() in {"none", "null", ""} else convert(text)), nargs
+    return convert, nargs
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in {"true", "1", "yes"}:
+        return True
+    if text.lower() in {"false", "0", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[StageSettings]) -> None:
+    """`--settings JSON` plus one flag per field (`--lora-r`); a flag given wins over the JSON."""
+    group = parser.add_argument_group(f"settings ({cls.__name__}; each overrides --settings)")
+    group.add_argument("--settings", default=None, help="the settings as one JSON object (what the rules pass)")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        convert, nargs = _parser_for(hints[f.name])
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        shown = "required" if default is MISSING else f"default {default!r}"
+        choices = f.metadata["choices"]
+        text = f"{f.metadata['help']} ({shown}{'; one of ' + ', '.join(map(str, choices)) if choices else ''})"
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f"setting_{f.name}",
+            metavar=f.name.upper(),
+            type=convert,
+            nargs=nargs,
+            default=argparse.SUPPRESS,
+            help=text.replace("%", "%%"),  # argparse %-formats help text
+        )
+
+
+def settings_from_args(cls: type[StageSettings], args: argparse.Namespace, stage: str) -> StageSettings:
+    """The settings of a stage's command line: defaults < --settings JSON < flags."""
+    values: dict[str, Any] = {}
+    if getattr(args, "settings", None):
+        try:
+            values = json.loads(args.settings)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"layerprune {stage}: --settings is not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise SystemExit(f"layerprune {stage}: --settings must be a JSON object")
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f"setting_{f.name}"):
+            values[f.name] = getattr(args, f"setting_{f.name}")
+    try:
+        return cls.from_dict(values, where=f"layerprune {stage}")
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _type_schema(hint: Any) -> dict[str, Any]:
+    names = {int: "integer", float: "number", bool: "boolean", str: "string", dict: "object"}
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return {"type": "array", "items": _type_schema(item)}
+    return {"type": names[hint]}
+
+
+def field_schema(cls: type[StageSettings], f: dataclasses.Field) -> dict[str, Any]:
+    """The JSON schema of one setting: its type (or enum), bounds, default and help."""
+    inner, optional = _optional_inner(typing.get_type_hints(cls)[f.name])
+    extra = dict(f.metadata["schema"])
+    choices = f.metadata["choices"]
+    if "$ref" in extra or "oneOf" in extra:
+        schema = extra if not optional else {"anyOf": [extra, {"type": "null"}]}
+    else:
+        if choices:
+            schema = {"enum": [*choices, None] if optional else list(choices)}
+        else:
+            schema = _type_schema(inner)
+            if optional:
+                schema["type"] = [schema["type"], "null"]
+        if "items" in extra and "items" in schema:
+            schema["items"] = {**schema["items"], **extra.pop("items")}
+        schema.update(extra)
+    if f.default is not MISSING:
+        schema["default"] = f.default
+    elif f.default_factory is not MISSING:
+        schema["default"] = f.default_factory()
+    schema["description"] = f.metadata["help"]
+    return schema
+
+
+def home_fields() -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Config section -> [(key, schema)] of every setting declared in this module (borrowed ones at home only)."""
+    sections: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    seen: dict[str, str] = {}
+    for cls in STAGES:
+        own = cls.__dict__.get("__annotations__", {})
+        for f in dataclasses.fields(cls):
+            if f.name not in own or not f.metadata["home"] or f.metadata["derived"]:
+                continue
+            path = config_path(cls, f)
+            if path in seen:
+                raise ValueError(f"config key {path} is declared by both {seen[path]} and {cls.__name__}")
+            seen[path] = cls.__name__
+            section, _, key = path.rpartition(".")
+            sections.setdefault(section, []).append((key, field_schema(cls, f)))
+    return sections
+
+
+def registry_enums() -> dict[str, list[str]]:
+    """The schema's enums that come from layerprune.registry."""
+    return {"scoring_methods": list(SCORING_METHODS), "graders": [*GRADERS, None], "datasets": list(DATASETS)}
+
+
+BEGIN = re.compile(r"^(?P<indent> *)# >>> generated: (?P<name>[\w.*:]*) ")
+END = re.compile(r"^ *# <<< generated")
+
+
+def _block(name: str, indent: str) -> list[str]:
+    if name.startswith("enum:"):
+        return [f"{indent}enum: {json.dumps(registry_enums()[name.removeprefix('enum:')])}"]
+    section = "" if name == "top" else name
+    return [f"{indent}{key}: {json.dumps(schema)}" for key, schema in home_fields()[section]]
+
+
+def render_schema(text: str) -> str:
+    """The schema text with every generated block rewritten from the declarations above."""
+    lines, out, block = text.splitlines(), [], None
+    for line in lines:
+        if block is not None:
+            if END.match(line):
+                out.extend(_block(block[0], block[1]))
+                out.append(line)
+                block = None
+            continue
+        out.append(line)
+        match = BEGIN.match(line)
+        if match:
+            block = (match["name"], match["indent"])
+    if block is not None:
+        raise ValueError(f"generated block {block[0]} has no end marker")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rewrite (or check) the generated blocks of the config schema.")
+    parser.add_argument("--write-schema", action="store_true", help="rewrite the file in place")
+    parser.add_argument("--schema", type=Path, default=SCHEMA_FILE)
+    args = parser.parse_args(argv)
+    text = args.schema.read_text()
+    rendered = render_schema(text)
+    if args.write_schema:
+        if rendered != text:
+            args.schema.write_text(rendered)
+        return 0
+    if rendered != text:
+        print(f"{args.schema} is stale: run python -m layerprune.settings --write-schema", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

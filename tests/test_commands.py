@@ -1,0 +1,130 @@
+"""The documented `snakemake` commands, taken literally from README.md, docs/ and the configs' headers.
+
+A config given with --configfile is the whole study: the embedded default (config.yaml)
+applies only when none is given, and `--config key=value` overrides either. Each
+command is dry-run in a scratch copy of the workflow and must plan exactly its study.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+import yaml
+from test_workflow import DEFAULT_JOBS
+from workflow_helpers import REPO, planned_jobs, shell_commands, snakemake, workflow_copy
+
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "configs").glob("*.yaml"))]
+# The plans, counted from each study's grid. compare-methods: 9 methods (8 by `score`, iterative by its
+# own rule) x 1 ratio x recovery none x 6 tasks; no prompt set, as nothing trains.
+COMPARE_METHODS_JOBS = {
+    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 15, "prepare_task": 6, "prepare_calibration": 1,
+    "materialize": 1, "score": 8, "score_iterative": 1, "prune": 9, "evaluate_dense": 6, "evaluate_variant": 54,
+    "aggregate": 1,
+}  # fmt: skip
+PAPER_JOBS = {
+    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 13, "prepare_task": 8, "prepare_lm_eval_task": 7,
+    "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3, "prune": 27,
+    "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 45, "evaluate_variant": 1215, "aggregate": 1,
+}  # fmt: skip
+# my-study.yaml (README): one local model, one task, one method, one ratio, recoveries none and sgr.
+MY_STUDY = {
+    "seed": 0,
+    "models": {"mine": {"source": {"path": "checkpoints/mine"}}},
+    "scoring": {"methods": ["reverse"], "calibration": {"bigbench_tasks": ["gem/xsum"], "num_samples": 4}},
+    "pruning": {"ratios": [0.5]},
+    "prompts": {"bigbench_tasks": ["auto_categorization"], "num_prompts": 4},
+    "selfgen": {"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.95},
+    "recovery": {
+        "methods": ["none", "sgr"], "lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "learning_rate": 1e-3,
+        "num_epochs": 1, "batch_size": 2, "grad_accum": 1, "max_length": 32, "warmup_steps": 0,
+        "lr_scheduler": "constant", "weight_decay": 0.0,
+    },
+    "tasks": {"addition": {"type": "generative", "bigbench_task": "arithmetic/1_digit_addition", "num_fewshot": 1}},
+    "evaluation": {},
+    "resources": {"default": {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpus": 0}},
+}  # fmt: skip
+MY_STUDY_JOBS = {
+    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 2, "prepare_task": 1, "prepare_prompts": 1,
+    "materialize": 1, "score": 1, "prune": 1, "filter_prompts": 1, "selfgen": 1, "recover": 1, "evaluate_dense": 1,
+    "evaluate_variant": 2, "aggregate": 1,
+}  # fmt: skip
+EXPECTED = {
+    "configs/paper.yaml": PAPER_JOBS,
+    "configs/compare-methods.yaml": COMPARE_METHODS_JOBS,
+    "my-study.yaml": MY_STUDY_JOBS,
+    None: DEFAULT_JOBS,
+}
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(document, command) for every `snakemake ...` run command in backticks or in a config's header."""
+    found = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        if document.suffix == ".yaml":  # the header: the comment lines before the first key
+            text = "\n".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+            commands = re.findall(r"^\s*(snakemake [^\n]*)", text, flags=re.M)
+        else:
+            commands = re.findall(r"`(snakemake [^`]*)`", text)
+        for command in commands:
+            command = command.split("#")[0].strip()
+            # the commands that run a study; --report/--touch/--unlock/-R act on a finished one
+            if "--cores" in command and not re.search(r"--touch|--unlock|--report| -R\b| -n\b", command):
+                found.append((document.relative_to(REPO).as_posix(), command))
+    return sorted(set(found))
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_documents_have_the_commands_this_test_expects():
+    commands = {command for _, command in COMMANDS}
+    assert "snakemake --cores all --profile slurm --configfile configs/paper.yaml" in commands
+    assert "snakemake --cores all --configfile configs/compare-methods.yaml" in commands
+    assert "snakemake --cores all --configfile my-study.yaml" in commands
+    assert "snakemake --cores all" in commands
+
+
+@pytest.mark.parametrize(("document", "command"), COMMANDS, ids=[f"{d}: {c}" for d, c in COMMANDS])
+def test_documented_command_plans_its_study(tmp_path, document, command):
+    workdir = workflow_copy(tmp_path / "wf")
+    (workdir / "configs").mkdir()
+    for config in (REPO / "configs").glob("*.yaml"):
+        (workdir / "configs" / config.name).write_text(config.read_text())
+    (workdir / "my-study.yaml").write_text(yaml.safe_dump(MY_STUDY))
+    argv = shlex.split(command)
+    assert argv[0] == "snakemake"
+    configfile = argv[argv.index("--configfile") + 1] if "--configfile" in argv else None
+    options = [a for a in argv[1:] if a not in ("--cores", "all")]
+    jobs = planned_jobs(workdir, *options)
+    assert jobs == EXPECTED[configfile], f"{document}: {command}"
+    # exactly the study's models and tasks: nothing of the default leaks into a study given with --configfile
+    study = yaml.safe_load((workdir / (configfile or "config.yaml")).read_text())
+    output = snakemake(workdir, "-n", "-p", "--cores", "1", *options).stdout
+    evaluations = shell_commands(output, "evaluate")
+    assert {argv[argv.index("--model-name") + 1] for argv in evaluations} == set(study["models"])
+    assert {argv[argv.index("--task-name") + 1] for argv in evaluations} == set(study["tasks"])
+
+
+def test_config_overrides_apply_over_a_configfile_and_over_the_default(tmp_path):
+    workdir = workflow_copy(tmp_path / "wf")
+    (workdir / "my-study.yaml").write_text(yaml.safe_dump(MY_STUDY))
+    for study, jobs in ((["--configfile", "my-study.yaml"], MY_STUDY_JOBS), ([], DEFAULT_JOBS)):
+        overrides = ["--config", "seed=7", "dtype=float32"]
+        assert planned_jobs(workdir, *study, *overrides) == jobs
+        output = snakemake(workdir, "-n", "-p", "--cores", "1", *study, *overrides).stdout
+        for argv in shell_commands(output, "selfgen"):
+            selfgen = json.loads(argv[argv.index("--settings") + 1])
+            assert (selfgen["seed"], selfgen["dtype"]) == (7, "float32")
+
+
+def test_tasks_of_the_default_cannot_leak_into_a_study(tmp_path):
+    """A study with `tasks` of its own evaluates those only (deep-merging added the default's six)."""
+    workdir = workflow_copy(tmp_path / "wf")
+    (workdir / "my-study.yaml").write_text(yaml.safe_dump(MY_STUDY))
+    output = snakemake(workdir, "-n", "-p", "--cores", "1", "--configfile", "my-study.yaml").stdout
+    evaluated = {argv[argv.index("--task-name") + 1] for argv in shell_commands(output, "evaluate")}
+    assert evaluated == {"addition"}

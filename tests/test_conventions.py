@@ -1,0 +1,208 @@
+"""Workflow-catalog conventions, enforced: lint, formatting, conda envs, logs, benchmarks, shell quoting.
+
+`snakemake --lint`, `snakefmt --check` and `ruff format --check` must be clean; every rule
+that runs a command declares the conda env in envs/ (pinned as constraints.txt), a log
+and, when it runs as a cluster job, a benchmark; and no config value reaches a shell
+unquoted: a config with shell syntax in every string setting runs no injected command.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+from test_workflow import DEFAULT
+from workflow_helpers import BIN, REPO, run, shell_commands, snakemake, workflow_copy
+
+# Commands of these rules run as cluster jobs: they get a benchmark (CPU-s, wall, max RSS).
+COMPUTE_RULES = {
+    "materialize", "score", "score_iterative", "prune", "selfgen", "magpie_prompts", "recover", "evaluate_dense",
+    "evaluate_variant",
+}  # fmt: skip
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(BIN)) or shutil.which(name)
+    assert found, f"{name} is not installed (pip install -e .[test])"
+    return found
+
+
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    workdir = workflow_copy(tmp_path / "wf")
+    result = snakemake(workdir, "--lint", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Lints for" not in output, output[-3000:]
+
+
+def test_snakefmt_and_ruff_format_are_clean():
+    snakefiles = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    done = run([tool("snakefmt"), "--check", *map(str, snakefiles)], REPO, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run([tool("ruff"), "format", "--check", "src", "tests", "bench"], REPO, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_env_files_pin_the_tested_versions():
+    pins = constraints()
+    envs = sorted((REPO / "envs").glob("*.yaml"))
+    assert envs
+    for env in envs:
+        spec = yaml.safe_load(env.read_text())
+        pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
+        for requirement in pip:
+            name, version = requirement.split("==")
+            assert pins.get(re.sub(r"[-_.]+", "-", name).lower()) == version, f"{env.name}: {requirement}"
+        python = next(d for d in spec["dependencies"] if isinstance(d, str) and d.startswith("python="))
+        assert python == "python=3.11"
+    # every runtime dependency of the package that a job imports is in the env
+    pyproject = (REPO / "pyproject.toml").read_text()
+    block = pyproject[pyproject.index("dependencies = [") : pyproject.index("]", pyproject.index("dependencies = ["))]
+    wanted = {re.sub(r"[-_.]+", "-", re.match(r'\s*"([A-Za-z0-9_.-]+)', line).group(1)).lower()
+              for line in block.splitlines()[1:] if line.strip().startswith('"')}  # fmt: skip
+    in_env = {
+        re.sub(r"[-_.]+", "-", requirement.split("==")[0]).lower()
+        for env in envs
+        for d in yaml.safe_load(env.read_text())["dependencies"]
+        if isinstance(d, dict)
+        for requirement in d["pip"]
+    }
+    workflow_only = {"snakemake", "snakemake-executor-plugin-slurm", "dvc"}  # the driver, not the jobs
+    assert wanted - workflow_only <= in_env, wanted - workflow_only - in_env
+
+
+def rule_blocks() -> dict[str, str]:
+    """Rule name -> its text, from every Snakefile of the workflow."""
+    blocks = {}
+    for path in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
+        text = path.read_text()
+        starts = [(m.start(), m.group(2)) for m in re.finditer(r"^( *)rule (\w+):", text, flags=re.M)]
+        for (start, name), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=False):
+            blocks[name] = text[start:end]
+    return blocks
+
+
+def test_every_rule_that_runs_a_command_has_conda_log_and_benchmark():
+    blocks = rule_blocks()
+    assert COMPUTE_RULES <= set(blocks)
+    for name, block in blocks.items():
+        if "shell:" not in block:
+            assert name == "all", name
+            continue
+        assert "conda:\n" in block and '"../../envs/layerprune.yaml"' in block, name
+        assert re.search(r'log:\n\s+"logs/' + name, block), name
+        assert ("benchmark:" in block) == (name in COMPUTE_RULES), name
+        assert "> {log:q} 2>&1" in block or ">> {log:q} 2>&1" in block, f"{name}: the job's output goes to its log"
+
+
+def test_job_output_lands_in_its_log(tmp_path):
+    """A real job (the prompt set) writes nothing to the terminal and its own lines to logs/."""
+    workdir = workflow_copy(tmp_path / "wf")
+    snakemake(workdir, "--cores", "1", "results/data/calibration.jsonl")
+    logs = sorted((workdir / "logs").rglob("*.log"))
+    assert {p.relative_to(workdir).as_posix() for p in logs} >= {
+        "logs/fetch_bigbench.log",
+        "logs/extract_bigbench/gem/xsum.log",
+        "logs/prepare_calibration.log",
+    }
+
+
+# Shell syntax in every string a rule could put into a command: each would create a marker file
+# if it reached a shell unquoted.
+INJECT = "x; touch {marker}; echo $(touch {marker}) `touch {marker}` '\""
+
+
+def hostile_config(marker: str) -> dict:
+    """Shell syntax in every free-text string setting (names have patterns: see the test below)."""
+    payload = INJECT.format(marker=marker)
+    config = copy.deepcopy(DEFAULT)
+    config["prompts"].update(system_prompt=payload, separator=payload, split=payload, name=payload, path=payload)
+    config["prompts"]["prompt_fields"] = [payload]
+    config["tasks"]["arc"] = {
+        "type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 0, "lm_eval_include_path": payload,
+    }  # fmt: skip
+    config["tasks"]["humaneval"]["split"] = payload
+    config["recovery"]["lora_target_modules"] = [payload]
+    config["recovery"]["report_to"] = "none"
+    config["models"]["smollm2-135m"]["source"]["gguf"] = payload
+    config["recovery"]["heal"] = {"source": {"hub": payload, "split": payload, "text_field": payload}}
+    config["recovery"]["methods"] = ["none", "data", "sgr", "heal"]
+    return config
+
+
+def test_shell_syntax_in_config_strings_runs_nothing(tmp_path):
+    marker = tmp_path / "PWNED"
+    workdir = workflow_copy(tmp_path / "wf", hostile_config(str(marker)))
+    output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout
+    # every string arrives intact: the settings JSON of each command parses back to the payload
+    payload = INJECT.format(marker=marker)
+    (prepare,) = shell_commands(output, "prepare-prompts")
+    prompts = json.loads(prepare[prepare.index("--settings") + 1])
+    assert prompts["system_prompt"] == prompts["separator"] == payload and prompts["prompt_fields"] == [payload]
+    (lm_eval,) = shell_commands(output, "prepare-lm-eval-task")
+    assert "--include-path=" + payload in lm_eval
+    specs = [json.loads(argv[argv.index("--spec") + 1]) for argv in shell_commands(output, "prepare-task")]
+    assert [spec["split"] for spec in specs if spec.get("dataset") == "humaneval"] == [payload]
+    recover = shell_commands(output, "recover")
+    assert {json.loads(argv[argv.index("--settings") + 1])["lora_target_modules"][0] for argv in recover} == {payload}
+    (materialize,) = shell_commands(output, "materialize")
+    assert json.loads(materialize[materialize.index("--source") + 1])["gguf"] == payload
+    # real runs of the jobs whose commands carry those strings: they fail (no such task or
+    # dataset), but the shell never runs the injected commands
+    for target in ("results/data/tasks/arc.json", "results/data/prompts.jsonl", "results/data/heal.jsonl",
+                   "results/data/tasks/humaneval.json"):  # fmt: skip
+        snakemake(workdir, "--cores", "1", target, check=False)
+    assert not marker.exists(), "a config value reached a shell unquoted"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["models"].update({"a;b": {"source": {"hub": "x/y"}}}), "a;b"),
+        (lambda c: c["tasks"].update({"t$(x)": {"type": "classification", "bigbench_task": "x", "num_fewshot": 0}}),
+         "t$(x)"),
+        (lambda c: c["scoring"].update(methods=["bi;touch"]), "bi;touch"),
+        (lambda c: c["recovery"].update(methods=["none", "sgr x"]), "sgr x"),
+        (lambda c: c["prompts"].update(bigbench_tasks=["a b"]), "a b"),
+        (lambda c: c["tasks"]["plural"].update(bigbench_task="x; touch y"), "x; touch y"),
+        (lambda c: c["tasks"].update(arc={"type": "classification", "lm_eval_task": "x --help; touch /tmp/PWNED; echo",
+                                          "num_fewshot": 0}), "lm_eval_task"),
+    ],
+)  # fmt: skip
+def test_names_with_shell_syntax_are_rejected(tmp_path, mutate, message):
+    """Names become wildcards and paths: the schema's patterns and registries admit no shell syntax."""
+    config = copy.deepcopy(DEFAULT)
+    mutate(config)
+    workdir = workflow_copy(tmp_path / "wf", config)
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+
+
+def test_dvc_versions_every_report_output_of_the_aggregate_rule(tmp_path):
+    """dvc.yaml lists the report's outputs by hand: this keeps the list equal to the aggregate rule's."""
+    workdir = workflow_copy(tmp_path / "wf")
+    output = snakemake(workdir, "-n", "--cores", "1", "-R", "aggregate", "--until", "aggregate").stdout
+    block = output[output.index("rule aggregate:") :]
+    outputs = block.split("output:", 1)[1].splitlines()[0].split(", ")
+    # what aggregate writes, as DVC versions it: a file in results/, or the plots folder
+    written = {path.strip() if path.count("/") == 1 else path.strip().rsplit("/", 1)[0] for path in outputs}
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["pipeline"]
+    versioned = {next(iter(entry)) for key in ("outs", "metrics", "plots") for entry in stage[key]}
+    stage_folders = {
+        f"results/{name}" for name in ("data", "selfgen", "models", "scores", "pruned", "recovered", "eval")
+    }
+    assert versioned - stage_folders == written
+    assert "envs" in stage["deps"], "a changed environment file must re-run the DVC stage"
