@@ -209,15 +209,16 @@ def test_paper_config_dry_run_offline(tmp_path):
     shutil.copy(REPO / "configs" / "paper.yaml", workdir / "paper.yaml")
     jobs = planned_jobs(workdir, "--configfile", "paper.yaml")
     assert jobs == {
-        "all": 1, "fetch_bigbench": 1, "extract_bigbench": 13, "prepare_task": 8, "prepare_lm_eval_task": 7,
+        "all": 1, "fetch_bigbench": 1, "extract_bigbench": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
         "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3,
-        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 45, "evaluate_variant": 1215,
+        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 51, "evaluate_variant": 1377,
         "aggregate": 1,
     }  # fmt: skip
-    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 15 tasks:
-    # 7 lm-eval + general_knowledge + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + 2 arithmetic.
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 15 == 1215
-    assert jobs["evaluate_dense"] == 45
+    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 17 tasks:
+    # 7 lm-eval + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + the 3 iterative probes
+    # (evaluated too until tasks can be probe-only) + 2 arithmetic.
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 17 == 1377
+    assert jobs["evaluate_dense"] == 51
     assert jobs["recover"] == 54  # 2 trained recoveries (data, sgr)
     assert jobs["score_iterative"] == 3
     assert jobs["prepare_lm_eval_task"] == 7
