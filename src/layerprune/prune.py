@@ -55,7 +55,7 @@ __all__ = [
 # ------------------------------------------------------------------ verification
 
 PROBE_LENGTH = 24  # tokens per probe row: longer than the tiny test models' sliding windows
-CACHED_STEPS = 4  # the probe's last tokens, decoded one at a time with the KV cache
+CACHED_STEPS = 4  # tokens generated with and without the KV cache
 
 
 class PruneVerificationError(RuntimeError):
@@ -120,26 +120,38 @@ def _check_close(model: torch.nn.Module, what: str, got: torch.Tensor, expected:
 
 
 @torch.no_grad()
-def verify_cache(model: torch.nn.Module, input_ids: torch.Tensor, uncached: torch.Tensor, what: str) -> None:
-    """Decode the probe's last tokens one at a time with the KV cache; each step's logits must equal `uncached`."""
+def verify_cache(model: torch.nn.Module, input_ids: torch.Tensor, what: str) -> None:
+    """Greedy generation with the KV cache (or the model's recurrent state) must give the tokens
+    and per-step logits of generation without it."""
     device = next(model.parameters()).device
     ids = input_ids.to(device)
-    prefix = ids.shape[1] - CACHED_STEPS
-    try:
-        output = model(input_ids=ids[:, :prefix], use_cache=True)
-        steps = [output.logits[:, -1]]
-        for position in range(prefix, ids.shape[1] - 1):
-            output = model(
-                input_ids=ids[:, position : position + 1], past_key_values=output.past_key_values, use_cache=True
-            )
-            steps.append(output.logits[:, -1])
-    except Exception as error:
+    settings = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=CACHED_STEPS,
+        min_new_tokens=CACHED_STEPS,
+        do_sample=False,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    runs = {}
+    for use_cache in (True, False):
+        try:
+            runs[use_cache] = model.generate(ids, use_cache=use_cache, **settings)
+        except Exception as error:
+            label = "with" if use_cache else "without"
+            raise PruneVerificationError(
+                f"{architecture(model)}: {what}: generation {label} the KV cache fails: {type(error).__name__}: "
+                f"{error}; nothing was written"
+            ) from error
+    cached = torch.stack(runs[True].logits, dim=1).float().cpu()
+    uncached = torch.stack(runs[False].logits, dim=1).float().cpu()
+    _check_close(model, f"{what}: generation with the KV cache vs without", cached, uncached)
+    if not torch.equal(runs[True].sequences, runs[False].sequences):
         raise PruneVerificationError(
-            f"{architecture(model)}: {what}: decoding with the KV cache fails: {type(error).__name__}: {error}; "
+            f"{architecture(model)}: {what}: generation with the KV cache gives other tokens than without it; "
             "nothing was written"
-        ) from error
-    cached = torch.stack(steps, dim=1).float().cpu()
-    _check_close(model, f"{what}: decoding with the KV cache vs without", cached, uncached[:, prefix - 1 :])
+        )
 
 
 def _run(model: torch.nn.Module, input_ids: torch.Tensor, what: str) -> torch.Tensor:
@@ -254,7 +266,7 @@ def prune_checkpoint(
         )
     pruned = _run(model, ids, "the pruned model")
     _check_close(model, "the pruned model vs the dense model with the removed layers skipped", pruned, expected)
-    verify_cache(model, ids, pruned, "the pruned model")
+    verify_cache(model, ids, "the pruned model")
 
     source_file = Path(model_dir) / "source.json"
     source = read_json(source_file) if source_file.is_file() else {"path": str(Path(model_dir).resolve())}
@@ -288,7 +300,7 @@ def prune_checkpoint(
             ) from error
         what = "the saved checkpoint, reloaded,"
         _check_close(reloaded, f"{what} vs the pruned model", _run(reloaded, ids, what), pruned)
-        verify_cache(reloaded, ids, pruned, what)
+        verify_cache(reloaded, ids, what)
         del reloaded
         write_json(tmp / "pruning.json", record)
         (tmp / "mergekit.yaml").write_text(_mergekit_yaml(merge, removed, change["sliced_config_fields"]))

@@ -81,7 +81,23 @@ REFUSED_MODEL_TYPES = {
     "(attn_layer_offset/period) that removing layers makes stale",
     "zamba2": "its shared transformer blocks are applied at hybrid_layer_ids through a shared-block map "
     "that removing layers makes stale (the pruned checkpoint fails with KeyError)",
+    "diffllama": "its differential attention derives lambda_init from each layer's index at construction, so a "
+    "kept layer would compute differently once the pruned checkpoint is loaded",
 }
+
+# Config fields that, when positive, tie layers to state outside their own modules.
+#   num_kv_shared_layers          the last layers reuse the KV cache of earlier ones (Gemma3n, Gemma 4)
+#   hidden_size_per_layer_input   per-layer input embeddings, one slice per layer (Gemma3n, Gemma 4)
+REFUSED_CONFIG_FIELDS = {
+    "num_kv_shared_layers": "its last layers reuse the KV cache of earlier layers (KV sharing)",
+    "hidden_size_per_layer_input": "it feeds every layer its own slice of per-layer input embeddings",
+}
+
+# Config fields that scale with depth, per model_type: MiniCPM3 multiplies each residual
+# branch by scale_depth / sqrt(num_hidden_layers), so scale_depth is rescaled by
+# sqrt(kept / before) to keep every kept layer's branch scale exactly as it was.
+DEPTH_SCALED_CONFIG_FIELDS = {"minicpm3": "scale_depth"}
+
 
 
 def architecture(model_or_config: Any) -> str:
@@ -109,6 +125,10 @@ def _config_refusal(config: Any, described: str | None = None) -> str | None:
     # Multimodal configs nest the language model's settings in text_config.
     text_config = config.get("text_config") if isinstance(config, dict) else getattr(config, "text_config", None)
     for scope in (config, text_config):
+        for field, why in REFUSED_CONFIG_FIELDS.items():
+            value = scope.get(field) if isinstance(scope, dict) else getattr(scope, field, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return f"{described} is not supported ({field}={value}): {why}, which layer pruning does not rewrite"
         for field in MOE_CONFIG_FIELDS:
             # getattr on a config object also follows its attribute_map (Mixtral: num_experts -> num_local_experts)
             value = scope.get(field) if isinstance(scope, dict) else getattr(scope, field, None)
@@ -300,6 +320,19 @@ def _rewrite_config(config: Any, kept: list[int], num_layers: int) -> dict[str, 
         new_value = [expanded[i] for i in kept]
         config.block_types = new_value
         recounted["block_types"] = [list(block_types), new_value]
+    # Heterogeneous configs (transformers' per_layer_config, e.g. Gemma 4): overrides keyed by layer index.
+    heterogeneity = config.__dict__.get("_heterogeneity_spec")
+    if heterogeneity is not None:
+        overrides = heterogeneity.per_layer_overrides
+        new_overrides = {new: copy.deepcopy(overrides[old]) for new, old in enumerate(kept) if old in overrides}
+        config.per_layer_config = new_overrides
+        recounted["per_layer_config"] = [sorted(overrides), sorted(new_overrides)]
+    scaled = DEPTH_SCALED_CONFIG_FIELDS.get(getattr(config, "model_type", None))
+    if scaled is not None and isinstance(getattr(config, scaled, None), (int, float)):
+        value = getattr(config, scaled)
+        new_value = value * math.sqrt(len(kept) / num_layers)
+        setattr(config, scaled, new_value)
+        recounted[scaled] = [value, new_value]
     config.num_hidden_layers = len(kept)
     unexpressible: dict[str, str] = {}
     for key, target, nullable in PERIOD_CONFIG_FIELDS:
