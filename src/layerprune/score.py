@@ -179,6 +179,8 @@ def score_layers(
         raise ValueError(f"unknown scoring method '{method}' (choose from {', '.join(METHODS)})")
     if num_layers is None:
         num_layers = len(decoder_layers(model))
+    if model is not None:
+        check_finite_activations(model)
     result: dict[str, Any] = {"method": method, "num_layers": num_layers}
     if method == "reverse":
         result["scores"] = None
@@ -226,6 +228,43 @@ def score_layers(
     result["removal"] = {str(k): v for k, v in result["removal"].items()}
     check_finite_scores(result, source=f"scoring {type(model).__name__}" if model is not None else "scoring")
     return result
+
+
+ACTIVATION_PROBE_LENGTH = 16  # tokens of the fixed probe that checks every layer's output before scoring
+
+
+@torch.no_grad()
+def check_finite_activations(model) -> None:
+    """ValueError naming the layers whose output is NaN or infinite on a fixed probe input.
+
+    A checkpoint with NaN or inf weights gives NaN scores (or, worse, finite ones after a
+    clamp or an argmax); one forward pass tells which layers are at fault before any
+    method runs. Token ids, not text: the iterative method has no calibration texts.
+    """
+    layers = decoder_layers(model)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (1, ACTIVATION_PROBE_LENGTH), generator=generator)
+    bad: list[int] = []
+
+    def hook(index: int) -> Callable:
+        def check(module, args, output):
+            if not bool(torch.isfinite(_tensor_of(output)).all()):
+                bad.append(index)
+
+        return check
+
+    handles = [layer.register_forward_hook(hook(index)) for index, layer in enumerate(layers)]
+    try:
+        model(input_ids=ids.to(next(model.parameters()).device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if bad:
+        raise ValueError(
+            f"{type(model).__name__}: decoder layers {sorted(bad)} output NaN or infinite hidden states (the first "
+            f"is layer {min(bad)}: NaN or inf weights there?), so no layer can be scored"
+        )
 
 
 def check_finite_cosines(cosines: torch.Tensor, method: str) -> None:

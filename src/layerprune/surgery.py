@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,7 +101,6 @@ REFUSED_CONFIG_FIELDS = {
 DEPTH_SCALED_CONFIG_FIELDS = {"minicpm3": "scale_depth"}
 
 
-
 def architecture(model_or_config: Any) -> str:
     """`ClassName (model_type 'x')` of a model, or of a config (its first `architectures` entry), for messages."""
     if isinstance(model_or_config, torch.nn.Module):
@@ -109,6 +110,10 @@ def architecture(model_or_config: Any) -> str:
         names = config.get("architectures") if isinstance(config, dict) else getattr(config, "architectures", None)
         name = names[0] if names else None
     model_type = config.get("model_type", "?") if isinstance(config, dict) else getattr(config, "model_type", "?")
+    if not name:  # a config built in code names no architecture: the causal LM class transformers would build
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     return f"{name} (model_type '{model_type}')" if name else f"model_type '{model_type}'"
 
 
@@ -157,22 +162,27 @@ def _module_refusal(model: torch.nn.Module) -> str | None:
 
 
 def refusal_reason(config: Any) -> str | None:
-    """Why layer surgery refuses the architecture of `config` (a PretrainedConfig, or the dict
-    of a checkpoint's config.json); None when it supports it.
+    """Why layer surgery refuses the architecture of `config`; None when it supports it.
 
-    Cheap enough for plan time: the config is checked first, then the model is built on
-    the meta device (no weights, no memory) to look for its decoder layers and expert modules.
-    A config transformers cannot build at all gives None here: loading it fails with its own error.
+    `config` is a PretrainedConfig, the dict of a checkpoint's config.json, or the path of
+    a checkpoint directory (or of its config.json). Cheap enough for plan time: the config
+    is checked first, then the model is built on the meta device (no weights, no memory)
+    to look for its decoder layers and expert modules. A config transformers cannot build
+    at all gives None here: loading it fails later with transformers' own error.
     """
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        config = AutoConfig.from_pretrained(path.parent if path.name == "config.json" else path)
     reason = _config_refusal(config)
     if reason is not None:
         return reason
-    from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
-
     try:
         if not isinstance(config, PretrainedConfig):
-            values = dict(config)
-            config = AutoConfig.for_model(values.pop("model_type"), **values)
+            # as from_pretrained reads config.json: special floats ({"__float__": "Infinity"}) decoded
+            values = PretrainedConfig._decode_special_floats(dict(config))
+            config = CONFIG_MAPPING[values["model_type"]].from_dict(values)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except Exception:  # noqa: BLE001 -- any failure to build is reported by the real load, with its own message
