@@ -20,16 +20,16 @@ layers different masks). Candidate l then runs only the kept blocks above l from
 recorded input of l, followed by the final norm and the LM head. A scan over L
 candidates costs L - 1 + L(L-1)/2 block forwards instead of L(L-1).
 
-`without_layers` is the naive reference -- the full model with
-``model.model.layers`` (and the per-layer config lists, as `layerprune.prune` does)
-temporarily shortened; both paths agree to float rounding (tested).
+`without_layers` is the naive reference -- the full model with layers temporarily
+removed by `layerprune.surgery.layers_removed` (the very surgery `prune` does); both
+paths agree to float rounding (tested).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from layerprune.models import decoder_layers
-from layerprune.prune import PER_LAYER_CONFIG_FIELDS
+from layerprune.surgery import layers_removed
 
 # ------------------------------------------------------------ calibration batches
 
@@ -156,36 +156,14 @@ def check_head(model, batch: CalibrationBatch) -> None:
 # ------------------------------------------------------------- naive path
 
 
-@contextmanager
-def without_layers(model, removed: Iterable[int]) -> Iterator[Any]:
+def without_layers(model, removed: Iterable[int]) -> AbstractContextManager[dict[str, Any]]:
     """Temporarily drop decoder layers `removed`: the naive reference for every score here.
 
-    ``model.model.layers`` becomes a ModuleList of the kept layers and the per-layer
-    config lists (``layer_types``, ...) are sliced like `layerprune.prune.remove_layers`
-    does, so hybrid layers keep their own attention kind. Everything is restored on exit,
-    also after an exception.
+    `layerprune.surgery.layers_removed`: the layers go exactly as `prune` removes them
+    (layer list, `layer_idx`, per-layer config lists), so hybrid layers keep their own
+    attention kind, and everything is restored on exit, also after an exception.
     """
-    layers = decoder_layers(model)
-    num_layers = len(layers)
-    removed = set(removed)
-    kept = [index for index in range(num_layers) if index not in removed]
-    configs = list({id(c): c for c in (model.config, getattr(model.model, "config", model.config))}.values())
-    fields = (*PER_LAYER_CONFIG_FIELDS, "num_hidden_layers")
-    saved = [(config, {key: getattr(config, key) for key in fields if hasattr(config, key)}) for config in configs]
-    try:
-        model.model.layers = torch.nn.ModuleList([layers[index] for index in kept])
-        for config, values in saved:
-            for key in PER_LAYER_CONFIG_FIELDS:
-                value = values.get(key)
-                if isinstance(value, (list, tuple)) and len(value) == num_layers:
-                    setattr(config, key, type(value)(value[index] for index in kept))
-            config.num_hidden_layers = len(kept)
-        yield model
-    finally:
-        model.model.layers = layers
-        for config, values in saved:
-            for key, value in values.items():
-                setattr(config, key, value)
+    return layers_removed(model, removed)
 
 
 @torch.no_grad()

@@ -30,16 +30,14 @@ first `num_samples` samples:
   top-p 1. Every candidate is generated with the same seed, so candidates are compared
   on common random numbers rather than on independent draws.
 
-A removal is temporary: `layers_removed` applies `layerprune.prune.remove_layers`
-(the very surgery `prune` does: layer list, `layer_idx` renumbering, per-layer config
-lists) and restores the model afterwards, even on an error.
+A removal is temporary: `layerprune.surgery.layers_removed` applies the very surgery
+`prune` does (layer list, `layer_idx` renumbering, per-layer config lists) and restores
+the model exactly afterwards, config included, even on an error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +48,7 @@ from layerprune.evaluate import evaluate_generative, fewshot_prompt
 from layerprune.generative import Sampling
 from layerprune.io import read_json
 from layerprune.models import decoder_layers
-from layerprune.prune import PER_LAYER_CONFIG_FIELDS, remove_layers
+from layerprune.surgery import layers_removed
 
 # Retentions closer than this count as tied (sums of the same ratios in another
 # order may differ in the last bits).
@@ -232,26 +230,6 @@ class _Prober:
                 )["value"]
             accuracies[task["name"]] = value
         return accuracies
-
-
-@contextlib.contextmanager
-def layers_removed(model, removed: list[int]) -> Iterator[None]:
-    """Within the block, `model` lacks the `removed` layers exactly as a pruned checkpoint would."""
-    layers = decoder_layers(model)
-    config = model.config
-    layer_indices = [(module, module.layer_idx) for module in layers.modules() if hasattr(module, "layer_idx")]
-    config_values = {
-        key: getattr(config, key) for key in ("num_hidden_layers", *PER_LAYER_CONFIG_FIELDS) if hasattr(config, key)
-    }
-    try:
-        remove_layers(model, list(removed))
-        yield
-    finally:
-        model.model.layers = layers
-        for module, index in layer_indices:
-            module.layer_idx = index
-        for key, value in config_values.items():
-            setattr(config, key, value)
 
 
 def retention(accuracies: dict[str, float], dense: dict[str, float]) -> float:

@@ -1,19 +1,24 @@
-"""Layer surgery: remove decoder layers in place and save a plain checkpoint.
+"""Pruning a checkpoint: remove layers at a ratio, verify, and save a plain checkpoint.
 
-The model is not rebuilt from a shallower config: that can silently give hybrid
-models (Gemma 2/3, sliding-window Qwen) the wrong attention pattern. Instead the
-kept layers are taken as they are, each layer's `layer_idx` (which selects its KV
-cache slot) is renumbered, and every per-layer config list (`layer_types`, ...)
-is sliced by the kept indices.
+The surgery itself lives in `layerprune.surgery` (the bottom layer, shared with
+scoring). This module turns it into files, and checks before writing anything:
 
-Tested families (tests/test_prune.py): Llama, Mistral, Qwen2, Qwen3, Gemma2,
-Gemma3 (text), Phi3 and OLMo2. Any other causal LM with its decoder layers at
-`model.model.layers` is handled the same way; models without them and
-mixture-of-experts models are refused before anything is written.
+1. the pruned model's logits on a probe input equal those of the *dense* model with
+   the removed layers bypassed by forward hooks (an independent computation: no
+   config is rewritten, no layer renumbered, every kept layer sees what it sees in
+   the pruned model);
+2. decoding with the KV cache gives the logits of the uncached forward;
+3. the checkpoint as saved (config.json included) reloads with
+   `AutoModelForCausalLM.from_pretrained` to the same logits, cached and uncached.
+
+A mismatch raises `PruneVerificationError` naming the architecture and what differed,
+and the temporary directory is removed: nothing is left behind. See
+docs/architectures.md for the families that are supported and refused.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,87 +28,139 @@ import torch
 import yaml
 
 from layerprune.io import atomic_path, read_json, write_json
-from layerprune.models import decoder_layers, load_checkpoint
+from layerprune.models import load_checkpoint
+from layerprune.surgery import (
+    PER_LAYER_CONFIG_FIELDS,
+    architecture,
+    check_finite_scores,
+    check_supported,
+    layers_to_remove,
+    refusal_reason,
+    remove_layers,
+)
 
-# Config lists with one entry per decoder layer. Only these are sliced: other
-# lists may have L entries by coincidence (e.g. several eos_token_ids).
-#   layer_types      attention kind per layer (Gemma2/3, Qwen2/3, Mistral-family hybrids, ...)
-#   no_rope_layers   1/0 per layer: whether the layer applies RoPE (SmolLM3)
-#   layer_rope_theta RoPE base per layer, 0 = no RoPE (GraniteSWA)
-#   mlp_layer_types  dense/sparse MLP per layer (hybrid MoE configs; refused today, listed for completeness)
-PER_LAYER_CONFIG_FIELDS = ("layer_types", "no_rope_layers", "layer_rope_theta", "mlp_layer_types")
+__all__ = [
+    "PER_LAYER_CONFIG_FIELDS",
+    "PruneVerificationError",
+    "check_supported",
+    "logits_skipping_layers",
+    "mergekit_config",
+    "mergekit_model_reference",
+    "mergekit_slices",
+    "prune_checkpoint",
+    "remove_layers",
+    "verify_cache",
+]
 
-# Config integers that count a leading run of layers. Qwen2/Qwen3's `max_window_layers`:
-# layers below it use full attention when `layer_types` is derived from the config.
-# `layer_types` is authoritative once present, but a stale count would contradict it
-# for any tool that re-derives the pattern; so it becomes the number of kept layers
-# below it, which reproduces the sliced `layer_types` whenever the original followed it.
-LAYER_COUNT_CONFIG_FIELDS = ("max_window_layers",)
+# ------------------------------------------------------------------ verification
 
-# Config fields that mean "mixture of experts" when set; the surgery does not
-# cover expert routing tables, so such models are refused rather than half-pruned.
-_MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-
-
-def _architecture(model) -> str:
-    return f"{type(model).__name__} (model_type '{getattr(model.config, 'model_type', '?')}')"
-
-
-def check_supported(model) -> torch.nn.ModuleList:
-    """The decoder layers of `model`, or NotImplementedError naming the architecture."""
-    layers = decoder_layers(model)
-    config = model.config
-    for field in _MOE_FIELDS:
-        if getattr(config, field, None):
-            raise NotImplementedError(
-                f"{_architecture(model)} is a mixture-of-experts model ({field}={getattr(config, field)}); "
-                f"layer pruning does not support it yet"
-            )
-    # A config may name its experts differently; the modules do not lie.
-    for module in layers.modules():
-        if hasattr(module, "experts") or "expert" in type(module).__name__.lower():
-            raise NotImplementedError(
-                f"{_architecture(model)} is a mixture-of-experts model ({type(module).__name__} in its "
-                f"decoder layers); layer pruning does not support it yet"
-            )
-    return layers
+PROBE_LENGTH = 24  # tokens per probe row: longer than the tiny test models' sliding windows
+CACHED_STEPS = 4  # tokens generated with and without the KV cache
 
 
-def remove_layers(model, removed: list[int]) -> dict[str, Any]:
-    """Remove `removed` decoder layers from `model` in place; return what changed."""
+class PruneVerificationError(RuntimeError):
+    """A pruned model does not compute what the dense model with the layers skipped computes."""
+
+
+def probe_ids(vocab_size: int, length: int = PROBE_LENGTH, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """Fixed pseudo-random token ids, the same on every machine."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, length), generator=generator)
+
+
+def _vocab_size(model: torch.nn.Module) -> int:
+    return int(model.get_input_embeddings().num_embeddings)
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model(input_ids=input_ids.to(device), use_cache=False).logits.float().cpu()
+
+
+@torch.no_grad()
+def logits_skipping_layers(model: torch.nn.Module, removed: Sequence[int], input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the unpruned `model` with the `removed` layers made identities by forward hooks.
+
+    Each removed layer still runs, but its output is replaced by its input, so the kept
+    layers see the hidden states, masks and positions that the dense model gives them.
+    """
     layers = check_supported(model)
-    num_layers = len(layers)
-    if len(set(removed)) != len(removed) or any(not 0 <= i < num_layers for i in removed):
-        raise ValueError(f"invalid layer indices {removed} for a model with {num_layers} layers")
-    if len(removed) >= num_layers:
-        raise ValueError(f"cannot remove all {num_layers} layers")
-    kept = [i for i in range(num_layers) if i not in set(removed)]
-    model.model.layers = torch.nn.ModuleList([layers[i] for i in kept])
-    for new_index, layer in enumerate(model.model.layers):
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new_index
-    config = model.config
-    sliced = []
-    for key in PER_LAYER_CONFIG_FIELDS:
-        value = getattr(config, key, None)
-        if isinstance(value, (list, tuple)) and len(value) == num_layers:
-            setattr(config, key, type(value)(value[i] for i in kept))
-            sliced.append(key)
-    recounted = {}
-    for key in LAYER_COUNT_CONFIG_FIELDS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            new_value = sum(1 for i in kept if i < value)
-            setattr(config, key, new_value)
-            recounted[key] = [value, new_value]
-    config.num_hidden_layers = len(kept)
-    return {
-        "num_layers_before": num_layers,
-        "kept_layers": kept,
-        "sliced_config_fields": sliced,
-        "recounted_config_fields": recounted,
-    }
+
+    def bypass(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handles = [layers[index].register_forward_hook(bypass, with_kwargs=True) for index in removed]
+    try:
+        return _logits(model, input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _tolerance(model: torch.nn.Module) -> float:
+    """Largest |difference| allowed, relative to max(1, max |logit|): float rounding only."""
+    return 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
+
+
+def _check_close(model: torch.nn.Module, what: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    if got.shape != expected.shape:
+        raise PruneVerificationError(
+            f"{architecture(model)}: {what}: logits of shape {tuple(got.shape)} instead of {tuple(expected.shape)}; "
+            "nothing was written"
+        )
+    scale = max(1.0, float(expected.abs().max()))
+    difference = float((got - expected).abs().max())
+    if not difference <= _tolerance(model) * scale:  # also catches NaN
+        raise PruneVerificationError(
+            f"{architecture(model)}: {what}: max |logit difference| {difference:.3g} on a "
+            f"{tuple(expected.shape[:2])} probe (allowed {_tolerance(model) * scale:.3g}); nothing was written"
+        )
+
+
+@torch.no_grad()
+def verify_cache(model: torch.nn.Module, input_ids: torch.Tensor, what: str) -> None:
+    """Greedy generation with the KV cache (or the model's recurrent state) must give the tokens
+    and per-step logits of generation without it."""
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    settings = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=CACHED_STEPS,
+        min_new_tokens=CACHED_STEPS,
+        do_sample=False,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    runs = {}
+    for use_cache in (True, False):
+        try:
+            runs[use_cache] = model.generate(ids, use_cache=use_cache, **settings)
+        except Exception as error:
+            label = "with" if use_cache else "without"
+            raise PruneVerificationError(
+                f"{architecture(model)}: {what}: generation {label} the KV cache fails: {type(error).__name__}: "
+                f"{error}; nothing was written"
+            ) from error
+    cached = torch.stack(runs[True].logits, dim=1).float().cpu()
+    uncached = torch.stack(runs[False].logits, dim=1).float().cpu()
+    _check_close(model, f"{what}: generation with the KV cache vs without", cached, uncached)
+    if not torch.equal(runs[True].sequences, runs[False].sequences):
+        raise PruneVerificationError(
+            f"{architecture(model)}: {what}: generation with the KV cache gives other tokens than without it; "
+            "nothing was written"
+        )
+
+
+def _run(model: torch.nn.Module, input_ids: torch.Tensor, what: str) -> torch.Tensor:
+    try:
+        return _logits(model, input_ids)
+    except Exception as error:
+        raise PruneVerificationError(
+            f"{architecture(model)}: {what} fails to run: {type(error).__name__}: {error}; nothing was written"
+        ) from error
 
 
 # ------------------------------------------------------------------ mergekit
@@ -181,17 +238,36 @@ def prune_checkpoint(
 
     Writes the pruned checkpoint, `pruning.json` (what was done, with which scores,
     to which model) and `mergekit.yaml` (the same pruning as a mergekit config).
-    Nothing is written unless the whole surgery succeeds.
+    Nothing is written unless the surgery succeeds and passes the checks in the module docstring.
     """
-    from layerprune.score import layers_to_remove
+    from transformers import AutoModelForCausalLM
 
     scores = read_json(scores_path)
+    check_finite_scores(scores, source=str(scores_path))
     removed = layers_to_remove(scores, ratio)
+    config_file = Path(model_dir) / "config.json"
+    if config_file.is_file():  # refuse before spending the load on an architecture the surgery cannot do
+        reason = refusal_reason(read_json(config_file))
+        if reason is not None:
+            raise NotImplementedError(f"{model_dir}: {reason}")
     model, tokenizer = load_checkpoint(model_dir, dtype=dtype, device="cpu")
     num_layers = len(check_supported(model))
     if num_layers != scores["num_layers"]:
         raise ValueError(f"{scores_path} scores {scores['num_layers']} layers but {model_dir} has {num_layers}")
+
+    ids = probe_ids(_vocab_size(model))
+    expected = logits_skipping_layers(model, removed, ids)
     change = remove_layers(model, removed)
+    if change["unexpressible_config_fields"]:
+        reasons = "; ".join(change["unexpressible_config_fields"].values())
+        raise NotImplementedError(
+            f"{architecture(model)}: removing layers {removed} leaves a config that contradicts itself ({reasons}); "
+            "choose a removal set that keeps the pattern, or another ratio; nothing was written"
+        )
+    pruned = _run(model, ids, "the pruned model")
+    _check_close(model, "the pruned model vs the dense model with the removed layers skipped", pruned, expected)
+    verify_cache(model, ids, "the pruned model")
+
     source_file = Path(model_dir) / "source.json"
     source = read_json(source_file) if source_file.is_file() else {"path": str(Path(model_dir).resolve())}
     record = {
@@ -202,15 +278,30 @@ def prune_checkpoint(
         "calibration_sha256": scores.get("calibration_sha256"),
         "ratio": ratio,
         "removed_layers": removed,
-        **change,
+        **{key: value for key, value in change.items() if key != "unexpressible_config_fields"},
         "num_layers_after": len(change["kept_layers"]),
     }
     merge = mergekit_config(
         mergekit_model_reference(source, model_dir), change["kept_layers"], _checkpoint_dtype(model_dir)
     )
+    model_dtype = next(model.parameters()).dtype
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # Only the files are checked from here on: free the in-memory model before loading them.
+        arch = architecture(model)
+        del model
+        gc.collect()
+        try:
+            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=model_dtype).eval()
+        except Exception as error:
+            raise PruneVerificationError(
+                f"{arch}: the saved checkpoint does not load: {type(error).__name__}: {error}; nothing was written"
+            ) from error
+        what = "the saved checkpoint, reloaded,"
+        _check_close(reloaded, f"{what} vs the pruned model", _run(reloaded, ids, what), pruned)
+        verify_cache(reloaded, ids, what)
+        del reloaded
         write_json(tmp / "pruning.json", record)
         (tmp / "mergekit.yaml").write_text(_mergekit_yaml(merge, removed, change["sliced_config_fields"]))
     return record

@@ -27,8 +27,13 @@ from tqdm import tqdm
 
 from layerprune import ablation
 from layerprune.io import sha256_file
+from layerprune.iterative import iterative_removal
 from layerprune.models import decoder_layers
 from layerprune.registry import SCORING_METHODS
+from layerprune.surgery import check_finite_scores, layers_for_ratio, layers_to_remove
+
+# The ratio -> k arithmetic lives in layerprune.surgery; re-exported here for the CLI and older callers.
+__all__ = ["METHODS", "layers_for_ratio", "layers_to_remove", "score_file_record", "score_layers"]
 
 # Methods that need calibration texts: hidden-state similarity, then calibration loss.
 SIMILARITY_METHODS = ("bi", "angular", "angular_last")
@@ -176,6 +181,8 @@ def score_layers(
         raise ValueError(f"unknown scoring method '{method}' (choose from {', '.join(METHODS)})")
     if num_layers is None:
         num_layers = len(decoder_layers(model))
+    if model is not None:
+        check_finite_activations(model)
     result: dict[str, Any] = {"method": method, "num_layers": num_layers}
     if method == "reverse":
         result["scores"] = None
@@ -186,8 +193,6 @@ def score_layers(
         result.update(seed=seed, scores=None, removal_order=order)
         result["removal"] = {k: sorted(order[:k]) for k in range(num_layers)}
     elif method == "iterative":
-        from layerprune.iterative import iterative_removal
-
         if not probe_tasks or max_k is None:
             raise ValueError("scoring method 'iterative' needs probe tasks and max_k")
         result.update(iterative_removal(model, tokenizer, probe_tasks, max_k, batch_size=batch_size))
@@ -208,6 +213,7 @@ def score_layers(
     else:
         last_token_only = method == "angular_last"
         cosines = collect_layer_cosines(model, tokenizer, texts, max_length, batch_size, last_token_only)
+        check_finite_cosines(cosines, method)
         if method == "bi":
             scores = block_influence(cosines)
             result.update(scores=scores, removal=removal_from_importance(scores))
@@ -222,7 +228,65 @@ def score_layers(
                 removal[n] = list(range(start, start + n))
             result["removal"] = removal
     result["removal"] = {str(k): v for k, v in result["removal"].items()}
+    check_finite_scores(result, source=f"scoring {type(model).__name__}" if model is not None else "scoring")
     return result
+
+
+ACTIVATION_PROBE_LENGTH = 16  # tokens of the fixed probe that checks every layer's output before scoring
+
+
+@torch.no_grad()
+def check_finite_activations(model) -> None:
+    """ValueError naming the layers whose output is NaN or infinite on a fixed probe input.
+
+    A checkpoint with NaN or inf weights gives NaN scores (or, worse, finite ones after a
+    clamp or an argmax); one forward pass tells which layers are at fault before any
+    method runs. Token ids, not text: the iterative method has no calibration texts.
+    """
+    layers = decoder_layers(model)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (1, ACTIVATION_PROBE_LENGTH), generator=generator)
+    bad: list[int] = []
+
+    def hook(index: int) -> Callable:
+        def check(module, args, output):
+            if not bool(torch.isfinite(_tensor_of(output)).all()):
+                bad.append(index)
+
+        return check
+
+    handles = [layer.register_forward_hook(hook(index)) for index, layer in enumerate(layers)]
+    try:
+        model(input_ids=ids.to(next(model.parameters()).device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if bad:
+        raise ValueError(
+            f"{type(model).__name__}: decoder layers {sorted(bad)} output NaN or infinite hidden states (the first "
+            f"is layer {min(bad)}: NaN or inf weights there?), so no layer can be scored"
+        )
+
+
+def check_finite_cosines(cosines: torch.Tensor, method: str) -> None:
+    """ValueError naming the layers whose output has a NaN or infinite cosine.
+
+    Needed before any score is derived: `angular` clamps the cosine into [-1, 1], which
+    would turn a NaN into a finite, perfectly plausible distance.
+    """
+    # A depth with a non-finite hidden state makes its whole row and column NaN; the diagonal
+    # (cos(h_d, h_d), 1 when finite) tells which depths are themselves at fault.
+    diagonal = cosines.diagonal()
+    bad_depths = [depth for depth in range(cosines.shape[0]) if not math.isfinite(float(diagonal[depth]))]
+    if bad_depths or not bool(torch.isfinite(cosines).all()):
+        # depth 0 is the input of layer 0 (the embeddings), depth d the output of layer d - 1
+        layers = [depth - 1 for depth in bad_depths if depth > 0]
+        where = "the embeddings and " if 0 in bad_depths else ""
+        raise ValueError(
+            f"scoring ({method}) found NaN or infinite hidden states at {where}the output of layers {layers}: "
+            "the model's activations are not finite (NaN or inf weights?), so its layers cannot be scored"
+        )
 
 
 def score_file_record(
@@ -248,28 +312,3 @@ def score_file_record(
             "num_samples": len(texts) if texts is not None else None,
         },
     }
-
-
-def layers_for_ratio(ratio: float, num_layers: int) -> int:
-    """k = round(r * L) layers for pruning ratio r, halves rounded up (Python's round() goes to even)."""
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"pruning ratio must lie in (0, 1), got {ratio}")
-    return math.floor(ratio * num_layers + 0.5)
-
-
-def layers_to_remove(scores: dict[str, Any], ratio: float) -> list[int]:
-    """The removal set for pruning ratio r: k = round(r * L) layers, halves rounded up."""
-    num_layers = scores["num_layers"]
-    k = layers_for_ratio(ratio, num_layers)
-    if k >= num_layers:
-        raise ValueError(f"ratio {ratio} would remove all {num_layers} layers")
-    if k == 0:
-        raise ValueError(f"ratio {ratio} removes no layer of {num_layers} (round({ratio} * {num_layers}) = 0)")
-    if str(k) not in scores["removal"]:
-        largest = max(int(key) for key in scores["removal"])
-        hint = "; score again with a larger --max-ratio" if scores["method"] in ("iterative", "sleb") else ""
-        raise ValueError(
-            f"ratio {ratio} removes {k} of {num_layers} layers, but these '{scores['method']}' scores only go up to "
-            f"k = {largest}{hint}"
-        )
-    return scores["removal"][str(k)]
