@@ -211,21 +211,21 @@ def test_paper_config_dry_run_offline(tmp_path):
     assert jobs == {
         "all": 1, "fetch_bigbench": 1, "extract_bigbench": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
         "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3,
-        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 51, "evaluate_variant": 1377,
+        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_variant": 1134,
         "aggregate": 1,
     }  # fmt: skip
-    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 17 tasks:
-    # 7 lm-eval + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + the 3 iterative probes
-    # (evaluated too until tasks can be probe-only) + 2 arithmetic.
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 17 == 1377
-    assert jobs["evaluate_dense"] == 51
+    # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 14 tasks:
+    # 7 lm-eval + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + 2 arithmetic; the 3 iterative
+    # probes (evaluate: false) are prepared, never evaluated.
+    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 14 == 1134
+    assert jobs["evaluate_dense"] == 42
     assert jobs["recover"] == 54  # 2 trained recoveries (data, sgr)
     assert jobs["score_iterative"] == 3
     assert jobs["prepare_lm_eval_task"] == 7
     assert jobs["prepare_task"] == 10
     assert jobs["extract_bigbench"] == 12  # 11 task + 1 calibration BIG-bench tasks (prompts: Alpaca)
     assert jobs["filter_prompts"] == 3  # the prompt set cut to each model's own token count
-    assert sum(jobs.values()) == 1561
+    assert sum(jobs.values()) == 1309
 
 
 def test_lm_eval_task_cannot_probe_iterative(tmp_path):

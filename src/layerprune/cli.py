@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from layerprune.registry import SCORING_METHODS, check_name
 from layerprune.settings import (
@@ -63,9 +64,14 @@ def cmd_extract_bigbench(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_task(args: argparse.Namespace) -> None:
-    from layerprune.tasks import prepare_task_spec
+    from layerprune.tasks import prepare_task_spec, task_sample_ids
 
-    prepare_task_spec(json.loads(args.spec), args.bigbench_dir, args.seed, args.out)
+    spec = json.loads(args.spec)
+    # tasks.<task>.exclude_tasks name prepared tasks, which sit beside this one's output
+    excluded = [Path(args.out).parent / f"{name}.json" for name in spec.pop("exclude_tasks", [])]
+    spec.pop("evaluate", None)
+    exclude_ids = task_sample_ids(excluded) if excluded else None
+    prepare_task_spec(spec, args.bigbench_dir, args.seed, args.out, exclude_ids=exclude_ids)
 
 
 def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
@@ -130,7 +136,18 @@ def cmd_score(args: argparse.Namespace) -> None:
         max_new_tokens: int | list[int] = settings.probe_max_new_tokens or [16]
         if len(max_new_tokens) == 1:
             max_new_tokens = max_new_tokens[0]
-        probe_tasks = load_probe_tasks(args.probe_tasks, settings.num_samples, max_new_tokens)
+        from layerprune.generative import Sampling
+
+        # each probe is generated exactly as its task is evaluated (tasks.<task>: prompting and sampling)
+        samplings = [Sampling(**sampling) if sampling else None for sampling in settings.probe_sampling]
+        prompting = settings.probe_prompting[0] if len(settings.probe_prompting) == 1 else settings.probe_prompting
+        probe_tasks = load_probe_tasks(
+            args.probe_tasks,
+            settings.num_samples,
+            max_new_tokens,
+            prompting=prompting,
+            sampling=samplings[0] if len(samplings) == 1 else samplings,
+        )
     model, tokenizer = load_checkpoint(args.model, dtype=settings.dtype)
     if args.method == "sleb" and settings.max_ratio is not None:
         max_k = layers_for_ratio(settings.max_ratio, len(decoder_layers(model)))
@@ -151,6 +168,11 @@ def cmd_score(args: argparse.Namespace) -> None:
         max_k=max_k,
         chunk_size=settings.chunk_size,
         sleb_exclude_ends=settings.sleb_exclude_ends,
+        selection={
+            "criterion": settings.criterion,
+            "tie_break": settings.tie_break,
+            "keep_first_layer": settings.keep_first_layer,
+        },
         max_length=settings.max_length,
         batch_size=settings.batch_size,
         seed=settings.seed,
@@ -228,7 +250,9 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     from layerprune.aggregate import aggregate
 
     settings = settings_from_args(ReportSettings, args, "aggregate")
-    aggregate(args.results, args.out_dir, score_paths=args.scores, **settings.to_dict())
+    # Snakemake writes one benchmark TSV per job under benchmarks/<rule>/: the "where the time went" table.
+    benchmarks = sorted(Path(args.benchmarks).rglob("*.tsv")) if args.benchmarks else None
+    aggregate(args.results, args.out_dir, score_paths=args.scores, benchmark_paths=benchmarks, **settings.to_dict())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--results", nargs="+", required=True)
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
     sub.add_argument("--out-dir", required=True)
+    sub.add_argument(
+        "--benchmarks", default=None, help="folder of Snakemake benchmark TSVs (benchmarks/<rule>/...): a time table"
+    )
     return parser
 
 

@@ -463,9 +463,13 @@ def recover_checkpoint(
         "precision": mixed,
         "seed": options.seed,
         "max_steps": options.max_steps,
+        "eval_fraction": options.eval_fraction,
     }
     seed_everything(options.seed)
-    records = _dataset_records(dataset_path, recovery)
+    from layerprune.data import holdout_split
+
+    # the paper holds out 10% of the SFT data and logs its loss (recovery.eval_fraction)
+    records, eval_records = holdout_split(_dataset_records(dataset_path, recovery), options.eval_fraction, options.seed)
     work_dir = out_dir.parent / f"{out_dir.name}.work"
     fingerprint = _fingerprint(model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": options.dtype})
     resume_from = prepare_work_dir_once(work_dir, fingerprint)
@@ -519,11 +523,14 @@ def recover_checkpoint(
         bf16=mixed == "bf16",
         fp16=mixed == "fp16",
         dataloader_num_workers=0,
+        eval_strategy="epoch" if eval_records else "no",
+        per_device_eval_batch_size=options.batch_size,
     )
     sft = SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(records),
+        eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -535,12 +542,19 @@ def recover_checkpoint(
         "trainer": options.trainer,
         "dataset": str(dataset_path),
         "num_examples": len(records),
+        "num_eval_examples": len(eval_records),
         "train_loss": train_output.training_loss,
         "global_steps": train_output.global_step,
         "resumed_from_step": resumed_step,
         "processes": args.world_size,  # DDP: the global batch is batch_size x grad_accum x processes
         "loss_curve": None,
         "settings": settings,
+        # the held-out split's loss, logged after each epoch (empty without recovery.eval_fraction)
+        "eval_loss_curve": [
+            {"step": entry["step"], "eval_loss": entry["eval_loss"]}
+            for entry in sft.state.log_history
+            if "eval_loss" in entry
+        ],
     }
     if not sft.is_world_process_zero():
         # Under accelerate / torchrun (resources.recover.gpus > 1) every rank trains the

@@ -168,8 +168,12 @@ def score_layers(
     max_k: int | None = None,
     chunk_size: int | None = None,
     sleb_exclude_ends: bool = True,
+    selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the layers of `model` with `method`; see the module docstring for the output.
+
+    `selection`: iterative's candidate rule (`criterion`, `tie_break`, `keep_first_layer`;
+    see `layerprune.iterative.iterative_removal`), the paper's rule when omitted.
 
     `iterative` needs `probe_tasks` (see `layerprune.iterative.load_probe_tasks`) and
     `max_k`, and its `removal` stops at k = max_k; `sleb` stops there too when `max_k`
@@ -195,7 +199,9 @@ def score_layers(
     elif method == "iterative":
         if not probe_tasks or max_k is None:
             raise ValueError("scoring method 'iterative' needs probe tasks and max_k")
-        result.update(iterative_removal(model, tokenizer, probe_tasks, max_k, batch_size=batch_size))
+        result.update(
+            iterative_removal(model, tokenizer, probe_tasks, max_k, batch_size=batch_size, **(selection or {}))
+        )
     elif not texts:
         raise ValueError(f"scoring method '{method}' needs calibration texts")
     elif method == "ppl":

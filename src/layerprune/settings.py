@@ -363,6 +363,41 @@ class ScoreSettings(Seeded, OnModel):
     probe_max_new_tokens: list[int] = setting(
         [16], help="iterative: max_new_tokens of each probe task (or one for all)", derived=True, methods=PROBED
     )
+    probe_prompting: list[str] = setting(
+        ["auto"],
+        help="iterative: each probe task's prompting (its tasks.<task>.prompting), so it is generated as evaluated",
+        derived=True,
+        methods=PROBED,
+    )
+    probe_sampling: list[dict] = setting(
+        [{}],
+        help="iterative: each probe task's sampling (temperature, top_k, top_p, num_samples of tasks.<task>)",
+        derived=True,
+        methods=PROBED,
+    )
+    criterion: str = setting(
+        "mean_ratio",
+        help=(
+            "iterative: a candidate's score; mean_ratio = mean over probe tasks of pruned / dense (the paper's), "
+            "mean_score = the plain mean of the probe scores"
+        ),
+        choices=("mean_ratio", "mean_score"),
+        config="scoring.iterative.criterion",
+        methods=PROBED,
+    )
+    tie_break: str = setting(
+        "later",
+        help="iterative: which of the tied best candidates is removed (the paper: the later layer)",
+        choices=("later", "earlier"),
+        config="scoring.iterative.tie_break",
+        methods=PROBED,
+    )
+    keep_first_layer: bool = setting(
+        True,
+        help="iterative: layer 0 is never a candidate (the paper's rule)",
+        config="scoring.iterative.keep_first_layer",
+        methods=PROBED,
+    )
 
     def used_by(self, method: str) -> dict[str, Any]:
         return {k: v for k, v in self.to_dict().items() if _uses(type(self), k, method)}
@@ -418,6 +453,14 @@ class RecoverySettings(Seeded, OnModel):
     )
     weight_decay: float = setting(help="AdamW weight decay", schema={"minimum": 0})
     max_steps: int = setting(-1, help="-1 = train num_epochs", schema={"minimum": -1})
+    eval_fraction: float = setting(
+        0.0,
+        help=(
+            "share of the SFT data held out (seeded) as an eval split whose loss is logged after each epoch; "
+            "the paper holds out 0.1"
+        ),
+        schema={"minimum": 0, "exclusiveMaximum": 1},
+    )
     adam_beta1: float = setting(0.9, help="AdamW beta1", schema={"minimum": 0, "exclusiveMaximum": 1})
     adam_beta2: float = setting(0.99, help="AdamW beta2", schema={"minimum": 0, "exclusiveMaximum": 1})
     completion_only_loss: bool = setting(
@@ -508,11 +551,20 @@ class EvaluationSettings(Seeded, OnModel):
         32, help="RLIMIT_NPROC (of the sandbox user nobody)", config="evaluation.sandbox.nproc", schema={"minimum": 1}
     )
 
+    def sampling_dict(self) -> dict[str, Any]:
+        """The fields of generative.Sampling, as plain values (the workflow reads them without torch)."""
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "num_samples": self.num_samples,
+        }
+
     def sampling(self):
         """generative.Sampling (imported here: it pulls in torch)."""
         from layerprune.generative import Sampling
 
-        return Sampling(self.temperature, self.top_k, self.top_p, self.num_samples)
+        return Sampling(**self.sampling_dict())
 
     def sandbox_limits(self):
         from layerprune.sandbox import SandboxLimits
@@ -539,6 +591,14 @@ class ReportSettings(Seeded):
     confidence: float = setting(0.95, help="interval level", schema={"exclusiveMinimum": 0, "exclusiveMaximum": 1})
     headline_ratio: float | None = setting(
         None, help="the ratio of the report's first-screen table (nearest evaluated); null = the median ratio"
+    )
+    min_dense_margin: float = setting(
+        0.05,
+        help=(
+            "a task counts towards its type's retention only if the dense model's lower confidence bound beats "
+            "chance by this much (in score units, 0-1); the report lists the tasks left out and why"
+        ),
+        schema={"minimum": 0, "exclusiveMaximum": 1},
     )
     self_bleu_max_texts: int = setting(
         1000, help="outputs per result that self-BLEU compares (a seeded sample beyond that)", schema={"minimum": 2}

@@ -9,6 +9,8 @@ rule aggregate:
         overlap="results/removal_overlap.csv",
         retention=report("results/retention.csv", category="Tables"),
         retention_by_type=report("results/retention_by_type.csv", category="Tables"),
+        findings=report("results/findings.csv", category="Tables"),
+        tasks_counted=report("results/tasks_counted.csv", category="Tables"),
         degeneration="results/degeneration.csv",
         error_buckets="results/error_buckets.csv",
         arithmetic="results/arithmetic.csv",
@@ -20,7 +22,7 @@ rule aggregate:
         error_bucket_plot=report("results/plots/error_buckets.png", category="Diagnostics"),
         degeneration_plot=report("results/plots/degeneration.png", category="Diagnostics"),
         plots=report(
-            expand("results/plots/{model}__{task}.png", model=MODELS, task=TASKS),
+            expand("results/plots/{model}__{task}.png", model=MODELS, task=EVALUATED_TASKS),
             category="Metric vs ratio",
         ),
         removal_maps=report(
@@ -35,4 +37,4 @@ rule aggregate:
         settings=REPORT_SETTINGS,
     shell:
         "layerprune aggregate --results {input.results:q} --scores {input.scores:q} --out-dir results"
-        " --settings {params.settings:q} > {log:q} 2>&1"
+        " --benchmarks benchmarks --settings {params.settings:q} > {log:q} 2>&1"

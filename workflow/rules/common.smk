@@ -15,6 +15,7 @@ from layerprune.settings import (
     ReportSettings,
     ScoreSettings,
     SelfgenSettings,
+    settings_from_config,
     settings_json,
 )
 
@@ -29,6 +30,15 @@ RATIOS = [f"{ratio:g}" for ratio in config["pruning"]["ratios"]]
 MAX_RATIO = float(f"{max(config['pruning']['ratios']):g}")  # where greedy scoring stops
 RECOVERIES_RUN = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
+# Tasks evaluated on every variant; probe-only tasks (evaluate: false) are prepared for iterative scoring only.
+EVALUATED_TASKS = [task for task in TASKS if config["tasks"][task]["evaluate"]]
+for _task, _spec in config["tasks"].items():
+    _unknown = [name for name in _spec["exclude_tasks"] if name not in config["tasks"] or name == _task]
+    if _unknown:
+        raise ValueError(
+            f"tasks.{_task}.exclude_tasks: {', '.join(map(repr, _unknown))} is not another task in config `tasks` "
+            f"(tasks: {', '.join(TASKS)})"
+        )
 # Tasks lm-eval runs by name (MMLU, ARC, ...): a settings file, no BIG-bench download.
 LM_EVAL_TASKS = [task for task, settings in config["tasks"].items() if settings.get("lm_eval_task")]
 LM_EVAL_TASK_PATTERN = "|".join(LM_EVAL_TASKS) or "(?!)"
@@ -88,13 +98,16 @@ def score_settings(wildcards):
 
 
 def iterative_settings(wildcards):
-    probe_max_new_tokens = [config["tasks"][task]["max_new_tokens"] for task in PROBE_TASKS]
+    """Each probe is generated with its task's own evaluation settings (prompting, sampling)."""
+    probes = [settings_from_config(EvaluationSettings, config, task=task) for task in PROBE_TASKS]
     return settings_json(
         ScoreSettings,
         config,
         method="iterative",
         max_ratio=MAX_RATIO,
-        probe_max_new_tokens=probe_max_new_tokens,
+        probe_max_new_tokens=[probe.max_new_tokens for probe in probes],
+        probe_prompting=[probe.prompting for probe in probes],
+        probe_sampling=[probe.sampling_dict() for probe in probes],
     )
 
 
@@ -171,14 +184,25 @@ def variant_checkpoint(wildcards):
     return f"results/recovered/{wildcards.model}/{wildcards.method}/{wildcards.ratio}/{wildcards.recovery}"
 
 
+def task_spec_json(task):
+    """A task's config entry for prepare_task; `evaluate` decides where the task is used, not what it holds."""
+    spec = {key: value for key, value in config["tasks"][task].items() if key != "evaluate"}
+    return json.dumps(spec, sort_keys=True)
+
+
+def excluded_task_files(wildcards):
+    """The prepared tasks whose rows a task leaves out (tasks.<task>.exclude_tasks)."""
+    return [f"results/data/tasks/{name}.json" for name in config["tasks"][wildcards.task]["exclude_tasks"]]
+
+
 def all_evaluations():
-    dense = expand("results/eval/{model}/dense/{task}.json", model=MODELS, task=TASKS)
+    dense = expand("results/eval/{model}/dense/{task}.json", model=MODELS, task=EVALUATED_TASKS)
     variants = expand(
         "results/eval/{model}/{method}/{ratio}/{recovery}/{task}.json",
         model=MODELS,
         method=METHODS,
         ratio=RATIOS,
         recovery=RECOVERIES_RUN,
-        task=TASKS,
+        task=EVALUATED_TASKS,
     )
     return dense + variants

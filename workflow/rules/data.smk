@@ -52,6 +52,7 @@ rule prepare_lm_eval_task:
 rule prepare_task:
     input:
         task_inputs,
+        excluded=excluded_task_files,
     output:
         "results/data/tasks/{task}.json",
     log:
@@ -59,7 +60,7 @@ rule prepare_task:
     conda:
         "../../envs/layerprune.yaml"
     params:
-        spec=lambda wc: json.dumps(config["tasks"][wc.task], sort_keys=True),
+        spec=lambda wc: task_spec_json(wc.task),
         seed=SEED,
     shell:
         "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --seed {params.seed:q}"
