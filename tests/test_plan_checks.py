@@ -229,7 +229,8 @@ def test_packaged_gguf_depth_is_read_from_its_header(tmp_path):
     code, output = dry_run(tmp_path, config)
     print(output[output.index("pruning.ratios") :][:300])
     assert code != 0
-    assert "pruning.ratios: 0.01 removes no layer of model 'smollm2-135m' (models.smollm2-135m.source.gguf: 30" in output
+    message = "pruning.ratios: 0.01 removes no layer of model 'smollm2-135m' (models.smollm2-135m.source.gguf: 30"
+    assert message in output
 
 
 def test_gguf_header_reader_agrees_with_the_gguf_package():
