@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 import yaml
+from test_plan_checks import checkpoint_config
 from test_workflow import DEFAULT_JOBS
 from workflow_helpers import REPO, planned_jobs, shell_commands, snakemake, workflow_copy
 
@@ -96,6 +97,7 @@ def test_documented_command_plans_its_study(tmp_path, document, command):
     for config in (REPO / "configs").glob("*.yaml"):
         (workdir / "configs" / config.name).write_text(config.read_text())
     (workdir / "my-study.yaml").write_text(yaml.safe_dump(MY_STUDY))
+    checkpoint_config(workdir / "checkpoints" / "mine")  # the study's local model: the plan reads its config.json
     argv = shlex.split(command)
     assert argv[0] == "snakemake"
     configfile = argv[argv.index("--configfile") + 1] if "--configfile" in argv else None
@@ -118,6 +120,7 @@ def test_documented_command_plans_its_study(tmp_path, document, command):
 def test_config_overrides_apply_over_a_configfile_and_over_the_default(tmp_path):
     workdir = workflow_copy(tmp_path / "wf")
     (workdir / "my-study.yaml").write_text(yaml.safe_dump(MY_STUDY))
+    checkpoint_config(workdir / "checkpoints" / "mine")
     for study, jobs in ((["--configfile", "my-study.yaml"], MY_STUDY_JOBS), ([], DEFAULT_JOBS)):
         overrides = ["--config", "seed=7", "dtype=float32"]
         assert planned_jobs(workdir, *study, *overrides) == jobs
@@ -131,6 +134,7 @@ def test_tasks_of_the_default_cannot_leak_into_a_study(tmp_path):
     """A study with `tasks` of its own evaluates those only (deep-merging added the default's six)."""
     workdir = workflow_copy(tmp_path / "wf")
     (workdir / "my-study.yaml").write_text(yaml.safe_dump(MY_STUDY))
+    checkpoint_config(workdir / "checkpoints" / "mine")
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "--configfile", "my-study.yaml").stdout
     evaluated = {argv[argv.index("--task-name") + 1] for argv in shell_commands(output, "evaluate")}
     assert evaluated == {"addition"}

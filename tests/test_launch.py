@@ -121,8 +121,10 @@ def recover_commands(workdir, target: str) -> list[str]:
 def test_recover_rule_runs_through_the_launcher_its_resources_ask_for(tmp_path):
     """A dry run prints the exact shell command Snakemake would run for a 2-GPU recover job."""
     from test_pipeline import tiny_config
+    from test_plan_checks import checkpoint_config
 
-    config = tiny_config(tmp_path / "no-model-needed-for-a-dry-run")
+    # a dry run reads the model's config.json only (plan-time checks: architecture, depth)
+    config = tiny_config(checkpoint_config(tmp_path / "tiny-model", "llama", num_layers=4))
     config["resources"]["recover"] = {"gpus": 2, "threads": 4}
     workdir = workflow_copy(tmp_path / "wf", config)
     target = "results/recovered/tiny/bi/0.5/sgr"

@@ -86,6 +86,22 @@ def extract_bigbench_task(task: str, out_path: str | Path, sdist: str | Path) ->
         tmp.write_bytes(payload)
 
 
+def bigbench_sdist_task_names(sdist: str | Path) -> dict[str, list[str]]:
+    """The tasks in the sdist, sorted: `json` (a task.json that `extract_bigbench_task` can read, subtasks as
+    `task/subtask`) and `programmatic` (a task.py only: no task.json, so this pipeline cannot evaluate it)."""
+    json_tasks, python_tasks = set(), set()
+    with tarfile.open(sdist, "r:gz") as archive:
+        for member in archive:
+            name = member.name
+            if not name.startswith(BIGBENCH_TASK_ROOT):
+                continue
+            if name.endswith("/task.json"):
+                json_tasks.add(name[len(BIGBENCH_TASK_ROOT) : -len("/task.json")])
+            elif name.endswith("/task.py"):
+                python_tasks.add(name[len(BIGBENCH_TASK_ROOT) : -len("/task.py")])
+    return {"json": sorted(json_tasks), "programmatic": sorted(python_tasks - json_tasks)}
+
+
 def load_bigbench_examples(bigbench_dir: str | Path, task: str) -> list[dict[str, Any]]:
     path = Path(bigbench_dir) / task / "task.json"
     if not path.is_file():

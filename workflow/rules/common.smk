@@ -1,6 +1,14 @@
 import json
 import os
+import sys
 
+from layerprune.checks import (
+    RATIO_WILDCARD,
+    check_config,
+    check_config_files,
+    check_models,
+    ratio_wildcards,
+)
 from layerprune.launch import rule_command_prefix, slurm_resources
 from layerprune.registry import RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.settings import (
@@ -21,12 +29,20 @@ from layerprune.settings import (
 
 from snakemake.utils import validate
 
+# The config files as written: a key given twice is an error (YAML keeps the last one silently).
+check_config_files(workflow.overwrite_configfiles or workflow.configfiles)
 validate(config, "../schemas/config.schema.yaml", set_default=True)
+check_config(config)  # what the schema cannot express (layerprune.checks)
 
 SEED = config["seed"]
 MODELS = list(config["models"])
 METHODS = config["scoring"]["methods"]
-RATIOS = [f"{ratio:g}" for ratio in config["pruning"]["ratios"]]
+RATIOS = ratio_wildcards(config["pruning"]["ratios"])  # each matches RATIO_WILDCARD, one per ratio
+# The models on disk: a checkpoint, an architecture the surgery supports, a depth every ratio
+# can prune. Not again in each cluster job (it re-reads this file): the plan was checked.
+if not workflow.remote_exec:
+    for note in check_models(config, RATIOS):
+        print(note, file=sys.stderr)
 MAX_RATIO = float(f"{max(config['pruning']['ratios']):g}")  # where greedy scoring stops
 RECOVERIES_RUN = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
@@ -74,7 +90,7 @@ if "data" in RECOVERIES_RUN and (
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
     method="|".join(SCORING_METHODS),
-    ratio="0\\.[0-9]+",
+    ratio=RATIO_WILDCARD,
     recovery="|".join(RECOVERIES),
     task="[A-Za-z0-9][A-Za-z0-9_-]*",
 

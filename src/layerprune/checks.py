@@ -1,0 +1,432 @@
+"""Plan-time checks: a config that cannot work fails when the DAG is built, not hours later.
+
+The workflow (workflow/rules/common.smk) calls these after the schema validation, so a
+bad value stops `snakemake -n` with a message that names its config key (and the file,
+where a file is at fault):
+
+* `check_config_files`: a key given twice in one mapping of a config file (YAML keeps
+  the last one without a word);
+* `ratio_wildcards`: the pruning ratios as the `{ratio}` wildcards of the output paths,
+  each of which must match `RATIO_WILDCARD`, stand for exactly its ratio, and be unique;
+* `check_config`: values the schema cannot express (`recovery.max_steps: 0`, BIG-bench
+  task names that are not in the pinned bigbench 1.0.0 sdist);
+* `check_models`: what the models on disk allow: a local checkpoint needs config.json,
+  an architecture the surgery supports and enough layers for every ratio to remove at
+  least one and not all of them. A hub model is checked the same way once its config is
+  on disk (the offline Hugging Face cache, or the materialized dense checkpoint), else
+  when `materialize` downloads it.
+
+Fast enough for every DAG build: no torch at import. Only a local (or cached) model's
+architecture check imports transformers (seconds), and its verdict is cached under
+.snakemake/ keyed on the config.json, the transformers version and the surgery code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import re
+import struct
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+
+from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS, BIGBENCH_PROGRAMMATIC_TASKS
+
+# The `{ratio}` wildcard of every output path. Ratios are written with `{:g}` (six
+# significant digits), as report and aggregate print them.
+RATIO_WILDCARD = r"0\.[0-9]+"
+ARCHITECTURE_CACHE = Path(".snakemake") / "layerprune" / "architecture-checks.json"
+TASK_NAMES_MODULE = Path(__file__).with_name("bigbench_tasks.py")
+
+
+class ConfigError(ValueError):
+    """A config value (or a file it names) that cannot work; the message names the key."""
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def duplicate_keys(path: str | Path) -> list[str]:
+    """One line per key that a mapping of the YAML (or JSON) file `path` gives twice: file, dotted key, lines."""
+    text = Path(path).read_text(encoding="utf-8")
+    root = yaml.compose(text, Loader=yaml.SafeLoader)  # nodes keep their lines; the loader would drop duplicates
+    found: list[str] = []
+
+    def walk(node: yaml.Node | None, where: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                dotted = f"{where}.{key}" if where else key
+                line = key_node.start_mark.line + 1
+                if key in first_line and key != "<<":
+                    found.append(
+                        f"{path}: key '{dotted}' is given twice (lines {first_line[key]} and {line}); "
+                        "YAML would silently keep the last one"
+                    )
+                first_line.setdefault(key, line)
+                walk(value_node, dotted)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, f"{where}[{index}]")
+
+    walk(root, "")
+    return found
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """ConfigError naming file, key and lines for every key given twice in the same mapping."""
+    found = [line for path in paths for line in duplicate_keys(path)]
+    if found:
+        raise ConfigError("duplicate config key(s):\n  " + "\n  ".join(found))
+
+
+# --------------------------------------------------------------------------- ratios
+
+
+def ratio_wildcard(ratio: float) -> str:
+    """The `{ratio}` wildcard of a pruning ratio (the text of its output paths)."""
+    return f"{ratio:g}"
+
+
+def ratio_wildcards(ratios: list[float]) -> list[str]:
+    """The wildcards of `pruning.ratios`, in order; ConfigError when two share one, one does not
+    match RATIO_WILDCARD, or one would run a different ratio than the config gives."""
+    wildcards = [ratio_wildcard(ratio) for ratio in ratios]
+    problems = []
+    by_wildcard: dict[str, list[float]] = {}
+    for ratio, wildcard in zip(ratios, wildcards, strict=True):
+        by_wildcard.setdefault(wildcard, []).append(ratio)
+    for wildcard, same in by_wildcard.items():
+        if len(same) > 1:
+            problems.append(
+                f"{', '.join(map(repr, same))} are all written as ratio {wildcard} (six significant digits): "
+                "their results would share one path and give duplicate summary rows; keep one"
+            )
+    for ratio, wildcard in zip(ratios, wildcards, strict=True):
+        if len(by_wildcard[wildcard]) > 1:
+            continue
+        if not re.fullmatch(RATIO_WILDCARD, wildcard):
+            problems.append(
+                f"{ratio!r} is written {wildcard}, which no output path can hold (ratios below 0.0001 are written "
+                "in scientific notation, and would remove a layer only from a model with at least 5000)"
+            )
+        elif float(wildcard) != ratio:
+            problems.append(f"{ratio!r} would run as {wildcard} (six significant digits); write {wildcard}")
+    if problems:
+        raise ConfigError("pruning.ratios: " + "; ".join(problems))
+    return wildcards
+
+
+def layers_removed_by(ratio: float, num_layers: int) -> int:
+    """k = round(r * L), halves up: layerprune.surgery.layers_for_ratio without importing torch (a test keeps
+    the two equal)."""
+    return math.floor(ratio * num_layers + 0.5)
+
+
+# --------------------------------------------------------------------------- config values
+
+
+def bigbench_task_keys(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(config key, BIG-bench task name) for every BIG-bench task the config names."""
+    named: list[tuple[str, str]] = []
+    for task, spec in config.get("tasks", {}).items():
+        if spec.get("dataset", "bigbench") == "bigbench" and spec.get("bigbench_task"):
+            value = spec["bigbench_task"]
+            names = [value] if isinstance(value, str) else value
+            key = f"tasks.{task}.bigbench_task"
+            named += [(key if isinstance(value, str) else f"{key}[{i}]", name) for i, name in enumerate(names)]
+    prompts = config.get("prompts", {})
+    if prompts.get("source", "bigbench") == "bigbench":
+        named += [(f"prompts.bigbench_tasks[{i}]", n) for i, n in enumerate(prompts.get("bigbench_tasks") or [])]
+    calibration = config.get("scoring", {}).get("calibration", {})
+    named += [
+        (f"scoring.calibration.bigbench_tasks[{i}]", n) for i, n in enumerate(calibration.get("bigbench_tasks", []))
+    ]
+    heal_source = config.get("recovery", {}).get("heal", {}).get("source", {})
+    named += [
+        (f"recovery.heal.source.bigbench_tasks[{i}]", n) for i, n in enumerate(heal_source.get("bigbench_tasks", []))
+    ]
+    return named
+
+
+def unknown_bigbench_task(key: str, name: str) -> str | None:
+    """Why `name` (at config key `key`) is not a BIG-bench 1.0.0 task with a task.json; None when it is one."""
+    if name in BIGBENCH_JSON_TASKS:
+        return None
+    if name in BIGBENCH_PROGRAMMATIC_TASKS:
+        return f"{key}: '{name}' is a programmatic BIG-bench task (task.py, no task.json), which cannot be read here"
+    close = difflib.get_close_matches(name, sorted(BIGBENCH_JSON_TASKS), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return f"{key}: '{name}' is not a task of BIG-bench 1.0.0 (the pinned bigbench sdist){hint}"
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """ConfigError for values the schema admits but that mean nothing (one line per key)."""
+    problems = []
+    if config.get("recovery", {}).get("max_steps") == 0:
+        problems.append(
+            "recovery.max_steps: 0 would still train one step (the trainer treats 0 as unset); "
+            "use -1 to train num_epochs, or a positive step count"
+        )
+    problems += [reason for key, name in bigbench_task_keys(config) if (reason := unknown_bigbench_task(key, name))]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+# --------------------------------------------------------------------------- models on disk
+
+# GGUF metadata value types (gguf spec): struct format of each scalar; 8 = string, 9 = array.
+GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+GGUF_STRING, GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata(path: str | Path, wanted: Iterable[str] | None = None) -> dict[str, Any]:
+    """The header key/values of a GGUF file (only the first part is needed for a split one), read up to the
+    last of `wanted` (default: all). Reads the header alone, so it takes milliseconds, unlike gguf.GGUFReader."""
+    wanted = set(wanted) if wanted is not None else None
+    values: dict[str, Any] = {}
+
+    def read(handle: BinaryIO, fmt: str) -> Any:
+        size = struct.calcsize("<" + fmt)
+        data = handle.read(size)
+        if len(data) != size:
+            raise ConfigError(f"{path}: the GGUF header is cut short")
+        return struct.unpack("<" + fmt, data)[0]
+
+    def read_string(handle: BinaryIO) -> str:
+        return handle.read(read(handle, "Q")).decode("utf-8", errors="replace")
+
+    def read_value(handle: BinaryIO, kind: int) -> Any:
+        if kind == GGUF_STRING:
+            return read_string(handle)
+        if kind == GGUF_ARRAY:
+            item_kind, count = read(handle, "I"), read(handle, "Q")
+            if item_kind in GGUF_SCALARS:  # skipped, not decoded: tokenizer arrays hold ~10^5 entries
+                handle.seek(count * struct.calcsize("<" + GGUF_SCALARS[item_kind]), os.SEEK_CUR)
+                return None
+            return [read_value(handle, item_kind) for _ in range(count)]
+        if kind not in GGUF_SCALARS:
+            raise ConfigError(f"{path}: unknown GGUF metadata type {kind}")
+        return read(handle, GGUF_SCALARS[kind])
+
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ConfigError(f"{path} is not a GGUF file (no GGUF magic)")
+        version = read(handle, "I")
+        if version not in (2, 3):
+            raise ConfigError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+        _tensor_count, kv_count = read(handle, "Q"), read(handle, "Q")
+        for _ in range(kv_count):
+            key = read_string(handle)
+            values[key] = read_value(handle, read(handle, "I"))
+            if wanted is not None and wanted <= values.keys():
+                break
+    return values
+
+
+def _package_directories(package: str) -> list[Path]:
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ModuleNotFoundError, ValueError):
+        return []
+    return [Path(p) for p in spec.submodule_search_locations or []] if spec else []
+
+
+def packaged_gguf_head(package: str, filename: str) -> Path | None:
+    """The packaged GGUF (or the first chunk of one split across `<package>_partN`), found as
+    layerprune.models locates it but without importing torch; None when it is not installed."""
+    directories = _package_directories(package)
+    index = 1
+    while extra := _package_directories(f"{package}_part{index}"):
+        directories += extra
+        index += 1
+    for pattern in (filename, f"{filename}.part*"):
+        for search in ("glob", "rglob"):
+            found = sorted(p for d in directories for p in getattr(d, search)(pattern) if p.is_file())
+            if found:
+                parts = [p for p in found if re.fullmatch(re.escape(filename) + r"(\.part\d+)?", p.name)]
+                if parts:
+                    return min(parts, key=lambda p: int(p.name.rsplit(".part", 1)[1]) if ".part" in p.name else -1)
+    return None
+
+
+def num_layers_of(config: dict[str, Any]) -> int | None:
+    """The decoder depth in a config.json (multimodal configs nest it in text_config)."""
+    for scope in (config, config.get("text_config") or {}):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(scope.get(key), int):
+                return scope[key]
+    return None
+
+
+def _architecture_cache_key(config_json: bytes) -> str:
+    """The config.json, the transformers version and the surgery code: what the verdict depends on."""
+    digest = hashlib.sha256(config_json)
+    digest.update(importlib.metadata.version("transformers").encode())
+    here = Path(__file__).parent
+    for module in ("surgery.py", "models.py"):
+        digest.update((here / module).read_bytes())
+    return digest.hexdigest()
+
+
+def architecture_refusal(config_file: Path, cache: Path | None = ARCHITECTURE_CACHE) -> str | None:
+    """layerprune.surgery.refusal_reason of a config.json, cached in `cache` (None: no cache)."""
+    config_json = config_file.read_bytes()
+    key = _architecture_cache_key(config_json)
+    verdicts: dict[str, str | None] = {}
+    if cache is not None and cache.is_file():
+        try:
+            verdicts = json.loads(cache.read_text())
+        except json.JSONDecodeError:  # a cache is never worth an error: recompute
+            verdicts = {}
+        if key in verdicts:
+            return verdicts[key]
+    from layerprune.surgery import refusal_reason  # torch + transformers: seconds, so only here
+
+    reason = refusal_reason(json.loads(config_json))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        verdicts[key] = reason
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(verdicts, indent=1))
+        tmp.replace(cache)
+    return reason
+
+
+def _hub_config_file(source: dict[str, Any]) -> Path | None:
+    """The hub model's config.json in the offline Hugging Face cache, if it is there (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source["hub"], "config.json", revision=source.get("revision"))
+    return Path(found) if isinstance(found, str) else None
+
+
+def _depth_problems(model: str, key: str, num_layers: int, ratios: list[str]) -> list[str]:
+    problems = []
+    for wildcard in ratios:
+        k = layers_removed_by(float(wildcard), num_layers)
+        if k == 0:
+            problems.append(
+                f"pruning.ratios: {wildcard} removes no layer of model '{model}' ({key}: {num_layers} layers, "
+                f"round({wildcard} x {num_layers}) = 0)"
+            )
+        elif k >= num_layers:
+            problems.append(
+                f"pruning.ratios: {wildcard} removes all {num_layers} layers of model '{model}' ({key}: "
+                f"round({wildcard} x {num_layers}) = {k})"
+            )
+    return problems
+
+
+def _checkpoint_problems(model: str, key: str, config_file: Path, ratios: list[str], cache: Path | None) -> list[str]:
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return [f"{key}: {config_file} is not valid JSON ({error})"]
+    if not isinstance(config, dict):
+        return [f"{key}: {config_file} is not a JSON object"]
+    reason = architecture_refusal(config_file, cache)
+    if reason is not None:
+        return [f"{key}: model '{model}' cannot be pruned: {reason}"]
+    num_layers = num_layers_of(config)
+    return [] if num_layers is None else _depth_problems(model, key, num_layers, ratios)
+
+
+def check_models(config: dict[str, Any], ratios: list[str], cache: Path | None = ARCHITECTURE_CACHE) -> list[str]:
+    """ConfigError for a model on disk that the study cannot prune; returns notes on the models that can only be
+    checked later (a hub model whose config is not on this machine yet)."""
+    problems, notes = [], []
+    for model, spec in config["models"].items():
+        source = spec["source"]
+        if "path" in source:
+            key = f"models.{model}.source.path"
+            directory = Path(source["path"]).expanduser()
+            if not directory.is_dir():
+                problems.append(f"{key}: '{directory}' does not exist (a local checkpoint directory is expected)")
+            elif not (directory / "config.json").is_file():
+                problems.append(f"{key}: '{directory}' has no config.json, so it is not a checkpoint directory")
+            else:
+                problems += _checkpoint_problems(model, key, directory / "config.json", ratios, cache)
+        elif "hub" in source:
+            key = f"models.{model}.source.hub"
+            dense = Path("results") / "models" / model / "dense" / "config.json"
+            config_file = dense if dense.is_file() else _hub_config_file(source)
+            if config_file is None:
+                notes.append(
+                    f"{key}: '{source['hub']}' is not in the offline Hugging Face cache; its architecture and depth "
+                    "are checked when materialize downloads it"
+                )
+            else:
+                problems += _checkpoint_problems(model, key, config_file, ratios, cache)
+        else:  # package + gguf; a package that is not installed is reported by materialize, the first job
+            key = f"models.{model}.source.gguf"
+            head = packaged_gguf_head(source["package"], source["gguf"])
+            if head is None:
+                continue
+            try:
+                architecture = gguf_metadata(head, ["general.architecture"])["general.architecture"]
+                depth = gguf_metadata(head, [f"{architecture}.block_count"]).get(f"{architecture}.block_count")
+            except (ConfigError, KeyError, OSError) as error:
+                problems.append(f"{key}: cannot read the GGUF header of {head} ({error})")
+                continue
+            if isinstance(depth, int):
+                problems += _depth_problems(model, key, depth, ratios)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return notes
+
+
+# --------------------------------------------------------------------------- the task-name list
+
+
+def write_task_names(sdist: str | Path, out: Path = TASK_NAMES_MODULE) -> None:
+    """Write layerprune/bigbench_tasks.py from the sdist's file list (the sdist is pinned, so this is run once)."""
+    from layerprune.data import BIGBENCH_SDIST, bigbench_sdist_task_names
+
+    names = bigbench_sdist_task_names(sdist)
+    lines = [
+        f'"""The task names of {BIGBENCH_SDIST} (the sdist layerprune.data pins by sha256), for plan-time checks.',
+        "",
+        "Generated from the sdist's file list by `python -m layerprune.checks --write-bigbench-tasks SDIST`;",
+        "tests/test_plan_checks.py checks it against the sdist. Reading the 358 MB sdist takes seconds, this none.",
+        '"""',
+        "",
+        "# tasks with a task.json (subtasks as task/subtask): what layerprune.data.extract_bigbench_task reads",
+        "BIGBENCH_JSON_TASKS = frozenset(",
+        "    {",
+        *[f'        "{name}",' for name in names["json"]],
+        "    }",
+        ")",
+        "# tasks with only a task.py: programmatic, not readable here",
+        "BIGBENCH_PROGRAMMATIC_TASKS = frozenset(",
+        "    {",
+        *[f'        "{name}",' for name in names["programmatic"]],
+        "    }",
+        ")",
+    ]
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate layerprune/bigbench_tasks.py from the bigbench sdist.")
+    parser.add_argument("--write-bigbench-tasks", metavar="SDIST", type=Path, required=True)
+    args = parser.parse_args(argv)
+    write_task_names(args.write_bigbench_tasks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Bad config fails when the DAG is built (`snakemake -n`), naming the config key (and the file at fault).
+
+Each case runs the real Snakefile on a scratch copy; the models are real transformers
+configs saved to disk, the GGUF the real packaged SmolLM2, the task list the real sdist's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_config
+from workflow_helpers import REPO, planned_jobs, snakemake, workflow_copy
+
+from layerprune import checks
+from layerprune.checks import (
+    ConfigError,
+    architecture_refusal,
+    check_config,
+    gguf_metadata,
+    layers_removed_by,
+    packaged_gguf_head,
+    ratio_wildcards,
+)
+
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def checkpoint_config(path: Path, family: str = "llama", num_layers: int = 4) -> Path:
+    """A checkpoint directory with a tiny `family` config.json (all a plan reads), made by transformers itself."""
+    from transformers import GPT2Config, MixtralConfig
+
+    if family == "gpt2":
+        config = GPT2Config(n_layer=num_layers, n_embd=16, n_head=2, vocab_size=64)
+    elif family == "mixtral":
+        config = MixtralConfig(
+            num_hidden_layers=num_layers, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+            num_key_value_heads=1, vocab_size=64, num_local_experts=4, num_experts_per_tok=2,
+        )  # fmt: skip
+    else:
+        config = make_config(family, num_layers)
+    config.save_pretrained(path)
+    return path
+
+
+def dry_run(tmp_path: Path, config: dict, *args: str, files: dict[str, str] | None = None):
+    """`snakemake -n` of `config` (written as the embedded config.yaml) plus `files` written beside it."""
+    workdir = workflow_copy(tmp_path / "wf", config)
+    for name, text in (files or {}).items():
+        (workdir / name).write_text(text)
+    result = snakemake(workdir, "-n", "--cores", "1", *args, check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def local_study(model_dir: Path, ratios: list[float]) -> dict:
+    config = copy.deepcopy(DEFAULT)
+    config["models"] = {"mine": {"source": {"path": str(model_dir)}}}
+    config["pruning"]["ratios"] = ratios
+    return config
+
+
+# --------------------------------------------------------------------------- config validation
+
+
+def test_duplicate_key_in_the_embedded_config_names_file_key_and_lines(tmp_path):
+    text = yaml.safe_dump(DEFAULT, sort_keys=False).replace("  lora_r: 16\n", "  lora_r: 16\n  lora_r: 64\n")
+    workdir = workflow_copy(tmp_path / "wf")
+    (workdir / "config.yaml").write_text(text)
+    lines = [n + 1 for n, line in enumerate(text.splitlines()) if line.startswith("  lora_r:")]
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    output = result.stdout + result.stderr
+    print(output[output.index("duplicate") :][:300])
+    assert result.returncode != 0
+    assert f"config.yaml: key 'recovery.lora_r' is given twice (lines {lines[0]} and {lines[1]})" in output
+
+
+def test_duplicate_key_in_a_configfile_names_that_file(tmp_path):
+    study = yaml.safe_dump(DEFAULT, sort_keys=False).replace("seed: 0\n", "seed: 0\nseed: 1\n", 1)
+    code, output = dry_run(tmp_path, DEFAULT, "--configfile", "study.yaml", files={"study.yaml": study})
+    print(output[output.index("duplicate") :][:300])
+    assert code != 0
+    assert "study.yaml: key 'seed' is given twice (lines 1 and 2)" in output
+
+
+@pytest.mark.parametrize(
+    ("ratios", "message"),
+    [
+        ([0.3, 0.30000000001], "pruning.ratios: 0.3, 0.30000000001 are all written as ratio 0.3"),
+        ([1e-05, 0.2], "pruning.ratios: 1e-05 is written 1e-05, which no output path can hold"),
+        ([0.1234567], "pruning.ratios: 0.1234567 would run as 0.123457"),
+    ],
+)
+def test_ratios_that_share_or_cannot_be_a_wildcard_are_rejected(tmp_path, ratios, message):
+    config = copy.deepcopy(DEFAULT)
+    config["pruning"]["ratios"] = ratios
+    code, output = dry_run(tmp_path, config)
+    print(output[output.index("pruning.ratios") :][:300])
+    assert code != 0 and message in output
+
+
+def test_every_accepted_ratio_has_a_wildcard_that_matches_the_rules():
+    import re
+
+    for ratio in (0.0001, 0.001, 0.05, 0.1, 0.25, 0.333333, 0.5, 0.75, 0.999999):
+        (wildcard,) = ratio_wildcards([ratio])
+        assert re.fullmatch(checks.RATIO_WILDCARD, wildcard) and float(wildcard) == ratio
+
+
+def test_max_steps_zero_is_rejected(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["recovery"]["max_steps"] = 0
+    code, output = dry_run(tmp_path, config)
+    print(output[output.index("recovery.max_steps") :][:200])
+    assert code != 0 and "recovery.max_steps: 0 would still train one step" in output
+
+
+# --------------------------------------------------------------------------- BIG-bench task names
+
+
+def bad_task(key: str):
+    def mutate(config: dict) -> None:
+        if key == "tasks":
+            config["tasks"]["plural"]["bigbench_task"] = "linguistic_mappings/plurals_json"
+        elif key == "prompts":
+            config["prompts"]["bigbench_tasks"][1] = "arithmetic/2_digit_subtractoin"
+        elif key == "calibration":
+            config["scoring"]["calibration"]["bigbench_tasks"] = ["gem/xsumm"]
+        else:
+            config["recovery"]["heal"] = {"source": {"bigbench_tasks": ["gem/wikilingua_eng"]}, "num_texts": 4}
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("tasks", "tasks.plural.bigbench_task: 'linguistic_mappings/plurals_json' is not a task of BIG-bench 1.0.0"),
+        ("prompts", "prompts.bigbench_tasks[1]: 'arithmetic/2_digit_subtractoin' is not a task"),
+        ("calibration", "scoring.calibration.bigbench_tasks[0]: 'gem/xsumm' is not a task"),
+        ("heal", "recovery.heal.source.bigbench_tasks[0]: 'gem/wikilingua_eng' is not a task"),
+    ],
+)
+def test_unknown_bigbench_task_is_named_with_its_key_at_plan_time(tmp_path, where, message):
+    config = copy.deepcopy(DEFAULT)
+    bad_task(where)(config)
+    code, output = dry_run(tmp_path, config)
+    print(output[output.index(message.split(":")[0]) :][:300])
+    assert code != 0 and message in output
+    assert "did you mean" in output
+
+
+def test_bigbench_suggestions_and_programmatic_tasks():
+    config = copy.deepcopy(DEFAULT)
+    config["tasks"]["plural"]["bigbench_task"] = "linguistic_mappings/plurals_json"
+    config["tasks"]["general_knowledge"]["bigbench_task"] = "boolean_expressions"  # task.py only
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    assert "did you mean 'linguistic_mappings/plural_json'" in str(error.value)
+    assert "tasks.general_knowledge.bigbench_task: 'boolean_expressions' is a programmatic BIG-bench task" in str(
+        error.value
+    )
+    check_config(DEFAULT)  # every task the default names exists
+
+
+def test_shipped_task_names_equal_the_pinned_sdist(tmp_path):
+    from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS, BIGBENCH_PROGRAMMATIC_TASKS
+    from layerprune.data import bigbench_sdist_task_names, fetch_bigbench_sdist
+
+    names = bigbench_sdist_task_names(fetch_bigbench_sdist(tmp_path / "bigbench.tar.gz"))  # sha256-checked
+    assert sorted(BIGBENCH_JSON_TASKS) == names["json"] and len(names["json"]) == 1041
+    assert sorted(BIGBENCH_PROGRAMMATIC_TASKS) == names["programmatic"]
+
+
+# --------------------------------------------------------------------------- models on disk
+
+
+def test_local_model_without_config_json_is_rejected_at_plan_time(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    code, output = dry_run(tmp_path, local_study(tmp_path / "empty-model", [0.25]))
+    print(output[output.index("models.mine") :][:200])
+    assert code != 0 and "models.mine.source.path: " in output and "has no config.json" in output
+
+
+@pytest.mark.parametrize(
+    ("family", "reason"),
+    [("gpt2", "cannot find the decoder layers of GPT2LMHeadModel"), ("mixtral", "is a mixture-of-experts model")],
+)
+def test_architecture_the_surgery_refuses_is_rejected_at_plan_time(tmp_path, family, reason):
+    model_dir = checkpoint_config(tmp_path / family, family)
+    code, output = dry_run(tmp_path, local_study(model_dir, [0.25]))
+    print(output[output.index("models.mine") :][:300])
+    assert code != 0
+    assert "models.mine.source.path: model 'mine' cannot be pruned: " in output and reason in output
+
+
+@pytest.mark.parametrize(
+    ("ratio", "message"),
+    [
+        (0.1, "pruning.ratios: 0.1 removes no layer of model 'mine' (models.mine.source.path: 4 layers"),
+        (0.9, "pruning.ratios: 0.9 removes all 4 layers of model 'mine'"),
+    ],
+)
+def test_ratio_that_removes_no_or_every_layer_of_a_local_model(tmp_path, ratio, message):
+    model_dir = checkpoint_config(tmp_path / "llama", "llama", num_layers=4)
+    code, output = dry_run(tmp_path, local_study(model_dir, [0.5, ratio]))
+    print(output[output.index("pruning.ratios") :][:300])
+    assert code != 0 and message in output
+
+
+def test_supported_local_model_plans_and_its_verdict_is_cached(tmp_path):
+    model_dir = checkpoint_config(tmp_path / "llama", "llama", num_layers=4)
+    workdir = workflow_copy(tmp_path / "wf", local_study(model_dir, [0.25, 0.5]))
+    assert planned_jobs(workdir)["prune"] == 4
+    cache = json.loads((workdir / checks.ARCHITECTURE_CACHE).read_text())
+    assert list(cache.values()) == [None]  # llama: supported
+    # the cached verdict is what a later plan uses: planting a refusal under its key changes the outcome
+    (key,) = cache
+    (workdir / checks.ARCHITECTURE_CACHE).write_text(json.dumps({key: "planted verdict"}))
+    result = snakemake(workdir, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0 and "cannot be pruned: planted verdict" in result.stdout + result.stderr
+
+
+def test_packaged_gguf_depth_is_read_from_its_header(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["pruning"]["ratios"] = [0.01, 0.2]  # SmolLM2-135M has 30 layers: round(0.3) = 0
+    code, output = dry_run(tmp_path, config)
+    print(output[output.index("pruning.ratios") :][:300])
+    assert code != 0
+    message = "pruning.ratios: 0.01 removes no layer of model 'smollm2-135m' (models.smollm2-135m.source.gguf: 30"
+    assert message in output
+
+
+def test_gguf_header_reader_agrees_with_the_gguf_package():
+    from gguf import GGUFReader
+
+    source = DEFAULT["models"]["smollm2-135m"]["source"]
+    path = packaged_gguf_head(source["package"], source["gguf"])
+    reader = GGUFReader(path)
+    field = reader.fields["general.architecture"]
+    architecture = bytes(field.parts[field.data[0]]).decode()
+    block_count = int(reader.fields[f"{architecture}.block_count"].parts[-1][0])
+    metadata = gguf_metadata(path)
+    assert metadata["general.architecture"] == architecture == "llama"
+    assert metadata[f"{architecture}.block_count"] == block_count == 30
+    assert metadata["general.name"] == bytes(reader.fields["general.name"].parts[-1]).decode()
+
+
+def test_hub_model_is_checked_from_the_offline_cache_else_left_to_materialize(tmp_path, monkeypatch):
+    hub_cache = tmp_path / "hub"
+    snapshot = hub_cache / "models--acme--tiny-moe" / "snapshots" / ("0" * 40)
+    checkpoint_config(snapshot, "mixtral")
+    (hub_cache / "models--acme--tiny-moe" / "refs").mkdir()
+    (hub_cache / "models--acme--tiny-moe" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["cached"] = {"source": {"hub": "acme/tiny-moe"}}
+    code, output = dry_run(tmp_path / "a", config)
+    assert code != 0 and "models.cached.source.hub: model 'cached' cannot be pruned" in output
+    assert "mixture-of-experts" in output
+    config["models"]["cached"] = {"source": {"hub": "acme/not-downloaded"}}
+    code, output = dry_run(tmp_path / "b", config)
+    assert code == 0, output
+    assert "models.cached.source.hub: 'acme/not-downloaded' is not in the offline Hugging Face cache" in output
+
+
+def test_ratio_to_k_agrees_with_the_surgery():
+    from layerprune.surgery import layers_for_ratio
+
+    for num_layers in (2, 4, 7, 24, 30, 32, 80):
+        for step in range(1, 1000):
+            ratio = step / 1000
+            assert layers_removed_by(ratio, num_layers) == layers_for_ratio(ratio, num_layers)
+
+
+def test_checks_import_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, layerprune.checks; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_refusal_without_cache(tmp_path):
+    model_dir = checkpoint_config(tmp_path / "gpt2", "gpt2")
+    assert "GPT2LMHeadModel" in architecture_refusal(model_dir / "config.json", cache=None)
