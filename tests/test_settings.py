@@ -204,3 +204,19 @@ def test_lora_target_modules_reaches_peft(tmp_path, single_thread):
     changed = {name for name in after if not torch.equal(before[name], after[name])}
     assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed), changed
     assert {name.split(".")[-2] for name in changed} == {"q_proj", "v_proj"}
+
+
+def test_the_cli_refuses_what_the_schema_refuses():
+    """Bounds are checked on the settings object too, so `layerprune recover --lora-r 0` fails like the config."""
+    from conftest import RECOVER_SETTINGS
+
+    from layerprune.settings import RecoverySettings
+
+    good = dict(RECOVER_SETTINGS)
+    RecoverySettings.from_dict(good)
+    with pytest.raises(ValueError, match=r"lora_r: 0 is not >= 1"):
+        RecoverySettings.from_dict({**good, "lora_r": 0})
+    with pytest.raises(ValueError, match=r"lora_dropout: 1.5 is not <= 1"):
+        RecoverySettings.from_dict({**good, "lora_dropout": 1.5})
+    with pytest.raises(ValueError, match="max_steps: 0 would still train one step"):
+        RecoverySettings.from_dict({**good, "max_steps": 0})

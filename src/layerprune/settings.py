@@ -103,6 +103,7 @@ class StageSettings:
             choices = fields[name].metadata["choices"]
             if choices and coerced[name] is not None and coerced[name] not in choices:
                 raise ValueError(f"{where}: {name} '{value}' is not one of {', '.join(map(str, choices))}")
+            _check_bounds(coerced[name], fields[name].metadata["schema"], f"{where}: {name}")
         missing = [
             name
             for name, f in fields.items()
@@ -114,6 +115,23 @@ class StageSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_BOUNDS = {
+    "minimum": (lambda value, bound: value >= bound, ">="),
+    "maximum": (lambda value, bound: value <= bound, "<="),
+    "exclusiveMinimum": (lambda value, bound: value > bound, ">"),
+    "exclusiveMaximum": (lambda value, bound: value < bound, "<"),
+}
+
+
+def _check_bounds(value: Any, schema: dict[str, Any], where: str) -> None:
+    """The schema's numeric bounds, so the CLI refuses what the config schema refuses."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    for keyword, (holds, sign) in _BOUNDS.items():
+        if keyword in schema and not holds(value, schema[keyword]):
+            raise ValueError(f"{where}: {value} is not {sign} {schema[keyword]}")
 
 
 def _optional_inner(hint: Any) -> tuple[Any, bool]:
@@ -452,7 +470,11 @@ class RecoverySettings(Seeded, OnModel):
         help="learning-rate schedule", choices=("constant", "constant_with_warmup", "linear", "cosine")
     )
     weight_decay: float = setting(help="AdamW weight decay", schema={"minimum": 0})
-    max_steps: int = setting(-1, help="-1 = train num_epochs", schema={"minimum": -1})
+    max_steps: int = setting(
+        -1,
+        help="-1 = train num_epochs; else this many optimizer steps (0 is refused: the Trainer would still take one)",
+        schema={"minimum": -1},
+    )
     eval_fraction: float = setting(
         0.0,
         help=(
@@ -488,6 +510,10 @@ class RecoverySettings(Seeded, OnModel):
         help="passed to TRL's SFTConfig; tensorboard event files are kept in the checkpoint's runs/",
         choices=("none", "tensorboard", "wandb"),
     )
+
+    def __post_init__(self) -> None:
+        if self.max_steps == 0:
+            raise ValueError("recovery.max_steps: 0 would still train one step; use -1 (num_epochs) or a count >= 1")
 
     @classmethod
     def build(cls, settings: RecoverySettings | None = None, **overrides: Any) -> RecoverySettings:
