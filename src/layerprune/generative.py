@@ -155,9 +155,8 @@ def _generate_with_prefix_cache(
         }
         cache = copy.deepcopy(prefix_cache)  # generate() appends to the cache it is given
         cache.batch_repeat_interleave(rows)
-        outputs += _generate_batch(
-            model, tokenizer, batch, prefix_length + width, max_new_tokens, n, stops, {**kwargs, "past_key_values": cache}
-        )
+        cached = {**kwargs, "past_key_values": cache}
+        outputs += _generate_batch(model, tokenizer, batch, prefix_length + width, max_new_tokens, n, stops, cached)
         bar.update(1)
     return outputs
 
