@@ -9,6 +9,7 @@ configured k; other graders average over all samples.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import random
@@ -190,6 +191,8 @@ def generate(
     kwargs = sampling.generate_kwargs()
     set_seed(seed)
     n = sampling.num_samples
+    # the rest of each prompt sits after padding: its positions must come from the attention mask
+    accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
     groups: dict[Hashable, list[int]] = defaultdict(list)
     for index, key in enumerate(prefix_groups if prefix_groups is not None else [0] * len(prompts)):
         groups[key].append(index)
@@ -201,7 +204,7 @@ def generate(
         for members in groups.values():
             group_prompts = [prompts[i] for i in members]
             prefix_length = 0
-            if reuse_prefix and n == 1:
+            if reuse_prefix and n == 1 and accepts_position_ids:
                 # a chat template already holds the special tokens (e.g. BOS) it needs
                 token_ids = [tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in group_prompts]
                 prefix_length = shared_prefix_length(token_ids)
