@@ -251,9 +251,9 @@ def main() -> int:
                 (_, oc), (_, nc) = fastest(runs["baseline"]), fastest(runs["current"])
                 ob, nb = phases["baseline"], phases["current"]
                 imports = f"{ob['import_cpu']:.1f}/{nb['import_cpu']:.1f} s"
-                work = f"{ob['work_cpu']:.1f}/{nb['work_cpu']:.1f} s"
+                work_cpu = f"{ob['work_cpu']:.1f}/{nb['work_cpu']:.1f} s"
                 print(
-                    f"{name:<24}{oc:>11.2f} s{nc:>10.2f} s{oc / nc:>6.2f}x{imports:>13}{work:>13}"
+                    f"{name:<24}{oc:>11.2f} s{nc:>10.2f} s{oc / nc:>6.2f}x{imports:>13}{work_cpu:>13}"
                     f"  {not found} (value {results['current']['value']:.3f}, n {results['current']['n']})"
                 )
 

@@ -13,6 +13,15 @@ from workflow_helpers import BIN, REPO, planned_jobs, run, snakemake, workflow_c
 from layerprune.tasks import bigbench_inputs
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+# a code task (the default has none: SmolLM2-135M solves no HumanEval problem, so it would decide nothing)
+HUMANEVAL = {
+    "type": "generative",
+    "dataset": "humaneval",
+    "num_fewshot": 0,
+    "limit": 8,
+    "max_new_tokens": 64,
+    "prompting": "fewshot",
+}
 
 
 def expected_jobs(config: dict) -> dict[str, int]:
@@ -116,7 +125,7 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
 
 def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
     config = copy.deepcopy(DEFAULT)
-    config["tasks"]["humaneval"].update(temperature=0.9, top_k=50, num_samples=5, pass_k=[1, 5])
+    config["tasks"]["humaneval"] = {**HUMANEVAL, "temperature": 0.9, "top_k": 50, "num_samples": 5, "pass_k": [1, 5]}
     config["tasks"]["gsm8k"] = {"type": "generative", "dataset": "gsm8k", "file": "data/gsm8k.jsonl", "num_fewshot": 2}
     config["evaluation"]["sandbox"] = {"timeout_s": 7, "nproc": 12}
     workdir = workflow_copy(tmp_path / "wf", config)
@@ -133,7 +142,7 @@ def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
     assert "--sandbox-timeout 7 --sandbox-cpu 10 --sandbox-memory-mb 2048 --sandbox-file-size-mb 16" in evaluate
     assert "--sandbox-nproc 12" in evaluate
     plural = next(line for line in lines if "layerprune evaluate" in line and "--task-name plural" in line)
-    assert "--prompting auto --temperature 0 " in plural and "--num-samples 1 --pass-k 1" in plural
+    assert "--prompting fewshot --temperature 0 " in plural and "--num-samples 1 --pass-k 1" in plural
 
 
 def test_calibration_loss_methods_get_their_settings(tmp_path):
@@ -169,9 +178,9 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
         (lambda c: c["prompts"].update(source="bigbench", bigbench_tasks=[]), "bigbench_tasks"),
         (lambda c: c["selfgen"].update(backend="tgi"), "tgi"),
         (lambda c: c["prompts"].update(magpie={"dedup_threshold": 0}), "dedup_threshold"),
-        (lambda c: c["tasks"]["humaneval"].update(grader="bleu"), "bleu"),
+        (lambda c: c["tasks"].update(humaneval={**HUMANEVAL, "grader": "bleu"}), "bleu"),
         (lambda c: c["tasks"]["plural"].pop("bigbench_task"), "bigbench_task"),
-        (lambda c: c["tasks"]["humaneval"].update(prompting="socratic"), "socratic"),
+        (lambda c: c["tasks"].update(humaneval={**HUMANEVAL, "prompting": "socratic"}), "socratic"),
         (lambda c: c["evaluation"].update(sandbox={"nproc": 0}), "nproc"),
     ],
 )
