@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 from conftest import CORPUS, make_tiny_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from layerprune.generative import Sampling, evaluate_generative
+from layerprune.generative import Sampling, evaluate_generative, shared_prefix_length
 from layerprune.graders import ERROR_BUCKETS
 from layerprune.sandbox import SandboxLimits
 from layerprune.tasks import prepare_task_spec
@@ -139,3 +140,68 @@ def test_cli_prepare_and_evaluate_a_code_task(tiny, tmp_path):
     assert result["sampling"] == {"temperature": 0.9, "top_k": 50, "top_p": None, "num_samples": 2}
     assert result["sandbox"]["timeout_s"] == 5 and result["sandbox"]["nproc"] == 8
     assert all(len(r["outputs"]) == 2 and r["error_bucket"] in ERROR_BUCKETS for r in result["samples"])
+
+
+def prefix_task(per_sample_fewshot: bool) -> dict:
+    """Three few-shot examples shared by prompts of different lengths (padding between prefix and rest)."""
+    shots = [{"id": 90 + i, "input": " ".join(WORDS[i : i + 4]), "targets": [WORDS[i + 5]]} for i in range(3)]
+    other_shots = [{"id": 95 + i, "input": " ".join(WORDS[i + 7 : i + 12]), "targets": [WORDS[i]]} for i in range(3)]
+    samples = [{"id": i, "input": " ".join(WORDS[i : i + 1 + i % 5]), "targets": [WORDS[i + 2]]} for i in range(7)]
+    if per_sample_fewshot:  # a multi-sub-task task: every sub-task brings its own few-shot block
+        for sample in samples:
+            sample["fewshot"] = shots if sample["id"] < 4 else other_shots
+    return {
+        "source": "bigbench:test",
+        "type": "generative",
+        "dataset": "bigbench",
+        "grader": "exact_match",
+        "num_fewshot": 3,
+        "fewshot": shots,
+        "samples": samples,
+    }
+
+
+def count_prefilled_tokens(model) -> list[int]:
+    """Patch `model.forward` to record how many input tokens each call feeds (restore with `del model.forward`)."""
+    fed: list[int] = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # generate() reads forward's signature (it passes position_ids only if accepted)
+    def counting_forward(*args, **kwargs):
+        fed.append(kwargs["input_ids"].numel())
+        return forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    return fed
+
+
+@pytest.mark.parametrize("per_sample_fewshot", [False, True], ids=["one-fewshot-block", "per-sub-task-blocks"])
+@pytest.mark.parametrize("prompting", ["fewshot", "chat"])
+def test_shared_prefix_cache_generates_the_same_tokens_as_whole_prompts(tiny, per_sample_fewshot, prompting):
+    model, tokenizer = tiny
+    task = prefix_task(per_sample_fewshot)
+    tokenizer.chat_template = CHAT_TEMPLATE if prompting == "chat" else None
+    fed = count_prefilled_tokens(model)
+    try:
+        whole = evaluate_generative(
+            model, tokenizer, task, 5, 3, prompting=prompting, reuse_prefix=False, progress=False
+        )
+        whole_tokens, fed[:] = sum(fed), []
+        cached = evaluate_generative(model, tokenizer, task, 5, 3, prompting=prompting, progress=False)
+        cached_tokens = sum(fed)
+    finally:
+        tokenizer.chat_template = None
+        del model.forward
+    assert [r["prompt"] for r in cached["samples"]] == [r["prompt"] for r in whole["samples"]]
+    assert [r["output"] for r in cached["samples"]] == [r["output"] for r in whole["samples"]]
+    assert any(r["output"].strip() for r in whole["samples"]), "the comparison needs some generated text"
+    assert [r["correct"] for r in cached["samples"]] == [r["correct"] for r in whole["samples"]]
+    # the few-shot block went through the model once per block, not once per prompt (plus padding)
+    assert cached_tokens < 0.6 * whole_tokens, (cached_tokens, whole_tokens)
+
+
+def test_shared_prefix_length_leaves_every_prompt_a_token_to_start_from():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2, "a prompt that is the prefix keeps its last token"
+    assert shared_prefix_length([[7, 1], [8, 1]]) == 0
+    assert shared_prefix_length([]) == 0

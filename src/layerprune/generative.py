@@ -8,14 +8,20 @@ configured k; other graders average over all samples.
 
 from __future__ import annotations
 
+import copy
+import inspect
+import json
 import math
+import random
 from collections import Counter, defaultdict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from layerprune.graders import ERROR_BUCKETS, TEXT_GRADERS, first_digit, grade_code, pass_at_k
 from layerprune.sandbox import SandboxLimits
@@ -78,6 +84,84 @@ def truncate(text: str, stops: list[str]) -> str:
     return text[:cut]
 
 
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (every device), as `transformers.set_seed` does.
+
+    Not transformers' own: it lives in `transformers.trainer_utils`, whose import pulls in
+    peft and bitsandbytes (about 3 s of every evaluation job's start, bench/eval_job_cost.py).
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+# A shared prefix shorter than this is not worth a separate forward and a cache copy per batch.
+MIN_SHARED_PREFIX_TOKENS = 8
+
+
+def shared_prefix_length(sequences: list[list[int]]) -> int:
+    """Length of the longest token prefix common to all `sequences`, leaving each at least one token.
+
+    Computed on token ids, not text: a text prefix (the few-shot block) need not tokenize to
+    a token prefix of the whole prompt (BPE merges across the boundary, e.g. "\n\n" + "Q").
+    """
+    if not sequences:
+        return 0
+    first = sequences[0]
+    limit = min(len(seq) for seq in sequences) - 1  # the last token's logits start generation
+    length = 0
+    while length < limit and all(seq[length] == first[length] for seq in sequences):
+        length += 1
+    return length
+
+
+def _generate_batch(model, tokenizer, batch, prompt_length, max_new_tokens, n, stops, kwargs) -> list[list[str]]:
+    if stops:
+        kwargs = {**kwargs, "stopping_criteria": StoppingCriteriaList([StopOnStrings(tokenizer, stops, prompt_length)])}
+    generated = model.generate(
+        **batch, max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, **kwargs
+    )
+    texts = tokenizer.batch_decode(generated[:, prompt_length:], skip_special_tokens=True)
+    texts = [truncate(text, stops) for text in texts]
+    return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+
+def _generate_with_prefix_cache(
+    model, tokenizer, token_ids: list[list[int]], prefix_length: int, max_new_tokens, batch_size, n, stops, kwargs, bar
+) -> list[list[str]]:
+    """Greedy/sampled continuations of prompts sharing their first `prefix_length` tokens.
+
+    The shared prefix (the few-shot examples) is run through the model once; each batch gets a
+    copy of its key/value cache and feeds only the rest of every prompt, padded between prefix
+    and rest: `[prefix][pad..][rest]`. Positions come from the attention mask's cumulative sum
+    (as in `generate` with left padding), so every real token keeps the position it has in the
+    whole prompt and sees the same keys: the same computation as `generate` on the whole prompt,
+    up to floating-point summation order.
+    """
+    device = next(model.parameters()).device
+    prefix = torch.tensor([token_ids[0][:prefix_length]], device=device)
+    prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
+    outputs: list[list[str]] = []
+    for start in range(0, len(token_ids), batch_size):
+        rests = [ids[prefix_length:] for ids in token_ids[start : start + batch_size]]
+        rows, width = len(rests), max(len(rest) for rest in rests)
+        rest_ids = torch.full((rows, width), tokenizer.pad_token_id, dtype=torch.long)
+        rest_mask = torch.zeros((rows, width), dtype=torch.long)
+        for row, rest in enumerate(rests):
+            rest_ids[row, width - len(rest) :] = torch.tensor(rest)
+            rest_mask[row, width - len(rest) :] = 1
+        batch = {
+            "input_ids": torch.cat([prefix.expand(rows, -1).cpu(), rest_ids], dim=1).to(device),
+            "attention_mask": torch.cat([torch.ones((rows, prefix_length), dtype=torch.long), rest_mask], 1).to(device),
+        }
+        cache = copy.deepcopy(prefix_cache)  # generate() appends to the cache it is given
+        cache.batch_repeat_interleave(rows)
+        cached = {**kwargs, "past_key_values": cache}
+        outputs += _generate_batch(model, tokenizer, batch, prefix_length + width, max_new_tokens, n, stops, cached)
+        bar.update(1)
+    return outputs
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -90,36 +174,60 @@ def generate(
     chat: bool,
     seed: int = 0,
     progress: bool = True,
+    reuse_prefix: bool = True,
+    prefix_groups: list[Hashable] | None = None,
 ) -> list[list[str]]:
-    """`num_samples` completions per prompt (left-padded batches, cut at the stop strings)."""
+    """`num_samples` completions per prompt (batches cut at the stop strings).
+
+    With `reuse_prefix` (greedy or one sample per prompt), the prompts of each prefix group
+    (`prefix_groups[i]` is prompt i's group; default: one group) share the key/value cache of
+    their common token prefix, computed once: the few-shot examples are not prefilled again for
+    every prompt. Otherwise each batch is left-padded and prefilled whole.
+    """
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
     kwargs = sampling.generate_kwargs()
     set_seed(seed)
-    outputs: list[list[str]] = []
     n = sampling.num_samples
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
-        # a chat template already holds the special tokens (e.g. BOS) it needs
-        batch = tokenizer(
-            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat
-        ).to(device)
-        if stops:
-            kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [StopOnStrings(tokenizer, stops, batch["input_ids"].shape[1])]
-            )
-        generated = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=n,
-            pad_token_id=tokenizer.pad_token_id,
-            **kwargs,
-        )
-        texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        texts = [truncate(text, stops) for text in texts]
-        outputs += [texts[i : i + n] for i in range(0, len(texts), n)]
-    return outputs
+    # the rest of each prompt sits after padding: its positions must come from the attention mask
+    accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for index, key in enumerate(prefix_groups if prefix_groups is not None else [0] * len(prompts)):
+        groups[key].append(index)
+    if not reuse_prefix or n > 1:  # n > 1 would also need the prefix cache expanded per sample
+        groups = {0: list(range(len(prompts)))} if prompts else {}
+    num_batches = sum(-(-len(members) // batch_size) for members in groups.values())
+    outputs: list[list[str] | None] = [None] * len(prompts)
+    with tqdm(total=num_batches, desc="generating", unit="batch", disable=not progress) as bar:
+        for members in groups.values():
+            group_prompts = [prompts[i] for i in members]
+            prefix_length = 0
+            if reuse_prefix and n == 1 and accepts_position_ids:
+                # a chat template already holds the special tokens (e.g. BOS) it needs
+                token_ids = [tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in group_prompts]
+                prefix_length = shared_prefix_length(token_ids)
+            if prefix_length >= MIN_SHARED_PREFIX_TOKENS:
+                texts = _generate_with_prefix_cache(
+                    model, tokenizer, token_ids, prefix_length, max_new_tokens, batch_size, n, stops, kwargs, bar
+                )
+            else:
+                texts = []
+                for start in range(0, len(group_prompts), batch_size):
+                    batch = tokenizer(
+                        group_prompts[start : start + batch_size],
+                        return_tensors="pt",
+                        padding=True,
+                        add_special_tokens=not chat,
+                    ).to(device)
+                    texts += _generate_batch(
+                        model, tokenizer, batch, batch["input_ids"].shape[1], max_new_tokens, n, stops, kwargs
+                    )
+                    bar.update(1)
+            for index, text in zip(members, texts, strict=True):
+                outputs[index] = text
+    return outputs  # type: ignore[return-value]
 
 
 def _breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,19 +263,35 @@ def evaluate_generative(
     pass_k: list[int] | None = None,
     sandbox: SandboxLimits | None = None,
     seed: int = 0,
+    reuse_prefix: bool = True,
 ) -> dict[str, Any]:
     """Generate for every sample of a prepared task and grade with the task's grader.
 
     Every sample's prompt, output(s) and verdict are kept; `score` is the sample's
-    contribution to the metric (binary except ROUGE-L).
+    contribution to the metric (binary except ROUGE-L). `reuse_prefix`: prefill each
+    few-shot block once per task (per sub-task when samples carry their own few-shot)
+    and reuse its key/value cache for every sample (`generate`).
     """
     sampling = sampling or Sampling()
     grader = task.get("grader", "exact_match")
     chat = use_chat(tokenizer, prompting)
     samples = task["samples"]
     prompts = [build_prompt(task, sample, tokenizer, chat) for sample in samples]
+    # samples of a multi-sub-task task carry their own few-shot block: one shared prefix per block
+    prefix_groups = [json.dumps(sample.get("fewshot", task["fewshot"]), sort_keys=True) for sample in samples]
     outputs = generate(
-        model, tokenizer, prompts, max_new_tokens, batch_size, sampling, stop_strings(task, chat), chat, seed, progress
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size,
+        sampling,
+        stop_strings(task, chat),
+        chat,
+        seed,
+        progress,
+        reuse_prefix=reuse_prefix,
+        prefix_groups=prefix_groups,
     )
     sandbox = sandbox or SandboxLimits()
     records = []
