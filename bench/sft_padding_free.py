@@ -110,8 +110,9 @@ def run(model_dir: str, records: list[dict], padding_free: bool, args: argparse.
             args=config,
             train_dataset=Dataset.from_list(records),
             processing_class=tokenizer,
-            peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                   task_type="CAUSAL_LM"),
+            peft_config=LoraConfig(
+                r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+            ),
             callbacks=[Timer()],
         )
         if padding_free:
@@ -135,19 +136,24 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     records = conversations(Path(args.xsum), args.batch_size * (args.steps + args.warmup), args.max_words, args.seed)
-    print(f"model {args.model}, {len(records)} conversations, batch {args.batch_size}, max_length {args.max_length}, "
-          f"{args.steps} timed steps, {args.threads} thread(s), torch {torch.__version__}", flush=True)
+    print(
+        f"model {args.model}, {len(records)} conversations, batch {args.batch_size}, max_length {args.max_length}, "
+        f"{args.steps} timed steps, {args.threads} thread(s), torch {torch.__version__}",
+        flush=True,
+    )
     results = {}
     for repeat in range(args.repeats):
         order = (False, True) if repeat % 2 == 0 else (True, False)
         for padding_free in order:
             stats = run(args.model, records, padding_free, args)
             name = "padding-free" if padding_free else "padded"
-            print(f"{name:>12} (run {repeat + 1}): {stats['tokens']} real tokens in {stats['rows_x_width']} "
-                  f"computed positions, {stats['time']:.1f} s wall, {stats['cpu']:.1f} s cpu, "
-                  f"{stats['tokens'] / stats['time']:.1f} tokens/s wall, "
-                  f"{stats['tokens'] / stats['cpu']:.1f} tokens/s cpu",
-                  flush=True)
+            print(
+                f"{name:>12} (run {repeat + 1}): {stats['tokens']} real tokens in {stats['rows_x_width']} "
+                f"computed positions, {stats['time']:.1f} s wall, {stats['cpu']:.1f} s cpu, "
+                f"{stats['tokens'] / stats['time']:.1f} tokens/s wall, "
+                f"{stats['tokens'] / stats['cpu']:.1f} tokens/s cpu",
+                flush=True,
+            )
             best = results.get(name)
             if best is None or stats["time"] < best["time"]:
                 results[name] = {**stats, "cpu": min(stats["cpu"], best["cpu"]) if best else stats["cpu"]}
@@ -162,13 +168,18 @@ def main() -> int:
     # Only the first step's loss is comparable exactly: after one AdamW step, round-off
     # in near-zero gradients flips the sign of their normalised updates, so later
     # losses drift by ~1e-3 between any two batchings.
-    print(f"first-step loss: padded {padded['losses'][0]:.6f}, padding-free {free['losses'][0]:.6f} "
-          f"(|diff| {first:.1e})")
+    print(
+        f"first-step loss: padded {padded['losses'][0]:.6f}, padding-free {free['losses'][0]:.6f} (|diff| {first:.1e})"
+    )
     for name, stats in (("padded", padded), ("padding-free", free)):
-        print(f"{name + ':':<13} {stats['tokens'] / stats['time']:.1f} tokens/s wall, "
-              f"{stats['tokens'] / stats['cpu']:.1f} tokens/s cpu")
-    print(f"speed-up padding-free / padded: {ratio:.2f}x tokens/s wall, {cpu_ratio:.2f}x tokens/s cpu "
-          f"(best of {args.repeats})")
+        print(
+            f"{name + ':':<13} {stats['tokens'] / stats['time']:.1f} tokens/s wall, "
+            f"{stats['tokens'] / stats['cpu']:.1f} tokens/s cpu"
+        )
+    print(
+        f"speed-up padding-free / padded: {ratio:.2f}x tokens/s wall, {cpu_ratio:.2f}x tokens/s cpu "
+        f"(best of {args.repeats})"
+    )
     return 0
 
 

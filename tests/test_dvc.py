@@ -20,6 +20,7 @@ from workflow_helpers import BIN, REPO, copy_run, planned_jobs, run
 
 pytestmark = pytest.mark.slow
 
+
 def git(cwd: Path, *args: str) -> str:
     return run(["git", *args], cwd=cwd).stdout
 
@@ -42,8 +43,9 @@ def alice(tiny_run, tmp_path_factory):
     repo = copy_run(workdir, root / "alice")
     (repo / "changed.yaml").unlink(missing_ok=True)
     shutil.copy(REPO / ".gitignore", repo / ".gitignore")
-    shutil.copytree(REPO / "src" / "layerprune", repo / "src" / "layerprune",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # a dependency in dvc.yaml
+    shutil.copytree(
+        REPO / "src" / "layerprune", repo / "src" / "layerprune", ignore=shutil.ignore_patterns("__pycache__")
+    )  # a dependency in dvc.yaml
     git(repo, "init", "-q", "-b", "main")
     # DVC commits experiments too: a repository-local identity, whatever the machine has
     git(repo, "config", "user.name", "layerprune test")
@@ -77,7 +79,11 @@ def test_fresh_clone_pulls_everything_and_has_nothing_to_do(alice):
     config["selfgen"]["temperature"] = 0.9
     (bob / "changed.yaml").write_text(yaml.safe_dump(config))
     assert planned_jobs(bob, "--configfile", "changed.yaml") == {
-        "selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1,
+        "selfgen": 1,
+        "recover": 2,
+        "evaluate_variant": 4,
+        "aggregate": 1,
+        "all": 1,
     }
 
 

@@ -20,11 +20,25 @@ def test_one_gpu_or_none_runs_one_plain_process():
 
 def test_several_gpus_start_one_process_each():
     assert shlex.split(command_prefix(4)) == [
-        "accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", "4",
-        "-m", "layerprune.cli",
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_machines",
+        "1",
+        "--num_processes",
+        "4",
+        "-m",
+        "layerprune.cli",
     ]
     assert shlex.split(command_prefix(2, "torchrun")) == [
-        "torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", "2", "-m", "layerprune.cli",
+        "torchrun",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "layerprune.cli",
     ]
     assert "--main_process_port 29611" in command_prefix(2, main_process_port=29611)
 
@@ -46,21 +60,42 @@ def test_gpu_count_from_gpus_or_gres():
 
 
 RESOURCES = {
-    "default": {"threads": 1, "mem_mb": 4000, "runtime": 30, "gpus": 0, "slurm_account": "lab",
-                "slurm_partition": "cpu"},
-    "recover": {"threads": 8, "mem_mb": 64000, "runtime": 240, "gpus": 2, "gpu_model": "a100",
-                "slurm_partition": "gpu"},
+    "default": {
+        "threads": 1,
+        "mem_mb": 4000,
+        "runtime": 30,
+        "gpus": 0,
+        "slurm_account": "lab",
+        "slurm_partition": "cpu",
+    },
+    "recover": {
+        "threads": 8,
+        "mem_mb": 64000,
+        "runtime": 240,
+        "gpus": 2,
+        "gpu_model": "a100",
+        "slurm_partition": "gpu",
+    },
     "evaluate": {"gres": "gpu:1"},
 }
 
 
 def test_slurm_resources_per_rule_override_the_default():
     assert slurm_resources(RESOURCES, "prune") == {
-        "mem_mb": 4000, "runtime": 30, "cpus_per_task": 1, "slurm_partition": "cpu", "slurm_account": "lab",
+        "mem_mb": 4000,
+        "runtime": 30,
+        "cpus_per_task": 1,
+        "slurm_partition": "cpu",
+        "slurm_account": "lab",
     }
     assert slurm_resources(RESOURCES, "recover") == {
-        "mem_mb": 64000, "runtime": 240, "cpus_per_task": 8, "gpu": 2, "gpu_model": "a100",
-        "slurm_partition": "gpu", "slurm_account": "lab",
+        "mem_mb": 64000,
+        "runtime": 240,
+        "cpus_per_task": 8,
+        "gpu": 2,
+        "gpu_model": "a100",
+        "slurm_partition": "gpu",
+        "slurm_account": "lab",
     }
     assert slurm_resources(RESOURCES, "evaluate")["gres"] == "gpu:1"
     assert rule_command_prefix(RESOURCES, "recover").startswith("accelerate launch")

@@ -115,10 +115,24 @@ def test_qlora_fails_at_once_on_cpu(base, sft_data, tmp_path):
     # The CLI fails before loading the model or the data (a missing model dir is not what it reports).
     start = time.monotonic()
     result = subprocess.run(
-        [str(VENV_BIN / "layerprune"), "recover", "--model", str(tmp_path / "absent"), "--dataset", str(sft_data),
-         "--out", str(tmp_path / "out"), "--recovery", "sgr", "--trainer", "qlora",
-         *_cli_settings(SETTINGS)],
-        capture_output=True, text=True, env=_env(),
+        [
+            str(VENV_BIN / "layerprune"),
+            "recover",
+            "--model",
+            str(tmp_path / "absent"),
+            "--dataset",
+            str(sft_data),
+            "--out",
+            str(tmp_path / "out"),
+            "--recovery",
+            "sgr",
+            "--trainer",
+            "qlora",
+            *_cli_settings(SETTINGS),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
     )
     assert result.returncode != 0
     assert "recovery.trainer" in result.stderr and "CUDA" in result.stderr
@@ -217,11 +231,20 @@ def test_padding_free_loss_equals_padded_loss(base, sft_data):
     losses = {}
     for padding_free in (False, True):
         args = SFTConfig(
-            output_dir="/tmp/unused", padding_free=padding_free, max_length=None, report_to="none",
-            use_cpu=True, per_device_train_batch_size=6, completion_only_loss=True,
+            output_dir="/tmp/unused",
+            padding_free=padding_free,
+            max_length=None,
+            report_to="none",
+            use_cpu=True,
+            per_device_train_batch_size=6,
+            completion_only_loss=True,
         )
-        trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                                 train_dataset=Dataset.from_list(read_jsonl(sft_data)[:6]))
+        trainer = trl.SFTTrainer(
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(read_jsonl(sft_data)[:6]),
+        )
         batch = next(iter(trainer.get_train_dataloader()))
         if not padding_free:
             assert batch["attention_mask"].min() == 0, "the batch really is padded"
@@ -280,8 +303,22 @@ RESUME_SETTINGS = {**SETTINGS, "lora_dropout": 0.1, "max_steps": 30, "batch_size
 
 def _recover_cli(base: Path, data: Path, out: Path, save_steps: int) -> list[str]:
     return [
-        str(VENV_BIN / "layerprune"), "recover", "--model", str(base), "--dataset", str(data), "--out", str(out),
-        "--recovery", "sgr", "--trainer", "lora", "--save-steps", str(save_steps), "--threads", "1",
+        str(VENV_BIN / "layerprune"),
+        "recover",
+        "--model",
+        str(base),
+        "--dataset",
+        str(data),
+        "--out",
+        str(out),
+        "--recovery",
+        "sgr",
+        "--trainer",
+        "lora",
+        "--save-steps",
+        str(save_steps),
+        "--threads",
+        "1",
         *_cli_settings(RESUME_SETTINGS),
     ]
 
@@ -301,8 +338,9 @@ def test_killed_training_resumes_from_its_checkpoint(base, tmp_path):
 
     out = tmp_path / "resumed" / "sgr"
     work = out.parent / "sgr.work"
-    process = subprocess.Popen(_recover_cli(base, data, out, save_steps=4), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _recover_cli(base, data, out, save_steps=4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     killed_after = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:

@@ -98,8 +98,14 @@ def test_heal_text_from_a_saved_hub_dataset(tmp_path):
 def test_heal_text_offline_from_bigbench_is_disjoint_from_eval_and_calibration(tmp_path):
     """The default heal source (gem/wikilingua_en) shares no text with the default tasks or calibration."""
     workdir = workflow_copy(tmp_path / "wf")
-    snakemake(workdir, "--cores", "1", "results/data/heal.jsonl", "results/data/calibration.jsonl",
-              *[f"results/data/tasks/{task}.json" for task in DEFAULT["tasks"]])
+    snakemake(
+        workdir,
+        "--cores",
+        "1",
+        "results/data/heal.jsonl",
+        "results/data/calibration.jsonl",
+        *[f"results/data/tasks/{task}.json" for task in DEFAULT["tasks"]],
+    )
     heal = read_jsonl(workdir / "results/data/heal.jsonl")
     assert len(heal) == DEFAULT["recovery"]["heal"]["num_texts"]
     assert all(r["source"].startswith("bigbench:gem/wikilingua_en#") for r in heal)
@@ -140,5 +146,9 @@ def test_real_tiny_recovery_through_the_dag(tmp_path, trainer):
         }
         assert not (out.parent / f"{variant}.work").exists()
         assert (workdir / f"results/eval/tiny/bi/0.25/{variant}/addition.json").is_file()
-    assert json.loads((workdir / "results/recovered/tiny/bi/0.25/heal/recovery.json").read_text())[
-        "settings"]["completion_only_loss"] is False
+    assert (
+        json.loads((workdir / "results/recovered/tiny/bi/0.25/heal/recovery.json").read_text())["settings"][
+            "completion_only_loss"
+        ]
+        is False
+    )

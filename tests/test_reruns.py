@@ -44,8 +44,16 @@ def test_adding_a_model_reruns_only_its_jobs(tiny_run):
     # its own token-filtered prompt set; 1 method x 2 ratios: 2 prunes, 2 x 2 trained recoveries,
     # 2 x 3 x 2 variant evaluations
     assert planned_with(workdir, changed) == {
-        "materialize": 1, "filter_prompts": 1, "score": 1, "prune": 2, "selfgen": 1, "recover": 4,
-        "evaluate_dense": 2, "evaluate_variant": 12, "aggregate": 1, "all": 1,
+        "materialize": 1,
+        "filter_prompts": 1,
+        "score": 1,
+        "prune": 2,
+        "selfgen": 1,
+        "recover": 4,
+        "evaluate_dense": 2,
+        "evaluate_variant": 12,
+        "aggregate": 1,
+        "all": 1,
     }
 
 
@@ -54,7 +62,12 @@ def test_adding_a_method_reruns_only_its_jobs(tiny_run):
     changed = copy.deepcopy(config)
     changed["scoring"]["methods"].append("reverse")
     assert planned_with(workdir, changed) == {
-        "score": 1, "prune": 2, "recover": 4, "evaluate_variant": 12, "aggregate": 1, "all": 1,
+        "score": 1,
+        "prune": 2,
+        "recover": 4,
+        "evaluate_variant": 12,
+        "aggregate": 1,
+        "all": 1,
     }
 
 
@@ -62,12 +75,19 @@ def test_adding_a_task_reruns_only_its_evaluations(tiny_run):
     workdir, config = tiny_run
     changed = copy.deepcopy(config)
     changed["tasks"]["subtraction"] = {
-        "type": "generative", "bigbench_task": "arithmetic/2_digit_subtraction",
-        "num_fewshot": 1, "limit": 6, "max_new_tokens": 3,
+        "type": "generative",
+        "bigbench_task": "arithmetic/2_digit_subtraction",
+        "num_fewshot": 1,
+        "limit": 6,
+        "max_new_tokens": 3,
     }
     assert planned_with(workdir, changed) == {
-        "extract_bigbench": 1, "prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 6,
-        "aggregate": 1, "all": 1,
+        "extract_bigbench": 1,
+        "prepare_task": 1,
+        "evaluate_dense": 1,
+        "evaluate_variant": 6,
+        "aggregate": 1,
+        "all": 1,
     }
 
 
@@ -86,7 +106,11 @@ def test_adding_a_recovery_reruns_only_its_jobs(run_copy):
     assert planned_with(workdir, without) == {"aggregate": 1, "all": 1}
     snakemake(workdir, "--configfile", "changed.yaml", "--cores", "1")
     assert planned_with(workdir, config) == {
-        "selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1,
+        "selfgen": 1,
+        "recover": 2,
+        "evaluate_variant": 4,
+        "aggregate": 1,
+        "all": 1,
     }
 
 
@@ -97,7 +121,11 @@ def test_selfgen_sampling_setting_reruns_selfgen_and_its_descendants_only(tiny_r
     changed["selfgen"][key] = value
     # the sgr branch only: 2 ratios x (1 recovery + 2 task evaluations)
     assert planned_with(workdir, changed) == {
-        "selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1,
+        "selfgen": 1,
+        "recover": 2,
+        "evaluate_variant": 4,
+        "aggregate": 1,
+        "all": 1,
     }
 
 
@@ -112,7 +140,11 @@ def test_editing_a_stage_module_reruns_nothing_until_asked(run_copy):
     module.write_text(module.read_text() + "\n# edited\n")
     assert planned_jobs(workdir) == {}
     assert planned_jobs(workdir, "-R", "selfgen") == {
-        "selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1,
+        "selfgen": 1,
+        "recover": 2,
+        "evaluate_variant": 4,
+        "aggregate": 1,
+        "all": 1,
     }
 
 
@@ -130,8 +162,13 @@ def start_snakemake(workdir: Path) -> subprocess.Popen:
     """snakemake in a process group of its own, as a terminal's foreground job is."""
     log = open(workdir / "snakemake.log", "a")  # noqa: SIM115  (closed with the process)
     return subprocess.Popen(
-        [str(BIN / "snakemake"), "--cores", "2"], cwd=workdir, env=env(), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=_default_sigint,
+        [str(BIN / "snakemake"), "--cores", "2"],
+        cwd=workdir,
+        env=env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
     )
 
 
@@ -166,8 +203,7 @@ def test_killed_run_restarts_without_redoing_finished_jobs(run_copy):
         finished (still running at the kill, or done but not yet recorded): those it
         runs again, as it cannot know they are complete."""
         unfinished = [base64.b64decode(p.name).decode() for p in (workdir / ".snakemake/incomplete").iterdir()]
-        return {p: m for p, m in remade().items()
-                if not any(f"results/{p}".startswith(u) for u in unfinished)}
+        return {p: m for p, m in remade().items() if not any(f"results/{p}".startswith(u) for u in unfinished)}
 
     # SIGKILL to the whole group once a recovery has finished: no cleanup at all
     process = start_snakemake(workdir)
@@ -194,6 +230,7 @@ def test_killed_run_restarts_without_redoing_finished_jobs(run_copy):
     snakemake(workdir, "--cores", "2")
     assert planned_jobs(workdir) == {}
     final = output_mtimes(results)
+
     # nothing finished before a kill was made again; nothing outside the sgr branch either
     def aggregated(path: str) -> bool:  # the report, its tables and plots: remade by every aggregate
         return "/" not in path or path.startswith("plots/")

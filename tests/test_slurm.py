@@ -23,8 +23,18 @@ from workflow_helpers import REPO, env, planned_jobs, snakemake, workflow_copy
 SCRIPT = REPO / "scripts" / "slurm_test_cluster.sh"
 ACCOUNT = "layerprune"
 PARTITION = "debug"
-LOCAL_RULES = {"all", "fetch_bigbench", "extract_bigbench", "prepare_task", "prepare_lm_eval_task",
-               "prepare_prompts", "filter_prompts", "prepare_calibration", "prepare_heal", "aggregate"}
+LOCAL_RULES = {
+    "all",
+    "fetch_bigbench",
+    "extract_bigbench",
+    "prepare_task",
+    "prepare_lm_eval_task",
+    "prepare_prompts",
+    "filter_prompts",
+    "prepare_calibration",
+    "prepare_heal",
+    "aggregate",
+}
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +57,10 @@ def sacct_jobs(workdir: Path, since: str) -> list[dict]:
     fields = ["JobID", "Comment", "State", "Account", "Partition", "Timelimit", "ReqMem", "ReqCPUS", "WorkDir"]
     out = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-a", "-S", since, "-o", ",".join(fields)],
-        capture_output=True, text=True, check=True, env=env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env(),
     ).stdout
     rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]
     return [row for row in rows if Path(row["WorkDir"]).resolve() == workdir.resolve()]
@@ -72,8 +85,15 @@ def slurm_config(config: dict) -> dict:
 # Files every run writes the same bytes into, given the same seed, config and threads:
 # datasets, scores, self-generated responses, weights, evaluations. (pruning.json,
 # mergekit.yaml and training_args.json record absolute paths, so they differ by place.)
-COMPARED = ("data/**/*.json*", "scores/**/*.json", "selfgen/*.jsonl", "eval/**/*.json",
-            "models/**/*.safetensors", "pruned/**/*.safetensors", "recovered/**/*.safetensors")
+COMPARED = (
+    "data/**/*.json*",
+    "scores/**/*.json",
+    "selfgen/*.jsonl",
+    "eval/**/*.json",
+    "models/**/*.safetensors",
+    "pruned/**/*.safetensors",
+    "recovered/**/*.safetensors",
+)
 
 
 @pytest.mark.slow
@@ -82,8 +102,15 @@ def test_pipeline_through_slurm_matches_the_local_run(slurm_cluster, tiny_run, t
     cfg = slurm_config(config)
     workdir = workflow_copy(tmp_path / "wf", cfg)
     expected = {rule: n for rule, n in planned_jobs(workdir).items() if rule not in LOCAL_RULES}
-    assert expected == {"materialize": 1, "score": 1, "prune": 1, "selfgen": 1, "recover": 1,
-                        "evaluate_dense": 2, "evaluate_variant": 4}
+    assert expected == {
+        "materialize": 1,
+        "score": 1,
+        "prune": 1,
+        "selfgen": 1,
+        "recover": 1,
+        "evaluate_dense": 2,
+        "evaluate_variant": 4,
+    }
 
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     result = snakemake(workdir, "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "2")
@@ -110,7 +137,9 @@ def test_pipeline_through_slurm_matches_the_local_run(slurm_cluster, tiny_run, t
             compared += 1
     assert compared >= 14
     pruning = "results/pruned/tiny/bi/0.5/pruning.json"
-    assert json.loads((workdir / pruning).read_text())["removed_layers"] == json.loads(
-        (local / pruning).read_text())["removed_layers"]
+    assert (
+        json.loads((workdir / pruning).read_text())["removed_layers"]
+        == json.loads((local / pruning).read_text())["removed_layers"]
+    )
     assert planned_jobs(workdir) == {}
     assert yaml.safe_load((workdir / "config.yaml").read_text()) == cfg

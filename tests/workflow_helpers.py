@@ -72,4 +72,3 @@ def copy_run(src: Path, dest: Path) -> Path:
     so the copy is exactly as up to date as the original."""
     shutil.copytree(src, dest, symlinks=True, copy_function=shutil.copy2)
     return dest
-

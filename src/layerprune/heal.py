@@ -84,8 +84,9 @@ def prepare_heal_text(
     elif "path" in source:
         texts = _file_texts(source["path"])
     elif "hub" in source:
-        texts = _hub_texts(source["hub"], source.get("split", "train"), source.get("text_field", "text"),
-                           source.get("name"))
+        texts = _hub_texts(
+            source["hub"], source.get("split", "train"), source.get("text_field", "text"), source.get("name")
+        )
     else:
         raise ValueError(f"recovery.heal.source: needs bigbench_tasks, path or hub, got {sorted(source)}")
     texts = [(text.strip(), origin) for text, origin in texts if text and len(text.strip()) >= min_chars]

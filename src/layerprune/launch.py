@@ -86,6 +86,4 @@ def slurm_resources(resources: dict, rule: str) -> dict:
 def rule_command_prefix(resources: dict, rule: str) -> str:
     """`command_prefix` for a rule from its config resources (gpus/gres, launcher)."""
     settings = rule_settings(resources, rule)
-    return command_prefix(
-        num_gpus(settings), settings.get("launcher", "accelerate"), settings.get("main_process_port")
-    )
+    return command_prefix(num_gpus(settings), settings.get("launcher", "accelerate"), settings.get("main_process_port"))
