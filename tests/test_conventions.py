@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 import yaml
-from test_workflow import DEFAULT
+from test_workflow import GRID as DEFAULT
 from workflow_helpers import BIN, REPO, run, shell_commands, snakemake, workflow_copy
 
 # Commands of these rules run as cluster jobs: they get a benchmark (CPU-s, wall, max RSS).

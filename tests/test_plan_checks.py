@@ -213,7 +213,8 @@ def test_ratio_that_removes_no_or_every_layer_of_a_local_model(tmp_path, ratio, 
 def test_supported_local_model_plans_and_its_verdict_is_cached(tmp_path):
     model_dir = checkpoint_config(tmp_path / "llama", "llama", num_layers=4)
     workdir = workflow_copy(tmp_path / "wf", local_study(model_dir, [0.25, 0.5]))
-    assert planned_jobs(workdir)["prune"] == 4
+    study = local_study(model_dir, [0.25, 0.5])
+    assert planned_jobs(workdir)["prune"] == 2 * len(study["scoring"]["methods"])
     cache = json.loads((workdir / checks.ARCHITECTURE_CACHE).read_text())
     assert list(cache.values()) == [None]  # llama: supported
     # the cached verdict is what a later plan uses: planting a refusal under its key changes the outcome

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from conftest import make_tiny_checkpoint
 from test_pipeline import CHAT_TEMPLATE, tiny_config
-from test_workflow import DEFAULT, DEFAULT_JOBS
+from test_workflow import GRID as DEFAULT
+from test_workflow import GRID_JOBS
 from transformers import AutoTokenizer
 from workflow_helpers import REPO, flag, planned_jobs, settings_of, shell_commands, snakemake, workflow_copy
 
@@ -27,7 +28,7 @@ def test_every_variant_and_trainer_is_planned(tmp_path, trainer):
     config["recovery"]["trainer"] = trainer
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    assert jobs == {**DEFAULT_JOBS, "extract_bigbench": 20, "prepare_heal": 1, "recover": 18, "evaluate_variant": 144}
+    assert jobs == {**GRID_JOBS, "extract_bigbench": 20, "prepare_heal": 1, "recover": 18, "evaluate_variant": 144}
     # 1 model x 2 methods x 3 ratios x 3 trained variants
     assert jobs["recover"] == 18 and jobs["prepare_heal"] == 1
     output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout

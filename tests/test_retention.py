@@ -407,3 +407,18 @@ def test_time_table_from_a_real_snakemake_run(tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Where the time went" in report and "| busy | 2 |" in report
     assert pd.read_csv(tmp_path / "report" / "time.csv")["stage"].tolist() == ["busy", "total"]
+
+
+def test_a_task_chance_from_the_config_reaches_the_statistic(tmp_path):
+    """tasks.<task>.chance (the arithmetic probe's guessed digit: 0.1) replaces the free-generation default 0."""
+    entries = [dense("probe", "generative", 15, 30), result("probe", "generative", "bi", 0.2, "none", 6, 30)]
+    paths = []
+    for i, entry in enumerate(entries):
+        write_json(tmp_path / f"{i}.json", entry)
+        paths.append(tmp_path / f"{i}.json")
+    aggregate(paths, tmp_path / "zero", bootstrap_samples=200, seed=0)
+    aggregate(paths, tmp_path / "tenth", bootstrap_samples=200, seed=0, task_chance={"probe": 0.1})
+    at_zero = type_row(pd.read_csv(tmp_path / "zero" / "retention_by_type.csv"), "generative")
+    at_tenth = type_row(pd.read_csv(tmp_path / "tenth" / "retention_by_type.csv"), "generative")
+    assert at_zero["retention"] == pytest.approx(6 / 15)
+    assert at_tenth["retention"] == pytest.approx((0.2 - 0.1) / (0.5 - 0.1))  # (6/30 - 0.1) / (15/30 - 0.1)

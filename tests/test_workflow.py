@@ -11,13 +11,24 @@ import yaml
 from workflow_helpers import BIN, REPO, flag, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+# The DAG's arithmetic is tested on a fixed grid (the default before issue 12), not on the embedded
+# default, so the literal job tables below do not change whenever the default does.
+GRID = yaml.safe_load((REPO / "tests" / "fixtures" / "grid_config.yaml").read_text())
 
 
-# What each config plans, counted by hand from the grid (not by re-deriving the DAG):
-# the default is 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant
-# evaluations, 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 BIG-bench tasks
-# (6 evaluated + 3 arithmetic probe ops + 8 multidigit - overlap, 1 calibration, 4 prompt tasks).
+# What each config plans, counted by hand from the grid (not by re-deriving the DAG).
+# The embedded default: 1 model x 1 method (bi) x 3 ratios x 3 recoveries x 4 tasks = 36 variant
+# evaluations, 3 x 2 trained recoveries = 6 recover jobs, 11 BIG-bench tasks (general_knowledge,
+# multiemo, 3 arithmetic probe ops, plural, 1 calibration, 4 prompt tasks).
 DEFAULT_JOBS = {
+    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 11, "prepare_task": 4, "prepare_prompts": 1,
+    "prepare_calibration": 1, "materialize": 1, "score": 1, "prune": 3, "filter_prompts": 1, "selfgen": 1,
+    "recover": 6, "evaluate_dense": 4, "evaluate_variant": 36, "aggregate": 1,
+}  # fmt: skip
+# The grid: 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant evaluations,
+# 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 BIG-bench tasks (6 evaluated + 3 arithmetic
+# probe ops + 8 multidigit - overlap, 1 calibration, 4 prompt tasks).
+GRID_JOBS = {
     "all": 1, "fetch_bigbench": 1, "extract_bigbench": 19, "prepare_task": 6, "prepare_prompts": 1,
     "prepare_calibration": 1, "materialize": 1, "score": 2, "prune": 6, "filter_prompts": 1, "selfgen": 1,
     "recover": 12, "evaluate_dense": 6, "evaluate_variant": 108, "aggregate": 1,
@@ -30,7 +41,7 @@ def test_default_dry_run_lists_exactly_the_expected_jobs(tmp_path):
 
 
 def test_dry_run_scales_with_the_grid(tmp_path):
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["models"]["other"] = {"source": {"hub": "Qwen/Qwen2.5-7B-Instruct"}}
     config["pruning"]["ratios"] = [0.25]
     config["recovery"]["methods"] = ["none", "sgr"]
@@ -47,12 +58,12 @@ def test_dry_run_scales_with_the_grid(tmp_path):
 
 def test_dry_run_with_iterative_and_angular_last(tmp_path):
     """iterative depends on the probe tasks' prepared files and gets its settings in --settings."""
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["scoring"]["methods"] = ["bi", "angular_last", "reverse", "iterative"]
     config["scoring"]["iterative"] = {"probe_tasks": ["general_knowledge", "plural"], "num_samples": 8}
     workdir = workflow_copy(tmp_path / "wf", config)
     assert planned_jobs(workdir) == {
-        **DEFAULT_JOBS, "score": 3, "score_iterative": 1, "prune": 12, "recover": 24, "evaluate_variant": 216,
+        **GRID_JOBS, "score": 3, "score_iterative": 1, "prune": 12, "recover": 24, "evaluate_variant": 216,
     }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
     block = output[output.index("rule score_iterative:") :]
@@ -88,7 +99,7 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
 
 
 def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["tasks"]["humaneval"].update(temperature=0.9, top_k=50, num_samples=5, pass_k=[1, 5])
     config["tasks"]["gsm8k"] = {"type": "generative", "dataset": "gsm8k", "file": "data/gsm8k.jsonl", "num_fewshot": 2}
     config["evaluation"]["sandbox"] = {"timeout_s": 7, "nproc": 12}
@@ -115,10 +126,10 @@ def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
 
 
 def test_calibration_loss_methods_get_their_settings(tmp_path):
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["scoring"].update(methods=["ppl", "sleb", "reverse"], chunk_size=16, sleb_exclude_ends=False)
     workdir = workflow_copy(tmp_path / "wf", config)
-    assert planned_jobs(workdir) == {**DEFAULT_JOBS, "score": 3, "prune": 9, "recover": 18, "evaluate_variant": 162}
+    assert planned_jobs(workdir) == {**GRID_JOBS, "score": 3, "prune": 9, "recover": 18, "evaluate_variant": 162}
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "score").stdout
     commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
     assert sorted(commands) == ["ppl", "reverse", "sleb"]
@@ -160,7 +171,7 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
     ],
 )
 def test_bad_config_is_rejected_naming_the_key(tmp_path, mutate, message):
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     mutate(config)
     workdir = workflow_copy(tmp_path / "wf", config)
     result = snakemake(workdir, "-n", "--cores", "1", check=False)
@@ -169,7 +180,7 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path, mutate, message):
 
 
 def test_slurm_profile_dry_run_as_users_type_it(tmp_path):
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["resources"]["recover"] = {
         "threads": 4,
         "mem_mb": 32000,
@@ -232,7 +243,7 @@ def test_paper_config_dry_run_offline(tmp_path):
 
 
 def test_lm_eval_task_cannot_probe_iterative(tmp_path):
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["scoring"]["methods"] = ["iterative"]
     config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 0}
     config["scoring"]["iterative"] = {"probe_tasks": ["arc"]}
@@ -243,7 +254,7 @@ def test_lm_eval_task_cannot_probe_iterative(tmp_path):
 
 
 def test_lm_eval_task_is_classification_only(tmp_path):
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["tasks"]["arc"] = {"type": "generative", "lm_eval_task": "arc_easy", "num_fewshot": 0}
     workdir = workflow_copy(tmp_path / "wf", config)
     result = snakemake(workdir, "-n", "--cores", "1", check=False)
@@ -252,11 +263,11 @@ def test_lm_eval_task_is_classification_only(tmp_path):
 
 
 def test_lm_eval_task_settings_reach_the_cli(tmp_path):
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 5, "limit": 0.2}
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    assert jobs == {**DEFAULT_JOBS, "prepare_lm_eval_task": 1, "evaluate_dense": 7, "evaluate_variant": 126}
+    assert jobs == {**GRID_JOBS, "prepare_lm_eval_task": 1, "evaluate_dense": 7, "evaluate_variant": 126}
     dry = snakemake(workdir, "-n", "-p", "--cores", "1", "results/data/tasks/arc.json")
     (argv,) = shell_commands(dry.stdout + dry.stderr, "prepare-lm-eval-task")
     assert argv[2:] == [
@@ -268,7 +279,7 @@ def test_lm_eval_task_settings_reach_the_cli(tmp_path):
 @pytest.mark.parametrize("system_prompt", [None, 'You are a helpful assistant. It\'s "quoted" $HOME `x`'])
 def test_system_prompt_reaches_the_prompt_set_verbatim(tmp_path, system_prompt):
     """Config strings are shell-quoted on their way to the CLI; null means no system message."""
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["prompts"]["system_prompt"] = system_prompt
     workdir = workflow_copy(tmp_path / "wf", config)
     snakemake(workdir, "--cores", "1", "results/data/prompts.jsonl")
@@ -281,7 +292,7 @@ def test_system_prompt_reaches_the_prompt_set_verbatim(tmp_path, system_prompt):
 
 def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
     """Prompt-free SGR: no prompt dataset, the dense model writes the prompt set; `data` is not allowed."""
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["prompts"].update(source="magpie", num_prompts=12, magpie={"dedup_threshold": 0.6, "max_new_tokens": 40})
     config["recovery"]["methods"] = ["none", "sgr"]
     workdir = workflow_copy(tmp_path / "wf", config)
@@ -309,7 +320,7 @@ def test_hub_prompt_source_from_a_saved_dataset_through_the_rule(tmp_path):
     import datasets
 
     rows = {"instruction": ["Say hi.", "Add the numbers."], "input": ["", "2 and 3"], "output": ["hi", "5"]}
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     workdir = workflow_copy(tmp_path / "wf", config)
     datasets.Dataset.from_dict(rows).save_to_disk(workdir / "alpaca")
     config["prompts"].update(
@@ -333,7 +344,7 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
 
     from layerprune.io import write_json
 
-    config = copy.deepcopy(DEFAULT)
+    config = copy.deepcopy(GRID)
     config["scoring"]["methods"] = ["reverse"]
     config["pruning"]["ratios"] = [0.25]
     config["recovery"]["methods"] = ["none", "sgr"]

@@ -209,6 +209,7 @@ def aggregate(
     self_bleu_max_texts: int = 1000,
     min_dense_margin: float = 0.05,
     benchmark_paths: list[str | Path] | None = None,
+    task_chance: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Write summary.csv, retention CSVs, findings.csv, diagnostics CSVs, metrics.json, report.md and plots/.
 
@@ -226,6 +227,9 @@ def aggregate(
         samples=bootstrap_samples, confidence=confidence, seed=seed, min_dense_margin=min_dense_margin
     )
     results = load_results(result_paths)
+    for result in results:  # a task's own chance level (tasks.<task>.chance) beats the one read from its samples
+        if task_chance and result.get("task") in task_chance:
+            result["chance"] = task_chance[result["task"]]
     table = collect(results)
     timing = report.time_table(benchmark_paths or [])
     with atomic_path(out_dir / "summary.csv") as tmp:

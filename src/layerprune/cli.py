@@ -70,6 +70,7 @@ def cmd_prepare_task(args: argparse.Namespace) -> None:
     # tasks.<task>.exclude_tasks name prepared tasks, which sit beside this one's output
     excluded = [Path(args.out).parent / f"{name}.json" for name in spec.pop("exclude_tasks", [])]
     spec.pop("evaluate", None)
+    spec.pop("chance", None)
     exclude_ids = task_sample_ids(excluded) if excluded else None
     prepare_task_spec(spec, args.bigbench_dir, args.seed, args.out, exclude_ids=exclude_ids)
 

@@ -626,6 +626,11 @@ class ReportSettings(Seeded):
         ),
         schema={"minimum": 0, "exclusiveMaximum": 1},
     )
+    task_chance: dict = setting(
+        {},
+        help="task -> its chance level, from tasks.<task>.chance (only the tasks that set one)",
+        derived=True,
+    )
     self_bleu_max_texts: int = setting(
         1000, help="outputs per result that self-BLEU compares (a seeded sample beyond that)", schema={"minimum": 2}
     )

@@ -106,7 +106,11 @@ PRUNE_SETTINGS = settings_json(PruneSettings, config)
 SELFGEN_SETTINGS = settings_json(SelfgenSettings, config)
 MAGPIE_SETTINGS = settings_json(MagpieSettings, config)
 RECOVERY_SETTINGS = settings_json(RecoverySettings, config)
-REPORT_SETTINGS = settings_json(ReportSettings, config)
+REPORT_SETTINGS = settings_json(
+    ReportSettings,
+    config,
+    task_chance={task: spec["chance"] for task, spec in config["tasks"].items() if spec.get("chance") is not None},
+)
 
 
 def score_settings(wildcards):
@@ -201,8 +205,8 @@ def variant_checkpoint(wildcards):
 
 
 def task_spec_json(task):
-    """A task's config entry for prepare_task; `evaluate` decides where the task is used, not what it holds."""
-    spec = {key: value for key, value in config["tasks"][task].items() if key != "evaluate"}
+    """A task's config entry for prepare_task; `evaluate` and `chance` decide how the task is used, not what it holds."""
+    spec = {key: value for key, value in config["tasks"][task].items() if key not in ("evaluate", "chance")}
     return json.dumps(spec, sort_keys=True)
 
 
