@@ -70,6 +70,8 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     assert probes == ["results/data/tasks/general_knowledge.json", "results/data/tasks/plural.json"]
     assert settings_of(iterative) == {
         "batch_size": 8, "dtype": "auto", "max_ratio": 0.3, "num_samples": 8, "probe_max_new_tokens": [16, 8],
+        "probe_prompting": ["auto", "auto"],
+        "probe_sampling": [{"temperature": 0.0, "top_k": None, "top_p": None}] * 2,
         "seed": 0,
     }  # fmt: skip
     # angular_last is scored by the plain score rule, from the calibration set

@@ -130,7 +130,22 @@ def cmd_score(args: argparse.Namespace) -> None:
         max_new_tokens: int | list[int] = settings.probe_max_new_tokens or [16]
         if len(max_new_tokens) == 1:
             max_new_tokens = max_new_tokens[0]
-        probe_tasks = load_probe_tasks(args.probe_tasks, settings.num_samples, max_new_tokens)
+        from layerprune.generative import Sampling
+
+        # the probes' own evaluation settings (the workflow passes one per probe task); none given: auto, greedy
+        sampling = []
+        for spec in settings.probe_sampling:
+            unknown = set(spec) - {"temperature", "top_k", "top_p"}
+            if unknown:
+                raise SystemExit(f"layerprune score: probe_sampling has unknown key(s) {', '.join(sorted(unknown))}")
+            sampling.append(Sampling(spec.get("temperature", 0.0), spec.get("top_k"), spec.get("top_p")))
+        probe_tasks = load_probe_tasks(
+            args.probe_tasks,
+            settings.num_samples,
+            max_new_tokens,
+            prompting=settings.probe_prompting or "auto",
+            sampling=sampling or None,
+        )
     model, tokenizer = load_checkpoint(args.model, dtype=settings.dtype)
     if args.method == "sleb" and settings.max_ratio is not None:
         max_k = layers_for_ratio(settings.max_ratio, len(decoder_layers(model)))

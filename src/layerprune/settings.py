@@ -363,6 +363,20 @@ class ScoreSettings(Seeded, OnModel):
     probe_max_new_tokens: list[int] = setting(
         [16], help="iterative: max_new_tokens of each probe task (or one for all)", derived=True, methods=PROBED
     )
+    # A generative probe is generated as its task is evaluated (tasks.<t>.prompting and sampling),
+    # so that the layer chosen is the one that keeps the answers the evaluation asks for.
+    probe_prompting: list[str] = setting(
+        [],
+        help="iterative: prompting (auto/chat/fewshot) of each probe task, its evaluation's (empty: auto for all)",
+        derived=True,
+        methods=PROBED,
+    )
+    probe_sampling: list[dict] = setting(
+        [],
+        help="iterative: {temperature, top_k, top_p} of each probe task, its evaluation's (empty: greedy for all)",
+        derived=True,
+        methods=PROBED,
+    )
 
     def used_by(self, method: str) -> dict[str, Any]:
         return {k: v for k, v in self.to_dict().items() if _uses(type(self), k, method)}

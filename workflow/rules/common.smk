@@ -15,6 +15,7 @@ from layerprune.settings import (
     ReportSettings,
     ScoreSettings,
     SelfgenSettings,
+    settings_from_config,
     settings_json,
 )
 
@@ -89,12 +90,16 @@ def score_settings(wildcards):
 
 def iterative_settings(wildcards):
     probe_max_new_tokens = [config["tasks"][task]["max_new_tokens"] for task in PROBE_TASKS]
+    # each probe generated with its task's own evaluation settings (prompting, sampling)
+    evaluations = [settings_from_config(EvaluationSettings, config, task=task) for task in PROBE_TASKS]
     return settings_json(
         ScoreSettings,
         config,
         method="iterative",
         max_ratio=MAX_RATIO,
         probe_max_new_tokens=probe_max_new_tokens,
+        probe_prompting=[evaluation.prompting for evaluation in evaluations],
+        probe_sampling=[{"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p} for e in evaluations],
     )
 
 
