@@ -9,13 +9,15 @@ configured k; other graders average over all samples.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from layerprune.graders import ERROR_BUCKETS, TEXT_GRADERS, first_digit, grade_code, pass_at_k
 from layerprune.sandbox import SandboxLimits
@@ -47,6 +49,14 @@ class Sampling:
         if self.top_p is not None:
             kwargs["top_p"] = self.top_p
         return kwargs
+
+
+def set_seed(seed: int) -> None:
+    """Seed `random`, numpy and torch (every device), as `transformers.set_seed` does. Not imported from
+    transformers: its trainer_utils pulls in peft and bitsandbytes, seconds of every evaluate job."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def stderr_of(values: list[float]) -> float:
