@@ -79,7 +79,7 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     iterative = commands["iterative"]
     probes = iterative[iterative.index("--probe-tasks") + 1 : iterative.index("--settings")]
     assert probes == ["results/data/tasks/general_knowledge.json", "results/data/tasks/plural.json"]
-    greedy = {"num_samples": 1, "temperature": 0.0, "top_k": None, "top_p": None}
+    greedy = {"temperature": 0.0, "top_k": None, "top_p": None}
     assert settings_of(iterative) == {
         "batch_size": 8, "dtype": "auto", "max_ratio": 0.3, "num_samples": 8, "probe_max_new_tokens": [16, 8],
         "seed": 0, "criterion": "mean_ratio", "tie_break": "later", "keep_first_layer": True,

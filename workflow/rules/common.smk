@@ -127,7 +127,8 @@ def iterative_settings(wildcards):
         max_ratio=MAX_RATIO,
         probe_max_new_tokens=[probe.max_new_tokens for probe in probes],
         probe_prompting=[probe.prompting for probe in probes],
-        probe_sampling=[probe.sampling_dict() for probe in probes],
+        # a probe takes one sample per prompt (the paper's); its temperature, top_k, top_p are the task's
+        probe_sampling=[{k: v for k, v in probe.sampling_dict().items() if k != "num_samples"} for probe in probes],
     )
 
 
