@@ -55,14 +55,6 @@ class Sampling:
         return kwargs
 
 
-def set_seed(seed: int) -> None:
-    """Seed `random`, numpy and torch (every device), as `transformers.set_seed` does. Not imported from
-    transformers: its trainer_utils pulls in peft and bitsandbytes, seconds of every evaluate job."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def stderr_of(values: list[float]) -> float:
     n = len(values)
     if n < 2:
