@@ -173,7 +173,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Seeded(StageSettings):
-    seed: int = setting(help="every random choice is seeded from this", config="seed", schema={"minimum": 0})
+    seed: int = setting(0, help="every random choice is seeded from this", config="seed", schema={"minimum": 0})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
