@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import RECOVER_SETTINGS
 from workflow_helpers import snakemake, workflow_copy
 
 from layerprune.launch import command_prefix, num_gpus, rule_command_prefix, slurm_resources
@@ -143,22 +144,8 @@ def test_recover_rule_runs_through_the_launcher_its_resources_ask_for(tmp_path):
 
 # --------------------------------------------------------------------------- 2 processes for real (DDP on CPU)
 
-DDP_SETTINGS = dict(
-    lora_r=4,
-    lora_alpha=8,
-    lora_dropout=0.0,
-    learning_rate=1e-2,
-    num_epochs=1,
-    grad_accum=1,
-    max_length=64,
-    warmup_steps=0,
-    lr_scheduler="constant",
-    weight_decay=0.0,
-    seed=0,
-    max_steps=3,
-    dtype="float32",
-    precision="fp32",
-)
+# the recovery tests' LoRA steps, with the batch size given per run (2 processes x 2 = 1 process x 4)
+DDP_SETTINGS = {**{key: value for key, value in RECOVER_SETTINGS.items() if key != "batch_size"}, "precision": "fp32"}
 
 
 def _recover_args(model, data, out, batch_size: int) -> list[str]:
