@@ -52,7 +52,14 @@ def model_dir(tmp_path_factory) -> Path:
 
 def test_paper_iterative_probes_are_the_authors():
     iterative = PAPER["scoring"]["iterative"]
-    assert iterative == {"probe_tasks": ["gsm8k_probe", "humaneval_plus_probe", "xsum_probe"], "num_samples": 100}
+    assert iterative == {
+        "probe_tasks": ["gsm8k_probe", "humaneval_plus_probe", "xsum_probe"],
+        "num_samples": 100,
+        # layer_pruner/script.py: mean of pruned / dense, ties to the later layer, layer 0 kept
+        "criterion": "mean_ratio",
+        "tie_break": "later",
+        "keep_first_layer": True,
+    }
     expected = {
         "gsm8k_probe": ("gsm8k", "openai/gsm8k", "train"),
         "humaneval_plus_probe": ("humaneval", "evalplus/humanevalplus", "test"),

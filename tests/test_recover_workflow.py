@@ -98,8 +98,8 @@ def test_heal_text_from_a_saved_hub_dataset(tmp_path):
 
 
 def test_heal_text_offline_from_bigbench_is_disjoint_from_eval_and_calibration(tmp_path):
-    """The default heal source (gem/wikilingua_en) shares no text with the default tasks or calibration."""
-    workdir = workflow_copy(tmp_path / "wf")
+    """The default heal source (gem/wikilingua_en) shares no text with the grid's tasks or calibration."""
+    workdir = workflow_copy(tmp_path / "wf", DEFAULT)
     snakemake(
         workdir,
         "--cores",
