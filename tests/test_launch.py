@@ -193,6 +193,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # two real training processes over gloo: ~30 s each
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_train_like_one_with_the_same_global_batch(launcher, tmp_path):
     """The real recover command, started by command_prefix(2) over gloo, against one process with batch 2 x 2.
