@@ -287,3 +287,14 @@ def test_checks_import_no_torch():
 def test_refusal_without_cache(tmp_path):
     model_dir = checkpoint_config(tmp_path / "gpt2", "gpt2")
     assert "GPT2LMHeadModel" in architecture_refusal(model_dir / "config.json", cache=None)
+
+
+def test_exclude_tasks_must_name_another_task():
+    config = copy.deepcopy(DEFAULT)
+    task = next(iter(config["tasks"]))
+    config["tasks"][task]["exclude_tasks"] = ["no_such_task"]
+    with pytest.raises(checks.ConfigError, match=rf"tasks.{task}.exclude_tasks: 'no_such_task' is not another task"):
+        checks.check_config(config)
+    config["tasks"][task]["exclude_tasks"] = [task]  # itself
+    with pytest.raises(checks.ConfigError, match=rf"tasks.{task}.exclude_tasks: '{task}' is not another task"):
+        checks.check_config(config)

@@ -180,6 +180,14 @@ def check_config(config: dict[str, Any]) -> None:
             "use -1 to train num_epochs, or a positive step count"
         )
     problems += [reason for key, name in bigbench_task_keys(config) if (reason := unknown_bigbench_task(key, name))]
+    tasks = config.get("tasks", {})
+    for task, spec in tasks.items():
+        unknown = [name for name in spec.get("exclude_tasks", []) if name not in tasks or name == task]
+        if unknown:
+            problems.append(
+                f"tasks.{task}.exclude_tasks: {', '.join(map(repr, unknown))} is not another task in config `tasks` "
+                f"(tasks: {', '.join(tasks)})"
+            )
     if problems:
         raise ConfigError("\n".join(problems))
 

@@ -48,13 +48,6 @@ RECOVERIES_RUN = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
 # Tasks evaluated on every variant; probe-only tasks (evaluate: false) are prepared for iterative scoring only.
 EVALUATED_TASKS = [task for task in TASKS if config["tasks"][task]["evaluate"]]
-for _task, _spec in config["tasks"].items():
-    _unknown = [name for name in _spec["exclude_tasks"] if name not in config["tasks"] or name == _task]
-    if _unknown:
-        raise ValueError(
-            f"tasks.{_task}.exclude_tasks: {', '.join(map(repr, _unknown))} is not another task in config `tasks` "
-            f"(tasks: {', '.join(TASKS)})"
-        )
 # Tasks lm-eval runs by name (MMLU, ARC, ...): a settings file, no BIG-bench download.
 LM_EVAL_TASKS = [task for task, settings in config["tasks"].items() if settings.get("lm_eval_task")]
 LM_EVAL_TASK_PATTERN = "|".join(LM_EVAL_TASKS) or "(?!)"
