@@ -298,3 +298,14 @@ def test_exclude_tasks_must_name_another_task():
     config["tasks"][task]["exclude_tasks"] = [task]  # itself
     with pytest.raises(checks.ConfigError, match=rf"tasks.{task}.exclude_tasks: '{task}' is not another task"):
         checks.check_config(config)
+
+
+def test_task_recoveries_must_be_recoveries_the_study_runs():
+    config = copy.deepcopy(DEFAULT)
+    task = next(iter(config["tasks"]))
+    config["recovery"]["methods"] = ["none", "sgr"]
+    config["tasks"][task]["recoveries"] = ["none", "data"]
+    with pytest.raises(checks.ConfigError, match=rf"tasks.{task}.recoveries: 'data' is not in recovery.methods"):
+        checks.check_config(config)
+    config["tasks"][task]["recoveries"] = ["sgr"]
+    checks.check_config(config)

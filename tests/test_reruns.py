@@ -91,6 +91,14 @@ def test_adding_a_task_reruns_only_its_evaluations(tiny_run):
     }
 
 
+def test_evaluating_a_task_without_recovery_reruns_only_the_report(tiny_run):
+    """tasks.<t>.recoveries: [none] drops the task's evaluations of recovered variants; nothing re-runs but aggregate."""
+    workdir, config = tiny_run
+    changed = copy.deepcopy(config)
+    changed["tasks"]["knowledge"]["recoveries"] = ["none"]
+    assert planned_with(workdir, changed) == {"aggregate": 1, "all": 1}
+
+
 def test_adding_a_recovery_reruns_only_its_jobs(run_copy):
     """A run made without `sgr`, then `sgr` in the config. (Snakemake does not re-make a
     deleted intermediate whose consumers are up to date, so the run without `sgr` is

@@ -32,6 +32,7 @@ from layerprune.retention import (
     task_chance,
     verdict,
 )
+from layerprune.usage import USAGE_PREFIX, log_of_benchmark, read_usage
 
 SETTINGS = BootstrapSettings(samples=2000, seed=0)
 
@@ -376,11 +377,63 @@ def test_time_table_sums_per_stage(tmp_path):
     )
     assert table.loc["total", ["jobs", "cpu_s", "wall_s", "max_rss_mb"]].tolist() == [4, 137.0, 93.0, 1200.0]
     assert table.loc["recover", "cpu_share"] == pytest.approx(110 / 137)
+    assert table.loc["total", "sampled_jobs"] == 4  # no logs beside them: Snakemake's samples, counted
     with pytest.raises(ValueError, match="stray.tsv"):
         time_table([_benchmark(tmp_path / "elsewhere" / "stray.tsv", [(1.0, 1.0, 1.0)])])
     (bench / "evaluate" / "bad.tsv").write_text("wall\n3\n")
     with pytest.raises(KeyError, match="bad.tsv"):
         time_table([bench / "evaluate" / "bad.tsv"])
+
+
+def test_time_table_takes_cpu_and_rss_from_the_jobs_own_usage_line(tmp_path):
+    """A 35 s job that Snakemake last sampled at 15 s: the log's getrusage line (35 CPU-s) is what counts."""
+    bench = tmp_path / "benchmarks"
+    measured = _benchmark(bench / "evaluate_variant" / "m" / "bi" / "0.2" / "none" / "t.tsv", [(36.0, 900.0, 15.0)])
+    sampled = _benchmark(bench / "evaluate_variant" / "m" / "bi" / "0.2" / "none" / "u.tsv", [(12.0, 800.0, 11.0)])
+    log = tmp_path / "logs" / "evaluate_variant" / "m" / "bi" / "0.2" / "none" / "t.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"progress...\n{USAGE_PREFIX}" + '{"cpu_s": 35.0, "max_rss_mb": 1400.0, "wall_s": 35.5}\n')
+    assert log_of_benchmark(measured) == log
+    table = time_table([measured, sampled]).set_index("stage")
+    assert table.loc["evaluate_variant", ["jobs", "cpu_s", "wall_s", "max_rss_mb", "sampled_jobs"]].tolist() == [
+        2, 35.0 + 11.0, 36.0 + 12.0, 1400.0, 1
+    ]  # fmt: skip
+    write_json(tmp_path / "r.json", COLLAPSE[0])
+    aggregate([tmp_path / "r.json"], tmp_path / "report", bootstrap_samples=50, benchmark_paths=[measured, sampled])
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| evaluate_variant | 2 | 46 | 48 |" in report
+    assert "1 of 2 jobs left no usage line in their log" in report
+
+
+def test_the_usage_line_counts_the_process_and_its_children_exactly(tmp_path):
+    """0.6 CPU-s in the process and 0.6 in a child it waits for: the line says 1.2 (plus the child's start-up)."""
+    burn = "import time\nwhile time.process_time() < 0.6: pass\n"
+    program = (
+        "import subprocess, sys, time\n"
+        "from layerprune.usage import usage_line\n"
+        "started = time.monotonic()\n"
+        f"{burn}"
+        f"subprocess.run([sys.executable, '-S', '-c', {burn!r}], check=True)\n"
+        "print(usage_line(started))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    line = out.strip().splitlines()[-1]
+    (tmp_path / "job.log").write_text(out)
+    usage = read_usage(tmp_path / "job.log")
+    assert line.startswith(USAGE_PREFIX) and usage["cpu_s"] >= 1.2 and usage["cpu_s"] < 1.2 + 1.5
+    assert usage["max_rss_mb"] > 5 and usage["wall_s"] >= 0.6
+
+
+def test_a_layerprune_command_ends_its_log_with_its_usage(tmp_path):
+    write_json(tmp_path / "r.json", COLLAPSE[0])
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "layerprune"), "aggregate", "--results", str(tmp_path / "r.json"),
+         "--out-dir", str(tmp_path / "out"), "--bootstrap-samples", "20"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (tmp_path / "aggregate.log").write_text(done.stdout + done.stderr)
+    assert done.stderr.strip().splitlines()[-1].startswith(USAGE_PREFIX)
+    assert read_usage(tmp_path / "aggregate.log")["cpu_s"] > 0
 
 
 def test_time_table_from_a_real_snakemake_run(tmp_path):

@@ -143,7 +143,7 @@ def _time_cells(timing: pd.DataFrame) -> pd.DataFrame:
             "CPU-s": timing["cpu_s"].map("{:.0f}".format),
             "wall-s (sum over jobs)": timing["wall_s"].map("{:.0f}".format),
             "CPU share": timing["cpu_share"].map(lambda v: "" if math.isnan(v) else f"{v:.0%}"),
-            "max RSS (MB)": timing["max_rss_mb"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
+            "max RSS (MB, one process)": timing["max_rss_mb"].map(lambda v: "" if math.isnan(v) else f"{v:.0f}"),
         }
     )
 
@@ -300,6 +300,18 @@ def aggregate(
     lines += [f"![retention against the pruning ratio]({report.HEADLINE_PNG})", ""]
     if len(timing):
         lines += ["## Where the time went", "", markdown_table(_time_cells(timing)), ""]
+        sampled = int(timing["sampled_jobs"].iloc[-1])
+        lines += [
+            "CPU-s and max RSS: each job's own getrusage (its process and the children it waited for); "
+            "wall-s: Snakemake's benchmark files."
+            + (
+                f" {sampled} of {int(timing['jobs'].iloc[-1])} jobs left no usage line in their log, so their "
+                "CPU-s and RSS are Snakemake's samples, which miss most of a job's time after its first 15 s."
+                if sampled
+                else ""
+            ),
+            "",
+        ]
     lines += ["## Retention by task type, every ratio", ""]
     every = report.type_summary_table(per_type)
     lines += [markdown_table(every) if len(every) else "_no pruned variants_", ""]

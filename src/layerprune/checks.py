@@ -188,6 +188,13 @@ def check_config(config: dict[str, Any]) -> None:
                 f"tasks.{task}.exclude_tasks: {', '.join(map(repr, unknown))} is not another task in config `tasks` "
                 f"(tasks: {', '.join(tasks)})"
             )
+        recoveries = config.get("recovery", {}).get("methods", [])
+        not_run = [name for name in spec.get("recoveries") or [] if name not in recoveries]
+        if not_run:
+            problems.append(
+                f"tasks.{task}.recoveries: {', '.join(map(repr, not_run))} is not in recovery.methods "
+                f"({', '.join(recoveries)}): no such variant is built"
+            )
     if problems:
         raise ConfigError("\n".join(problems))
 

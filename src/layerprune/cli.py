@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from layerprune.registry import SCORING_METHODS, check_name
@@ -400,8 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    finally:
+        # the job's exact CPU time and peak memory, as the last line of its log (layerprune.usage)
+        from layerprune.usage import usage_line
+
+        print(usage_line(started), file=sys.stderr, flush=True)
     return 0
 
 

@@ -28,6 +28,7 @@ from layerprune.retention import (  # noqa: F401 - re-exported: the report's set
     retention,
     sample_scores,
 )
+from layerprune.usage import log_of_benchmark, read_usage
 
 HEADLINE_PNG = "plots/retention_by_type.png"
 ERROR_BUCKETS_PNG = "plots/error_buckets.png"
@@ -375,7 +376,7 @@ BENCHMARK_COLUMNS = [
     "mean_load",
     "cpu_time",
 ]
-TIME_COLUMNS = ["stage", "jobs", "cpu_s", "wall_s", "cpu_share", "max_rss_mb"]
+TIME_COLUMNS = ["stage", "jobs", "cpu_s", "wall_s", "cpu_share", "max_rss_mb", "sampled_jobs"]
 
 
 def benchmark_stage(path: Path) -> str:
@@ -389,8 +390,12 @@ def benchmark_stage(path: Path) -> str:
 def time_table(benchmark_paths: list[str | Path]) -> pd.DataFrame:
     """Per stage (rule): jobs, CPU seconds, wall seconds (summed over jobs), share of CPU, peak RSS (MB).
 
-    Reads Snakemake `benchmark:` TSVs (s, h:m:s, max_rss, ..., cpu_time; "NA" or "-" where
-    Snakemake measured nothing). A file with several rows (`repeat`) counts each row as a run.
+    Wall seconds are Snakemake's `benchmark:` TSVs (s, h:m:s, max_rss, ..., cpu_time; "NA" or "-"
+    where Snakemake measured nothing; a file with several rows, `repeat`, counts each row as a run).
+    CPU seconds and peak RSS come from the usage line each `layerprune` command leaves at the end
+    of its log (logs/<rule>/... beside benchmarks/<rule>/...; layerprune.usage): Snakemake only
+    samples them, every 30 s after a job's first 15 s. A job whose log has no such line falls back
+    to Snakemake's samples and is counted in `sampled_jobs`.
     """
     per_stage: dict[str, dict[str, float]] = {}
     for raw_path in benchmark_paths:
@@ -403,11 +408,19 @@ def time_table(benchmark_paths: list[str | Path]) -> pd.DataFrame:
         missing = [c for c in ("s", "max_rss", "cpu_time") if c not in frame.columns]
         if missing:
             raise KeyError(f"{path}: benchmark TSV lacks columns {missing} (has {list(frame.columns)})")
-        totals = per_stage.setdefault(stage, {"jobs": 0, "cpu_s": 0.0, "wall_s": 0.0, "max_rss_mb": math.nan})
+        totals = per_stage.setdefault(
+            stage, {"jobs": 0, "cpu_s": 0.0, "wall_s": 0.0, "max_rss_mb": math.nan, "sampled_jobs": 0}
+        )
         totals["jobs"] += 1
         totals["wall_s"] += float(pd.to_numeric(frame["s"], errors="coerce").fillna(0).sum())
-        totals["cpu_s"] += float(pd.to_numeric(frame["cpu_time"], errors="coerce").fillna(0).sum())
-        rss = pd.to_numeric(frame["max_rss"], errors="coerce").max()
+        usage = read_usage(log_of_benchmark(path))
+        if usage is not None:
+            cpu, rss = usage["cpu_s"], usage["max_rss_mb"]
+        else:
+            totals["sampled_jobs"] += 1
+            cpu = float(pd.to_numeric(frame["cpu_time"], errors="coerce").fillna(0).sum())
+            rss = pd.to_numeric(frame["max_rss"], errors="coerce").max()
+        totals["cpu_s"] += cpu
         if not math.isnan(rss):
             totals["max_rss_mb"] = rss if math.isnan(totals["max_rss_mb"]) else max(totals["max_rss_mb"], rss)
     if not per_stage:
@@ -419,7 +432,9 @@ def time_table(benchmark_paths: list[str | Path]) -> pd.DataFrame:
     total = {
         "stage": "total", "jobs": int(table["jobs"].sum()), "cpu_s": total_cpu, "wall_s": table["wall_s"].sum(),
         "cpu_share": 1.0 if total_cpu else math.nan, "max_rss_mb": table["max_rss_mb"].max(),
+        "sampled_jobs": int(table["sampled_jobs"].sum()),
     }  # fmt: skip
     table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
     table["jobs"] = table["jobs"].astype(int)
+    table["sampled_jobs"] = table["sampled_jobs"].astype(int)
     return table[TIME_COLUMNS]

@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import sys
@@ -106,6 +107,12 @@ REPORT_SETTINGS = settings_json(
 )
 
 
+# Scoring, pruning and recovery lead to every variant's evaluations: run them before the
+# evaluations that are ready (the dense baselines, the pruned checkpoints), which then fill
+# the other cores, instead of leaving scoring to run alone after them.
+CRITICAL_PATH_PRIORITY = 10
+
+
 def score_settings(wildcards):
     return settings_json(ScoreSettings, config, method=wildcards.method, max_ratio=MAX_RATIO)
 
@@ -198,9 +205,12 @@ def variant_checkpoint(wildcards):
     return f"results/recovered/{wildcards.model}/{wildcards.method}/{wildcards.ratio}/{wildcards.recovery}"
 
 
+TASK_USE_KEYS = ("evaluate", "chance", "recoveries")
+
+
 def task_spec_json(task):
-    """A task's config entry for prepare_task; `evaluate` and `chance` decide how the task is used, not what it holds."""
-    spec = {key: value for key, value in config["tasks"][task].items() if key not in ("evaluate", "chance")}
+    """A task's config entry for prepare_task, without the keys that decide how the task is used, not what it holds."""
+    spec = {key: value for key, value in config["tasks"][task].items() if key not in TASK_USE_KEYS}
     return json.dumps(spec, sort_keys=True)
 
 
@@ -209,14 +219,19 @@ def excluded_task_files(wildcards):
     return [f"results/data/tasks/{name}.json" for name in config["tasks"][wildcards.task]["exclude_tasks"]]
 
 
+def task_recoveries(task):
+    """The recoveries whose variants evaluate a task (tasks.<task>.recoveries; all by default)."""
+    chosen = config["tasks"][task]["recoveries"]
+    return RECOVERIES_RUN if chosen is None else [r for r in RECOVERIES_RUN if r in chosen]
+
+
 def all_evaluations():
     dense = expand("results/eval/{model}/dense/{task}.json", model=MODELS, task=EVALUATED_TASKS)
-    variants = expand(
-        "results/eval/{model}/{method}/{ratio}/{recovery}/{task}.json",
-        model=MODELS,
-        method=METHODS,
-        ratio=RATIOS,
-        recovery=RECOVERIES_RUN,
-        task=EVALUATED_TASKS,
-    )
+    variants = [
+        f"results/eval/{model}/{method}/{ratio}/{recovery}/{task}.json"
+        for model, method, ratio, recovery, task in itertools.product(
+            MODELS, METHODS, RATIOS, RECOVERIES_RUN, EVALUATED_TASKS
+        )
+        if recovery in task_recoveries(task)
+    ]
     return dense + variants

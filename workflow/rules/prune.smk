@@ -8,6 +8,7 @@ rule prune:
         "logs/prune/{model}/{method}/{ratio}.log",
     benchmark:
         "benchmarks/prune/{model}/{method}/{ratio}.tsv"
+    priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("prune")

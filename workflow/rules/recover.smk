@@ -25,6 +25,7 @@ rule recover:
         "benchmarks/recover/{model}/{method}/{ratio}/{recovery}.tsv"
     wildcard_constraints:
         recovery="data|sgr|heal",
+    priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("recover")

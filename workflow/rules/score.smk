@@ -16,6 +16,7 @@ rule score:
         "logs/score/{model}/{method}.log",
     benchmark:
         "benchmarks/score/{model}/{method}.tsv"
+    priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("score")
@@ -46,6 +47,7 @@ rule score_iterative:
         "logs/score_iterative/{model}.log",
     benchmark:
         "benchmarks/score_iterative/{model}.tsv"
+    priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("score")
