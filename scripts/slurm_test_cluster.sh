@@ -207,6 +207,13 @@ stop() {
     for name in slurmd slurmctld slurmdbd; do
         for _ in $(seq 50); do running "$DIR/$name.pid" || break; sleep 0.1; done
     done
+    # Leave no link to a stopped cluster: while /etc/slurm/slurm.conf names a controller that
+    # is down, every `scontrol` waits 9 s for it, and snakemake's slurm plugin runs one each
+    # time snakemake starts, whatever the executor.
+    local system=/etc/slurm/slurm.conf
+    if [ -L "$system" ] && [ "$(readlink "$system")" = "$DIR/slurm.conf" ]; then
+        rm -f "$system"
+    fi
     log "stopped slurmd, slurmctld, slurmdbd (munged and mariadb keep running)"
 }
 

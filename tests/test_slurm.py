@@ -37,9 +37,13 @@ LOCAL_RULES = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_cluster():
-    """A running cluster; SLURM_CONF exported for snakemake, sbatch and sacct."""
+    """A running cluster while this module's tests run; SLURM_CONF exported for snakemake, sbatch and sacct.
+
+    Stopped afterwards: the stop also removes the cluster's /etc/slurm/slurm.conf link, without
+    which a later `snakemake` would wait 9 s at start-up for the stopped controller (its slurm
+    plugin asks `scontrol show config`)."""
     result = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         pytest.fail(
@@ -48,8 +52,14 @@ def slurm_cluster():
             pytrace=False,
         )
     conf = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
+    previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = conf.strip().split("=", 1)[1]
-    return os.environ["SLURM_CONF"]
+    yield os.environ["SLURM_CONF"]
+    subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
 
 
 def sacct_jobs(workdir: Path, since: str) -> list[dict]:
