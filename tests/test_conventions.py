@@ -106,6 +106,10 @@ def test_every_rule_that_runs_a_command_has_conda_log_and_benchmark():
         assert re.search(r'log:\n\s+"logs/' + name, block), name
         assert ("benchmark:" in block) == (name in COMPUTE_RULES), name
         assert "> {log:q} 2>&1" in block or ">> {log:q} 2>&1" in block, f"{name}: the job's output goes to its log"
+        if name in COMPUTE_RULES:  # the time table finds a job's usage line in the log beside its benchmark
+            log = re.search(r'log:\n\s+"(logs/[^"]+)\.log"', block).group(1)
+            benchmark = re.search(r'benchmark:\n\s+"(benchmarks/[^"]+)\.tsv"', block).group(1)
+            assert log.removeprefix("logs/") == benchmark.removeprefix("benchmarks/"), name
 
 
 def test_job_output_lands_in_its_log(tmp_path):
