@@ -16,7 +16,7 @@ import shutil
 import pytest
 import yaml
 from test_workflow import GRID as DEFAULT
-from workflow_helpers import BIN, REPO, run, shell_commands, snakemake, workflow_copy
+from workflow_helpers import BIN, REPO, flag, run, shell_commands, snakemake, workflow_copy
 
 # Commands of these rules run as cluster jobs: they get a benchmark (CPU-s, wall, max RSS).
 COMPUTE_RULES = {
@@ -195,18 +195,30 @@ def test_names_with_shell_syntax_are_rejected(tmp_path, mutate, message):
     assert result.returncode != 0 and message in result.stdout + result.stderr
 
 
-def test_dvc_versions_every_report_output_of_the_aggregate_rule(tmp_path):
-    """dvc.yaml lists the report's outputs by hand: this keeps the list equal to the aggregate rule's."""
+def test_dvc_versions_the_report_folder_the_aggregate_rule_writes(tmp_path):
+    """The report's outputs are listed once, in rule aggregate: all lie under results/report/, which
+    dvc.yaml versions as one out, and its top-level metrics and plots are files aggregate writes."""
     workdir = workflow_copy(tmp_path / "wf")
-    output = snakemake(workdir, "-n", "--cores", "1", "-R", "aggregate", "--until", "aggregate").stdout
+    output = snakemake(workdir, "-n", "-p", "--cores", "1", "-R", "aggregate", "--until", "aggregate").stdout
     block = output[output.index("rule aggregate:") :]
-    outputs = block.split("output:", 1)[1].splitlines()[0].split(", ")
-    # what aggregate writes, as DVC versions it: a file in results/, or the plots folder
-    written = {path.strip() if path.count("/") == 1 else path.strip().rsplit("/", 1)[0] for path in outputs}
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["pipeline"]
-    versioned = {next(iter(entry)) for key in ("outs", "metrics", "plots") for entry in stage[key]}
-    stage_folders = {
+    written = {path.strip() for path in block.split("output:", 1)[1].splitlines()[0].split(", ")}
+    assert {"results/report/summary.csv", "results/report/report.md", "results/report/metrics.json"} <= written
+    assert all(path.startswith("results/report/") for path in written), sorted(written)
+    (command,) = shell_commands(output, "aggregate")
+    assert flag(command, "--out-dir") == "results/report"
+
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stage = dvc["stages"]["pipeline"]
+    assert set(stage) & {"metrics", "plots"} == set(), "stage outs may not overlap results/report: top level only"
+    outs = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage["outs"]]
+    stage_folders = [
         f"results/{name}" for name in ("data", "selfgen", "models", "scores", "pruned", "recovered", "eval")
-    }
-    assert versioned - stage_folders == written
+    ]
+    assert outs == [*stage_folders, "results/report"]
+    assert all(entry[next(iter(entry))] == {"persist": True} for entry in stage["outs"]), stage["outs"]
+    metrics = [next(iter(e)) if isinstance(e, dict) else e for e in dvc["metrics"]]
+    plots = [next(iter(e)) if isinstance(e, dict) else e for e in dvc["plots"]]
+    assert metrics == ["results/report/metrics.json"]
+    assert plots == ["results/report/summary.csv"]
+    assert set(metrics + plots) <= written
     assert "envs" in stage["deps"], "a changed environment file must re-run the DVC stage"

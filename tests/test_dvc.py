@@ -53,8 +53,11 @@ def alice(tiny_run, tmp_path_factory):
     dvc(repo, "init", "-q")
     dvc(repo, "remote", "add", "-d", "shared", str(root / "remote"))
     # the outputs persist: DVC runs `snakemake`, which has nothing to do, and records them
-    # (DVC re-links the single-file outputs from its cache, so their mtimes move, forward only)
+    # (every out is a folder, whose files DVC leaves in place: their mtimes stay)
+    summary = repo / "results" / "report" / "summary.csv"
+    mtime = summary.stat().st_mtime_ns
     dvc(repo, "repro")
+    assert summary.stat().st_mtime_ns == mtime
     log = max((repo / ".snakemake" / "log").iterdir(), key=lambda p: p.stat().st_mtime).read_text()
     assert "Nothing to be done" in log, log[-2000:]
     assert planned_jobs(repo) == {}
@@ -70,8 +73,19 @@ def test_fresh_clone_pulls_everything_and_has_nothing_to_do(alice):
     run(["git", "clone", "-q", str(repo), str(bob)], cwd=root)
     assert not (bob / "results").exists()
     dvc(bob, "pull")
-    for path in ("results/summary.csv", "results/selfgen/tiny.jsonl", "results/eval/tiny/bi/0.5/sgr/addition.json"):
+    for path in (
+        "results/report/summary.csv",
+        "results/report/report.md",
+        "results/report/plots/tiny__addition.png",
+        "results/selfgen/tiny.jsonl",
+        "results/eval/tiny/bi/0.5/sgr/addition.json",
+    ):
         assert (bob / path).read_bytes() == (repo / path).read_bytes(), path
+    # the top-level metrics and plots of dvc.yaml, inside the pulled results/report
+    shown = json.loads(dvc(bob, "metrics", "show", "--json"))[""]["data"]["results/report/metrics.json"]["data"]
+    assert shown.keys() == json.loads((repo / "results/report/metrics.json").read_text()).keys()  # (NaN != NaN)
+    plots = json.loads(dvc(bob, "plots", "show", "--json"))
+    assert list(plots["data"]) == ["results/report/summary.csv"] and not plots.get("errors"), plots.get("errors")
     sync_after_pull(bob)
     assert planned_jobs(bob) == {}
     # ...and Snakemake's own bookkeeping works from there on: a changed setting re-runs its jobs
@@ -121,7 +135,7 @@ def test_dvc_experiment_changes_a_setting_and_compares_metrics(alice, tmp_path):
     assert any(name.endswith("knowledge.value") for name in header), header
     diff = json.loads(dvc(exp, "metrics", "diff", "HEAD", "fewer-knowledge", "--json"))
     # (NaN, e.g. retention against a dense value of 0, never equals itself: not a change)
-    changed = {key: d for key, d in diff["results/metrics.json"].items() if d.get("diff") == d.get("diff")}
+    changed = {key: d for key, d in diff["results/report/metrics.json"].items() if d.get("diff") == d.get("diff")}
     assert changed, diff
     assert any("knowledge" in key for key in changed), sorted(changed)
     assert not any("addition" in key for key in changed), sorted(changed)

@@ -313,7 +313,7 @@ def assert_paper_mini_outcomes(results: Path, config: dict) -> None:
             else:  # BIG-bench arithmetic: `limit` per subtask
                 assert record["n"] == task["limit"] * len(task["bigbench_task"]), name
             assert isinstance(record["value"], (int, float)) and 0 <= record["value"] <= 1, (name, variant)
-    summary = (results / "summary.csv").read_text()
-    report = (results / "report.md").read_text()
+    summary = (results / "report" / "summary.csv").read_text()
+    report = (results / "report" / "report.md").read_text()
     for name in tasks:
         assert name in summary and name in report, name

@@ -26,7 +26,7 @@ def finished_run(tiny_run):
 def test_pipeline_produces_summary_report_and_plots(finished_run):
     workdir, config = finished_run
     results = workdir / "results"
-    summary = pd.read_csv(results / "summary.csv")
+    summary = pd.read_csv(results / "report" / "summary.csv")
     assert list(summary.columns) == [
         "model",
         "method",
@@ -47,10 +47,10 @@ def test_pipeline_produces_summary_report_and_plots(finished_run):
     assert summary["value"].between(0, 1).all()
     dense = summary[summary["method"] == "dense"]
     assert set(dense["task"]) == {"knowledge", "addition"}
-    report = (results / "report.md").read_text()
+    report = (results / "report" / "report.md").read_text()
     assert "Retention" in report
     for task in ("knowledge", "addition"):
-        png = results / "plots" / f"tiny__{task}.png"
+        png = results / "report" / "plots" / f"tiny__{task}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/tiny__{task}.png" in report
 

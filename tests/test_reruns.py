@@ -263,7 +263,7 @@ def test_killed_run_restarts_without_redoing_finished_jobs(run_copy):
 
     # nothing finished before a kill was made again; nothing outside the sgr branch either
     def aggregated(path: str) -> bool:  # the report, its tables and plots: remade by every aggregate
-        return "/" not in path or path.startswith("plots/")
+        return path.startswith("report/")
 
     for path, mtime in finished.items():
         if not aggregated(path):

@@ -211,7 +211,7 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
     status = run([dvc, "status"], workdir).stdout
     # never run: DVC sees the config as new params and every versioned artifact as missing
     assert "pipeline:" in status and "config.yaml" in status
-    for artifact in ("results/selfgen", "results/pruned", "results/recovered", "results/metrics.json"):
+    for artifact in ("results/selfgen", "results/pruned", "results/recovered", "results/report"):
         assert artifact in status
     dry = run([dvc, "repro", "--dry"], workdir)
     assert "Running stage 'pipeline'" in dry.stdout
@@ -363,7 +363,7 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     write_json(workdir / f"results/scores/{model}/reverse.json", scores)
 
     snakemake(workdir, "--cores", "1", "--allowed-rules", "aggregate", "all")
-    assert (workdir / "results" / "report.md").read_text().startswith("# layerprune report")
+    assert (workdir / "results" / "report" / "report.md").read_text().startswith("# layerprune report")
     snakemake(workdir, "--report", "report.html", "--allowed-rules", "aggregate", "all")
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ["report.md", "retention_by_type.png", "error_buckets.png", "degeneration.png", "retention.csv"]:

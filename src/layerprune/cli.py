@@ -393,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stage("aggregate", cmd_aggregate, "Tidy table, report and plots from evaluation JSONs.", ReportSettings)
     sub.add_argument("--results", nargs="+", required=True)
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
-    sub.add_argument("--out-dir", required=True)
+    sub.add_argument(
+        "--out-dir", required=True, help="the folder for everything the report writes (the workflow's: results/report)"
+    )
     sub.add_argument(
         "--benchmarks", default=None, help="folder of Snakemake benchmark TSVs (benchmarks/<rule>/...): a time table"
     )
