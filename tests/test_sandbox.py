@@ -39,9 +39,12 @@ def mechanism(request, monkeypatch):
     return request.param
 
 
-def _sandbox_processes() -> set[int]:
-    """Processes of sandbox users: `nobody` (before 0bcd45e) or the sandbox's own uid range."""
-    pids = set()
+def _sandbox_processes() -> dict[int, set[int]]:
+    """Uid -> pids of processes of sandbox users: `nobody` (before 0bcd45e) or the sandbox uid range.
+
+    Grouped by uid, so that a test can tell its own sandbox's processes from those of sandboxes
+    that other tests (another pytest-xdist worker) run at the same time."""
+    by_uid: dict[int, set[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -49,8 +52,8 @@ def _sandbox_processes() -> set[int]:
             except FileNotFoundError:
                 continue
             if uid == 65534 or uid >= 1_000_000_000:
-                pids.add(int(entry.name))
-    return pids
+                by_uid.setdefault(uid, set()).add(int(entry.name))
+    return by_uid
 
 
 def test_ordinary_program_runs_and_reports():
@@ -74,13 +77,14 @@ def test_cpu_limit_kills_a_busy_program_before_the_wall_clock():
 
 @needs_root
 def test_fork_bomb_is_contained_and_leaves_no_process(mechanism):
-    before = _sandbox_processes()
     result = run_program(FORK_BOMB, SandboxLimits(timeout_s=3, cpu_s=3, memory_mb=256, nproc=8))
     assert not result.passed
+    uid = result.isolation["uid"]
+    assert uid is not None and uid >= 1_000_000_000, result.isolation
     deadline = time.monotonic() + 10  # the kernel tears the PID namespace down asynchronously
-    while not _sandbox_processes() <= before and time.monotonic() < deadline:
+    while _sandbox_processes().get(uid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _sandbox_processes() <= before, "processes of the fork bomb outlived the sandbox"
+    assert not _sandbox_processes().get(uid), "processes of the fork bomb outlived the sandbox"
 
 
 def test_ten_gigabyte_allocation_fails_inside():
@@ -165,13 +169,17 @@ def test_a_fork_bomb_does_not_fail_correct_programs_in_concurrent_sandboxes(huma
     # Each sandbox may hold 8 processes: before 0bcd45e they all counted against the one user `nobody`.
     bomb_limits = SandboxLimits(timeout_s=25, cpu_s=25, memory_mb=256, nproc=8)
     bomb = threading.Thread(target=run_program, args=(FORK_BOMB, bomb_limits))
-    before = _sandbox_processes()
     bomb.start()
     deadline = time.monotonic() + 20
-    # The bomb's first process changed its uid before exec, so it is non-dumpable and /proc shows it as root's.
-    while len(_sandbox_processes() - before) < bomb_limits.nproc - 1 and time.monotonic() < deadline:
+
+    def bomb_filled_its_limit() -> bool:
+        # One uid holding nproc - 1 processes is the bomb (a grader's program runs as one process). Its first
+        # process changed its uid before exec, so it is non-dumpable and /proc shows it as root's.
+        return any(len(pids) >= bomb_limits.nproc - 1 for uid, pids in _sandbox_processes().items() if uid != 65534)
+
+    while not bomb_filled_its_limit() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(_sandbox_processes() - before) >= bomb_limits.nproc - 1, "the fork bomb never filled its limit"
+    assert bomb_filled_its_limit(), "the fork bomb never filled its limit"
 
     limits = SandboxLimits(timeout_s=60, cpu_s=20, memory_mb=512, nproc=8)
     verdicts: dict[str, dict] = {}

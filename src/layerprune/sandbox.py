@@ -499,6 +499,7 @@ def run_program(
             raise RuntimeError(f"the sandbox could not be set up (exit {returncode}): {stderr.strip()}")
         isolation = json.loads(isolation_file.read_text())
         isolation["limits"] = mechanisms
+        isolation["uid"] = uid  # the sandbox's own uid (None where none could be leased)
         if group is not None and group.oom_kills():
             limit_exceeded = "memory"
         if limit_exceeded:
