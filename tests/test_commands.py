@@ -11,12 +11,13 @@ import json
 import re
 import shlex
 import shutil
+import sys
 
 import pytest
 import yaml
 from test_plan_checks import checkpoint_config
 from test_workflow import DEFAULT_JOBS
-from workflow_helpers import REPO, planned_jobs, shell_commands, snakemake, workflow_copy
+from workflow_helpers import REPO, planned_jobs, run, shell_commands, snakemake, workflow_copy
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "configs").glob("*.yaml"))]
 # The plans, counted from each study's grid. compare-methods: 9 methods (8 by `score`, iterative by its
@@ -138,3 +139,26 @@ def test_tasks_of_the_default_cannot_leak_into_a_study(tmp_path):
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "--configfile", "my-study.yaml").stdout
     evaluated = {argv[argv.index("--task-name") + 1] for argv in shell_commands(output, "evaluate")}
     assert evaluated == {"addition"}
+
+
+def documented_pytest_commands() -> list[str]:
+    """The `pytest ...` commands in backticks in README.md (the fast tier and its friends)."""
+    found = re.findall(r"`((?:\.venv/bin/python -m )?pytest [^`]*)`", (REPO / "README.md").read_text())
+    return sorted(set(found))
+
+
+@pytest.mark.slow  # each collects the whole suite (with -n auto, in every worker)
+@pytest.mark.parametrize("command", documented_pytest_commands())
+def test_documented_pytest_command_selects_tests(command):
+    """Each documented test command runs as typed (its plugins, markers and paths exist) and selects tests."""
+    argv = shlex.split(command)
+    argv = [sys.executable, *argv[argv.index("pytest") - 1 :]] if argv[0].endswith("python") else argv
+    if argv[0] == "pytest":
+        argv = [sys.executable, "-m", *argv]
+    done = run([*argv, "--collect-only", "-p", "no:cacheprovider"], REPO, check=False)
+    # pytest exits 5 when it selects no test, 4 on a usage error (an unknown option, a missing path)
+    assert done.returncode == 0, f"{command}:\n{(done.stdout + done.stderr)[-3000:]}"
+
+
+def test_readme_documents_the_fast_tier():
+    assert 'pytest -m "not slow" -n auto' in " ".join(documented_pytest_commands())

@@ -147,6 +147,7 @@ def hostile_config(marker: str) -> dict:
     return config
 
 
+@pytest.mark.slow  # a real run of the whole hostile config (~20 s)
 def test_shell_syntax_in_config_strings_runs_nothing(tmp_path):
     marker = tmp_path / "PWNED"
     workdir = workflow_copy(tmp_path / "wf", hostile_config(str(marker)))

@@ -193,6 +193,7 @@ def mini_model(tmp_path_factory) -> Path:
     return build.build_model(tmp_path_factory.mktemp("paper-mini") / "model")
 
 
+@pytest.mark.slow  # builds the paper-mini model first (~15 s)
 def test_paper_mini_plans_every_rule_of_the_paper_grid(tmp_path, mini_model):
     """paper-mini runs each rule paper.yaml's grid runs, with the slurm profile too (same plan)."""
     workdir, configfile, config = mini_study(tmp_path, mini_model)

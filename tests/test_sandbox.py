@@ -164,6 +164,7 @@ def humaneval_samples(tmp_path_factory):
     return prepare_task_spec(spec, tmp, 0, tmp / "t.json")["samples"]
 
 
+@pytest.mark.slow  # waits out a 25 s fork bomb, per mechanism
 @needs_root
 def test_a_fork_bomb_does_not_fail_correct_programs_in_concurrent_sandboxes(humaneval_samples, mechanism):
     # Each sandbox may hold 8 processes: before 0bcd45e they all counted against the one user `nobody`.
