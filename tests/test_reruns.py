@@ -92,7 +92,7 @@ def test_adding_a_task_reruns_only_its_evaluations(tiny_run):
 
 
 def test_evaluating_a_task_without_recovery_reruns_only_the_report(tiny_run):
-    """tasks.<t>.recoveries: [none] drops the task's evaluations of recovered variants; nothing re-runs but aggregate."""
+    """tasks.<t>.recoveries: [none] drops its evaluations of recovered variants; nothing re-runs but aggregate."""
     workdir, config = tiny_run
     changed = copy.deepcopy(config)
     changed["tasks"]["knowledge"]["recoveries"] = ["none"]
