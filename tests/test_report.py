@@ -216,7 +216,7 @@ def test_report_first_screen_states_the_answer(report_dir):
     report = (report_dir / "out" / "report.md").read_text()
     first_screen = report.split("## Retention by task type, every ratio", 1)[0]
     assert first_screen.startswith("# layerprune report")
-    findings = first_screen.split("## Findings", 1)[1].split("## Retention at 0.25 of the layers removed", 1)[0]
+    findings = first_screen.split("## Findings", 1)[1].split("### SGR at each ratio", 1)[0]
     rows = [line for line in findings.splitlines() if line.startswith("| tiny |")]
     assert [row.split(" | ")[1] for row in rows] == [
         "(i) generation loses more than classification at equal ratio",
@@ -227,6 +227,10 @@ def test_report_first_screen_states_the_answer(report_dir):
     # No data recovery in the fixture, and only bi has two ratios with sgr... and sgr only at 0.25.
     assert "**not tested** | not tested: no data variant with generative retention |" in rows[1]
     assert "**not tested** | not tested: one ratio only" in rows[3]
+    by_ratio = first_screen.split("### SGR at each ratio", 1)[1].split("## Retention at 0.25 of the layers removed")[0]
+    assert [row.split(" | ")[1:4] for row in by_ratio.splitlines() if row.startswith("| tiny |")] == [
+        ["bi", "0.25", "sgr − none"]
+    ]
     table = [line for line in first_screen.split("## Retention at", 1)[1].splitlines() if line.startswith("|")]
     assert table[0] == (
         "| model | method | classification · none | classification · sgr | generative · none | generative · sgr |"

@@ -18,7 +18,7 @@ from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
 
 from layerprune.aggregate import aggregate
 from layerprune.io import write_json
-from layerprune.report import time_table
+from layerprune.report import lowest_ratio_lines, time_table
 from layerprune.retention import (
     NOT_REPRODUCED,
     NOT_TESTED,
@@ -27,6 +27,7 @@ from layerprune.retention import (
     BootstrapSettings,
     Contrast,
     findings,
+    recovery_by_ratio,
     resample_weights,
     retention,
     task_chance,
@@ -292,6 +293,48 @@ def test_findings_undecided_when_the_interval_covers_zero():
     assert list(frame["verdict"]) == [UNDECIDED] * 4
     assert ((frame["ci_low"] < 0) & (frame["ci_high"] > 0)).all()
     assert frame["detail"].str.contains("covers 0").all()
+
+
+def test_recovery_by_ratio_decides_each_cell_on_its_own():
+    """Dense 20/40. At 0.1 SGR equals no recovery and beats a collapsed data control (0/40); at 0.3 it lifts
+    2/40 to 16/40 and a lucky data run (18/40) edges it out: undecided, not a win either way."""
+    entries = [dense("gen", "generative", 20, 40)]
+    for ratio, hits in ((0.1, {"none": 10, "sgr": 10, "data": 0}), (0.3, {"none": 2, "sgr": 16, "data": 18})):
+        # the lucky data run is right on other items (20..37) than SGR (0..15), so their difference varies
+        entries += [
+            result("gen", "generative", "bi", ratio, rec, n, 40, shift=20 if (ratio, rec) == (0.3, "data") else 0)
+            for rec, n in hits.items()
+        ]
+    table = recovery_by_ratio(retention(entries, SETTINGS)).set_index(["ratio", "contrast"])
+    cell = table.loc[(0.1, "sgr − none")]
+    assert cell["estimate"] == 0 and cell["ci_low"] == 0 and cell["ci_high"] == 0 and cell["verdict"] == UNDECIDED
+    cell = table.loc[(0.1, "sgr − data")]
+    assert cell["estimate"] == pytest.approx(10 / 20) and cell["verdict"] == REPRODUCED
+    cell = table.loc[(0.3, "sgr − none")]
+    assert cell["estimate"] == pytest.approx(16 / 20 - 2 / 20) and cell["verdict"] == REPRODUCED
+    cell = table.loc[(0.3, "sgr − data")]
+    assert cell["estimate"] == pytest.approx(16 / 20 - 18 / 20) and cell["verdict"] == UNDECIDED
+    assert cell["ci_low"] < 0 < cell["ci_high"]
+    lines = lowest_ratio_lines(recovery_by_ratio(retention(entries, SETTINGS)))
+    assert lines == [
+        "- **m** · bi · sgr − data at the lowest ratio, 0.1: SGR recovers more, and the interval decides it.",
+        "- **m** · bi · sgr − none at the lowest ratio, 0.1: this run cannot tell whether SGR helps (undecided).",
+    ]
+
+
+def test_the_report_says_where_sgr_is_decided(tmp_path):
+    entries = [dense("gen", "generative", 20, 40)]
+    entries += [result("gen", "generative", "bi", 0.2, rec, n, 40) for rec, n in (("none", 12), ("sgr", 4))]
+    paths = []
+    for i, entry in enumerate(entries):
+        write_json(tmp_path / f"{i}.json", entry)
+        paths.append(tmp_path / f"{i}.json")
+    aggregate(paths, tmp_path / "out", bootstrap_samples=500)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| m | bi | 0.2 | sgr − none | -0.40 [" in report
+    assert "sgr − none at the lowest ratio, 0.2: SGR recovers less, and the interval decides it" in report
+    csv = pd.read_csv(tmp_path / "out" / "recovery_by_ratio.csv")
+    assert csv[["contrast", "verdict"]].values.tolist() == [["sgr − none", "not reproduced"]]
 
 
 def test_findings_not_tested_say_why():

@@ -211,7 +211,7 @@ def aggregate(
     benchmark_paths: list[str | Path] | None = None,
     task_chance: dict[str, float] | None = None,
 ) -> pd.DataFrame:
-    """Write summary.csv, retention CSVs, findings.csv, diagnostics CSVs, metrics.json, report.md and plots/.
+    """Write summary.csv, the retention, findings and recovery CSVs, diagnostics, metrics.json, report.md, plots/.
 
     The report opens with the paper's findings as verdicts, then retention by task type at the
     headline ratio with paired-bootstrap intervals (see retention.py) and the retention-vs-ratio
@@ -242,12 +242,14 @@ def aggregate(
 
     stats = report.retention(results, settings)
     verdicts = report.findings(stats)
+    by_ratio = report.recovery_by_ratio(stats)
     degeneration, buckets, arithmetic = report.diagnostics_tables(results, self_bleu_max_texts, seed)
     tables = {
         "retention.csv": stats.per_task,
         "retention_by_type.csv": stats.per_type,
         "tasks_counted.csv": stats.tasks,
         "findings.csv": verdicts,
+        "recovery_by_ratio.csv": by_ratio,
         "degeneration.csv": degeneration,
         "error_buckets.csv": buckets,
         "arithmetic.csv": arithmetic,
@@ -287,6 +289,17 @@ def aggregate(
         "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
         "undecided: it covers 0.",
         "",
+    ]
+    if len(by_ratio):
+        lines += [
+            "### SGR at each ratio (generative retention, finding ii cell by cell)",
+            "",
+            markdown_table(report.recovery_ratio_table(by_ratio, confidence)),
+            "",
+            *report.lowest_ratio_lines(by_ratio),
+            "",
+        ]
+    lines += [
         "## Retention" + (f" at {ratio:g} of the layers removed" if ratio is not None else ""),
         "",
     ]

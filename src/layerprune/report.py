@@ -18,6 +18,7 @@ import pandas as pd
 from layerprune.diagnostics import ERROR_BUCKETS, REP_N, arithmetic_breakdown, degeneration, error_bucket_counts
 from layerprune.io import atomic_path
 from layerprune.retention import (  # noqa: F401 - re-exported: the report's settings and statistics
+    NOT_REPRODUCED,
     NOT_TESTED,
     REPRODUCED,
     TYPES,
@@ -25,6 +26,7 @@ from layerprune.retention import (  # noqa: F401 - re-exported: the report's set
     BootstrapSettings,
     Retention,
     findings,
+    recovery_by_ratio,
     retention,
     sample_scores,
 )
@@ -333,6 +335,39 @@ def findings_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def recovery_ratio_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """sgr − control generative retention at each (model, method, ratio), as the report prints it."""
+    return pd.DataFrame(
+        {
+            "model": frame["model"],
+            "method": frame["method"],
+            "ratio": frame["ratio"].map("{:g}".format),
+            "contrast": frame["contrast"],
+            f"estimate [{confidence:.0%} CI]": [
+                _with_ci(r.estimate, r.ci_low, r.ci_high) for r in frame.itertuples(index=False)
+            ],
+            "verdict": frame["verdict"],
+        }
+    )
+
+
+def lowest_ratio_lines(frame: pd.DataFrame) -> list[str]:
+    """Plain words on SGR at each method's lowest ratio, where recovery has the least to win back."""
+    lines = []
+    for (model, method, contrast), group in frame.groupby(["model", "method", "contrast"], sort=True):
+        row = group.sort_values("ratio").iloc[0]
+        if row["verdict"] == REPRODUCED:
+            what = "SGR recovers more, and the interval decides it"
+        elif row["verdict"] == NOT_REPRODUCED:
+            what = "SGR recovers less, and the interval decides it (not reproduced)"
+        elif row["verdict"] == NOT_TESTED:
+            what = "there is no retention to compare"
+        else:
+            what = "this run cannot tell whether SGR helps (undecided)"
+        lines.append(f"- **{model}** · {method} · {contrast} at the lowest ratio, {row['ratio']:g}: {what}.")
+    return lines
 
 
 def excluded_lines(stats: Retention) -> list[str]:

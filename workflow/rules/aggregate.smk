@@ -12,6 +12,7 @@ rule aggregate:
         retention=report("results/report/retention.csv", category="Tables"),
         retention_by_type=report("results/report/retention_by_type.csv", category="Tables"),
         findings=report("results/report/findings.csv", category="Tables"),
+        recovery_by_ratio=report("results/report/recovery_by_ratio.csv", category="Tables"),
         tasks_counted=report("results/report/tasks_counted.csv", category="Tables"),
         degeneration="results/report/degeneration.csv",
         error_buckets="results/report/error_buckets.csv",
