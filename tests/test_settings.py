@@ -176,6 +176,8 @@ def test_registries_match_the_code_that_dispatches_on_them():
     assert methods == list(registry.SCORING_METHODS)
     assert task["grader"]["enum"] == [*registry.GRADERS, None]
     assert task["dataset"]["enum"] == list(registry.DATASETS)
+    recoveries = SCHEMA["properties"]["recovery"]["properties"]["methods"]["items"]["enum"]
+    assert recoveries == task["recoveries"]["items"]["enum"] == list(registry.RECOVERIES)
 
 
 def test_lora_target_modules_reaches_peft(tmp_path, single_thread):
