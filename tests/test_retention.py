@@ -448,6 +448,22 @@ def test_time_table_takes_cpu_and_rss_from_the_jobs_own_usage_line(tmp_path):
     assert "1 of 2 jobs left no usage line in their log" in report
 
 
+def test_a_job_in_several_processes_is_the_sum_of_their_usage_lines(tmp_path):
+    """A 2-process DDP recover: each worker writes its own line into the job's one log."""
+    log = tmp_path / "logs" / "recover" / "m.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        f'{USAGE_PREFIX}{{"cpu_s": 40.0, "max_rss_mb": 900.0, "pid": 11, "wall_s": 30.0}}\n'
+        "rank 1 done\n"
+        f'{USAGE_PREFIX}{{"cpu_s": 38.5, "max_rss_mb": 950.0, "pid": 12, "wall_s": 29.0}}\n'
+    )
+    assert read_usage(log) == {"cpu_s": 78.5, "wall_s": 30.0, "max_rss_mb": 950.0, "processes": 2}
+    bench = _benchmark(tmp_path / "benchmarks" / "recover" / "m.tsv", [(31.0, 1200.0, 20.0)])
+    assert time_table([bench]).set_index("stage").loc["recover", ["cpu_s", "sampled_jobs"]].tolist() == [78.5, 0]
+    repeated = _benchmark(tmp_path / "benchmarks" / "recover" / "m.tsv", [(31.0, 1200.0, 20.0), (30.0, 1100.0, 19.0)])
+    assert time_table([repeated]).set_index("stage").loc["recover", ["cpu_s", "sampled_jobs"]].tolist() == [39.0, 1]
+
+
 def test_the_usage_line_counts_the_process_and_its_children_exactly(tmp_path):
     """0.6 CPU-s in the process and 0.6 in a child it waits for: the line says 1.2 (plus the child's start-up)."""
     burn = "import time\nwhile time.process_time() < 0.6: pass\n"

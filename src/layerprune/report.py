@@ -448,7 +448,8 @@ def time_table(benchmark_paths: list[str | Path]) -> pd.DataFrame:
         )
         totals["jobs"] += 1
         totals["wall_s"] += float(pd.to_numeric(frame["s"], errors="coerce").fillna(0).sum())
-        usage = read_usage(log_of_benchmark(path))
+        # a benchmark of several runs (`repeat`) has a log of the last run only: its samples are all there is
+        usage = read_usage(log_of_benchmark(path)) if len(frame) == 1 else None
         if usage is not None:
             cpu, rss = usage["cpu_s"], usage["max_rss_mb"]
         else:

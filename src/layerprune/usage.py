@@ -2,14 +2,16 @@
 
 Snakemake's `benchmark:` samples a job's process tree every 0.5 s for its first 15 s and then
 only every 30 s, so a 35 s job is credited with the CPU time it had used by its 15th second.
-Each `layerprune` command therefore ends its log with one line of getrusage(2) figures (its
-own and those of the child processes it waited for: sandboxes, torchrun workers), and the
-report reads that line from the log beside each benchmark file.
+Each `layerprune` process therefore ends with one line of getrusage(2) figures in its log (its
+own and those of the child processes it waited for, e.g. sandboxes), and the report reads the
+log beside each benchmark file. A job that trains in several processes (`torchrun ... -m
+layerprune.cli recover`) leaves one line per process, and the job's usage is their sum.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -28,6 +30,7 @@ def usage_line(started: float) -> str:
     """
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     usage = {
+        "pid": os.getpid(),
         "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3),
         "wall_s": round(time.monotonic() - started, 3),
         "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / _MAXRSS_PER_MB, 1),
@@ -36,22 +39,30 @@ def usage_line(started: float) -> str:
 
 
 def read_usage(log_path: str | Path) -> dict[str, float] | None:
-    """The last usage line of a job's log; None when the log is missing or has none (a job killed, an older log)."""
+    """A job's usage from its log: CPU and wall summed over its processes' lines, the largest peak RSS.
+
+    None when the log is missing or has no usage line (a job killed, a log older than this code).
+    The rules write each job's log afresh (`> {log}`), so every line in it is of that job's run.
+    """
     path = Path(log_path)
     if not path.is_file():
         return None
-    found = None
+    found = []
     with path.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
             if line.startswith(USAGE_PREFIX):
-                found = line
-    if found is None:
+                try:
+                    found.append(json.loads(line[len(USAGE_PREFIX) :]))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}: unreadable usage line {line.strip()!r} ({error})") from error
+    if not found:
         return None
-    try:
-        usage = json.loads(found[len(USAGE_PREFIX) :])
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: unreadable usage line {found.strip()!r} ({error})") from error
-    return {key: float(usage[key]) for key in ("cpu_s", "wall_s", "max_rss_mb")}
+    return {
+        "cpu_s": float(sum(usage["cpu_s"] for usage in found)),
+        "wall_s": float(max(usage["wall_s"] for usage in found)),
+        "max_rss_mb": float(max(usage["max_rss_mb"] for usage in found)),
+        "processes": len(found),
+    }
 
 
 def log_of_benchmark(benchmark_path: str | Path) -> Path:
