@@ -51,6 +51,15 @@ def result(task: str, task_type: str, method: str, ratio: float, recovery: str, 
     }  # fmt: skip
 
 
+def written(directory: Path, entries: list[dict]) -> list[Path]:
+    """The result JSONs written to `directory` as 0.json, 1.json, ... (what aggregate reads)."""
+    paths = []
+    for i, entry in enumerate(entries):
+        write_json(directory / f"{i}.json", entry)
+        paths.append(directory / f"{i}.json")
+    return paths
+
+
 def dense(task: str, task_type: str, hits: int, n: int, **extra) -> dict:
     return result(task, task_type, "dense", 0.0, "none", hits, n, **extra)
 
@@ -202,10 +211,7 @@ def test_resamples_without_a_retention_are_counted_not_dropped(tmp_path):
     empty = int((weights[:, :2].sum(1) == 0).sum())
     assert row["tasks"] == 1 and row["nan_draws"] == empty > 0
     assert stats.per_task.iloc[0]["nan_draws"] == empty
-    paths = []
-    for i, entry in enumerate(results):
-        write_json(tmp_path / f"{i}.json", entry)
-        paths.append(tmp_path / f"{i}.json")
+    paths = written(tmp_path, results)
     aggregate(paths, tmp_path / "out", bootstrap_samples=2000, confidence=0.5, min_dense_margin=0.0)
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"{empty} of 2000 resamples had a dense mean at or below chance" in report
@@ -325,10 +331,7 @@ def test_recovery_by_ratio_decides_each_cell_on_its_own():
 def test_the_report_says_where_sgr_is_decided(tmp_path):
     entries = [dense("gen", "generative", 20, 40)]
     entries += [result("gen", "generative", "bi", 0.2, rec, n, 40) for rec, n in (("none", 12), ("sgr", 4))]
-    paths = []
-    for i, entry in enumerate(entries):
-        write_json(tmp_path / f"{i}.json", entry)
-        paths.append(tmp_path / f"{i}.json")
+    paths = written(tmp_path, entries)
     aggregate(paths, tmp_path / "out", bootstrap_samples=500)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| m | bi | 0.2 | sgr − none | -0.40 [" in report
@@ -366,10 +369,7 @@ def test_verdict_rules_on_given_draws():
 def test_report_first_screen_gives_the_verdicts(tmp_path):
     results = study(paper_like())
     results += [dense("dyck", "generative", 2, 16), result("dyck", "generative", "bi", 0.1, "none", 4, 16)]
-    paths = []
-    for i, entry in enumerate(results):
-        write_json(tmp_path / f"{i}.json", entry)
-        paths.append(tmp_path / f"{i}.json")
+    paths = written(tmp_path, results)
     aggregate(paths, tmp_path / "out", bootstrap_samples=500)
     report = (tmp_path / "out" / "report.md").read_text()
     first_screen = "\n".join(report.splitlines()[:40])
@@ -524,10 +524,7 @@ def test_time_table_from_a_real_snakemake_run(tmp_path):
 def test_a_task_chance_from_the_config_reaches_the_statistic(tmp_path):
     """tasks.<task>.chance (the arithmetic probe's guessed digit: 0.1) replaces the free-generation default 0."""
     entries = [dense("probe", "generative", 15, 30), result("probe", "generative", "bi", 0.2, "none", 6, 30)]
-    paths = []
-    for i, entry in enumerate(entries):
-        write_json(tmp_path / f"{i}.json", entry)
-        paths.append(tmp_path / f"{i}.json")
+    paths = written(tmp_path, entries)
     aggregate(paths, tmp_path / "zero", bootstrap_samples=200, seed=0)
     aggregate(paths, tmp_path / "tenth", bootstrap_samples=200, seed=0, task_chance={"probe": 0.1})
     at_zero = type_row(pd.read_csv(tmp_path / "zero" / "retention_by_type.csv"), "generative")
