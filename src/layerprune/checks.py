@@ -181,6 +181,7 @@ def check_config(config: dict[str, Any]) -> None:
         )
     problems += [reason for key, name in bigbench_task_keys(config) if (reason := unknown_bigbench_task(key, name))]
     tasks = config.get("tasks", {})
+    recoveries = config.get("recovery", {}).get("methods", [])
     for task, spec in tasks.items():
         unknown = [name for name in spec.get("exclude_tasks", []) if name not in tasks or name == task]
         if unknown:
@@ -188,7 +189,6 @@ def check_config(config: dict[str, Any]) -> None:
                 f"tasks.{task}.exclude_tasks: {', '.join(map(repr, unknown))} is not another task in config `tasks` "
                 f"(tasks: {', '.join(tasks)})"
             )
-        recoveries = config.get("recovery", {}).get("methods", [])
         not_run = [name for name in spec.get("recoveries") or [] if name not in recoveries]
         if not_run:
             problems.append(
