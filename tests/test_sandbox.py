@@ -342,3 +342,18 @@ def test_ten_thousand_threads_or_files_are_refused():
         result = run_program(program, TIGHT)
         assert not result.passed and not result.timed_out, result.stderr
         assert "can't start new thread" in result.stderr or "Too many open files" in result.stderr, result.stderr
+
+
+def test_only_the_nonce_written_back_completes_a_program():
+    from layerprune.sandbox import MARKER_FD, NONCE_FD
+
+    honest = f"import os\nnonce = os.read({NONCE_FD}, 64)\nos.close({NONCE_FD})\nos.write({MARKER_FD}, nonce)\n"
+    result = run_program(honest, TIGHT, completion_marker=True)
+    assert result.completed and result.passed, result.stderr
+    forged = f"import os\nos.close({NONCE_FD})\nos.write({MARKER_FD}, b'0' * 32)\nprint('0' * 32)\n"
+    result = run_program(forged, TIGHT, completion_marker=True)
+    assert result.returncode == 0 and result.completed is False and not result.passed
+    # The config file held the nonce: it is gone before the program starts, wherever the program looks.
+    snoop = "import glob\nprint(glob.glob('/tmp/**/config.json', recursive=True))\n"
+    assert run_program(snoop, TIGHT).stdout.strip() == "[]"
+    assert run_program("print(1)\n", TIGHT).completed is None  # no marker asked for: exit status alone

@@ -26,14 +26,19 @@ As root (the usual case in containers) it:
    with exit 125 and a message naming the directory if one is not (the parent
    then raises: a sandbox fault never becomes a failed sample);
 6. execs `python -I main.py` in the scratch directory with an environment that
-   holds HOME only.
+   holds HOME only; with a completion marker, the program inherits a pipe that
+   holds the nonce on fd `nonce_fd` and the marker file, opened for writing, on
+   fd `marker_fd` (the config file, the nonce's only other copy, is deleted
+   first).
 
 As any other user it tries an unprivileged user namespace for the same mount,
 network and PID isolation, and otherwise applies the resource limits alone.
 What it achieved is written to the `isolation_file` of the config.
 """
 
+import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -134,7 +139,31 @@ def _limits(config: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _child(config: dict, isolation: dict, report) -> None:
+def _marker_fds(config: dict) -> "tuple[int, int] | None":
+    """(read end of a pipe holding the nonce, the marker file opened for writing), or None without a marker."""
+    nonce = config.get("nonce")
+    if nonce is None:
+        return None
+    marker = os.open(config["marker_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    read_end, write_end = os.pipe()
+    os.write(write_end, nonce.encode())
+    os.close(write_end)
+    return read_end, marker
+
+
+def _place_marker_fds(config: dict, fds: "tuple[int, int] | None") -> None:
+    """Move the marker's fds to the numbers the program expects (inherited across exec, unlike all others)."""
+    if fds is None:
+        return
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]  # out of the way of the targets first
+    for fd in fds:
+        os.close(fd)
+    for fd, target in zip(high, (config["nonce_fd"], config["marker_fd"]), strict=True):
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
+
+
+def _child(config: dict, isolation: dict, report, marker_fds) -> None:
     """Runs as the first process of the new PID namespace; never returns."""
     try:
         privileged = isolation["namespaces"]
@@ -168,6 +197,7 @@ def _child(config: dict, isolation: dict, report) -> None:
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl PDEATHSIG")
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl NO_NEW_PRIVS")
         os.chdir(scratch)
+        _place_marker_fds(config, marker_fds)
         python = config["python"]
         os.execve(python, [python, "-I", "main.py"], {"HOME": scratch})
     except BaseException as error:  # noqa: BLE001 - report any set-up failure, never run unconfined
@@ -179,8 +209,11 @@ def _child(config: dict, isolation: dict, report) -> None:
 def main() -> None:
     with open(sys.argv[1]) as handle:
         config = json.load(handle)
+    with contextlib.suppress(OSError):  # it holds the nonce: the program must not find it
+        os.unlink(sys.argv[1])
     # Opened before the mounts hide the parent's work directory.
     report = open(config["isolation_file"], "w")  # noqa: SIM115
+    marker_fds = _marker_fds(config)
     root = os.geteuid() == 0
     isolation = {"namespaces": False, "network": False, "drop_privileges": False, "user": os.geteuid()}
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
@@ -204,8 +237,11 @@ def main() -> None:
             _check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl CHILD_SUBREAPER")
     pid = os.fork()
     if pid == 0:
-        _child(config, isolation, report)
+        _child(config, isolation, report, marker_fds)
     report.close()
+    if marker_fds is not None:
+        for fd in marker_fds:
+            os.close(fd)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)

@@ -20,7 +20,15 @@ from typing import Any
 import pandas as pd
 
 REP_N = (2, 3, 4)
-ERROR_BUCKETS = ("never_closed_bracket", "unmatched_bracket", "syntax_error", "runtime_error", "wrong_answer", "pass")
+ERROR_BUCKETS = (
+    "never_closed_bracket",
+    "unmatched_bracket",
+    "syntax_error",
+    "runtime_error",
+    "early_exit",
+    "wrong_answer",
+    "pass",
+)
 DIGIT = re.compile(r"-?\d")
 
 

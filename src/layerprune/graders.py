@@ -7,7 +7,14 @@
   compares them symbolically), for GSM8K and MATH-500;
 * `rouge_l`: Google's `rouge-score` ROUGE-L F-measure with stemming, for XSum;
 * `code`: execution of the program against the task's tests in the sandbox,
-  with the paper's error buckets and the unbiased pass@k estimator.
+  with the paper's error buckets (plus `early_exit`) and the unbiased pass@k
+  estimator. A harness runs the program, then its tests, then calls `check`
+  itself; a program passes only when the harness proves it got past all of
+  them (the sandbox's completion marker), so a wrong answer followed by
+  `sys.exit(0)`, `exit()`, `os._exit(0)` or `raise SystemExit` is bucketed
+  `early_exit`, never `pass`. As in OpenAI's human-eval harness, the program
+  runs under a module name other than `__main__`, so its `__main__` block
+  (demo code, `input()`, `exit()`) does not run.
 
 Every grader returns a per-sample `score` in [0, 1] (the value averaged into the
 task's metric) and `correct` (a boolean verdict).
@@ -21,10 +28,19 @@ import tokenize
 from typing import Any
 
 from layerprune.registry import GRADERS as GRADER_REGISTRY
-from layerprune.sandbox import SandboxLimits, run_program, site_packages
+from layerprune.sandbox import MARKER_FD, NONCE_FD, SandboxLimits, run_program, site_packages
 
 GRADERS = tuple(GRADER_REGISTRY)  # names and descriptions: layerprune.registry
-ERROR_BUCKETS = ("never_closed_bracket", "unmatched_bracket", "syntax_error", "runtime_error", "wrong_answer", "pass")
+ERROR_BUCKETS = (
+    "never_closed_bracket",
+    "unmatched_bracket",
+    "syntax_error",
+    "runtime_error",
+    "early_exit",
+    "wrong_answer",
+    "pass",
+)
+EARLY_EXIT_NOTE = "layerprune harness: the program exited before its tests finished"
 OPENERS, CLOSERS = "([{", ")]}"
 
 
@@ -143,12 +159,52 @@ def candidate_code(sample: dict[str, Any], output: str, chat: bool) -> str:
     return _imports(prompt) + body
 
 
+# The nonce is read and its fd closed before any of the program runs; it is written back only after the last test
+# returned. An exit of the program (SystemExit from sys.exit/exit/quit/raise, or os._exit) is said on stderr last.
+HARNESS = """\
+import os as _os
+
+
+def _layerprune_harness(candidate, tests, entry_point):
+    nonce = _os.read({nonce_fd}, 64)
+    _os.close({nonce_fd})
+    harness_pid, real_exit = _os.getpid(), _os._exit
+
+    def note_exit(code):
+        if _os.getpid() == harness_pid:  # not a forked child (multiprocessing ends those with os._exit)
+            _os.write(2, ("\\n{note} (os._exit(%r))\\n" % (code,)).encode())
+        real_exit(code)
+
+    _os._exit = note_exit
+    namespace = {{"__name__": "__candidate__", "__builtins__": __builtins__}}
+    try:
+        exec(compile(candidate, "candidate.py", "exec"), namespace)
+        exec(compile(tests, "tests.py", "exec"), namespace)
+        if entry_point is not None:
+            namespace["check"](namespace[entry_point])
+    except SystemExit as stop:
+        _os.write(2, ("\\n{note} (SystemExit: %.200r)\\n" % (stop.code,)).encode())
+        real_exit(3)
+    _os.write({marker_fd}, nonce)
+
+
+_layerprune_harness({candidate!r}, {tests!r}, {entry_point!r})
+"""
+
+
 def test_program(sample: dict[str, Any], candidate: str) -> str:
+    """The harness that runs `candidate`, then the task's tests, then `check(entry_point)` where there is one."""
     code = sample["code"]
-    program = candidate + "\n\n" + code.get("setup", "") + "\n" + code["test"] + "\n"
-    if code.get("entry_point") and "def check(" in code["test"]:
-        program += f"\ncheck({code['entry_point']})\n"
-    return program
+    tests = code.get("setup", "") + "\n" + code["test"] + "\n"
+    entry_point = code["entry_point"] if code.get("entry_point") and "def check(" in code["test"] else None
+    return HARNESS.format(
+        nonce_fd=NONCE_FD,
+        marker_fd=MARKER_FD,
+        note=EARLY_EXIT_NOTE,
+        candidate=candidate,
+        tests=tests,
+        entry_point=entry_point,
+    )
 
 
 def grade_code(sample: dict[str, Any], output: str, chat: bool, limits: SandboxLimits) -> dict[str, Any]:
@@ -157,17 +213,22 @@ def grade_code(sample: dict[str, Any], output: str, chat: bool, limits: SandboxL
     bucket = syntax_bucket(candidate)
     record: dict[str, Any] = {"program": candidate}
     if bucket is None:
-        result = run_program(test_program(sample, candidate), limits, site_packages())
+        result = run_program(test_program(sample, candidate), limits, site_packages(), completion_marker=True)
         lines = result.stderr.strip().splitlines()
         if result.passed:
             bucket = "pass"
-        elif not result.timed_out and lines and lines[-1].startswith("AssertionError"):
+        elif result.timed_out or result.limit_exceeded:
+            bucket = "runtime_error"
+        elif lines and lines[-1].startswith("AssertionError"):
             bucket = "wrong_answer"
+        elif (lines and lines[-1].startswith(EARLY_EXIT_NOTE)) or result.returncode == 0:
+            bucket = "early_exit"  # stopped itself before its tests finished (exit 0 without the marker included)
         else:
             bucket = "runtime_error"
         record.update(
             timed_out=result.timed_out,
             returncode=result.returncode,
+            completed=result.completed,
             stderr_tail=result.stderr[-1000:],
             isolation=result.isolation,
         )

@@ -17,6 +17,11 @@ Here, the parent side:
   Which mechanism ran is recorded in the result's `isolation["limits"]`;
 * a wall-clock timeout that kills the launcher's whole process group (the
   launcher's death also kills the program's PID namespace);
+* on request (`completion_marker=True`), proof that the program ran to its end:
+  a random nonce on fd NONCE_FD, which the program reads (and closes) before it
+  runs anything untrusted and writes to fd MARKER_FD when its last statement is
+  done; only then does the result count as `completed` (an exit of any form
+  before that, or a printed imitation of the marker, does not);
 * stdout/stderr captured in size-limited files rather than pipes (a program that
   prints forever cannot exhaust the evaluator's memory), and a result that the
   evaluation scores instead of raising: a hostile or broken program is simply a
@@ -36,6 +41,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import select
 import signal
 import subprocess
@@ -61,6 +67,9 @@ DRAIN_TIMEOUT_S = 10.0
 # Set to 0 to skip cgroups (then the uid and watchdog fallbacks run): for tests, and machines whose cgroup
 # set-up misbehaves.
 CGROUPS_ENV = "LAYERPRUNE_SANDBOX_CGROUPS"
+# The completion marker's file descriptors in the program (see `run_program`).
+NONCE_FD = 3
+MARKER_FD = 4
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +100,13 @@ class SandboxResult:
     isolation: dict[str, Any] = field(default_factory=dict)
     # "memory" when the program (with its descendants) went over `memory_mb`; such a sample fails.
     limit_exceeded: str | None = None
+    # With `completion_marker`: whether the program wrote back its nonce (ran to its end); else None.
+    completed: bool | None = None
 
     @property
     def passed(self) -> bool:
-        return self.returncode == 0 and not self.timed_out and self.limit_exceeded is None
+        ok = self.returncode == 0 and not self.timed_out and self.limit_exceeded is None
+        return ok and self.completed is not False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -417,9 +429,21 @@ _reported: set[tuple[tuple[str, str], ...]] = set()
 
 
 def run_program(
-    source: str, limits: SandboxLimits | None = None, extra_sys_path: list[str] | None = None
+    source: str,
+    limits: SandboxLimits | None = None,
+    extra_sys_path: list[str] | None = None,
+    completion_marker: bool = False,
 ) -> SandboxResult:
     """Run Python `source` in the sandbox and report its exit status and output tails.
+
+    With `completion_marker`, the program finds a fresh random nonce to read on
+    fd `NONCE_FD` and must write exactly that nonce to fd `MARKER_FD` when it is
+    done; `completed` (and so `passed`) is true only if it did. The nonce exists
+    nowhere else the program can reach (the launcher's config file is deleted
+    before the program starts), so an exit of any kind before the end, or a
+    printed imitation, cannot complete. (A program that deliberately inspects
+    the frames of its own interpreter can find what that interpreter read;
+    guarding against it is beyond any in-process test harness.)
 
     `extra_sys_path` directories (readable by everyone) are appended to the
     program's `sys.path`, e.g. site-packages for MBPP+'s numpy-based checks; they
@@ -446,6 +470,8 @@ def run_program(
             log.info("sandbox limits: %s", mechanisms)
         fallback_scratch = work / "scratch"
         isolation_file = work / "isolation.json"
+        marker_file = work / "marker"
+        nonce = secrets.token_hex(16) if completion_marker else None
         config = {
             **asdict(limits),
             "source": source,
@@ -457,6 +483,10 @@ def run_program(
             "cgroup_procs": group.procs_files if group else [],
             "isolation_file": str(isolation_file),
             "fallback_scratch": str(fallback_scratch),
+            "nonce": nonce,
+            "nonce_fd": NONCE_FD,
+            "marker_fd": MARKER_FD,
+            "marker_file": str(marker_file),
         }
         fallback_scratch.mkdir()
         config_file = work / "config.json"
@@ -505,6 +535,11 @@ def run_program(
         if limit_exceeded:
             # Said last, so that the grader's bucket is a runtime error, not the program's own last words.
             stderr += f"\nlayerprune sandbox: the program and its descendants exceeded {limits.memory_mb} MB\n"
+        completed = None
+        if nonce is not None:
+            with contextlib.suppress(FileNotFoundError), open(marker_file, "rb") as handle:
+                completed = handle.read(len(nonce) + 1) == nonce.encode()
+            completed = bool(completed)
         return SandboxResult(
             returncode=None if timed_out else returncode,
             timed_out=timed_out,
@@ -512,6 +547,7 @@ def run_program(
             stderr=stderr,
             isolation=isolation,
             limit_exceeded=limit_exceeded,
+            completed=completed,
         )
 
 
