@@ -215,7 +215,7 @@ def test_dvc_versions_the_report_folder_the_aggregate_rule_writes(tmp_path):
     outs = {next(iter(entry)): entry[next(iter(entry))] for entry in stage["outs"]}
     assert outs == {
         "results": {"persist": True},
-        "resources": {"persist": True},
+        "resources/bigbench": {"persist": True},
         ".snakemake/metadata": {"persist": True, "cache": False},  # git versions the provenance records
     }
     metrics = [next(iter(e)) if isinstance(e, dict) else e for e in dvc["metrics"]]

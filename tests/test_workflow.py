@@ -227,7 +227,7 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
     status = run([dvc, "status"], workdir).stdout
     # never run: DVC sees the config as new params and every versioned artifact as missing
     assert "pipeline:" in status and "config.yaml" in status
-    for artifact in ("results", "resources", ".snakemake/metadata"):
+    for artifact in ("results", "resources/bigbench", ".snakemake/metadata"):
         assert f"deleted:            {artifact}\n" in status, status
     dry = run([dvc, "repro", "--dry"], workdir)
     assert "Running stage 'pipeline'" in dry.stdout
