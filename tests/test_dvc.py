@@ -96,14 +96,16 @@ def alice(tiny_run, tmp_path_factory):
     return repo, config, root
 
 
-def test_checkpoints_are_not_stored_twice(alice):
-    """cache.type (reflink, else hardlink): a checkpoint in results/ is the cache's own file, not a copy."""
-    repo, _, _ = alice
-    weights = next((repo / RESULTS / "recovered").rglob("*.safetensors"))
-    cached = [p for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file() and p.samefile(weights)]
-    assert cached or weights.stat().st_nlink > 1, "the checkpoint is a copy of the cache's file"
-    # on this file system (no reflinks) it is a hardlink: one inode, one copy on disk
-    assert weights.stat().st_nlink > 1 and cached
+def test_pulled_checkpoints_are_not_stored_twice(alice):
+    """cache.type (reflink, else hardlink): a pulled checkpoint is the cache's own file, not a copy."""
+    repo, _, root = alice
+    dave = root / "dave"
+    run(["git", "clone", "-q", str(repo), str(dave)], cwd=root)
+    dvc(dave, "pull", f"{RESULTS}/recovered")
+    weights = next((dave / RESULTS / "recovered").rglob("*.safetensors"))
+    cached = [p for p in (dave / ".dvc" / "cache").rglob("*") if p.is_file() and p.samefile(weights)]
+    # on this file system (no reflinks) a hardlink: one inode, one copy on disk
+    assert weights.stat().st_nlink > 1 and cached, "the checkpoint is a copy of the cache's file"
 
 
 def test_provenance_and_resources_are_versioned(alice):
