@@ -42,7 +42,7 @@ def outputs_of_dry_run(output: str) -> list[str]:
     return [path.strip() for line in re.findall(r"^\s+output: (.*)$", output, flags=re.M) for path in line.split(",")]
 
 
-@pytest.mark.slow  # seven dry runs (~40 s alone, 200 s on a loaded machine)
+@pytest.mark.slow  # seven dry runs: 199 s measured on the loaded 2-core machine
 def test_study_name_comes_from_the_config_or_its_file(tmp_path):
     """`study:` names the folder; without it, the config file's name; the embedded config.yaml is `default`."""
     workdir = workflow_copy(tmp_path / "wf")
@@ -68,7 +68,7 @@ def test_study_name_comes_from_the_config_or_its_file(tmp_path):
     assert result.returncode != 0 and "set `study:`" in result.stdout + result.stderr
 
 
-@pytest.mark.slow  # two dry runs (~15 s alone, 56 s on a loaded machine)
+@pytest.mark.slow  # two dry runs: 56 s measured on the loaded 2-core machine
 def test_shared_files_are_keyed_by_their_settings(tmp_path):
     """Two studies with one task's limit apart share the model, the other tasks, the prompt set and the
     calibration text, and get two files for that task."""
