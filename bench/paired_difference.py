@@ -1,7 +1,7 @@
 """Paired bootstrap of (recovered - none) on generative tasks, per task and for the mean of the task means.
 
-    python bench/paired_difference.py results/eval/smollm2-135m/bi/0.1/none/ \\
-        results/eval/smollm2-135m/bi/0.1/sgr/ arithmetic_probe plural
+    python bench/paired_difference.py results/default/eval/smollm2-135m/bi/0.1/none/ \\
+        results/default/eval/smollm2-135m/bi/0.1/sgr/ arithmetic_probe plural
 
 Each directory holds `<task>.json` result files (the evaluate contract); samples pair by id.
 """

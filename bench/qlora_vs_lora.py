@@ -16,7 +16,7 @@ and for qlora-fp32 the merge check of `layerprune recover` (the adapter folded i
 the fp32 base, its logits against the 4-bit model's).
 
     PYTHONPATH=src python bench/qlora_vs_lora.py            # materializes SmolLM2 once
-    PYTHONPATH=src python bench/qlora_vs_lora.py --model results/models/smollm2-135m/dense
+    PYTHONPATH=src python bench/qlora_vs_lora.py --model results/shared/models/*/smollm2-135m
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ log-likelihood) on the first `--items` of each task in seed-0 order, one forward
 (all choices in one batch). Prints accuracy, chance (mean 1/choices) and the normal lower
 95 % bound minus chance. Candidates are then run through `layerprune evaluate` for real.
 
-    PYTHONPATH=src python bench/screen_multiple_choice.py --model results/models/smollm2-135m/dense \\
+    PYTHONPATH=src python bench/screen_multiple_choice.py --model results/shared/models/*/smollm2-135m \\
         --bigbench-dir resources/bigbench --items 50 general_knowledge multiemo/all_sentence_en
 """
 

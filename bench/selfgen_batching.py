@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_MODEL = "results/models/smollm2-135m/dense"
+# the default study's materialized model (its folder is a fingerprint of the model's source)
+DEFAULT_MODEL = next((str(p) for p in sorted(Path("results/shared/models").glob("*/smollm2-135m"))), "")
 # Varied lengths on purpose (2 to ~60 words), so padding and sorting matter.
 PROMPTS = [
     "What is 7 times 8?",

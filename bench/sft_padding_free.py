@@ -19,7 +19,7 @@ less) for both, the ratio, and the loss of the first step (equal up to
 float round-off on the first step, before any update: the two batchings
 compute the same loss).
 
-    PYTHONPATH=src python bench/sft_padding_free.py --model results/models/smollm2-135m/dense
+    PYTHONPATH=src python bench/sft_padding_free.py --model results/shared/models/*/smollm2-135m
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def run(model_dir: str, records: list[dict], padding_free: bool, args: argparse.
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="results/models/smollm2-135m/dense")
+    # the default study's materialized model (its folder is a fingerprint of the model's source)
+    default_model = next((str(p) for p in sorted(Path("results/shared/models").glob("*/smollm2-135m"))), None)
+    parser.add_argument("--model", default=default_model, required=default_model is None)
     parser.add_argument("--xsum", default="resources/bigbench/gem/xsum/task.json")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)

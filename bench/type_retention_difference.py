@@ -3,7 +3,7 @@
 A type's retention is the ratio of its tasks' mean chance-normalised scores, pruned / dense
 (issue 12's statistic); chance is 1/choices for lm-eval samples and 0 for generative ones.
 
-    python bench/type_retention_difference.py results/eval/smollm2-135m bi/0.1/none \\
+    python bench/type_retention_difference.py results/default/eval/smollm2-135m bi/0.1/none \\
         --classification general_knowledge multiemo_en --generative arithmetic_probe plural
 """
 
@@ -35,7 +35,7 @@ def retention(pairs: Pairs, tasks: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="results/eval/<model>")
+    parser.add_argument("model_dir", help="results/default/eval/<model>")
     parser.add_argument("variant", help="<method>/<ratio>/<recovery>")
     parser.add_argument("--classification", nargs="+", required=True)
     parser.add_argument("--generative", nargs="+", required=True)

@@ -12,11 +12,12 @@ import copy
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 from test_workflow import GRID as DEFAULT
-from workflow_helpers import BIN, REPO, flag, run, shell_commands, snakemake, workflow_copy
+from workflow_helpers import BIN, REPO, flag, run, shared_file, shell_commands, snakemake, workflow_copy
 
 # Commands of these rules run as cluster jobs: they get a benchmark (CPU-s, wall, max RSS).
 COMPUTE_RULES = {
@@ -103,25 +104,25 @@ def test_every_rule_that_runs_a_command_has_conda_log_and_benchmark():
             assert name == "all", name
             continue
         assert "conda:\n" in block and '"../../envs/layerprune.yaml"' in block, name
-        assert re.search(r'log:\n\s+"logs/' + name, block), name
+        # logs/<rule>/..., literally or through study_log (logs/<rule>/<study>/...)
+        assert re.search(rf'log:\n\s+("logs/{name}[/.]|study_log\("{name}", )', block), name
         assert ("benchmark:" in block) == (name in COMPUTE_RULES), name
         assert "> {log:q} 2>&1" in block or ">> {log:q} 2>&1" in block, f"{name}: the job's output goes to its log"
         if name in COMPUTE_RULES:  # the time table finds a job's usage line in the log beside its benchmark
-            log = re.search(r'log:\n\s+"(logs/[^"]+)\.log"', block).group(1)
-            benchmark = re.search(r'benchmark:\n\s+"(benchmarks/[^"]+)\.tsv"', block).group(1)
-            assert log.removeprefix("logs/") == benchmark.removeprefix("benchmarks/"), name
+            log = re.search(r'log:\n\s+("logs/[^"]+)\.log"|study_log\(([^)]+)\)', block)
+            benchmark = re.search(r'benchmark:\n\s+("benchmarks/[^"]+)\.tsv"|study_benchmark\(([^)]+)\)', block)
+            assert (log[1] or "").removeprefix('"logs/') == (benchmark[1] or "").removeprefix('"benchmarks/'), name
+            assert log[2] == benchmark[2], name
 
 
 def test_job_output_lands_in_its_log(tmp_path):
-    """A real job (the prompt set) writes nothing to the terminal and its own lines to logs/."""
+    """A real job (the calibration set) writes nothing to the terminal and its own lines to logs/."""
     workdir = workflow_copy(tmp_path / "wf")
-    snakemake(workdir, "--cores", "1", "results/data/calibration.jsonl")
-    logs = sorted((workdir / "logs").rglob("*.log"))
-    assert {p.relative_to(workdir).as_posix() for p in logs} >= {
-        "logs/fetch_bigbench.log",
-        "logs/extract_bigbench/gem/xsum.log",
-        "logs/prepare_calibration.log",
-    }
+    snakemake(workdir, "--cores", "1", "--until", "prepare_calibration")
+    logs = {p.relative_to(workdir).as_posix() for p in (workdir / "logs").rglob("*.log")}
+    assert {"logs/fetch_bigbench.log", "logs/extract_bigbench/gem/xsum.log"} <= logs
+    fp = Path(shared_file(workdir, "calibration:.jsonl")).stem
+    assert f"logs/prepare_calibration/{fp}.log" in logs
 
 
 # Shell syntax in every string a rule could put into a command: each would create a marker file
@@ -167,9 +168,8 @@ def test_shell_syntax_in_config_strings_runs_nothing(tmp_path):
     assert json.loads(materialize[materialize.index("--source") + 1])["gguf"] == payload
     # real runs of the jobs whose commands carry those strings: they fail (no such task or
     # dataset), but the shell never runs the injected commands
-    for target in ("results/data/tasks/arc.json", "results/data/prompts.jsonl", "results/data/heal.jsonl",
-                   "results/data/tasks/humaneval.json"):  # fmt: skip
-        snakemake(workdir, "--cores", "1", target, check=False)
+    for until in ("prepare_lm_eval_task", "prepare_prompts", "prepare_heal", "prepare_task"):
+        snakemake(workdir, "--cores", "1", "--keep-going", "--until", until, check=False)
     assert not marker.exists(), "a config value reached a shell unquoted"
 
 
@@ -197,29 +197,30 @@ def test_names_with_shell_syntax_are_rejected(tmp_path, mutate, message):
 
 
 def test_dvc_versions_the_report_folder_the_aggregate_rule_writes(tmp_path):
-    """The report's outputs are listed once, in rule aggregate: all lie under results/report/, which
-    dvc.yaml versions as one out, and its top-level metrics and plots are files aggregate writes."""
+    """The report's outputs are listed once, in rule aggregate: all lie under results/<study>/report/,
+    inside the `results` out of dvc.yaml, and its top-level metrics and plots are files aggregate writes."""
     workdir = workflow_copy(tmp_path / "wf")
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "-R", "aggregate", "--until", "aggregate").stdout
     block = output[output.index("rule aggregate:") :]
     written = {path.strip() for path in block.split("output:", 1)[1].splitlines()[0].split(", ")}
-    assert {"results/report/summary.csv", "results/report/report.md", "results/report/metrics.json"} <= written
-    assert all(path.startswith("results/report/") for path in written), sorted(written)
+    report = "results/default/report"
+    assert {f"{report}/summary.csv", f"{report}/report.md", f"{report}/metrics.json"} <= written
+    assert all(path.startswith(f"{report}/") for path in written), sorted(written)
     (command,) = shell_commands(output, "aggregate")
-    assert flag(command, "--out-dir") == "results/report"
+    assert flag(command, "--out-dir") == report
 
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stage = dvc["stages"]["pipeline"]
-    assert set(stage) & {"metrics", "plots"} == set(), "stage outs may not overlap results/report: top level only"
-    outs = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage["outs"]]
-    stage_folders = [
-        f"results/{name}" for name in ("data", "selfgen", "models", "scores", "pruned", "recovered", "eval")
-    ]
-    assert outs == [*stage_folders, "results/report"]
-    assert all(entry[next(iter(entry))] == {"persist": True} for entry in stage["outs"]), stage["outs"]
+    assert set(stage) & {"metrics", "plots"} == set(), "stage outs may not overlap results/: top level only"
+    outs = {next(iter(entry)): entry[next(iter(entry))] for entry in stage["outs"]}
+    assert outs == {
+        "results": {"persist": True},
+        "resources/bigbench": {"persist": True},
+        ".snakemake/metadata": {"persist": True, "cache": False},  # git versions the provenance records
+    }
     metrics = [next(iter(e)) if isinstance(e, dict) else e for e in dvc["metrics"]]
     plots = [next(iter(e)) if isinstance(e, dict) else e for e in dvc["plots"]]
-    assert metrics == ["results/report/metrics.json"]
-    assert plots == ["results/report/summary.csv"]
+    assert metrics == [f"{report}/metrics.json"]
+    assert plots == [f"{report}/summary.csv"]
     assert set(metrics + plots) <= written
     assert "envs" in stage["deps"], "a changed environment file must re-run the DVC stage"

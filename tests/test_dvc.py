@@ -1,9 +1,11 @@
 """Sharing a finished run through a real DVC remote, and DVC experiments over it.
 
 Alice's repository is a copy of the session's one real tiny run (conftest.tiny_run)
-with git and DVC around it: `dvc repro` (Snakemake finds nothing to do, DVC records
-the outputs), `dvc push` to a local directory remote. Bob clones it, `dvc pull`s,
-runs the documented sync step, and Snakemake has nothing left to do.
+with git and the repository's own DVC setup around it (.dvc/config, .dvcignore,
+.gitignore): the README's steps as typed, `dvc remote add`, `dvc repro` (Snakemake
+finds nothing to do, DVC records the outputs), `dvc push`. Bob clones it, `dvc pull`s,
+runs the documented sync step, and Snakemake has nothing left to do; a changed setting
+then plans in Bob's clone exactly what it plans in Alice's checkout.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import BIN, REPO, copy_run, planned_jobs, run
+from workflow_helpers import BIN, REPO, TINY_STUDY, VARIANT_JOBS, copy_run, planned_jobs, run, variant_study
 
 pytestmark = pytest.mark.slow
+
+RESULTS = f"results/{TINY_STUDY}"
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -30,9 +34,26 @@ def dvc(cwd: Path, *args: str) -> str:
 
 
 def sync_after_pull(cwd: Path) -> None:
-    """The README's step after `dvc pull`: DVC does not keep mtimes, so mark what was
-    pulled as up to date (in DAG order) and record Snakemake's metadata for it."""
+    """The README's step after `dvc pull`, once per study: DVC does not keep mtimes, so mark
+    what was pulled as up to date (in DAG order); the params each output was made with come
+    with the clone (.snakemake/metadata, versioned by git). The BIG-bench sdist is fetched
+    again first (a link into the user cache, not versioned)."""
+    run([str(BIN / "snakemake"), "--cores", "1", "resources/bigbench-1.0.0.tar.gz"], cwd=cwd)
     run([str(BIN / "snakemake"), "--touch", "--cores", "1"], cwd=cwd)
+    if (cwd / "variant.yaml").exists():
+        run([str(BIN / "snakemake"), "--touch", "--cores", "1", "--configfile", "variant.yaml"], cwd=cwd)
+
+
+def with_setting(repo: Path, key: str, value) -> str:
+    """Write changed.yaml: the repo's config.yaml with one dotted key changed (the same study)."""
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    (repo / "changed.yaml").write_text(yaml.safe_dump(config))
+    return "changed.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +63,9 @@ def alice(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("dvc")
     repo = copy_run(workdir, root / "alice")
     (repo / "changed.yaml").unlink(missing_ok=True)
-    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+    for name in (".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     shutil.copytree(
         REPO / "src" / "layerprune", repo / "src" / "layerprune", ignore=shutil.ignore_patterns("__pycache__")
     )  # a dependency in dvc.yaml
@@ -50,55 +73,106 @@ def alice(tiny_run, tmp_path_factory):
     # DVC commits experiments too: a repository-local identity, whatever the machine has
     git(repo, "config", "user.name", "layerprune test")
     git(repo, "config", "user.email", "test@layerprune")
-    dvc(repo, "init", "-q")
+    # the README's step, as typed: the repository ships its DVC setup (no `dvc init`)
     dvc(repo, "remote", "add", "-d", "shared", str(root / "remote"))
-    # the outputs persist: DVC runs `snakemake`, which has nothing to do, and records them
-    # (every out is a folder, whose files DVC leaves in place: their mtimes stay)
-    summary = repo / "results" / "report" / "summary.csv"
+    # a second study versioned beside the first, as the README says: its command and its config file
+    (repo / "variant.yaml").write_text(yaml.safe_dump(variant_study(config)))
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())
+    stages["stages"]["pipeline"]["cmd"].append("snakemake --cores all --configfile variant.yaml")
+    stages["stages"]["pipeline"]["params"].append({"variant.yaml": None})
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    assert planned_jobs(repo, "--configfile", "variant.yaml") == VARIANT_JOBS
+    # the outputs persist: DVC runs `snakemake` for the tiny study, which has nothing to do, then for
+    # the variant, and records them (DVC leaves the files in place, linked to its cache: mtimes stay)
+    summary = repo / RESULTS / "report" / "summary.csv"
     mtime = summary.stat().st_mtime_ns
     dvc(repo, "repro")
     assert summary.stat().st_mtime_ns == mtime
-    log = max((repo / ".snakemake" / "log").iterdir(), key=lambda p: p.stat().st_mtime).read_text()
-    assert "Nothing to be done" in log, log[-2000:]
-    assert planned_jobs(repo) == {}
+    assert planned_jobs(repo) == {} and planned_jobs(repo, "--configfile", "variant.yaml") == {}
+    assert (repo / "results" / "variant" / "report" / "summary.csv").is_file()
     dvc(repo, "push")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "tiny study")
     return repo, config, root
 
 
-def test_fresh_clone_pulls_everything_and_has_nothing_to_do(alice):
+def test_pulled_checkpoints_are_not_stored_twice(alice):
+    """cache.type (reflink, else hardlink): a pulled checkpoint is the cache's own file, not a copy."""
+    repo, _, root = alice
+    dave = root / "dave"
+    run(["git", "clone", "-q", str(repo), str(dave)], cwd=root)
+    dvc(dave, "pull", f"{RESULTS}/recovered")
+    weights = next((dave / RESULTS / "recovered").rglob("*.safetensors"))
+    cached = [p for p in (dave / ".dvc" / "cache").rglob("*") if p.is_file() and p.samefile(weights)]
+    # on this file system (no reflinks) a hardlink: one inode, one copy on disk
+    assert weights.stat().st_nlink > 1 and cached, "the checkpoint is a copy of the cache's file"
+
+
+def test_provenance_and_resources_are_versioned(alice):
+    repo, _, _ = alice
+    tracked = git(repo, "ls-files", ".snakemake").split()
+    assert tracked and all(path.startswith(".snakemake/metadata/") for path in tracked), tracked[:5]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["pipeline"]
+    assert {out["path"] for out in lock["outs"]} == {"results", "resources/bigbench", ".snakemake/metadata"}
+
+
+def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
     repo, _, root = alice
     bob = root / "bob"
     run(["git", "clone", "-q", str(repo), str(bob)], cwd=root)
-    assert not (bob / "results").exists()
+    assert not (bob / "results").exists() and not (bob / "resources").exists()
+    sdist = bob / "resources" / "bigbench-1.0.0.tar.gz"
     dvc(bob, "pull")
     for path in (
-        "results/report/summary.csv",
-        "results/report/report.md",
-        "results/report/plots/tiny__addition.png",
-        "results/selfgen/tiny.jsonl",
-        "results/eval/tiny/bi/0.5/sgr/addition.json",
+        f"{RESULTS}/report/summary.csv",
+        f"{RESULTS}/report/report.md",
+        f"{RESULTS}/report/plots/tiny__addition.png",
+        f"{RESULTS}/selfgen/tiny.jsonl",
+        f"{RESULTS}/eval/tiny/bi/0.5/sgr/addition.json",
+        "resources/bigbench/general_knowledge/task.json",
     ):
         assert (bob / path).read_bytes() == (repo / path).read_bytes(), path
-    # the top-level metrics and plots of dvc.yaml, inside the pulled results/report
-    shown = json.loads(dvc(bob, "metrics", "show", "--json"))[""]["data"]["results/report/metrics.json"]["data"]
-    assert shown.keys() == json.loads((repo / "results/report/metrics.json").read_text()).keys()  # (NaN != NaN)
+    # the top-level metrics and plots of dvc.yaml, inside the pulled results/
+    metrics = f"{RESULTS}/report/metrics.json"
+    shown = json.loads(dvc(bob, "metrics", "show", "--json"))[""]["data"][metrics]["data"]
+    assert shown.keys() == json.loads((repo / metrics).read_text()).keys()  # (NaN != NaN)
     plots = json.loads(dvc(bob, "plots", "show", "--json"))
-    assert list(plots["data"]) == ["results/report/summary.csv"] and not plots.get("errors"), plots.get("errors")
+    assert list(plots["data"]) == [f"{RESULTS}/report/summary.csv"] and not plots.get("errors"), plots.get("errors")
+    assert not sdist.exists()
     sync_after_pull(bob)
-    assert planned_jobs(bob) == {}
-    # ...and Snakemake's own bookkeeping works from there on: a changed setting re-runs its jobs
-    config = yaml.safe_load((bob / "config.yaml").read_text())
-    config["selfgen"]["temperature"] = 0.9
-    (bob / "changed.yaml").write_text(yaml.safe_dump(config))
-    assert planned_jobs(bob, "--configfile", "changed.yaml") == {
-        "selfgen": 1,
-        "recover": 2,
-        "evaluate_variant": 4,
-        "aggregate": 1,
-        "all": 1,
-    }
+    assert sdist.is_symlink()  # fetched again, into its place in the DAG: nothing re-extracted
+    assert planned_jobs(bob) == {} and planned_jobs(bob, "--configfile", "variant.yaml") == {}
+    # a changed setting plans in the clone exactly the jobs it plans in the origin (on 626b338, none
+    # or a few, as the pull's mtimes had it: the clone had no record of the params of its outputs)
+    for key, value, reached in [
+        ("selfgen.temperature", 0.9, {"selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1}),
+        ("recovery.learning_rate", 0.002, {"recover": 4, "evaluate_variant": 8, "aggregate": 1, "all": 1}),
+        ("tasks.addition.limit", 4, {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 6}),
+    ]:
+        origin = planned_jobs(repo, "--configfile", with_setting(repo, key, value))
+        (repo / "changed.yaml").unlink()
+        assert planned_jobs(bob, "--configfile", with_setting(bob, key, value)) == origin, key
+        assert reached.items() <= origin.items(), (key, origin)
+
+
+def test_dvc_lock_records_only_settings_the_outputs_were_made_with(alice):
+    """`dvc repro` in a clone after a changed setting: Snakemake re-runs the jobs it reaches, so
+    the lock's params and the pulled-then-remade outputs agree (on 626b338 the lock said limit 3
+    while every evaluation still held the old n)."""
+    repo, _, root = alice
+    carol = root / "carol-repro"
+    run(["git", "clone", "-q", str(repo), str(carol)], cwd=root)
+    dvc(carol, "pull")
+    sync_after_pull(carol)
+    config = yaml.safe_load((carol / "config.yaml").read_text())
+    config["tasks"]["knowledge"]["limit"] = 3
+    (carol / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    dvc(carol, "repro")
+    lock = yaml.safe_load((carol / "dvc.lock").read_text())["stages"]["pipeline"]
+    assert lock["params"]["config.yaml"]["tasks"]["knowledge"]["limit"] == 3
+    for result in (carol / RESULTS / "eval").rglob("knowledge.json"):
+        assert json.loads(result.read_text())["n"] == 3, result
+    assert planned_jobs(carol) == {}
 
 
 def test_colleague_gets_the_selfgen_dataset_and_a_checkpoint_without_running_anything(alice, tmp_path):
@@ -107,17 +181,18 @@ def test_colleague_gets_the_selfgen_dataset_and_a_checkpoint_without_running_any
     repo, _, root = alice
     carol = root / "carol"
     run(["git", "clone", "-q", str(repo), str(carol)], cwd=root)
-    dvc(carol, "pull", "results/selfgen", "results/recovered/tiny/bi/0.5/sgr")
-    assert (carol / "results/selfgen/tiny.jsonl").read_bytes() == (repo / "results/selfgen/tiny.jsonl").read_bytes()
-    checkpoint = carol / "results/recovered/tiny/bi/0.5/sgr"
-    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(
-        p.name for p in (repo / "results/recovered/tiny/bi/0.5/sgr").iterdir()
+    dvc(carol, "pull", f"{RESULTS}/selfgen", f"{RESULTS}/recovered/tiny/bi/0.5/sgr")
+    selfgen = f"{RESULTS}/selfgen/tiny.jsonl"
+    assert (carol / selfgen).read_bytes() == (repo / selfgen).read_bytes()
+    checkpoint = f"{RESULTS}/recovered/tiny/bi/0.5/sgr"
+    assert sorted(p.name for p in (carol / checkpoint).iterdir()) == sorted(
+        p.name for p in (repo / checkpoint).iterdir() if p.name != ".snakemake_timestamp"
     )
-    assert not (carol / "results/recovered/tiny/bi/0.5/data").exists()
-    assert not (carol / "results/eval").exists()
+    assert not (carol / f"{RESULTS}/recovered/tiny/bi/0.5/data").exists()
+    assert not (carol / f"{RESULTS}/eval").exists()
 
-    dvc(tmp_path, "get", str(repo), "results/selfgen/tiny.jsonl", "-o", "sgr.jsonl")
-    assert (tmp_path / "sgr.jsonl").read_bytes() == (repo / "results/selfgen/tiny.jsonl").read_bytes()
+    dvc(tmp_path, "get", str(repo), selfgen, "-o", "sgr.jsonl")
+    assert (tmp_path / "sgr.jsonl").read_bytes() == (repo / selfgen).read_bytes()
 
 
 def test_dvc_experiment_changes_a_setting_and_compares_metrics(alice, tmp_path):
@@ -135,7 +210,8 @@ def test_dvc_experiment_changes_a_setting_and_compares_metrics(alice, tmp_path):
     assert any(name.endswith("knowledge.value") for name in header), header
     diff = json.loads(dvc(exp, "metrics", "diff", "HEAD", "fewer-knowledge", "--json"))
     # (NaN, e.g. retention against a dense value of 0, never equals itself: not a change)
-    changed = {key: d for key, d in diff["results/report/metrics.json"].items() if d.get("diff") == d.get("diff")}
+    metrics = diff[f"{RESULTS}/report/metrics.json"]
+    changed = {key: d for key, d in metrics.items() if d.get("diff") == d.get("diff")}
     assert changed, diff
     assert any("knowledge" in key for key in changed), sorted(changed)
     assert not any("addition" in key for key in changed), sorted(changed)

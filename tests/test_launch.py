@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from conftest import RECOVER_SETTINGS
-from workflow_helpers import snakemake, workflow_copy
+from workflow_helpers import TINY_STUDY, snakemake, workflow_copy
 
 from layerprune.launch import command_prefix, num_gpus, rule_command_prefix, slurm_resources
 
@@ -128,7 +128,7 @@ def test_recover_rule_runs_through_the_launcher_its_resources_ask_for(tmp_path):
     config = tiny_config(checkpoint_config(tmp_path / "tiny-model", "llama", num_layers=4))
     config["resources"]["recover"] = {"gpus": 2, "threads": 4}
     workdir = workflow_copy(tmp_path / "wf", config)
-    target = "results/recovered/tiny/bi/0.5/sgr"
+    target = f"results/{TINY_STUDY}/recovered/tiny/bi/0.5/sgr"
     commands = recover_commands(workdir, target)
     assert len(commands) == 1
     assert commands[0].startswith(

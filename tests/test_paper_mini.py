@@ -257,7 +257,7 @@ def test_paper_mini_runs_the_whole_dag(tmp_path, mini_model):
     finished = Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", result.stdout + result.stderr))
     assert finished == planned  # every planned job ran, once
     assert planned_jobs(workdir, "--configfile", configfile.name) == {}
-    assert_paper_mini_outcomes(workdir / "results", config)
+    assert_paper_mini_outcomes(workdir / "results" / config["study"], config)
 
 
 def assert_paper_mini_outcomes(results: Path, config: dict) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from transformers import AutoModelForCausalLM
-from workflow_helpers import CHAT_TEMPLATE, planned_jobs, tiny_config  # noqa: F401  (others import them from here)
+from workflow_helpers import CHAT_TEMPLATE, TINY_STUDY, planned_jobs, tiny_config  # noqa: F401  (others import them from here)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def finished_run(tiny_run):
 @pytest.mark.slow
 def test_pipeline_produces_summary_report_and_plots(finished_run):
     workdir, config = finished_run
-    results = workdir / "results"
+    results = workdir / "results" / TINY_STUDY
     summary = pd.read_csv(results / "report" / "summary.csv")
     assert list(summary.columns) == [
         "model",

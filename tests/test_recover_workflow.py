@@ -13,7 +13,18 @@ from test_pipeline import CHAT_TEMPLATE, tiny_config
 from test_workflow import GRID as DEFAULT
 from test_workflow import GRID_JOBS
 from transformers import AutoTokenizer
-from workflow_helpers import REPO, flag, planned_jobs, settings_of, shell_commands, snakemake, workflow_copy
+from workflow_helpers import (
+    REPO,
+    TINY_STUDY,
+    flag,
+    is_shared,
+    planned_jobs,
+    settings_of,
+    shared_file,
+    shell_commands,
+    snakemake,
+    workflow_copy,
+)
 
 from layerprune.heal import prepare_heal_text
 from layerprune.io import read_jsonl
@@ -37,7 +48,7 @@ def test_every_variant_and_trainer_is_planned(tmp_path, trainer):
     settings = [settings_of(argv) for argv in recover]
     assert all(s["trainer"] == trainer for s in settings)
     heal = [argv for argv in recover if flag(argv, "--recovery") == "heal"]
-    assert len(heal) == 6 and all(flag(argv, "--dataset") == "results/data/heal.jsonl" for argv in heal)
+    assert len(heal) == 6 and all(is_shared(flag(argv, "--dataset"), "heal:.jsonl") for argv in heal)
     assert all((s["adam_beta1"], s["adam_beta2"]) == (0.9, 0.99) for s in settings)
     assert all((s["padding_free"], s["gradient_checkpointing"]) == (False, False) for s in settings)
     assert all(s["report_to"] == "none" for s in settings)
@@ -99,23 +110,18 @@ def test_heal_text_from_a_saved_hub_dataset(tmp_path):
 
 def test_heal_text_offline_from_bigbench_is_disjoint_from_eval_and_calibration(tmp_path):
     """The default heal source (gem/wikilingua_en) shares no text with the grid's tasks or calibration."""
-    workdir = workflow_copy(tmp_path / "wf", DEFAULT)
-    snakemake(
-        workdir,
-        "--cores",
-        "1",
-        "results/data/heal.jsonl",
-        "results/data/calibration.jsonl",
-        *[f"results/data/tasks/{task}.json" for task in DEFAULT["tasks"]],
-    )
-    heal = read_jsonl(workdir / "results/data/heal.jsonl")
+    config = copy.deepcopy(DEFAULT)
+    config["recovery"]["methods"] = [*config["recovery"]["methods"], "heal"]
+    workdir = workflow_copy(tmp_path / "wf", config)
+    snakemake(workdir, "--cores", "1", "--until", "prepare_heal", "prepare_calibration", "prepare_task")
+    heal = read_jsonl(workdir / shared_file(workdir, "heal:.jsonl"))
     assert len(heal) == DEFAULT["recovery"]["heal"]["num_texts"]
     assert all(r["source"].startswith("bigbench:gem/wikilingua_en#") for r in heal)
     heal_texts = {r["text"] for r in heal}
-    calibration = {r["text"] for r in read_jsonl(workdir / "results/data/calibration.jsonl")}
+    calibration = {r["text"] for r in read_jsonl(workdir / shared_file(workdir, "calibration:.jsonl"))}
     evaluated = set()
     for task in DEFAULT["tasks"]:
-        payload = json.loads((workdir / f"results/data/tasks/{task}.json").read_text())
+        payload = json.loads((workdir / shared_file(workdir, "tasks", f"{task}.json")).read_text())
         evaluated |= {s["input"] for s in payload["samples"] + payload["fewshot"]}
     for text in heal_texts:
         assert not any(text in other or other in text for other in calibration | evaluated if len(other) > 20)
@@ -141,7 +147,7 @@ def test_real_tiny_recovery_through_the_dag(tmp_path, trainer):
     workdir = workflow_copy(tmp_path / "wf", config)
     snakemake(workdir, "--cores", "2")
     for variant in ("data", "heal"):
-        out = workdir / f"results/recovered/tiny/bi/0.25/{variant}"
+        out = workdir / f"results/{TINY_STUDY}/recovered/tiny/bi/0.25/{variant}"
         record = json.loads((out / "recovery.json").read_text())
         assert record["trainer"] == trainer and record["global_steps"] == 2
         assert {"loss_curve.csv", "loss_curve.png", "training_args.json", "config.json"} <= {
@@ -151,10 +157,6 @@ def test_real_tiny_recovery_through_the_dag(tmp_path, trainer):
         if trainer == "qlora":  # merged into the fp base, checked against the 4-bit model: 3 layers x 7 projections
             assert record["merge_check"]["layers_checked"] == 21
             assert "quantization_config" not in json.loads((out / "config.json").read_text())
-        assert (workdir / f"results/eval/tiny/bi/0.25/{variant}/addition.json").is_file()
-    assert (
-        json.loads((workdir / "results/recovered/tiny/bi/0.25/heal/recovery.json").read_text())["settings"][
-            "completion_only_loss"
-        ]
-        is False
-    )
+        assert (workdir / f"results/{TINY_STUDY}/eval/tiny/bi/0.25/{variant}/addition.json").is_file()
+    heal = workdir / f"results/{TINY_STUDY}/recovered/tiny/bi/0.25/heal/recovery.json"
+    assert json.loads(heal.read_text())["settings"]["completion_only_loss"] is False

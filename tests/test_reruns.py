@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import BIN, REPO, copy_run, env, planned_jobs, snakemake
+from workflow_helpers import BIN, REPO, TINY_STUDY, copy_run, env, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_adding_a_recovery_reruns_only_its_jobs(run_copy):
     workdir, config = run_copy
     without = copy.deepcopy(config)
     without["recovery"]["methods"] = ["none", "data"]
-    results = workdir / "results"
+    results = workdir / "results" / TINY_STUDY
     shutil.rmtree(results / "selfgen")
     for ratio in ("0.25", "0.5"):
         shutil.rmtree(results / f"recovered/tiny/bi/{ratio}/sgr")
@@ -218,7 +218,7 @@ def test_killed_run_restarts_without_redoing_finished_jobs(run_copy):
     changed["selfgen"]["temperature"] = 0.9
     (workdir / "config.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     assert planned_jobs(workdir) == {"selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1}
-    results = workdir / "results"
+    results = workdir / "results" / TINY_STUDY
     before = output_mtimes(results)
 
     def remade() -> dict[str, float]:
@@ -233,7 +233,8 @@ def test_killed_run_restarts_without_redoing_finished_jobs(run_copy):
         finished (still running at the kill, or done but not yet recorded): those it
         runs again, as it cannot know they are complete."""
         unfinished = [base64.b64decode(p.name).decode() for p in (workdir / ".snakemake/incomplete").iterdir()]
-        return {p: m for p, m in remade().items() if not any(f"results/{p}".startswith(u) for u in unfinished)}
+        outputs = remade().items()
+        return {p: m for p, m in outputs if not any(f"results/{TINY_STUDY}/{p}".startswith(u) for u in unfinished)}
 
     # SIGKILL to the whole group once a recovery has finished: no cleanup at all
     process = start_snakemake(workdir)

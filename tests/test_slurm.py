@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO, env, planned_jobs, snakemake, workflow_copy
+from workflow_helpers import REPO, TINY_STUDY, env, planned_jobs, snakemake, workflow_copy
 
 SCRIPT = REPO / "scripts" / "slurm_test_cluster.sh"
 ACCOUNT = "layerprune"
@@ -96,13 +96,14 @@ def slurm_config(config: dict) -> dict:
 # datasets, scores, self-generated responses, weights, evaluations. (pruning.json,
 # mergekit.yaml and training_args.json record absolute paths, so they differ by place.)
 COMPARED = (
-    "data/**/*.json*",
-    "scores/**/*.json",
-    "selfgen/*.jsonl",
-    "eval/**/*.json",
-    "models/**/*.safetensors",
-    "pruned/**/*.safetensors",
-    "recovered/**/*.safetensors",
+    "shared/**/*.json*",
+    "*/data/**/*.json*",
+    "*/scores/**/*.json",
+    "*/selfgen/*.jsonl",
+    "*/eval/**/*.json",
+    "shared/models/**/*.safetensors",
+    "*/pruned/**/*.safetensors",
+    "*/recovered/**/*.safetensors",
 )
 
 
@@ -146,7 +147,7 @@ def test_pipeline_through_slurm_matches_the_local_run(slurm_cluster, tiny_run, t
             assert path.read_bytes() == (local / relative).read_bytes(), f"{relative} differs from the local run"
             compared += 1
     assert compared >= 14
-    pruning = "results/pruned/tiny/bi/0.5/pruning.json"
+    pruning = f"results/{TINY_STUDY}/pruned/tiny/bi/0.5/pruning.json"
     assert (
         json.loads((workdir / pruning).read_text())["removed_layers"]
         == json.loads((local / pruning).read_text())["removed_layers"]

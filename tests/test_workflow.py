@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import BIN, REPO, flag, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
+from workflow_helpers import (
+    BIN,
+    REPO,
+    flag,
+    is_shared,
+    planned_jobs,
+    run,
+    settings_of,
+    shared_file,
+    shared_pattern,
+    shell_commands,
+    snakemake,
+    workflow_copy,
+)
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 # The DAG's arithmetic is tested on a fixed grid (the default before issue 12), not on the embedded
@@ -70,16 +85,14 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     block = output[output.index("rule score_iterative:") :]
     block = block[: block.index("\n\n")]
     inputs = block.split("input:", 1)[1].splitlines()[0]
-    assert [name.strip() for name in inputs.split(",")] == [
-        "results/models/smollm2-135m/dense",
-        "results/data/tasks/general_knowledge.json",
-        "results/data/tasks/plural.json",
-    ]
-    assert "output: results/scores/smollm2-135m/iterative.json" in block
+    model, *tasks = [name.strip() for name in inputs.split(",")]
+    assert is_shared(model, "models", "smollm2-135m")
+    assert is_shared(tasks[0], "tasks", "general_knowledge.json") and is_shared(tasks[1], "tasks", "plural.json")
+    assert "output: results/default/scores/smollm2-135m/iterative.json" in block
     commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
     iterative = commands["iterative"]
     probes = iterative[iterative.index("--probe-tasks") + 1 : iterative.index("--settings")]
-    assert probes == ["results/data/tasks/general_knowledge.json", "results/data/tasks/plural.json"]
+    assert probes == tasks
     greedy = {"temperature": 0.0, "top_k": None, "top_p": None}
     assert settings_of(iterative) == {
         "batch_size": 8, "dtype": "auto", "max_ratio": 0.3, "num_samples": 8, "probe_max_new_tokens": [16, 8],
@@ -88,7 +101,7 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
         "probe_prompting": ["auto", "auto"], "probe_sampling": [greedy, greedy],
     }  # fmt: skip
     # angular_last is scored by the plain score rule, from the calibration set
-    assert flag(commands["angular_last"], "--calibration") == "results/data/calibration.jsonl"
+    assert is_shared(flag(commands["angular_last"], "--calibration"), "calibration:.jsonl")
 
     # without probe_tasks, every task probes
     del config["scoring"]["iterative"]["probe_tasks"]
@@ -96,7 +109,7 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
     block = output[output.index("rule score_iterative:") :][:1500]
     for task in config["tasks"]:
-        assert f"results/data/tasks/{task}.json" in block.split("output:")[0]
+        assert re.search(shared_pattern("tasks", f"{task}.json"), block.split("output:")[0]), task
 
 
 def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
@@ -109,9 +122,9 @@ def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
     (workdir / "data" / "gsm8k.jsonl").write_text("")
     output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout
     prepare = shell_commands(output, "prepare-task")
-    prepared = {flag(argv, "--out"): json.loads(flag(argv, "--spec")) for argv in prepare}
-    assert prepared["results/data/tasks/gsm8k.json"]["dataset"] == "gsm8k"
-    assert prepared["results/data/tasks/arithmetic_probe.json"]["grader"] == "first_digit"
+    prepared = {Path(flag(argv, "--out")).name: json.loads(flag(argv, "--spec")) for argv in prepare}
+    assert prepared["gsm8k.json"]["dataset"] == "gsm8k"
+    assert prepared["arithmetic_probe.json"]["grader"] == "first_digit"
     evaluated = {flag(argv, "--task-name"): settings_of(argv) for argv in shell_commands(output, "evaluate")}
     humaneval = evaluated["humaneval"]
     assert {k: humaneval[k] for k in ("prompting", "temperature", "top_k", "top_p", "num_samples", "pass_k")} == {
@@ -134,7 +147,7 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "score").stdout
     commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
     assert sorted(commands) == ["ppl", "reverse", "sleb"]
-    assert flag(commands["sleb"], "--calibration") == "results/data/calibration.jsonl"
+    assert is_shared(flag(commands["sleb"], "--calibration"), "calibration:.jsonl")
     assert settings_of(commands["sleb"]) == {
         "batch_size": 8, "chunk_size": 16, "dtype": "auto", "max_length": 256, "max_ratio": 0.3, "seed": 0,
         "sleb_exclude_ends": False,
@@ -207,12 +220,15 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
     (workdir / "src" / "layerprune" / "__init__.py").write_text("")
     dvc = str(BIN / "dvc")
     run(["git", "init", "-q"], workdir)
-    run([dvc, "init", "-q"], workdir)
+    # the repository's own DVC setup: a clone needs no `dvc init`
+    shutil.copytree(REPO / ".dvc", workdir / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    shutil.copy(REPO / ".dvcignore", workdir / ".dvcignore")
+    assert "hardlink" in run([dvc, "config", "cache.type"], workdir).stdout
     status = run([dvc, "status"], workdir).stdout
     # never run: DVC sees the config as new params and every versioned artifact as missing
     assert "pipeline:" in status and "config.yaml" in status
-    for artifact in ("results/selfgen", "results/pruned", "results/recovered", "results/report"):
-        assert artifact in status
+    for artifact in ("results", "resources/bigbench", ".snakemake/metadata"):
+        assert f"deleted:            {artifact}\n" in status, status
     dry = run([dvc, "repro", "--dry"], workdir)
     assert "Running stage 'pipeline'" in dry.stdout
     assert "snakemake --cores all" in dry.stdout
@@ -269,12 +285,13 @@ def test_lm_eval_task_settings_reach_the_cli(tmp_path):
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
     assert jobs == {**GRID_JOBS, "prepare_lm_eval_task": 1, "evaluate_dense": 7, "evaluate_variant": 126}
-    dry = snakemake(workdir, "-n", "-p", "--cores", "1", "results/data/tasks/arc.json")
+    dry = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "prepare_lm_eval_task")
     (argv,) = shell_commands(dry.stdout + dry.stderr, "prepare-lm-eval-task")
-    assert argv[2:] == [
+    assert argv[2:-1] == [
         "--lm-eval-task", "arc_easy", "--num-fewshot", "5", "--limit", "0.2", "--metric", "acc", "--include-path=",
-        "--seed", "0", "--out", "results/data/tasks/arc.json",
+        "--seed", "0", "--out",
     ]  # fmt: skip
+    assert is_shared(argv[-1], "tasks", "arc.json")
 
 
 @pytest.mark.parametrize("system_prompt", [None, 'You are a helpful assistant. It\'s "quoted" $HOME `x`'])
@@ -283,8 +300,8 @@ def test_system_prompt_reaches_the_prompt_set_verbatim(tmp_path, system_prompt):
     config = copy.deepcopy(GRID)
     config["prompts"]["system_prompt"] = system_prompt
     workdir = workflow_copy(tmp_path / "wf", config)
-    snakemake(workdir, "--cores", "1", "results/data/prompts.jsonl")
-    first = json.loads((workdir / "results/data/prompts.jsonl").read_text().splitlines()[0])
+    snakemake(workdir, "--cores", "1", "--until", "prepare_prompts")
+    first = json.loads((workdir / shared_file(workdir, "prompts:.jsonl")).read_text().splitlines()[0])
     if system_prompt is None:
         assert [m["role"] for m in first["prompt"]] == ["user"]
     else:
@@ -305,14 +322,14 @@ def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
     }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
     (magpie,) = shell_commands(output, "magpie-prompts")
-    assert flag(magpie, "--out") == "results/data/prompts/smollm2-135m.jsonl"
+    assert flag(magpie, "--out") == "results/default/data/prompts/smollm2-135m.jsonl"
     assert settings_of(magpie) == {
         "num_prompts": 12, "max_new_tokens": 40, "dedup_threshold": 0.6, "temperature": 1.0, "top_p": 1.0,
         "batch_size": 16, "ngram": 3, "max_candidates": None, "max_prompt_tokens": 256, "system_prompt": None,
         "backend": "auto", "seed": 0, "dtype": "auto",
     }  # fmt: skip
     (selfgen,) = shell_commands(output, "selfgen")
-    assert flag(selfgen, "--prompts") == "results/data/prompts/smollm2-135m.jsonl"
+    assert flag(selfgen, "--prompts") == "results/default/data/prompts/smollm2-135m.jsonl"
     assert (settings_of(selfgen)["drop_empty"], settings_of(selfgen)["drop_truncated"]) == (False, False)
 
 
@@ -328,8 +345,8 @@ def test_hub_prompt_source_from_a_saved_dataset_through_the_rule(tmp_path):
         source="hub", path="alpaca", num_prompts=2, prompt_fields=["instruction", "input"], separator="\n--\n"
     )
     workflow_copy(workdir, config)
-    snakemake(workdir, "--cores", "1", "results/data/prompts.jsonl")
-    records = [json.loads(line) for line in (workdir / "results/data/prompts.jsonl").read_text().splitlines()]
+    snakemake(workdir, "--cores", "1", "--until", "prepare_prompts")
+    records = [json.loads(line) for line in (workdir / shared_file(workdir, "prompts:.jsonl")).read_text().splitlines()]
     answers = {r["prompt"][-1]["content"]: r["completion"][0]["content"] for r in records}
     assert answers == {"Say hi.": "hi", "Add the numbers.\n--\n2 and 3": "5"}
 
@@ -357,13 +374,13 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
             result = _result("mc", method, ratio, recovery, 0.8 if method == "dense" else 0.5, recovery == "none")
             result.update(model=model, task=task, type=settings["type"])
             where = "dense" if method == "dense" else f"{method}/{ratio:g}/{recovery}"
-            write_json(workdir / f"results/eval/{model}/{where}/{task}.json", result)
+            write_json(workdir / f"results/default/eval/{model}/{where}/{task}.json", result)
     removal = {str(k): list(range(30 - k, 30)) for k in range(1, 30)}
     scores = {"method": "reverse", "num_layers": 30, "scores": list(range(30)), "removal": removal}
-    write_json(workdir / f"results/scores/{model}/reverse.json", scores)
+    write_json(workdir / f"results/default/scores/{model}/reverse.json", scores)
 
     snakemake(workdir, "--cores", "1", "--allowed-rules", "aggregate", "all")
-    assert (workdir / "results" / "report" / "report.md").read_text().startswith("# layerprune report")
+    assert (workdir / "results" / "default" / "report" / "report.md").read_text().startswith("# layerprune report")
     snakemake(workdir, "--report", "report.html", "--allowed-rules", "aggregate", "all")
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ["report.md", "retention_by_type.png", "error_buckets.png", "degeneration.png", "retention.csv"]:

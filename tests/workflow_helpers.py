@@ -5,6 +5,7 @@ Plain helpers, no fixtures and no tests: conftest.py and the test modules import
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -19,6 +20,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# The tiny study stands where the embedded default would: results/default/ (dvc.yaml names its metrics).
+TINY_STUDY = "default"
+# A shared file's folder is a fingerprint of its settings (workflow/rules/common.smk).
+FINGERPRINT = "[0-9a-f]{12}"
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
 )
@@ -27,6 +33,7 @@ CHAT_TEMPLATE = (
 def tiny_config(model_dir) -> dict:
     """The tiny study of the one real pipeline run (conftest.tiny_run): a 4-layer random Llama at `model_dir`."""
     return {
+        "study": TINY_STUDY,
         "seed": 0,
         "dtype": "float32",
         "models": {"tiny": {"source": {"path": str(model_dir)}}},
@@ -79,6 +86,29 @@ def tiny_config(model_dir) -> dict:
         "evaluation": {"batch_size": 4},
         "resources": {"default": {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpus": 0}},
     }
+
+
+def variant_study(config: dict) -> dict:
+    """A second, smaller study beside the tiny one (study `variant`): one ratio, no recovery, and the
+    addition task's limit changed, so it shares the model and the other data with the tiny study."""
+    variant = copy.deepcopy(config)
+    variant["study"] = "variant"
+    variant["pruning"]["ratios"] = [0.5]
+    variant["recovery"]["methods"] = ["none"]
+    variant["tasks"]["addition"]["limit"] = 4
+    return variant
+
+
+# What the variant study plans where the tiny study has run: its own jobs and the one task it prepares anew.
+VARIANT_JOBS = {
+    "prepare_task": 1,
+    "score": 1,
+    "prune": 1,
+    "evaluate_dense": 2,
+    "evaluate_variant": 2,
+    "aggregate": 1,
+    "all": 1,
+}
 
 
 def workflow_copy(dest: Path, config: dict | None = None) -> Path:
@@ -139,6 +169,30 @@ def copy_run(src: Path, dest: Path) -> Path:
     so the copy is exactly as up to date as the original."""
     shutil.copytree(src, dest, symlinks=True, copy_function=shutil.copy2)
     return dest
+
+
+def shared_pattern(kind: str, name: str = "") -> str:
+    """A regex of a shared file's path: results/shared/<kind>/<fingerprint>[/<name>] (`name` taken literally;
+    without it, `kind`'s file is <fingerprint><suffix> with suffix in `kind` after a colon: "prompts:.jsonl")."""
+    if ":" in kind:
+        kind, suffix = kind.split(":")
+        return rf"results/shared/{re.escape(kind)}/{FINGERPRINT}{re.escape(suffix)}"
+    return rf"results/shared/{re.escape(kind)}/{FINGERPRINT}/{re.escape(name)}"
+
+
+def is_shared(path: str, kind: str, name: str = "") -> bool:
+    return re.fullmatch(shared_pattern(kind, name), path) is not None
+
+
+def shared_file(workdir: Path, kind: str, name: str = "") -> str:
+    """The one shared file of that kind (and name) in a workdir, as a path relative to it."""
+    found = [
+        p.relative_to(workdir).as_posix()
+        for p in (workdir / "results" / "shared").rglob("*")
+        if is_shared(p.relative_to(workdir).as_posix(), kind, name)
+    ]
+    assert len(found) == 1, (kind, name, found)
+    return found[0]
 
 
 def shell_commands(output: str, stage: str) -> list[list[str]]:

@@ -34,7 +34,7 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -358,9 +358,15 @@ def _checkpoint_problems(model: str, key: str, config_file: Path, ratios: list[s
     return [] if num_layers is None else _depth_problems(model, key, num_layers, ratios)
 
 
-def check_models(config: dict[str, Any], ratios: list[str], cache: Path | None = ARCHITECTURE_CACHE) -> list[str]:
+def check_models(
+    config: dict[str, Any],
+    ratios: list[str],
+    cache: Path | None = ARCHITECTURE_CACHE,
+    dense_checkpoint: Callable[[str], str] | None = None,
+) -> list[str]:
     """ConfigError for a model on disk that the study cannot prune; returns notes on the models that can only be
-    checked later (a hub model whose config is not on this machine yet)."""
+    checked later (a hub model whose config is not on this machine yet). `dense_checkpoint`: a model's
+    materialized checkpoint folder (the workflow's path for it), where a hub model may already be."""
     problems, notes = [], []
     for model, spec in config["models"].items():
         source = spec["source"]
@@ -375,8 +381,8 @@ def check_models(config: dict[str, Any], ratios: list[str], cache: Path | None =
                 problems += _checkpoint_problems(model, key, directory / "config.json", ratios, cache)
         elif "hub" in source:
             key = f"models.{model}.source.hub"
-            dense = Path("results") / "models" / model / "dense" / "config.json"
-            config_file = dense if dense.is_file() else _hub_config_file(source)
+            dense = Path(dense_checkpoint(model)) / "config.json" if dense_checkpoint else None
+            config_file = dense if dense is not None and dense.is_file() else _hub_config_file(source)
             if config_file is None:
                 notes.append(
                     f"{key}: '{source['hub']}' is not in the offline Hugging Face cache; its architecture and depth "

@@ -253,7 +253,13 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(ReportSettings, args, "aggregate")
     # Snakemake writes one benchmark TSV per job under benchmarks/<rule>/: the "where the time went" table.
-    benchmarks = sorted(Path(args.benchmarks).rglob("*.tsv")) if args.benchmarks else None
+    # A folder stands for the TSVs under it; a path that is not there (a job that ran elsewhere) adds none.
+    benchmarks = None
+    if args.benchmarks is not None:
+        benchmarks = sorted(
+            {tsv for path in map(Path, args.benchmarks) for tsv in (path.rglob("*.tsv") if path.is_dir() else [path])}
+        )
+        benchmarks = [path for path in benchmarks if path.is_file()]
     aggregate(args.results, args.out_dir, score_paths=args.scores, benchmark_paths=benchmarks, **settings.to_dict())
 
 
@@ -394,10 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--results", nargs="+", required=True)
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
     sub.add_argument(
-        "--out-dir", required=True, help="the folder for everything the report writes (the workflow's: results/report)"
+        "--out-dir",
+        required=True,
+        help="the folder for everything the report writes (the workflow's: results/<study>/report)",
     )
     sub.add_argument(
-        "--benchmarks", default=None, help="folder of Snakemake benchmark TSVs (benchmarks/<rule>/...): a time table"
+        "--benchmarks",
+        nargs="*",
+        default=None,
+        help="Snakemake benchmark TSVs or folders of them (benchmarks/<rule>/...): a time table; missing ones skipped",
     )
     return parser
 

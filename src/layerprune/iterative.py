@@ -76,7 +76,7 @@ def load_probe_tasks(
 ) -> list[dict[str, Any]]:
     """Read prepared task files as probe tasks: the first `num_samples` samples of each.
 
-    A task is named after its file (`results/data/tasks/{task}.json`). Each of
+    A task is named after its file (`results/shared/tasks/<fingerprint>/{task}.json`). Each of
     `max_new_tokens`, `prompting` (auto/chat/fewshot) and `sampling` is one value per
     task or one for all; pass the task's evaluation settings (`tasks.<name>`), so that
     a generative probe is generated exactly as the task is evaluated. The defaults are

@@ -17,7 +17,7 @@ class ScoringMethod:
     """What a scoring method needs from the workflow, beside the dense model."""
 
     description: str
-    calibrated: bool = False  # reads the calibration texts (results/data/calibration.jsonl)
+    calibrated: bool = False  # reads the calibration texts (results/shared/calibration/<fingerprint>.jsonl)
     chunked: bool = False  # caches per-layer inputs of `scoring.chunk_size` texts at once
     probes: bool = False  # evaluates candidate removals on prepared probe tasks
     stops_at_max_ratio: bool = False  # greedy rounds stop at the largest ratio's k

@@ -235,7 +235,7 @@ class PromptFilterSettings(StageSettings):
         None,
         help=(
             "drop prompts whose chat-template rendering is longer than this many of the dense model's tokens "
-            "(per model, counts in results/data/prompts/{model}.stats.json); null keeps all"
+            "(per model, counts in results/<study>/data/prompts/{model}.stats.json); null keeps all"
         ),
         schema={"minimum": 1},
     )

@@ -1,7 +1,10 @@
+import hashlib
 import itertools
 import json
 import os
+import re
 import sys
+from pathlib import Path
 
 from layerprune.checks import (
     RATIO_WILDCARD,
@@ -36,13 +39,77 @@ validate(config, "../schemas/config.schema.yaml", set_default=True)
 check_config(config)  # what the schema cannot express (layerprune.checks)
 
 SEED = config["seed"]
+
+
+# ---------------------------------------------------------------- where files go (the only place)
+# Each study writes under results/<study>/ (its logs and benchmarks under logs/<rule>/<study>/,
+# benchmarks/<rule>/<study>/), so studies live side by side in one checkout. What studies can
+# share (dense checkpoints, prepared tasks, prompt sets, calibration and heal text) lies under
+# results/shared/<kind>/<fingerprint>/: the fingerprint is a hash of every setting the file is
+# made from, so equal settings are computed once and different ones never collide.
+SHARED = "shared"
+STUDY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+def study_name():
+    """config `study`, else the name of the study's config file (`--configfile configs/paper.yaml`:
+    paper), else `default` (the embedded config.yaml)."""
+    if config.get("study"):
+        return config["study"]
+    if not workflow.overwrite_configfiles:
+        return "default"
+    name = Path(workflow.overwrite_configfiles[-1]).stem
+    if name == SHARED or not re.fullmatch(STUDY_PATTERN, name):
+        raise ValueError(
+            f"{workflow.overwrite_configfiles[-1]}: `study` is not set and the file's name {name!r} cannot name "
+            f"the study's folder results/<study>; set `study:` (letters, digits, _ . -; not {SHARED!r})"
+        )
+    return name
+
+
+STUDY = study_name()
+
+
+def study_path(path):
+    """A file of this study: results/<study>/<path>."""
+    return f"results/{STUDY}/{path}"
+
+
+def study_log(rule_name, path):
+    return f"logs/{rule_name}/{STUDY}/{path}.log"
+
+
+def study_benchmark(rule_name, path):
+    return f"benchmarks/{rule_name}/{STUDY}/{path}.tsv"
+
+
+def shared_path(path):
+    """A file any study may use: results/shared/<path> (its path holds the fingerprint of its settings)."""
+    return f"results/{SHARED}/{path}"
+
+
+def fingerprint(*settings):
+    """12 hex digits of a hash of the settings a shared file is made from."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def model_source_json(model):
+    return json.dumps(config["models"][model]["source"], sort_keys=True)
+
+
+def dense_checkpoint(model):
+    """The materialized model: one checkpoint per source, whichever study names it."""
+    return shared_path(f"models/{fingerprint(model_source_json(model))}/{model}")
+
+
 MODELS = list(config["models"])
 METHODS = config["scoring"]["methods"]
 RATIOS = ratio_wildcards(config["pruning"]["ratios"])  # each matches RATIO_WILDCARD, one per ratio
 # The models on disk: a checkpoint, an architecture the surgery supports, a depth every ratio
 # can prune. Not again in each cluster job (it re-reads this file): the plan was checked.
 if not workflow.remote_exec:
-    for note in check_models(config, RATIOS):
+    for note in check_models(config, RATIOS, dense_checkpoint=dense_checkpoint):
         print(note, file=sys.stderr)
 MAX_RATIO = float(f"{max(config['pruning']['ratios']):g}")  # where greedy scoring stops
 RECOVERIES_RUN = config["recovery"]["methods"]
@@ -87,6 +154,7 @@ wildcard_constraints:
     ratio=RATIO_WILDCARD,
     recovery="|".join(RECOVERIES),
     task="[A-Za-z0-9][A-Za-z0-9_-]*",
+    fp="[0-9a-f]{12}",
 
 
 # Each rule's `settings` param: the JSON of exactly the settings its job uses
@@ -160,7 +228,20 @@ def prompt_source_inputs():
 
 def model_prompt_set(model):
     """The prompt set of one model, after its token-length filter (or Magpie's questions)."""
-    return f"results/data/prompts/{model}.jsonl"
+    return study_path(f"data/prompts/{model}.jsonl")
+
+
+def prompt_set_file():
+    """The drawn prompt set (before each model's token filter), shared by studies that draw it alike."""
+    return shared_path(f"prompts/{fingerprint(PROMPT_SET_SETTINGS)}.jsonl")
+
+
+def calibration_file():
+    return shared_path(f"calibration/{fingerprint(CALIBRATION_SETTINGS)}.jsonl")
+
+
+def heal_file():
+    return shared_path(f"heal/{fingerprint(HEAL_SETTINGS)}.jsonl")
 
 
 def task_inputs(wildcards):
@@ -185,24 +266,62 @@ def heal_inputs():
     return [source["path"]] if "path" in source else []
 
 
-def dense_checkpoint(model):
-    return f"results/models/{model}/dense"
+def selfgen_file(model):
+    return study_path(f"selfgen/{model}.jsonl")
+
+
+def score_file(model, method):
+    return study_path(f"scores/{model}/{method}.json")
+
+
+def pruned_checkpoint(model, method, ratio):
+    return study_path(f"pruned/{model}/{method}/{ratio}")
+
+
+def recovered_checkpoint(model, method, ratio, recovery):
+    return study_path(f"recovered/{model}/{method}/{ratio}/{recovery}")
+
+
+def eval_file(model, variant, task):
+    """variant: `dense` or method/ratio/recovery."""
+    return study_path(f"eval/{model}/{variant}/{task}.json")
+
+
+REPORT_DIR = study_path("report")
+# The rules whose jobs' benchmarks this study's report times (each under benchmarks/<rule>/<study>/).
+STUDY_BENCHMARKED_RULES = (
+    "score",
+    "score_iterative",
+    "prune",
+    "magpie_prompts",
+    "selfgen",
+    "recover",
+    "evaluate_dense",
+    "evaluate_variant",
+)
+
+
+def study_benchmark_sources():
+    """The benchmark folders of this study's jobs and the benchmark files of the shared models it uses."""
+    folders = [f"benchmarks/{rule_name}/{STUDY}" for rule_name in STUDY_BENCHMARKED_RULES]
+    models = [f"benchmarks/materialize/{fingerprint(model_source_json(model))}/{model}.tsv" for model in MODELS]
+    return folders + models
 
 
 def recovery_dataset(wildcards):
     """`sgr` trains on the dense model's answers, `data` on the prompt set's references, `heal` on plain text."""
     if wildcards.recovery == "sgr":
-        return f"results/selfgen/{wildcards.model}.jsonl"
+        return selfgen_file(wildcards.model)
     if wildcards.recovery == "heal":
-        return "results/data/heal.jsonl"
+        return heal_file()
     return model_prompt_set(wildcards.model)
 
 
 def variant_checkpoint(wildcards):
     """recovery `none` evaluates the pruned checkpoint itself."""
     if wildcards.recovery == "none":
-        return f"results/pruned/{wildcards.model}/{wildcards.method}/{wildcards.ratio}"
-    return f"results/recovered/{wildcards.model}/{wildcards.method}/{wildcards.ratio}/{wildcards.recovery}"
+        return pruned_checkpoint(wildcards.model, wildcards.method, wildcards.ratio)
+    return recovered_checkpoint(wildcards.model, wildcards.method, wildcards.ratio, wildcards.recovery)
 
 
 TASK_USE_KEYS = ("evaluate", "chance", "recoveries")
@@ -214,9 +333,31 @@ def task_spec_json(task):
     return json.dumps(spec, sort_keys=True)
 
 
+def lm_eval_task_json(task):
+    """What prepare_lm_eval_task makes a task from (its params, as one JSON)."""
+    spec = config["tasks"][task]
+    keys = ("lm_eval_task", "num_fewshot", "limit", "lm_eval_metric", "lm_eval_include_path")
+    return json.dumps({**{key: spec.get(key) for key in keys}, "seed": SEED}, sort_keys=True)
+
+
+def task_fingerprint(task, seen=()):
+    """The hash of everything a prepared task is made from: its entry, the seed and the tasks it excludes."""
+    if task in seen:
+        raise ValueError(f"tasks.{task}.exclude_tasks: a cycle ({' -> '.join([*seen, task])})")
+    if task in LM_EVAL_TASKS:
+        return fingerprint(lm_eval_task_json(task))
+    excluded = [task_fingerprint(name, (*seen, task)) for name in config["tasks"][task]["exclude_tasks"]]
+    return fingerprint(task_spec_json(task), SEED, excluded)
+
+
+def task_file(task):
+    """A prepared task, named after the task (iterative probes take their name from the file)."""
+    return shared_path(f"tasks/{task_fingerprint(task)}/{task}.json")
+
+
 def excluded_task_files(wildcards):
     """The prepared tasks whose rows a task leaves out (tasks.<task>.exclude_tasks)."""
-    return [f"results/data/tasks/{name}.json" for name in config["tasks"][wildcards.task]["exclude_tasks"]]
+    return [task_file(name) for name in config["tasks"][wildcards.task]["exclude_tasks"]]
 
 
 def task_recoveries(task):
@@ -226,9 +367,9 @@ def task_recoveries(task):
 
 
 def all_evaluations():
-    dense = expand("results/eval/{model}/dense/{task}.json", model=MODELS, task=EVALUATED_TASKS)
+    dense = [eval_file(model, "dense", task) for model, task in itertools.product(MODELS, EVALUATED_TASKS)]
     variants = [
-        f"results/eval/{model}/{method}/{ratio}/{recovery}/{task}.json"
+        eval_file(model, f"{method}/{ratio}/{recovery}", task)
         for model, method, ratio, recovery, task in itertools.product(
             MODELS, METHODS, RATIOS, RECOVERIES_RUN, EVALUATED_TASKS
         )

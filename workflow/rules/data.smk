@@ -29,9 +29,9 @@ ruleorder: prepare_lm_eval_task > prepare_task
 
 rule prepare_lm_eval_task:
     output:
-        "results/data/tasks/{task}.json",
+        shared_path("tasks/{fp}/{task}.json"),
     log:
-        "logs/prepare_lm_eval_task/{task}.log",
+        "logs/prepare_lm_eval_task/{fp}/{task}.log",
     wildcard_constraints:
         task=LM_EVAL_TASK_PATTERN,
     conda:
@@ -54,9 +54,9 @@ rule prepare_task:
         task_inputs,
         excluded=excluded_task_files,
     output:
-        "results/data/tasks/{task}.json",
+        shared_path("tasks/{fp}/{task}.json"),
     log:
-        "logs/prepare_task/{task}.log",
+        "logs/prepare_task/{fp}/{task}.log",
     conda:
         "../../envs/layerprune.yaml"
     params:
@@ -71,9 +71,9 @@ rule prepare_prompts:
     input:
         prompt_source_inputs(),
     output:
-        "results/data/prompts.jsonl",
+        shared_path("prompts/{fp}.jsonl"),
     log:
-        "logs/prepare_prompts.log",
+        "logs/prepare_prompts/{fp}.log",
     conda:
         "../../envs/layerprune.yaml"
     params:
@@ -86,9 +86,9 @@ rule prepare_calibration:
     input:
         [bigbench_file(task) for task in config["scoring"]["calibration"]["bigbench_tasks"]],
     output:
-        "results/data/calibration.jsonl",
+        shared_path("calibration/{fp}.jsonl"),
     log:
-        "logs/prepare_calibration.log",
+        "logs/prepare_calibration/{fp}.log",
     conda:
         "../../envs/layerprune.yaml"
     params:
@@ -100,17 +100,17 @@ rule prepare_calibration:
 
 rule materialize:
     output:
-        directory("results/models/{model}/dense"),
+        directory(shared_path("models/{fp}/{model}")),
     log:
-        "logs/materialize/{model}.log",
+        "logs/materialize/{fp}/{model}.log",
     benchmark:
-        "benchmarks/materialize/{model}.tsv"
+        "benchmarks/materialize/{fp}/{model}.tsv"
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("materialize")
     resources:
         **job_resources("materialize"),
     params:
-        source=lambda wc: json.dumps(config["models"][wc.model]["source"], sort_keys=True),
+        source=lambda wc: model_source_json(wc.model),
     shell:
         "layerprune materialize --source {params.source:q} --out {output:q} > {log:q} 2>&1"

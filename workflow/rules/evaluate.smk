@@ -1,13 +1,13 @@
 rule evaluate_dense:
     input:
         model=lambda wc: dense_checkpoint(wc.model),
-        task="results/data/tasks/{task}.json",
+        task=lambda wc: task_file(wc.task),
     output:
-        "results/eval/{model}/dense/{task}.json",
+        eval_file("{model}", "dense", "{task}"),
     log:
-        "logs/evaluate_dense/{model}/{task}.log",
+        study_log("evaluate_dense", "{model}/{task}"),
     benchmark:
-        "benchmarks/evaluate_dense/{model}/{task}.tsv"
+        study_benchmark("evaluate_dense", "{model}/{task}")
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("evaluate")
@@ -23,13 +23,13 @@ rule evaluate_dense:
 rule evaluate_variant:
     input:
         model=variant_checkpoint,
-        task="results/data/tasks/{task}.json",
+        task=lambda wc: task_file(wc.task),
     output:
-        "results/eval/{model}/{method}/{ratio}/{recovery}/{task}.json",
+        eval_file("{model}", "{method}/{ratio}/{recovery}", "{task}"),
     log:
-        "logs/evaluate_variant/{model}/{method}/{ratio}/{recovery}/{task}.log",
+        study_log("evaluate_variant", "{model}/{method}/{ratio}/{recovery}/{task}"),
     benchmark:
-        "benchmarks/evaluate_variant/{model}/{method}/{ratio}/{recovery}/{task}.tsv"
+        study_benchmark("evaluate_variant", "{model}/{method}/{ratio}/{recovery}/{task}")
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("evaluate")

@@ -1,13 +1,13 @@
 rule prune:
     input:
         model=lambda wc: dense_checkpoint(wc.model),
-        scores="results/scores/{model}/{method}.json",
+        scores=score_file("{model}", "{method}"),
     output:
-        directory("results/pruned/{model}/{method}/{ratio}"),
+        directory(pruned_checkpoint("{model}", "{method}", "{ratio}")),
     log:
-        "logs/prune/{model}/{method}/{ratio}.log",
+        study_log("prune", "{model}/{method}/{ratio}"),
     benchmark:
-        "benchmarks/prune/{model}/{method}/{ratio}.tsv"
+        study_benchmark("prune", "{model}/{method}/{ratio}")
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"

@@ -2,9 +2,9 @@ rule prepare_heal:
     input:
         heal_inputs(),
     output:
-        "results/data/heal.jsonl",
+        shared_path("heal/{fp}.jsonl"),
     log:
-        "logs/prepare_heal.log",
+        "logs/prepare_heal/{fp}.log",
     conda:
         "../../envs/layerprune.yaml"
     params:
@@ -15,14 +15,14 @@ rule prepare_heal:
 
 rule recover:
     input:
-        model="results/pruned/{model}/{method}/{ratio}",
+        model=pruned_checkpoint("{model}", "{method}", "{ratio}"),
         dataset=recovery_dataset,
     output:
-        directory("results/recovered/{model}/{method}/{ratio}/{recovery}"),
+        directory(recovered_checkpoint("{model}", "{method}", "{ratio}", "{recovery}")),
     log:
-        "logs/recover/{model}/{method}/{ratio}/{recovery}.log",
+        study_log("recover", "{model}/{method}/{ratio}/{recovery}"),
     benchmark:
-        "benchmarks/recover/{model}/{method}/{ratio}/{recovery}.tsv"
+        study_benchmark("recover", "{model}/{method}/{ratio}/{recovery}")
     wildcard_constraints:
         recovery="data|sgr|heal",
     priority: CRITICAL_PATH_PRIORITY

@@ -9,13 +9,13 @@ CALIBRATED_METHODS = methods_where("calibrated")
 rule score:
     input:
         model=lambda wc: dense_checkpoint(wc.model),
-        calibration=lambda wc: ("results/data/calibration.jsonl" if wc.method in CALIBRATED_METHODS else []),
+        calibration=lambda wc: (calibration_file() if wc.method in CALIBRATED_METHODS else []),
     output:
-        "results/scores/{model}/{method}.json",
+        score_file("{model}", "{method}"),
     log:
-        "logs/score/{model}/{method}.log",
+        study_log("score", "{model}/{method}"),
     benchmark:
-        "benchmarks/score/{model}/{method}.tsv"
+        study_benchmark("score", "{model}/{method}")
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
@@ -40,13 +40,13 @@ ruleorder: score_iterative > score
 rule score_iterative:
     input:
         model=lambda wc: dense_checkpoint(wc.model),
-        probes=[f"results/data/tasks/{task}.json" for task in PROBE_TASKS],
+        probes=[task_file(task) for task in PROBE_TASKS],
     output:
-        "results/scores/{model}/iterative.json",
+        score_file("{model}", "iterative"),
     log:
-        "logs/score_iterative/{model}.log",
+        study_log("score_iterative", "{model}"),
     benchmark:
-        "benchmarks/score_iterative/{model}.tsv"
+        study_benchmark("score_iterative", "{model}")
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"

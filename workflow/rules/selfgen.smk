@@ -5,12 +5,12 @@ if PROMPTS["source"] == "magpie":
         input:
             model=lambda wc: dense_checkpoint(wc.model),
         output:
-            prompts="results/data/prompts/{model}.jsonl",
-            stats="results/data/prompts/{model}.stats.json",
+            prompts=model_prompt_set("{model}"),
+            stats=study_path("data/prompts/{model}.stats.json"),
         log:
-            "logs/magpie_prompts/{model}.log",
+            study_log("magpie_prompts", "{model}"),
         benchmark:
-            "benchmarks/magpie_prompts/{model}.tsv"
+            study_benchmark("magpie_prompts", "{model}")
         conda:
             "../../envs/layerprune.yaml"
         threads: job_threads("selfgen")
@@ -31,12 +31,12 @@ else:
     rule filter_prompts:
         input:
             model=lambda wc: dense_checkpoint(wc.model),
-            prompts="results/data/prompts.jsonl",
+            prompts=prompt_set_file(),
         output:
-            prompts="results/data/prompts/{model}.jsonl",
-            stats="results/data/prompts/{model}.stats.json",
+            prompts=model_prompt_set("{model}"),
+            stats=study_path("data/prompts/{model}.stats.json"),
         log:
-            "logs/filter_prompts/{model}.log",
+            study_log("filter_prompts", "{model}"),
         conda:
             "../../envs/layerprune.yaml"
         params:
@@ -52,12 +52,12 @@ rule selfgen:
         model=lambda wc: dense_checkpoint(wc.model),
         prompts=lambda wc: model_prompt_set(wc.model),
     output:
-        dataset="results/selfgen/{model}.jsonl",
-        stats="results/selfgen/{model}.stats.json",
+        dataset=selfgen_file("{model}"),
+        stats=study_path("selfgen/{model}.stats.json"),
     log:
-        "logs/selfgen/{model}.log",
+        study_log("selfgen", "{model}"),
     benchmark:
-        "benchmarks/selfgen/{model}.tsv"
+        study_benchmark("selfgen", "{model}")
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("selfgen")

@@ -1,0 +1,152 @@
+"""Studies side by side in one checkout: each under results/<study>/, what they share made once.
+
+On 626b338 every study wrote to the same results/ folders: dry-running configs/paper.yaml where
+the default had run planned the default's `prepare_*` jobs again ("params have changed") and
+would have overwritten its data and report.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_helpers import (
+    REPO,
+    TINY_STUDY,
+    VARIANT_JOBS,
+    copy_run,
+    is_shared,
+    planned_jobs,
+    shell_commands,
+    snakemake,
+    variant_study,
+    workflow_copy,
+)
+
+MINI = REPO / "tests" / "fixtures" / "paper_mini"
+
+
+def csv_column(path: Path, column: str) -> list[str]:
+    with path.open(newline="") as handle:
+        return [row[column] for row in csv.DictReader(handle)]
+
+
+def outputs_of_dry_run(output: str) -> list[str]:
+    """Every output path a `snakemake -n` plan lists."""
+    return [path.strip() for line in re.findall(r"^\s+output: (.*)$", output, flags=re.M) for path in line.split(",")]
+
+
+@pytest.mark.slow  # seven dry runs: 199 s measured on the loaded 2-core machine
+def test_study_name_comes_from_the_config_or_its_file(tmp_path):
+    """`study:` names the folder; without it, the config file's name; the embedded config.yaml is `default`."""
+    workdir = workflow_copy(tmp_path / "wf")
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert default["study"] == "default"
+    unnamed = {key: value for key, value in default.items() if key != "study"}
+    (workdir / "my-study.yaml").write_text(yaml.safe_dump(unnamed))
+    (workdir / "named.yaml").write_text(yaml.safe_dump({**unnamed, "study": "ablation_2"}))
+    cases = [((), "default"), (("--configfile", "my-study.yaml"), "my-study")]
+    for args, study in [*cases, (("--configfile", "named.yaml"), "ablation_2")]:
+        output = snakemake(workdir, "-n", "-p", "--cores", "1", *args).stdout
+        (aggregate,) = shell_commands(output, "aggregate")
+        assert aggregate[aggregate.index("--out-dir") + 1] == f"results/{study}/report", args
+        planned = outputs_of_dry_run(output)
+        assert all(path.startswith((f"results/{study}/", "results/shared/", "resources/")) for path in planned), args
+    # a name that cannot be a folder, and the shared folder's name, are refused before anything runs
+    for bad in ("shared", "../x", "a b"):
+        (workdir / "bad.yaml").write_text(yaml.safe_dump({**unnamed, "study": bad}))
+        result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml", check=False)
+        assert result.returncode != 0 and "study" in result.stdout + result.stderr, bad
+    (workdir / "a b.yaml").write_text(yaml.safe_dump(unnamed))
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "a b.yaml", check=False)
+    assert result.returncode != 0 and "set `study:`" in result.stdout + result.stderr
+
+
+@pytest.mark.slow  # two dry runs: 56 s measured on the loaded 2-core machine
+def test_shared_files_are_keyed_by_their_settings(tmp_path):
+    """Two studies with one task's limit apart share the model, the other tasks, the prompt set and the
+    calibration text, and get two files for that task."""
+    workdir = workflow_copy(tmp_path / "wf")
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    other = copy.deepcopy(default)
+    other["study"] = "other"
+    other["tasks"]["plural"]["limit"] = 7
+    (workdir / "other.yaml").write_text(yaml.safe_dump(other))
+
+    def shared(*args: str) -> set[str]:
+        output = snakemake(workdir, "-n", "--cores", "1", *args).stdout
+        return {path for path in outputs_of_dry_run(output) if path.startswith("results/shared/")}
+
+    mine, theirs = shared(), shared("--configfile", "other.yaml")
+    plural = {path for path in mine | theirs if is_shared(path, "tasks", "plural.json")}
+    assert len(plural) == 2 and len(mine & plural) == 1
+    assert mine - plural == theirs - plural
+    kinds = {path.split("/")[2] for path in mine}
+    assert kinds == {"models", "tasks", "prompts", "calibration"}
+
+
+@pytest.mark.slow
+def test_a_second_study_runs_beside_the_first_and_neither_replans(tiny_run, tmp_path):
+    """A second study in the tiny run's checkout (one task's limit changed, fewer variants): it runs
+    only its own jobs, reusing the shared model and data; then each study, re-planned, has nothing to do,
+    and the first study's files are untouched."""
+    workdir, config = tiny_run
+    workdir = copy_run(workdir, tmp_path / "wf")
+    (workdir / "variant.yaml").write_text(yaml.safe_dump(variant_study(config)))
+    first = workdir / "results" / TINY_STUDY
+    before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
+
+    # made once: no materialize, no prompt set or calibration, only the task whose settings differ
+    assert planned_jobs(workdir, "--configfile", "variant.yaml") == VARIANT_JOBS
+    snakemake(workdir, "--cores", "2", "--configfile", "variant.yaml")
+    assert planned_jobs(workdir, "--configfile", "variant.yaml") == {}
+    assert planned_jobs(workdir) == {}
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == before
+
+    def n(study: str, task: str) -> int:
+        return json.loads((workdir / f"results/{study}/eval/tiny/dense/{task}.json").read_text())["n"]
+
+    assert (n(TINY_STUDY, "addition"), n("variant", "addition")) == (6, 4)
+    assert n(TINY_STUDY, "knowledge") == n("variant", "knowledge") == 6
+    # each report times its own study's jobs (and the shared model it used), not the other study's
+    stages = set(csv_column(workdir / "results/variant/report/time.csv", "stage"))
+    assert {"materialize", "score", "evaluate_variant"} <= stages and not stages & {"selfgen", "recover"}, stages
+    assert {"selfgen", "recover"} <= set(csv_column(first / "report" / "time.csv", "stage"))
+    assert len(list((workdir / "results" / "shared" / "models").iterdir())) == 1
+    assert len(list((workdir / "results" / "shared" / "tasks").glob("*/addition.json"))) == 2
+
+
+@pytest.mark.slow  # builds the paper-mini model (~15 s)
+def test_paper_mini_beside_a_finished_study_plans_only_its_own_jobs(tiny_run, tmp_path):
+    """The issue's case: paper-mini dry-run where the tiny study has run plans what it plans in a fresh
+    checkout, writes nothing under the tiny study's folder, and leaves the tiny study up to date."""
+    sys.path.insert(0, str(MINI))
+    import build
+
+    config = build.load_config(build.build_model(tmp_path / "mini-model"))
+    fresh = workflow_copy(tmp_path / "fresh")
+    beside = copy_run(tiny_run[0], tmp_path / "beside")
+    for workdir in (fresh, beside):
+        (workdir / "paper-mini.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # the same jobs, less the BIG-bench files the tiny study already fetched and extracted (resources/ is shared)
+    alone = planned_jobs(fresh, "--configfile", "paper-mini.yaml")
+    there = planned_jobs(beside, "--configfile", "paper-mini.yaml")
+    bigbench = ("fetch_bigbench", "extract_bigbench")
+    assert {rule: n for rule, n in there.items() if rule not in bigbench} == {
+        rule: n for rule, n in alone.items() if rule not in bigbench
+    }
+    assert "fetch_bigbench" not in there and there.get("extract_bigbench", 0) < alone["extract_bigbench"]
+    output = snakemake(beside, "-n", "--cores", "2", "--configfile", "paper-mini.yaml")
+    text = output.stdout + output.stderr
+    assert "params have changed" not in text.lower()
+    planned = outputs_of_dry_run(output.stdout)
+    assert planned and not [path for path in planned if path.startswith(f"results/{TINY_STUDY}/")]
+    assert all(path.startswith(("results/paper-mini/", "results/shared/", "resources/")) for path in planned)
+    assert planned_jobs(beside) == {}
+    assert Path(beside / "results" / TINY_STUDY / "report" / "summary.csv").is_file()
