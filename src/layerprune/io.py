@@ -236,6 +236,9 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
 def check_checkpoint_files(directory: str | os.PathLike) -> None:
     """Fail with a CorruptFileError naming the file when a checkpoint directory is incomplete or cut short.
 
@@ -246,8 +249,10 @@ def check_checkpoint_files(directory: str | os.PathLike) -> None:
     problems = []
     if not (directory / "config.json").is_file():
         problems.append("config.json is missing")
-    if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        problems.append("the tokenizer (tokenizer.json / tokenizer_config.json) is missing")
+    # tokenizer_config.json alone builds no tokenizer ("Couldn't instantiate the backend tokenizer"): a fast
+    # tokenizer needs tokenizer.json, a slow one its vocabulary
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        problems.append(f"tokenizer.json is missing (nor is there {', '.join(TOKENIZER_FILES[1:])}): no tokenizer")
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(read_json(index).get("weight_map", {}).values()))

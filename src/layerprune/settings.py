@@ -335,7 +335,11 @@ class HealSettings(Seeded):
 
     SECTION: ClassVar[str] = "recovery.heal"
     source: dict = setting(
-        {"bigbench_tasks": ["gem/wikilingua_en"]},
+        # with the source's own defaults filled in, as the config's are: a job by hand passes what the rule passes
+        {
+            **{k: v["default"] for k, v in HEAL_SOURCE_SCHEMA["properties"].items() if "default" in v},
+            "bigbench_tasks": ["gem/wikilingua_en"],
+        },
         help="exactly one of bigbench_tasks (offline, from the bigbench sdist), path, hub",
         schema=HEAL_SOURCE_SCHEMA,
     )
@@ -749,6 +753,15 @@ def _parse_bool(text: str) -> bool:
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[StageSettings]) -> None:
     """`--settings JSON` plus one flag per field (`--lora-r`); a flag given wins over the JSON."""
     group = parser.add_argument_group(f"settings ({cls.__name__}; each overrides --settings)")
+    group.add_argument(
+        "--config",
+        default=None,
+        metavar="STUDY.yaml",
+        help=(
+            "a study config: this stage's settings as the pipeline gives them for that study (its defaults filled "
+            "in; evaluate: those of --task-name), under --settings and the flags"
+        ),
+    )
     group.add_argument("--settings", default=None, help="the settings as one JSON object (what the rules pass)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -768,16 +781,62 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[StageSetti
         )
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # json.loads would keep the last one without a word
+        raise ValueError(f"key(s) {', '.join(twice)} given twice")
+    return dict(pairs)
+
+
+def study_settings(
+    cls: type[StageSettings], config_file: str | Path, task: str | None = None, method: str | None = None
+) -> dict[str, Any]:
+    """A stage's settings as the pipeline gives them for the study in `config_file` (its defaults filled in):
+    what `layerprune <stage> --config FILE` starts from."""
+    import yaml
+
+    from layerprune.validation import apply_defaults, load_schema
+
+    config = yaml.safe_load(Path(config_file).read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: not a mapping of config keys")
+    apply_defaults(config, load_schema())
+    uses_task = any("*" in config_path(cls, f).split(".") for f in dataclasses.fields(cls))
+    if uses_task and task not in (config.get("tasks") or {}):
+        raise ValueError(
+            f"{config_file}: --task-name {task!r} is not a task of this study ({', '.join(config['tasks'])})"
+        )
+    derived: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata["derived"]}
+    if "max_ratio" in names and (method is None or method in STOP_AT_MAX_RATIO):
+        derived["max_ratio"] = float(f"{max(config['pruning']['ratios']):g}")
+    if "task_chance" in names:
+        derived["task_chance"] = {t: s["chance"] for t, s in config["tasks"].items() if s.get("chance") is not None}
+    return settings_from_config(cls, config, task=task if uses_task else None, **derived).to_dict()
+
+
 def settings_from_args(cls: type[StageSettings], args: argparse.Namespace, stage: str) -> StageSettings:
-    """The settings of a stage's command line: defaults < --settings JSON < flags."""
+    """The settings of a stage's command line: declared defaults < --config study < --settings JSON < flags."""
+    resolved = getattr(args, "resolved_settings", None)
+    if type(resolved) is cls:  # the CLI resolved them once, for the log's header
+        return resolved
     values: dict[str, Any] = {}
-    if getattr(args, "settings", None):
+    if getattr(args, "config", None):
         try:
-            values = json.loads(args.settings)
-        except json.JSONDecodeError as error:
+            values = study_settings(cls, args.config, getattr(args, "task_name", None), getattr(args, "method", None))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"layerprune {stage}: --config: {error}") from None
+    if getattr(args, "settings", None) is not None:
+        if not args.settings.strip():
+            raise SystemExit(f"layerprune {stage}: --settings is empty (give a JSON object, or leave the flag out)")
+        try:
+            given = json.loads(args.settings, object_pairs_hook=_unique_keys)
+        except ValueError as error:
             raise SystemExit(f"layerprune {stage}: --settings is not valid JSON ({error})") from None
-        if not isinstance(values, dict):
+        if not isinstance(given, dict):
             raise SystemExit(f"layerprune {stage}: --settings must be a JSON object")
+        values.update(given)
     for f in dataclasses.fields(cls):
         if hasattr(args, f"setting_{f.name}"):
             values[f.name] = getattr(args, f"setting_{f.name}")

@@ -338,7 +338,8 @@ def validate_study(
         raise ConfigError(f"{files[-1] if files else 'config'}: the config must be a mapping of keys")
     schema = schema if schema is not None else load_schema()
     apply_defaults(config, schema)
-    found = schema_problems(config, schema) + list(non_finite(config))
+    found = schema_problems(config, schema)
+    found += [(key, message) for key, message in non_finite(config) if key not in {k for k, _ in found}]
     schema_clean = not found
     try:
         found += [tuple(line.split(": ", 1)) for line in config_problems(config)]  # type: ignore[misc]
