@@ -227,6 +227,7 @@ def test_cli_defaults_equal_the_config_declared_defaults(cls):
 README_COMMAND = re.search(r"`(layerprune evaluate --config my-study\.yaml [^`]*)`", README)[1]
 
 
+@pytest.mark.slow  # a dry run and two real evaluations of a tiny model: ~40 s alone, ~90 s on a busy machine
 def test_evaluate_by_hand_gives_the_pipelines_number_and_says_what_it_did(tmp_path):
     """The README's `layerprune evaluate --config my-study.yaml ...`, as typed, runs with the settings the
     pipeline passes for that task, gives its number, prints it, and its log starts with a header."""
@@ -234,7 +235,9 @@ def test_evaluate_by_hand_gives_the_pipelines_number_and_says_what_it_did(tmp_pa
     (workdir / "my-study.yaml").write_text(README_STUDY)
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "--configfile", "my-study.yaml").stdout
     (line,) = [
-        line.strip() for line in output.splitlines() if "layerprune evaluate " in line and "--method" not in line
+        line.strip().removeprefix("Shell command:").strip()
+        for line in output.splitlines()
+        if "layerprune evaluate " in line and "--method" not in line
     ]
     make_tiny_checkpoint(workdir / "results" / "models" / "smollm2-135m" / "dense")
     (workdir / "results" / "data" / "tasks").mkdir(parents=True)
