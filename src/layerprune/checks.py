@@ -1,15 +1,15 @@
 """Plan-time checks: a config that cannot work fails when the DAG is built, not hours later.
 
-The workflow (workflow/rules/common.smk) calls these after the schema validation, so a
-bad value stops `snakemake -n` with a message that names its config key (and the file,
-where a file is at fault):
+layerprune.validation (called by workflow/rules/common.smk) runs these with the schema
+validation and reports every problem at once, each at the file and line that sets its key:
 
 * `check_config_files`: a key given twice in one mapping of a config file (YAML keeps
   the last one without a word);
 * `ratio_wildcards`: the pruning ratios as the `{ratio}` wildcards of the output paths,
   each of which must match `RATIO_WILDCARD`, stand for exactly its ratio, and be unique;
-* `check_config`: values the schema cannot express (`recovery.max_steps: 0`, BIG-bench
-  task names that are not in the pinned bigbench 1.0.0 sdist);
+* `config_problems` (`check_config` raises them): values the schema cannot express
+  (`recovery.max_steps: 0`, BIG-bench task names not in the pinned bigbench 1.0.0 sdist,
+  probe tasks, pass@k above num_samples, a headline ratio the study does not run);
 * `check_models`: what the models on disk allow: a local checkpoint needs config.json,
   an architecture the surgery supports and enough layers for every ratio to remove at
   least one and not all of them. A hub model is checked the same way once its config is
