@@ -23,6 +23,7 @@ from layerprune import settings as settings_module
 from layerprune.checks import ConfigError
 from layerprune.cli import build_parser
 from layerprune.io import CorruptFileError, check_checkpoint_files, write_json
+from layerprune.models import materialize
 from layerprune.settings import settings_from_args, settings_from_config
 from layerprune.validation import apply_defaults, lm_eval_task_names, load_schema, validate_study
 
@@ -191,10 +192,14 @@ def test_cli_settings_refuse_duplicates_empty_and_out_of_bounds(settings, messag
 
 
 def test_a_checkpoint_without_tokenizer_json_is_named_as_such(tmp_path):
+    """Its tokenizer_config.json alone made transformers say "Couldn't instantiate the backend tokenizer"."""
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt")
     (checkpoint / "tokenizer.json").unlink()
+    assert (checkpoint / "tokenizer_config.json").is_file()
     with pytest.raises(CorruptFileError, match="tokenizer.json is missing"):
-        check_checkpoint_files(checkpoint)
+        check_checkpoint_files(checkpoint)  # what score, prune, evaluate and recover read a checkpoint with
+    with pytest.raises(FileNotFoundError, match=r"source path '.*ckpt': tokenizer.json is missing"):
+        materialize({"path": str(checkpoint)}, tmp_path / "dense")  # a study's local model
 
 
 # --------------------------------------------------------------------------- 19.4: the commands a person types

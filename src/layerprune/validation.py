@@ -32,7 +32,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from layerprune.checks import ConfigError, config_problems, duplicate_keys, ratio_wildcards
+from layerprune.checks import ConfigError, check_models, config_problems, duplicate_keys, ratio_wildcards
 from layerprune.settings import SCHEMA_FILE
 
 MAX_LINES = 20  # a report longer than a screen is not read
@@ -321,9 +321,11 @@ def validate_study(
     overrides: dict[str, Any] | None = None,
     schema: dict[str, Any] | None = None,
     lm_eval_names: frozenset[str] | None = None,
-    lm_eval: bool = True,
-) -> None:
-    """Fill in `config`'s defaults (in place), then ConfigError listing every problem, one line each."""
+    on_this_machine: bool = True,
+) -> list[str]:
+    """Fill in `config`'s defaults (in place), then ConfigError listing every problem, one line each; else the
+    notes on what can only be checked later. `on_this_machine`: also check what this machine holds (lm-eval's
+    task names, the models on disk); a cluster job re-reading the Snakefile skips it, the plan was checked."""
     files = [str(f) for f in files]
     sources = [Source(f) for f in files]
     problems: list[tuple[str | None, str, str]] = []  # (location or None to locate, key, message)
@@ -347,16 +349,23 @@ def validate_study(
         if schema_clean:
             raise
     ratios = config.get("pruning", {}).get("ratios") if isinstance(config.get("pruning"), dict) else None
+    wildcards = None
     if isinstance(ratios, list) and ratios and all(isinstance(r, (int, float)) for r in ratios):
         try:
-            ratio_wildcards(ratios)
+            wildcards = ratio_wildcards(ratios)
         except ConfigError as error:
             found.append(tuple(str(error).split(": ", 1)))  # type: ignore[arg-type]
-    if lm_eval:
+    notes: list[str] = []
+    if on_this_machine:
         found += lm_eval_problems(config, lm_eval_names)
+        if wildcards is not None and schema_clean:  # the models' source entries are well-formed
+            try:
+                notes = check_models(config, wildcards)
+            except ConfigError as error:
+                found += [tuple(line.split(": ", 1)) for line in str(error).splitlines()]  # type: ignore[misc]
     problems += [(None, key, message) for key, message in found]
     if not problems:
-        return
+        return notes
     located = {}
     for where, key, message in problems:
         where = where or locate(key, sources, overrides)
@@ -375,13 +384,3 @@ def validate_study(
     raise ConfigError(
         f"the study's config has {count} (workflow/schemas/config.schema.yaml documents each key):\n" + "\n".join(shown)
     )
-
-
-def locate_problems(text: str, files: Iterable[str | Path], overrides: dict[str, Any] | None = None) -> str:
-    """`key: what is wrong` lines (layerprune.checks' messages) as `file:line: key: what is wrong`."""
-    sources = [Source(f) for f in files]
-    lines = []
-    for line in text.splitlines():
-        key, _, message = line.partition(": ")
-        lines.append(f"{locate(key, sources, overrides)}: {line}" if message and " " not in key else line)
-    return "\n".join(lines)

@@ -6,12 +6,11 @@ import sys
 from layerprune.checks import (
     RATIO_WILDCARD,
     ConfigError,
-    check_models,
     ratio_wildcards,
 )
 from layerprune.launch import rule_command_prefix, slurm_resources
 from layerprune.registry import RECOVERIES, SCORING_METHODS, methods_where
-from layerprune.validation import locate_problems, validate_study
+from layerprune.validation import validate_study
 from layerprune.settings import (
     CalibrationSettings,
     EvaluationSettings,
@@ -31,14 +30,16 @@ from layerprune.settings import (
 # The study as a whole (layerprune.validation): its defaults filled in from the schema, whose
 # settings come from layerprune.settings; then every problem at once, each as `file:line: key: ...`
 # of the config file that sets the key (a key given twice too: YAML would keep the last one).
+# The models are checked from what is on disk: a checkpoint, an architecture the surgery supports, a
+# depth every ratio can prune. Not again in each cluster job (it re-reads this file): the plan was checked.
 try:
-    validate_study(
+    for note in validate_study(
         config,
         workflow.overwrite_configfiles or workflow.configfiles,
         overrides=workflow.config_settings.config,
-        # a cluster job re-reads this file: the plan was checked, lm-eval's task index is not read again
-        lm_eval=not workflow.remote_exec,
-    )
+        on_this_machine=not workflow.remote_exec,
+    ):
+        print(note, file=sys.stderr)
 except ConfigError as error:
     sys.exit(str(error))
 
@@ -46,14 +47,6 @@ SEED = config["seed"]
 MODELS = list(config["models"])
 METHODS = config["scoring"]["methods"]
 RATIOS = ratio_wildcards(config["pruning"]["ratios"])  # each matches RATIO_WILDCARD, one per ratio
-# The models on disk: a checkpoint, an architecture the surgery supports, a depth every ratio
-# can prune. Not again in each cluster job (it re-reads this file): the plan was checked.
-if not workflow.remote_exec:
-    try:
-        for note in check_models(config, RATIOS):
-            print(note, file=sys.stderr)
-    except ConfigError as error:
-        sys.exit(locate_problems(str(error), workflow.overwrite_configfiles or workflow.configfiles))
 MAX_RATIO = float(f"{max(config['pruning']['ratios']):g}")  # where greedy scoring stops
 RECOVERIES_RUN = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
