@@ -25,7 +25,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -291,16 +291,16 @@ class Source:
         return depth, line
 
 
-def _in_overrides(overrides: dict[str, Any], key: str) -> bool:
+def _in_overrides(overrides: Mapping[str, Any], key: str) -> bool:
     node: Any = overrides
     for part in re.split(r"\.(?![^\[]*\])", key.split("[")[0]):
-        if not isinstance(node, dict) or part not in node:
+        if not isinstance(node, Mapping) or part not in node:  # Snakemake's --config values: a Mapping
             return False
         node = node[part]
     return True
 
 
-def locate(key: str, sources: list[Source], overrides: dict[str, Any] | None = None) -> str:
+def locate(key: str, sources: list[Source], overrides: Mapping[str, Any] | None = None) -> str:
     """`file:line` of the key (or of its nearest parent a file sets); `--config` when an override sets it."""
     if overrides and _in_overrides(overrides, key):
         return "--config"
@@ -318,7 +318,7 @@ def locate(key: str, sources: list[Source], overrides: dict[str, Any] | None = N
 def validate_study(
     config: dict[str, Any],
     files: Iterable[str | Path],
-    overrides: dict[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     schema: dict[str, Any] | None = None,
     lm_eval_names: frozenset[str] | None = None,
     on_this_machine: bool = True,
