@@ -72,17 +72,17 @@ def test_duplicate_key_in_the_embedded_config_names_file_key_and_lines(tmp_path)
     lines = [n + 1 for n, line in enumerate(text.splitlines()) if line.startswith("  lora_r:")]
     result = snakemake(workdir, "-n", "--cores", "1", check=False)
     output = result.stdout + result.stderr
-    print(output[output.index("duplicate") :][:300])
+    print(output[-600:])
     assert result.returncode != 0
-    assert f"config.yaml: key 'recovery.lora_r' is given twice (lines {lines[0]} and {lines[1]})" in output
+    assert f"config.yaml:{lines[1]}: recovery.lora_r: given twice (also line {lines[0]})" in output
 
 
 def test_duplicate_key_in_a_configfile_names_that_file(tmp_path):
     study = yaml.safe_dump(DEFAULT, sort_keys=False).replace("seed: 0\n", "seed: 0\nseed: 1\n", 1)
     code, output = dry_run(tmp_path, DEFAULT, "--configfile", "study.yaml", files={"study.yaml": study})
-    print(output[output.index("duplicate") :][:300])
+    print(output[-600:])
     assert code != 0
-    assert "study.yaml: key 'seed' is given twice (lines 1 and 2)" in output
+    assert "study.yaml:2: seed: given twice (also line 1)" in output
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,15 @@
 """Plan-time checks: a config that cannot work fails when the DAG is built, not hours later.
 
-The workflow (workflow/rules/common.smk) calls these after the schema validation, so a
-bad value stops `snakemake -n` with a message that names its config key (and the file,
-where a file is at fault):
+layerprune.validation (called by workflow/rules/common.smk) runs these with the schema
+validation and reports every problem at once, each at the file and line that sets its key:
 
 * `check_config_files`: a key given twice in one mapping of a config file (YAML keeps
   the last one without a word);
 * `ratio_wildcards`: the pruning ratios as the `{ratio}` wildcards of the output paths,
   each of which must match `RATIO_WILDCARD`, stand for exactly its ratio, and be unique;
-* `check_config`: values the schema cannot express (`recovery.max_steps: 0`, BIG-bench
-  task names that are not in the pinned bigbench 1.0.0 sdist);
+* `config_problems` (`check_config` raises them): values the schema cannot express
+  (`recovery.max_steps: 0`, BIG-bench task names not in the pinned bigbench 1.0.0 sdist,
+  probe tasks, pass@k above num_samples, a headline ratio the study does not run);
 * `check_models`: what the models on disk allow: a local checkpoint needs config.json,
   an architecture the surgery supports and enough layers for every ratio to remove at
   least one and not all of them. A hub model is checked the same way once its config is
@@ -171,18 +171,22 @@ def unknown_bigbench_task(key: str, name: str) -> str | None:
     return f"{key}: '{name}' is not a task of BIG-bench 1.0.0 (the pinned bigbench sdist){hint}"
 
 
-def check_config(config: dict[str, Any]) -> None:
-    """ConfigError for values the schema admits but that mean nothing (one line per key)."""
+def config_problems(config: dict[str, Any]) -> list[str]:
+    """Values the schema admits but that mean nothing, one `key: what is wrong` line each (the config has its
+    defaults applied; keys the schema already refused may be missing or of the wrong type, and are skipped)."""
     problems = []
-    if config.get("recovery", {}).get("max_steps") == 0:
+    recovery = config.get("recovery") if isinstance(config.get("recovery"), dict) else {}
+    if recovery.get("max_steps") == 0:
         problems.append(
             "recovery.max_steps: 0 would still train one step (the trainer treats 0 as unset); "
             "use -1 to train num_epochs, or a positive step count"
         )
     problems += [reason for key, name in bigbench_task_keys(config) if (reason := unknown_bigbench_task(key, name))]
-    tasks = config.get("tasks", {})
-    recoveries = config.get("recovery", {}).get("methods", [])
+    tasks = config.get("tasks") if isinstance(config.get("tasks"), dict) else {}
+    recoveries = recovery.get("methods") or []
     for task, spec in tasks.items():
+        if not isinstance(spec, dict):
+            continue
         unknown = [name for name in spec.get("exclude_tasks", []) if name not in tasks or name == task]
         if unknown:
             problems.append(
@@ -195,6 +199,68 @@ def check_config(config: dict[str, Any]) -> None:
                 f"tasks.{task}.recoveries: {', '.join(map(repr, not_run))} is not in recovery.methods "
                 f"({', '.join(recoveries)}): no such variant is built"
             )
+        num_samples = spec.get("num_samples", 1)
+        too_large = [k for k in spec.get("pass_k", [1]) if isinstance(k, int) and k > num_samples]
+        if too_large and isinstance(num_samples, int):
+            problems.append(
+                f"tasks.{task}.pass_k: {', '.join(map(str, too_large))} is more than num_samples ({num_samples}): "
+                "pass@k needs at least k samples per problem (allowed: k <= num_samples)"
+            )
+    problems += _grid_problems(config, tasks, recoveries)
+    return problems
+
+
+def _grid_problems(config: dict[str, Any], tasks: dict[str, Any], recoveries: list[str]) -> list[str]:
+    """What ties the grid together: probe tasks, the headline ratio, the prompt set the recoveries train on."""
+    problems = []
+    scoring = config.get("scoring") if isinstance(config.get("scoring"), dict) else {}
+    iterative = scoring.get("iterative") if isinstance(scoring.get("iterative"), dict) else {}
+    if "iterative" in (scoring.get("methods") or []) and tasks:
+        probes = iterative.get("probe_tasks") or list(tasks)
+        unknown = [task for task in probes if task not in tasks]
+        by_name = [task for task in probes if task in tasks and tasks[task].get("lm_eval_task")]
+        if unknown:
+            problems.append(
+                f"scoring.iterative.probe_tasks: {', '.join(map(repr, unknown))} is not a task in config `tasks` "
+                f"(allowed: {', '.join(tasks)})"
+            )
+        if by_name:
+            problems.append(
+                f"scoring.iterative.probe_tasks: {', '.join(map(repr, by_name))} run through lm-eval by name and "
+                "have no prepared samples to probe with; name BIG-bench or dataset tasks (set probe_tasks explicitly)"
+            )
+    ratios = (config.get("pruning") or {}).get("ratios") if isinstance(config.get("pruning"), dict) else None
+    report = config.get("report") if isinstance(config.get("report"), dict) else {}
+    headline = report.get("headline_ratio")
+    if headline is not None and isinstance(ratios, list) and headline not in ratios:
+        problems.append(
+            f"report.headline_ratio: {headline} is not a ratio this study runs "
+            f"(allowed: {', '.join(map(str, ratios))}, or null for the median)"
+        )
+    prompts = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
+    if {"sgr", "data"} & set(recoveries):  # only these recoveries read the prompt set
+        source = prompts.get("source", "bigbench")
+        if source == "bigbench" and not prompts.get("bigbench_tasks"):
+            problems.append(
+                "prompts.bigbench_tasks: missing; the sgr/data recoveries train on a prompt set and prompts.source "
+                "is bigbench (or name a prompts.source: hub, jsonl, magpie)"
+            )
+        if source in ("hub", "jsonl") and not prompts.get("path"):
+            problems.append(f"prompts.path: missing; prompts.source is {source}")
+        if "data" in recoveries and (
+            source == "magpie" or (source in ("hub", "jsonl") and prompts.get("response_field", "output") is None)
+        ):
+            problems.append(
+                "recovery.methods: `data` trains on the prompt set's own answers, but the prompt set has none "
+                f"(prompts.source: {source}, prompts.response_field: {prompts.get('response_field')}); "
+                "remove `data` from recovery.methods or use a prompt source with answers"
+            )
+    return problems
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """ConfigError for values the schema admits but that mean nothing (one line per key)."""
+    problems = config_problems(config)
     if problems:
         raise ConfigError("\n".join(problems))
 

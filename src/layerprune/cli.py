@@ -8,7 +8,9 @@ line. A stage's settings (layerprune.settings) arrive as one `--settings` JSON o
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         """A subcommand; `settings`: its settings class, whose fields become flags (and --settings JSON)."""
         sub = stages.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(func=func)
+        sub.set_defaults(func=func, settings_class=settings)
         if threads:
             sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         if settings is not None:
@@ -281,37 +283,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = stage("materialize", cmd_materialize, "Turn a model source into a plain local checkpoint.")
     sub.add_argument("--source", required=True, help='JSON, e.g. {"hub": "Qwen/Qwen2.5-7B-Instruct"}')
-    sub.add_argument("--out", required=True)
-    sub.add_argument("--dtype", default="float32")
+    sub.add_argument("--out", required=True, help="the checkpoint directory to write")
+    sub.add_argument("--dtype", default="float32", help="weights dtype of the saved checkpoint")
 
     sub = stage("fetch-bigbench", cmd_fetch_bigbench, "Download and verify the bigbench 1.0.0 sdist.")
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--out", required=True, help="where the sdist is saved")
 
     sub = stage("extract-bigbench", cmd_extract_bigbench, "Extract one BIG-bench task's JSON from the sdist.")
-    sub.add_argument("--sdist", required=True)
-    sub.add_argument("--task", required=True)
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--sdist", required=True, help="the bigbench sdist (fetch-bigbench's output)")
+    sub.add_argument("--task", required=True, help="the task, e.g. arithmetic/1_digit_addition")
+    sub.add_argument("--out", required=True, help="the task.json to write")
 
     sub = stage("prepare-task", cmd_prepare_task, "Draw few-shot and evaluated samples of a task.")
     sub.add_argument("--spec", required=True, help="the task's config entry (tasks.<name>) as JSON")
-    sub.add_argument("--bigbench-dir", default="resources/bigbench")
-    sub.add_argument("--seed", type=int, required=True)
-    sub.add_argument("--out", required=True)
+    sub.add_argument(
+        "--bigbench-dir",
+        default="resources/bigbench",
+        help="the extracted BIG-bench tasks (extract-bigbench's outputs)",
+    )
+    sub.add_argument(
+        "--seed", type=int, required=True, help="seeds the draw of few-shot and evaluated samples (config `seed`)"
+    )
+    sub.add_argument("--out", required=True, help="the prepared task JSON to write")
 
     sub = stage("prepare-lm-eval-task", cmd_prepare_lm_eval_task, "Pin the settings of an lm-eval task run by name.")
     sub.add_argument("--lm-eval-task", required=True, help="lm-eval task or group name, e.g. mmlu, arc_challenge")
-    sub.add_argument("--num-fewshot", type=int, required=True)
+    sub.add_argument(
+        "--num-fewshot", type=int, required=True, help="few-shot examples per prompt (tasks.<task>.num_fewshot)"
+    )
     sub.add_argument("--limit", type=_optional_float, default=None, help="count, or fraction if < 1 (lm-eval)")
-    sub.add_argument("--metric", default="acc", choices=["acc", "acc_norm"])
+    sub.add_argument(
+        "--metric",
+        default="acc",
+        choices=["acc", "acc_norm"],
+        help="lm-eval's per-sample metric reported as the value (tasks.<task>.lm_eval_metric)",
+    )
     sub.add_argument("--include-path", type=_optional_str, default=None, help="folder of extra lm-eval task YAMLs")
-    sub.add_argument("--seed", type=int, required=True)
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--seed", type=int, required=True, help="seeds lm-eval's few-shot draw (config `seed`)")
+    sub.add_argument("--out", required=True, help="the prepared task JSON to write")
 
     sub = stage(
         "prepare-prompts", cmd_prepare_prompts, "Build the prompt set (with reference answers).", PromptSetSettings
     )
-    sub.add_argument("--bigbench-dir", default=None)
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--bigbench-dir", default=None, help="the extracted BIG-bench tasks (source bigbench)")
+    sub.add_argument("--out", required=True, help="the prompt-set JSONL to write")
 
     sub = stage(
         "filter-prompts",
@@ -319,10 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Drop prompts over a token limit of a model's tokenizer.",
         PromptFilterSettings,
     )
-    sub.add_argument("--prompts", required=True)
+    sub.add_argument("--prompts", required=True, help="the prompt-set JSONL to filter")
     sub.add_argument("--model", required=True, help="checkpoint whose tokenizer and chat template count")
-    sub.add_argument("--out", required=True)
-    sub.add_argument("--stats", required=True)
+    sub.add_argument("--out", required=True, help="the filtered prompt-set JSONL to write")
+    sub.add_argument("--stats", required=True, help="the counts JSON to write (kept, dropped, token lengths)")
 
     sub = stage(
         "magpie-prompts",
@@ -331,34 +346,38 @@ def build_parser() -> argparse.ArgumentParser:
         MagpieSettings,
         threads=True,
     )
-    sub.add_argument("--model", required=True)
-    sub.add_argument("--out", required=True)
-    sub.add_argument("--stats", required=True)
+    sub.add_argument("--model", required=True, help="the dense checkpoint that writes the questions")
+    sub.add_argument("--out", required=True, help="the prompt-set JSONL to write")
+    sub.add_argument("--stats", required=True, help="the counts JSON to write")
 
     sub = stage("prepare-calibration", cmd_prepare_calibration, "Build the calibration texts.", CalibrationSettings)
-    sub.add_argument("--bigbench-dir", required=True)
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--bigbench-dir", required=True, help="the extracted BIG-bench tasks")
+    sub.add_argument("--out", required=True, help="the calibration JSONL to write")
 
     sub = stage(
         "prepare-heal", cmd_prepare_heal, "Build the plain texts of the `heal` recovery (LM loss).", HealSettings
     )
-    sub.add_argument("--bigbench-dir", default="resources/bigbench")
-    sub.add_argument("--out", required=True)
+    sub.add_argument(
+        "--bigbench-dir", default="resources/bigbench", help="the extracted BIG-bench tasks (source bigbench_tasks)"
+    )
+    sub.add_argument("--out", required=True, help="the heal-text JSONL to write")
 
     sub = stage("score", cmd_score, "Score the decoder layers of a checkpoint.", ScoreSettings, threads=True)
-    sub.add_argument("--model", required=True)
+    sub.add_argument("--model", required=True, help="the checkpoint directory to score")
     sub.add_argument("--method", required=True, help=f"one of {', '.join(SCORING_METHODS)}")
     sub.add_argument("--calibration", default=None, help="JSONL with a 'text' field")
     sub.add_argument("--probe-tasks", nargs="+", default=None, help="iterative: prepared task JSON files")
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--out", required=True, help="the scores JSON to write")
 
     sub = stage(
         "prune", cmd_prune, "Remove layers at a ratio and save a plain checkpoint.", PruneSettings, threads=True
     )
-    sub.add_argument("--model", required=True)
-    sub.add_argument("--scores", required=True)
-    sub.add_argument("--ratio", type=float, required=True)
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--model", required=True, help="the dense checkpoint directory")
+    sub.add_argument("--scores", required=True, help="the scores JSON (score's output)")
+    sub.add_argument(
+        "--ratio", type=float, required=True, help="share of the decoder layers to remove (k = round(ratio x layers))"
+    )
+    sub.add_argument("--out", required=True, help="the pruned checkpoint directory to write")
 
     sub = stage(
         "selfgen",
@@ -367,9 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         SelfgenSettings,
         threads=True,
     )
-    sub.add_argument("--model", required=True)
-    sub.add_argument("--prompts", required=True)
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--model", required=True, help="the dense checkpoint that answers")
+    sub.add_argument("--prompts", required=True, help="the prompt-set JSONL")
+    sub.add_argument("--out", required=True, help="the prompt-response JSONL to write")
     sub.add_argument("--stats", default=None, help="stats JSON (default: <out stem>.stats.json)")
 
     sub = stage(
@@ -379,25 +398,33 @@ def build_parser() -> argparse.ArgumentParser:
         RecoverySettings,
         threads=True,
     )
-    sub.add_argument("--model", required=True)
+    sub.add_argument("--model", required=True, help="the pruned checkpoint directory")
     sub.add_argument("--dataset", required=True, help="prompt-completion JSONL")
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--out", required=True, help="the recovered (merged) checkpoint directory to write")
     sub.add_argument("--recovery", required=True, help="name recorded in recovery.json (sgr, data, heal)")
 
     sub = stage(
         "evaluate", cmd_evaluate, "Evaluate a checkpoint on one prepared task.", EvaluationSettings, threads=True
     )
     sub.add_argument("--model", required=True, help="checkpoint directory")
-    sub.add_argument("--task-file", required=True)
-    sub.add_argument("--task-name", required=True)
-    sub.add_argument("--out", required=True)
+    sub.add_argument("--task-file", required=True, help="the prepared task JSON (prepare-task's output)")
+    sub.add_argument(
+        "--task-name",
+        required=True,
+        help="the task's name in the config (with --config: whose tasks.<name> settings apply)",
+    )
+    sub.add_argument("--out", required=True, help="the result JSON to write")
     sub.add_argument("--model-name", required=True, help="the model's name in the config")
-    sub.add_argument("--method", default="dense")
-    sub.add_argument("--ratio", type=float, default=0.0)
-    sub.add_argument("--recovery", default="none")
+    sub.add_argument(
+        "--method", default="dense", help="recorded in the result: the scoring method (dense for the dense model)"
+    )
+    sub.add_argument(
+        "--ratio", type=float, default=0.0, help="recorded in the result: the pruning ratio (0 for the dense model)"
+    )
+    sub.add_argument("--recovery", default="none", help="recorded in the result: the recovery (none, data, sgr, heal)")
 
     sub = stage("aggregate", cmd_aggregate, "Tidy table, report and plots from evaluation JSONs.", ReportSettings)
-    sub.add_argument("--results", nargs="+", required=True)
+    sub.add_argument("--results", nargs="+", required=True, help="the result JSONs (evaluate's outputs)")
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
     sub.add_argument(
         "--out-dir",
@@ -413,11 +440,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VERSIONED = ("layerprune", "torch", "transformers", "trl", "peft", "lm_eval", "datasets", "accelerate")
+
+
+def versions() -> str:
+    """The versions a job's result depends on, from the installed metadata (no import: milliseconds)."""
+    found = [f"python {sys.version.split()[0]}"]
+    for name in VERSIONED:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def header(args: argparse.Namespace, argv: list[str]) -> str:
+    """The first lines of a job's log: the command, the settings it runs with, the versions."""
+    lines = ["# command: " + shlex.join(["layerprune", *argv])]
+    if args.resolved_settings is not None:
+        lines.append("# settings: " + json.dumps(args.resolved_settings.to_dict(), sort_keys=True))
+    lines.append("# versions: " + versions())
+    return "\n".join(lines)
+
+
+def summary(args: argparse.Namespace) -> str:
+    """What the stage did, in a line: the metric of an evaluation, else the output it wrote."""
+    out = getattr(args, "out", None) or getattr(args, "out_dir", None)
+    if args.stage == "evaluate" and out and Path(out).is_file():
+        result = json.loads(Path(out).read_text())
+        value = result.get("value")
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else value
+        what = f"{result.get('task')} {result.get('metric')} = {shown} (n = {result.get('n')})"
+        return f"layerprune evaluate: {what} -> {out}"
+    return f"layerprune {args.stage}: wrote {out}"
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    # resolved once, before any work: the log's header shows exactly what the job runs with
+    args.resolved_settings = (
+        settings_from_args(args.settings_class, args, args.stage) if args.settings_class is not None else None
+    )
+    print(header(args, argv), file=sys.stderr, flush=True)
     try:
         args.func(args)
+        print(summary(args), flush=True)
     finally:
         # the job's exact CPU time and peak memory, as the last line of its log (layerprune.usage)
         from layerprune.usage import usage_line

@@ -236,6 +236,19 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def tokenizer_problem(directory: str | os.PathLike) -> str | None:
+    """Why the checkpoint in `directory` has no tokenizer; None when it has one.
+
+    tokenizer_config.json alone builds none (transformers then says "Couldn't instantiate the backend
+    tokenizer"): a fast tokenizer needs tokenizer.json, a slow one its vocabulary file."""
+    if any((Path(directory) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return f"tokenizer.json is missing (nor is there {', '.join(TOKENIZER_FILES[1:])}): the checkpoint has no tokenizer"
+
+
 def check_checkpoint_files(directory: str | os.PathLike) -> None:
     """Fail with a CorruptFileError naming the file when a checkpoint directory is incomplete or cut short.
 
@@ -246,8 +259,7 @@ def check_checkpoint_files(directory: str | os.PathLike) -> None:
     problems = []
     if not (directory / "config.json").is_file():
         problems.append("config.json is missing")
-    if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        problems.append("the tokenizer (tokenizer.json / tokenizer_config.json) is missing")
+    problems += [problem] if (problem := tokenizer_problem(directory)) else []
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(read_json(index).get("weight_map", {}).values()))

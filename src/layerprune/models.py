@@ -28,7 +28,14 @@ from typing import Any
 
 import torch
 
-from layerprune.io import atomic_path, check_checkpoint_files, check_gguf_complete, sha256_file, write_json
+from layerprune.io import (
+    atomic_path,
+    check_checkpoint_files,
+    check_gguf_complete,
+    sha256_file,
+    tokenizer_problem,
+    write_json,
+)
 
 
 class ModelSourceError(ValueError):
@@ -207,6 +214,8 @@ def _load_with_record(source: dict[str, Any], dtype: torch.dtype):
         name, revision = resolved["hub"], resolved["revision"]
     else:
         name, revision = resolved["path"], None
+        if problem := tokenizer_problem(name):
+            raise FileNotFoundError(f"models: source path '{name}': {problem}")
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype)
     return model, tokenizer, resolved

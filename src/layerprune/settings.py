@@ -24,6 +24,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import re
 import sys
 import types
@@ -160,6 +161,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         raise ValueError(f"{where}: expected true or false, got {value!r}")
     if inner is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # .inf / .nan pass every bound check, then overflow deep in a job
+            raise ValueError(f"{where}: {value} is not a finite number")
         return float(value)
     if inner is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -173,7 +176,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Seeded(StageSettings):
-    seed: int = setting(0, help="every random choice is seeded from this", config="seed", schema={"minimum": 0})
+    seed: int = setting(
+        0,
+        help="every random choice is seeded from this (numpy takes it: below 2**32)",
+        config="seed",
+        schema={"minimum": 0, "maximum": 2**32 - 1},
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -219,7 +227,7 @@ class PromptSetSettings(Seeded):
     )
     separator: str = setting("\n\n", help="between the joined prompt fields")
     num_prompts: int = setting(
-        help="prompts drawn (seeded); magpie - distinct questions to generate", schema={"minimum": 1}
+        1000, help="prompts drawn (seeded); magpie - distinct questions to generate", schema={"minimum": 1}
     )
     system_prompt: str | None = setting(
         None, help="prepended to every prompt; null keeps the chat template's own default"
@@ -246,9 +254,9 @@ class SelfgenSettings(Seeded, OnModel):
     """selfgen: the dense model answers the prompt set (SGR)."""
 
     SECTION: ClassVar[str] = "selfgen"
-    max_new_tokens: int = setting(help="longest response", schema={"minimum": 1})
-    temperature: float = setting(help="0 = greedy", schema={"minimum": 0})
-    top_p: float = setting(help="nucleus sampling", schema={"exclusiveMinimum": 0, "maximum": 1})
+    max_new_tokens: int = setting(512, help="longest response", schema={"minimum": 1})
+    temperature: float = setting(0.7, help="0 = greedy", schema={"minimum": 0})
+    top_p: float = setting(0.95, help="nucleus sampling", schema={"exclusiveMinimum": 0, "maximum": 1})
     batch_size: int = setting(16, help="prompts per length-sorted batch", schema={"minimum": 1})
     backend: str = setting(
         "auto",
@@ -294,9 +302,9 @@ class CalibrationSettings(Seeded):
 
     SECTION: ClassVar[str] = "scoring.calibration"
     bigbench_tasks: list[str] = setting(
-        help="BIG-bench tasks the texts come from", schema={"$ref": "#/$defs/bigbench_tasks"}
+        ["gem/xsum"], help="BIG-bench tasks the texts come from", schema={"$ref": "#/$defs/bigbench_tasks"}
     )
-    num_samples: int = setting(help="texts drawn (seeded)", schema={"minimum": 1})
+    num_samples: int = setting(128, help="texts drawn (seeded)", schema={"minimum": 1})
 
 
 HEAL_SOURCE_SCHEMA = {
@@ -327,7 +335,11 @@ class HealSettings(Seeded):
 
     SECTION: ClassVar[str] = "recovery.heal"
     source: dict = setting(
-        {"bigbench_tasks": ["gem/wikilingua_en"]},
+        # with the source's own defaults filled in, as the config's are: a job by hand passes what the rule passes
+        {
+            **{k: v["default"] for k, v in HEAL_SOURCE_SCHEMA["properties"].items() if "default" in v},
+            "bigbench_tasks": ["gem/wikilingua_en"],
+        },
         help="exactly one of bigbench_tasks (offline, from the bigbench sdist), path, hub",
         schema=HEAL_SOURCE_SCHEMA,
     )
@@ -449,9 +461,9 @@ class RecoverySettings(Seeded, OnModel):
         help="mixed precision of training; auto = bf16 on a GPU that supports it, fp32 on CPU",
         choices=("auto", "bf16", "fp16", "fp32"),
     )
-    lora_r: int = setting(help="LoRA rank", schema={"minimum": 1})
-    lora_alpha: int = setting(help="LoRA scaling numerator (scale = alpha / r)", schema={"minimum": 1})
-    lora_dropout: float = setting(help="dropout on the LoRA input", schema={"minimum": 0, "maximum": 1})
+    lora_r: int = setting(16, help="LoRA rank", schema={"minimum": 1})
+    lora_alpha: int = setting(32, help="LoRA scaling numerator (scale = alpha / r)", schema={"minimum": 1})
+    lora_dropout: float = setting(0.05, help="dropout on the LoRA input", schema={"minimum": 0, "maximum": 1})
     lora_target_modules: list[str] = setting(
         ["all-linear"],
         help=(
@@ -460,16 +472,18 @@ class RecoverySettings(Seeded, OnModel):
         ),
         schema={"minItems": 1},
     )
-    learning_rate: float = setting(help="peak learning rate", schema={"exclusiveMinimum": 0})
-    num_epochs: float = setting(help="passes over the data (max_steps overrides)", schema={"exclusiveMinimum": 0})
-    batch_size: int = setting(help="examples per device and step", schema={"minimum": 1})
-    grad_accum: int = setting(help="gradient accumulation steps", schema={"minimum": 1})
-    max_length: int = setting(help="tokens per example (longer ones are cut)", schema={"minimum": 8})
-    warmup_steps: int = setting(help="linear warmup steps", schema={"minimum": 0})
+    learning_rate: float = setting(2.0e-4, help="peak learning rate", schema={"exclusiveMinimum": 0})
+    num_epochs: float = setting(1.0, help="passes over the data (max_steps overrides)", schema={"exclusiveMinimum": 0})
+    batch_size: int = setting(8, help="examples per device and step", schema={"minimum": 1})
+    grad_accum: int = setting(1, help="gradient accumulation steps", schema={"minimum": 1})
+    max_length: int = setting(1024, help="tokens per example (longer ones are cut)", schema={"minimum": 8})
+    warmup_steps: int = setting(10, help="linear warmup steps", schema={"minimum": 0})
     lr_scheduler: str = setting(
-        help="learning-rate schedule", choices=("constant", "constant_with_warmup", "linear", "cosine")
+        "constant_with_warmup",
+        help="learning-rate schedule",
+        choices=("constant", "constant_with_warmup", "linear", "cosine"),
     )
-    weight_decay: float = setting(help="AdamW weight decay", schema={"minimum": 0})
+    weight_decay: float = setting(1.0e-4, help="AdamW weight decay", schema={"minimum": 0})
     max_steps: int = setting(
         -1,
         help="-1 = train num_epochs; else this many optimizer steps (0 is refused: the Trainer would still take one)",
@@ -562,20 +576,34 @@ class EvaluationSettings(Seeded, OnModel):
         10.0,
         help="wall clock, kills the whole program",
         config="evaluation.sandbox.timeout_s",
-        schema={"exclusiveMinimum": 0},
+        schema={"exclusiveMinimum": 0, "maximum": 86400},
     )
     sandbox_cpu: int = setting(
-        10, help="RLIMIT_CPU (seconds)", config="evaluation.sandbox.cpu_s", schema={"minimum": 1}
+        10, help="RLIMIT_CPU (seconds)", config="evaluation.sandbox.cpu_s", schema={"minimum": 1, "maximum": 86400}
     )
     sandbox_memory_mb: int = setting(
-        2048, help="RLIMIT_AS (address space)", config="evaluation.sandbox.memory_mb", schema={"minimum": 64}
+        2048,
+        help="RLIMIT_AS (address space)",
+        config="evaluation.sandbox.memory_mb",
+        schema={"minimum": 64, "maximum": 2**20},
     )
     sandbox_file_size_mb: int = setting(
-        16, help="RLIMIT_FSIZE", config="evaluation.sandbox.file_size_mb", schema={"minimum": 1}
+        16, help="RLIMIT_FSIZE", config="evaluation.sandbox.file_size_mb", schema={"minimum": 1, "maximum": 2**20}
     )
     sandbox_nproc: int = setting(
-        32, help="RLIMIT_NPROC (of the sandbox user nobody)", config="evaluation.sandbox.nproc", schema={"minimum": 1}
+        32,
+        help="RLIMIT_NPROC (of the sandbox user nobody)",
+        config="evaluation.sandbox.nproc",
+        schema={"minimum": 1, "maximum": 2**16},
     )
+
+    def __post_init__(self) -> None:
+        too_large = [k for k in self.pass_k if k > self.num_samples]
+        if too_large:
+            raise ValueError(
+                f"pass_k: {', '.join(map(str, too_large))} is more than num_samples ({self.num_samples}): pass@k "
+                "needs at least k samples per problem; raise num_samples or drop the k"
+            )
 
     def sampling_dict(self) -> dict[str, Any]:
         """The fields of generative.Sampling, as plain values (the workflow reads them without torch)."""
@@ -616,7 +644,7 @@ class ReportSettings(Seeded):
     )
     confidence: float = setting(0.95, help="interval level", schema={"exclusiveMinimum": 0, "exclusiveMaximum": 1})
     headline_ratio: float | None = setting(
-        None, help="the ratio of the report's first-screen table (nearest evaluated); null = the median ratio"
+        None, help="the ratio of the report's first-screen table, one of pruning.ratios; null = the median ratio"
     )
     min_dense_margin: float = setting(
         0.05,
@@ -725,6 +753,15 @@ def _parse_bool(text: str) -> bool:
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[StageSettings]) -> None:
     """`--settings JSON` plus one flag per field (`--lora-r`); a flag given wins over the JSON."""
     group = parser.add_argument_group(f"settings ({cls.__name__}; each overrides --settings)")
+    group.add_argument(
+        "--config",
+        default=None,
+        metavar="STUDY.yaml",
+        help=(
+            "a study config: this stage's settings as the pipeline gives them for that study (its defaults filled "
+            "in; evaluate: those of --task-name), under --settings and the flags"
+        ),
+    )
     group.add_argument("--settings", default=None, help="the settings as one JSON object (what the rules pass)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -744,16 +781,62 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[StageSetti
         )
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # json.loads would keep the last one without a word
+        raise ValueError(f"key(s) {', '.join(twice)} given twice")
+    return dict(pairs)
+
+
+def study_settings(
+    cls: type[StageSettings], config_file: str | Path, task: str | None = None, method: str | None = None
+) -> dict[str, Any]:
+    """A stage's settings as the pipeline gives them for the study in `config_file` (its defaults filled in):
+    what `layerprune <stage> --config FILE` starts from."""
+    import yaml
+
+    from layerprune.validation import apply_defaults, load_schema
+
+    config = yaml.safe_load(Path(config_file).read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: not a mapping of config keys")
+    apply_defaults(config, load_schema())
+    uses_task = any("*" in config_path(cls, f).split(".") for f in dataclasses.fields(cls))
+    if uses_task and task not in (config.get("tasks") or {}):
+        raise ValueError(
+            f"{config_file}: --task-name {task!r} is not a task of this study ({', '.join(config['tasks'])})"
+        )
+    derived: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata["derived"]}
+    if "max_ratio" in names and (method is None or method in STOP_AT_MAX_RATIO):
+        derived["max_ratio"] = float(f"{max(config['pruning']['ratios']):g}")
+    if "task_chance" in names:
+        derived["task_chance"] = {t: s["chance"] for t, s in config["tasks"].items() if s.get("chance") is not None}
+    return settings_from_config(cls, config, task=task if uses_task else None, **derived).to_dict()
+
+
 def settings_from_args(cls: type[StageSettings], args: argparse.Namespace, stage: str) -> StageSettings:
-    """The settings of a stage's command line: defaults < --settings JSON < flags."""
+    """The settings of a stage's command line: declared defaults < --config study < --settings JSON < flags."""
+    resolved = getattr(args, "resolved_settings", None)
+    if type(resolved) is cls:  # the CLI resolved them once, for the log's header
+        return resolved
     values: dict[str, Any] = {}
-    if getattr(args, "settings", None):
+    if getattr(args, "config", None):
         try:
-            values = json.loads(args.settings)
-        except json.JSONDecodeError as error:
+            values = study_settings(cls, args.config, getattr(args, "task_name", None), getattr(args, "method", None))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"layerprune {stage}: --config: {error}") from None
+    if getattr(args, "settings", None) is not None:
+        if not args.settings.strip():
+            raise SystemExit(f"layerprune {stage}: --settings is empty (give a JSON object, or leave the flag out)")
+        try:
+            given = json.loads(args.settings, object_pairs_hook=_unique_keys)
+        except ValueError as error:
             raise SystemExit(f"layerprune {stage}: --settings is not valid JSON ({error})") from None
-        if not isinstance(values, dict):
+        if not isinstance(given, dict):
             raise SystemExit(f"layerprune {stage}: --settings must be a JSON object")
+        values.update(given)
     for f in dataclasses.fields(cls):
         if hasattr(args, f"setting_{f.name}"):
             values[f.name] = getattr(args, f"setting_{f.name}")

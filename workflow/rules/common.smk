@@ -8,13 +8,12 @@ from pathlib import Path
 
 from layerprune.checks import (
     RATIO_WILDCARD,
-    check_config,
-    check_config_files,
-    check_models,
+    ConfigError,
     ratio_wildcards,
 )
 from layerprune.launch import rule_command_prefix, slurm_resources
 from layerprune.registry import RECOVERIES, SCORING_METHODS, methods_where
+from layerprune.validation import validate_study
 from layerprune.settings import (
     CalibrationSettings,
     EvaluationSettings,
@@ -30,16 +29,6 @@ from layerprune.settings import (
     settings_from_config,
     settings_json,
 )
-
-from snakemake.utils import validate
-
-# The config files as written: a key given twice is an error (YAML keeps the last one silently).
-check_config_files(workflow.overwrite_configfiles or workflow.configfiles)
-validate(config, "../schemas/config.schema.yaml", set_default=True)
-check_config(config)  # what the schema cannot express (layerprune.checks)
-
-SEED = config["seed"]
-
 
 # ---------------------------------------------------------------- where files go (the only place)
 # Each study writes under results/<study>/ (its logs and benchmarks under logs/<rule>/<study>/,
@@ -103,14 +92,27 @@ def dense_checkpoint(model):
     return shared_path(f"models/{fingerprint(model_source_json(model))}/{model}")
 
 
+# The study as a whole (layerprune.validation): its defaults filled in from the schema, whose
+# settings come from layerprune.settings; then every problem at once, each as `file:line: key: ...`
+# of the config file that sets the key (a key given twice too: YAML would keep the last one).
+# The models are checked from what is on disk: a checkpoint, an architecture the surgery supports, a
+# depth every ratio can prune. Not again in each cluster job (it re-reads this file): the plan was checked.
+try:
+    for note in validate_study(
+        config,
+        workflow.overwrite_configfiles or workflow.configfiles,
+        overrides=workflow.config_settings.config,
+        on_this_machine=not workflow.remote_exec,
+        dense_checkpoint=dense_checkpoint,
+    ):
+        print(note, file=sys.stderr)
+except ConfigError as error:
+    sys.exit(str(error))
+
+SEED = config["seed"]
 MODELS = list(config["models"])
 METHODS = config["scoring"]["methods"]
 RATIOS = ratio_wildcards(config["pruning"]["ratios"])  # each matches RATIO_WILDCARD, one per ratio
-# The models on disk: a checkpoint, an architecture the surgery supports, a depth every ratio
-# can prune. Not again in each cluster job (it re-reads this file): the plan was checked.
-if not workflow.remote_exec:
-    for note in check_models(config, RATIOS, dense_checkpoint=dense_checkpoint):
-        print(note, file=sys.stderr)
 MAX_RATIO = float(f"{max(config['pruning']['ratios']):g}")  # where greedy scoring stops
 RECOVERIES_RUN = config["recovery"]["methods"]
 TASKS = list(config["tasks"])
@@ -120,32 +122,7 @@ EVALUATED_TASKS = [task for task in TASKS if config["tasks"][task]["evaluate"]]
 LM_EVAL_TASKS = [task for task, settings in config["tasks"].items() if settings.get("lm_eval_task")]
 LM_EVAL_TASK_PATTERN = "|".join(LM_EVAL_TASKS) or "(?!)"
 PROBE_TASKS = config["scoring"]["iterative"]["probe_tasks"] or TASKS
-_unknown_probes = [task for task in PROBE_TASKS if task not in config["tasks"]]
-_lm_eval_probes = [task for task in PROBE_TASKS if task in LM_EVAL_TASKS]
-if "iterative" in METHODS and _lm_eval_probes:
-    raise ValueError(
-        f"scoring.iterative.probe_tasks: {', '.join(map(repr, _lm_eval_probes))} run through lm-eval by name and "
-        "have no prepared samples to probe with; name BIG-bench or dataset tasks (set probe_tasks explicitly)"
-    )
-if _unknown_probes:
-    raise ValueError(
-        f"scoring.iterative.probe_tasks: {', '.join(map(repr, _unknown_probes))} is not a task in config "
-        f"`tasks` (tasks: {', '.join(TASKS)})"
-    )
-
 PROMPTS = config["prompts"]
-if PROMPTS["source"] == "bigbench" and not PROMPTS.get("bigbench_tasks"):
-    raise ValueError("prompts.source is bigbench but prompts.bigbench_tasks is missing or empty")
-if PROMPTS["source"] in ("hub", "jsonl") and not PROMPTS["path"]:
-    raise ValueError(f"prompts.source is {PROMPTS['source']} but prompts.path is not set")
-if "data" in RECOVERIES_RUN and (
-    PROMPTS["source"] == "magpie" or (PROMPTS["source"] in ("hub", "jsonl") and PROMPTS["response_field"] is None)
-):
-    raise ValueError(
-        "recovery.methods has `data`, which trains on the prompt set's own answers, but the prompt set has none "
-        f"(prompts.source: {PROMPTS['source']}, prompts.response_field: {PROMPTS['response_field']}); "
-        "remove `data` from recovery.methods or use a prompt source with answers"
-    )
 
 
 wildcard_constraints:
@@ -219,8 +196,8 @@ def bigbench_file(task):
 
 def prompt_source_inputs():
     """Files the prompt set is drawn from: BIG-bench task files, or a local dataset path (a hub id has none)."""
-    if PROMPTS["source"] == "bigbench":
-        return [bigbench_file(task) for task in PROMPTS["bigbench_tasks"]]
+    if PROMPTS["source"] == "bigbench":  # none when no recovery trains on the prompt set
+        return [bigbench_file(task) for task in PROMPTS["bigbench_tasks"] or []]
     if PROMPTS["source"] in ("hub", "jsonl") and os.path.exists(PROMPTS["path"]):
         return [PROMPTS["path"]]
     return []
