@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 LAUNCHER = Path(__file__).with_name("_sandbox_launcher.py")
+UNAVAILABLE = "layerprune sandbox: strict isolation is not available on this machine"  # the launcher's refusal
 OUTPUT_TAIL = 4000
 # Sandbox user ids: far above any account (useradd's default ceiling is 60000, subuid ranges start at 100000
 # and rarely reach 10^9), one per concurrent sandbox on this machine.
@@ -67,6 +68,7 @@ DRAIN_TIMEOUT_S = 10.0
 # Set to 0 to skip cgroups (then the uid and watchdog fallbacks run): for tests, and machines whose cgroup
 # set-up misbehaves.
 CGROUPS_ENV = "LAYERPRUNE_SANDBOX_CGROUPS"
+ISOLATION_LEVELS = ("strict", "best_effort")
 # The completion marker's file descriptors in the program (see `run_program`).
 NONCE_FD = 3
 MARKER_FD = 4
@@ -89,6 +91,9 @@ class SandboxLimits:
     file_size_mb: int = 16
     nproc: int = 32
     tmpfs_mb: int = 64
+    # "strict": refuse to run (SandboxUnavailable) where the program cannot be isolated from the user's files,
+    # network and processes; "best_effort": run with what the machine allows, and record what was missing.
+    isolation_level: str = "strict"
 
 
 @dataclass
@@ -110,6 +115,10 @@ class SandboxResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class SandboxUnavailable(RuntimeError):
+    """Strict isolation was asked for and this machine cannot give it (raised before any program runs)."""
 
 
 def _tail(path: Path) -> str:
@@ -453,6 +462,10 @@ def run_program(
     by accident and no sample is graded wrong for the sandbox's sake.
     """
     limits = limits or SandboxLimits()
+    if limits.isolation_level not in ISOLATION_LEVELS:
+        raise ValueError(
+            f"evaluation.sandbox.isolation must be one of {ISOLATION_LEVELS}, not {limits.isolation_level!r}"
+        )
     extra_sys_path = list(extra_sys_path or [])
     if extra_sys_path:
         source = f"import sys\nsys.path.extend({extra_sys_path!r})\n" + source
@@ -483,6 +496,8 @@ def run_program(
             "cgroup_procs": group.procs_files if group else [],
             "isolation_file": str(isolation_file),
             "fallback_scratch": str(fallback_scratch),
+            "isolation_level": limits.isolation_level,
+            "parent_pid": os.getpid(),
             "nonce": nonce,
             "nonce_fd": NONCE_FD,
             "marker_fd": MARKER_FD,
@@ -523,11 +538,15 @@ def run_program(
                         returncode = process.wait()
                         break
         stderr = _tail(stderr_path)
+        if returncode == 126 and UNAVAILABLE in stderr:
+            raise SandboxUnavailable(stderr[stderr.index(UNAVAILABLE) :].strip())
         if not isolation_file.is_file() or not isolation_file.stat().st_size:
             if timed_out:  # a set-up that hangs is a sandbox failure too, but say so plainly
                 raise RuntimeError(f"the sandbox did not start within {limits.timeout_s} s: {stderr}")
             raise RuntimeError(f"the sandbox could not be set up (exit {returncode}): {stderr.strip()}")
         isolation = json.loads(isolation_file.read_text())
+        if uid is None and isolation.get("own_process_count"):
+            mechanisms = {**mechanisms, "processes": "RLIMIT_NPROC, counted in the sandbox's own user namespace"}
         isolation["limits"] = mechanisms
         isolation["uid"] = uid  # the sandbox's own uid (None where none could be leased)
         if group is not None and group.oom_kills():
@@ -549,6 +568,12 @@ def run_program(
             limit_exceeded=limit_exceeded,
             completed=completed,
         )
+
+
+def preflight(limits: SandboxLimits) -> dict[str, Any]:
+    """Run an empty program once, so that a machine that cannot isolate as `limits.isolation_level` asks stops
+    the evaluation (SandboxUnavailable) before any sample; returns the isolation it got."""
+    return run_program("pass\n", limits).isolation
 
 
 def site_packages() -> list[str]:

@@ -576,6 +576,14 @@ class EvaluationSettings(Seeded, OnModel):
     sandbox_nproc: int = setting(
         32, help="RLIMIT_NPROC (of the sandbox user nobody)", config="evaluation.sandbox.nproc", schema={"minimum": 1}
     )
+    sandbox_isolation: str = setting(
+        "strict",
+        help="strict: refuse to grade (before the first sample) where a program cannot be kept from your files, "
+        "the network and your processes (non-root without user namespaces); best_effort: grade with what the "
+        "machine allows, recorded in each result and said in the report",
+        config="evaluation.sandbox.isolation",
+        choices=("strict", "best_effort"),
+    )
 
     def sampling_dict(self) -> dict[str, Any]:
         """The fields of generative.Sampling, as plain values (the workflow reads them without torch)."""
@@ -601,6 +609,7 @@ class EvaluationSettings(Seeded, OnModel):
             memory_mb=self.sandbox_memory_mb,
             file_size_mb=self.sandbox_file_size_mb,
             nproc=self.sandbox_nproc,
+            isolation_level=self.sandbox_isolation,
         )
 
 
