@@ -41,8 +41,10 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,6 +374,105 @@ def _cgroup(name: str, limits: SandboxLimits) -> _Cgroup | None:
     return _cgroup_v2(name, limits) or _cgroup_v1(name, limits)
 
 
+WORK_PREFIX = "layerprune-sandbox-"
+_WORK_DIR = re.compile(re.escape(WORK_PREFIX) + r"(\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cgroup_dirs_of_slots() -> list[Path]:
+    """Every per-sandbox cgroup directory (`uid-N`) where this evaluator would create one."""
+    places: list[Path] = []
+    own = _own_cgroups()
+    for mount_point, mount_root, _ in _mounts("cgroup2"):
+        mine = _mounted_dir(mount_point, mount_root, own.get("", "/"))
+        if mine is not None:
+            places += [mine, mine.parent]
+        break
+    for mount_point, mount_root, options in _mounts("cgroup"):
+        for controller in ("pids", "memory"):
+            if controller in options and controller in own:
+                mine = _mounted_dir(mount_point, mount_root, own[controller])
+                if mine is not None:
+                    places.append(mine / CGROUP_NAME)
+    found: list[Path] = []
+    for place in dict.fromkeys(places):
+        with contextlib.suppress(OSError):
+            found += [d for d in place.iterdir() if d.is_dir() and re.fullmatch(r"uid-\d+", d.name)]
+    return found
+
+
+def reap_stale() -> dict[str, int]:
+    """Remove what evaluators that died (SIGKILL, a node failure) left: their scratch/work directories, and, as
+    root, the processes and cgroups of sandbox uids whose lease nobody holds. Runs once per process, at the first
+    sandbox; anything still leased by a live evaluator is left alone. Returns counts of what was removed."""
+    removed = {"work_dirs": 0, "cgroups": 0, "processes": 0}
+    tmp = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in tmp.iterdir():
+            match = _WORK_DIR.match(entry.name)
+            with contextlib.suppress(OSError):
+                if match and entry.stat().st_uid == os.geteuid() and not _alive(int(match.group(1))):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed["work_dirs"] += 1
+    if os.geteuid() != 0:
+        return removed
+    directory = _uid_lock_dir()
+    groups: dict[int, list[Path]] = {}
+    for group in _cgroup_dirs_of_slots():
+        groups.setdefault(int(group.name[4:]), []).append(group)
+    for uid in sorted(set(groups) | set(range(UID_BASE, UID_BASE + UID_SLOTS)) & _sandbox_uids_with_processes()):
+        fd = os.open(directory / f"{uid - UID_BASE}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live evaluator holds it
+        try:
+            removed["processes"] += _kill_uid(uid)
+            for group in groups.get(uid, []):
+                _Cgroup(2, {"pids": group}).remove()  # kills what is left in it, then removes it
+                removed["cgroups"] += 1
+        finally:
+            os.close(fd)
+    if any(removed.values()):
+        log.info("sandbox: removed what dead evaluators left: %s", removed)
+    return removed
+
+
+def _sandbox_uids_with_processes() -> set[int]:
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                uid = entry.stat().st_uid
+                if UID_BASE <= uid < UID_BASE + UID_SLOTS:
+                    found.add(uid)
+    return found
+
+
+def _kill_uid(uid: int) -> int:
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+    return killed
+
+
+_reaped = False
+
+
 def _tree_rss_bytes(root: int) -> int:
     """Resident memory of `root`'s descendants (not `root`, the launcher), from /proc/*/stat."""
     children: dict[int, list[int]] = {}
@@ -471,9 +572,14 @@ def run_program(
         source = f"import sys\nsys.path.extend({extra_sys_path!r})\n" + source
     python, prefix = _python()
     root = os.geteuid() == 0
+    global _reaped
+    if not _reaped:
+        _reaped = True
+        reap_stale()
     with contextlib.ExitStack() as stack:
         uid = stack.enter_context(_uid_lease()) if root else None
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="layerprune-sandbox-")))
+        # The evaluator's pid in the name: whatever a killed evaluator leaves, the next one removes (reap_stale).
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-")))
         group = _cgroup(f"uid-{uid}", limits) if uid is not None else None
         if group is not None:
             stack.callback(group.remove)  # runs before the uid lease is released: no process of it survives
