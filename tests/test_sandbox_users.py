@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import layerprune
-from layerprune.sandbox import UID_BASE, SandboxLimits, _cgroup_dirs_of_slots, reap_stale, run_program
+from layerprune.sandbox import UID_BASE, WORK_PREFIX, SandboxLimits, _cgroup_dirs_of_slots, reap_stale, run_program
 
 SRC = str(Path(layerprune.__file__).parents[1])
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
@@ -279,8 +280,8 @@ def test_a_killed_evaluator_leaves_no_sandbox_behind(researcher, evaluator):
     assert not alive, f"2 s after the evaluator's SIGKILL, sandbox processes {sorted(alive)} still run"
 
     # What only the evaluator could remove (its work directory; as root, the cgroups) goes at the next start.
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    left = list(tmp.glob(f"layerprune-sandbox-{process.pid}-*"))
+    tmp = Path(tempfile.gettempdir() if evaluator == "root" else "/tmp")  # the user's evaluator has no TMPDIR
+    left = list(tmp.glob(f"{WORK_PREFIX}{process.pid}-*"))
     assert left, "nothing was left to reap: the test did not catch the evaluator mid-run"
     if evaluator == "root":
         removed = reap_stale()

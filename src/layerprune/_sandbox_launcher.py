@@ -301,6 +301,7 @@ def _child(config: dict, isolation: dict, report, marker_fds) -> None:
                 isolation["missing"].append(f"a private root (it failed: {error})")
                 if config["isolation_level"] == "strict":
                     _refuse(isolation["missing"])
+                _mount(None, "/", None, MS_REC | MS_PRIVATE)  # never let a mount below reach the host
                 _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={config['tmpfs_mb']}m,mode=1777")
                 os.makedirs(scratch, mode=0o700)
                 if drop:

@@ -46,6 +46,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -374,7 +375,9 @@ def _cgroup(name: str, limits: SandboxLimits) -> _Cgroup | None:
     return _cgroup_v2(name, limits) or _cgroup_v1(name, limits)
 
 
-WORK_PREFIX = "layerprune-sandbox-"
+# The host in the name too: a $TMPDIR on a shared filesystem holds other nodes' evaluators, whose pids mean
+# nothing here.
+WORK_PREFIX = f"layerprune-sandbox-{socket.gethostname()}-"
 _WORK_DIR = re.compile(re.escape(WORK_PREFIX) + r"(\d+)-")
 
 
