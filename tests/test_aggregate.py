@@ -221,3 +221,18 @@ def test_no_dense_baseline_gives_nan_retention(tmp_path):
     assert math.isnan(table.loc[0, "retention"])
     assert json.loads((tmp_path / "out" / "metrics.json").read_text().replace("NaN", "null"))
     assert (tmp_path / "out" / "plots" / f"{MODEL}__arith.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_says_when_code_was_graded_without_strict_isolation(tmp_path, aggregated):
+    _, strict_dir = aggregated
+    assert "Sandbox isolation was not strict" not in (strict_dir / "report.md").read_text()
+    paths = write_results(tmp_path / "results")
+    weak = next(p for p in paths if p.name == "arith__bi__0.5__none.json")
+    result = json.loads(weak.read_text())
+    missing = "user namespaces ([Errno 28] unshare(CLONE_NEWUSER): No space left on device)"
+    result["sandbox"] = {"isolation": {"level": "best_effort", "required": "best_effort", "missing": [missing]}}
+    write_json(weak, result)
+    aggregate(paths, tmp_path / "report")
+    first_lines = (tmp_path / "report" / "report.md").read_text().splitlines()[:4]
+    warning = next(line for line in first_lines if "Sandbox isolation was not strict" in line)
+    assert f"{MODEL}/bi/0.5/none/arith" in warning and missing in warning and "best_effort" in warning

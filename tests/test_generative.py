@@ -51,6 +51,7 @@ def test_code_task_with_sampling_pass_at_k_and_buckets(tiny, humaneval):
     assert result["value"] == pytest.approx(result["pass_at_k"]["1"])
     assert sum(result["error_buckets"].values()) == 6 and set(result["error_buckets"]) == set(ERROR_BUCKETS)
     assert result["sandbox"]["isolation"]["namespaces"] in (True, False)
+    assert result["sandbox"]["isolation_level"] == "strict" and result["sandbox"]["isolation"]["level"] == "strict"
     for record, sample in zip(result["samples"], humaneval["samples"], strict=True):
         assert record["id"] == sample["id"] and len(record["outputs"]) == 3 and record["num_samples"] == 3
         assert record["output"] == record["outputs"][0] and record["error_bucket"] == record["error_buckets"][0]

@@ -172,6 +172,8 @@ def test_a_correct_answer_that_exits_before_its_tests_is_not_a_pass(humaneval):
     sample = humaneval[0]
     graded = grade_code(sample, sample["solution"] + "\n\nimport sys\nsys.exit(0)\n", chat=False, limits=LIMITS)
     assert graded["error_bucket"] == "early_exit"
+    inside = grade_code(sample, "    import sys\n    sys.exit(0)\n", chat=False, limits=LIMITS)  # called by check()
+    assert inside["error_bucket"] == "early_exit", inside["stderr_tail"]
 
 
 @pytest.mark.slow  # ~40 s on the loaded 2-core CI machine (164 sandboxes, 4 at a time)

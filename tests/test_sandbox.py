@@ -357,3 +357,24 @@ def test_only_the_nonce_written_back_completes_a_program():
     snoop = "import glob\nprint(glob.glob('/tmp/**/config.json', recursive=True))\n"
     assert run_program(snoop, TIGHT).stdout.strip() == "[]"
     assert run_program("print(1)\n", TIGHT).completed is None  # no marker asked for: exit status alone
+
+
+def test_evaluate_refuses_before_loading_the_model_where_strict_isolation_is_impossible(tmp_path, monkeypatch):
+    """The launcher's refusal (as it reads on a machine without user namespaces) stops `evaluate` at once."""
+    from layerprune import sandbox
+    from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.io import write_json
+
+    refusing = tmp_path / "launcher.py"
+    refusing.write_text(
+        "import sys\n"
+        f"sys.stderr.write({sandbox.UNAVAILABLE!r} + ', missing: user namespaces. Run as root, or accept weaker "
+        "isolation explicitly with the setting `evaluation.sandbox.isolation: best_effort`\\n')\n"
+        "sys.exit(126)\n"
+    )
+    monkeypatch.setattr(sandbox, "LAUNCHER", refusing)
+    task = tmp_path / "task.json"
+    write_json(task, {"type": "generative", "grader": "code", "samples": []})
+    with pytest.raises(sandbox.SandboxUnavailable, match="evaluation.sandbox.isolation: best_effort"):
+        evaluate_checkpoint(tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", 1, 8, 0)
+    assert not (tmp_path / "out.json").exists()

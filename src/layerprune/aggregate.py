@@ -63,6 +63,24 @@ def _slim(result: dict) -> dict:
     return {**result, "samples": samples}
 
 
+def sandbox_isolation_lines(results: list[dict]) -> list[str]:
+    """A warning, first in the report, when code was graded in a sandbox weaker than strict (docs/sandbox.md)."""
+    weak: dict[str, list[str]] = {}
+    for r in results:
+        isolation = (r.get("sandbox") or {}).get("isolation") or {}
+        if isolation.get("level", "strict") != "strict":
+            name = f"{r['model']}/{r['method']}/{r['ratio']}/{r['recovery']}/{r['task']}"
+            weak[name] = isolation.get("missing") or []
+    if not weak:
+        return []
+    missing = sorted({m for reasons in weak.values() for m in reasons})
+    return [
+        f"**Sandbox isolation was not strict** for {len(weak)} code result(s) "
+        f"(`evaluation.sandbox.isolation: best_effort`): {', '.join(sorted(weak))}. Missing: {'; '.join(missing)}.",
+        "",
+    ]
+
+
 def collect(result_paths: list[str | Path] | list[dict]) -> pd.DataFrame:
     rows = []
     for path in result_paths:
@@ -275,6 +293,7 @@ def aggregate(
     lines = [
         "# layerprune report",
         "",
+        *sandbox_isolation_lines(results),
         "Retention = mean chance-normalised score of a pruned variant ÷ the same for the dense model, over a task "
         "type's informative tasks (score − chance) / (1 − chance); 1.00 = nothing lost. Drop = mean score lost, in "
         f"points. Brackets: {level} paired-bootstrap intervals ({bootstrap_samples} resamples of each task's items, "

@@ -20,7 +20,7 @@ from layerprune.generative import Sampling, evaluate_generative
 from layerprune.graders import normalise_answer  # noqa: F401 - re-exported
 from layerprune.io import read_json, write_json, write_jsonl
 from layerprune.models import load_checkpoint
-from layerprune.sandbox import SandboxLimits
+from layerprune.sandbox import SandboxLimits, preflight
 
 QUESTION, ANSWER = "Q: ", "A:"
 
@@ -204,6 +204,10 @@ def evaluate_checkpoint(
     aggregate step needs nothing but the result files.
     """
     task = read_json(task_path)
+    if task.get("grader") == "code":
+        # Before the model loads: where strict isolation is impossible, stop now (SandboxUnavailable names what
+        # is missing and the setting that accepts less), not after the generations.
+        preflight(sandbox or SandboxLimits())
     model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
     if task["type"] == "classification":
         result = evaluate_classification(model, tokenizer, task, task_name, batch_size, seed)

@@ -41,9 +41,12 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -55,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 LAUNCHER = Path(__file__).with_name("_sandbox_launcher.py")
+UNAVAILABLE = "layerprune sandbox: strict isolation is not available on this machine"  # the launcher's refusal
 OUTPUT_TAIL = 4000
 # Sandbox user ids: far above any account (useradd's default ceiling is 60000, subuid ranges start at 100000
 # and rarely reach 10^9), one per concurrent sandbox on this machine.
@@ -67,6 +71,7 @@ DRAIN_TIMEOUT_S = 10.0
 # Set to 0 to skip cgroups (then the uid and watchdog fallbacks run): for tests, and machines whose cgroup
 # set-up misbehaves.
 CGROUPS_ENV = "LAYERPRUNE_SANDBOX_CGROUPS"
+ISOLATION_LEVELS = ("strict", "best_effort")
 # The completion marker's file descriptors in the program (see `run_program`).
 NONCE_FD = 3
 MARKER_FD = 4
@@ -89,6 +94,9 @@ class SandboxLimits:
     file_size_mb: int = 16
     nproc: int = 32
     tmpfs_mb: int = 64
+    # "strict": refuse to run (SandboxUnavailable) where the program cannot be isolated from the user's files,
+    # network and processes; "best_effort": run with what the machine allows, and record what was missing.
+    isolation_level: str = "strict"
 
 
 @dataclass
@@ -110,6 +118,10 @@ class SandboxResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class SandboxUnavailable(RuntimeError):
+    """Strict isolation was asked for and this machine cannot give it (raised before any program runs)."""
 
 
 def _tail(path: Path) -> str:
@@ -363,6 +375,107 @@ def _cgroup(name: str, limits: SandboxLimits) -> _Cgroup | None:
     return _cgroup_v2(name, limits) or _cgroup_v1(name, limits)
 
 
+# The host in the name too: a $TMPDIR on a shared filesystem holds other nodes' evaluators, whose pids mean
+# nothing here.
+WORK_PREFIX = f"layerprune-sandbox-{socket.gethostname()}-"
+_WORK_DIR = re.compile(re.escape(WORK_PREFIX) + r"(\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cgroup_dirs_of_slots() -> list[Path]:
+    """Every per-sandbox cgroup directory (`uid-N`) where this evaluator would create one."""
+    places: list[Path] = []
+    own = _own_cgroups()
+    for mount_point, mount_root, _ in _mounts("cgroup2"):
+        mine = _mounted_dir(mount_point, mount_root, own.get("", "/"))
+        if mine is not None:
+            places += [mine, mine.parent]
+        break
+    for mount_point, mount_root, options in _mounts("cgroup"):
+        for controller in ("pids", "memory"):
+            if controller in options and controller in own:
+                mine = _mounted_dir(mount_point, mount_root, own[controller])
+                if mine is not None:
+                    places.append(mine / CGROUP_NAME)
+    found: list[Path] = []
+    for place in dict.fromkeys(places):
+        with contextlib.suppress(OSError):
+            found += [d for d in place.iterdir() if d.is_dir() and re.fullmatch(r"uid-\d+", d.name)]
+    return found
+
+
+def reap_stale() -> dict[str, int]:
+    """Remove what evaluators that died (SIGKILL, a node failure) left: their scratch/work directories, and, as
+    root, the processes and cgroups of sandbox uids whose lease nobody holds. Runs once per process, at the first
+    sandbox; anything still leased by a live evaluator is left alone. Returns counts of what was removed."""
+    removed = {"work_dirs": 0, "cgroups": 0, "processes": 0}
+    tmp = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in tmp.iterdir():
+            match = _WORK_DIR.match(entry.name)
+            with contextlib.suppress(OSError):
+                if match and entry.stat().st_uid == os.geteuid() and not _alive(int(match.group(1))):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed["work_dirs"] += 1
+    if os.geteuid() != 0:
+        return removed
+    directory = _uid_lock_dir()
+    groups: dict[int, list[Path]] = {}
+    for group in _cgroup_dirs_of_slots():
+        groups.setdefault(int(group.name[4:]), []).append(group)
+    for uid in sorted(set(groups) | set(range(UID_BASE, UID_BASE + UID_SLOTS)) & _sandbox_uids_with_processes()):
+        fd = os.open(directory / f"{uid - UID_BASE}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live evaluator holds it
+        try:
+            removed["processes"] += _kill_uid(uid)
+            for group in groups.get(uid, []):
+                _Cgroup(2, {"pids": group}).remove()  # kills what is left in it, then removes it
+                removed["cgroups"] += 1
+        finally:
+            os.close(fd)
+    if any(removed.values()):
+        log.info("sandbox: removed what dead evaluators left: %s", removed)
+    return removed
+
+
+def _sandbox_uids_with_processes() -> set[int]:
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                uid = entry.stat().st_uid
+                if UID_BASE <= uid < UID_BASE + UID_SLOTS:
+                    found.add(uid)
+    return found
+
+
+def _kill_uid(uid: int) -> int:
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+    return killed
+
+
+_reaped = False
+
+
 def _tree_rss_bytes(root: int) -> int:
     """Resident memory of `root`'s descendants (not `root`, the launcher), from /proc/*/stat."""
     children: dict[int, list[int]] = {}
@@ -453,14 +566,23 @@ def run_program(
     by accident and no sample is graded wrong for the sandbox's sake.
     """
     limits = limits or SandboxLimits()
+    if limits.isolation_level not in ISOLATION_LEVELS:
+        raise ValueError(
+            f"evaluation.sandbox.isolation must be one of {ISOLATION_LEVELS}, not {limits.isolation_level!r}"
+        )
     extra_sys_path = list(extra_sys_path or [])
     if extra_sys_path:
         source = f"import sys\nsys.path.extend({extra_sys_path!r})\n" + source
     python, prefix = _python()
     root = os.geteuid() == 0
+    global _reaped
+    if not _reaped:
+        _reaped = True
+        reap_stale()
     with contextlib.ExitStack() as stack:
         uid = stack.enter_context(_uid_lease()) if root else None
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="layerprune-sandbox-")))
+        # The evaluator's pid in the name: whatever a killed evaluator leaves, the next one removes (reap_stale).
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-")))
         group = _cgroup(f"uid-{uid}", limits) if uid is not None else None
         if group is not None:
             stack.callback(group.remove)  # runs before the uid lease is released: no process of it survives
@@ -483,6 +605,8 @@ def run_program(
             "cgroup_procs": group.procs_files if group else [],
             "isolation_file": str(isolation_file),
             "fallback_scratch": str(fallback_scratch),
+            "isolation_level": limits.isolation_level,
+            "parent_pid": os.getpid(),
             "nonce": nonce,
             "nonce_fd": NONCE_FD,
             "marker_fd": MARKER_FD,
@@ -523,11 +647,15 @@ def run_program(
                         returncode = process.wait()
                         break
         stderr = _tail(stderr_path)
+        if returncode == 126 and UNAVAILABLE in stderr:
+            raise SandboxUnavailable(stderr[stderr.index(UNAVAILABLE) :].strip())
         if not isolation_file.is_file() or not isolation_file.stat().st_size:
             if timed_out:  # a set-up that hangs is a sandbox failure too, but say so plainly
                 raise RuntimeError(f"the sandbox did not start within {limits.timeout_s} s: {stderr}")
             raise RuntimeError(f"the sandbox could not be set up (exit {returncode}): {stderr.strip()}")
         isolation = json.loads(isolation_file.read_text())
+        if uid is None and isolation.get("own_process_count"):
+            mechanisms = {**mechanisms, "processes": "RLIMIT_NPROC, counted in the sandbox's own user namespace"}
         isolation["limits"] = mechanisms
         isolation["uid"] = uid  # the sandbox's own uid (None where none could be leased)
         if group is not None and group.oom_kills():
@@ -549,6 +677,12 @@ def run_program(
             limit_exceeded=limit_exceeded,
             completed=completed,
         )
+
+
+def preflight(limits: SandboxLimits) -> dict[str, Any]:
+    """Run an empty program once, so that a machine that cannot isolate as `limits.isolation_level` asks stops
+    the evaluation (SandboxUnavailable) before any sample; returns the isolation it got."""
+    return run_program("pass\n", limits).isolation
 
 
 def site_packages() -> list[str]:

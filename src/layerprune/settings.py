@@ -596,6 +596,14 @@ class EvaluationSettings(Seeded, OnModel):
         config="evaluation.sandbox.nproc",
         schema={"minimum": 1, "maximum": 2**16},
     )
+    sandbox_isolation: str = setting(
+        "strict",
+        help="strict: refuse to grade (before the first sample) where a program cannot be kept from your files, "
+        "the network and your processes (non-root without user namespaces); best_effort: grade with what the "
+        "machine allows, recorded in each result and said in the report",
+        config="evaluation.sandbox.isolation",
+        choices=("strict", "best_effort"),
+    )
 
     def __post_init__(self) -> None:
         too_large = [k for k in self.pass_k if k > self.num_samples]
@@ -629,6 +637,7 @@ class EvaluationSettings(Seeded, OnModel):
             memory_mb=self.sandbox_memory_mb,
             file_size_mb=self.sandbox_file_size_mb,
             nproc=self.sandbox_nproc,
+            isolation_level=self.sandbox_isolation,
         )
 
 
