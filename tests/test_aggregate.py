@@ -80,14 +80,14 @@ def test_summary_csv_columns_and_rows(aggregated):
     summary = pd.read_csv(out_dir / "summary.csv")
     assert list(summary.columns) == COLUMNS
     assert COLUMNS == [
-        "model", "method", "ratio", "recovery", "task", "type", "metric", "value", "stderr", "n", "retention"
+        "model", "method", "ratio", "recovery", "task", "type", "metric", "value", "stderr", "n", "value_ratio"
     ]  # fmt: skip
     assert list(table.columns) == COLUMNS
     assert len(summary) == len(table) == 2 * (1 + len(VALUES))
     pd.testing.assert_frame_equal(summary, table, check_dtype=False)
 
 
-def test_retention_is_value_over_dense(aggregated):
+def test_value_ratio_is_value_over_dense(aggregated):
     _, out_dir = aggregated
     summary = pd.read_csv(out_dir / "summary.csv")
     for row in summary.itertuples():
@@ -96,13 +96,13 @@ def test_retention_is_value_over_dense(aggregated):
         if row.method == "dense":
             assert (row.ratio, row.recovery) == (0.0, "none")
             assert row.value == DENSE[row.task]
-            assert row.retention == 1.0
+            assert row.value_ratio == 1.0
             assert row.stderr == 0.125
         else:
             assert row.method == "bi"
             assert row.value == VALUES[(row.ratio, row.recovery)][row.task]
-            assert row.retention == RETENTION[(row.ratio, row.recovery)][row.task]
-            assert row.retention == row.value / DENSE[row.task]
+            assert row.value_ratio == RETENTION[(row.ratio, row.recovery)][row.task]
+            assert row.value_ratio == row.value / DENSE[row.task]
             assert row.stderr == 0.0625
         assert row.n == 16
 
@@ -122,9 +122,9 @@ def test_metrics_json(aggregated):
     expected = {f"{MODEL}/dense/0.0/none/{task}" for task in TASKS}
     expected |= {f"{MODEL}/bi/{ratio}/{recovery}/{task}" for ratio, recovery in VALUES for task in TASKS}
     assert set(metrics) == expected
-    assert metrics[f"{MODEL}/dense/0.0/none/colours"] == {"value": 0.75, "retention": 1.0}
-    assert metrics[f"{MODEL}/bi/0.5/sgr/arith"] == {"value": 0.375, "retention": 0.75}
-    assert metrics[f"{MODEL}/bi/0.25/none/colours"] == {"value": 0.375, "retention": 0.5}
+    assert metrics[f"{MODEL}/dense/0.0/none/colours"] == {"value": 0.75, "value_ratio": 1.0}
+    assert metrics[f"{MODEL}/bi/0.5/sgr/arith"] == {"value": 0.375, "value_ratio": 0.75}
+    assert metrics[f"{MODEL}/bi/0.25/none/colours"] == {"value": 0.375, "value_ratio": 0.5}
 
 
 def test_plots_are_png(aggregated):
@@ -210,7 +210,7 @@ def test_dense_for_another_model_is_not_a_duplicate(tmp_path):
     write_json(tmp_path / "other.json", other)
     table = collect([*paths, tmp_path / "other.json"])
     row = table[table["model"] == "other"].iloc[0]
-    assert row["retention"] == 1.0
+    assert row["value_ratio"] == 1.0
 
 
 def test_no_dense_baseline_gives_nan_retention(tmp_path):
@@ -218,6 +218,6 @@ def test_no_dense_baseline_gives_nan_retention(tmp_path):
     write_json(path, _result("arith", "bi", 0.5, "sgr", 0.25, float("nan")))
     table = aggregate([path], tmp_path / "out")
     assert len(table) == 1
-    assert math.isnan(table.loc[0, "retention"])
+    assert math.isnan(table.loc[0, "value_ratio"])
     assert json.loads((tmp_path / "out" / "metrics.json").read_text().replace("NaN", "null"))
     assert (tmp_path / "out" / "plots" / f"{MODEL}__arith.png").read_bytes().startswith(PNG_MAGIC)

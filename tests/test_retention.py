@@ -106,7 +106,7 @@ def test_lucky_draw_on_an_uninformative_task_counts_for_nothing():
     assert row["tasks"] == 0 and row["excluded"] == 1 and np.isnan(row["retention"])
     task = stats.per_task.iloc[0]
     assert not task["informative"] and np.isnan(task["retention"])
-    assert task["raw_retention"] == 2.0  # what the old headline averaged in
+    assert task["value_ratio"] == 2.0  # what the old headline averaged in
     assert task["drop_points"] == pytest.approx(-12.5) and task["drop_low"] < 0 <= task["drop_high"]
     verdicts = findings(stats)
     assert (verdicts["verdict"] == NOT_TESTED).all()
@@ -531,3 +531,27 @@ def test_a_task_chance_from_the_config_reaches_the_statistic(tmp_path):
     at_tenth = type_row(pd.read_csv(tmp_path / "tenth" / "retention_by_type.csv"), "generative")
     assert at_zero["retention"] == pytest.approx(6 / 15)
     assert at_tenth["retention"] == pytest.approx((0.2 - 0.1) / (0.5 - 0.1))  # (6/30 - 0.1) / (15/30 - 0.1)
+
+
+def test_results_that_store_their_chance_aggregate_the_same_without_the_config(tmp_path):
+    """An evaluated result stores its chance: re-aggregating the run's own files without the config changes nothing.
+
+    Old code: the chance lived only in the config (report.task_chance), so the files alone gave 0 for the probe.
+    """
+    entries = [
+        dense("probe", "generative", 15, 30, chance=0.1, chance_source="given by the task"),
+        result("probe", "generative", "bi", 0.2, "none", 6, 30, chance=0.1, chance_source="given by the task"),
+        dense("mc", "classification", 20, 30, choices=4),
+        result("mc", "classification", "bi", 0.2, "none", 12, 30, choices=4),
+    ]
+    paths = written(tmp_path, entries)
+    aggregate(paths, tmp_path / "with", bootstrap_samples=200, seed=0, task_chance={"probe": 0.1})
+    aggregate(paths, tmp_path / "without", bootstrap_samples=200, seed=0)
+    for name in ("retention_by_type.csv", "findings.csv", "tasks_counted.csv"):
+        with_config = pd.read_csv(tmp_path / "with" / name)
+        pd.testing.assert_frame_equal(with_config, pd.read_csv(tmp_path / "without" / name))
+    at_tenth = type_row(pd.read_csv(tmp_path / "without" / "retention_by_type.csv"), "generative")
+    assert at_tenth["retention"] == pytest.approx((0.2 - 0.1) / (0.5 - 0.1))
+    # a config that disagrees with what a result was evaluated with is an error naming the file
+    with pytest.raises(ValueError, match=r"0\.json: evaluated with chance 0\.1 .* tasks\.probe\.chance is 0\.2"):
+        aggregate(paths, tmp_path / "clash", bootstrap_samples=20, task_chance={"probe": 0.2})

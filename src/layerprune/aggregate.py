@@ -1,8 +1,8 @@
 """Aggregate: one tidy table of every result, retention vs dense, report and plots.
 
-summary.csv's `retention` is the raw ratio value ÷ dense value of one row. The report's
-retention (retention.csv, retention_by_type.csv, the first screen) is the chance-normalised
-ratio of means with paired intervals described in retention.py.
+"Retention" has one meaning: the chance-normalised ratio of means with paired intervals described in
+retention.py (retention.csv, retention_by_type.csv, the first screen). The plain value ÷ dense value of
+one row is summary.csv's `value_ratio`, never called retention.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ COLUMNS = [
     "value",
     "stderr",
     "n",
-    "retention",
+    "value_ratio",
 ]
 
 
@@ -47,6 +47,25 @@ SAMPLE_FIELDS = (
     "id", "correct", "score", "target", "error_bucket", "error_buckets", "digits", "operation", "first_digit",
     "first_digit_correct",
 )  # fmt: skip
+
+
+def _apply_task_chance(result: dict, given: float | None, path: str | Path) -> None:
+    """A task's own chance level (tasks.<task>.chance) for a result evaluated before results stored theirs.
+
+    A result that stores its chance (`layerprune evaluate` does) keeps it, so that the report of a
+    run's own files is the same with or without the config; a config that disagrees with it is an
+    error, never a silent override.
+    """
+    if given is None:
+        return
+    stored = result.get("chance")
+    if stored is None:
+        result["chance"] = given
+    elif not math.isclose(stored, given):
+        raise ValueError(
+            f"{path}: evaluated with chance {stored} ({result.get('chance_source', 'stored')}), but "
+            f"tasks.{result['task']}.chance is {given}; evaluate it again"
+        )
 
 
 def _slim(result: dict) -> dict:
@@ -71,16 +90,16 @@ def collect(result_paths: list[str | Path] | list[dict]) -> pd.DataFrame:
         if missing:
             raise KeyError(f"{path} lacks {missing}; was it written by `layerprune evaluate`?")
         rows.append({key: result[key] for key in COLUMNS if key in result})
-    table = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c != "retention"])  # absent: NaN
+    table = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c != "value_ratio"])  # absent: NaN
     dense = table[table["method"] == "dense"].set_index(["model", "task"])["value"]
     if dense.index.has_duplicates:
         raise ValueError("more than one dense result for a (model, task)")
 
-    def retention(row) -> float:
+    def value_ratio(row) -> float:
         base = dense.get((row["model"], row["task"]), math.nan)
         return row["value"] / base if base and not math.isnan(base) else math.nan
 
-    table["retention"] = table.apply(retention, axis=1)
+    table["value_ratio"] = table.apply(value_ratio, axis=1)
     table = table.sort_values(["model", "task", "method", "ratio", "recovery"], key=_dense_first)
     return table[COLUMNS].reset_index(drop=True)
 
@@ -227,15 +246,14 @@ def aggregate(
         samples=bootstrap_samples, confidence=confidence, seed=seed, min_dense_margin=min_dense_margin
     )
     results = load_results(result_paths)
-    for result in results:  # a task's own chance level (tasks.<task>.chance) beats the one read from its samples
-        if task_chance and result.get("task") in task_chance:
-            result["chance"] = task_chance[result["task"]]
+    for result, path in zip(results, result_paths, strict=True):
+        _apply_task_chance(result, (task_chance or {}).get(result["task"]), path)
     table = collect(results)
     timing = report.time_table(benchmark_paths or [])
     with atomic_path(out_dir / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
     metrics = {
-        f"{r.model}/{r.method}/{r.ratio}/{r.recovery}/{r.task}": {"value": r.value, "retention": r.retention}
+        f"{r.model}/{r.method}/{r.ratio}/{r.recovery}/{r.task}": {"value": r.value, "value_ratio": r.value_ratio}
         for r in table.itertuples()
     }
     write_json(out_dir / "metrics.json", metrics)

@@ -245,6 +245,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         sampling=settings.sampling(),
         pass_k=settings.pass_k,
         sandbox=settings.sandbox_limits(),
+        chance=settings.chance,
+        settings=settings.to_dict(),
     )
 
 

@@ -111,7 +111,7 @@ def task_chance(result: dict[str, Any], where: str = "") -> tuple[float, str]:
         chance = result["chance"]
         if not isinstance(chance, (int, float)) or not 0 <= chance < 1:
             raise ValueError(f"{where or result.get('task')}: `chance` must be a number in [0, 1), got {chance!r}")
-        return float(chance), "given by the task"
+        return float(chance), result.get("chance_source") or "given by the task"
     counts = [choice_count(s) for s in result.get("samples") or []]
     known = [c for c in counts if c]
     if known:
@@ -296,7 +296,7 @@ class Retention:
 
 TASK_COLUMNS = [
     *VARIANT, "task", "type", "metric", "value", "dense_value", "chance", "informative", "retention", "ci_low",
-    "ci_high", "drop_points", "drop_low", "drop_high", "raw_retention", "n", "nan_draws",
+    "ci_high", "drop_points", "drop_low", "drop_high", "value_ratio", "n", "nan_draws",
 ]  # fmt: skip
 TYPE_COLUMNS = [
     *VARIANT, "type", "retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high", "tasks",
@@ -329,7 +329,7 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
         row: dict[str, Any] = dict(zip(VARIANT, variant, strict=True))
         row.update(task=result["task"], type=result.get("type", "unknown"), metric=result.get("metric", ""))
         row.update(value=float(result["value"]), dense_value=base.dense_value if base else math.nan)
-        row["raw_retention"] = row["value"] / row["dense_value"] if row["dense_value"] else math.nan
+        row["value_ratio"] = row["value"] / row["dense_value"] if row["dense_value"] else math.nan
         row.update(chance=base.chance if base else math.nan, informative=bool(base and base.informative))
         row.update(n=pair.n if pair else 0, nan_draws=0)
         row.update(dict.fromkeys(["retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high"], math.nan))

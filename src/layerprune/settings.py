@@ -558,6 +558,16 @@ class EvaluationSettings(Seeded, OnModel):
         config="tasks.*.pass_k",
         schema={"minItems": 1, "items": {"type": "integer", "minimum": 1}},
     )
+    chance: float | None = setting(
+        None,
+        help=(
+            "the score a random guesser expects, for the report's chance-normalised retention; null = 1/choices for "
+            "multiple choice, 0 for free generation (e.g. 0.1 for the arithmetic probe's first digit); stored in "
+            "each result"
+        ),
+        config="tasks.*.chance",
+        schema={"minimum": 0, "exclusiveMaximum": 1},
+    )
     sandbox_timeout: float = setting(
         10.0,
         help="wall clock, kills the whole program",
