@@ -233,10 +233,10 @@ def test_report_first_screen_states_the_answer(report_dir):
     ]
     table = [line for line in first_screen.split("## Retention at", 1)[1].splitlines() if line.startswith("|")]
     assert table[0] == (
-        "| model | method | classification · none | classification · sgr | generative · none | generative · sgr |"
+        "| model | method | ratio | classification · none | classification · sgr | generative · none | generative · sgr |"
     )
     assert [line.split(" | ")[1] for line in table[2:]] == ["bi", "reverse"]
-    assert table[3].startswith("| tiny | reverse | 0.") and table[3].count("| – |") == 2  # no reverse+sgr run
+    assert table[3].startswith("| tiny | reverse | 0.25 (median of ") and table[3].count("| – |") == 2  # no reverse+sgr run
     assert all("] · drop " in line and " pts" in line for line in table[2:])  # retention [CI] · drop [CI]
     assert "![retention against the pruning ratio](plots/retention_by_type.png)" in first_screen
     assert len(first_screen.splitlines()) < 40
@@ -282,7 +282,7 @@ def test_report_degrades_without_optional_fields(tmp_path):
         assert (out / "plots" / f"{png}.png").read_bytes().startswith(PNG_MAGIC)
     per_task = pd.read_csv(out / "retention.csv")
     no_samples = per_task[per_task["ratio"] == 0.5].iloc[0]
-    assert no_samples["raw_retention"] == pytest.approx(0.2) and no_samples["n"] == 0
+    assert no_samples["value_ratio"] == pytest.approx(0.2) and no_samples["n"] == 0
     assert np.isnan(no_samples["retention"]) and np.isnan(no_samples["drop_points"])
 
 
@@ -308,6 +308,6 @@ def test_headline_plot_with_undefined_generative_retention(tmp_path):
     assert (tmp_path / "out" / "plots" / "retention_by_type.png").read_bytes().startswith(PNG_MAGIC)
     report = (tmp_path / "out" / "report.md").read_text()
     # mc: dense 3/6, pruned 0/6: retention 0 in every draw; gen: dense 0 -> not informative, no retention.
-    assert "| tiny | bi | 0.00 [0.00, 0.00] · drop 50.0 [" in report
+    assert "| tiny | bi | 0.25 (median of 0.25) | 0.00 [0.00, 0.00] · drop 50.0 [" in report
     assert "· drop 50.0 [" in report and "| – (no informative task) |" in report
     assert "`gen` (generative; dense lower bound 0.000 ≤ chance 0.000 + margin 0.05)" in report

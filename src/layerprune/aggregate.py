@@ -192,6 +192,29 @@ def _interval_cell(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def intro_lines(level: str, bootstrap_samples: int, seed: int, task_weighting: str) -> list[str]:
+    """The report's definitions: retention, drop, what the brackets are and what they leave out."""
+    return [
+        "Retention = mean chance-normalised score of a pruned variant ÷ the same for the dense model, over a task "
+        "type's informative tasks (score − chance) / (1 − chance); 1.00 = nothing lost. Drop = mean score lost, in "
+        f"points. {weighting_line(task_weighting)} Brackets: {level} paired-bootstrap intervals "
+        f"({bootstrap_samples} resamples of each task's items, the same for every variant; seed {seed}). "
+        "The intervals cover the sampling of evaluation items only: not the variation between training seeds of a "
+        "recovery, between calibration sets or between task choices; a difference decided here may not survive "
+        "another seed.",
+    ]
+
+
+def weighting_line(task_weighting: str) -> str:
+    """The sentence under each retention table that states report.task_weighting."""
+    if task_weighting == "items":
+        return "Tasks weighted by their items (report.task_weighting: items): a large task moves a type's means more."
+    return (
+        "Tasks weighted equally (report.task_weighting: equal): a 10-item task moves a type's means as much as a "
+        "200-item one."
+    )
+
+
 def method_comparison(table: pd.DataFrame, score_paths: list[str | Path], out_dir: Path) -> list[str]:
     """Plots and overlap table comparing the scoring methods; returns report lines."""
     from layerprune.compare import load_scores, overlap_table, plot_layer_scores, plot_removal_map
@@ -229,6 +252,7 @@ def aggregate(
     min_dense_margin: float = 0.05,
     benchmark_paths: list[str | Path] | None = None,
     task_chance: dict[str, float] | None = None,
+    task_weighting: str = "equal",
 ) -> pd.DataFrame:
     """Write summary.csv, the retention, findings and recovery CSVs, diagnostics, metrics.json, report.md, plots/.
 
@@ -243,7 +267,11 @@ def aggregate(
 
     out_dir = Path(out_dir)
     settings = report.BootstrapSettings(
-        samples=bootstrap_samples, confidence=confidence, seed=seed, min_dense_margin=min_dense_margin
+        samples=bootstrap_samples,
+        confidence=confidence,
+        seed=seed,
+        min_dense_margin=min_dense_margin,
+        task_weighting=task_weighting,
     )
     results = load_results(result_paths)
     for result, path in zip(results, result_paths, strict=True):
@@ -261,6 +289,7 @@ def aggregate(
     stats = report.retention(results, settings)
     verdicts = report.findings(stats)
     by_ratio = report.recovery_by_ratio(stats)
+    between_ratios = report.ratio_contrasts(stats)
     degeneration, buckets, arithmetic = report.diagnostics_tables(results, self_bleu_max_texts, seed)
     tables = {
         "retention.csv": stats.per_task,
@@ -268,6 +297,7 @@ def aggregate(
         "tasks_counted.csv": stats.tasks,
         "findings.csv": verdicts,
         "recovery_by_ratio.csv": by_ratio,
+        "ratio_contrasts.csv": between_ratios,
         "degeneration.csv": degeneration,
         "error_buckets.csv": buckets,
         "arithmetic.csv": arithmetic,
@@ -288,15 +318,12 @@ def aggregate(
         plots.append((model, task, plot_path.relative_to(out_dir)))
 
     per_type = stats.per_type
-    ratio = report.headline_ratio(per_type, headline_ratio)
+    ratios = report.headline_ratios(per_type, headline_ratio)
     level = f"{confidence:.0%}"
     lines = [
         "# layerprune report",
         "",
-        "Retention = mean chance-normalised score of a pruned variant ÷ the same for the dense model, over a task "
-        "type's informative tasks (score − chance) / (1 − chance); 1.00 = nothing lost. Drop = mean score lost, in "
-        f"points. Brackets: {level} paired-bootstrap intervals ({bootstrap_samples} resamples of each task's items, "
-        f"the same for every variant; seed {seed}).",
+        *intro_lines(level, bootstrap_samples, seed, task_weighting),
         "",
         "## Findings",
         "",
@@ -317,13 +344,18 @@ def aggregate(
             *report.lowest_ratio_lines(by_ratio),
             "",
         ]
+    at = sorted({r for r, _ in ratios.values()})
     lines += [
-        "## Retention" + (f" at {ratio:g} of the layers removed" if ratio is not None else ""),
+        "## Retention"
+        + (f" at {at[0]:g} of the layers removed" if len(at) == 1 else " at each model's own ratio" if at else ""),
         "",
     ]
-    headline = report.headline_table(per_type, ratio)
+    headline = report.headline_table(per_type, ratios)
     lines += [markdown_table(headline) if len(headline) else "_no pruned variants_", ""]
-    lines += [f"Tasks counted (dense lower bound above chance + {min_dense_margin:g}):", ""]
+    lines += [
+        f"{weighting_line(task_weighting)} Tasks counted (dense lower bound above chance + {min_dense_margin:g}):",
+        "",
+    ]
     lines += report.excluded_lines(stats) + [""]
     undefined = report.nan_draw_lines(per_type)
     if undefined:
@@ -346,6 +378,17 @@ def aggregate(
     lines += ["## Retention by task type, every ratio", ""]
     every = report.type_summary_table(per_type)
     lines += [markdown_table(every) if len(every) else "_no pruned variants_", ""]
+    lines += [weighting_line(task_weighting), ""]
+    if len(between_ratios):
+        lines += [
+            "### Between adjacent ratios (paired)",
+            "",
+            "Retention at a ratio minus retention at the next lower ratio, on the same item resamples: two marginal "
+            "intervals that overlap can still hide a decided difference, and this says which.",
+            "",
+            markdown_table(report.ratio_contrast_table(between_ratios, confidence)),
+            "",
+        ]
     lines += ["## Retention by task", ""]
     by_task = report.task_retention_table(stats.per_task)
     lines += [markdown_table(by_task) if len(by_task) else "_no pruned variants_", ""]
@@ -382,7 +425,15 @@ def aggregate(
     lines += ["## Metric against the pruning ratio", ""]
     lines += [f"### {model} · {task}\n\n![{task}]({path.as_posix()})\n" for model, task, path in plots]
     lines += method_comparison(table, score_paths or [], out_dir)
-    lines += ["## All results", "", markdown_table(table), ""]
+    lines += [
+        "## All results",
+        "",
+        "value_ratio = value ÷ the dense model's value on the same task, neither chance-normalised nor called "
+        "retention; retention is defined at the top of this report.",
+        "",
+        markdown_table(table),
+        "",
+    ]
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
     return table

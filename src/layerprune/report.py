@@ -26,6 +26,7 @@ from layerprune.retention import (  # noqa: F401 - re-exported: the report's set
     BootstrapSettings,
     Retention,
     findings,
+    ratio_contrasts,
     recovery_by_ratio,
     retention,
     sample_scores,
@@ -295,14 +296,38 @@ def headline_ratio(per_type: pd.DataFrame, requested: float | None) -> float | N
     return ratios[(len(ratios) - 1) // 2]
 
 
-def headline_table(per_type: pd.DataFrame, ratio: float | None) -> pd.DataFrame:
-    """The first-screen table at one ratio: (model, method) rows, a `type · recovery` column each.
+def headline_ratios(per_type: pd.DataFrame, requested: float | None) -> dict[str, tuple[float, str]]:
+    """model -> (its first-screen ratio, why): each model at its own median ratio, or the nearest to `requested`.
 
-    Compact on purpose: the paper's grid (3 models x 3 methods x 3 recoveries) is 9 rows.
+    Per model, so that a model run at other ratios than the rest is never silently left out.
+    """
+    chosen = {}
+    for model, rows in per_type.groupby("model", sort=True) if len(per_type) else []:
+        ratios = sorted(float(r) for r in rows["ratio"].unique())
+        ratio = headline_ratio(rows, requested)
+        listed = ", ".join(f"{r:g}" for r in ratios)
+        if requested is None:
+            why = f"median of {listed}"
+        elif math.isclose(ratio, requested):
+            why = "as requested"
+        else:
+            why = f"nearest to {requested:g} among {listed}"
+        chosen[model] = (ratio, why)
+    return chosen
+
+
+def headline_table(per_type: pd.DataFrame, ratio: float | dict[str, tuple[float, str]] | None) -> pd.DataFrame:
+    """The first-screen table: (model, method) rows at each model's ratio, a `type · recovery` column each.
+
+    `ratio`: one ratio for every model, or `headline_ratios`' model -> (ratio, why); the `ratio`
+    column says which ratio each row is at and why. Compact on purpose: the paper's grid (3 models
+    x 3 methods x 3 recoveries) is 9 rows.
     """
     if ratio is None or not len(per_type):
         return pd.DataFrame(columns=["model", "method"])
-    rows = per_type[np.isclose(per_type["ratio"], ratio)]
+    chosen = ratio if isinstance(ratio, dict) else {m: (ratio, "") for m in per_type["model"].unique()}
+    at = per_type["model"].map(lambda m: chosen[m][0] if m in chosen else math.nan).astype(float)
+    rows = per_type[np.isclose(per_type["ratio"].astype(float), at)]
     rows = rows.assign(
         cell=[retention_cell(r) for r in rows.itertuples()],
         column=[f"{r.type} · {r.recovery}" for r in rows.itertuples()],
@@ -313,7 +338,29 @@ def headline_table(per_type: pd.DataFrame, ratio: float | None) -> pd.DataFrame:
     order = [f"{t} · {r}" for t in types for r in recoveries if f"{t} · {r}" in wide.columns]
     wide = wide[order].reset_index()
     wide.columns.name = None
+    wide.insert(
+        2,
+        "ratio",
+        [f"{chosen[m][0]:g}" + (f" ({chosen[m][1]})" if chosen[m][1] else "") for m in wide["model"]],
+    )
     return wide.fillna("–")
+
+
+def ratio_contrast_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Retention at a ratio minus at the next lower ratio (paired), as the report prints it."""
+    return pd.DataFrame(
+        {
+            "model": frame["model"],
+            "method": frame["method"],
+            "recovery": frame["recovery"],
+            "type": frame["type"],
+            "ratios": [f"{r.to_ratio:g} − {r.from_ratio:g}" for r in frame.itertuples(index=False)],
+            f"difference [{confidence:.0%} CI]": [
+                _with_ci(r.estimate, r.ci_low, r.ci_high) for r in frame.itertuples(index=False)
+            ],
+            "verdict": frame["verdict"],
+        }
+    )
 
 
 PAPER_SIGN = {"i": "< 0", "ii": "> 0", "iii": "> 0"}

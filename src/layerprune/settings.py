@@ -636,6 +636,14 @@ class ReportSettings(Seeded):
         ),
         schema={"minimum": 0, "exclusiveMaximum": 1},
     )
+    task_weighting: str = setting(
+        "equal",
+        help=(
+            "how a type's retention weighs its tasks: equal (each task alike) or items (in proportion to its "
+            "items, as if pooled); the report states the choice under its tables"
+        ),
+        choices=("equal", "items"),
+    )
     task_chance: dict = setting(
         {},
         help="task -> its chance level, from tasks.<task>.chance (only the tasks that set one)",
