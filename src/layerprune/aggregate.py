@@ -108,36 +108,50 @@ def _dense_first(column: pd.Series) -> pd.Series:
     return column.map(lambda v: "" if v == "dense" else v) if column.name == "method" else column
 
 
-def plot_task(table: pd.DataFrame, model: str, task: str, out_path: Path) -> None:
-    """The metric against the ratio, one panel per method, one line per recovery."""
-    import matplotlib
+def plot_task(
+    table: pd.DataFrame,
+    model: str,
+    task: str,
+    out_path: Path,
+    chance: float | None = None,
+    num_layers: int | None = None,
+) -> None:
+    """The metric against the ratio, one panel per method (stacked), one line per recovery; dense and chance lines."""
+    from layerprune.report import _pyplot, _save, layers_axis, metric_label, ratio_axis, recovery_style
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = table[(table["model"] == model) & (table["task"] == task)]
     dense = rows[rows["method"] == "dense"]
     pruned = rows[rows["method"] != "dense"]
     methods = sorted(pruned["method"].unique())
-    figure, axes = plt.subplots(1, max(1, len(methods)), figsize=(4.2 * max(1, len(methods)), 3.4), squeeze=False)
+    ratios = sorted(
+        float(r) for r in table.loc[(table["model"] == model) & (table["method"] != "dense"), "ratio"].unique()
+    )
+    panels = max(1, len(methods))
+    figure, axes = plt.subplots(panels, 1, figsize=(3.5, 2.3 * panels + 0.5), squeeze=False, layout="constrained")
     dense_value = float(dense["value"].iloc[0]) if len(dense) else math.nan
-    for axis, method in zip(axes[0], methods or ["(none)"], strict=True):
-        for recovery, group in pruned[pruned["method"] == method].groupby("recovery"):
+    for axis, method in zip(axes[:, 0], methods or ["(none)"], strict=True):
+        for recovery, group in sorted(
+            pruned[pruned["method"] == method].groupby("recovery"), key=lambda g: (g[0] != "none", g[0])
+        ):
             group = group.sort_values("ratio")
-            ratios = [0.0, *group["ratio"]]
+            ratios_here = [0.0, *group["ratio"]]
             values = [dense_value, *group["value"]]
-            axis.errorbar(ratios, values, yerr=[0.0, *group["stderr"].fillna(0)], marker="o", capsize=3, label=recovery)
-        axis.axhline(dense_value, color="grey", linestyle="--", linewidth=1, label="dense")
-        axis.set_title(f"{method}")
-        axis.set_xlabel("pruning ratio")
-        axis.set_ylabel(rows["metric"].iloc[0] if len(rows) else "")
+            axis.errorbar(
+                ratios_here, values, yerr=[0.0, *group["stderr"].fillna(0)], capsize=2, label=recovery,
+                **recovery_style(recovery),
+            )  # fmt: skip
+        axis.axhline(dense_value, color="grey", linestyle="--", linewidth=0.8, label="dense")
+        if chance is not None and not math.isnan(chance):
+            axis.axhline(chance, color="black", linestyle=":", linewidth=0.8, label="chance")
+        axis.set_title(f"{model} · {task} · {method}")
+        ratio_axis(axis, ratios)
+        layers_axis(axis, ratios, num_layers)
+        axis.set_ylabel(metric_label(rows["metric"].iloc[0]) if len(rows) else "")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle(f"{model} · {task}")
-    figure.tight_layout()
-    with atomic_path(out_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside lower center", ncol=min(4, len(handles)), frameon=False)
+    _save(figure, out_path)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -145,6 +159,26 @@ def markdown_table(frame: pd.DataFrame) -> str:
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+def rst_table(frame: pd.DataFrame, title: str) -> str:
+    """A reStructuredText list-table (the HTML report's landing page is reStructuredText)."""
+    lines = [f".. list-table:: {title}", "   :header-rows: 1", ""]
+    for row in [list(map(str, frame.columns)), *([_cell(v) for v in r] for r in frame.itertuples(index=False))]:
+        for index, cell in enumerate(row):
+            text = cell.replace("|", "\\|") or " "
+            lines.append(("   * - " if index == 0 else "     - ") + text)
+    return "\n".join(lines)
+
+
+def landing_rst(intro: list[str], findings: pd.DataFrame, headline: pd.DataFrame, notes: list[str]) -> str:
+    """The HTML report's landing page: the definitions, the findings and the headline table (report.rst)."""
+    parts = ["Findings", "========", "", *intro, ""]
+    parts += [rst_table(findings, "The paper's findings, per model") if len(findings) else "No pruned variant.", ""]
+    parts += ["Retention at each model's headline ratio", "-" * 40, ""]
+    parts += [rst_table(headline, "Retention by task type") if len(headline) else "No pruned variant.", ""]
+    parts += [*notes, ""]
+    return "\n".join(parts)
 
 
 def _cell(value) -> str:
@@ -190,6 +224,33 @@ def _interval_cell(value: float, low: float, high: float) -> str:
     if math.isnan(low):
         return f"{value:.3f}"
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def layer_counts(score_paths: list[str | Path]) -> dict[str, int]:
+    """model -> its number of decoder layers L, from its scores JSONs (for the k = layers-removed axis)."""
+    from layerprune.compare import load_scores
+
+    return {
+        model: max(int(s["num_layers"]) for s in methods.values() if s.get("num_layers"))
+        for model, methods in load_scores(score_paths).items()
+        if any(s.get("num_layers") for s in methods.values())
+    }
+
+
+def recovery_records(folders: list[str | Path]) -> list[dict]:
+    """Each recovered checkpoint's recovery.json (loss curves), placed by its folder's last four parts.
+
+    The folder is <...>/<model>/<method>/<ratio>/<recovery>, as the recover rule writes it.
+    """
+    records = []
+    for folder in map(Path, folders):
+        record_path = folder / "recovery.json"
+        if not record_path.is_file():
+            raise FileNotFoundError(f"{record_path}: a recovered checkpoint without its recovery.json")
+        record = read_json(record_path)
+        model, method, ratio, recovery = folder.parts[-4:]
+        records.append({**record, "model": model, "method": method, "ratio": float(ratio), "recovery": recovery})
+    return records
 
 
 def intro_lines(level: str, bootstrap_samples: int, seed: int, task_weighting: str) -> list[str]:
@@ -253,6 +314,7 @@ def aggregate(
     benchmark_paths: list[str | Path] | None = None,
     task_chance: dict[str, float] | None = None,
     task_weighting: str = "equal",
+    recovered: list[str | Path] | None = None,
 ) -> pd.DataFrame:
     """Write summary.csv, the retention, findings and recovery CSVs, diagnostics, metrics.json, report.md, plots/.
 
@@ -261,7 +323,9 @@ def aggregate(
     plot. `min_dense_margin`: a task counts only if the dense lower bound beats chance by this
     much. `benchmark_paths`: Snakemake benchmark TSVs under benchmarks/<rule>/ for the "where the
     time went" table (time.csv); none, no table. With `score_paths`, the report also compares the
-    scoring methods (see compare.py).
+    scoring methods (see compare.py) and draws k (layers removed) above each ratio axis.
+    `recovered`: recovered checkpoint folders, whose recovery.json loss curves become
+    plots/recovery_loss.png.
     """
     from layerprune import report
 
@@ -302,19 +366,22 @@ def aggregate(
         "error_buckets.csv": buckets,
         "arithmetic.csv": arithmetic,
     }
-    if benchmark_paths:
-        tables["time.csv"] = timing
+    tables["time.csv"] = timing  # without benchmark files: the header only (the rule declares the file)
     for name, frame in tables.items():
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
-    report.plot_retention_by_ratio(stats.per_type, out_dir / report.HEADLINE_PNG)
-    report.plot_error_buckets(buckets, out_dir / report.ERROR_BUCKETS_PNG)
-    report.plot_degeneration(degeneration, out_dir / report.DEGENERATION_PNG)
+    num_layers = layer_counts(score_paths or [])
+    report.plot_retention_by_ratio(stats.per_type, out_dir / report.HEADLINE_PNG, num_layers)
+    code_ran = any(r.get("grader") == "code" for r in results)
+    has_buckets = report.plot_error_buckets(buckets, out_dir / report.ERROR_BUCKETS_PNG, code_ran)
+    report.plot_degeneration(degeneration, out_dir / report.DEGENERATION_PNG, num_layers)
+    has_losses = report.plot_loss_curves(recovery_records(recovered or []), out_dir / report.LOSS_PNG)
 
     plots = []
+    chances = {(r.model, r.task): r.chance for r in stats.tasks.itertuples()}
     for (model, task), _ in table.groupby(["model", "task"], sort=True):
         plot_path = out_dir / "plots" / f"{model}__{task}.png"
-        plot_task(table, model, task, plot_path)
+        plot_task(table, model, task, plot_path, chances.get((model, task)), num_layers.get(model))
         plots.append((model, task, plot_path.relative_to(out_dir)))
 
     per_type = stats.per_type
@@ -330,6 +397,7 @@ def aggregate(
     ]
     findings = report.findings_table(verdicts, confidence)
     lines += [markdown_table(findings) if len(findings) else "_No pruned variant has been evaluated._", ""]
+    intro = intro_lines(level, bootstrap_samples, seed, task_weighting)
     lines += [
         "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
         "undecided: it covers 0.",
@@ -357,10 +425,19 @@ def aggregate(
         "",
     ]
     lines += report.excluded_lines(stats) + [""]
+    notes = [weighting_line(task_weighting), "", *report.excluded_lines(stats), "", report.caption("headline", level)]
+    rst = landing_rst(intro, findings, headline, notes)
+    with atomic_path(out_dir / "report.rst") as tmp:
+        tmp.write_text(rst)
     undefined = report.nan_draw_lines(per_type)
     if undefined:
         lines += ["Resamples without a retention (counted, not dropped silently):", "", *undefined, ""]
-    lines += [f"![retention against the pruning ratio]({report.HEADLINE_PNG})", ""]
+    lines += [
+        f"![retention against the pruning ratio]({report.HEADLINE_PNG})",
+        "",
+        report.caption("headline", level),
+        "",
+    ]
     if len(timing):
         lines += ["## Where the time went", "", markdown_table(_time_cells(timing)), ""]
         sampled = int(timing["sampled_jobs"].iloc[-1])
@@ -402,14 +479,20 @@ def aggregate(
             "",
             f"![degeneration]({report.DEGENERATION_PNG})",
             "",
+            report.caption("degeneration", level),
+            "",
             markdown_table(degeneration),
+            "",
+            "A blank cell: the measure is undefined for that result (self-BLEU needs two non-empty outputs; rep-n "
+            "needs an output of at least n words).",
             "",
         ]
     else:
         lines += ["_No generative outputs._", ""]
     lines += ["### Code error buckets", ""]
-    if len(buckets):
-        lines += [f"![error buckets]({report.ERROR_BUCKETS_PNG})", "", markdown_table(buckets), ""]
+    if has_buckets:
+        lines += [f"![error buckets]({report.ERROR_BUCKETS_PNG})", "", report.caption("error_buckets", level), ""]
+        lines += [markdown_table(buckets), ""]
     else:
         lines += ["_No code task recorded per-sample `error_bucket`._", ""]
     lines += ["### Arithmetic by operation and digit count", ""]
@@ -422,8 +505,11 @@ def aggregate(
         ]
     else:
         lines += ["_No arithmetic task recorded per-sample `digits` and `operation`._", ""]
-    lines += ["## Metric against the pruning ratio", ""]
+    lines += ["## Metric against the pruning ratio", "", report.caption("task", level), ""]
     lines += [f"### {model} · {task}\n\n![{task}]({path.as_posix()})\n" for model, task, path in plots]
+    if has_losses:
+        lines += ["## Recovery training loss", "", f"![recovery loss]({report.LOSS_PNG})", ""]
+        lines += [report.caption("loss", level), ""]
     lines += method_comparison(table, score_paths or [], out_dir)
     lines += [
         "## All results",

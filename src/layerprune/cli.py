@@ -256,7 +256,14 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     settings = settings_from_args(ReportSettings, args, "aggregate")
     # Snakemake writes one benchmark TSV per job under benchmarks/<rule>/: the "where the time went" table.
     benchmarks = sorted(Path(args.benchmarks).rglob("*.tsv")) if args.benchmarks else None
-    aggregate(args.results, args.out_dir, score_paths=args.scores, benchmark_paths=benchmarks, **settings.to_dict())
+    aggregate(
+        args.results,
+        args.out_dir,
+        score_paths=args.scores,
+        benchmark_paths=benchmarks,
+        recovered=args.recovered,
+        **settings.to_dict(),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -395,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stage("aggregate", cmd_aggregate, "Tidy table, report and plots from evaluation JSONs.", ReportSettings)
     sub.add_argument("--results", nargs="+", required=True)
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
+    sub.add_argument(
+        "--recovered", nargs="*", default=[], help="recovered checkpoint folders, for the recovery loss curves"
+    )
     sub.add_argument(
         "--out-dir", required=True, help="the folder for everything the report writes (the workflow's: results/report)"
     )
