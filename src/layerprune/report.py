@@ -322,9 +322,8 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path, num_layers: dict[str,
     plt = _pyplot()
     measures = [m for m in DEGENERATION_MEASURES if m in frame.columns]
     blocks = sorted(frame.groupby(["model", "task"]).groups)
-    figure, axes = plt.subplots(
-        2 * len(blocks), 2, figsize=(COLUMN_WIDTH, 3.4 * len(blocks) + 0.6), squeeze=False, layout="constrained"
-    )
+    figure = plt.figure(figsize=(COLUMN_WIDTH, 2.7 * len(blocks) + 0.3), layout="constrained")
+    subfigures = np.atleast_1d(figure.subfigures(len(blocks), 1))
     methods = sorted(frame.loc[frame["method"] != "dense", "method"].unique())
     dashes = {m: ["-", "--", ":", "-."][i % 4] for i, m in enumerate(methods)}
     for block, (model, task) in enumerate(blocks):
@@ -334,8 +333,11 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path, num_layers: dict[str,
         ratios = sorted(
             float(r) for r in frame.loc[(frame["model"] == model) & (frame["method"] != "dense"), "ratio"].unique()
         )
+        subfigure = subfigures[block]
+        axes = subfigure.subplots(2, 2, sharex=True)
+        subfigure.suptitle(f"{model} · {task}", fontweight="bold")
         for index, measure in enumerate(measures):
-            axis = axes[2 * block + index // 2, index % 2]
+            axis = axes[index // 2, index % 2]
             dense_value = float(dense[measure].iloc[0]) if len(dense) else math.nan
             for (method, recovery), group in pruned.groupby(["method", "recovery"]):
                 group = group.sort_values("ratio")
@@ -344,11 +346,12 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path, num_layers: dict[str,
                 axis.plot(xs, ys, linestyle=dashes[method], label=label, **recovery_style(recovery))
             if len(dense):
                 axis.axhline(dense_value, color="grey", linestyle="--", linewidth=0.8)
-            axis.set_title(f"{model} · {task}: {DEGENERATION_MEASURES[measure]}")
             axis.set_ylabel(DEGENERATION_MEASURES[measure] + (" (0-1)" if measure == "self_bleu" else " (share)"))
             ratio_axis(axis, ratios)
+            if index < 2:
+                axis.set_xlabel("")
             axis.grid(alpha=0.3)
-    handles, names = axes[0, 0].get_legend_handles_labels()
+    handles, names = subfigures[0].axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, names, loc="outside lower center", ncol=min(3, len(handles)), frameon=False)
     _save(figure, out_path)
