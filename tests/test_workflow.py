@@ -377,7 +377,7 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
         assert name in html, name
     # the landing page carries the findings and the headline table (old: the DAG and "see report.md")
     findings = pd.read_csv(workdir / "results/report/findings.csv")
-    landing = json.loads(html.split("workflow_desc = ", 1)[1].split(";\n", 1)[0]) if "workflow_desc = " in html else html
+    landing = json.loads(html.split("workflow_desc = ", 1)[1].split(";\n", 1)[0])
     for claim in findings["claim"]:
         assert claim in landing, claim
     assert "Retention at each model's headline ratio" in landing and "reverse" in landing
