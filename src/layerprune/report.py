@@ -348,10 +348,19 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path, num_layers: dict[str,
                 axis.axhline(dense_value, color="grey", linestyle="--", linewidth=0.8)
             axis.set_ylabel(DEGENERATION_MEASURES[measure] + (" (0-1)" if measure == "self_bleu" else " (share)"))
             ratio_axis(axis, ratios)
-            if index < 2:
-                axis.set_xlabel("")
+            axis.set_xlabel("")
+            if rows[measure].isna().all():  # say why a panel is empty rather than leave it blank
+                why = "no output of n words" if measure.startswith("rep") else "fewer than 2 non-empty outputs"
+                axis.text(0.5, 0.5, f"undefined:\n{why}", transform=axis.transAxes, ha="center", va="center")
+                axis.set_yticks([])
             axis.grid(alpha=0.3)
-    handles, names = subfigures[0].axes[0].get_legend_handles_labels()
+        subfigure.supxlabel("fraction of layers removed", fontsize=7)
+    labelled = {}
+    for subfigure in subfigures:
+        for axis in subfigure.axes:
+            for handle, name in zip(*axis.get_legend_handles_labels(), strict=True):
+                labelled.setdefault(name, handle)
+    handles, names = list(labelled.values()), list(labelled)
     if handles:
         figure.legend(handles, names, loc="outside lower center", ncol=min(3, len(handles)), frameon=False)
     _save(figure, out_path)
@@ -392,10 +401,9 @@ def plot_loss_curves(records: list[dict[str, Any]], out_path: Path) -> bool:
         axis.set_ylabel("loss")
     for axis in list(axes.flat)[len(records) :]:
         axis.axis("off")
-    handles = [
-        plt.Line2D([], [], color="black", label="train"),
-        plt.Line2D([], [], color="black", linestyle="--", label="held-out eval"),
-    ]
+    handles = [plt.Line2D([], [], color="black", label="train")]
+    if any(r.get("eval_loss_curve") for r in records):
+        handles.append(plt.Line2D([], [], color="black", linestyle="--", label="held-out eval"))
     figure.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
     _save(figure, out_path)
     return True
