@@ -379,3 +379,17 @@ def test_error_bucket_figure_only_when_code_tasks_ran(tmp_path):
     aggregate(paths, tmp_path / "out", bootstrap_samples=20)
     assert not stale.exists() and not stale.with_suffix(".svg").exists()
     assert "error_buckets.png" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_html_report_captions_are_the_report_captions():
+    """workflow/report/<figure>.rst says what report.md says under the figure (one text, the level from the config)."""
+    import textwrap
+    from pathlib import Path
+
+    from layerprune.report import CAPTIONS
+
+    level = "{{ (snakemake.config['report']['confidence'] * 100) | round | int }}%"
+    folder = Path(__file__).resolve().parents[1] / "workflow" / "report"
+    for name, text in CAPTIONS.items():
+        expected = textwrap.fill(text.replace("{level}", level), 118) + "\n"
+        assert (folder / f"{name}.rst").read_text() == expected, name
