@@ -54,7 +54,8 @@ CAPTIONS = {
     "degeneration": (
         "Degeneration of generated text per model and task (never averaged over tasks): rep-2/3/4 (share of "
         "repeated n-grams within an output) and self-BLEU (outputs alike, 0-1) against the fraction of layers "
-        "removed; dashed: the dense model. Points are means over outputs, without intervals."
+        "removed; dashed: the dense model. Points are means over outputs, without intervals; a missing point is "
+        "undefined (rep-n: no output of n words; self-BLEU: fewer than 2 outputs)."
     ),
     "error_buckets": (
         "Share of the generated programs in each error bucket (never closed bracket, unmatched bracket, syntax "
@@ -250,7 +251,7 @@ def plot_retention_by_ratio(
                 axis.fill_between(xs, low, high, color=style["color"], alpha=0.15, linewidth=0)
             axis.axhline(1, color="grey", linestyle="--", linewidth=0.8)
             axis.axhline(0, color="black", linestyle=":", linewidth=0.8)
-            axis.text(0.99, 0.0, "chance", transform=axis.get_yaxis_transform(), ha="right", va="bottom", fontsize=6)
+            axis.text(0.02, 0.0, "chance", transform=axis.get_yaxis_transform(), ha="left", va="bottom", fontsize=6)
             tasks = int(cell["tasks"].max()) if len(cell) else 0
             axis.set_title(f"{model} · {method}\n{task_type} ({tasks} task{'s' if tasks != 1 else ''})")
             ratio_axis(axis, ratios)
@@ -360,7 +361,8 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path, num_layers: dict[str,
         for axis in subfigure.axes:
             for handle, name in zip(*axis.get_legend_handles_labels(), strict=True):
                 labelled.setdefault(name, handle)
-    handles, names = list(labelled.values()), list(labelled)
+    names = sorted(labelled, key=lambda name: (name.split(" · ")[0] != "none", name))
+    handles = [labelled[name] for name in names]
     if handles:
         figure.legend(handles, names, loc="outside lower center", ncol=min(3, len(handles)), frameon=False)
     _save(figure, out_path)
