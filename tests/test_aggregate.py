@@ -80,14 +80,14 @@ def test_summary_csv_columns_and_rows(aggregated):
     summary = pd.read_csv(out_dir / "summary.csv")
     assert list(summary.columns) == COLUMNS
     assert COLUMNS == [
-        "model", "method", "ratio", "recovery", "task", "type", "metric", "value", "stderr", "n", "retention"
+        "model", "method", "ratio", "recovery", "task", "type", "metric", "value", "stderr", "n", "value_ratio"
     ]  # fmt: skip
     assert list(table.columns) == COLUMNS
     assert len(summary) == len(table) == 2 * (1 + len(VALUES))
     pd.testing.assert_frame_equal(summary, table, check_dtype=False)
 
 
-def test_retention_is_value_over_dense(aggregated):
+def test_value_ratio_is_value_over_dense(aggregated):
     _, out_dir = aggregated
     summary = pd.read_csv(out_dir / "summary.csv")
     for row in summary.itertuples():
@@ -96,13 +96,13 @@ def test_retention_is_value_over_dense(aggregated):
         if row.method == "dense":
             assert (row.ratio, row.recovery) == (0.0, "none")
             assert row.value == DENSE[row.task]
-            assert row.retention == 1.0
+            assert row.value_ratio == 1.0
             assert row.stderr == 0.125
         else:
             assert row.method == "bi"
             assert row.value == VALUES[(row.ratio, row.recovery)][row.task]
-            assert row.retention == RETENTION[(row.ratio, row.recovery)][row.task]
-            assert row.retention == row.value / DENSE[row.task]
+            assert row.value_ratio == RETENTION[(row.ratio, row.recovery)][row.task]
+            assert row.value_ratio == row.value / DENSE[row.task]
             assert row.stderr == 0.0625
         assert row.n == 16
 
@@ -122,16 +122,18 @@ def test_metrics_json(aggregated):
     expected = {f"{MODEL}/dense/0.0/none/{task}" for task in TASKS}
     expected |= {f"{MODEL}/bi/{ratio}/{recovery}/{task}" for ratio, recovery in VALUES for task in TASKS}
     assert set(metrics) == expected
-    assert metrics[f"{MODEL}/dense/0.0/none/colours"] == {"value": 0.75, "retention": 1.0}
-    assert metrics[f"{MODEL}/bi/0.5/sgr/arith"] == {"value": 0.375, "retention": 0.75}
-    assert metrics[f"{MODEL}/bi/0.25/none/colours"] == {"value": 0.375, "retention": 0.5}
+    assert metrics[f"{MODEL}/dense/0.0/none/colours"] == {"value": 0.75, "value_ratio": 1.0}
+    assert metrics[f"{MODEL}/bi/0.5/sgr/arith"] == {"value": 0.375, "value_ratio": 0.75}
+    assert metrics[f"{MODEL}/bi/0.25/none/colours"] == {"value": 0.375, "value_ratio": 0.5}
 
 
 def test_plots_are_png(aggregated):
     _, out_dir = aggregated
-    plots = sorted((out_dir / "plots").iterdir())
-    expected = [f"{MODEL}__{task}.png" for task in TASKS] + ["degeneration.png", "error_buckets.png"]
+    plots = sorted((out_dir / "plots").glob("*.png"))
+    # no code task in the fixture: no error-bucket figure
+    expected = [f"{MODEL}__{task}.png" for task in TASKS] + ["degeneration.png"]
     assert [p.name for p in plots] == sorted([*expected, "retention_by_type.png"])
+    assert sorted((out_dir / "plots").glob("*.svg")) == [p.with_suffix(".svg") for p in plots]
     for plot in plots:
         payload = plot.read_bytes()
         assert len(payload) > 1000
@@ -210,7 +212,7 @@ def test_dense_for_another_model_is_not_a_duplicate(tmp_path):
     write_json(tmp_path / "other.json", other)
     table = collect([*paths, tmp_path / "other.json"])
     row = table[table["model"] == "other"].iloc[0]
-    assert row["retention"] == 1.0
+    assert row["value_ratio"] == 1.0
 
 
 def test_no_dense_baseline_gives_nan_retention(tmp_path):
@@ -218,7 +220,7 @@ def test_no_dense_baseline_gives_nan_retention(tmp_path):
     write_json(path, _result("arith", "bi", 0.5, "sgr", 0.25, float("nan")))
     table = aggregate([path], tmp_path / "out")
     assert len(table) == 1
-    assert math.isnan(table.loc[0, "retention"])
+    assert math.isnan(table.loc[0, "value_ratio"])
     assert json.loads((tmp_path / "out" / "metrics.json").read_text().replace("NaN", "null"))
     assert (tmp_path / "out" / "plots" / f"{MODEL}__arith.png").read_bytes().startswith(PNG_MAGIC)
 

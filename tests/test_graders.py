@@ -44,6 +44,19 @@ def test_rouge_l_and_exact_match():
     assert exact_match(" Fox.\nmore", ["fox"]) == 1.0 and exact_match("dog", ["fox"]) == 0.0
 
 
+def test_exact_match_normalises_like_squad():
+    """SQuAD's / lm-eval's normalisation: the old grader stripped only a trailing "." and scored these wrong."""
+    for output in ("Paris!", "Paris,", "paris.", "The Paris", " PARIS ?", '"Paris"', "Paris;\nQ: next"):
+        assert exact_match(output, ["Paris"]) == 1.0, output
+    assert exact_match("New  York", ["new york"]) == 1.0  # a doubled space
+    assert exact_match("the United   States.", ["United States"]) == 1.0
+    # what the field's normalisation would get wrong here stays apart: signs, points, brackets, a bare article
+    assert exact_match("-3", ["3"]) == 0.0 and exact_match("3.5", ["35"]) == 0.0 and exact_match(".5", ["5"]) == 0.0
+    assert exact_match("] }", ["] }"]) == 1.0 and exact_match("]", ["] }"]) == 0.0
+    assert exact_match("A", ["B"]) == 0.0 and exact_match("", ["A"]) == 0.0 and exact_match("a.", ["A"]) == 1.0
+    assert exact_match("Paris is", ["Paris"]) == 0.0
+
+
 def test_first_answer_digit():
     assert first_answer_digit(" 42\nQ: 1") == "4" and first_answer_digit("The answer is -7") == "-7"[:2]
     assert first_digit(" 49", ["42"]) == 1.0 and first_digit(" 52", ["42"]) == 0.0

@@ -38,7 +38,7 @@ def test_pipeline_produces_summary_report_and_plots(finished_run):
         "value",
         "stderr",
         "n",
-        "retention",
+        "value_ratio",
     ]
     # 2 dense rows + 1 method x 2 ratios x 3 recoveries x 2 tasks
     assert len(summary) == 2 + 12

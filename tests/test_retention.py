@@ -106,7 +106,7 @@ def test_lucky_draw_on_an_uninformative_task_counts_for_nothing():
     assert row["tasks"] == 0 and row["excluded"] == 1 and np.isnan(row["retention"])
     task = stats.per_task.iloc[0]
     assert not task["informative"] and np.isnan(task["retention"])
-    assert task["raw_retention"] == 2.0  # what the old headline averaged in
+    assert task["value_ratio"] == 2.0  # what the old headline averaged in
     assert task["drop_points"] == pytest.approx(-12.5) and task["drop_low"] < 0 <= task["drop_high"]
     verdicts = findings(stats)
     assert (verdicts["verdict"] == NOT_TESTED).all()
@@ -531,3 +531,108 @@ def test_a_task_chance_from_the_config_reaches_the_statistic(tmp_path):
     at_tenth = type_row(pd.read_csv(tmp_path / "tenth" / "retention_by_type.csv"), "generative")
     assert at_zero["retention"] == pytest.approx(6 / 15)
     assert at_tenth["retention"] == pytest.approx((0.2 - 0.1) / (0.5 - 0.1))  # (6/30 - 0.1) / (15/30 - 0.1)
+
+
+def test_results_that_store_their_chance_aggregate_the_same_without_the_config(tmp_path):
+    """An evaluated result stores its chance: re-aggregating the run's own files without the config changes nothing.
+
+    Old code: the chance lived only in the config (report.task_chance), so the files alone gave 0 for the probe.
+    """
+    entries = [
+        dense("probe", "generative", 15, 30, chance=0.1, chance_source="given by the task"),
+        result("probe", "generative", "bi", 0.2, "none", 6, 30, chance=0.1, chance_source="given by the task"),
+        dense("mc", "classification", 20, 30, choices=4),
+        result("mc", "classification", "bi", 0.2, "none", 12, 30, choices=4),
+    ]
+    paths = written(tmp_path, entries)
+    aggregate(paths, tmp_path / "with", bootstrap_samples=200, seed=0, task_chance={"probe": 0.1})
+    aggregate(paths, tmp_path / "without", bootstrap_samples=200, seed=0)
+    for name in ("retention_by_type.csv", "findings.csv", "tasks_counted.csv"):
+        with_config = pd.read_csv(tmp_path / "with" / name)
+        pd.testing.assert_frame_equal(with_config, pd.read_csv(tmp_path / "without" / name))
+    at_tenth = type_row(pd.read_csv(tmp_path / "without" / "retention_by_type.csv"), "generative")
+    assert at_tenth["retention"] == pytest.approx((0.2 - 0.1) / (0.5 - 0.1))
+    # a config that disagrees with what a result was evaluated with is an error naming the file
+    with pytest.raises(ValueError, match=r"0\.json: evaluated with chance 0\.1 .* tasks\.probe\.chance is 0\.2"):
+        aggregate(paths, tmp_path / "clash", bootstrap_samples=20, task_chance={"probe": 0.2})
+
+
+# The issue's lucky tiny task: 6 -> 10 of 10 while a 200-item task goes 150 -> 0.
+LUCKY_TINY = [
+    dense("tiny", "generative", 6, 10),
+    result("tiny", "generative", "bi", 0.2, "none", 10, 10),
+    dense("large", "generative", 150, 200),
+    result("large", "generative", "bi", 0.2, "none", 0, 200),
+]
+
+
+@pytest.mark.parametrize(
+    ("weighting", "expected"),
+    [("equal", (1.0 + 0.0) / (0.6 + 0.75)), ("items", (10 * 1.0 + 0.0) / (10 * 0.6 + 200 * 0.75))],
+)
+def test_task_weighting_on_a_lucky_tiny_task(tmp_path, weighting, expected):
+    """report.task_weighting: equal lets a lucky 10/10 lift retention to 0.74; items pools the items (0.064)."""
+    paths = written(tmp_path, LUCKY_TINY)
+    aggregate(paths, tmp_path / "out", bootstrap_samples=300, seed=0, task_weighting=weighting)
+    row = type_row(pd.read_csv(tmp_path / "out" / "retention_by_type.csv"), "generative")
+    assert row["tasks"] == 2 and row["retention"] == pytest.approx(expected)
+    drops = {"equal": ((0.6 - 1.0) + 0.75) / 2, "items": (10 * (0.6 - 1.0) + 200 * 0.75) / 210}
+    assert row["drop_points"] == pytest.approx(100 * drops[weighting])
+    assert row["ci_low"] <= row["retention"] <= row["ci_high"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"report.task_weighting: {weighting}" in report
+    with pytest.raises(ValueError, match="report.task_weighting must be one of equal, items"):
+        BootstrapSettings(task_weighting="pooled")
+
+
+def nested(task: str, task_type: str, hits: dict[float, int], n: int, **extra) -> list[dict]:
+    """A dense result and one variant per ratio; hits are nested (a variant's hits are the dense model's first ones)."""
+    dense_hits = hits.pop(0.0)
+    return [dense(task, task_type, dense_hits, n, **extra)] + [
+        result(task, task_type, "bi", ratio, "none", k, n, **extra) for ratio, k in hits.items()
+    ]
+
+
+def test_ratio_contrasts_are_paired_differences_of_adjacent_ratios(tmp_path):
+    """The issue's case: retention 0.60 at 0.1 and 0.90 at 0.2; the paired difference +0.30 is decided.
+
+    Old code: no comparison between ratios at all. Nested hits: every resample's difference is
+    positive, so the paired interval lies above 0; identical hits at 0.2 and 0.3: exactly 0 in every draw.
+    """
+    entries = nested("words", "generative", {0.0: 20, 0.1: 12, 0.2: 18, 0.3: 18}, 40)
+    stats = retention(entries, BootstrapSettings(samples=1000, seed=0))
+    from layerprune.retention import HIGHER, ratio_contrasts
+
+    frame = ratio_contrasts(stats)
+    assert frame[["from_ratio", "to_ratio"]].values.tolist() == [[0.1, 0.2], [0.2, 0.3]]
+    first, second = frame.iloc[0], frame.iloc[1]
+    assert first["estimate"] == pytest.approx(18 / 20 - 12 / 20)
+    assert first["ci_low"] > 0 and first["verdict"] == HIGHER
+    # the marginal intervals overlap, yet the paired one is decided
+    per_type = stats.per_type.set_index("ratio")
+    assert per_type.loc[0.1, "ci_high"] > per_type.loc[0.2, "ci_low"]
+    assert (second["estimate"], second["ci_low"], second["ci_high"]) == (0.0, 0.0, 0.0)
+    assert second["verdict"] == UNDECIDED
+    aggregate(written(tmp_path, entries), tmp_path / "out", bootstrap_samples=200, seed=0)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "### Between adjacent ratios (paired)" in report and "| 0.2 − 0.1 |" in report
+    assert "cover the sampling of evaluation items only" in report
+    assert len(pd.read_csv(tmp_path / "out" / "ratio_contrasts.csv")) == 2
+
+
+def test_every_model_is_in_the_headline_at_its_own_ratio(tmp_path):
+    """A model run at other ratios is in the first-screen table at its own median, and the table says so.
+
+    Old code: one median over all models' ratios (0.3 here), so model `a` (0.1, 0.2) dropped out.
+    """
+    entries = nested("words", "generative", {0.0: 20, 0.1: 12, 0.2: 10}, 40, model="a")
+    entries += nested("words", "generative", {0.0: 20, 0.3: 12, 0.4: 8, 0.5: 4}, 40, model="b")
+    aggregate(written(tmp_path, entries), tmp_path / "out", bootstrap_samples=100, seed=0)
+    report = (tmp_path / "out" / "report.md").read_text()
+    headline = report.split("## Retention at each model's own ratio")[1].split("\n\n")[1]
+    assert "| a | bi | 0.1 (median of 0.1, 0.2) |" in headline
+    assert "| b | bi | 0.4 (median of 0.3, 0.4, 0.5) |" in headline
+    aggregate(written(tmp_path, entries), tmp_path / "asked", bootstrap_samples=100, seed=0, headline_ratio=0.2)
+    report = (tmp_path / "asked" / "report.md").read_text()
+    assert "| a | bi | 0.2 (as requested) |" in report
+    assert "| b | bi | 0.3 (nearest to 0.2 among 0.3, 0.4, 0.5) |" in report

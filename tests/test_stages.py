@@ -359,6 +359,15 @@ def test_evaluate_generative_exact_match(checkpoint, tokenizer, model, tmp_path)
 
     assert read_json(tmp_path / "second.json") == result
     assert {k: result[k] for k in VARIANT} == VARIANT
+    # self-describing: the report needs neither the config nor the checkpoint to read it
+    assert (result["chance"], result["chance_source"]) == (0.0, "free generation")
+    assert (result["dtype"], result["prompting"], result["settings"]) == ("float32", "fewshot", {})
+    told = evaluate_checkpoint(
+        checkpoint, tmp_path / "task.json", "gen", tmp_path / "third.json", **kwargs, chance=0.1,
+        settings={"chance": 0.1, "max_new_tokens": 4},
+    )  # fmt: skip
+    assert (told["chance"], told["chance_source"]) == (0.1, "given by the task")
+    assert told["settings"] == {"chance": 0.1, "max_new_tokens": 4}
     assert (result["task"], result["type"], result["metric"]) == ("gen", "generative", "exact_match")
     assert result["source"] == "bigbench:test/gen" and result["num_fewshot"] == 1
     assert result["checkpoint"] == str(checkpoint)
@@ -426,6 +435,9 @@ def test_evaluate_classification_with_lm_eval(checkpoint, tokenizer, model, tmp_
     assert {k: result[k] for k in VARIANT} == VARIANT
     assert (result["type"], result["metric"], result["num_fewshot"]) == ("classification", "accuracy", num_fewshot)
     assert result["n"] == len(result["samples"]) == len(CLASSIFICATION_SAMPLES)
+    counts = [len(sample["choices"]) for sample in CLASSIFICATION_SAMPLES]
+    assert result["chance"] == pytest.approx(sum(1 / c for c in counts) / len(counts))
+    assert result["chance_source"].startswith("1/choices") and result["prompting"] == "fewshot"
     assert 0.0 <= result["value"] <= 1.0
     assert math.isfinite(result["stderr"])
     correct = []

@@ -358,6 +358,7 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     The evaluation results and scores are fixtures in the evaluate/score contracts, so only the
     real aggregate rule runs (`--allowed-rules`), as it would at the end of a finished run.
     """
+    import pandas as pd
     from test_report import _result
 
     from layerprune.io import write_json
@@ -367,6 +368,7 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     config["pruning"]["ratios"] = [0.25]
     config["recovery"]["methods"] = ["none", "sgr"]
     config["report"] = {"bootstrap_samples": 100}
+    del config["tasks"]["humaneval"]  # no code task: no error-bucket figure at all
     workdir = workflow_copy(tmp_path / "wf", config)
     (model,) = config["models"]
     for task, settings in config["tasks"].items():
@@ -378,10 +380,25 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     removal = {str(k): list(range(30 - k, 30)) for k in range(1, 30)}
     scores = {"method": "reverse", "num_layers": 30, "scores": list(range(30)), "removal": removal}
     write_json(workdir / f"results/default/scores/{model}/reverse.json", scores)
+    losses = {"loss_curve": [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 9)], "eval_loss_curve": []}
+    write_json(workdir / f"results/default/recovered/{model}/reverse/0.25/sgr/recovery.json", losses)
 
     snakemake(workdir, "--cores", "1", "--allowed-rules", "aggregate", "all")
     assert (workdir / "results" / "default" / "report" / "report.md").read_text().startswith("# layerprune report")
     snakemake(workdir, "--report", "report.html", "--allowed-rules", "aggregate", "all")
     html = (workdir / "report.html").read_text(errors="replace")
-    for name in ["report.md", "retention_by_type.png", "error_buckets.png", "degeneration.png", "retention.csv"]:
+    for name in [
+        "report.md", "retention_by_type.png", "degeneration.png", "retention.csv", "summary.csv", "time.csv",
+        f"{model}__layer_scores.png", f"{model}__removal_map.png", "recovery_loss.png",
+    ]:  # fmt: skip
         assert name in html, name
+    # the landing page carries the findings and the headline table (old: the DAG and "see report.md")
+    findings = pd.read_csv(workdir / "results/default/report/findings.csv")
+    landing = json.loads(html.split("workflow_desc = ", 1)[1].split(";\n", 1)[0])
+    for claim in findings["claim"]:
+        assert claim in landing, claim
+    assert "Retention at each model's headline ratio" in landing and "reverse" in landing
+    # each figure has its caption; no code task, so no error-bucket figure at all
+    assert "standard error of the mean over the" in html and "rep-2/3/4" in html and "held-out eval loss" in html
+    assert "error_buckets.png" not in html
+    assert not (workdir / "results/default/report/plots/error_buckets.png").exists()

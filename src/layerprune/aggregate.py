@@ -1,8 +1,8 @@
 """Aggregate: one tidy table of every result, retention vs dense, report and plots.
 
-summary.csv's `retention` is the raw ratio value ÷ dense value of one row. The report's
-retention (retention.csv, retention_by_type.csv, the first screen) is the chance-normalised
-ratio of means with paired intervals described in retention.py.
+"Retention" has one meaning: the chance-normalised ratio of means with paired intervals described in
+retention.py (retention.csv, retention_by_type.csv, the first screen). The plain value ÷ dense value of
+one row is summary.csv's `value_ratio`, never called retention.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ COLUMNS = [
     "value",
     "stderr",
     "n",
-    "retention",
+    "value_ratio",
 ]
 
 
@@ -47,6 +47,25 @@ SAMPLE_FIELDS = (
     "id", "correct", "score", "target", "error_bucket", "error_buckets", "digits", "operation", "first_digit",
     "first_digit_correct",
 )  # fmt: skip
+
+
+def _apply_task_chance(result: dict, given: float | None, path: str | Path) -> None:
+    """A task's own chance level (tasks.<task>.chance) for a result evaluated before results stored theirs.
+
+    A result that stores its chance (`layerprune evaluate` does) keeps it, so that the report of a
+    run's own files is the same with or without the config; a config that disagrees with it is an
+    error, never a silent override.
+    """
+    if given is None:
+        return
+    stored = result.get("chance")
+    if stored is None:
+        result["chance"] = given
+    elif not math.isclose(stored, given):
+        raise ValueError(
+            f"{path}: evaluated with chance {stored} ({result.get('chance_source', 'stored')}), but "
+            f"tasks.{result['task']}.chance is {given}; evaluate it again"
+        )
 
 
 def _slim(result: dict) -> dict:
@@ -89,16 +108,16 @@ def collect(result_paths: list[str | Path] | list[dict]) -> pd.DataFrame:
         if missing:
             raise KeyError(f"{path} lacks {missing}; was it written by `layerprune evaluate`?")
         rows.append({key: result[key] for key in COLUMNS if key in result})
-    table = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c != "retention"])  # absent: NaN
+    table = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c != "value_ratio"])  # absent: NaN
     dense = table[table["method"] == "dense"].set_index(["model", "task"])["value"]
     if dense.index.has_duplicates:
         raise ValueError("more than one dense result for a (model, task)")
 
-    def retention(row) -> float:
+    def value_ratio(row) -> float:
         base = dense.get((row["model"], row["task"]), math.nan)
         return row["value"] / base if base and not math.isnan(base) else math.nan
 
-    table["retention"] = table.apply(retention, axis=1)
+    table["value_ratio"] = table.apply(value_ratio, axis=1)
     table = table.sort_values(["model", "task", "method", "ratio", "recovery"], key=_dense_first)
     return table[COLUMNS].reset_index(drop=True)
 
@@ -107,36 +126,50 @@ def _dense_first(column: pd.Series) -> pd.Series:
     return column.map(lambda v: "" if v == "dense" else v) if column.name == "method" else column
 
 
-def plot_task(table: pd.DataFrame, model: str, task: str, out_path: Path) -> None:
-    """The metric against the ratio, one panel per method, one line per recovery."""
-    import matplotlib
+def plot_task(
+    table: pd.DataFrame,
+    model: str,
+    task: str,
+    out_path: Path,
+    chance: float | None = None,
+    num_layers: int | None = None,
+) -> None:
+    """The metric against the ratio, one panel per method (stacked), one line per recovery; dense and chance lines."""
+    from layerprune.report import _pyplot, _save, layers_axis, metric_label, ratio_axis, recovery_style
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = table[(table["model"] == model) & (table["task"] == task)]
     dense = rows[rows["method"] == "dense"]
     pruned = rows[rows["method"] != "dense"]
     methods = sorted(pruned["method"].unique())
-    figure, axes = plt.subplots(1, max(1, len(methods)), figsize=(4.2 * max(1, len(methods)), 3.4), squeeze=False)
+    ratios = sorted(
+        float(r) for r in table.loc[(table["model"] == model) & (table["method"] != "dense"), "ratio"].unique()
+    )
+    panels = max(1, len(methods))
+    figure, axes = plt.subplots(panels, 1, figsize=(3.5, 2.3 * panels + 0.5), squeeze=False, layout="constrained")
     dense_value = float(dense["value"].iloc[0]) if len(dense) else math.nan
-    for axis, method in zip(axes[0], methods or ["(none)"], strict=True):
-        for recovery, group in pruned[pruned["method"] == method].groupby("recovery"):
+    for axis, method in zip(axes[:, 0], methods or ["(none)"], strict=True):
+        for recovery, group in sorted(
+            pruned[pruned["method"] == method].groupby("recovery"), key=lambda g: (g[0] != "none", g[0])
+        ):
             group = group.sort_values("ratio")
-            ratios = [0.0, *group["ratio"]]
+            ratios_here = [0.0, *group["ratio"]]
             values = [dense_value, *group["value"]]
-            axis.errorbar(ratios, values, yerr=[0.0, *group["stderr"].fillna(0)], marker="o", capsize=3, label=recovery)
-        axis.axhline(dense_value, color="grey", linestyle="--", linewidth=1, label="dense")
-        axis.set_title(f"{method}")
-        axis.set_xlabel("pruning ratio")
-        axis.set_ylabel(rows["metric"].iloc[0] if len(rows) else "")
+            axis.errorbar(
+                ratios_here, values, yerr=[0.0, *group["stderr"].fillna(0)], capsize=2, label=recovery,
+                **recovery_style(recovery),
+            )  # fmt: skip
+        axis.axhline(dense_value, color="grey", linestyle="--", linewidth=0.8, label="dense")
+        if chance is not None and not math.isnan(chance):
+            axis.axhline(chance, color="black", linestyle=":", linewidth=0.8, label="chance")
+        axis.set_title(f"{model} · {task} · {method}")
+        ratio_axis(axis, ratios)
+        layers_axis(axis, ratios, num_layers)
+        axis.set_ylabel(metric_label(rows["metric"].iloc[0]) if len(rows) else "")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle(f"{model} · {task}")
-    figure.tight_layout()
-    with atomic_path(out_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside lower center", ncol=min(4, len(handles)), frameon=False)
+    _save(figure, out_path)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -144,6 +177,26 @@ def markdown_table(frame: pd.DataFrame) -> str:
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+def rst_table(frame: pd.DataFrame, title: str) -> str:
+    """A reStructuredText list-table (the HTML report's landing page is reStructuredText)."""
+    lines = [f".. list-table:: {title}", "   :header-rows: 1", ""]
+    for row in [list(map(str, frame.columns)), *([_cell(v) for v in r] for r in frame.itertuples(index=False))]:
+        for index, cell in enumerate(row):
+            text = cell.replace("|", "\\|") or " "
+            lines.append(("   * - " if index == 0 else "     - ") + text)
+    return "\n".join(lines)
+
+
+def landing_rst(intro: list[str], findings: pd.DataFrame, headline: pd.DataFrame, notes: list[str]) -> str:
+    """The HTML report's landing page: the definitions, the findings and the headline table (report.rst)."""
+    parts = ["Findings", "========", "", *intro, ""]
+    parts += [rst_table(findings, "The paper's findings, per model") if len(findings) else "No pruned variant.", ""]
+    parts += ["Retention at each model's headline ratio", "-" * 40, ""]
+    parts += [rst_table(headline, "Retention by task type") if len(headline) else "No pruned variant.", ""]
+    parts += [*notes, ""]
+    return "\n".join(parts)
 
 
 def _cell(value) -> str:
@@ -191,6 +244,56 @@ def _interval_cell(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def layer_counts(score_paths: list[str | Path]) -> dict[str, int]:
+    """model -> its number of decoder layers L, from its scores JSONs (for the k = layers-removed axis)."""
+    from layerprune.compare import load_scores
+
+    return {
+        model: max(int(s["num_layers"]) for s in methods.values() if s.get("num_layers"))
+        for model, methods in load_scores(score_paths).items()
+        if any(s.get("num_layers") for s in methods.values())
+    }
+
+
+def recovery_records(folders: list[str | Path]) -> list[dict]:
+    """Each recovered checkpoint's recovery.json (loss curves), placed by its folder's last four parts.
+
+    The folder is <...>/<model>/<method>/<ratio>/<recovery>, as the recover rule writes it.
+    """
+    records = []
+    for folder in map(Path, folders):
+        record_path = folder / "recovery.json"
+        if not record_path.is_file():
+            raise FileNotFoundError(f"{record_path}: a recovered checkpoint without its recovery.json")
+        record = read_json(record_path)
+        model, method, ratio, recovery = folder.parts[-4:]
+        records.append({**record, "model": model, "method": method, "ratio": float(ratio), "recovery": recovery})
+    return records
+
+
+def intro_lines(level: str, bootstrap_samples: int, seed: int, task_weighting: str) -> list[str]:
+    """The report's definitions: retention, drop, what the brackets are and what they leave out."""
+    return [
+        "Retention = mean chance-normalised score of a pruned variant ÷ the same for the dense model, over a task "
+        "type's informative tasks (score − chance) / (1 − chance); 1.00 = nothing lost. Drop = mean score lost, in "
+        f"points. {weighting_line(task_weighting)} Brackets: {level} paired-bootstrap intervals "
+        f"({bootstrap_samples} resamples of each task's items, the same for every variant; seed {seed}). "
+        "The intervals cover the sampling of evaluation items only: not the variation between training seeds of a "
+        "recovery, between calibration sets or between task choices; a difference decided here may not survive "
+        "another seed.",
+    ]
+
+
+def weighting_line(task_weighting: str) -> str:
+    """The sentence under each retention table that states report.task_weighting."""
+    if task_weighting == "items":
+        return "Tasks weighted by their items (report.task_weighting: items): a large task moves a type's means more."
+    return (
+        "Tasks weighted equally (report.task_weighting: equal): a 10-item task moves a type's means as much as a "
+        "200-item one."
+    )
+
+
 def method_comparison(table: pd.DataFrame, score_paths: list[str | Path], out_dir: Path) -> list[str]:
     """Plots and overlap table comparing the scoring methods; returns report lines."""
     from layerprune.compare import load_scores, overlap_table, plot_layer_scores, plot_removal_map
@@ -228,6 +331,8 @@ def aggregate(
     min_dense_margin: float = 0.05,
     benchmark_paths: list[str | Path] | None = None,
     task_chance: dict[str, float] | None = None,
+    task_weighting: str = "equal",
+    recovered: list[str | Path] | None = None,
 ) -> pd.DataFrame:
     """Write summary.csv, the retention, findings and recovery CSVs, diagnostics, metrics.json, report.md, plots/.
 
@@ -236,24 +341,29 @@ def aggregate(
     plot. `min_dense_margin`: a task counts only if the dense lower bound beats chance by this
     much. `benchmark_paths`: Snakemake benchmark TSVs under benchmarks/<rule>/ for the "where the
     time went" table (time.csv); none, no table. With `score_paths`, the report also compares the
-    scoring methods (see compare.py).
+    scoring methods (see compare.py) and draws k (layers removed) above each ratio axis.
+    `recovered`: recovered checkpoint folders, whose recovery.json loss curves become
+    plots/recovery_loss.png.
     """
     from layerprune import report
 
     out_dir = Path(out_dir)
     settings = report.BootstrapSettings(
-        samples=bootstrap_samples, confidence=confidence, seed=seed, min_dense_margin=min_dense_margin
+        samples=bootstrap_samples,
+        confidence=confidence,
+        seed=seed,
+        min_dense_margin=min_dense_margin,
+        task_weighting=task_weighting,
     )
     results = load_results(result_paths)
-    for result in results:  # a task's own chance level (tasks.<task>.chance) beats the one read from its samples
-        if task_chance and result.get("task") in task_chance:
-            result["chance"] = task_chance[result["task"]]
+    for result, path in zip(results, result_paths, strict=True):
+        _apply_task_chance(result, (task_chance or {}).get(result["task"]), path)
     table = collect(results)
     timing = report.time_table(benchmark_paths or [])
     with atomic_path(out_dir / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
     metrics = {
-        f"{r.model}/{r.method}/{r.ratio}/{r.recovery}/{r.task}": {"value": r.value, "retention": r.retention}
+        f"{r.model}/{r.method}/{r.ratio}/{r.recovery}/{r.task}": {"value": r.value, "value_ratio": r.value_ratio}
         for r in table.itertuples()
     }
     write_json(out_dir / "metrics.json", metrics)
@@ -261,6 +371,7 @@ def aggregate(
     stats = report.retention(results, settings)
     verdicts = report.findings(stats)
     by_ratio = report.recovery_by_ratio(stats)
+    between_ratios = report.ratio_contrasts(stats)
     degeneration, buckets, arithmetic = report.diagnostics_tables(results, self_bleu_max_texts, seed)
     tables = {
         "retention.csv": stats.per_task,
@@ -268,42 +379,44 @@ def aggregate(
         "tasks_counted.csv": stats.tasks,
         "findings.csv": verdicts,
         "recovery_by_ratio.csv": by_ratio,
+        "ratio_contrasts.csv": between_ratios,
         "degeneration.csv": degeneration,
         "error_buckets.csv": buckets,
         "arithmetic.csv": arithmetic,
     }
-    if benchmark_paths:
-        tables["time.csv"] = timing
+    tables["time.csv"] = timing  # without benchmark files: the header only (the rule declares the file)
     for name, frame in tables.items():
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
-    report.plot_retention_by_ratio(stats.per_type, out_dir / report.HEADLINE_PNG)
-    report.plot_error_buckets(buckets, out_dir / report.ERROR_BUCKETS_PNG)
-    report.plot_degeneration(degeneration, out_dir / report.DEGENERATION_PNG)
+    num_layers = layer_counts(score_paths or [])
+    report.plot_retention_by_ratio(stats.per_type, out_dir / report.HEADLINE_PNG, num_layers)
+    code_ran = any(r.get("grader") == "code" for r in results)
+    has_buckets = report.plot_error_buckets(buckets, out_dir / report.ERROR_BUCKETS_PNG, code_ran)
+    report.plot_degeneration(degeneration, out_dir / report.DEGENERATION_PNG, num_layers)
+    has_losses = report.plot_loss_curves(recovery_records(recovered or []), out_dir / report.LOSS_PNG)
 
     plots = []
+    chances = {(r.model, r.task): r.chance for r in stats.tasks.itertuples()}
     for (model, task), _ in table.groupby(["model", "task"], sort=True):
         plot_path = out_dir / "plots" / f"{model}__{task}.png"
-        plot_task(table, model, task, plot_path)
+        plot_task(table, model, task, plot_path, chances.get((model, task)), num_layers.get(model))
         plots.append((model, task, plot_path.relative_to(out_dir)))
 
     per_type = stats.per_type
-    ratio = report.headline_ratio(per_type, headline_ratio)
+    ratios = report.headline_ratios(per_type, headline_ratio)
     level = f"{confidence:.0%}"
     lines = [
         "# layerprune report",
         "",
         *sandbox_isolation_lines(results),
-        "Retention = mean chance-normalised score of a pruned variant ÷ the same for the dense model, over a task "
-        "type's informative tasks (score − chance) / (1 − chance); 1.00 = nothing lost. Drop = mean score lost, in "
-        f"points. Brackets: {level} paired-bootstrap intervals ({bootstrap_samples} resamples of each task's items, "
-        f"the same for every variant; seed {seed}).",
+        *intro_lines(level, bootstrap_samples, seed, task_weighting),
         "",
         "## Findings",
         "",
     ]
     findings = report.findings_table(verdicts, confidence)
     lines += [markdown_table(findings) if len(findings) else "_No pruned variant has been evaluated._", ""]
+    intro = intro_lines(level, bootstrap_samples, seed, task_weighting)
     lines += [
         "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
         "undecided: it covers 0.",
@@ -318,18 +431,32 @@ def aggregate(
             *report.lowest_ratio_lines(by_ratio),
             "",
         ]
+    at = sorted({r for r, _ in ratios.values()})
     lines += [
-        "## Retention" + (f" at {ratio:g} of the layers removed" if ratio is not None else ""),
+        "## Retention"
+        + (f" at {at[0]:g} of the layers removed" if len(at) == 1 else " at each model's own ratio" if at else ""),
         "",
     ]
-    headline = report.headline_table(per_type, ratio)
+    headline = report.headline_table(per_type, ratios)
     lines += [markdown_table(headline) if len(headline) else "_no pruned variants_", ""]
-    lines += [f"Tasks counted (dense lower bound above chance + {min_dense_margin:g}):", ""]
+    lines += [
+        f"{weighting_line(task_weighting)} Tasks counted (dense lower bound above chance + {min_dense_margin:g}):",
+        "",
+    ]
     lines += report.excluded_lines(stats) + [""]
+    notes = [weighting_line(task_weighting), "", *report.excluded_lines(stats), "", report.caption("headline", level)]
+    rst = landing_rst(intro, findings, headline, notes)
+    with atomic_path(out_dir / "report.rst") as tmp:
+        tmp.write_text(rst)
     undefined = report.nan_draw_lines(per_type)
     if undefined:
         lines += ["Resamples without a retention (counted, not dropped silently):", "", *undefined, ""]
-    lines += [f"![retention against the pruning ratio]({report.HEADLINE_PNG})", ""]
+    lines += [
+        f"![retention against the pruning ratio]({report.HEADLINE_PNG})",
+        "",
+        report.caption("headline", level),
+        "",
+    ]
     if len(timing):
         lines += ["## Where the time went", "", markdown_table(_time_cells(timing)), ""]
         sampled = int(timing["sampled_jobs"].iloc[-1])
@@ -347,6 +474,17 @@ def aggregate(
     lines += ["## Retention by task type, every ratio", ""]
     every = report.type_summary_table(per_type)
     lines += [markdown_table(every) if len(every) else "_no pruned variants_", ""]
+    lines += [weighting_line(task_weighting), ""]
+    if len(between_ratios):
+        lines += [
+            "### Between adjacent ratios (paired)",
+            "",
+            "Retention at a ratio minus retention at the next lower ratio, on the same item resamples: two marginal "
+            "intervals that overlap can still hide a decided difference, and this says which.",
+            "",
+            markdown_table(report.ratio_contrast_table(between_ratios, confidence)),
+            "",
+        ]
     lines += ["## Retention by task", ""]
     by_task = report.task_retention_table(stats.per_task)
     lines += [markdown_table(by_task) if len(by_task) else "_no pruned variants_", ""]
@@ -360,14 +498,20 @@ def aggregate(
             "",
             f"![degeneration]({report.DEGENERATION_PNG})",
             "",
+            report.caption("degeneration", level),
+            "",
             markdown_table(degeneration),
+            "",
+            "A blank cell: the measure is undefined for that result (self-BLEU needs two non-empty outputs; rep-n "
+            "needs an output of at least n words).",
             "",
         ]
     else:
         lines += ["_No generative outputs._", ""]
     lines += ["### Code error buckets", ""]
-    if len(buckets):
-        lines += [f"![error buckets]({report.ERROR_BUCKETS_PNG})", "", markdown_table(buckets), ""]
+    if has_buckets:
+        lines += [f"![error buckets]({report.ERROR_BUCKETS_PNG})", "", report.caption("error_buckets", level), ""]
+        lines += [markdown_table(buckets), ""]
     else:
         lines += ["_No code task recorded per-sample `error_bucket`._", ""]
     lines += ["### Arithmetic by operation and digit count", ""]
@@ -380,10 +524,21 @@ def aggregate(
         ]
     else:
         lines += ["_No arithmetic task recorded per-sample `digits` and `operation`._", ""]
-    lines += ["## Metric against the pruning ratio", ""]
+    lines += ["## Metric against the pruning ratio", "", report.caption("task", level), ""]
     lines += [f"### {model} · {task}\n\n![{task}]({path.as_posix()})\n" for model, task, path in plots]
+    if has_losses:
+        lines += ["## Recovery training loss", "", f"![recovery loss]({report.LOSS_PNG})", ""]
+        lines += [report.caption("loss", level), ""]
     lines += method_comparison(table, score_paths or [], out_dir)
-    lines += ["## All results", "", markdown_table(table), ""]
+    lines += [
+        "## All results",
+        "",
+        "value_ratio = value ÷ the dense model's value on the same task, neither chance-normalised nor called "
+        "retention; retention is defined at the top of this report.",
+        "",
+        markdown_table(table),
+        "",
+    ]
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
     return table

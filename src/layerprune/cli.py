@@ -247,6 +247,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         sampling=settings.sampling(),
         pass_k=settings.pass_k,
         sandbox=settings.sandbox_limits(),
+        chance=settings.chance,
+        settings=settings.to_dict(),
     )
 
 
@@ -262,7 +264,14 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
             {tsv for path in map(Path, args.benchmarks) for tsv in (path.rglob("*.tsv") if path.is_dir() else [path])}
         )
         benchmarks = [path for path in benchmarks if path.is_file()]
-    aggregate(args.results, args.out_dir, score_paths=args.scores, benchmark_paths=benchmarks, **settings.to_dict())
+    aggregate(
+        args.results,
+        args.out_dir,
+        score_paths=args.scores,
+        benchmark_paths=benchmarks,
+        recovered=args.recovered,
+        **settings.to_dict(),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stage("aggregate", cmd_aggregate, "Tidy table, report and plots from evaluation JSONs.", ReportSettings)
     sub.add_argument("--results", nargs="+", required=True, help="the result JSONs (evaluate's outputs)")
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
+    sub.add_argument(
+        "--recovered", nargs="*", default=[], help="recovered checkpoint folders, for the recovery loss curves"
+    )
     sub.add_argument(
         "--out-dir",
         required=True,

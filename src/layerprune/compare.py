@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from layerprune.io import atomic_path, read_json
+from layerprune.io import read_json
 from layerprune.score import layers_to_remove
 
 
@@ -57,17 +57,18 @@ def overlap_table(by_model: dict[str, dict[str, dict[str, Any]]], ratios: list[f
 
 
 def plot_layer_scores(methods: dict[str, dict[str, Any]], model: str, out_path: Path) -> bool:
-    """One panel per method with per-layer scores; False when no method has scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One panel per method (stacked) with per-layer scores; False, and a figure saying so, when none has scores."""
+    from layerprune.report import COLUMN_WIDTH, _note, _pyplot, _save
 
     scored = {method: s for method, s in sorted(methods.items()) if s.get("scores")}
     if not scored:
+        _note(out_path, f"{model}: no scoring method recorded per-layer scores")
         return False
-    figure, axes = plt.subplots(1, len(scored), figsize=(4.2 * len(scored), 3.2), squeeze=False)
-    for axis, (method, scores) in zip(axes[0], scored.items(), strict=True):
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        len(scored), 1, figsize=(COLUMN_WIDTH, 1.6 * len(scored) + 0.4), squeeze=False, layout="constrained"
+    )
+    for axis, (method, scores) in zip(axes[:, 0], scored.items(), strict=True):
         values = scores["scores"]
         axis.bar(range(len(values)), values, color="tab:blue")
         axis.set_title(method)
@@ -75,28 +76,25 @@ def plot_layer_scores(methods: dict[str, dict[str, Any]], model: str, out_path: 
         axis.set_ylabel("score (low = removed first)")
         axis.grid(alpha=0.3, axis="y")
     figure.suptitle(f"{model} · per-layer scores")
-    figure.tight_layout()
-    with atomic_path(out_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
+    _save(figure, out_path)
     return True
 
 
 def plot_removal_map(methods: dict[str, dict[str, Any]], ratios: list[float], model: str, out_path: Path) -> None:
     """Layers (x) × ratio (y) for each method; a filled cell is a removed layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from layerprune.report import COLUMN_WIDTH, _pyplot, _save
+
+    plt = _pyplot()
     names = sorted(methods)
     num_layers = max(methods[name]["num_layers"] for name in names)
     figure, axes = plt.subplots(
         len(names),
         1,
-        figsize=(max(5.0, 0.22 * num_layers + 1.5), 0.5 + 0.45 * len(ratios) * len(names)),
+        figsize=(COLUMN_WIDTH, 0.6 + 0.3 * len(ratios) * len(names)),
         squeeze=False,
+        layout="constrained",
     )
     for axis, name in zip(axes[:, 0], names, strict=True):
         grid = np.zeros((len(ratios), num_layers))
@@ -107,8 +105,5 @@ def plot_removal_map(methods: dict[str, dict[str, Any]], ratios: list[float], mo
         axis.set_xticks(range(0, num_layers, max(1, num_layers // 15)))
         axis.set_ylabel(name)
     axes[-1, 0].set_xlabel("layer (red = removed)")
-    figure.suptitle(f"{model} · removed layers by method and ratio")
-    figure.tight_layout()
-    with atomic_path(out_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
+    figure.suptitle(f"{model} · removed layers by method and fraction removed")
+    _save(figure, out_path)

@@ -197,12 +197,18 @@ def evaluate_checkpoint(
     sampling: Sampling | None = None,
     pass_k: list[int] | None = None,
     sandbox: SandboxLimits | None = None,
+    chance: float | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in `model_dir` on the prepared task in `task_path`.
 
-    `variant` (model, method, ratio, recovery) is recorded in the result so the
-    aggregate step needs nothing but the result files.
+    The result describes itself, so the aggregate step needs nothing but the result files: the
+    `variant` (model, method, ratio, recovery), the chance level (`chance`, tasks.<task>.chance,
+    else 1/choices or 0; `chance_source` says which), the dtype the weights were evaluated in, the
+    prompting used and every evaluation `settings` value.
     """
+    from layerprune.retention import task_chance
+
     task = read_json(task_path)
     if task.get("grader") == "code":
         # Before the model loads: where strict isolation is impossible, stop now (SandboxUnavailable names what
@@ -232,7 +238,12 @@ def evaluate_checkpoint(
         "num_fewshot": task["num_fewshot"],
         "checkpoint": str(model_dir),
         "n": len(result["samples"]),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        # classification scores the choices' log-likelihoods after the few-shot prompt, never a chat template
+        "prompting": "fewshot" if task["type"] == "classification" else prompting,
         **result,
     }
+    result["chance"], result["chance_source"] = task_chance({**result, "chance": chance}, f"{task_name} on {model_dir}")
+    result["settings"] = dict(settings) if settings is not None else {}
     write_json(out_path, result)
     return result

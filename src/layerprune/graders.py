@@ -1,6 +1,8 @@
 """Graders of generated answers, each the field's own tool where there is one.
 
-* `exact_match`: first line, stripped, case-folded (BIG-bench generative tasks);
+* `exact_match`: first line, normalised as SQuAD's and lm-eval's answer normalisation
+  (case, articles, whitespace, punctuation) but for the punctuation inside an answer
+  (BIG-bench generative tasks);
 * `first_digit`: the first answer character (sign or digit) only, the paper's
   arithmetic-probe ablation score;
 * `math_verify`: Hugging Face `math-verify` (parses LaTeX and plain answers and
@@ -44,8 +46,24 @@ EARLY_EXIT_NOTE = "layerprune harness: the program exited before its tests finis
 OPENERS, CLOSERS = "([{", ")]}"
 
 
+# Punctuation stripped around an answer; inside it stays, and so do brackets (a Dyck-language
+# target is "] }") and a leading sign or point ("-3" is not "3", ".5" is not "5").
+_TRAILING = ".,!?;:\"'`*"
+_LEADING = "\"'`*"
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
 def normalise_answer(text: str) -> str:
-    return text.strip().split("\n")[0].strip().rstrip(".").strip().lower()
+    """The first line, case-folded, punctuation stripped around it, articles dropped, whitespace collapsed.
+
+    SQuAD's `normalize_answer` (lm-eval's exact_match with ignore_case and ignore_punctuation
+    does the same), except that punctuation inside the answer is kept so that numbers keep their
+    sign and decimal point, and an answer that is only an article ("A" to a lettered question) stays.
+    """
+    line = text.strip().split("\n")[0].lower()
+    line = " ".join(line.split()).strip(" ").rstrip(_TRAILING).lstrip(_LEADING).strip()
+    words = " ".join(_ARTICLES.sub(" ", line).split())
+    return words if words else line
 
 
 def exact_match(output: str, targets: list[str]) -> float:

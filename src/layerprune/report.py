@@ -26,6 +26,7 @@ from layerprune.retention import (  # noqa: F401 - re-exported: the report's set
     BootstrapSettings,
     Retention,
     findings,
+    ratio_contrasts,
     recovery_by_ratio,
     retention,
     sample_scores,
@@ -35,6 +36,42 @@ from layerprune.usage import log_of_benchmark, read_usage
 HEADLINE_PNG = "plots/retention_by_type.png"
 ERROR_BUCKETS_PNG = "plots/error_buckets.png"
 DEGENERATION_PNG = "plots/degeneration.png"
+LOSS_PNG = "plots/recovery_loss.png"
+
+# Each figure's caption: in report.md under the figure, and (workflow/report/*.rst) in the HTML report.
+CAPTIONS = {
+    "headline": (
+        "Retention (chance-normalised ratio of means over each type's informative tasks; dense = 1, chance = 0) "
+        "against the fraction of layers removed (k layers on the top axis): one panel per task type for each model "
+        "and method, one colour and marker per recovery. Bands: {level} paired-bootstrap intervals over the "
+        "evaluated items (not over training seeds)."
+    ),
+    "task": (
+        "Each task's metric against the fraction of layers removed (k layers on the top axis), one panel per "
+        "method, one colour and marker per recovery; dashed: the dense model; dotted: chance. Error bars: ±1 "
+        "standard error of the mean over the task's items (the result's stderr), not a confidence interval."
+    ),
+    "degeneration": (
+        "Degeneration of generated text per model and task (never averaged over tasks): rep-2/3/4 (share of "
+        "repeated n-grams within an output) and self-BLEU (outputs alike, 0-1) against the fraction of layers "
+        "removed; dashed: the dense model. Points are means over outputs, without intervals; a missing point is "
+        "undefined (rep-n: no output of n words; self-BLEU: fewer than 2 outputs)."
+    ),
+    "error_buckets": (
+        "Share of the generated programs in each error bucket (never closed bracket, unmatched bracket, syntax "
+        "error, runtime error, wrong answer, pass), one bar per variant. Shares of counts, without intervals."
+    ),
+    "loss": (
+        "Recovery training loss against the optimizer step, one panel per recovered checkpoint titled model · "
+        "method · ratio · recovery; solid: training loss (logged steps), dashed with markers: held-out eval loss "
+        "(recovery.eval_fraction > 0 only). One training run each, no interval."
+    ),
+}
+
+
+def caption(name: str, level: str = "95%") -> str:
+    """A figure's caption (see CAPTIONS), with the interval level filled in."""
+    return "*" + CAPTIONS[name].format(level=level) + "*"
 
 
 def diagnostics_tables(
@@ -79,14 +116,83 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update(FONT)
     return plt
 
 
+# One column of a two-column paper is ~3.5 in: every figure is drawn at that width (taller, not wider,
+# when it has more panels), with fonts that stay readable when printed at that size.
+COLUMN_WIDTH = 3.5
+FONT = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsize": 6.5, "ytick.labelsize": 6.5,
+        "legend.fontsize": 6.5, "figure.titlesize": 7.5, "lines.markersize": 4, "lines.linewidth": 1.2,
+        "svg.fonttype": "none"}  # fmt: skip
+
+# One colour (Okabe-Ito, colour-blind safe) and one marker per recovery, in every figure.
+RECOVERY_STYLES = {
+    "none": ("#555555", "o"),
+    "data": ("#0072B2", "s"),
+    "sgr": ("#D55E00", "^"),
+    "heal": ("#009E73", "D"),
+    "kd": ("#CC79A7", "v"),
+    "kd_onpolicy": ("#E69F00", "P"),
+}
+_SPARE_STYLES = [("#56B4E9", "X"), ("#F0E442", "*"), ("#000000", "h"), ("#999999", "p")]
+
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "accuracy_norm": "accuracy (length-normalised)",
+    "exact_match": "exact match",
+    "first_digit_accuracy": "first-digit accuracy",
+    "first_digit": "first-digit accuracy",
+    "math_verify": "answer correct (math-verify)",
+    "rouge_l": "ROUGE-L F1",
+    "rougeL": "ROUGE-L F1",
+    "pass@1": "pass@1",
+}
+
+
+def recovery_style(recovery: str) -> dict[str, str]:
+    """The colour and marker of a recovery: fixed for the known ones, a stable spare (by name) otherwise."""
+    if recovery in RECOVERY_STYLES:
+        color, marker = RECOVERY_STYLES[recovery]
+    else:
+        import zlib
+
+        color, marker = _SPARE_STYLES[zlib.crc32(recovery.encode()) % len(_SPARE_STYLES)]
+    return {"color": color, "marker": marker}
+
+
+def metric_label(metric: str) -> str:
+    """A metric id as a reader says it (`first_digit_accuracy` -> first-digit accuracy)."""
+    return METRIC_LABELS.get(metric, str(metric).replace("_", " "))
+
+
+def layers_axis(axis, ratios: list[float], num_layers: int | None) -> None:
+    """A top axis with k = the layers removed at each ratio (the same rounding as the pruning itself)."""
+    if not num_layers:
+        return
+    from layerprune.surgery import layers_for_ratio
+
+    top = axis.secondary_xaxis("top")
+    top.set_xticks([0.0, *ratios], ["0", *(str(layers_for_ratio(r, num_layers)) for r in ratios)])
+    top.set_xlabel(f"layers removed (of {num_layers})")
+
+
+def ratio_axis(axis, ratios: list[float]) -> None:
+    """The x axis of every plot against the ratio: 0 = dense, then each evaluated ratio."""
+    axis.set_xticks([0.0, *ratios], ["0\n(dense)", *(f"{r:g}" for r in ratios)])
+    axis.set_xlim(-0.02, (ratios[-1] if ratios else 0.0) + 0.03)
+    axis.set_xlabel("fraction of layers removed")
+
+
 def _save(figure, out_path: Path) -> None:
+    """The PNG and, beside it, a vector copy (same name, .svg) for print."""
     plt = _pyplot()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+        figure.savefig(tmp, format="png", dpi=200)
+    with atomic_path(out_path.with_suffix(".svg")) as tmp:
+        figure.savefig(tmp, format="svg")
     plt.close(figure)
 
 
@@ -103,11 +209,13 @@ def _variant_label(row) -> str:
     return f"{row['method']} {row['ratio']:g} {row['recovery']}"
 
 
-def plot_retention_by_ratio(per_type: pd.DataFrame, out_path: Path) -> None:
+def plot_retention_by_ratio(
+    per_type: pd.DataFrame, out_path: Path, num_layers: dict[str, int] | None = None, confidence: float = 0.95
+) -> None:
     """The headline plot: retention against the pruning ratio, one line per recovery with its interval band.
 
     One panel per task type (columns) for each (model, method) (rows); the dense model is the point
-    (0, 1). A ratio whose type has no informative task has no point.
+    (0, 1); retention 0 is chance. A ratio whose type has no informative task has no point.
     """
     rows = per_type[per_type["tasks"] > 0] if len(per_type) else per_type
     if not len(rows):
@@ -117,112 +225,190 @@ def plot_retention_by_ratio(per_type: pd.DataFrame, out_path: Path) -> None:
     panels = sorted({(r.model, r.method) for r in rows.itertuples()})
     types = [t for t in TYPES if t in set(rows["type"])] + sorted(set(rows["type"]) - set(TYPES))
     recoveries = sorted(rows["recovery"].unique(), key=lambda r: (r != "none", r))
-    colors = {r: f"C{i}" for i, r in enumerate(recoveries)}
-    ratios = sorted(rows["ratio"].unique())
     top = max(1.2, float(np.nanmax(rows[["retention", "ci_high"]].to_numpy(dtype=float))) + 0.05)
-    bottom = min(0.0, float(np.nanmin(rows[["retention", "ci_low"]].to_numpy(dtype=float))) - 0.05)
+    bottom = min(-0.1, float(np.nanmin(rows[["retention", "ci_low"]].to_numpy(dtype=float))) - 0.05)
     figure, axes = plt.subplots(
         len(panels),
         len(types),
-        figsize=(4.2 * len(types), 3.2 * len(panels) + 0.9),
+        figsize=(COLUMN_WIDTH, 2.1 * len(panels) + 0.8),
         squeeze=False,
         sharey=True,
         layout="constrained",
     )
     for panel_axes, (model, method) in zip(axes, panels, strict=True):
+        ratios = sorted(float(r) for r in rows.loc[rows["model"] == model, "ratio"].unique())
         for axis, task_type in zip(panel_axes, types, strict=True):
             cell = rows[(rows["model"] == model) & (rows["method"] == method) & (rows["type"] == task_type)]
             for recovery in recoveries:
                 line = cell[cell["recovery"] == recovery].sort_values("ratio")
                 if not len(line):
                     continue
+                style = recovery_style(recovery)
                 xs = [0.0, *line["ratio"]]
-                axis.plot(xs, [1.0, *line["retention"]], marker="o", color=colors[recovery], label=recovery)
-                low, high = (
-                    [1.0, *line["ci_low"].fillna(line["retention"])],
-                    [1.0, *line["ci_high"].fillna(line["retention"])],
-                )
-                axis.fill_between(xs, low, high, color=colors[recovery], alpha=0.15, linewidth=0)
+                axis.plot(xs, [1.0, *line["retention"]], label=recovery, **style)
+                low = [1.0, *line["ci_low"].fillna(line["retention"])]
+                high = [1.0, *line["ci_high"].fillna(line["retention"])]
+                axis.fill_between(xs, low, high, color=style["color"], alpha=0.15, linewidth=0)
             axis.axhline(1, color="grey", linestyle="--", linewidth=0.8)
-            axis.axhline(0, color="black", linewidth=0.6)
+            axis.axhline(0, color="black", linestyle=":", linewidth=0.8)
+            axis.text(0.02, 0.0, "chance", transform=axis.get_yaxis_transform(), ha="left", va="bottom", fontsize=6)
             tasks = int(cell["tasks"].max()) if len(cell) else 0
-            axis.set_title(f"{model} · {method} · {task_type} ({tasks} task{'s' if tasks != 1 else ''})", fontsize=9)
-            axis.set_xticks([0.0, *ratios], ["dense", *(f"{r:g}" for r in ratios)])
-            axis.set_xlim(-0.01, ratios[-1] + 0.02)
+            axis.set_title(f"{model} · {method}\n{task_type} ({tasks} task{'s' if tasks != 1 else ''})")
+            ratio_axis(axis, ratios)
+            layers_axis(axis, ratios, (num_layers or {}).get(model))
             axis.set_ylim(bottom, top)
-            axis.set_xlabel("fraction of layers removed")
             axis.grid(alpha=0.3)
-        panel_axes[0].set_ylabel("retention (dense = 1)")
-    handles = [plt.Line2D([], [], color=colors[r], marker="o", label=f"recovery: {r}") for r in recoveries]
-    figure.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=8, frameon=False)
-    figure.supxlabel(
-        "Retention = mean chance-normalised score ÷ the dense model's, informative tasks only; bands: paired bootstrap",
-        fontsize=8,
-    )
+        panel_axes[0].set_ylabel("retention (dense = 1, chance = 0)")
+    handles = [plt.Line2D([], [], label=f"recovery: {r}", **recovery_style(r)) for r in recoveries]
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), frameon=False)
     _save(figure, out_path)
 
 
-def plot_error_buckets(buckets: pd.DataFrame, out_path: Path) -> None:
-    """Stacked bars: the share of each code error bucket, one bar per variant, a panel per (model, task)."""
+def plot_error_buckets(buckets: pd.DataFrame, out_path: Path, code_ran: bool = False) -> bool:
+    """Stacked bars: the share of each code error bucket, one bar per variant, a panel per (model, task).
+
+    No code task evaluated (`code_ran` False) and no buckets: no figure (False), and a stale one
+    from an earlier run is removed. A code task that recorded no buckets gets a figure saying so.
+    """
     if not len(buckets):
-        _note(out_path, "no code task with per-sample error_bucket")
-        return
+        if code_ran:
+            _note(out_path, "code tasks were evaluated, but no sample recorded an error_bucket")
+            return True
+        out_path.unlink(missing_ok=True)
+        out_path.with_suffix(".svg").unlink(missing_ok=True)
+        return False
     plt = _pyplot()
     categories = [c for c in buckets.columns if c not in [*VARIANT, "task"]]
     panels = sorted(buckets.groupby(["model", "task"]).groups)
-    width = max(6.0, 0.45 * buckets.groupby(["model", "task"]).size().max() + 3)
-    figure, axes = plt.subplots(len(panels), 1, figsize=(width, 3.4 * len(panels)), squeeze=False)
+    bars = int(buckets.groupby(["model", "task"]).size().max())
+    figure, axes = plt.subplots(
+        len(panels), 1, figsize=(COLUMN_WIDTH, (1.0 + 0.18 * bars) * len(panels) + 0.9), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
     colors = {c: f"C{i}" for i, c in enumerate(categories)}
     for axis, (model, task) in zip(axes[:, 0], panels, strict=True):
         rows = buckets[(buckets["model"] == model) & (buckets["task"] == task)].copy()
         rows["_dense"] = rows["method"] != "dense"
-        rows = rows.sort_values(["_dense", "method", "ratio", "recovery"])
+        rows = rows.sort_values(["_dense", "method", "ratio", "recovery"], ascending=[True, True, True, True])
         labels = ["dense" if r["method"] == "dense" else _variant_label(r) for _, r in rows.iterrows()]
         totals = rows[categories].sum(axis=1).replace(0, np.nan)
-        bottom = np.zeros(len(rows))
+        left = np.zeros(len(rows))
         for category in categories:
             share = (rows[category] / totals).fillna(0).to_numpy()
-            axis.bar(range(len(rows)), share, bottom=bottom, color=colors[category], label=category)
-            bottom += share
-        axis.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
-        axis.set_ylabel("share of samples")
+            axis.barh(range(len(rows)), share, left=left, color=colors[category], label=category.replace("_", " "))
+            left += share
+        axis.set_yticks(range(len(rows)), labels)
+        axis.invert_yaxis()
+        axis.set_xlim(0, 1)
+        axis.set_xlabel("share of programs")
         axis.set_title(f"{model} · {task}")
-        axis.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    figure.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside lower center", ncol=3, frameon=False)
     _save(figure, out_path)
+    return True
 
 
-def plot_degeneration(frame: pd.DataFrame, out_path: Path) -> None:
-    """Rep-2/3/4 and self-BLEU (mean over generative tasks) against the ratio; dense at ratio 0."""
+DEGENERATION_MEASURES = {"rep_2": "rep-2", "rep_3": "rep-3", "rep_4": "rep-4", "self_bleu": "self-BLEU"}
+
+
+def plot_degeneration(frame: pd.DataFrame, out_path: Path, num_layers: dict[str, int] | None = None) -> None:
+    """Rep-2/3/4 and self-BLEU against the ratio, per (model, task): never averaged over tasks.
+
+    A 2 x 2 block of panels per (model, task); one line per (method, recovery), dense at ratio 0;
+    the x axis spans every evaluated ratio even where a line has one point.
+    """
     if not len(frame):
         _note(out_path, "no generative outputs to measure degeneration on")
         return
     plt = _pyplot()
-    measures = [*(f"rep_{n}" for n in REP_N), "self_bleu"]
-    mean = frame.groupby(VARIANT)[measures].mean().reset_index()
-    models = sorted(mean["model"].unique())
-    size = (3.6 * len(measures), 3.2 * len(models))
-    figure, axes = plt.subplots(len(models), len(measures), figsize=size, squeeze=False)
-    for row_axes, model in zip(axes, models, strict=True):
-        rows = mean[mean["model"] == model]
+    measures = [m for m in DEGENERATION_MEASURES if m in frame.columns]
+    blocks = sorted(frame.groupby(["model", "task"]).groups)
+    figure = plt.figure(figsize=(COLUMN_WIDTH, 2.7 * len(blocks) + 0.3), layout="constrained")
+    subfigures = np.atleast_1d(figure.subfigures(len(blocks), 1))
+    methods = sorted(frame.loc[frame["method"] != "dense", "method"].unique())
+    dashes = {m: ["-", "--", ":", "-."][i % 4] for i, m in enumerate(methods)}
+    for block, (model, task) in enumerate(blocks):
+        rows = frame[(frame["model"] == model) & (frame["task"] == task)]
         dense = rows[rows["method"] == "dense"]
         pruned = rows[rows["method"] != "dense"]
-        for axis, measure in zip(row_axes, measures, strict=True):
+        ratios = sorted(
+            float(r) for r in frame.loc[(frame["model"] == model) & (frame["method"] != "dense"), "ratio"].unique()
+        )
+        subfigure = subfigures[block]
+        axes = subfigure.subplots(2, 2, sharex=True)
+        subfigure.suptitle(f"{model} · {task}", fontweight="bold")
+        for index, measure in enumerate(measures):
+            axis = axes[index // 2, index % 2]
+            dense_value = float(dense[measure].iloc[0]) if len(dense) else math.nan
             for (method, recovery), group in pruned.groupby(["method", "recovery"]):
                 group = group.sort_values("ratio")
-                xs, ys = list(group["ratio"]), list(group[measure])
-                if len(dense):
-                    xs, ys = [0.0, *xs], [float(dense[measure].iloc[0]), *ys]
-                axis.plot(xs, ys, marker="o", label=f"{method} · {recovery}")
+                xs, ys = [0.0, *group["ratio"]], [dense_value, *group[measure]]
+                label = f"{recovery}" + (f" · {method}" if len(methods) > 1 else "")
+                axis.plot(xs, ys, linestyle=dashes[method], label=label, **recovery_style(recovery))
             if len(dense):
-                axis.axhline(float(dense[measure].iloc[0]), color="grey", linestyle="--", linewidth=1)
-            axis.set_title(f"{model} · {measure.replace('_', '-')}", fontsize=9)
-            axis.set_xlabel("pruning ratio")
+                axis.axhline(dense_value, color="grey", linestyle="--", linewidth=0.8)
+            axis.set_ylabel(DEGENERATION_MEASURES[measure] + (" (0-1)" if measure == "self_bleu" else " (share)"))
+            ratio_axis(axis, ratios)
+            axis.set_xlabel("")
+            if rows[measure].isna().all():  # say why a panel is empty rather than leave it blank
+                why = "no output of n words" if measure.startswith("rep") else "fewer than 2 non-empty outputs"
+                axis.text(0.5, 0.5, f"undefined:\n{why}", transform=axis.transAxes, ha="center", va="center")
+                axis.set_yticks([])
             axis.grid(alpha=0.3)
-        if row_axes[-1].get_legend_handles_labels()[0]:  # a dense-only model has no lines to name
-            row_axes[-1].legend(fontsize=7)
-    figure.tight_layout()
+        subfigure.supxlabel("fraction of layers removed", fontsize=7)
+    labelled = {}
+    for subfigure in subfigures:
+        for axis in subfigure.axes:
+            for handle, name in zip(*axis.get_legend_handles_labels(), strict=True):
+                labelled.setdefault(name, handle)
+    names = sorted(labelled, key=lambda name: (name.split(" · ")[0] != "none", name))
+    handles = [labelled[name] for name in names]
+    if handles:
+        figure.legend(handles, names, loc="outside lower center", ncol=min(3, len(handles)), frameon=False)
     _save(figure, out_path)
+
+
+def plot_loss_curves(records: list[dict[str, Any]], out_path: Path) -> bool:
+    """Recovery loss (train, solid; held-out eval, dashed) against the step: one panel per recovered checkpoint.
+
+    `records`: recovery.json contents with model, method, ratio, recovery added. Each panel is
+    titled with all four. False (and no file) when there is nothing to draw.
+    """
+    records = [r for r in records if r.get("loss_curve") or r.get("eval_loss_curve")]
+    if not records:
+        out_path.unlink(missing_ok=True)
+        out_path.with_suffix(".svg").unlink(missing_ok=True)
+        return False
+    plt = _pyplot()
+    records = sorted(records, key=lambda r: (r["model"], r["method"], float(r["ratio"]), r["recovery"]))
+    columns = 2 if len(records) > 1 else 1
+    rows = math.ceil(len(records) / columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(COLUMN_WIDTH, 1.5 * rows + 0.6), squeeze=False, layout="constrained", sharey=True
+    )
+    for axis, record in zip(axes.flat, records, strict=False):
+        style = recovery_style(record["recovery"])
+        train = record.get("loss_curve") or []
+        held_out = record.get("eval_loss_curve") or []
+        axis.plot([e["step"] for e in train], [e["loss"] for e in train], color=style["color"], label="train")
+        if held_out:
+            axis.plot(
+                [e["step"] for e in held_out], [e["eval_loss"] for e in held_out], color=style["color"],
+                marker=style["marker"], linestyle="--", label="held-out eval",
+            )  # fmt: skip
+        axis.set_title(f"{record['model']} · {record['method']} · {float(record['ratio']):g} · {record['recovery']}")
+        axis.set_xlabel("optimizer step")
+        axis.grid(alpha=0.3)
+    for axis in axes[:, 0]:
+        axis.set_ylabel("loss")
+    for axis in list(axes.flat)[len(records) :]:
+        axis.axis("off")
+    handles = [plt.Line2D([], [], color="black", label="train")]
+    if any(r.get("eval_loss_curve") for r in records):
+        handles.append(plt.Line2D([], [], color="black", linestyle="--", label="held-out eval"))
+    figure.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
+    _save(figure, out_path)
+    return True
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -295,14 +481,38 @@ def headline_ratio(per_type: pd.DataFrame, requested: float | None) -> float | N
     return ratios[(len(ratios) - 1) // 2]
 
 
-def headline_table(per_type: pd.DataFrame, ratio: float | None) -> pd.DataFrame:
-    """The first-screen table at one ratio: (model, method) rows, a `type · recovery` column each.
+def headline_ratios(per_type: pd.DataFrame, requested: float | None) -> dict[str, tuple[float, str]]:
+    """model -> (its first-screen ratio, why): each model at its own median ratio, or the nearest to `requested`.
 
-    Compact on purpose: the paper's grid (3 models x 3 methods x 3 recoveries) is 9 rows.
+    Per model, so that a model run at other ratios than the rest is never silently left out.
+    """
+    chosen = {}
+    for model, rows in per_type.groupby("model", sort=True) if len(per_type) else []:
+        ratios = sorted(float(r) for r in rows["ratio"].unique())
+        ratio = headline_ratio(rows, requested)
+        listed = ", ".join(f"{r:g}" for r in ratios)
+        if requested is None:
+            why = f"median of {listed}"
+        elif math.isclose(ratio, requested):
+            why = "as requested"
+        else:
+            why = f"nearest to {requested:g} among {listed}"
+        chosen[model] = (ratio, why)
+    return chosen
+
+
+def headline_table(per_type: pd.DataFrame, ratio: float | dict[str, tuple[float, str]] | None) -> pd.DataFrame:
+    """The first-screen table: (model, method) rows at each model's ratio, a `type · recovery` column each.
+
+    `ratio`: one ratio for every model, or `headline_ratios`' model -> (ratio, why); the `ratio`
+    column says which ratio each row is at and why. Compact on purpose: the paper's grid (3 models
+    x 3 methods x 3 recoveries) is 9 rows.
     """
     if ratio is None or not len(per_type):
         return pd.DataFrame(columns=["model", "method"])
-    rows = per_type[np.isclose(per_type["ratio"], ratio)]
+    chosen = ratio if isinstance(ratio, dict) else {m: (ratio, "") for m in per_type["model"].unique()}
+    at = per_type["model"].map(lambda m: chosen[m][0] if m in chosen else math.nan).astype(float)
+    rows = per_type[np.isclose(per_type["ratio"].astype(float), at)]
     rows = rows.assign(
         cell=[retention_cell(r) for r in rows.itertuples()],
         column=[f"{r.type} · {r.recovery}" for r in rows.itertuples()],
@@ -313,7 +523,29 @@ def headline_table(per_type: pd.DataFrame, ratio: float | None) -> pd.DataFrame:
     order = [f"{t} · {r}" for t in types for r in recoveries if f"{t} · {r}" in wide.columns]
     wide = wide[order].reset_index()
     wide.columns.name = None
+    wide.insert(
+        2,
+        "ratio",
+        [f"{chosen[m][0]:g}" + (f" ({chosen[m][1]})" if chosen[m][1] else "") for m in wide["model"]],
+    )
     return wide.fillna("–")
+
+
+def ratio_contrast_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Retention at a ratio minus at the next lower ratio (paired), as the report prints it."""
+    return pd.DataFrame(
+        {
+            "model": frame["model"],
+            "method": frame["method"],
+            "recovery": frame["recovery"],
+            "type": frame["type"],
+            "ratios": [f"{r.to_ratio:g} − {r.from_ratio:g}" for r in frame.itertuples(index=False)],
+            f"difference [{confidence:.0%} CI]": [
+                _with_ci(r.estimate, r.ci_low, r.ci_high) for r in frame.itertuples(index=False)
+            ],
+            "verdict": frame["verdict"],
+        }
+    )
 
 
 PAPER_SIGN = {"i": "< 0", "ii": "> 0", "iii": "> 0"}

@@ -36,6 +36,7 @@ import pandas as pd
 VARIANT = ["model", "method", "ratio", "recovery"]
 TYPES = ("classification", "generative")
 NONE = "none"
+TASK_WEIGHTINGS = ("equal", "items")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,15 @@ class BootstrapSettings:
         },
     )
 
+    task_weighting: str = field(
+        default="equal",
+        metadata={"help": "equal: every task counts alike in its type's means; items: in proportion to its items"},
+    )
+
     def __post_init__(self) -> None:
+        if self.task_weighting not in TASK_WEIGHTINGS:
+            choices = ", ".join(TASK_WEIGHTINGS)
+            raise ValueError(f"report.task_weighting must be one of {choices}, got {self.task_weighting!r}")
         if self.samples < 1:
             raise ValueError(f"report.bootstrap_samples must be at least 1, got {self.samples}")
         if not 0 < self.confidence < 1:
@@ -111,7 +120,7 @@ def task_chance(result: dict[str, Any], where: str = "") -> tuple[float, str]:
         chance = result["chance"]
         if not isinstance(chance, (int, float)) or not 0 <= chance < 1:
             raise ValueError(f"{where or result.get('task')}: `chance` must be a number in [0, 1), got {chance!r}")
-        return float(chance), "given by the task"
+        return float(chance), result.get("chance_source") or "given by the task"
     counts = [choice_count(s) for s in result.get("samples") or []]
     known = [c for c in counts if c]
     if known:
@@ -259,26 +268,39 @@ class TypeDraws:
     tasks: tuple[str, ...]
 
 
-def _ratio_of_means(variant: np.ndarray, dense: np.ndarray, chances: np.ndarray) -> np.ndarray:
-    """Mean normalised variant score ÷ mean normalised dense score over the task axis (0); NaN where ≤ 0."""
-    numerator = normalised(variant, chances[:, None]).mean(0)
-    denominator = normalised(dense, chances[:, None]).mean(0)
+def _ratio_of_means(variant: np.ndarray, dense: np.ndarray, chances: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean normalised variant score ÷ the same for dense over the task axis (0); NaN where ≤ 0."""
+    numerator = np.average(normalised(variant, chances[:, None]), axis=0, weights=weights)
+    denominator = np.average(normalised(dense, chances[:, None]), axis=0, weights=weights)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / denominator, np.nan)
 
 
-def combine(bases: list[TaskBase], pairs: list[Paired]) -> TypeDraws:
-    """Retention (ratio of mean chance-normalised scores) and drop (points) over the given tasks."""
+def task_weights(pairs: list[Paired], weighting: str = "equal") -> np.ndarray:
+    """Each task's weight in its type's means: 1 each (`equal`), or its number of paired items (`items`)."""
+    if weighting == "items":
+        return np.array([float(p.n) for p in pairs])
+    return np.ones(len(pairs))
+
+
+def combine(bases: list[TaskBase], pairs: list[Paired], weighting: str = "equal") -> TypeDraws:
+    """Retention (ratio of mean chance-normalised scores) and drop (points) over the given tasks.
+
+    `weighting` (report.task_weighting): equal, every task alike, so a 10-item task moves the
+    means as much as a 200-item one; items, each task in proportion to its items, as if the
+    type's items were pooled.
+    """
     chances = np.array([b.chance for b in bases])
+    weights = task_weights(pairs, weighting)
     points_variant = np.array([[p.variant] for p in pairs])
     points_dense = np.array([[p.dense] for p in pairs])
     draws_variant = np.vstack([p.variant_draws for p in pairs])
     draws_dense = np.vstack([p.dense_draws for p in pairs])
     return TypeDraws(
-        retention=float(_ratio_of_means(points_variant, points_dense, chances)[0]),
-        retention_draws=_ratio_of_means(draws_variant, draws_dense, chances),
-        drop=float((points_dense - points_variant).mean() * 100),
-        drop_draws=(draws_dense - draws_variant).mean(0) * 100,
+        retention=float(_ratio_of_means(points_variant, points_dense, chances, weights)[0]),
+        retention_draws=_ratio_of_means(draws_variant, draws_dense, chances, weights),
+        drop=float(np.average(points_dense - points_variant, axis=0, weights=weights)[0] * 100),
+        drop_draws=np.average(draws_dense - draws_variant, axis=0, weights=weights) * 100,
         tasks=tuple(b.task for b in bases),
     )
 
@@ -296,7 +318,7 @@ class Retention:
 
 TASK_COLUMNS = [
     *VARIANT, "task", "type", "metric", "value", "dense_value", "chance", "informative", "retention", "ci_low",
-    "ci_high", "drop_points", "drop_low", "drop_high", "raw_retention", "n", "nan_draws",
+    "ci_high", "drop_points", "drop_low", "drop_high", "value_ratio", "n", "nan_draws",
 ]  # fmt: skip
 TYPE_COLUMNS = [
     *VARIANT, "type", "retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high", "tasks",
@@ -329,7 +351,7 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
         row: dict[str, Any] = dict(zip(VARIANT, variant, strict=True))
         row.update(task=result["task"], type=result.get("type", "unknown"), metric=result.get("metric", ""))
         row.update(value=float(result["value"]), dense_value=base.dense_value if base else math.nan)
-        row["raw_retention"] = row["value"] / row["dense_value"] if row["dense_value"] else math.nan
+        row["value_ratio"] = row["value"] / row["dense_value"] if row["dense_value"] else math.nan
         row.update(chance=base.chance if base else math.nan, informative=bool(base and base.informative))
         row.update(n=pair.n if pair else 0, nan_draws=0)
         row.update(dict.fromkeys(["retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high"], math.nan))
@@ -355,7 +377,9 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
         row = dict(zip(VARIANT, variant, strict=True)) | {"type": task_type, "tasks": len(counted)}
         row.update(excluded=len(evaluated) - len(counted), draws=settings.samples)
         if counted:
-            combined = combine([bases[(model, t)] for t in counted], [paired[variant][t] for t in counted])
+            combined = combine(
+                [bases[(model, t)] for t in counted], [paired[variant][t] for t in counted], settings.task_weighting
+            )
             draws[(variant, task_type)] = combined
             row.update(retention=combined.retention, drop_points=combined.drop)
             row["ci_low"], row["ci_high"] = interval(combined.retention_draws, settings.confidence)
@@ -576,3 +600,47 @@ def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, 
         unit="method",
     )
     return contrast, statistic, ""
+
+
+RATIO_CONTRAST_COLUMNS = [
+    "model", "method", "recovery", "type", "from_ratio", "to_ratio", "estimate", "ci_low", "ci_high", "verdict",
+]  # fmt: skip
+LOWER, HIGHER = "lower at the higher ratio", "higher at the higher ratio"
+
+
+def ratio_contrasts(stats: Retention) -> pd.DataFrame:
+    """Retention at each ratio minus retention at the next lower ratio, paired, per (model, method, recovery, type).
+
+    Both retentions are computed on the very same item resamples, so the interval of their
+    difference is far narrower than the two marginal intervals suggest when they overlap (the
+    items a variant gets right at one ratio it mostly gets right at the next). Verdict: lower or
+    higher at the higher ratio when the interval excludes 0, else undecided.
+    """
+    confidence = stats.settings.confidence
+    cells: dict[tuple, dict[float, TypeDraws]] = {}
+    for (variant, task_type), draws in stats.draws.items():
+        model, method, ratio, recovery = variant
+        cells.setdefault((model, method, recovery, task_type), {})[float(ratio)] = draws
+    rows = []
+    for (model, method, recovery, task_type), by_ratio in sorted(cells.items(), key=lambda item: str(item[0])):
+        ratios = sorted(by_ratio)
+        for low_ratio, high_ratio in zip(ratios, ratios[1:], strict=False):
+            low, high = by_ratio[low_ratio], by_ratio[high_ratio]
+            if low.tasks != high.tasks:  # a difference over different tasks is no paired contrast
+                continue
+            draws = high.retention_draws - low.retention_draws
+            ci_low, ci_high = interval(draws, confidence)
+            if ci_high < 0:
+                decided = LOWER
+            elif ci_low > 0:
+                decided = HIGHER
+            else:
+                decided = UNDECIDED
+            rows.append(
+                {
+                    "model": model, "method": method, "recovery": recovery, "type": task_type,
+                    "from_ratio": low_ratio, "to_ratio": high_ratio, "estimate": high.retention - low.retention,
+                    "ci_low": ci_low, "ci_high": ci_high, "verdict": decided,
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=RATIO_CONTRAST_COLUMNS)

@@ -572,6 +572,16 @@ class EvaluationSettings(Seeded, OnModel):
         config="tasks.*.pass_k",
         schema={"minItems": 1, "items": {"type": "integer", "minimum": 1}},
     )
+    chance: float | None = setting(
+        None,
+        help=(
+            "the score a random guesser expects, for the report's chance-normalised retention; null = 1/choices for "
+            "multiple choice, 0 for free generation (e.g. 0.1 for the arithmetic probe's first digit); stored in "
+            "each result"
+        ),
+        config="tasks.*.chance",
+        schema={"minimum": 0, "exclusiveMaximum": 1},
+    )
     sandbox_timeout: float = setting(
         10.0,
         help="wall clock, kills the whole program",
@@ -662,6 +672,14 @@ class ReportSettings(Seeded):
             "chance by this much (in score units, 0-1); the report lists the tasks left out and why"
         ),
         schema={"minimum": 0, "exclusiveMaximum": 1},
+    )
+    task_weighting: str = setting(
+        "equal",
+        help=(
+            "how a type's retention weighs its tasks: equal (each task alike) or items (in proportion to its "
+            "items, as if pooled); the report states the choice under its tables"
+        ),
+        choices=("equal", "items"),
     )
     task_chance: dict = setting(
         {},

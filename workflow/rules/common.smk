@@ -12,7 +12,7 @@ from layerprune.checks import (
     ratio_wildcards,
 )
 from layerprune.launch import rule_command_prefix, slurm_resources
-from layerprune.registry import RECOVERIES, SCORING_METHODS, methods_where
+from layerprune.registry import DATASETS, RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.validation import validate_study
 from layerprune.settings import (
     CalibrationSettings,
@@ -353,3 +353,20 @@ def all_evaluations():
         if recovery in task_recoveries(task)
     ]
     return dense + variants
+
+
+# Evaluated tasks whose programs are run (grader code): only they have error buckets to draw.
+CODE_TASKS = [
+    task
+    for task in EVALUATED_TASKS
+    if (config["tasks"][task].get("grader") or DATASETS[config["tasks"][task]["dataset"]][1]) == "code"
+]
+
+
+def all_recovered():
+    """The recovered checkpoint folders (recovery other than none): their loss curves go into the report."""
+    return [
+        recovered_checkpoint(model, method, ratio, recovery)
+        for model, method, ratio, recovery in itertools.product(MODELS, METHODS, RATIOS, RECOVERIES_RUN)
+        if recovery != "none"
+    ]
