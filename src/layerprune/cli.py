@@ -161,6 +161,18 @@ def cmd_score(args: argparse.Namespace) -> None:
                 f"layerprune score: --max-ratio {settings.max_ratio} removes {max_k} of {num_layers} layers"
             )
     texts = [record["text"] for record in read_jsonl(args.calibration)] if args.calibration else None
+    state_path = fingerprint = None
+    if args.method == "iterative":
+        from layerprune.io import content_fingerprint, sha256_file
+        from layerprune.iterative import state_path_for
+
+        # a resumed search must never mix probes of another model, probe set or setting
+        state_path = state_path_for(args.out)
+        fingerprint = {
+            "model": content_fingerprint(args.model),
+            "probe_task_files": {str(path): sha256_file(path) for path in args.probe_tasks},
+            "settings": settings.to_dict(),
+        }
     result = score_layers(
         args.method,
         model,
@@ -178,6 +190,8 @@ def cmd_score(args: argparse.Namespace) -> None:
         max_length=settings.max_length,
         batch_size=settings.batch_size,
         seed=settings.seed,
+        state_path=state_path,
+        fingerprint=fingerprint,
     )
     # max_length means something only with calibration texts: recorded as null without them
     max_length = settings.max_length if texts is not None else None
