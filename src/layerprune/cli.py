@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stage("materialize", cmd_materialize, "Turn a model source into a plain local checkpoint.")
     sub.add_argument("--source", required=True, help='JSON, e.g. {"hub": "Qwen/Qwen2.5-7B-Instruct"}')
     sub.add_argument("--out", required=True)
-    sub.add_argument("--dtype", default="float32")
+    sub.add_argument("--dtype", default="source", help="source (keep the source's own dtype), float32, bfloat16")
 
     sub = stage("fetch-bigbench", cmd_fetch_bigbench, "Download and verify the bigbench 1.0.0 sdist.")
     sub.add_argument("--out", required=True)
