@@ -119,6 +119,13 @@ def test_cpu_rules_request_no_gpu_whatever_the_default_says():
     assert "gpu" not in slurm_resources(paper["resources"], "prune")
 
 
+def test_score_iterative_takes_score_resources_and_its_own_runtime():
+    resources = {"default": {"threads": 1, "mem_mb": 4000, "runtime": 30, "gpus": 0}, "score": {"gpus": 1}}
+    assert slurm_resources(resources, "score_iterative") == slurm_resources(resources, "score")
+    resources["score_iterative"] = {"runtime": 1440}
+    assert slurm_resources(resources, "score_iterative") == {**slurm_resources(resources, "score"), "runtime": 1440}
+
+
 def test_module_entry_point_the_launchers_run():
     """`-m layerprune.cli` (what accelerate/torchrun run) is the same CLI as `layerprune`."""
     command = [sys.executable, "-m", "layerprune.cli", "recover", "--help"]

@@ -49,9 +49,15 @@ def command_prefix(num_gpus: int, launcher: str = "accelerate", main_process_por
     return shlex.join([*parts, "-m", "layerprune.cli"])
 
 
+# A rule whose resources default to another rule's: iterative scoring is scoring, but it runs for
+# hours (bench/iterative_cost.py), so `resources.score_iterative` can give it its own runtime.
+PARENT_RULES = {"score_iterative": "score"}
+
+
 def rule_settings(resources: dict, rule: str) -> dict:
-    """Config `resources.<rule>` over `resources.default` (the rule's own keys win)."""
-    return {**resources["default"], **resources.get(rule, {})}
+    """Config `resources.<rule>` over its parent rule's (PARENT_RULES) over `resources.default`."""
+    parent = resources.get(PARENT_RULES[rule], {}) if rule in PARENT_RULES else {}
+    return {**resources["default"], **parent, **resources.get(rule, {})}
 
 
 def num_processes(settings: dict) -> int:

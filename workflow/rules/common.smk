@@ -10,7 +10,7 @@ from layerprune.checks import (
     check_models,
     ratio_wildcards,
 )
-from layerprune.launch import rule_command_prefix, slurm_resources
+from layerprune.launch import rule_command_prefix, rule_settings, slurm_resources
 from layerprune.registry import RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.settings import (
     CalibrationSettings,
@@ -142,7 +142,7 @@ def job_resources(rule_name):
 
 
 def job_threads(rule_name):
-    return config["resources"].get(rule_name, {}).get("threads", config["resources"]["default"]["threads"])
+    return rule_settings(config["resources"], rule_name)["threads"]
 
 
 def bigbench_file(task):
