@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -20,6 +22,8 @@ from conftest import CORPUS, make_tiny_checkpoint, make_tiny_model, make_tokeniz
 from layerprune.evaluate import evaluate_generative, normalise_answer
 from layerprune.io import read_json, write_json
 from layerprune.iterative import (
+    STATE_FORMAT,
+    _Prober,
     classification_accuracy,
     classification_prompt,
     continuation_loglikelihoods,
@@ -27,6 +31,7 @@ from layerprune.iterative import (
     iterative_removal,
     layers_removed,
     load_probe_tasks,
+    state_path_for,
 )
 from layerprune.models import load_checkpoint
 from layerprune.prune import remove_layers
@@ -344,3 +349,106 @@ def test_generative_probe_targets_are_the_dense_answers():
     outputs = evaluate_generative(model, tokenizer, tasks[1], 3, 4, progress=False)
     assert outputs["value"] == 1.0
     assert all(normalise_answer(r["output"]) == normalise_answer(r["target"][0]) for r in outputs["samples"])
+
+
+# ------------------------------------------------------------ resume after a kill
+
+# Runs `layerprune score` in this process, counting probes, and SIGKILLs itself right after
+# the state file has been written for the KILL_AFTER-th time (when that is set).
+KILLABLE = """
+import atexit, os, signal, sys
+import layerprune.iterative as iterative
+from layerprune.cli import main
+
+calls = {"probes": 0, "saves": 0}
+kill_after = int(os.environ.get("KILL_AFTER", "0"))
+probe, save = iterative._Prober.__call__, iterative._save_state
+
+def counting_probe(self):
+    calls["probes"] += 1
+    return probe(self)
+
+def save_then_maybe_die(*args, **kwargs):
+    save(*args, **kwargs)
+    calls["saves"] += 1
+    if calls["saves"] == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+iterative._Prober.__call__, iterative._save_state = counting_probe, save_then_maybe_die
+atexit.register(lambda: print("PROBES", calls["probes"], flush=True))
+main(sys.argv[1:])
+"""
+
+
+def _score_command(checkpoint, tasks_dir, out) -> list[str]:
+    return [
+        sys.executable, "-c", KILLABLE, "score", "--model", str(checkpoint), "--method", "iterative",
+        "--probe-tasks", str(tasks_dir / "mc.json"), str(tasks_dir / "gen.json"),
+        "--probe-max-new-tokens", "16", "3", "--num-samples", "4", "--max-ratio", "0.5",
+        "--batch-size", "4", "--dtype", "float32", "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+
+
+def _probes(stdout: str) -> int:
+    return int(next(line for line in stdout.splitlines() if line.startswith("PROBES")).split()[1])
+
+
+@pytest.mark.slow  # three subprocesses: ~40 s on a free core
+def test_iterative_killed_mid_round_resumes_to_the_uninterrupted_order(tmp_path):
+    """A real SIGKILL in round 2 (of 3): the re-run probes only what is missing and ends in the same order."""
+    checkpoint = make_tiny_checkpoint(tmp_path / "model", num_layers=NUM_LAYERS)
+    model, tokenizer = load_checkpoint(checkpoint, dtype="float32", device="cpu")
+    tasks = answered_by(model, tokenizer, raw_classification_task(6), raw_generative_task(4))
+    write_json(tmp_path / "tasks" / "mc.json", prepared(tasks[0]))
+    write_json(tmp_path / "tasks" / "gen.json", prepared(tasks[1]))
+    whole, resumed = tmp_path / "whole" / "iterative.json", tmp_path / "resumed" / "iterative.json"
+
+    done = subprocess.run(_score_command(checkpoint, tmp_path / "tasks", whole), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _probes(done.stdout) == 1 + 5 + 4 + 3  # dense, then rounds of 5, 4, 3 candidates (layer 0 stays)
+    assert not state_path_for(whole).exists()  # removed on success
+
+    # saves: the dense probe, 5 candidates of round 1, then 2 of round 2's 4: killed mid-round
+    env = {**os.environ, "KILL_AFTER": "8"}
+    killed = subprocess.run(_score_command(checkpoint, tmp_path / "tasks", resumed), env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert not resumed.exists() and len(read_json(state_path_for(resumed))["candidates"]) == 7
+
+    again = subprocess.run(_score_command(checkpoint, tmp_path / "tasks", resumed), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _probes(again.stdout) == 2 + 3  # the rest of round 2, then round 3
+    first, second = read_json(whole), read_json(resumed)
+    assert second["removal_order"] == first["removal_order"]
+    assert second["rounds"] == first["rounds"] and second["dense_accuracy"] == first["dense_accuracy"]
+    assert not state_path_for(resumed).exists()
+
+
+def test_iterative_state_of_other_inputs_is_not_reused(tmp_path, monkeypatch):
+    """A state file written under another fingerprint (model content, settings) is started over."""
+    model, tokenizer, tasks = setup(3)
+    state = tmp_path / ".iterative.json.state.json"
+    first = iterative_removal(model, tokenizer, tasks, 2, batch_size=4, state_path=state, fingerprint={"model": "a"})
+    probes = []
+    original = _Prober.__call__
+    monkeypatch.setattr(_Prober, "__call__", lambda self: probes.append(1) or original(self))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(path, fingerprint, dense, candidates):
+        write_json(
+            path, {"fingerprint": {"format": STATE_FORMAT, **fingerprint}, "dense": dense, "candidates": candidates}
+        )
+        if len(candidates) == 3:
+            raise Stop
+
+    monkeypatch.setattr("layerprune.iterative._save_state", stop_after_three)
+    with pytest.raises(Stop):
+        iterative_removal(model, tokenizer, tasks, 2, batch_size=4, state_path=state, fingerprint={"model": "a"})
+    assert len(probes) == 4
+    monkeypatch.undo()
+    monkeypatch.setattr(_Prober, "__call__", lambda self: probes.append(1) or original(self))
+    probes.clear()
+    other = iterative_removal(model, tokenizer, tasks, 2, batch_size=4, state_path=state, fingerprint={"model": "b"})
+    assert len(probes) == 1 + 5 + 4  # nothing of model "a" reused
+    assert other["removal_order"] == first["removal_order"]

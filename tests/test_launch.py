@@ -5,9 +5,11 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import RECOVER_SETTINGS
 from workflow_helpers import TINY_STUDY, snakemake, workflow_copy
 
@@ -104,6 +106,24 @@ def test_slurm_resources_per_rule_override_the_default():
     assert rule_command_prefix(RESOURCES, "evaluate") == "layerprune"
     with pytest.raises(ValueError, match="resources.x.*gpu_model"):
         slurm_resources({"default": {"threads": 1, "mem_mb": 1, "runtime": 1, "gpu_model": "a100"}}, "x")
+
+
+def test_cpu_rules_request_no_gpu_whatever_the_default_says():
+    """prune runs on the CPU: on a cluster whose default asks for a GPU it must not hold one idle."""
+    resources = {"default": {"threads": 8, "mem_mb": 64000, "runtime": 120, "gpus": 1, "gpu_model": "a100"}}
+    for rule in ("prune", "materialize"):
+        assert "gpu" not in slurm_resources(resources, rule) and "gpu_model" not in slurm_resources(resources, rule)
+        assert "gres" not in slurm_resources({"default": {**resources["default"], "gres": "gpu:1"}}, rule)
+    assert slurm_resources(resources, "evaluate")["gpu"] == 1
+    paper = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "paper.yaml").read_text())
+    assert "gpu" not in slurm_resources(paper["resources"], "prune")
+
+
+def test_score_iterative_takes_score_resources_and_its_own_runtime():
+    resources = {"default": {"threads": 1, "mem_mb": 4000, "runtime": 30, "gpus": 0}, "score": {"gpus": 1}}
+    assert slurm_resources(resources, "score_iterative") == slurm_resources(resources, "score")
+    resources["score_iterative"] = {"runtime": 1440}
+    assert slurm_resources(resources, "score_iterative") == {**slurm_resources(resources, "score"), "runtime": 1440}
 
 
 def test_module_entry_point_the_launchers_run():

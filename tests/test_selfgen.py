@@ -516,3 +516,29 @@ def test_prompt_set_cut_short_is_named(checkpoint, tmp_path):
     with pytest.raises(ValueError, match=r"m\.jsonl: has 4 records, but .*m\.stats\.json records 8"):
         self_generate(checkpoint, prompts, tmp_path / "o.jsonl", **SAMPLED)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+# ------------------------------------------------------------ token-budget batches
+
+
+def test_token_budget_bounds_every_batch_and_runs_the_longest_first():
+    """paper.yaml's batch 64 with prompts up to 8000 tokens would prefill 64 x 9k tokens at once."""
+    from layerprune.selfgen import Generation, generate_responses, length_sorted_batches
+
+    lengths = [8000, 10, 20, 4000, 30, 3000, 8000, 15]
+    assert length_sorted_batches(lengths, 4) == [[1, 7, 2, 4], [5, 3, 0, 6]]  # batch_size alone: unchanged
+    batches = length_sorted_batches(lengths, 4, max_tokens=10_000, new_tokens=1000)
+    assert batches == [[1, 7, 2, 4], [5, 3], [0], [6]]
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * (max(lengths[i] for i in batch) + 1000) <= 10_000
+    seen: list[list[str]] = []
+
+    def generator(texts: list[str], seed: int) -> list[Generation]:
+        seen.append(texts)
+        return [Generation(f"{text}:{seed}", False) for text in texts]
+
+    texts = [f"p{i}" for i in range(len(lengths))]
+    outputs = generate_responses(generator, texts, lengths, 4, 0, max_batch_tokens=10_000, max_new_tokens=1000)
+    assert seen[0] == ["p6"] and seen[-1] == ["p1", "p7", "p2", "p4"]  # longest first: an OOM shows at once
+    # each batch keeps its own seed (its number), so the order changes no output
+    assert outputs[0].text == f"p0:{batch_seed(0, 2)}" and outputs[1].text == f"p1:{batch_seed(0, 0)}"

@@ -163,6 +163,18 @@ def cmd_score(args: argparse.Namespace) -> None:
                 f"layerprune score: --max-ratio {settings.max_ratio} removes {max_k} of {num_layers} layers"
             )
     texts = [record["text"] for record in read_jsonl(args.calibration)] if args.calibration else None
+    state_path = fingerprint = None
+    if args.method == "iterative":
+        from layerprune.io import content_fingerprint, sha256_file
+        from layerprune.iterative import state_path_for
+
+        # a resumed search must never mix probes of another model, probe set or setting
+        state_path = state_path_for(args.out)
+        fingerprint = {
+            "model": content_fingerprint(args.model),
+            "probe_task_files": {str(path): sha256_file(path) for path in args.probe_tasks},
+            "settings": settings.to_dict(),
+        }
     result = score_layers(
         args.method,
         model,
@@ -180,6 +192,8 @@ def cmd_score(args: argparse.Namespace) -> None:
         max_length=settings.max_length,
         batch_size=settings.batch_size,
         seed=settings.seed,
+        state_path=state_path,
+        fingerprint=fingerprint,
     )
     # max_length means something only with calibration texts: recorded as null without them
     max_length = settings.max_length if texts is not None else None
@@ -293,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stage("materialize", cmd_materialize, "Turn a model source into a plain local checkpoint.")
     sub.add_argument("--source", required=True, help='JSON, e.g. {"hub": "Qwen/Qwen2.5-7B-Instruct"}')
     sub.add_argument("--out", required=True, help="the checkpoint directory to write")
-    sub.add_argument("--dtype", default="float32", help="weights dtype of the saved checkpoint")
+    sub.add_argument("--dtype", default="source", help="source (keep the source's own dtype), float32, bfloat16")
 
     sub = stage("fetch-bigbench", cmd_fetch_bigbench, "Download and verify the bigbench 1.0.0 sdist.")
     sub.add_argument("--out", required=True, help="where the sdist is saved")

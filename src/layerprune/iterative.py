@@ -30,6 +30,13 @@ first `num_samples` samples:
   top-p 1. Every candidate is generated with the same seed, so candidates are compared
   on common random numbers rather than on independent draws.
 
+A long search survives a kill: with a `state_path`, the dense accuracies and every finished
+candidate are written there (atomically: temp + rename) as soon as they are known, tagged with
+a fingerprint of the inputs (the model's content, the probe task files, every setting). A
+re-run with the same fingerprint skips what is recorded and continues with the next candidate;
+since every candidate is generated with the same seed, the order equals an uninterrupted
+run's. A state file with another fingerprint is ignored and replaced.
+
 A removal is temporary: `layerprune.surgery.layers_removed` applies the very surgery
 `prune` does (layer list, `layer_idx` renumbering, per-layer config lists) and restores
 the model exactly afterwards, config included, even on an error.
@@ -37,6 +44,7 @@ the model exactly afterwards, config included, even on an error.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,7 +54,7 @@ from tqdm import tqdm
 
 from layerprune.evaluate import evaluate_generative, fewshot_prompt
 from layerprune.generative import Sampling
-from layerprune.io import read_json
+from layerprune.io import read_json, write_json
 from layerprune.models import decoder_layers
 from layerprune.surgery import layers_removed
 
@@ -56,6 +64,32 @@ TIE_TOLERANCE = 1e-9
 CRITERIA = ("mean_ratio", "mean_score")
 TIE_BREAKS = ("later", "earlier")
 PROMPTINGS = ("auto", "chat", "fewshot")
+STATE_FORMAT = 1  # bump when the state file's layout changes: older files are then started over
+
+
+def state_path_for(out_path: str | Path) -> Path:
+    """Where `layerprune score --method iterative` keeps its progress: a hidden file beside the output."""
+    out_path = Path(out_path)
+    return out_path.parent / f".{out_path.name}.state.json"
+
+
+def load_state(path: str | Path | None, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The progress a killed run left in `path` if its fingerprint matches, else an empty state."""
+    empty: dict[str, Any] = {"dense": None, "candidates": {}}
+    if path is None or not Path(path).is_file():
+        return empty
+    try:
+        state = read_json(path)
+    except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict) or state.get("fingerprint") != {"format": STATE_FORMAT, **fingerprint}:
+        print(f"{path}: written for other inputs or settings; starting over", flush=True)
+        return empty
+    return {"dense": state["dense"], "candidates": state["candidates"]}
+
+
+def _save_state(path: Path, fingerprint: dict[str, Any], dense: dict[str, float], candidates: dict) -> None:
+    write_json(path, {"fingerprint": {"format": STATE_FORMAT, **fingerprint}, "dense": dense, "candidates": candidates})
 
 
 def _per_task(value: Any, count: int, what: str) -> list[Any]:
@@ -272,8 +306,15 @@ def iterative_removal(
     criterion: str = "mean_ratio",
     tie_break: str = "later",
     keep_first_layer: bool = True,
+    state_path: str | Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Greedy removal order for k = 1..max_k; see the module docstring.
+
+    With `state_path`, progress is persisted there after the dense probe and after every
+    candidate, under `fingerprint` (what the caller knows identifies the inputs: model
+    content, probe files, settings; `max_k`, batch size and the selection rule are added
+    here), and a matching earlier state is resumed from. The file is removed on success.
 
     `criterion` (`mean_ratio`: mean over tasks of pruned ÷ dense; `mean_score`: mean of
     the raw scores), `tie_break` (`later` or `earlier` layer among tied candidates) and
@@ -295,9 +336,27 @@ def iterative_removal(
         kept = " (layer 0 stays)" if keep_first_layer else ""
         raise ValueError(f"max_k must lie in [0, {most}] for {num_layers} layers{kept}: {max_k}")
     padding_side = tokenizer.padding_side  # evaluate_generative switches it to left
+    fingerprint = {
+        **(fingerprint or {}),
+        "max_k": max_k,
+        "batch_size": batch_size,
+        "selection": [criterion, tie_break, keep_first_layer],
+        "probe_tasks": [[task["name"], task["type"], len(task["samples"])] for task in probe_tasks],
+    }
+    state = load_state(state_path, fingerprint)
+    # candidate accuracies already known, keyed "<sorted removal set>" (JSON keys are strings)
+    known: dict[str, dict[str, float]] = state["candidates"]
+
+    def save(dense: dict[str, float]) -> None:
+        if state_path is not None:
+            _save_state(Path(state_path), fingerprint, dense, known)
+
     try:
         probe = _Prober(model, tokenizer, probe_tasks, batch_size)
-        dense = probe()
+        dense = state["dense"]
+        if dense is None:
+            dense = probe()
+            save(dense)
         excluded = [name for name, value in dense.items() if value <= 0]
         for name in excluded:
             warnings.warn(
@@ -318,8 +377,12 @@ def iterative_removal(
                 candidates = [layer for layer in range(first_candidate, num_layers) if layer not in order]
                 accuracies, retained = {}, {}
                 for layer in candidates:
-                    with layers_removed(model, order + [layer]):
-                        accuracies[layer] = probe()
+                    key = json.dumps(sorted(order + [layer]))
+                    if key not in known:
+                        with layers_removed(model, order + [layer]):
+                            known[key] = probe()
+                        save(dense)
+                    accuracies[layer] = known[key]
                     retained[layer] = probe_score(accuracies[layer], dense, criterion)
                     bar.update(1)
                 chosen = choose_layer(retained, tie_break)
@@ -335,7 +398,7 @@ def iterative_removal(
                 order.append(chosen)
     finally:
         tokenizer.padding_side = padding_side
-    return {
+    result = {
         "scores": None,
         "max_k": max_k,
         "removal_order": order,
@@ -358,3 +421,6 @@ def iterative_removal(
         "excluded_probe_tasks": excluded,
         "rounds": rounds,
     }
+    if state_path is not None:
+        Path(state_path).unlink(missing_ok=True)
+    return result

@@ -16,6 +16,9 @@ from __future__ import annotations
 import shlex
 
 LAUNCHERS = ("accelerate", "torchrun")
+# Rules whose job runs on the CPU whatever it is given (prune loads, checks and saves on the CPU;
+# materialize de-quantizes or copies): they never ask SLURM for a GPU, not even the default's.
+CPU_RULES = ("materialize", "prune")
 
 
 def command_prefix(num_gpus: int, launcher: str = "accelerate", main_process_port: int | None = None) -> str:
@@ -46,9 +49,15 @@ def command_prefix(num_gpus: int, launcher: str = "accelerate", main_process_por
     return shlex.join([*parts, "-m", "layerprune.cli"])
 
 
+# A rule whose resources default to another rule's: iterative scoring is scoring, but it runs for
+# hours (bench/iterative_cost.py), so `resources.score_iterative` can give it its own runtime.
+PARENT_RULES = {"score_iterative": "score"}
+
+
 def rule_settings(resources: dict, rule: str) -> dict:
-    """Config `resources.<rule>` over `resources.default` (the rule's own keys win)."""
-    return {**resources["default"], **resources.get(rule, {})}
+    """Config `resources.<rule>` over its parent rule's (PARENT_RULES) over `resources.default`."""
+    parent = resources.get(PARENT_RULES[rule], {}) if rule in PARENT_RULES else {}
+    return {**resources["default"], **parent, **resources.get(rule, {})}
 
 
 def num_processes(settings: dict) -> int:
@@ -79,9 +88,11 @@ def slurm_resources(resources: dict, rule: str) -> dict:
     threads -> cpus_per_task (also the job's torch threads), mem_mb, runtime (minutes),
     gpus -> gpu (with gpu_model: `--gpus=<model>:<n>`), gres (passed as `--gres`),
     slurm_partition, slurm_account. A local run ignores what it does not know, so the
-    same rules serve both.
+    same rules serve both. A rule in CPU_RULES gets no GPU (gpus, gres and gpu_model are dropped).
     """
     settings = rule_settings(resources, rule)
+    if rule in CPU_RULES:
+        settings = {key: value for key, value in settings.items() if key not in ("gpus", "gres", "gpu_model")}
     if settings.get("gpus") and settings.get("gres"):
         raise ValueError(f"resources.{rule}: give either `gpus` or `gres`, not both")
     if settings.get("gpu_model") and not settings.get("gpus"):

@@ -239,8 +239,35 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype '{name}' (use auto, float32, bfloat16 or float16)") from None
 
 
-def materialize(source: dict[str, Any], out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Write `source` as a plain safetensors checkpoint with its tokenizer and `source.json`."""
+# A GGUF is written in float32: its de-quantized weights (e.g. Q4_1: fp16 scale x 4-bit code + fp16
+# minimum) need more mantissa bits than bf16's 8, so only float32 keeps them exactly; the GGUF
+# models shipped here are small (SmolLM2-135M: 0.5 GB in float32).
+GGUF_DTYPE = "float32"
+
+
+def source_dtype(source: dict[str, Any]) -> str:
+    """The dtype a source's weights are stored in: its config's `dtype` (or `torch_dtype`) for a hub
+    id or a local checkpoint (float32 if it names none), GGUF_DTYPE for a packaged GGUF."""
+    from transformers import AutoConfig
+
+    resolved = describe_source(source)
+    if "package" in resolved:
+        return GGUF_DTYPE
+    name = resolved.get("hub") or resolved["path"]
+    config = AutoConfig.from_pretrained(name, revision=resolved.get("revision"))
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
+def materialize(source: dict[str, Any], out_dir: str | Path, dtype: str = "source") -> Path:
+    """Write `source` as a plain safetensors checkpoint with its tokenizer and `source.json`.
+
+    `dtype` "source" (the default) keeps the source's own dtype (`source_dtype`): a bf16 model
+    stays bf16 (Llama-3.1-8B: 16 GB, not 32 GB in float32), so every later job reads half the bytes.
+    """
+    if dtype == "source":
+        dtype = source_dtype(source)
     model, tokenizer, record = _load_with_record(source, resolve_dtype(dtype))
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)

@@ -20,6 +20,7 @@ import math
 import os
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -169,6 +170,8 @@ def score_layers(
     chunk_size: int | None = None,
     sleb_exclude_ends: bool = True,
     selection: dict[str, Any] | None = None,
+    state_path: str | Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the layers of `model` with `method`; see the module docstring for the output.
 
@@ -177,8 +180,9 @@ def score_layers(
 
     `iterative` needs `probe_tasks` (see `layerprune.iterative.load_probe_tasks`) and
     `max_k`, and its `removal` stops at k = max_k; `sleb` stops there too when `max_k`
-    is given (its rounds are greedy, so stopping early changes no chosen layer). `chunk_size` (ppl, sleb) is how many
-    calibration texts have their layer inputs cached at once (None: all);
+    is given (its rounds are greedy, so stopping early changes no chosen layer). `state_path` and
+    `fingerprint`: where iterative persists its progress, and what identifies its inputs.
+    `chunk_size` (ppl, sleb) is how many calibration texts have their layer inputs cached at once (None: all);
     `sleb_exclude_ends` keeps sleb off the first and last layer.
     """
     if method not in METHODS:
@@ -200,7 +204,16 @@ def score_layers(
         if not probe_tasks or max_k is None:
             raise ValueError("scoring method 'iterative' needs probe tasks and max_k")
         result.update(
-            iterative_removal(model, tokenizer, probe_tasks, max_k, batch_size=batch_size, **(selection or {}))
+            iterative_removal(
+                model,
+                tokenizer,
+                probe_tasks,
+                max_k,
+                batch_size=batch_size,
+                state_path=state_path,
+                fingerprint=fingerprint,
+                **(selection or {}),
+            )
         )
     elif not texts:
         raise ValueError(f"scoring method '{method}' needs calibration texts")

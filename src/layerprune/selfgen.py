@@ -284,10 +284,26 @@ def render(tokenizer: Any, conversation: list[dict]) -> str:
     return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (stable: ties keep file order)."""
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None, new_tokens: int = 0
+) -> list[list[int]]:
+    """Indices grouped into batches of similar length (stable: ties keep file order).
+
+    With `max_tokens`, a batch also ends before rows x (its longest prompt + `new_tokens`) would
+    exceed it, so the KV cache a batch fills is bounded however long the prompts; a prompt that
+    alone exceeds it gets a batch of its own.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for index in order:  # ascending: the newest row is a batch's longest
+        batch = batches[-1] if batches else None
+        if batch and len(batch) < batch_size and (len(batch) + 1) * (lengths[index] + new_tokens) <= max_tokens:
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def generate_responses(
@@ -298,16 +314,23 @@ def generate_responses(
     seed: int,
     done: dict[int, Generation] | None = None,
     on_batch: Callable[[int, list[int], list[Generation]], None] | None = None,
+    max_batch_tokens: int | None = None,
+    max_new_tokens: int = 0,
 ) -> list[Generation]:
     """Answer every rendered prompt in length-sorted batches, each batch from its own seed.
 
     Batches whose every index is in `done` are skipped (resumption); `on_batch`
     gets each newly generated batch (its number, indices and generations), e.g.
-    to append it to the partial file before the next one starts.
+    to append it to the partial file before the next one starts. `max_batch_tokens`
+    bounds a batch's rows x (longest prompt + `max_new_tokens`); the batches then run
+    longest first, so one that does not fit in memory fails at the start, not hours in
+    (a batch's seed is its number, so the order changes no output).
     """
     done = dict(done or {})
-    batches = length_sorted_batches(lengths, batch_size)
+    batches = length_sorted_batches(lengths, batch_size, max_batch_tokens, max_new_tokens)
     todo = [b for b, indices in enumerate(batches) if not all(i in done for i in indices)]
+    if max_batch_tokens is not None:
+        todo.reverse()
     if len(todo) < len(batches):
         print(f"resuming: {len(batches) - len(todo)} of {len(batches)} batches already generated", flush=True)
     for number in tqdm(todo, desc="self-generating", unit="batch"):
@@ -392,6 +415,7 @@ def self_generate(
     seed: int,
     dtype: str = "auto",
     backend: str = "auto",
+    max_batch_tokens: int | None = None,
     drop_empty: bool = False,
     drop_truncated: bool = False,
     stats_path: str | Path | None = None,
@@ -421,6 +445,7 @@ def self_generate(
         "temperature": temperature,
         "top_p": top_p,
         "batch_size": batch_size,
+        "max_batch_tokens": max_batch_tokens,
         "seed": seed,
         "backend": resolved,
         "dtype": dtype,
@@ -436,7 +461,9 @@ def self_generate(
             on_batch(number, indices, generations)
 
     try:
-        generations = generate_responses(generator, texts, lengths, batch_size, seed, done, after_batch)
+        generations = generate_responses(
+            generator, texts, lengths, batch_size, seed, done, after_batch, max_batch_tokens, max_new_tokens
+        )
     finally:
         writer.close()
     empty = [i for i, g in enumerate(generations) if not g.text]

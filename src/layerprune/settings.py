@@ -258,6 +258,14 @@ class SelfgenSettings(Seeded, OnModel):
     temperature: float = setting(0.7, help="0 = greedy", schema={"minimum": 0})
     top_p: float = setting(0.95, help="nucleus sampling", schema={"exclusiveMinimum": 0, "maximum": 1})
     batch_size: int = setting(16, help="prompts per length-sorted batch", schema={"minimum": 1})
+    max_batch_tokens: int | None = setting(
+        None,
+        help=(
+            "at most this many tokens per batch: rows x (its longest prompt + max_new_tokens), the KV cache a "
+            "batch fills; null = batch_size alone"
+        ),
+        schema={"minimum": 1},
+    )
     backend: str = setting(
         "auto",
         help=(

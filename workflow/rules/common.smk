@@ -11,7 +11,7 @@ from layerprune.checks import (
     ConfigError,
     ratio_wildcards,
 )
-from layerprune.launch import rule_command_prefix, slurm_resources
+from layerprune.launch import rule_command_prefix, rule_settings, slurm_resources
 from layerprune.registry import DATASETS, RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.validation import validate_study
 from layerprune.settings import (
@@ -187,7 +187,7 @@ def job_resources(rule_name):
 
 
 def job_threads(rule_name):
-    return config["resources"].get(rule_name, {}).get("threads", config["resources"]["default"]["threads"])
+    return rule_settings(config["resources"], rule_name)["threads"]
 
 
 def bigbench_file(task):

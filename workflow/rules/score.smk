@@ -50,9 +50,9 @@ rule score_iterative:
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
-    threads: job_threads("score")
+    threads: job_threads("score_iterative")
     resources:
-        **job_resources("score"),
+        **job_resources("score_iterative"),
     params:
         settings=iterative_settings,
     shell:
