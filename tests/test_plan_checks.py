@@ -309,3 +309,11 @@ def test_task_recoveries_must_be_recoveries_the_study_runs():
         checks.check_config(config)
     config["tasks"][task]["recoveries"] = ["sgr"]
     checks.check_config(config)
+
+
+def test_vllm_max_model_len_must_hold_the_longest_prompt_and_response():
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    check_config(paper)  # 8000 + 1024 <= 9024
+    paper["selfgen"]["max_model_len"] = 9000
+    with pytest.raises(ConfigError, match=r"selfgen.max_model_len: 9000 is less than prompts.max_prompt_tokens"):
+        check_config(paper)

@@ -180,6 +180,15 @@ def check_config(config: dict[str, Any]) -> None:
             "use -1 to train num_epochs, or a positive step count"
         )
     problems += [reason for key, name in bigbench_task_keys(config) if (reason := unknown_bigbench_task(key, name))]
+    selfgen, prompts = config.get("selfgen", {}), config.get("prompts", {})
+    longest_prompt = prompts.get("max_prompt_tokens") if prompts.get("source") != "magpie" else None
+    if selfgen.get("max_model_len") and longest_prompt and "max_new_tokens" in selfgen:
+        if selfgen["max_model_len"] < longest_prompt + selfgen["max_new_tokens"]:
+            problems.append(
+                f"selfgen.max_model_len: {selfgen['max_model_len']} is less than prompts.max_prompt_tokens "
+                f"({longest_prompt}) + selfgen.max_new_tokens ({selfgen['max_new_tokens']}): vLLM would refuse "
+                "the longest prompts"
+            )
     tasks = config.get("tasks", {})
     recoveries = config.get("recovery", {}).get("methods", [])
     for task, spec in tasks.items():

@@ -10,7 +10,7 @@ from layerprune.checks import (
     check_models,
     ratio_wildcards,
 )
-from layerprune.launch import rule_command_prefix, slurm_resources
+from layerprune.launch import cluster_cores_problem, rule_command_prefix, slurm_resources
 from layerprune.registry import RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.settings import (
     CalibrationSettings,
@@ -28,6 +28,7 @@ from layerprune.settings import (
     settings_json,
 )
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # The config files as written: a key given twice is an error (YAML keeps the last one silently).
@@ -143,6 +144,22 @@ def job_resources(rule_name):
 
 def job_threads(rule_name):
     return config["resources"].get(rule_name, {}).get("threads", config["resources"]["default"]["threads"])
+
+
+# Before any job is submitted (onstart runs once the executor is known; not in dry runs): a
+# cluster job must run the threads SLURM allocates to it (layerprune.launch.cluster_cores_problem).
+onstart:
+    if workflow.non_local_exec and not workflow.remote_exec:
+        problem = cluster_cores_problem(
+            workflow.resource_settings.cores,
+            {
+                job.rule.name: job.rule.resources["_cores"]
+                for job in workflow.dag.needrun_jobs()
+                if not workflow.is_local(job.rule) and isinstance(job.rule.resources["_cores"], int)
+            },
+        )
+        if problem:
+            raise WorkflowError(problem)
 
 
 def bigbench_file(task):

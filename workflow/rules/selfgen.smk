@@ -12,7 +12,7 @@ if PROMPTS["source"] == "magpie":
         benchmark:
             "benchmarks/magpie_prompts/{model}.tsv"
         conda:
-            "../../envs/layerprune.yaml"
+            "../../envs/layerprune-gpu.yaml"
         threads: job_threads("selfgen")
         resources:
             **job_resources("selfgen"),
@@ -59,7 +59,7 @@ rule selfgen:
     benchmark:
         "benchmarks/selfgen/{model}.tsv"
     conda:
-        "../../envs/layerprune.yaml"
+        "../../envs/layerprune-gpu.yaml"
     threads: job_threads("selfgen")
     resources:
         **job_resources("selfgen"),
