@@ -84,6 +84,13 @@ def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_fetch_lm_eval_data(args: argparse.Namespace) -> None:
+    from layerprune.evaluate import fetch_lm_eval_data
+
+    for name, docs in fetch_lm_eval_data(args.task_files).items():
+        print(f"{name}: {docs} documents", flush=True)
+
+
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_prompt_set
 
@@ -300,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--include-path", type=_optional_str, default=None, help="folder of extra lm-eval task YAMLs")
     sub.add_argument("--seed", type=int, required=True)
     sub.add_argument("--out", required=True)
+
+    sub = stage(
+        "fetch-lm-eval-data",
+        cmd_fetch_lm_eval_data,
+        "Download the data of the lm-eval tasks named in task files into the Hugging Face cache (offline nodes).",
+    )
+    sub.add_argument("task_files", nargs="+", help="task JSONs (results/data/tasks/*.json); others are skipped")
 
     sub = stage(
         "prepare-prompts", cmd_prepare_prompts, "Build the prompt set (with reference answers).", PromptSetSettings

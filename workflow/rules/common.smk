@@ -153,9 +153,9 @@ onstart:
         problem = cluster_cores_problem(
             workflow.resource_settings.cores,
             {
-                job.rule.name: job.rule.resources["_cores"]
+                job.rule.name: job.rule.resources["_cores"].value  # the rule's threads, before the cap
                 for job in workflow.dag.needrun_jobs()
-                if not workflow.is_local(job.rule) and isinstance(job.rule.resources["_cores"], int)
+                if not workflow.is_local(job.rule) and isinstance(job.rule.resources["_cores"].value, int)
             },
         )
         if problem:
