@@ -189,6 +189,16 @@ def check_config(config: dict[str, Any]) -> None:
                 f"({longest_prompt}) + selfgen.max_new_tokens ({selfgen['max_new_tokens']}): vLLM would refuse "
                 "the longest prompts"
             )
+    resources = config.get("resources", {})
+    if "default" in resources and selfgen.get("tensor_parallel_size", 1) > 1:
+        from layerprune.launch import num_gpus, rule_settings
+
+        gpus = num_gpus(rule_settings(resources, "selfgen"))
+        if 0 < gpus < selfgen["tensor_parallel_size"]:
+            problems.append(
+                f"selfgen.tensor_parallel_size: {selfgen['tensor_parallel_size']} GPUs, but the selfgen job gets "
+                f"{gpus} (resources.selfgen); vLLM would not start"
+            )
     tasks = config.get("tasks", {})
     recoveries = config.get("recovery", {}).get("methods", [])
     for task, spec in tasks.items():
