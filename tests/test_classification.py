@@ -190,3 +190,18 @@ def test_pipeline_agrees_with_lm_eval_cli(checkpoint, arc_dir, tmp_path, kind):
     for doc_id, lls in pipeline_lls.items():
         assert lls == pytest.approx(cli_lls[doc_id], abs=1e-5)
     assert len(cli_lls) == result["n"] > 0 and not math.isnan(result["stderr"])
+
+
+@pytest.mark.slow  # lm-eval indexes its ~10k task YAMLs twice (~80 s on 2 busy cores)
+def test_fetch_lm_eval_data_builds_each_named_task_and_skips_the_others(arc_dir, tmp_path, capsys):
+    """The offline-cluster step: every lm-eval task of the task files is built (its data loaded, here from
+    local files), BIG-bench task files are skipped, an unknown task names its file."""
+    from layerprune.cli import main
+
+    prepare_lm_eval_task("arc_easy_local", 2, 0.5, "acc", arc_dir, 0, tmp_path / "arc.json")
+    write_json(tmp_path / "plural.json", {"type": "generative", "samples": []})
+    main(["fetch-lm-eval-data", str(tmp_path / "arc.json"), str(tmp_path / "plural.json")])
+    assert capsys.readouterr().out.splitlines() == ["arc_easy_local: 8 documents"]
+    prepare_lm_eval_task("no_such_task_xyz", 0, None, "acc", None, 0, tmp_path / "bad.json")
+    with pytest.raises(KeyError, match=r"bad.json: lm-eval knows no task or group 'no_such_task_xyz'"):
+        main(["fetch-lm-eval-data", str(tmp_path / "bad.json")])

@@ -32,9 +32,9 @@ def tool(name: str) -> str:
     return found
 
 
-def constraints() -> dict[str, str]:
+def constraints(name: str = "constraints.txt") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / name).read_text().splitlines():
         line = line.split("#")[0].strip()
         if "==" in line:
             name, version = line.split("==")
@@ -57,11 +57,23 @@ def test_snakefmt_and_ruff_format_are_clean():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+VLLM_RULES = {"selfgen", "magpie_prompts"}
+
+
+def test_gpu_constraints_are_the_tested_ones_plus_vllm():
+    """constraints-gpu.txt differs from constraints.txt only by vLLM and the numpy it forces (its header says why)."""
+    cpu, gpu = constraints(), constraints("constraints-gpu.txt")
+    assert {k: v for k, v in gpu.items() if cpu.get(k) != v} == {"numpy": "2.3.5", "vllm": "0.30.0"}
+    assert set(cpu) <= set(gpu)
+    assert '"vllm==0.30.0"' in (REPO / "pyproject.toml").read_text()
+
+
 def test_env_files_pin_the_tested_versions():
-    pins = constraints()
     envs = sorted((REPO / "envs").glob("*.yaml"))
-    assert envs
+    assert [env.name for env in envs] == ["layerprune-gpu.yaml", "layerprune.yaml"]
     for env in envs:
+        pins = constraints("constraints-gpu.txt" if env.stem == "layerprune-gpu" else "constraints.txt")
+        assert (REPO / "envs" / f"{env.stem}.post-deploy.sh").is_file(), env.name
         spec = yaml.safe_load(env.read_text())
         pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
         for requirement in pip:
@@ -103,7 +115,9 @@ def test_every_rule_that_runs_a_command_has_conda_log_and_benchmark():
         if "shell:" not in block:
             assert name == "all", name
             continue
-        assert "conda:\n" in block and '"../../envs/layerprune.yaml"' in block, name
+        # the rules that may generate with vLLM get the GPU environment (vLLM, numpy<2.4)
+        env = "layerprune-gpu" if name in VLLM_RULES else "layerprune"
+        assert "conda:\n" in block and f'"../../envs/{env}.yaml"' in block, name
         # logs/<rule>/..., literally or through study_log (logs/<rule>/<study>/...)
         assert re.search(rf'log:\n\s+("logs/{name}[/.]|study_log\("{name}", )', block), name
         assert ("benchmark:" in block) == (name in COMPUTE_RULES), name

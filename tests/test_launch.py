@@ -278,3 +278,13 @@ def test_cpu_processes_without_gpus():
     resources = {"default": {"threads": 1, "mem_mb": 1, "runtime": 1}, "recover": {"processes": 2}}
     assert rule_command_prefix({**resources}, "recover").startswith("accelerate launch --multi_gpu")
     assert rule_command_prefix({**resources}, "prune") == "layerprune"
+
+
+def test_cluster_cores_problem_names_the_rules_whose_threads_would_shrink():
+    from layerprune.launch import cluster_cores_problem
+
+    assert cluster_cores_problem(None, {"score": 8}) is None  # no --cores: no cap
+    assert cluster_cores_problem(8, {"score": 8, "recover": 4}) is None
+    problem = cluster_cores_problem(2, {"score": 8, "recover": 4, "prune": 1})
+    assert problem.startswith("--cores 2 caps every cluster job's threads at 2")
+    assert ": recover 4, score 8." in problem and "give --cores 8 or more" in problem

@@ -411,3 +411,25 @@ def test_holdout_split_is_the_authors_ten_percent():
     assert holdout_split(records, 0.0, seed=0) == (records, [])
     with pytest.raises(ValueError, match="recovery.eval_fraction must lie in"):
         holdout_split(records, 1.0, seed=0)
+
+
+@pytest.mark.slow  # a dry run of the paper's grid (~20 s)
+def test_readme_offline_fetch_step_plans_only_downloads(tmp_path):
+    """The README's `--until` step for clusters without internet, as typed (plus -n): it plans the model
+    downloads and data preparation, and not one scoring, generation, training or evaluation job."""
+    import re
+    import shlex
+    import shutil
+
+    from workflow_helpers import REPO, run, workflow_copy
+
+    (command,) = re.findall(r"^\s*(snakemake --cores 2 --configfile configs/paper.yaml --until .+)$",
+                            (REPO / "README.md").read_text(), flags=re.M)  # fmt: skip
+    workdir = workflow_copy(tmp_path / "wf")
+    shutil.copytree(REPO / "configs", workdir / "configs")
+    argv = shlex.split(command)
+    output = run([str(Path(sys.executable).parent / argv[0]), *argv[1:], "-n"], workdir)
+    table = (output.stdout + output.stderr).split("Job stats:", 1)[1].split("total", 1)[0]
+    planned = set(re.findall(r"^(\w+)\s+\d+$", table, flags=re.M))
+    assert planned == {"fetch_bigbench", "extract_bigbench", "materialize", "prepare_task", "prepare_lm_eval_task",
+                       "prepare_prompts", "prepare_calibration", "prepare_heal"}  # fmt: skip

@@ -309,3 +309,29 @@ def test_task_recoveries_must_be_recoveries_the_study_runs():
         checks.check_config(config)
     config["tasks"][task]["recoveries"] = ["sgr"]
     checks.check_config(config)
+
+
+def test_vllm_max_model_len_must_hold_the_longest_prompt_and_response():
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    check_config(paper)  # 8000 + 1024 <= 9024
+    paper["selfgen"]["max_model_len"] = 9000
+    with pytest.raises(ConfigError, match=r"selfgen.max_model_len: 9000 is less than prompts.max_prompt_tokens"):
+        check_config(paper)
+
+
+def test_vllm_tensor_parallel_size_needs_as_many_gpus_as_the_selfgen_job_gets():
+    paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    paper["selfgen"]["tensor_parallel_size"] = 2
+    with pytest.raises(ConfigError, match=r"selfgen.tensor_parallel_size: 2 GPUs, but the selfgen job gets 1"):
+        check_config(paper)
+    paper["resources"]["selfgen"] = {"gpus": 2}
+    check_config(paper)
+
+
+def test_paper_prune_jobs_request_no_gpu():
+    """Pruning runs on the CPU: a GPU requested for it would sit idle (and wait in the GPU queue)."""
+    from layerprune.launch import slurm_resources
+
+    resources = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["resources"]
+    assert "gpu" not in slurm_resources(resources, "prune") and "gres" not in slurm_resources(resources, "prune")
+    assert slurm_resources(resources, "selfgen")["gpu"] == 1

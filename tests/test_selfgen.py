@@ -7,11 +7,14 @@ network ends some answers early and leaves others unfinished.
 
 from __future__ import annotations
 
+import importlib.machinery
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import datasets
@@ -234,6 +237,98 @@ def test_vllm_backend_without_vllm_or_gpu_is_a_clear_error(checkpoint, tmp_path)
     with pytest.raises(RuntimeError, match="selfgen.backend=vllm"):
         self_generate(checkpoint, tmp_path / "p.jsonl", tmp_path / "o.jsonl", 4, 0.0, 1.0, 2, 0, backend="vllm")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+class FakeVLLM:
+    """A stand-in `vllm` module (the real one needs a CUDA GPU): records what the engine is built with."""
+
+    def __init__(self) -> None:
+        self.engines: list[dict] = []
+        self.environ_at_start: list[str | None] = []
+        self.requests: list[tuple[list[int], dict]] = []
+        fake = self
+
+        class LLM:
+            def __init__(self, **kwargs):
+                fake.engines.append(kwargs)
+                fake.environ_at_start.append(os.environ.get("VLLM_BATCH_INVARIANT"))
+
+            def generate(self, prompts, params, use_tqdm=False):
+                outputs = []
+                for prompt, param in zip(prompts, params, strict=True):
+                    fake.requests.append((prompt["prompt_token_ids"], param.kwargs))
+                    answer = types.SimpleNamespace(text=f" answer {param.kwargs['seed']} ", finish_reason="stop")
+                    outputs.append(types.SimpleNamespace(outputs=[answer]))
+                return outputs
+
+        class SamplingParams:
+            def __init__(self, **kwargs):
+                self.kwargs = kwargs
+
+        self.module = types.ModuleType("vllm")
+        self.module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+        self.module.LLM, self.module.SamplingParams = LLM, SamplingParams
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """vLLM 'installed' on a 'GPU' of compute capability 9.0, for the code path that builds the engine."""
+    fake = FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setenv("VLLM_BATCH_INVARIANT", "")  # restored (removed) after the test: the code sets it
+    monkeypatch.delenv("VLLM_BATCH_INVARIANT")
+    return fake
+
+
+def test_vllm_engine_gets_the_selfgen_settings(fake_vllm, checkpoint, tmp_path):
+    """max_model_len, gpu_memory_utilization, tensor_parallel_size and batch invariance reach LLM(...),
+    from the settings JSON the rule passes, through the CLI."""
+    from layerprune.cli import main
+
+    write_jsonl(tmp_path / "p.jsonl", prompt_records(3))
+    settings = {
+        "max_new_tokens": 8, "temperature": 0.9, "top_p": 0.95, "batch_size": 2, "seed": 5, "dtype": "bfloat16",
+        "backend": "vllm", "max_model_len": 4096, "gpu_memory_utilization": 0.75, "tensor_parallel_size": 2,
+    }  # fmt: skip
+    main(["selfgen", "--model", str(checkpoint), "--prompts", str(tmp_path / "p.jsonl"),
+          "--settings", json.dumps(settings), "--out", str(tmp_path / "o.jsonl")])  # fmt: skip
+    (engine,) = fake_vllm.engines
+    assert engine == {
+        "model": str(checkpoint), "dtype": "bfloat16", "seed": 5, "max_model_len": 4096,
+        "gpu_memory_utilization": 0.75, "tensor_parallel_size": 2, "enable_prefix_caching": False,
+    }  # fmt: skip
+    assert fake_vllm.environ_at_start == ["1"]  # batch-invariant mode (the default) set before the engine starts
+    assert len(fake_vllm.requests) == 3 and {r[1]["max_tokens"] for r in fake_vllm.requests} == {8}
+    assert read_json(tmp_path / "o.stats.json")["backend"] == "vllm"
+
+    # off: vLLM's defaults (prefix caching on, no invariance); no max_model_len: the model config's
+    del settings["max_model_len"]
+    settings["batch_invariant"] = False
+    main(["selfgen", "--model", str(checkpoint), "--prompts", str(tmp_path / "p.jsonl"),
+          "--settings", json.dumps(settings), "--out", str(tmp_path / "o2.jsonl")])  # fmt: skip
+    assert fake_vllm.engines[1] == {
+        "model": str(checkpoint), "dtype": "bfloat16", "seed": 5, "gpu_memory_utilization": 0.75,
+        "tensor_parallel_size": 2,
+    }  # fmt: skip
+    assert fake_vllm.environ_at_start[1] == "0"
+
+
+def test_vllm_prompt_longer_than_max_model_len_is_refused_before_generating(fake_vllm, checkpoint, tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", prompt_records(3))
+    with pytest.raises(ValueError, match="selfgen.max_model_len=10 is shorter than prompt"):
+        self_generate(checkpoint, tmp_path / "p.jsonl", tmp_path / "o.jsonl", 8, 0.9, 0.95, 2, 0,
+                      backend="vllm", max_model_len=10)  # fmt: skip
+    assert fake_vllm.requests == [] and not (tmp_path / "o.jsonl").exists()
+
+
+def test_batch_invariance_on_a_gpu_older_than_ampere_is_refused(fake_vllm, monkeypatch, checkpoint, tmp_path):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    write_jsonl(tmp_path / "p.jsonl", prompt_records(2))
+    with pytest.raises(RuntimeError, match="compute capability >= 8.0, this one is 7.0"):
+        self_generate(checkpoint, tmp_path / "p.jsonl", tmp_path / "o.jsonl", 8, 0.9, 0.95, 2, 0, backend="vllm")
+    assert fake_vllm.engines == []
 
 
 # --------------------------------------------------------------------------- batching, counts

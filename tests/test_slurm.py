@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO, TINY_STUDY, env, planned_jobs, snakemake, workflow_copy
+from conftest import make_tiny_checkpoint
+from workflow_helpers import BIN, REPO, TINY_STUDY, env, planned_jobs, run, snakemake, tiny_config, workflow_copy
 
 SCRIPT = REPO / "scripts" / "slurm_test_cluster.sh"
 ACCOUNT = "layerprune"
@@ -154,3 +155,32 @@ def test_pipeline_through_slurm_matches_the_local_run(slurm_cluster, tiny_run, t
     )
     assert planned_jobs(workdir) == {}
     assert yaml.safe_load((workdir / "config.yaml").read_text()) == cfg
+
+
+@pytest.mark.slow
+def test_cluster_jobs_run_the_threads_slurm_allocates(slurm_cluster, tmp_path):
+    """A 1-CPU submit host (taskset): `--cores all` would run a 2-CPU job on 1 thread, so it is refused before
+    anything is submitted; the documented `snakemake --profile slurm` runs it on 2, and the job's SLURM log shows
+    its command (the slurm profile's printshellcmds, no longer overridden by profiles/default)."""
+    cfg = slurm_config(tiny_config(make_tiny_checkpoint(tmp_path / "model", family="llama", num_layers=4)))
+    cfg["resources"]["score"] = {"threads": 2}
+    workdir = workflow_copy(tmp_path / "wf", cfg)
+    target = f"results/{TINY_STUDY}/scores/tiny/bi.json"
+    one_cpu = ["taskset", "-c", "0", str(BIN / "snakemake")]
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+
+    refused = run([*one_cpu, "--cores", "all", "--profile", "slurm", target], workdir, check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output[-3000:]
+    assert "--cores 1 caps every cluster job's threads at 1" in output and ": score 2." in output, output[-3000:]
+    assert sacct_jobs(workdir, since) == []
+
+    cluster_options = ["--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs"]
+    result = run([*one_cpu, "--profile", "slurm", *cluster_options, target], workdir)
+    jobs = {rule_of(job["Comment"]): job for job in sacct_jobs(workdir, since)}
+    assert set(jobs) == {"materialize", "score"}, result.stderr[-3000:]
+    assert (jobs["score"]["State"], jobs["score"]["ReqCPUS"]) == ("COMPLETED", "2")
+    (log,) = (workdir / ".snakemake" / "slurm_logs" / "rule_score").rglob(f"{jobs['score']['JobID']}.log")
+    # printed by the job's snakemake, then by its jobstep (srun) snakemake: both run 2 threads
+    commands = [line for line in log.read_text().splitlines() if line.startswith("Shell command: layerprune score ")]
+    assert commands and all("--threads 2 " in command for command in commands), commands

@@ -182,6 +182,25 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             "use -1 to train num_epochs, or a positive step count"
         )
     problems += [reason for key, name in bigbench_task_keys(config) if (reason := unknown_bigbench_task(key, name))]
+    selfgen, prompts = config.get("selfgen", {}), config.get("prompts", {})
+    longest_prompt = prompts.get("max_prompt_tokens") if prompts.get("source") != "magpie" else None
+    if selfgen.get("max_model_len") and longest_prompt and "max_new_tokens" in selfgen:
+        if selfgen["max_model_len"] < longest_prompt + selfgen["max_new_tokens"]:
+            problems.append(
+                f"selfgen.max_model_len: {selfgen['max_model_len']} is less than prompts.max_prompt_tokens "
+                f"({longest_prompt}) + selfgen.max_new_tokens ({selfgen['max_new_tokens']}): vLLM would refuse "
+                "the longest prompts"
+            )
+    resources = config.get("resources", {})
+    if "default" in resources and selfgen.get("tensor_parallel_size", 1) > 1:
+        from layerprune.launch import num_gpus, rule_settings
+
+        gpus = num_gpus(rule_settings(resources, "selfgen"))
+        if 0 < gpus < selfgen["tensor_parallel_size"]:
+            problems.append(
+                f"selfgen.tensor_parallel_size: {selfgen['tensor_parallel_size']} GPUs, but the selfgen job gets "
+                f"{gpus} (resources.selfgen); vLLM would not start"
+            )
     tasks = config.get("tasks") if isinstance(config.get("tasks"), dict) else {}
     recoveries = recovery.get("methods") or []
     for task, spec in tasks.items():

@@ -86,6 +86,13 @@ def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_fetch_lm_eval_data(args: argparse.Namespace) -> None:
+    from layerprune.evaluate import fetch_lm_eval_data
+
+    for name, docs in fetch_lm_eval_data(args.task_files).items():
+        print(f"{name}: {docs} documents", flush=True)
+
+
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_prompt_set
 
@@ -344,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--include-path", type=_optional_str, default=None, help="folder of extra lm-eval task YAMLs")
     sub.add_argument("--seed", type=int, required=True, help="seeds lm-eval's few-shot draw (config `seed`)")
     sub.add_argument("--out", required=True, help="the prepared task JSON to write")
+
+    sub = stage(
+        "fetch-lm-eval-data",
+        cmd_fetch_lm_eval_data,
+        "Download the data of the lm-eval tasks named in task files into the Hugging Face cache (offline nodes).",
+    )
+    sub.add_argument("task_files", nargs="+", help="task JSONs (results/data/tasks/*.json); others are skipped")
 
     sub = stage(
         "prepare-prompts", cmd_prepare_prompts, "Build the prompt set (with reference answers).", PromptSetSettings

@@ -108,6 +108,36 @@ def run_lm_eval(
     )
 
 
+def fetch_lm_eval_data(task_files: list[str | Path]) -> dict[str, int]:
+    """Build every lm-eval task the task files name, which downloads its data into the Hugging Face
+    cache (HF_HOME); return each (sub)task's number of evaluated documents.
+
+    For clusters whose compute nodes have no internet: run it once where there is (after the
+    prepare_lm_eval_task jobs), then the evaluations run with HF_HUB_OFFLINE=1. Task files of
+    other tasks (BIG-bench, datasets) hold their samples already and are skipped.
+    """
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    counts: dict[str, int] = {}
+
+    def walk(tasks: dict[Any, Any]) -> None:
+        for name, task in tasks.items():
+            if isinstance(task, dict):
+                walk(task)
+            else:
+                counts[getattr(name, "group_name", name)] = len(task.eval_docs)
+
+    for path in task_files:
+        spec = read_json(path)
+        if not spec.get("lm_eval_task"):
+            continue
+        manager = TaskManager(include_path=spec.get("include_path"), include_defaults=True)
+        if spec["lm_eval_task"] not in manager.all_tasks:
+            raise KeyError(f"{path}: lm-eval knows no task or group {spec['lm_eval_task']!r}")
+        walk(get_task_dict([spec["lm_eval_task"]], manager))
+    return counts
+
+
 def lm_eval_records(results: dict[str, Any], metric: str) -> list[dict[str, Any]]:
     """Per-sample records from lm-eval's logged samples, over every subtask of a group (MMLU).
 

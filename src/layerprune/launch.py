@@ -114,3 +114,25 @@ def rule_command_prefix(resources: dict, rule: str) -> str:
     return command_prefix(
         num_processes(settings), settings.get("launcher", "accelerate"), settings.get("main_process_port")
     )
+
+
+def cluster_cores_problem(cores: int | None, rule_threads: dict[str, int]) -> str | None:
+    """Why `--cores` would shrink cluster jobs' threads below what SLURM gives them, or None.
+
+    With a cluster executor Snakemake still caps each job's threads at `--cores` (the submit
+    host's count for `--cores all`) and passes that cap to the job, while SLURM allocates the
+    `cpus_per_task` the config asks for: a 2-core login node would run 8-CPU jobs on 2
+    threads. Without `--cores` there is no cap (the profile sets `jobs`).
+    """
+    if cores is None:
+        return None
+    short = {rule: threads for rule, threads in sorted(rule_threads.items()) if threads > cores}
+    if not short:
+        return None
+    listed = ", ".join(f"{rule} {threads}" for rule, threads in short.items())
+    return (
+        f"--cores {cores} caps every cluster job's threads at {cores}, but SLURM gives these rules more CPUs "
+        f"(resources threads -> cpus_per_task): {listed}. With a cluster executor leave --cores out "
+        f"(`snakemake --profile slurm`: the profile's `jobs` bounds the jobs), or give --cores {max(short.values())} "
+        "or more"
+    )

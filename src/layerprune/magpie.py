@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from layerprune.io import write_json, write_jsonl
-from layerprune.selfgen import batch_seed, make_generator, render
+from layerprune.selfgen import VLLMOptions, batch_seed, make_generator, render
 
 MAGPIE_SENTINEL = "MAGPIE_USER_TURN_7f3a"
 
@@ -87,6 +87,10 @@ def magpie_prompts(
     max_prompt_tokens: int | None = None,
     dtype: str = "auto",
     backend: str = "auto",
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    tensor_parallel_size: int = 1,
+    batch_invariant: bool = True,
 ) -> dict[str, Any]:
     """Write a prompt set (no reference answers) of user turns the dense model writes itself.
 
@@ -104,7 +108,15 @@ def magpie_prompts(
     # The end-of-turn marker stops a question: read it from the template first.
     prefix, suffix = magpie_user_prefix(AutoTokenizer.from_pretrained(model_dir), system_prompt)
     generator, tokenizer, resolved = make_generator(
-        model_dir, backend, dtype, max_new_tokens, temperature, top_p, seed, extra_stop_text=suffix
+        model_dir,
+        backend,
+        dtype,
+        max_new_tokens,
+        temperature,
+        top_p,
+        seed,
+        extra_stop_text=suffix,
+        vllm_options=VLLMOptions(max_model_len, gpu_memory_utilization, tensor_parallel_size, batch_invariant),
     )
     end_text = suffix.strip()
     dedup = NearDuplicateFilter(dedup_threshold, ngram)

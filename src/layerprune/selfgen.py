@@ -13,7 +13,17 @@ is never taken for the finished dataset.
 
 Backends: transformers `generate` (the tested CPU path) or vLLM, used when it is
 installed and a CUDA GPU is present (`selfgen.backend: auto`); both return the
-same records.
+same records (not the same texts: the kernels differ).
+
+What "resumed equals uninterrupted" rests on, per backend. transformers: a batch's
+samples depend only on its prompts and its seed (same machine, same torch). vLLM:
+every request carries its own seed, but its logits depend on what else the engine
+runs beside it (batch shape, prefix-cache hits); vLLM makes them independent of
+that only in batch-invariant mode (`VLLM_BATCH_INVARIANT=1`, beta in vLLM 0.30,
+NVIDIA compute capability >= 8.0), which `selfgen.batch_invariant` (default on)
+turns on, with prefix caching off. With it off, a resumed vLLM run is a valid
+sample from the same settings but not byte-equal to an uninterrupted one. Neither
+backend promises equality across GPU models, tensor_parallel_size or versions.
 
 Prompt-free SGR (Magpie) lives in `layerprune.magpie`; `self_generate` answers its
 questions like any prompt set.
@@ -56,6 +66,28 @@ def batch_seed(seed: int, batch_index: int) -> int:
     """
     digest = hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """What vLLM's engine is built with (selfgen settings; only the vllm backend reads them)."""
+
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    batch_invariant: bool = True
+
+    def engine_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "tensor_parallel_size": self.tensor_parallel_size,
+        }
+        if self.max_model_len is not None:
+            args["max_model_len"] = self.max_model_len
+        if self.batch_invariant:
+            # a prefix-cache hit computes a prompt's KV in another shape than a fresh prefill
+            args["enable_prefix_caching"] = False
+        return args
 
 
 def vllm_available() -> bool:
@@ -217,7 +249,20 @@ class VLLMGenerator:
         top_p: float,
         seed: int,
         extra_stop_ids: Sequence[int] = (),
+        options: VLLMOptions | None = None,
     ) -> None:
+        options = options or VLLMOptions()
+        # Read by vLLM's workers when the engine starts, so it is set before LLM(...), and set
+        # either way: the setting decides, not whatever the job's environment held.
+        os.environ["VLLM_BATCH_INVARIANT"] = "1" if options.batch_invariant else "0"
+        if options.batch_invariant:
+            capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+            if capability is not None and capability < (8, 0):
+                raise RuntimeError(
+                    f"selfgen.batch_invariant needs an NVIDIA GPU of compute capability >= 8.0, this one is "
+                    f"{capability[0]}.{capability[1]}; set selfgen.batch_invariant: false (a resumed run then "
+                    "may differ from an uninterrupted one)"
+                )
         from transformers import AutoTokenizer, GenerationConfig
         from vllm import LLM
 
@@ -228,7 +273,8 @@ class VLLMGenerator:
             generation_config = None
         holder = type("Holder", (), {"generation_config": generation_config})()
         self.stop_ids = stop_token_ids(holder, self.tokenizer, extra_stop_ids)
-        self.llm = LLM(model=str(model_dir), dtype="auto" if dtype == "auto" else dtype, seed=seed)
+        self.max_model_len = options.max_model_len
+        self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, **options.engine_args())
         self.settings = dict(
             max_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature > 0 else 1.0
         )
@@ -257,6 +303,7 @@ def make_generator(
     top_p: float,
     seed: int,
     extra_stop_text: str | None = None,
+    vllm_options: VLLMOptions | None = None,
 ) -> tuple[Any, Any, str]:
     """The generator for the resolved backend, the tokenizer, and the backend's name."""
     resolved = resolve_backend(backend)
@@ -265,7 +312,7 @@ def make_generator(
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         extra = _first_token(tokenizer, extra_stop_text)
-        generator = VLLMGenerator(model_dir, dtype, max_new_tokens, temperature, top_p, seed, extra)
+        generator = VLLMGenerator(model_dir, dtype, max_new_tokens, temperature, top_p, seed, extra, vllm_options)
         return generator, tokenizer, resolved
     from layerprune.models import load_checkpoint
 
@@ -420,6 +467,10 @@ def self_generate(
     drop_truncated: bool = False,
     stats_path: str | Path | None = None,
     on_batch: Callable[[int, list[int], list[Generation]], None] | None = None,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    tensor_parallel_size: int = 1,
+    batch_invariant: bool = True,
 ) -> int:
     """Write the dense model's answers to the prompt set as prompt–completion JSONL; return the record count.
 
@@ -432,9 +483,19 @@ def self_generate(
     records = read_jsonl_checked(prompts_path)
     if not records:
         raise ValueError(f"{prompts_path}: the prompt set is empty")
-    generator, tokenizer, resolved = make_generator(model_dir, backend, dtype, max_new_tokens, temperature, top_p, seed)
+    options = VLLMOptions(max_model_len, gpu_memory_utilization, tensor_parallel_size, batch_invariant)
+    generator, tokenizer, resolved = make_generator(
+        model_dir, backend, dtype, max_new_tokens, temperature, top_p, seed, vllm_options=options
+    )
     texts = [render(tokenizer, record["prompt"]) for record in records]
     lengths = [generator.token_count(text) for text in texts]
+    if resolved == "vllm" and max_model_len is not None and max(lengths) + max_new_tokens > max_model_len:
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        raise ValueError(
+            f"selfgen.max_model_len={max_model_len} is shorter than prompt {longest} of {prompts_path} "
+            f"({lengths[longest]} tokens) plus selfgen.max_new_tokens={max_new_tokens}: raise it, or lower "
+            "prompts.max_prompt_tokens"
+        )
     fingerprint = {
         "format": PARTIAL_FORMAT,
         # what the model is (weights, config, tokenizer, source record), not where: answers of a
@@ -449,6 +510,12 @@ def self_generate(
         "seed": seed,
         "backend": resolved,
         "dtype": dtype,
+        # what changes a vLLM sample (the GPU split, and whether batching may change it)
+        **(
+            {"tensor_parallel_size": tensor_parallel_size, "batch_invariant": batch_invariant}
+            if resolved == "vllm"
+            else {}
+        ),
     }
     partial = partial_path(out_path)
     done = _load_partial(partial, fingerprint)

@@ -278,6 +278,31 @@ class SelfgenSettings(Seeded, OnModel):
     drop_truncated: bool = setting(
         False, help="drop responses that hit max_new_tokens without an end of turn (always counted)"
     )
+    max_model_len: int | None = setting(
+        None,
+        help=(
+            "vLLM: longest prompt + response in tokens, which sizes its KV cache (null = the model config's: "
+            "131072 for Llama-3.1, more than a 24-40 GB GPU holds)"
+        ),
+        schema={"minimum": 1},
+    )
+    gpu_memory_utilization: float = setting(
+        0.9,
+        help="vLLM: share of the GPU's memory it takes (weights + KV cache)",
+        schema={"exclusiveMinimum": 0, "maximum": 1},
+    )
+    tensor_parallel_size: int = setting(
+        1,
+        help="vLLM: GPUs the model is split over (give the selfgen job as many: resources.selfgen.gpus)",
+        schema={"minimum": 1},
+    )
+    batch_invariant: bool = setting(
+        True,
+        help=(
+            "vLLM: batch-invariant kernels (VLLM_BATCH_INVARIANT=1, NVIDIA compute capability >= 8.0), so a resumed "
+            "run writes what an uninterrupted one would; false = faster, a resumed run's answers may differ"
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -302,6 +327,10 @@ class MagpieSettings(Seeded, OnModel):
     system_prompt: str | None = borrow(PromptSetSettings, "system_prompt")
     max_prompt_tokens: int | None = borrow(PromptFilterSettings, "max_prompt_tokens")
     backend: str = borrow(SelfgenSettings, "backend")
+    max_model_len: int | None = borrow(SelfgenSettings, "max_model_len")
+    gpu_memory_utilization: float = borrow(SelfgenSettings, "gpu_memory_utilization")
+    tensor_parallel_size: int = borrow(SelfgenSettings, "tensor_parallel_size")
+    batch_invariant: bool = borrow(SelfgenSettings, "batch_invariant")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from layerprune.checks import (
     ConfigError,
     ratio_wildcards,
 )
-from layerprune.launch import rule_command_prefix, rule_settings, slurm_resources
+from layerprune.launch import cluster_cores_problem, rule_command_prefix, rule_settings, slurm_resources
 from layerprune.registry import DATASETS, RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.validation import validate_study
 from layerprune.settings import (
@@ -29,6 +29,8 @@ from layerprune.settings import (
     settings_from_config,
     settings_json,
 )
+
+from snakemake.exceptions import WorkflowError
 
 # ---------------------------------------------------------------- where files go (the only place)
 # Each study writes under results/<study>/ (its logs and benchmarks under logs/<rule>/<study>/,
@@ -188,6 +190,22 @@ def job_resources(rule_name):
 
 def job_threads(rule_name):
     return rule_settings(config["resources"], rule_name)["threads"]
+
+
+# Before any job is submitted (onstart runs once the executor is known; not in dry runs): a
+# cluster job must run the threads SLURM allocates to it (layerprune.launch.cluster_cores_problem).
+onstart:
+    if workflow.non_local_exec and not workflow.remote_exec:
+        problem = cluster_cores_problem(
+            workflow.resource_settings.cores,
+            {
+                job.rule.name: job.rule.resources["_cores"].value  # the rule's threads, before the cap
+                for job in workflow.dag.needrun_jobs()
+                if not workflow.is_local(job.rule) and isinstance(job.rule.resources["_cores"].value, int)
+            },
+        )
+        if problem:
+            raise WorkflowError(problem)
 
 
 def bigbench_file(task):

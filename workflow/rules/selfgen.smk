@@ -12,7 +12,7 @@ if PROMPTS["source"] == "magpie":
         benchmark:
             study_benchmark("magpie_prompts", "{model}")
         conda:
-            "../../envs/layerprune.yaml"
+            "../../envs/layerprune-gpu.yaml"
         threads: job_threads("selfgen")
         resources:
             **job_resources("selfgen"),
@@ -59,7 +59,7 @@ rule selfgen:
     benchmark:
         study_benchmark("selfgen", "{model}")
     conda:
-        "../../envs/layerprune.yaml"
+        "../../envs/layerprune-gpu.yaml"
     threads: job_threads("selfgen")
     resources:
         **job_resources("selfgen"),
