@@ -316,7 +316,7 @@ def headline_table(per_type: pd.DataFrame, ratio: float | None) -> pd.DataFrame:
     return wide.fillna("–")
 
 
-PAPER_SIGN = {"i": "< 0", "ii": "> 0", "iii": "> 0"}
+PAPER_SIGN = {"i": "< 0", "ii": "> 0", "iii": "> 0", "kd": "no claim; > 0 = distillation recovers more"}
 
 
 def findings_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:

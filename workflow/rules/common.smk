@@ -11,7 +11,7 @@ from layerprune.checks import (
     ratio_wildcards,
 )
 from layerprune.launch import rule_command_prefix, slurm_resources
-from layerprune.registry import RECOVERIES, SCORING_METHODS, methods_where
+from layerprune.registry import DISTILLATIONS, RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.settings import (
     CalibrationSettings,
     EvaluationSettings,
@@ -24,6 +24,7 @@ from layerprune.settings import (
     ReportSettings,
     ScoreSettings,
     SelfgenSettings,
+    distill_settings_json,
     settings_from_config,
     settings_json,
 )
