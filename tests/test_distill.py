@@ -202,3 +202,63 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     assert not work.exists()
+
+
+# --------------------------------------------------------------------------- through the DAG
+
+
+def test_kd_jobs_get_the_dense_teacher_and_the_sgr_data(tmp_path):
+    """Dry run: each kd job reads the selfgen pairs and the dense checkpoint; sgr's settings carry no kd key."""
+    from test_workflow import GRID
+    from workflow_helpers import flag, planned_jobs, settings_of, shell_commands, snakemake, workflow_copy
+
+    config = json.loads(json.dumps(GRID))
+    config["recovery"]["methods"] = ["none", "sgr", "kd", "kd_onpolicy"]
+    config["recovery"]["kd"] = {"divergence": "jsd", "beta": 0.3, "lmbda": 0.5}
+    workdir = workflow_copy(tmp_path / "wf", config)
+    jobs = planned_jobs(workdir)
+    model, methods, ratios = next(iter(config["models"])), config["scoring"]["methods"], config["pruning"]["ratios"]
+    cells = len(methods) * len(ratios)
+    assert jobs["recover"] == cells and jobs["recover_kd"] == 2 * cells
+    output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout
+    commands = shell_commands(output, "recover")
+    distilled = [argv for argv in commands if flag(argv, "--recovery") in ("kd", "kd_onpolicy")]
+    assert len(distilled) == 2 * cells
+    for argv in distilled:
+        assert flag(argv, "--teacher") == f"results/models/{model}/dense"
+        assert flag(argv, "--dataset") == f"results/selfgen/{model}.jsonl"
+        settings = settings_of(argv)
+        assert (settings["divergence"], settings["beta"], settings["lora_r"]) == (
+            "jsd",
+            0.3,
+            config["recovery"]["lora_r"],
+        )
+        assert ("lmbda" in settings) == (flag(argv, "--recovery") == "kd_onpolicy")
+    sgr = [settings_of(argv) for argv in commands if flag(argv, "--recovery") == "sgr"]
+    assert sgr and not any("divergence" in s or "temperature" in s for s in sgr)
+
+
+@pytest.mark.slow
+def test_kd_runs_through_the_dag_into_the_findings(tiny_run, tmp_path):
+    """Add kd to the finished tiny run: only the kd branch runs, and the report's findings get kd − sgr."""
+    import pandas as pd
+    import yaml
+    from workflow_helpers import copy_run, planned_jobs, snakemake
+
+    source, config = tiny_run
+    workdir = copy_run(source, tmp_path / "run")
+    changed = json.loads(json.dumps(config))
+    changed["recovery"]["methods"] = [*config["recovery"]["methods"], "kd"]
+    (workdir / "kd.yaml").write_text(yaml.safe_dump(changed))
+    ratios = len(config["pruning"]["ratios"]) * len(config["scoring"]["methods"])
+    generative = [t for t, spec in config["tasks"].items() if spec["type"] == "generative"]
+    jobs = planned_jobs(workdir, "--configfile", "kd.yaml")
+    assert jobs["recover_kd"] == ratios and "recover" not in jobs and "selfgen" not in jobs
+    snakemake(workdir, "--cores", "2", "--configfile", "kd.yaml")
+    for path in workdir.glob("results/recovered/*/*/*/kd/recovery.json"):
+        assert read_json(path)["recovery"] == "kd"
+    findings = pd.read_csv(workdir / "results" / "report" / "findings.csv")
+    row = findings[findings["finding"] == "kd"]
+    assert len(row) == 1 and row.iloc[0]["statistic"] == "kd − sgr generative retention"
+    summary = pd.read_csv(workdir / "results" / "report" / "summary.csv")
+    assert len(summary[summary["recovery"] == "kd"]) == ratios * len(generative) or generative == []
