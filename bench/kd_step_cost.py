@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path, help="the selfgen prompt-completion JSONL")
     parser.add_argument("--config", type=Path, default=REPO / "config.yaml", help="its recovery block is used")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (default: one epoch)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="sgr/kd run pairs; 0 = the cache part only")
     parser.add_argument("--topk", type=int, nargs="+", default=[8, 32, 128])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -135,16 +135,15 @@ def main() -> None:
             for recovery in ("sgr", "kd"):
                 runs.append(one_run(recovery, args, settings, clock, Path(tmp)))
                 print(json.dumps(runs[-1]), flush=True)
-    per_step = {r: [x["step_cpu"] / x["steps"] for x in runs if x["recovery"] == r] for r in ("sgr", "kd")}
-    per_run = {r: [x["run_cpu"] for x in runs if x["recovery"] == r] for r in ("sgr", "kd")}
-    summary = {
-        "sgr_step_cpu": statistics.median(per_step["sgr"]),
-        "kd_step_cpu": statistics.median(per_step["kd"]),
-        "sgr_run_cpu": statistics.median(per_run["sgr"]),
-        "kd_run_cpu": statistics.median(per_run["kd"]),
-    }
-    summary["step_ratio_kd_over_sgr"] = summary["kd_step_cpu"] / summary["sgr_step_cpu"]
-    summary["run_ratio_kd_over_sgr"] = summary["kd_run_cpu"] / summary["sgr_run_cpu"]
+    summary = {}
+    if runs:  # --repeats 0: the cache measurement alone
+        per_step = {r: [x["step_cpu"] / x["steps"] for x in runs if x["recovery"] == r] for r in ("sgr", "kd")}
+        per_run = {r: [x["run_cpu"] for x in runs if x["recovery"] == r] for r in ("sgr", "kd")}
+        for recovery in ("sgr", "kd"):
+            summary[f"{recovery}_step_cpu"] = statistics.median(per_step[recovery])
+            summary[f"{recovery}_run_cpu"] = statistics.median(per_run[recovery])
+        summary["step_ratio_kd_over_sgr"] = summary["kd_step_cpu"] / summary["sgr_step_cpu"]
+        summary["run_ratio_kd_over_sgr"] = summary["kd_run_cpu"] / summary["sgr_run_cpu"]
     summary["cache"] = teacher_cache_costs(args, settings, args.topk)
     print(json.dumps(summary, indent=2))
 
