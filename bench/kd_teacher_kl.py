@@ -6,7 +6,7 @@ data), and, in-sample, the SGR pairs the recoveries trained on. Lower is closer 
 model; `kd` minimises exactly this on the SGR pairs, `sgr` only the sampled token's loss.
 
     PYTHONPATH=src python bench/kd_teacher_kl.py --results results --model smollm2-135m --method bi \
-        --recoveries none sgr kd --tasks arithmetic_probe plural
+        --recoveries none sgr kd --tasks arithmetic_probe plural --limit 25
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from layerprune.io import read_json, read_jsonl
 from layerprune.models import load_checkpoint
 
 
-def sequences(results: Path, model: str, tasks: list[str], tokenizer) -> dict[str, list[tuple[list[int], int]]]:
+def sequences(
+    results: Path, model: str, tasks: list[str], tokenizer, limit: int | None
+) -> dict[str, list[tuple[list[int], int]]]:
     """name -> [(token ids, index of the first answer token)]."""
     out = {}
     for task in tasks:
         rows = []
-        for sample in read_json(results / "eval" / model / "dense" / f"{task}.json")["samples"]:
+        for sample in read_json(results / "eval" / model / "dense" / f"{task}.json")["samples"][:limit]:
             prompt = tokenizer(sample["prompt"], add_special_tokens=False)["input_ids"]
             full = tokenizer(sample["prompt"] + sample["output"], add_special_tokens=False)["input_ids"]
             if len(full) > len(prompt) and full[: len(prompt)] == prompt:
@@ -60,10 +62,11 @@ def main() -> None:
     parser.add_argument("--method", required=True)
     parser.add_argument("--recoveries", nargs="+", default=["none", "sgr", "kd"])
     parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--limit", type=int, default=None, help="the first N samples of each task")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dense, tokenizer = load_checkpoint(args.results / "models" / args.model / "dense", dtype="float32")
-    sets = sequences(args.results, args.model, args.tasks, tokenizer)
+    sets = sequences(args.results, args.model, args.tasks, tokenizer, args.limit)
     teacher = {name: log_probs(dense, rows) for name, rows in sets.items()}
     del dense
     table = []
