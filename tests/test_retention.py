@@ -18,7 +18,7 @@ from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
 
 from layerprune.aggregate import aggregate
 from layerprune.io import write_json
-from layerprune.report import lowest_ratio_lines, time_table
+from layerprune.report import findings_table, lowest_ratio_lines, time_table
 from layerprune.retention import (
     NOT_REPRODUCED,
     NOT_TESTED,
@@ -285,6 +285,23 @@ def test_findings_not_reproduced_when_the_data_say_the_opposite():
     assert list(frame["verdict"]) == [NOT_REPRODUCED] * 4
     assert frame["ci_high"].iloc[1] < 0 and frame["ci_low"].iloc[0] > 0
     assert "data − none" in frame.iloc[3]["statistic"]  # data gained more here, so it is the best recovery
+
+
+def test_kd_minus_sgr_is_a_finding_only_where_kd_ran():
+    """A study with kd gets a "kd − sgr" row (mean over cells of kd − sgr generative retention); others do not."""
+    results = study(paper_like())
+    # kd keeps 0.4 + 0.3 + 0.1 and 0.2 + 0.05 + 0.1 of the dense hits: 0.1 above sgr at both ratios
+    for task in ("g1", "g2"):
+        for ratio, share in ((0.1, 0.8), (0.3, 0.35)):
+            results.append(result(task, "generative", "bi", ratio, "kd", round(160 * share), N))
+    frame = findings(retention(results, SETTINGS))
+    assert list(frame["finding"]) == ["i", "ii", "ii", "iii", "kd"]
+    row = frame.iloc[4]
+    assert row["statistic"] == "kd − sgr generative retention" and row["verdict"] == REPRODUCED
+    assert row["estimate"] == pytest.approx(0.1) and row["ci_low"] > 0
+    table = findings_table(frame, 0.95)
+    assert "(paper: no claim" in table.iloc[4]["statistic"]
+    assert "kd" not in list(findings(retention(study(paper_like()), SETTINGS))["finding"])
 
 
 def test_findings_undecided_when_the_interval_covers_zero():

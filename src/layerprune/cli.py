@@ -18,6 +18,7 @@ from pathlib import Path
 from layerprune.registry import SCORING_METHODS, check_name
 from layerprune.settings import (
     CalibrationSettings,
+    DistillSettings,
     EvaluationSettings,
     HealSettings,
     MagpieSettings,
@@ -238,10 +239,18 @@ def cmd_selfgen(args: argparse.Namespace) -> None:
 
 def cmd_recover(args: argparse.Namespace) -> None:
     from layerprune.recover import recover_checkpoint
+    from layerprune.registry import DISTILLATIONS
 
-    settings = settings_from_args(RecoverySettings, args, "recover")
+    distill = args.recovery in DISTILLATIONS
+    if not distill:
+        given = [
+            f"--{name.replace('_', '-')}" for name in DistillSettings.own_fields() if hasattr(args, f"setting_{name}")
+        ]
+        if given:
+            raise SystemExit(f"layerprune recover: {', '.join(given)} apply to kd and kd_onpolicy only")
+    settings = settings_from_args(DistillSettings if distill else RecoverySettings, args, "recover")
     _threads(args.threads)
-    recover_checkpoint(args.model, args.dataset, args.out, args.recovery, settings)
+    recover_checkpoint(args.model, args.dataset, args.out, args.recovery, settings, teacher_dir=args.teacher)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -431,14 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stage(
         "recover",
         cmd_recover,
-        "SFT (LoRA, QLoRA or full) of a pruned checkpoint (TRL), merged.",
-        RecoverySettings,
+        "SFT or distillation (LoRA, QLoRA or full) of a pruned checkpoint (TRL), merged.",
+        DistillSettings,
         threads=True,
     )
     sub.add_argument("--model", required=True, help="the pruned checkpoint directory")
     sub.add_argument("--dataset", required=True, help="prompt-completion JSONL")
     sub.add_argument("--out", required=True, help="the recovered (merged) checkpoint directory to write")
-    sub.add_argument("--recovery", required=True, help="name recorded in recovery.json (sgr, data, heal)")
+    sub.add_argument(
+        "--recovery", required=True, help="sgr, data, heal (SFT) or kd, kd_onpolicy (distillation; need --teacher)"
+    )
+    sub.add_argument("--teacher", default=None, help="kd, kd_onpolicy: the dense checkpoint the student learns from")
 
     sub = stage(
         "evaluate", cmd_evaluate, "Evaluate a checkpoint on one prepared task.", EvaluationSettings, threads=True

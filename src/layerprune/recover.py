@@ -4,7 +4,9 @@ Variants (the `recovery` wildcard): `sgr` (the dense model's self-generated
 responses) and `data` (the prompt set's own reference answers, the paper's
 control) train with completion-only loss on a conversational prompt–completion
 JSONL; `heal` trains with plain language-modelling loss on a `{"text": ...}`
-JSONL, the post-pruning "healing" of Gromov et al. and Shortened LLaMA.
+JSONL, the post-pruning "healing" of Gromov et al. and Shortened LLaMA;
+`kd` and `kd_onpolicy` distil the dense checkpoint (`teacher_dir`) into the pruned
+one on the SGR pairs with TRL's GKDTrainer (see layerprune.distill).
 
 Trainers (`recovery.trainer`): `lora` (PEFT LoRA on all linear layers), `qlora`
 (the same on a 4-bit NF4 base, bitsandbytes; CPU or GPU) and `full` (every
@@ -25,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +42,8 @@ from layerprune.io import (
     write_json,
 )
 from layerprune.models import load_checkpoint
-from layerprune.registry import TRAINERS
-from layerprune.settings import RecoverySettings
+from layerprune.registry import DISTILLATIONS, TRAINERS
+from layerprune.settings import DistillSettings, RecoverySettings
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FINGERPRINT_FILE = "fingerprint.json"
@@ -107,7 +110,7 @@ def _dataset_records(dataset_path: str | Path, recovery: str) -> list[dict[str, 
     return records
 
 
-def _fingerprint(model_dir: Path, dataset_path: Path, settings: dict[str, Any]) -> str:
+def _fingerprint(model_dir: Path, dataset_path: Path, settings: dict[str, Any], teacher_dir: Path | None = None) -> str:
     """Hash of everything a training run depends on, so a stale work dir is never resumed.
 
     The model enters through its content (`content_fingerprint`: every file's sha256,
@@ -118,6 +121,8 @@ def _fingerprint(model_dir: Path, dataset_path: Path, settings: dict[str, Any]) 
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(sha256_file(dataset_path).encode())
     digest.update(json.dumps(content_fingerprint(model_dir), sort_keys=True).encode())
+    if teacher_dir is not None:
+        digest.update(json.dumps(content_fingerprint(teacher_dir), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -419,6 +424,7 @@ def recover_checkpoint(
     out_dir: str | Path,
     recovery: str,
     settings: RecoverySettings | None = None,
+    teacher_dir: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Finetune the checkpoint in `model_dir` on `dataset_path` and save the merged model to `out_dir`.
@@ -432,8 +438,16 @@ def recover_checkpoint(
     worth it for 7-8B models on a GPU, a ~30% slowdown for nothing on a small CPU run.
     `settings` (layerprune.settings.RecoverySettings) with `overrides` applied, e.g.
     `recover_checkpoint(m, d, out, "sgr", lora_r=4, ...)`.
+    `kd` / `kd_onpolicy` need `teacher_dir` (the dense checkpoint) and read the
+    distillation settings too (layerprune.settings.DistillSettings).
     """
-    options = RecoverySettings.build(settings, **overrides)
+    distill = recovery in DISTILLATIONS
+    if distill != (teacher_dir is not None):
+        raise ValueError(
+            f"recover: recovery '{recovery}' "
+            + ("needs --teacher (the dense checkpoint)" if distill else "takes no --teacher (only kd, kd_onpolicy do)")
+        )
+    options = (DistillSettings if distill else RecoverySettings).build(settings, **overrides)
     check_trainer(options.trainer)
     mixed = resolve_precision(options.precision)
     from datasets import Dataset
@@ -441,6 +455,7 @@ def recover_checkpoint(
     from trl import SFTConfig, SFTTrainer
 
     model_dir, dataset_path, out_dir = Path(model_dir), Path(dataset_path), Path(out_dir)
+    teacher_dir = Path(teacher_dir) if distill else None
     settings = {
         "trainer": options.trainer,
         "lora_r": options.lora_r,
@@ -465,13 +480,18 @@ def recover_checkpoint(
         "max_steps": options.max_steps,
         "eval_fraction": options.eval_fraction,
     }
+    if distill:
+        # GKD's collator pads and trains on the completion tokens always
+        settings.update(completion_only_loss=True, padding_free=False, **options.distill_values(recovery))
     seed_everything(options.seed)
     from layerprune.data import holdout_split
 
     # the paper holds out 10% of the SFT data and logs its loss (recovery.eval_fraction)
     records, eval_records = holdout_split(_dataset_records(dataset_path, recovery), options.eval_fraction, options.seed)
     work_dir = out_dir.parent / f"{out_dir.name}.work"
-    fingerprint = _fingerprint(model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": options.dtype})
+    fingerprint = _fingerprint(
+        model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": options.dtype}, teacher_dir
+    )
     resume_from = prepare_work_dir_once(work_dir, fingerprint)
     resumed_step = int(resume_from.name.split("-", 1)[1]) if resume_from else 0
     if resume_from:
@@ -491,7 +511,15 @@ def recover_checkpoint(
             task_type="CAUSAL_LM",
         )
     on_gpu = next(model.parameters()).is_cuda
-    args = SFTConfig(
+    config_class, extra_arguments = SFTConfig, {}
+    if distill:
+        from layerprune import distill as kd
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # trl.experimental's import-time notice
+            from trl.experimental.gkd import GKDConfig
+        config_class, extra_arguments = GKDConfig, kd.gkd_arguments(options, recovery)
+    args = config_class(
         output_dir=str(work_dir),
         learning_rate=options.learning_rate,
         num_train_epochs=options.num_epochs,
@@ -500,8 +528,8 @@ def recover_checkpoint(
         gradient_accumulation_steps=options.grad_accum,
         # TRL refuses max_length with padding_free (it cannot truncate a flattened
         # batch); _truncate_tokenized applies it to the tokenized rows instead.
-        max_length=None if options.padding_free else options.max_length,
-        padding_free=options.padding_free,
+        max_length=None if settings["padding_free"] else options.max_length,
+        padding_free=settings["padding_free"],
         gradient_checkpointing=options.gradient_checkpointing,
         warmup_steps=options.warmup_steps,
         lr_scheduler_type=options.lr_scheduler,
@@ -525,16 +553,32 @@ def recover_checkpoint(
         dataloader_num_workers=0,
         eval_strategy="epoch" if eval_records else "no",
         per_device_eval_batch_size=options.batch_size,
+        **extra_arguments,
     )
-    sft = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(records),
-        eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    if options.padding_free:
+    if distill:
+        # one teacher forward pass per batch, beside the student's (GKDTrainer.compute_loss)
+        teacher = kd.load_teacher(teacher_dir, options.dtype, training_device(), model.config)
+        records, eval_records = kd.conversation_records(records), kd.conversation_records(eval_records)
+        sft = kd.kd_trainer_class()(
+            model=model,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=Dataset.from_list(records),
+            eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+        probes = kd.probe_token_ids(sft.data_collator, records)
+    else:
+        sft = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(records),
+            eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+    if settings["padding_free"]:
         sft.train_dataset = _truncate_tokenized(sft.train_dataset, options.max_length)
     train_output = sft.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     record = {
@@ -556,13 +600,15 @@ def recover_checkpoint(
             if "eval_loss" in entry
         ],
     }
+    if distill:
+        record["teacher"] = str(teacher_dir)
     if not sft.is_world_process_zero():
         # Under accelerate / torchrun (resources.recover.gpus > 1) every rank trains the
         # same model; only the first merges and writes the checkpoint.
         return record
-    merged, merge_check = _merged_model(
-        sft, options.trainer, model_dir, work_dir, options.dtype, probe_inputs(sft.train_dataset)
-    )
+    if not distill:
+        probes = probe_inputs(sft.train_dataset)
+    merged, merge_check = _merged_model(sft, options.trainer, model_dir, work_dir, options.dtype, probes)
     if merge_check is not None:
         record["merge_check"] = merge_check
     pruning_file = model_dir / "pruning.json"

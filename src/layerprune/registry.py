@@ -59,7 +59,9 @@ DATASETS: dict[str, tuple[str, str]] = {
     "xsum": ("document/summary (offline: BIG-bench gem/xsum)", "rouge_l"),
 }
 
-RECOVERIES = ("none", "data", "sgr", "heal")
+RECOVERIES = ("none", "data", "sgr", "heal", "kd", "kd_onpolicy")
+# recoveries that learn the dense model's token distributions (the dense checkpoint is their teacher)
+DISTILLATIONS = ("kd", "kd_onpolicy")
 TRAINERS = ("lora", "qlora", "full")
 
 

@@ -548,7 +548,7 @@ def ratio_contrast_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame
     )
 
 
-PAPER_SIGN = {"i": "< 0", "ii": "> 0", "iii": "> 0"}
+PAPER_SIGN = {"i": "< 0", "ii": "> 0", "iii": "> 0", "kd": "no claim; > 0 = distillation recovers more"}
 
 
 def findings_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from layerprune.registry import DISTILLATIONS
+
 VARIANT = ["model", "method", "ratio", "recovery"]
 TYPES = ("classification", "generative")
 NONE = "none"
@@ -470,6 +472,8 @@ def findings(stats: Retention) -> pd.DataFrame:
           at ratio r; per method gain(lowest ratio) − gain(highest ratio), averaged over methods; the
           paper: > 0. The best recovery is the one with the largest mean point gain, chosen once and
           held fixed in every draw (so that no draw picks its own luckiest recovery).
+    (kd)  beyond the paper, only when a study runs kd / kd_onpolicy: distillation − sgr generative
+          retention, within each (method, ratio), averaged; > 0 = distillation recovers more.
     """
     confidence = stats.settings.confidence
     models = sorted({variant[0] for variant, _ in stats.draws} | set(stats.per_type["model"]))
@@ -514,6 +518,20 @@ def findings(stats: Retention) -> pd.DataFrame:
             )
         contrast, statistic, why = _shrinking_recovery(stats, model)
         row("iii", "recovery shrinks as the ratio grows", statistic, contrast, +1, why)
+        # Beyond the paper, only where a study runs distillation: does the dense model's whole
+        # distribution recover more than its sampled answers? (> 0: distillation recovers more)
+        for distilled in DISTILLATIONS:
+            cells = _cells(stats.draws, model, "generative", distilled)
+            if cells:
+                shared = sorted(set(cells) & set(sgr))
+                row(
+                    "kd",
+                    f"distillation ({distilled}) recovers generation more than SGR (beyond the paper)",
+                    f"{distilled} − sgr generative retention",
+                    _mean_contrast([(cells[c], sgr[c]) for c in shared]),
+                    +1,
+                    _absent(stats, model, {distilled: cells, "sgr": sgr}, "generative retention"),
+                )
     return pd.DataFrame(rows, columns=FINDING_COLUMNS)
 
 

@@ -573,6 +573,79 @@ class RecoverySettings(Seeded, OnModel):
         return cls.from_dict({**base, **overrides}, where="recover_checkpoint")
 
 
+# the generalised JSD's beta of each divergence, in TRL's convention (GKDTrainer, DistillationTrainer)
+DIVERGENCE_BETA = {"forward_kl": 0.0, "jsd": None, "reverse_kl": 1.0}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistillSettings(RecoverySettings):
+    """recover_kd: the recovery settings, plus how the pruned student learns the dense teacher's distributions.
+
+    The recovery keys (trainer, LoRA, learning rate, steps, ...) are `recovery`'s own, so `kd` and `sgr`
+    train with the same budget; the keys below live in `recovery.kd`.
+    """
+
+    divergence: str = setting(
+        "forward_kl",
+        help=(
+            "per-token divergence the student minimises: forward_kl = KL(teacher || student) (Minitron); jsd = the "
+            "generalised Jensen-Shannon divergence with beta; reverse_kl = KL(student || teacher)"
+        ),
+        choices=tuple(DIVERGENCE_BETA),
+        config="recovery.kd.divergence",
+    )
+    beta: float = setting(
+        0.5,
+        help="divergence jsd: the mixture weight of the teacher (TRL's beta; 0.5 = the symmetric JSD)",
+        config="recovery.kd.beta",
+        schema={"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    )
+    temperature: float = setting(
+        1.0,
+        help=(
+            "softmax temperature of both distributions in the divergence, and the student's sampling temperature "
+            "in kd_onpolicy (TRL DistillationTrainer's meaning)"
+        ),
+        config="recovery.kd.temperature",
+        schema={"exclusiveMinimum": 0},
+    )
+    lmbda: float = setting(
+        1.0,
+        help=(
+            "kd_onpolicy: share of batches whose completions the student generates (GKD's lambda; 1 = fully "
+            "on-policy, below 1 the rest are the SGR completions). kd is off-policy (0) by definition"
+        ),
+        config="recovery.kd.lmbda",
+        schema={"minimum": 0, "maximum": 1},
+    )
+    max_new_tokens: int = setting(
+        128,
+        help="kd_onpolicy: the longest completion the student generates per prompt",
+        config="recovery.kd.max_new_tokens",
+        schema={"minimum": 1},
+    )
+
+    def beta_for_trl(self) -> float:
+        """TRL's beta: 0 = forward KL, 1 = reverse KL, else the generalised JSD's teacher weight."""
+        fixed = DIVERGENCE_BETA[self.divergence]
+        return self.beta if fixed is None else fixed
+
+    @classmethod
+    def own_fields(cls) -> list[str]:
+        """The `recovery.kd` settings (the rest are RecoverySettings')."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in RECOVERY_FIELDS]
+
+    def distill_values(self, recovery: str) -> dict[str, Any]:
+        """The `recovery.kd` settings a `recovery` job uses: kd never generates (no lmbda, max_new_tokens)."""
+        unused = {"lmbda", "max_new_tokens"} if recovery == "kd" else set()
+        if self.divergence != "jsd":
+            unused.add("beta")
+        return {name: getattr(self, name) for name in self.own_fields() if name not in unused}
+
+
+RECOVERY_FIELDS = frozenset(f.name for f in dataclasses.fields(RecoverySettings))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvaluationSettings(Seeded, OnModel):
     """evaluate_dense / evaluate_variant: one task on one checkpoint (per-task settings from tasks.<task>)."""
@@ -739,6 +812,7 @@ STAGES: tuple[type[StageSettings], ...] = (
     MagpieSettings,
     SelfgenSettings,
     RecoverySettings,
+    DistillSettings,
     HealSettings,
     EvaluationSettings,
     ReportSettings,
@@ -783,6 +857,13 @@ def settings_json(
     settings = settings_from_config(cls, config, task=task, **derived)
     values = {k: v for k, v in settings.to_dict().items() if _uses(cls, k, method)}
     return json.dumps(values, sort_keys=True)
+
+
+def distill_settings_json(config: dict[str, Any], recovery: str) -> str:
+    """The `settings` param of a kd / kd_onpolicy job: the recovery settings and the `recovery.kd` ones it uses."""
+    options = settings_from_config(DistillSettings, config)
+    values = {k: v for k, v in options.to_dict().items() if k in RECOVERY_FIELDS}
+    return json.dumps({**values, **options.distill_values(recovery)}, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -12,7 +12,7 @@ from layerprune.checks import (
     ratio_wildcards,
 )
 from layerprune.launch import cluster_cores_problem, rule_command_prefix, rule_settings, slurm_resources
-from layerprune.registry import DATASETS, RECOVERIES, SCORING_METHODS, methods_where
+from layerprune.registry import DATASETS, DISTILLATIONS, RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.validation import validate_study
 from layerprune.settings import (
     CalibrationSettings,
@@ -26,6 +26,7 @@ from layerprune.settings import (
     ReportSettings,
     ScoreSettings,
     SelfgenSettings,
+    distill_settings_json,
     settings_from_config,
     settings_json,
 )

@@ -38,3 +38,32 @@ rule recover:
     shell:
         "{params.launcher} recover --model {input.model:q} --dataset {input.dataset:q} --out {output:q}"
         " --recovery {wildcards.recovery:q} --settings {params.settings:q} --threads {threads} > {log:q} 2>&1"
+
+
+# kd, kd_onpolicy: the pruned student learns the dense checkpoint's token distributions on the SGR pairs
+rule recover_kd:
+    input:
+        model=pruned_checkpoint("{model}", "{method}", "{ratio}"),
+        dataset=selfgen_file("{model}"),
+        teacher=lambda wc: dense_checkpoint(wc.model),
+    output:
+        directory(recovered_checkpoint("{model}", "{method}", "{ratio}", "{recovery}")),
+    log:
+        study_log("recover_kd", "{model}/{method}/{ratio}/{recovery}"),
+    benchmark:
+        study_benchmark("recover_kd", "{model}/{method}/{ratio}/{recovery}")
+    wildcard_constraints:
+        recovery="|".join(DISTILLATIONS),
+    priority: CRITICAL_PATH_PRIORITY
+    conda:
+        "../../envs/layerprune.yaml"
+    threads: job_threads("recover")
+    resources:
+        **job_resources("recover"),
+    params:
+        settings=lambda wc: distill_settings_json(config, wc.recovery),
+        launcher=rule_command_prefix(config["resources"], "recover"),
+    shell:
+        "{params.launcher} recover --model {input.model:q} --dataset {input.dataset:q} --teacher {input.teacher:q}"
+        " --out {output:q} --recovery {wildcards.recovery:q} --settings {params.settings:q} --threads {threads}"
+        " > {log:q} 2>&1"
