@@ -110,7 +110,16 @@ def cmd_prepare_calibration(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_calibration
 
     settings = settings_from_args(CalibrationSettings, args, "prepare-calibration")
-    prepare_calibration(args.bigbench_dir, settings.bigbench_tasks, settings.num_samples, settings.seed, args.out)
+    prepare_calibration(
+        args.bigbench_dir,
+        settings.bigbench_tasks,
+        settings.num_samples,
+        settings.seed,
+        args.out,
+        source=settings.source,
+        path=settings.path,
+        split=settings.split,
+    )
 
 
 def cmd_prepare_heal(args: argparse.Namespace) -> None:
@@ -178,6 +187,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         max_length=settings.max_length,
         batch_size=settings.batch_size,
         seed=settings.seed,
+        average=settings.calibration_average,
     )
     # max_length means something only with calibration texts: recorded as null without them
     max_length = settings.max_length if texts is not None else None
@@ -245,6 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         sampling=settings.sampling(),
         pass_k=settings.pass_k,
         sandbox=settings.sandbox_limits(),
+        backend=settings.backend,
     )
 
 
