@@ -178,6 +178,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         probe_tasks=probe_tasks,
         max_k=max_k,
         chunk_size=settings.chunk_size,
+        average=settings.calibration_average,
         sleb_exclude_ends=settings.sleb_exclude_ends,
         selection={
             "criterion": settings.criterion,
@@ -187,7 +188,6 @@ def cmd_score(args: argparse.Namespace) -> None:
         max_length=settings.max_length,
         batch_size=settings.batch_size,
         seed=settings.seed,
-        average=settings.calibration_average,
     )
     # max_length means something only with calibration texts: recorded as null without them
     max_length = settings.max_length if texts is not None else None

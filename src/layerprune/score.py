@@ -189,9 +189,9 @@ def score_layers(
     probe_tasks: list[dict[str, Any]] | None = None,
     max_k: int | None = None,
     chunk_size: int | None = None,
+    average: str = "token",
     sleb_exclude_ends: bool = True,
     selection: dict[str, Any] | None = None,
-    average: str = "token",
 ) -> dict[str, Any]:
     """Score the layers of `model` with `method`; see the module docstring for the output.
 
