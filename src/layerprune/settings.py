@@ -294,17 +294,16 @@ class CalibrationSettings(Seeded):
 
     SECTION: ClassVar[str] = "scoring.calibration"
     bigbench_tasks: list[str] = setting(
-        help="BIG-bench tasks the texts come from (source bigbench)", schema={"$ref": "#/$defs/bigbench_tasks"}
+        help="BIG-bench tasks the texts come from", schema={"$ref": "#/$defs/bigbench_tasks"}
     )
-    num_samples: int = setting(
-        help="texts drawn (seeded); source gsm8k: the first num_samples rows", schema={"minimum": 1}
-    )
+    num_samples: int = setting(help="texts drawn (seeded)", schema={"minimum": 1})
     source: str = setting(
         "bigbench",
         help=(
             "bigbench = inputs and answers of bigbench_tasks, drawn with the seed; gsm8k = the paper authors' BI "
             "texts (analysis/cossim_analysis.ipynb): the first num_samples GSM8K rows of `split` (their test split), "
-            "each question with its worked solution in lm-eval's Llama-style GSM8K wording"
+            "in order, each question with its worked solution in lm-eval's Llama-style GSM8K wording "
+            "(bigbench_tasks unused)"
         ),
         choices=("bigbench", "gsm8k"),
     )
