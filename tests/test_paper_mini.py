@@ -453,6 +453,11 @@ def test_the_authors_item_sets_at_full_size_and_their_xsum_probe_leak():
         chosen, rest = authors_sample_indices(rows, size, seed)
         assert chosen == expected["train"]["i"] and rest == expected["test"]["i"]
     assert authors_sample_indices(164, 1000, 42) == (list(range(164)), [])  # HumanEval+ in full, in order
+    with pytest.raises(ValueError, match="apply to dataset tasks, not BIG-bench"):
+        from layerprune.tasks import prepare_task_spec
+
+        spec = {"type": "generative", "bigbench_task": "arithmetic/1_digit_addition", "num_fewshot": 0}
+        prepare_task_spec({**spec, "selection": "train_test_split"}, ".", 0, "unused.json")
     evaluated, _ = authors_sample_indices(11332, 1000, 42)
     probe, _ = authors_sample_indices(11332, 100, 42)
     assert set(probe) <= set(evaluated)

@@ -295,8 +295,8 @@ def prepare_task_spec(
             raise ValueError(
                 "exclude_ids applies to dataset tasks (gsm8k, math500, humaneval, mbpp, xsum), not BIG-bench"
             )
-        if spec.get("selection", "shuffle") != "shuffle":
-            raise ValueError("selection: train_test_split applies to dataset tasks, not BIG-bench")
+        if spec.get("selection", "shuffle") != "shuffle" or spec.get("selection_seed") is not None:
+            raise ValueError("selection: train_test_split and selection_seed apply to dataset tasks, not BIG-bench")
         fewshot, samples, source = _prepare_bigbench(spec, bigbench_dir, seed)
     else:
         if spec["type"] != "generative":
@@ -365,8 +365,8 @@ def prepare_task_spec(
         "fewshot": fewshot,
         "samples": samples,
     }
-    if spec.get("selection") == "train_test_split":
-        payload["selection"] = {"method": "train_test_split", "seed": selection_seed, "limit": spec.get("limit")}
+    if dataset != "bigbench" and (spec.get("selection") is not None or spec.get("selection_seed") is not None):
+        payload["selection"] = {"method": selection, "seed": selection_seed, "limit": spec.get("limit")}
     for key in PROMPT_KEYS:
         if spec.get(key):
             payload[key] = spec[key]
