@@ -167,11 +167,14 @@ def expected_jobs(config: dict) -> dict[str, int]:
     lm_eval_tasks = [t for t in tasks.values() if "lm_eval_task" in t]
     trained = [r for r in recoveries if r != "none"]
     evaluated = [name for name, task in tasks.items() if task.get("evaluate", True)]  # the probes are not
+    # a probe-only task no probe_tasks names (xsum_probe_authors, the authors' leaky choice) is never prepared
+    prepared = set(evaluated) | set(config["scoring"]["iterative"]["probe_tasks"])
+    prepared |= {excluded for name in prepared for excluded in tasks[name].get("exclude_tasks", [])}
     return {
         "all": 1,
         "fetch_bigbench": 1,
         "extract_bigbench": len(bigbench),
-        "prepare_task": len(tasks) - len(lm_eval_tasks),
+        "prepare_task": len([name for name in prepared if "lm_eval_task" not in tasks[name]]),
         "prepare_lm_eval_task": len(lm_eval_tasks),
         "prepare_prompts": 1,
         "prepare_calibration": 1,
@@ -318,3 +321,268 @@ def assert_paper_mini_outcomes(results: Path, config: dict) -> None:
     report = (results / "report" / "report.md").read_text()
     for name in tasks:
         assert name in summary and name in report, name
+
+
+# ------------------------------------------------------------------ paper.yaml = the authors' code (docs/paper.md)
+
+# The rows of docs/paper.md's "paper.yaml against the authors' code" table that are made equal: the config
+# path, the authors' value and the file of safal312/on-the-limits-of-layer-pruning that fixes it.
+GENERATIVE = ("gsm8k", "math500", "humaneval_plus", "mbpp_plus", "xsum")
+PROBES = ("gsm8k_probe", "humaneval_plus_probe", "xsum_probe", "xsum_probe_authors")
+MADE_EQUAL = {
+    "seed": (42, "train/8reverse_lora_self_dolci_llama.sh"),
+    "prompts.num_prompts": (51760, "self_generate/job_inference.sh"),
+    "selfgen.drop_empty": (False, "self_generate/generate_responses.py"),
+    "tasks.xsum.split": ("validation", "eval/gen_eval/utils/dataset_loader.py"),
+    "tasks.gsm8k.selection_seed": (1234, "eval/gen_eval/utils/dataset_loader.py"),
+    "tasks.gsm8k_probe.selection_seed": (1234, "layer_pruner/utils/dataset_loader.py"),
+    **{f"tasks.{t}.selection_seed": (42, "utils/dataset_loader.py") for t in GENERATIVE[1:] + PROBES[1:]},
+    **{f"tasks.{t}.selection": ("train_test_split", "utils/dataset_loader.py") for t in GENERATIVE + PROBES},
+    **{f"tasks.{t}.max_new_tokens": (8192, "eval/gen_eval/utils/evaluate.py") for t in GENERATIVE},
+    **{f"tasks.{t}.max_new_tokens": (4096, "layer_pruner/script.py") for t in PROBES},
+    **{f"tasks.{t}.stop": (["Q:", "A:"], "utils/evaluate.py") for t in GENERATIVE + PROBES},
+    "tasks.mbpp_plus.tests_from": ("test_list", "eval/gen_eval/utils/dataset_loader.py"),
+    "tasks.xsum_probe.exclude_tasks": (["xsum"], "ours: the disjoint probe"),
+}
+AUTHORS_SYSTEM = {  # eval/gen_eval/utils/prompts.py (QWEN_*/LLAMA_* prompts)
+    "gsm8k": "Please reason step by step, and put your final answer within \\boxed{}.",
+    "humaneval": (
+        "Please solve the following problem with python code. Keep it concise. Follow the prefix I provide and "
+        "just finish the function inside ```python (code)```."
+    ),
+    "mbpp": (
+        "Please solve the following programming problem with python code. Write a complete function that "
+        "satisfies the requirements."
+    ),
+    "xsum": "Please provide a concise one-sentence summary of the following article.",
+}
+AUTHORS_SYSTEM["math500"] = AUTHORS_SYSTEM["gsm8k"]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def config_value(config: dict, path: str):
+    node = config
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def test_paper_yaml_has_the_authors_values_where_made_equal():
+    for path, (value, source) in MADE_EQUAL.items():
+        assert config_value(PAPER, path) == value, (path, source)
+    for name in GENERATIVE + PROBES:
+        task = PAPER["tasks"][name]
+        assert task["chat_prompt"]["system"] == AUTHORS_SYSTEM[task["dataset"]], name
+    # the leaky probe is the authors' one: no exclusion, the evaluated set's split and permutation
+    authors, disjoint, evaluated = (PAPER["tasks"][t] for t in ("xsum_probe_authors", "xsum_probe", "xsum"))
+    assert "exclude_tasks" not in authors and {k: v for k, v in disjoint.items() if k != "exclude_tasks"} == authors
+    assert authors["split"] == evaluated["split"] and authors["selection_seed"] == evaluated["selection_seed"]
+    assert PAPER["scoring"]["iterative"]["probe_tasks"] == ["gsm8k_probe", "humaneval_plus_probe", "xsum_probe"]
+    # docs/paper.md's table has a row for each item of the comparison
+    docs = (REPO / "docs" / "paper.md").read_text()
+    table = docs[docs.index("## paper.yaml against the authors' code") :]
+    for row in (
+        "XSum split",
+        "XSum probe",
+        "Generation length",
+        "Stop strings",
+        "Item selection",
+        "HumanEval prompt",
+        "MBPP prompt",
+        "Instructions",
+        "SGR prompts",
+        "Empty responses",
+        "Seed",
+        "BI calibration",
+        "lm-eval backend",
+    ):
+        assert f"| {row} |" in table, row
+
+
+PREPARE_DROPS = ("evaluate", "chance", "recoveries", "exclude_tasks")  # what prepare-task does not read
+
+
+def _prepare(tmp_path: Path, name: str, **overrides) -> dict:
+    from layerprune.tasks import prepare_task_spec
+
+    spec = {k: v for k, v in {**MINI_CONFIG["tasks"][name], **overrides}.items() if k not in PREPARE_DROPS}
+    spec["file"] = str(REPO / spec["file"])
+    return prepare_task_spec(spec, tmp_path, seed=MINI_CONFIG["seed"], out_path=tmp_path / f"{name}.json")
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "gsm8k_probe", "humaneval_plus", "mbpp_plus", "xsum_probe_authors"])
+def test_selection_is_the_authors_train_test_split_on_paper_mini_rows(tmp_path, name):
+    """Each size of a paper-mini dataset selects the rows datasets' own train_test_split(train_size=n,
+    shuffle=True, seed=<the task's seed>)["train"] selects, in its order; the whole set in its own order at or
+    above the row count (the authors' sample_dataset). The config's seed plays no part."""
+    import datasets
+
+    from layerprune.tasks import NORMALISERS
+
+    task = MINI_CONFIG["tasks"][name]
+    rows = read_rows(REPO / task["file"])
+    reference = datasets.Dataset.from_list(rows)
+    for size in range(1, len(rows) + 2):
+        prepared = _prepare(tmp_path, name, limit=size)
+        if size < len(rows):
+            expected = reference.train_test_split(train_size=size, shuffle=True, seed=task["selection_seed"])["train"]
+        else:
+            expected = reference
+        assert [s["input"] for s in prepared["samples"]] == [
+            NORMALISERS[task["dataset"]](dict(row))["input"] for row in expected
+        ], (name, size)
+        assert prepared["selection"] == {"method": "train_test_split", "seed": task["selection_seed"], "limit": size}
+    # another config seed, the same items
+    other = _prepare(tmp_path, name, limit=2)
+    assert other["samples"] == _prepare(tmp_path, name, limit=2, selection_seed=task["selection_seed"])["samples"]
+
+
+def test_the_authors_item_sets_at_full_size_and_their_xsum_probe_leak():
+    """At the real sizes (GSM8K test 1,319 -> 1,000 with seed 1234; XSum validation 11,332 -> 1,000 and 100
+    with seed 42) the permutation is datasets'; the authors' 100 XSum probe items are among their 1,000."""
+    import datasets
+
+    from layerprune.tasks import authors_sample_indices
+
+    for rows, size, seed in ((1319, 1000, 1234), (11332, 1000, 42), (11332, 100, 42), (164, 100, 42)):
+        reference = datasets.Dataset.from_dict({"i": list(range(rows))})
+        expected = reference.train_test_split(train_size=size, shuffle=True, seed=seed)
+        chosen, rest = authors_sample_indices(rows, size, seed)
+        assert chosen == expected["train"]["i"] and rest == expected["test"]["i"]
+    assert authors_sample_indices(164, 1000, 42) == (list(range(164)), [])  # HumanEval+ in full, in order
+    with pytest.raises(ValueError, match="apply to dataset tasks, not BIG-bench"):
+        from layerprune.tasks import prepare_task_spec
+
+        spec = {"type": "generative", "bigbench_task": "arithmetic/1_digit_addition", "num_fewshot": 0}
+        prepare_task_spec({**spec, "selection": "train_test_split"}, ".", 0, "unused.json")
+    evaluated, _ = authors_sample_indices(11332, 1000, 42)
+    probe, _ = authors_sample_indices(11332, 100, 42)
+    assert set(probe) <= set(evaluated)
+
+
+def test_xsum_probe_is_disjoint_from_the_evaluated_items_and_the_authors_probe_is_not(tmp_path):
+    from layerprune.tasks import prepare_task_spec, task_sample_ids
+
+    validation = "tests/fixtures/paper_mini/data/xsum/validation-00000-of-00001.parquet"
+    evaluated = _prepare(tmp_path, "xsum", file=validation, limit=2)
+    ids = task_sample_ids([tmp_path / "xsum.json"])
+    authors = _prepare(tmp_path, "xsum_probe_authors", limit=1)
+    assert {s["id"] for s in authors["samples"]} <= ids  # theirs: a subset of the evaluated items
+    assert MINI_CONFIG["tasks"]["xsum_probe"]["exclude_tasks"] == ["xsum"]
+    spec = {k: v for k, v in MINI_CONFIG["tasks"]["xsum_probe"].items() if k not in PREPARE_DROPS}
+    spec.update(file=str(REPO / validation), limit=1)
+    disjoint = prepare_task_spec(spec, tmp_path, 0, tmp_path / "probe.json", exclude_ids=ids)
+    assert disjoint["samples"] and not {s["id"] for s in disjoint["samples"]} & ids
+    assert [s["id"] for s in evaluated["samples"]] != []
+
+
+def _chatml_tokenizer():
+    from conftest import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def test_paper_prompts_are_the_authors_turns(tmp_path):
+    """Instructions in the system turn, the bare question in the user turn, MBPP's first assertion only,
+    HumanEval's answer begun with the function stub ("Here is the final answer: ```python{prompt}")."""
+    from layerprune.tasks import build_prompt
+
+    tokenizer = _chatml_tokenizer()
+
+    def turns(system: str, user: str, prefix: str = "") -> str:
+        return (
+            f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            f"<|im_start|>assistant\n{prefix}"
+        )
+
+    for name in ("gsm8k", "math500", "xsum"):
+        task = _prepare(tmp_path, name)
+        sample = task["samples"][0]
+        assert build_prompt(task, sample, tokenizer, chat=True) == turns(
+            AUTHORS_SYSTEM[task["dataset"]], sample["input"]
+        )
+    task = _prepare(tmp_path, "humaneval_plus")
+    sample = task["samples"][0]
+    prefix = f"Here is the final answer:\n\n```python\n{sample['input']}"
+    assert build_prompt(task, sample, tokenizer, chat=True) == turns(
+        AUTHORS_SYSTEM["humaneval"], sample["input"], prefix
+    )
+    task = _prepare(tmp_path, "mbpp_plus")
+    sample = task["samples"][0]
+    assert len(sample["tests"]) > 1
+    user = f"{sample['input']}\nYour code should satisfy the following assertion:\n{sample['tests'][0]}"
+    prefix = "Here is a solution to this programming problem:\n```python\n"
+    assert build_prompt(task, sample, tokenizer, chat=True) == turns(AUTHORS_SYSTEM["mbpp"], user, prefix)
+    # graded by the listed assertions (load_mbpp's test_list), not MBPP+'s `test` program
+    assert sample["code"]["test"] == "\n".join(sample["tests"])
+    assert _prepare(tmp_path, "mbpp_plus", tests_from="test")["samples"][0]["code"]["test"] != sample["code"]["test"]
+
+
+def test_the_prefill_is_graded_with_the_answer_and_chat_answers_stop_at_q_and_a(tmp_path, monkeypatch):
+    """A chat answer that finishes the prefilled HumanEval function passes the real tests; generation gets
+    the authors' stop strings with chat prompting, and an answer is cut at the first."""
+    from layerprune import generative
+    from layerprune.tasks import stop_strings
+
+    task = _prepare(tmp_path, "humaneval_plus")
+    seen = {}
+
+    def finish_the_function(model, tokenizer, prompts, max_new_tokens, batch_size, sampling, stops, *args, **kw):
+        seen["stops"] = stops
+        solutions = {s["input"]: s["solution"] for s in task["samples"]}
+        return [[solutions[next(p for p in solutions if prompt.endswith(p))] + "```\nQ: more"] for prompt in prompts]
+
+    monkeypatch.setattr(generative, "generate", finish_the_function)
+    result = generative.evaluate_generative(None, _chatml_tokenizer(), task, 16, 2, progress=False, prompting="chat")
+    assert seen["stops"] == ["Q:", "A:"] == stop_strings(task, chat=True)
+    assert [r["error_bucket"] for r in result["samples"]] == ["pass"] * len(task["samples"])
+    assert all(r["answer_prefix"].endswith(s["input"]) for r, s in zip(result["samples"], task["samples"], strict=True))
+    assert generative.truncate("x = 1\nA: y", stop_strings(task, chat=True)) == "x = 1\n"
+
+
+def test_the_vllm_lm_eval_backend_is_a_clear_error_without_vllm(tmp_path):
+    """evaluation.backend reaches the evaluate job; vllm where vLLM is not installed fails before any model
+    loads, naming the setting."""
+    import importlib.util
+
+    from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.io import write_json
+    from layerprune.settings import EvaluationSettings, settings_json
+
+    assert (
+        json.loads(settings_json(EvaluationSettings, PAPER, task="mmlu"))["backend"] == PAPER["evaluation"]["backend"]
+    )
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    task = tmp_path / "mmlu.json"
+    write_json(task, {"source": "lm_eval:mmlu", "type": "classification", "lm_eval_task": "mmlu", "num_fewshot": 5})
+    with pytest.raises(RuntimeError, match=r"evaluation.backend: vllm, but vLLM is not installed"):
+        evaluate_checkpoint(tmp_path / "no-model", task, "mmlu", tmp_path / "out.json", 1, 1, 0, backend="vllm")
+
+
+def test_the_authors_bi_calibration_texts(tmp_path):
+    """scoring.calibration.source gsm8k: the first rows of GSM8K's test split, in order, each question with
+    its worked solution (analysis/cossim_analysis.ipynb's GSM8K.format_example)."""
+    from layerprune.data import prepare_calibration
+    from layerprune.io import read_jsonl
+
+    file = REPO / "tests/fixtures/paper_mini/data/gsm8k/main/test-00000-of-00001.parquet"
+    rows = read_rows(file)
+    out = tmp_path / "calibration.jsonl"
+    assert prepare_calibration(tmp_path, [], 2, seed=5, out_path=out, source="gsm8k", path=str(file)) == 2
+    texts = [record["text"] for record in read_jsonl(out)]
+    reasoning, final = rows[0]["answer"].split("####")
+    assert texts[0] == (
+        "Given the following problem, reason and give a final answer to the problem.\n"
+        f"Problem: {rows[0]['question']}\n"
+        'Your response should end with "The final answer is [answer]" where [answer] is the response to the problem.\n'
+        f"\n{reasoning}The final answer is {final.strip()}"
+    )
+    assert "<<" in texts[0] and texts[1].count(rows[1]["question"]) == 1  # annotations kept, rows in order
+    with pytest.raises(ValueError, match="num_samples=9 exceeds the 4 rows"):
+        prepare_calibration(tmp_path, [], 9, seed=5, out_path=out, source="gsm8k", path=str(file))

@@ -225,6 +225,22 @@ def test_collect_layer_cosines_masks_padding(model_and_tokenizer, padding_side):
     torch.testing.assert_close(together, one_by_one, rtol=0, atol=1e-5)
 
 
+def test_text_average_weighs_every_text_alike(model_and_tokenizer):
+    """average="text" (the paper authors' BI): the mean over texts of each text's own token mean,
+    batched or not; the token average lets the 15-token text outweigh the 2-token one."""
+    model, tokenizer = model_and_tokenizer
+    texts = [TEXTS[0], TEXTS[3]]
+    singles = [collect_layer_cosines(model, tokenizer, [text], max_length=32, batch_size=1) for text in texts]
+    per_text = collect_layer_cosines(model, tokenizer, texts, max_length=32, batch_size=2, average="text")
+    torch.testing.assert_close(per_text, (singles[0] + singles[1]) / 2, rtol=0, atol=1e-6)
+    per_token = collect_layer_cosines(model, tokenizer, texts, max_length=32, batch_size=2)
+    assert float((per_text - per_token).abs().max()) > 1e-4
+    result = score_layers("bi", model, tokenizer, texts, max_length=32, batch_size=2, average="text")
+    assert result["average"] == "text" and result["scores"] == pytest.approx(block_influence(per_text), abs=1e-9)
+    with pytest.raises(ValueError, match="average must be token or text"):
+        collect_layer_cosines(model, tokenizer, texts, max_length=32, batch_size=2, average="prompt")
+
+
 def test_collect_layer_cosines_matches_hidden_states():
     """Depths 0..L-1 are the layer inputs; depth L is the last layer's raw (un-normed) output."""
     model, tokenizer = make_tiny_model("llama", 4, seed=0), make_tokenizer()

@@ -119,7 +119,7 @@ def test_a_method_gets_only_the_settings_it_uses():
         "seed": 3,
     }
     bi = json.loads(settings_json(ScoreSettings, config, method="bi"))
-    assert bi == {"batch_size": 2, "dtype": "auto", "seed": 3, "max_length": 64}
+    assert bi == {"batch_size": 2, "dtype": "auto", "seed": 3, "max_length": 64, "calibration_average": "token"}
     sleb = json.loads(settings_json(ScoreSettings, config, method="sleb", max_ratio=0.5))
     assert (sleb["chunk_size"], sleb["sleb_exclude_ends"], sleb["max_ratio"]) == (8, True, 0.5)
 

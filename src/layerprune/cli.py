@@ -120,7 +120,16 @@ def cmd_prepare_calibration(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_calibration
 
     settings = settings_from_args(CalibrationSettings, args, "prepare-calibration")
-    prepare_calibration(args.bigbench_dir, settings.bigbench_tasks, settings.num_samples, settings.seed, args.out)
+    prepare_calibration(
+        args.bigbench_dir,
+        settings.bigbench_tasks,
+        settings.num_samples,
+        settings.seed,
+        args.out,
+        source=settings.source,
+        path=settings.path,
+        split=settings.split,
+    )
 
 
 def cmd_prepare_heal(args: argparse.Namespace) -> None:
@@ -191,6 +200,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         probe_tasks=probe_tasks,
         max_k=max_k,
         chunk_size=settings.chunk_size,
+        average=settings.calibration_average,
         sleb_exclude_ends=settings.sleb_exclude_ends,
         selection={
             "criterion": settings.criterion,
@@ -279,6 +289,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         sandbox=settings.sandbox_limits(),
         chance=settings.chance,
         settings=settings.to_dict(),
+        backend=settings.backend,
     )
 
 

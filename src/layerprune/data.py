@@ -349,10 +349,50 @@ def prompt_token_ids(tokenizer: Any, conversation: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
+def gsm8k_calibration_text(row: dict[str, Any]) -> str:
+    """One GSM8K row as the paper authors' BI calibration text (analysis/cossim_analysis.ipynb).
+
+    Theirs is lm-eval's Llama-style GSM8K question, then the dataset's worked solution as written
+    (calculator annotations and all) and its final answer in the sentence the question asks for.
+    """
+    parts = row["answer"].split("####")
+    if len(parts) != 2:
+        raise ValueError(f"GSM8K answer without exactly one '####': {row['answer'][:80]!r}")
+    reasoning, final = parts
+    return (
+        "Given the following problem, reason and give a final answer to the problem.\n"
+        f"Problem: {row['question']}\n"
+        'Your response should end with "The final answer is [answer]" where [answer] is the response to the '
+        "problem.\n"
+        f"\n{reasoning}The final answer is {final.strip()}"
+    )
+
+
 def prepare_calibration(
-    bigbench_dir: str | Path, bigbench_tasks: list[str], num_samples: int, seed: int, out_path: str | Path
+    bigbench_dir: str | Path,
+    bigbench_tasks: list[str],
+    num_samples: int,
+    seed: int,
+    out_path: str | Path,
+    source: str = "bigbench",
+    path: str = "openai/gsm8k",
+    split: str = "test",
 ) -> int:
-    """Write a JSONL of `{"text": ...}` calibration passages (task inputs and answers)."""
+    """Write a JSONL of `{"text": ...}` calibration passages (task inputs and answers).
+
+    source gsm8k: the first `num_samples` rows of GSM8K's `split`, in the dataset's order
+    (`gsm8k_calibration_text`), as the authors' notebook takes them; no seed.
+    """
+    if source == "gsm8k":
+        from layerprune.tasks import hub_rows, read_rows
+
+        local = Path(path)
+        rows = read_rows(local, split) if local.exists() else hub_rows(path, "main", split, None)
+        if num_samples > len(rows):
+            raise ValueError(f"scoring.calibration.num_samples={num_samples} exceeds the {len(rows)} rows of {path}")
+        return write_jsonl(out_path, ({"text": gsm8k_calibration_text(row)} for row in rows[:num_samples]))
+    if source != "bigbench":
+        raise ValueError(f"scoring.calibration.source must be bigbench or gsm8k, got {source!r}")
     texts = []
     for task in bigbench_tasks:
         for example in load_bigbench_examples(bigbench_dir, task):

@@ -10,6 +10,7 @@ Every sample's prompt, output and verdict is kept in the result JSON.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,20 @@ def write_local_lm_eval_task(task: dict[str, Any], task_name: str, directory: st
     return lm_eval_name
 
 
+LM_EVAL_BACKENDS = ("hf", "vllm")
+
+
+def check_lm_eval_backend(backend: str) -> None:
+    """ValueError for an unknown backend, RuntimeError for vllm without vLLM (before any model loads)."""
+    if backend not in LM_EVAL_BACKENDS:
+        raise ValueError(f"evaluation.backend must be one of {', '.join(LM_EVAL_BACKENDS)}, got {backend!r}")
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise RuntimeError(
+            "evaluation.backend: vllm, but vLLM is not installed here: `pip install -e .[vllm]` on a CUDA "
+            "machine, or set evaluation.backend: hf"
+        )
+
+
 def run_lm_eval(
     model,
     tokenizer,
@@ -77,14 +92,20 @@ def run_lm_eval(
     seed: int,
     include_path: str | Path | None = None,
     include_defaults: bool = True,
+    backend: str = "hf",
+    model_dir: str | Path | None = None,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
-    """lm-eval's `simple_evaluate` on one task (or group) by name, with the model object passed in.
+    """lm-eval's `simple_evaluate` on one task (or group) by name.
 
-    The seeds are lm-eval's four (python, numpy, torch, few-shot sampler), all set from `seed`,
-    as `lm_eval --seed <seed>` does, so that the command line gives the same numbers.
+    backend hf: lm-eval's HFLM around the model object passed in; vllm: lm-eval's vLLM model
+    loading `model_dir` itself (the paper authors' `lm_eval --model vllm`; `model` and
+    `tokenizer` are unused). The seeds are lm-eval's four (python, numpy, torch, few-shot
+    sampler), all set from `seed`, as `lm_eval --seed <seed>` does, so that the command line
+    gives the same numbers.
     """
+    check_lm_eval_backend(backend)
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     task_manager = TaskManager(
@@ -93,7 +114,16 @@ def run_lm_eval(
     if lm_eval_task not in task_manager.all_tasks:
         where = f" (include_path {include_path})" if include_path else ""
         raise KeyError(f"tasks.*.lm_eval_task: lm-eval knows no task or group {lm_eval_task!r}{where}")
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if backend == "vllm":
+        if model_dir is None:
+            raise ValueError("evaluation.backend vllm loads the checkpoint itself: pass model_dir")
+        from lm_eval.models.vllm_causallms import VLLM
+
+        lm = VLLM(pretrained=str(model_dir), dtype=dtype, batch_size="auto", seed=seed)
+    else:
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     return lm_eval.simple_evaluate(
         model=lm,
         tasks=[lm_eval_task],
@@ -175,7 +205,15 @@ def _stderr_value(value: Any) -> float:
 
 
 def evaluate_classification(
-    model, tokenizer, task: dict[str, Any], task_name: str, batch_size: int, seed: int
+    model,
+    tokenizer,
+    task: dict[str, Any],
+    task_name: str,
+    batch_size: int,
+    seed: int,
+    backend: str = "hf",
+    model_dir: str | Path | None = None,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Log-likelihood over the choices through lm-eval.
 
@@ -194,7 +232,18 @@ def evaluate_classification(
             lm_eval_name = write_local_lm_eval_task(task, task_name, work)
             include_path, include_defaults, limit = work, False, None
         results = run_lm_eval(
-            model, tokenizer, lm_eval_name, task["num_fewshot"], limit, batch_size, seed, include_path, include_defaults
+            model,
+            tokenizer,
+            lm_eval_name,
+            task["num_fewshot"],
+            limit,
+            batch_size,
+            seed,
+            include_path,
+            include_defaults,
+            backend=backend,
+            model_dir=model_dir,
+            dtype=dtype,
         )
     metrics = results["results"][lm_eval_name]
     if f"{metric},none" not in metrics:
@@ -202,6 +251,7 @@ def evaluate_classification(
             f"tasks.{task_name}.lm_eval_metric: lm-eval task {lm_eval_name} reports no {metric!r} ({sorted(metrics)})"
         )
     return {
+        "backend": backend,
         "metric": {"acc": "accuracy", "acc_norm": "accuracy_norm"}.get(metric, metric),
         "value": float(metrics[f"{metric},none"]),
         # lm-eval reports "N/A" when it cannot estimate one (a single sample, a group of such subtasks)
@@ -229,13 +279,15 @@ def evaluate_checkpoint(
     sandbox: SandboxLimits | None = None,
     chance: float | None = None,
     settings: dict[str, Any] | None = None,
+    backend: str = "hf",
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in `model_dir` on the prepared task in `task_path`.
 
     The result describes itself, so the aggregate step needs nothing but the result files: the
     `variant` (model, method, ratio, recovery), the chance level (`chance`, tasks.<task>.chance,
     else 1/choices or 0; `chance_source` says which), the dtype the weights were evaluated in, the
-    prompting used and every evaluation `settings` value.
+    prompting used and every evaluation `settings` value. `backend` (hf or vllm) is the model
+    lm-eval runs classification tasks on; generative tasks always use transformers.
     """
     from layerprune.retention import task_chance
 
@@ -244,10 +296,19 @@ def evaluate_checkpoint(
         # Before the model loads: where strict isolation is impossible, stop now (SandboxUnavailable names what
         # is missing and the setting that accepts less), not after the generations.
         preflight(sandbox or SandboxLimits())
-    model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
-    if task["type"] == "classification":
+    model = None  # lm-eval's vLLM backend loads the weights itself
+    classification = task["type"] == "classification"
+    if classification:
+        check_lm_eval_backend(backend)
+    if classification and backend == "vllm":
+        result = evaluate_classification(
+            None, None, task, task_name, batch_size, seed, backend=backend, model_dir=model_dir, dtype=dtype
+        )
+    elif classification:
+        model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
         result = evaluate_classification(model, tokenizer, task, task_name, batch_size, seed)
     else:
+        model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
         result = evaluate_generative(
             model,
             tokenizer,
@@ -268,7 +329,7 @@ def evaluate_checkpoint(
         "num_fewshot": task["num_fewshot"],
         "checkpoint": str(model_dir),
         "n": len(result["samples"]),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else dtype,
         # classification scores the choices' log-likelihoods after the few-shot prompt, never a chat template
         "prompting": "fewshot" if task["type"] == "classification" else prompting,
         **result,

@@ -25,7 +25,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from layerprune.graders import ERROR_BUCKETS, TEXT_GRADERS, first_digit, grade_code, pass_at_k
 from layerprune.sandbox import SandboxLimits
-from layerprune.tasks import build_prompt, stop_strings, use_chat
+from layerprune.tasks import answer_prefix, build_prompt, stop_strings, use_chat
 
 METRIC_NAMES = {
     "exact_match": "exact_match",
@@ -306,6 +306,11 @@ def evaluate_generative(
         }
         if len(generations) > 1:
             record["outputs"] = generations
+        # an answer begun in the prompt (chat_prompt.answer_prefix) is graded whole: prefix + continuation
+        prefix = answer_prefix(task, sample, chat)
+        if prefix:
+            record["answer_prefix"] = prefix
+            generations = [prefix + text for text in generations]
         if grader == "code":
             graded = [grade_code(sample, text, chat, sandbox) for text in generations]
             for g in graded:

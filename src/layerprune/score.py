@@ -63,7 +63,13 @@ def last_token_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def collect_layer_cosines(
-    model, tokenizer, texts: list[str], max_length: int, batch_size: int, last_token_only: bool = False
+    model,
+    tokenizer,
+    texts: list[str],
+    max_length: int,
+    batch_size: int,
+    last_token_only: bool = False,
+    average: str = "token",
 ) -> torch.Tensor:
     """Mean cosine similarity between the residual stream at depths i and j.
 
@@ -77,7 +83,13 @@ def collect_layer_cosines(
       found from the attention mask, so left and right padding give the same result.
       This is the position Gromov et al. (2024, "The Unreasonable Ineffectiveness of
       the Deeper Layers", arXiv 2403.17887) measure their angular distance at.
+
+    `average="text"` weighs every text alike instead of every token: C[i, j] = mean over
+    texts s of (mean over the tokens t of s of cos(h_i[t], h_j[t])), the paper authors'
+    BI (analysis/cossim_analysis.ipynb averages each prompt's tokens, then the prompts).
     """
+    if average not in ("token", "text"):
+        raise ValueError(f"scoring.calibration.average must be token or text, got {average!r}")
     layers = decoder_layers(model)
     num_layers = len(layers)
     states: list[torch.Tensor | None] = [None] * (num_layers + 1)
@@ -110,6 +122,16 @@ def collect_layer_cosines(
             mask = batch["attention_mask"].bool()
             if last_token_only:
                 mask = last_token_mask(mask)
+            if average == "text":
+                # one text at a time: its token sum over its own token count
+                for row in range(mask.shape[0]):
+                    if not mask[row].any():
+                        continue
+                    stacked = torch.stack([s[row][mask[row]].float() for s in states])
+                    stacked = torch.nn.functional.normalize(stacked, dim=-1).flatten(1)
+                    cosine_sum += (stacked @ stacked.T).double().cpu() / int(mask[row].sum())
+                    token_count += 1
+                continue
             # (depths, tokens, hidden) over real tokens only, unit-normalised once.
             stacked = torch.stack([s[mask].float() for s in states])
             stacked = torch.nn.functional.normalize(stacked, dim=-1).flatten(1)
@@ -122,7 +144,7 @@ def collect_layer_cosines(
             handle.remove()
     if token_count == 0:
         raise ValueError("the calibration texts produced no tokens")
-    return cosine_sum / token_count
+    return cosine_sum / token_count  # token_count counts texts with average="text"
 
 
 def block_influence(cosines: torch.Tensor) -> list[float]:
@@ -168,12 +190,16 @@ def score_layers(
     probe_tasks: list[dict[str, Any]] | None = None,
     max_k: int | None = None,
     chunk_size: int | None = None,
+    average: str = "token",
     sleb_exclude_ends: bool = True,
     selection: dict[str, Any] | None = None,
     state_path: str | Path | None = None,
     fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the layers of `model` with `method`; see the module docstring for the output.
+
+    `average` (bi, angular, angular_last): how the cosines are averaged over the calibration
+    texts, per token or per text (`collect_layer_cosines`).
 
     `selection`: iterative's candidate rule (`criterion`, `tie_break`, `keep_first_layer`;
     see `layerprune.iterative.iterative_removal`), the paper's rule when omitted.
@@ -231,8 +257,9 @@ def score_layers(
         result["removal"] = {k: sorted(order[:k]) for k in range(len(order) + 1)}
     else:
         last_token_only = method == "angular_last"
-        cosines = collect_layer_cosines(model, tokenizer, texts, max_length, batch_size, last_token_only)
+        cosines = collect_layer_cosines(model, tokenizer, texts, max_length, batch_size, last_token_only, average)
         check_finite_cosines(cosines, method)
+        result["average"] = average
         if method == "bi":
             scores = block_influence(cosines)
             result.update(scores=scores, removal=removal_from_importance(scores))

@@ -342,6 +342,21 @@ class CalibrationSettings(Seeded):
         ["gem/xsum"], help="BIG-bench tasks the texts come from", schema={"$ref": "#/$defs/bigbench_tasks"}
     )
     num_samples: int = setting(128, help="texts drawn (seeded)", schema={"minimum": 1})
+    source: str = setting(
+        "bigbench",
+        help=(
+            "bigbench = inputs and answers of bigbench_tasks, drawn with the seed; gsm8k = the paper authors' BI "
+            "texts (analysis/cossim_analysis.ipynb): the first num_samples GSM8K rows of `split` (their test split), "
+            "in order, each question with its worked solution in lm-eval's Llama-style GSM8K wording "
+            "(bigbench_tasks unused)"
+        ),
+        choices=("bigbench", "gsm8k"),
+    )
+    path: str = setting(
+        "openai/gsm8k",
+        help="source gsm8k: a hub id (config `main`) or a local file in GSM8K's format (Parquet, JSON, JSONL)",
+    )
+    split: str = setting("test", help="source gsm8k: the split read (the authors': test)")
 
 
 HEAL_SOURCE_SCHEMA = {
@@ -401,6 +416,16 @@ class ScoreSettings(Seeded, OnModel):
         config="scoring.calibration.max_length",
         schema={"minimum": 8},
         methods=CALIBRATED,
+    )
+    calibration_average: str = setting(
+        "token",
+        help=(
+            "bi, angular: token = the mean cosine over every calibration token (long texts weigh more); text = the "
+            "mean over texts of each text's mean over its tokens (the paper authors' BI)"
+        ),
+        choices=("token", "text"),
+        config="scoring.calibration.average",
+        methods=("bi", "angular", "angular_last"),
     )
     chunk_size: int | None = setting(
         64,
@@ -652,6 +677,14 @@ class EvaluationSettings(Seeded, OnModel):
 
     SECTION: ClassVar[str] = "evaluation"
     batch_size: int = setting(16, help="prompts per forward pass", schema={"minimum": 1})
+    backend: str = setting(
+        "hf",
+        help=(
+            "the model lm-eval tasks (classification) run on: hf = lm-eval's HFLM over the loaded checkpoint; "
+            "vllm = lm-eval's vLLM model (the paper authors'; needs the `vllm` extra, an error without it)"
+        ),
+        choices=("hf", "vllm"),
+    )
     max_new_tokens: int = setting(
         16, help="longest generated answer", config="tasks.*.max_new_tokens", schema={"minimum": 1}
     )

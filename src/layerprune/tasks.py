@@ -93,6 +93,25 @@ def task_sample_ids(paths: list[str | Path]) -> set[str]:
     return ids
 
 
+def authors_sample_indices(num_rows: int, sample_size: int | None, seed: int) -> tuple[list[int], list[int]]:
+    """The rows the authors' `sample_dataset` keeps, in its order, and the rows it leaves.
+
+    Theirs is `dataset.train_test_split(train_size=n, shuffle=True, seed=seed)["train"]`
+    when 0 < n < len(dataset), else the whole dataset in its own order. datasets draws one
+    permutation with `np.random.default_rng(seed)`, gives its first len - n positions to
+    "test" and the last n to "train"; the same permutation here gives the same item set, in
+    the same order, without building a `datasets.Dataset` (tests/test_paper_mini.py checks
+    it against datasets' own call).
+    """
+    if sample_size is None or not 0 < sample_size < num_rows:
+        return list(range(num_rows)), []
+    import numpy as np
+
+    permutation = np.random.default_rng(seed).permutation(num_rows).tolist()
+    num_test = num_rows - int(sample_size)
+    return permutation[num_test:], permutation[:num_test]
+
+
 def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None) -> list[dict[str, Any]]:
     import datasets
 
@@ -143,11 +162,12 @@ def _humaneval(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _mbpp(row: dict[str, Any]) -> dict[str, Any]:
+def _mbpp(row: dict[str, Any], tests_from: str = "test") -> dict[str, Any]:
     text = (row.get("text") or row.get("prompt") or "").strip()
     tests = list(row["test_list"])
     setup = "\n".join([row.get("test_setup_code") or "", *(row.get("test_imports") or [])]).strip()
-    test = row["test"] if row.get("test") else "\n".join(tests)  # MBPP+ (evalplus): the full test program
+    # MBPP+ (evalplus): the full test program; tests_from: test_list grades by the listed assertions only
+    test = row["test"] if row.get("test") and tests_from == "test" else "\n".join(tests)
     return {
         "id": row["task_id"],
         "input": text,
@@ -275,15 +295,26 @@ def prepare_task_spec(
             raise ValueError(
                 "exclude_ids applies to dataset tasks (gsm8k, math500, humaneval, mbpp, xsum), not BIG-bench"
             )
+        if spec.get("selection", "shuffle") != "shuffle" or spec.get("selection_seed") is not None:
+            raise ValueError("selection: train_test_split and selection_seed apply to dataset tasks, not BIG-bench")
         fewshot, samples, source = _prepare_bigbench(spec, bigbench_dir, seed)
     else:
         if spec["type"] != "generative":
             raise ValueError(f"dataset '{dataset}' is generative; set `type: generative`")
         rows, source = _load_pool(spec, bigbench_dir)
+        tests_from = spec.get("tests_from", "test")
+        if tests_from not in ("test", "test_list"):
+            raise ValueError(f"{source}: tests_from must be test or test_list, got {tests_from!r}")
+        if tests_from != "test" and dataset != "mbpp":
+            raise ValueError(f"{source}: tests_from applies to dataset mbpp only, not {dataset!r}")
+
+        def normalise(row: dict[str, Any]) -> dict[str, Any]:
+            return NORMALISERS[dataset](row, tests_from) if dataset == "mbpp" else NORMALISERS[dataset](row)
+
         pool = []
         for index, row in enumerate(rows):
             try:
-                sample = NORMALISERS[dataset](row)
+                sample = normalise(row)
             except KeyError as error:
                 raise ValueError(
                     f"{source}: row {index} lacks the column {error} of the '{dataset}' format "
@@ -296,16 +327,28 @@ def prepare_task_spec(
             pool = [sample for sample in pool if str(sample["id"]) not in excluded]
             if not pool:
                 raise ValueError(f"{source}: every row is excluded (exclude_ids), nothing left to prepare")
-        order = list(range(len(pool)))
-        random.Random(seed).shuffle(order)
-        pool = [pool[i] for i in order]
+        selection = spec.get("selection", "shuffle")
+        selection_seed = spec.get("selection_seed")
+        selection_seed = seed if selection_seed is None else selection_seed
         shots = _fewshot_pool(spec)
-        if shots is not None:
-            fewshot_rows = [NORMALISERS[dataset](row) for row in shots]
-            random.Random(seed).shuffle(fewshot_rows)
-            fewshot, samples = fewshot_rows[: spec["num_fewshot"]], pool
+        if selection == "train_test_split":
+            chosen, rest = authors_sample_indices(len(pool), spec.get("limit"), selection_seed)
+            samples, pool = [pool[i] for i in chosen], [pool[i] for i in rest]
+        elif selection == "shuffle":
+            order = list(range(len(pool)))
+            random.Random(selection_seed).shuffle(order)
+            pool = [pool[i] for i in order]
+            samples = None
         else:
+            raise ValueError(f"{source}: selection must be shuffle or train_test_split, got {selection!r}")
+        if shots is not None:
+            fewshot_rows = [normalise(row) for row in shots]
+            random.Random(seed).shuffle(fewshot_rows)
+            fewshot, samples = fewshot_rows[: spec["num_fewshot"]], pool if samples is None else samples
+        elif samples is None:
             fewshot, samples = pool[: spec["num_fewshot"]], pool[spec["num_fewshot"] :]
+        else:
+            fewshot = pool[: spec["num_fewshot"]]  # train_test_split: shots from the rows not selected
         if len(fewshot) < spec["num_fewshot"]:
             raise ValueError(f"{source}: only {len(fewshot)} few-shot examples for num_fewshot={spec['num_fewshot']}")
         if spec.get("limit") is not None:
@@ -322,6 +365,11 @@ def prepare_task_spec(
         "fewshot": fewshot,
         "samples": samples,
     }
+    if dataset != "bigbench" and (spec.get("selection") is not None or spec.get("selection_seed") is not None):
+        payload["selection"] = {"method": selection, "seed": selection_seed, "limit": spec.get("limit")}
+    for key in PROMPT_KEYS:
+        if spec.get(key):
+            payload[key] = spec[key]
     write_json(out_path, payload)
     return payload
 
@@ -388,6 +436,28 @@ FORMATS: dict[str, dict[str, Any]] = {
 }
 
 
+# Prepared-task keys copied from the task's config entry: how its prompts are written and cut.
+PROMPT_KEYS = ("chat_prompt", "stop")
+_PLACEHOLDER = re.compile(r"\{(input|first_test|tests)\}")
+
+
+def fill_template(template: str, sample: dict[str, Any]) -> str:
+    """`template` with {input}, {first_test} and {tests} (MBPP's assertions) of `sample` put in.
+
+    One pass, so braces inside the filled text (code, LaTeX) are never read as placeholders,
+    and other braces in the template (`\\boxed{}`) stay as written.
+    """
+    tests = list(sample.get("tests") or [])
+    fields = {"input": sample["input"], "first_test": tests[0] if tests else "", "tests": "\n".join(tests)}
+    return _PLACEHOLDER.sub(lambda match: fields[match.group(1)], template)
+
+
+def answer_prefix(task: dict[str, Any], sample: dict[str, Any], chat: bool) -> str:
+    """The start of the answer written into the prompt (chat_prompt.answer_prefix): the model continues it."""
+    template = (task.get("chat_prompt") or {}).get("answer_prefix") if chat else None
+    return fill_template(template, sample) if template else ""
+
+
 def use_chat(tokenizer, prompting: str) -> bool:
     """`auto`: the chat template when the tokenizer has one (instruct models), plain few-shot otherwise."""
     if prompting not in ("auto", "chat", "fewshot"):
@@ -404,16 +474,23 @@ def build_prompt(task: dict[str, Any], sample: dict[str, Any], tokenizer, chat: 
     shots = sample.get("fewshot", task["fewshot"])
     if not chat:
         return "".join(fmt["shot"](shot) for shot in shots) + fmt["query"](sample)
-    messages = []
+    custom = task.get("chat_prompt") or {}
+    user = (lambda s: fill_template(custom["user"], s)) if custom.get("user") else fmt["user"]
+    messages = [{"role": "system", "content": custom["system"]}] if custom.get("system") else []
     for shot in shots:
         messages += [
-            {"role": "user", "content": fmt["user"](shot)},
+            {"role": "user", "content": user(shot)},
             {"role": "assistant", "content": fmt["answer"](shot)},
         ]
-    messages.append({"role": "user", "content": fmt["user"](sample)})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    messages.append({"role": "user", "content": user(sample)})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return rendered + answer_prefix(task, sample, chat)
 
 
 def stop_strings(task: dict[str, Any], chat: bool) -> list[str]:
-    """Where a few-shot continuation ends (the next example); chat answers end at the end-of-turn token."""
-    return [] if chat else list(FORMATS[task.get("dataset", "bigbench")]["stop"])
+    """The task's own `stop` strings, then, few-shot only, where a continuation ends (the next example).
+
+    Chat answers end at the end-of-turn token (the model's EOS) besides.
+    """
+    own = list(task.get("stop") or [])
+    return own if chat else own + list(FORMATS[task.get("dataset", "bigbench")]["stop"])

@@ -84,7 +84,11 @@ rule prepare_prompts:
 
 rule prepare_calibration:
     input:
-        [bigbench_file(task) for task in config["scoring"]["calibration"]["bigbench_tasks"]],
+        [
+            bigbench_file(task)
+            for task in config["scoring"]["calibration"]["bigbench_tasks"]
+            if config["scoring"]["calibration"]["source"] == "bigbench"
+        ],
     output:
         shared_path("calibration/{fp}.jsonl"),
     log:
