@@ -19,16 +19,9 @@ from typing import Any
 
 import pandas as pd
 
+from layerprune.graders import ERROR_BUCKETS  # one list of the code-error buckets
+
 REP_N = (2, 3, 4)
-ERROR_BUCKETS = (
-    "never_closed_bracket",
-    "unmatched_bracket",
-    "syntax_error",
-    "runtime_error",
-    "early_exit",
-    "wrong_answer",
-    "pass",
-)
 DIGIT = re.compile(r"-?\d")
 
 
