@@ -79,10 +79,11 @@ def test_duplicate_key_in_the_embedded_config_names_file_key_and_lines(tmp_path)
 
 def test_duplicate_key_in_a_configfile_names_that_file(tmp_path):
     study = yaml.safe_dump(DEFAULT, sort_keys=False).replace("seed: 0\n", "seed: 0\nseed: 1\n", 1)
+    first, second = [n + 1 for n, line in enumerate(study.splitlines()) if line.startswith("seed:")]
     code, output = dry_run(tmp_path, DEFAULT, "--configfile", "study.yaml", files={"study.yaml": study})
     print(output[-600:])
     assert code != 0
-    assert "study.yaml:2: seed: given twice (also line 1)" in output
+    assert f"study.yaml:{second}: seed: given twice (also line {first})" in output
 
 
 @pytest.mark.parametrize(

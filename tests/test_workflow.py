@@ -133,7 +133,7 @@ def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
     sandbox = {k: v for k, v in humaneval.items() if k.startswith("sandbox_")}
     assert sandbox == {
         "sandbox_timeout": 7.0, "sandbox_cpu": 10, "sandbox_memory_mb": 2048, "sandbox_file_size_mb": 16,
-        "sandbox_nproc": 12,
+        "sandbox_nproc": 12, "sandbox_isolation": "strict",
     }  # fmt: skip
     plural = evaluated["plural"]
     assert (plural["prompting"], plural["temperature"], plural["num_samples"], plural["pass_k"]) == ("auto", 0, 1, [1])
@@ -170,9 +170,9 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
         (lambda c: c["models"]["smollm2-135m"].update(source={"hub": "a/b", "path": "/x"}), "source"),
         (lambda c: c["scoring"].update(iterative={"probe_tasks": ["plural", "no_such_task"]}), "'no_such_task'"),
         (lambda c: c["scoring"].update(iterative={"num_samples": 0}), "num_samples"),
-        (lambda c: c["prompts"].update(source="magpie"), "recovery.methods has `data`"),
+        (lambda c: c["prompts"].update(source="magpie"), "remove `data` from recovery.methods"),
         (lambda c: c["prompts"].update(source="jsonl", path="x.jsonl", response_field=None), "prompts.response_field"),
-        (lambda c: c["prompts"].update(source="hub"), "prompts.path is not set"),
+        (lambda c: c["prompts"].update(source="hub"), "prompts.path: missing; prompts.source is hub"),
         (lambda c: c["prompts"].update(source="bigbench", bigbench_tasks=[]), "bigbench_tasks"),
         (lambda c: c["selfgen"].update(backend="tgi"), "tgi"),
         (lambda c: c["prompts"].update(magpie={"dedup_threshold": 0}), "dedup_threshold"),
@@ -327,6 +327,7 @@ def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
         "num_prompts": 12, "max_new_tokens": 40, "dedup_threshold": 0.6, "temperature": 1.0, "top_p": 1.0,
         "batch_size": 16, "ngram": 3, "max_candidates": None, "max_prompt_tokens": 256, "system_prompt": None,
         "backend": "auto", "seed": 0, "dtype": "auto",
+        "max_model_len": None, "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "batch_invariant": True,
     }  # fmt: skip
     (selfgen,) = shell_commands(output, "selfgen")
     assert flag(selfgen, "--prompts") == "results/default/data/prompts/smollm2-135m.jsonl"

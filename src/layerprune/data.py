@@ -12,6 +12,7 @@ evaluated samples, drawn with a seed from the config.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -368,6 +369,48 @@ def gsm8k_calibration_text(row: dict[str, Any]) -> str:
     )
 
 
+# --- reading rows -------------------------------------------------------------------------------
+
+
+def read_rows(file: str | Path, split: str = "test") -> list[dict[str, Any]]:
+    """Rows of a local dataset file in its real format."""
+    path = Path(file)
+    if not path.exists():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    if path.is_dir():
+        import datasets
+
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise KeyError(f"{path} has no split '{split}' (splits: {', '.join(loaded)})")
+            loaded = loaded[split]
+        return [dict(row) for row in loaded]
+    name = path.name
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    if name.endswith(".json"):
+        payload = json.loads(path.read_text())
+        if isinstance(payload, dict):
+            payload = payload.get("examples", payload.get(split))
+        if not isinstance(payload, list):
+            raise ValueError(f"{path}: expected a list of rows (or a BIG-bench task.json)")
+        return payload
+    if name.endswith(".parquet"):
+        import datasets
+
+        return [dict(row) for row in datasets.Dataset.from_parquet(str(path))]
+    raise ValueError(f"{path}: unsupported task file type (JSON, JSONL, JSONL.gz, Parquet or a save_to_disk dir)")
+
+
+def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None) -> list[dict[str, Any]]:
+    import datasets
+
+    return [dict(row) for row in datasets.load_dataset(hub, config_name, split=split, revision=revision)]
+
+
 def prepare_calibration(
     bigbench_dir: str | Path,
     bigbench_tasks: list[str],
@@ -384,8 +427,6 @@ def prepare_calibration(
     (`gsm8k_calibration_text`), as the authors' notebook takes them; no seed.
     """
     if source == "gsm8k":
-        from layerprune.tasks import hub_rows, read_rows
-
         local = Path(path)
         rows = read_rows(local, split) if local.exists() else hub_rows(path, "main", split, None)
         if num_samples > len(rows):

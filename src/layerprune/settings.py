@@ -967,14 +967,46 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+# The schema's defaults filled into a study's config: what `--config STUDY.yaml` and validation start from.
+
+
+def load_schema(path: Path = SCHEMA_FILE) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def _setting_defaults(validator_class: type) -> type:
+    """A validator class that, while validating, writes each missing property's `default` into the instance."""
+    import jsonschema
+
+    base = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, properties, instance, schema):  # noqa: ANN001, ANN202 (jsonschema's signature)
+        if validator.is_type(instance, "object"):
+            for name, subschema in properties.items():
+                if isinstance(subschema, dict) and "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from base(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties})
+
+
+def apply_defaults(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Every default of the schema (nested ones too, in sections that were absent) set in `config`, in place."""
+    import jsonschema
+
+    validator = _setting_defaults(jsonschema.Draft202012Validator)(schema)
+    for _ in validator.iter_errors(config):  # the errors are collected once the defaults are all in
+        pass
+
+
 def study_settings(
     cls: type[StageSettings], config_file: str | Path, task: str | None = None, method: str | None = None
 ) -> dict[str, Any]:
     """A stage's settings as the pipeline gives them for the study in `config_file` (its defaults filled in):
     what `layerprune <stage> --config FILE` starts from."""
     import yaml
-
-    from layerprune.validation import apply_defaults, load_schema
 
     config = yaml.safe_load(Path(config_file).read_text())
     if not isinstance(config, dict):

@@ -29,7 +29,6 @@ per dataset, `solution` (the worked answer shown in few-shot examples), `code`
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -37,7 +36,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from layerprune.data import _first_target, _normalise, load_bigbench_examples
+from layerprune.data import _first_target, _normalise, hub_rows, load_bigbench_examples, read_rows
 from layerprune.io import write_json
 from layerprune.registry import DATASETS as DATASET_REGISTRY
 
@@ -49,39 +48,6 @@ _ARITHMETIC = re.compile(r"^arithmetic/(\d+)_digit_(addition|subtraction|multipl
 
 
 # --- reading rows -------------------------------------------------------------------------------
-
-
-def read_rows(file: str | Path, split: str = "test") -> list[dict[str, Any]]:
-    """Rows of a local dataset file in its real format."""
-    path = Path(file)
-    if not path.exists():
-        raise FileNotFoundError(f"task file {path} does not exist")
-    if path.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise KeyError(f"{path} has no split '{split}' (splits: {', '.join(loaded)})")
-            loaded = loaded[split]
-        return [dict(row) for row in loaded]
-    name = path.name
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    if name.endswith(".json"):
-        payload = json.loads(path.read_text())
-        if isinstance(payload, dict):
-            payload = payload.get("examples", payload.get(split))
-        if not isinstance(payload, list):
-            raise ValueError(f"{path}: expected a list of rows (or a BIG-bench task.json)")
-        return payload
-    if name.endswith(".parquet"):
-        import datasets
-
-        return [dict(row) for row in datasets.Dataset.from_parquet(str(path))]
-    raise ValueError(f"{path}: unsupported task file type (JSON, JSONL, JSONL.gz, Parquet or a save_to_disk dir)")
 
 
 def task_sample_ids(paths: list[str | Path]) -> set[str]:
@@ -110,12 +76,6 @@ def authors_sample_indices(num_rows: int, sample_size: int | None, seed: int) ->
     permutation = np.random.default_rng(seed).permutation(num_rows).tolist()
     num_test = num_rows - int(sample_size)
     return permutation[num_test:], permutation[:num_test]
-
-
-def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None) -> list[dict[str, Any]]:
-    import datasets
-
-    return [dict(row) for row in datasets.load_dataset(hub, config_name, split=split, revision=revision)]
 
 
 def humaneval_offline_file() -> Path:

@@ -17,7 +17,6 @@ per lm-eval version under ~/.cache/layerprune (XDG_CACHE_HOME).
 
 from __future__ import annotations
 
-import copy
 import difflib
 import importlib.metadata
 import importlib.util
@@ -33,37 +32,9 @@ import jsonschema
 import yaml
 
 from layerprune.checks import ConfigError, check_models, config_problems, duplicate_keys, ratio_wildcards
-from layerprune.settings import SCHEMA_FILE
+from layerprune.settings import apply_defaults, load_schema
 
 MAX_LINES = 20  # a report longer than a screen is not read
-
-
-def load_schema(path: Path = SCHEMA_FILE) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
-
-
-# --------------------------------------------------------------------------- defaults
-
-
-def _setting_defaults(validator_class: type) -> type:
-    """A validator class that, while validating, writes each missing property's `default` into the instance."""
-    base = validator_class.VALIDATORS["properties"]
-
-    def properties(validator, properties, instance, schema):  # noqa: ANN001, ANN202 (jsonschema's signature)
-        if validator.is_type(instance, "object"):
-            for name, subschema in properties.items():
-                if isinstance(subschema, dict) and "default" in subschema and name not in instance:
-                    instance[name] = copy.deepcopy(subschema["default"])
-        yield from base(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": properties})
-
-
-def apply_defaults(config: dict[str, Any], schema: dict[str, Any]) -> None:
-    """Every default of the schema (nested ones too, in sections that were absent) set in `config`, in place."""
-    validator = _setting_defaults(jsonschema.Draft202012Validator)(schema)
-    for _ in validator.iter_errors(config):  # the errors are collected once the defaults are all in
-        pass
 
 
 # --------------------------------------------------------------------------- schema errors as lines
