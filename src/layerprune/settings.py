@@ -598,6 +598,42 @@ class RecoverySettings(Seeded, OnModel):
         return cls.from_dict({**base, **overrides}, where="recover_checkpoint")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingSeeds(StageSettings):
+    """The study's training seeds: each trained recovery is replicated once per seed.
+
+    Not a job's setting: a recover job receives one of these as its `seed` (RecoverySettings.seed),
+    so the default (null: the study's `seed` alone) leaves every job's settings as they were.
+    """
+
+    SECTION: ClassVar[str] = "recovery"
+    seeds: list[int] | None = setting(
+        None,
+        help=(
+            "training seeds: every trained recovery (not none) is trained and evaluated once per seed, and the "
+            "report's point estimates are means over seeds with intervals that resample seeds, then items; the "
+            "study's `seed` trains at the usual path, any other seed s at <recovery>-seed<s>; null = [seed], one "
+            "seed, whose intervals cover item sampling only"
+        ),
+        schema={"minItems": 1, "uniqueItems": True, "items": {"minimum": 0, "maximum": 2**32 - 1}},
+    )
+
+    def resolve(self, seed: int) -> list[int]:
+        """The seeds to train with: `seeds`, else the study's `seed` alone."""
+        return list(self.seeds) if self.seeds is not None else [seed]
+
+
+def training_seeds(config: dict[str, Any]) -> list[int]:
+    """recovery.seeds of a validated config, or [seed]."""
+    options = settings_from_config(TrainingSeeds, config)
+    return options.resolve(config.get("seed", 0))
+
+
+def replicate_suffix(training_seed: int, study_seed: int) -> str:
+    """The suffix of a recovery's folder name: none for the study's own seed, `-seed<s>` for another."""
+    return "" if training_seed == study_seed else f"-seed{training_seed}"
+
+
 # the generalised JSD's beta of each divergence, in TRL's convention (GKDTrainer, DistillationTrainer)
 DIVERGENCE_BETA = {"forward_kl": 0.0, "jsd": None, "reverse_kl": 1.0}
 
@@ -845,6 +881,7 @@ STAGES: tuple[type[StageSettings], ...] = (
     MagpieSettings,
     SelfgenSettings,
     RecoverySettings,
+    TrainingSeeds,
     DistillSettings,
     HealSettings,
     EvaluationSettings,

@@ -27,8 +27,10 @@ from layerprune.settings import (
     ScoreSettings,
     SelfgenSettings,
     distill_settings_json,
+    replicate_suffix,
     settings_from_config,
     settings_json,
+    training_seeds,
 )
 
 from snakemake.exceptions import WorkflowError
@@ -118,6 +120,11 @@ METHODS = config["scoring"]["methods"]
 RATIOS = ratio_wildcards(config["pruning"]["ratios"])  # each matches RATIO_WILDCARD, one per ratio
 MAX_RATIO = float(f"{max(config['pruning']['ratios']):g}")  # where greedy scoring stops
 RECOVERIES_RUN = config["recovery"]["methods"]
+# recovery.seeds: each trained recovery is replicated per training seed; the study's own seed keeps the
+# plain folder name (so a one-seed study's paths are as they always were), another seed s adds `-seed<s>`.
+TRAINING_SEEDS = training_seeds(config)
+REPLICATES = [replicate_suffix(seed, SEED) for seed in TRAINING_SEEDS]
+REPLICATE_PATTERN = "(?:" + "|".join(re.escape(replicate) for replicate in REPLICATES) + ")"  # the recover rules'
 TASKS = list(config["tasks"])
 # Tasks evaluated on every variant; probe-only tasks (evaluate: false) are prepared for iterative scoring only.
 EVALUATED_TASKS = [task for task in TASKS if config["tasks"][task]["evaluate"]]
@@ -133,6 +140,7 @@ wildcard_constraints:
     method="|".join(SCORING_METHODS),
     ratio=RATIO_WILDCARD,
     recovery="|".join(RECOVERIES),
+    replicate="(-seed[0-9]+)?",
     task="[A-Za-z0-9][A-Za-z0-9_-]*",
     fp="[0-9a-f]{12}",
 
@@ -147,7 +155,6 @@ HEAL_SETTINGS = settings_json(HealSettings, config)
 PRUNE_SETTINGS = settings_json(PruneSettings, config)
 SELFGEN_SETTINGS = settings_json(SelfgenSettings, config)
 MAGPIE_SETTINGS = settings_json(MagpieSettings, config)
-RECOVERY_SETTINGS = settings_json(RecoverySettings, config)
 REPORT_SETTINGS = settings_json(
     ReportSettings,
     config,
@@ -178,6 +185,20 @@ def iterative_settings(wildcards):
         # a probe takes one sample per prompt (the paper's); its temperature, top_k, top_p are the task's
         probe_sampling=[{k: v for k, v in probe.sampling_dict().items() if k != "num_samples"} for probe in probes],
     )
+
+
+def replicate_seed(replicate):
+    """The training seed of a `{replicate}` wildcard: the study's seed for the plain folder."""
+    return int(replicate.removeprefix("-seed")) if replicate else SEED
+
+
+def recovery_settings(wildcards):
+    """A recover job's settings, its replicate's training seed as `seed` (the plain folder: the study's settings)."""
+    return settings_json(RecoverySettings, {**config, "seed": replicate_seed(wildcards.replicate)})
+
+
+def kd_settings(wildcards):
+    return distill_settings_json({**config, "seed": replicate_seed(wildcards.replicate)}, wildcards.recovery)
 
 
 def evaluation_settings(wildcards):
@@ -274,12 +295,13 @@ def pruned_checkpoint(model, method, ratio):
     return study_path(f"pruned/{model}/{method}/{ratio}")
 
 
-def recovered_checkpoint(model, method, ratio, recovery):
-    return study_path(f"recovered/{model}/{method}/{ratio}/{recovery}")
+def recovered_checkpoint(model, method, ratio, recovery, replicate=""):
+    """replicate: "" (the study's seed) or `-seed<s>` (recovery.seeds)."""
+    return study_path(f"recovered/{model}/{method}/{ratio}/{recovery}{replicate}")
 
 
 def eval_file(model, variant, task):
-    """variant: `dense` or method/ratio/recovery."""
+    """variant: `dense` or method/ratio/recovery (recovery + `-seed<s>` for another training seed)."""
     return study_path(f"eval/{model}/{variant}/{task}.json")
 
 
@@ -314,10 +336,19 @@ def recovery_dataset(wildcards):
 
 
 def variant_checkpoint(wildcards):
-    """recovery `none` evaluates the pruned checkpoint itself."""
+    """recovery `none` evaluates the pruned checkpoint itself (it trains nothing, so it has no seed replicates)."""
     if wildcards.recovery == "none":
+        if wildcards.replicate:
+            raise ValueError(f"recovery none trains nothing: no {wildcards.replicate} replicate")
         return pruned_checkpoint(wildcards.model, wildcards.method, wildcards.ratio)
-    return recovered_checkpoint(wildcards.model, wildcards.method, wildcards.ratio, wildcards.recovery)
+    return recovered_checkpoint(
+        wildcards.model, wildcards.method, wildcards.ratio, wildcards.recovery, wildcards.replicate
+    )
+
+
+def recovery_replicates(recovery):
+    """The folder suffixes of a recovery's training seeds: none for `none`, which trains nothing."""
+    return [""] if recovery == "none" else REPLICATES
 
 
 TASK_USE_KEYS = ("evaluate", "chance", "recoveries")
@@ -365,11 +396,12 @@ def task_recoveries(task):
 def all_evaluations():
     dense = [eval_file(model, "dense", task) for model, task in itertools.product(MODELS, EVALUATED_TASKS)]
     variants = [
-        eval_file(model, f"{method}/{ratio}/{recovery}", task)
+        eval_file(model, f"{method}/{ratio}/{recovery}{replicate}", task)
         for model, method, ratio, recovery, task in itertools.product(
             MODELS, METHODS, RATIOS, RECOVERIES_RUN, EVALUATED_TASKS
         )
         if recovery in task_recoveries(task)
+        for replicate in recovery_replicates(recovery)
     ]
     return dense + variants
 
@@ -385,7 +417,8 @@ CODE_TASKS = [
 def all_recovered():
     """The recovered checkpoint folders (recovery other than none): their loss curves go into the report."""
     return [
-        recovered_checkpoint(model, method, ratio, recovery)
+        recovered_checkpoint(model, method, ratio, recovery, replicate)
         for model, method, ratio, recovery in itertools.product(MODELS, METHODS, RATIOS, RECOVERIES_RUN)
         if recovery != "none"
+        for replicate in REPLICATES
     ]

@@ -25,11 +25,11 @@ rule evaluate_variant:
         model=variant_checkpoint,
         task=lambda wc: task_file(wc.task),
     output:
-        eval_file("{model}", "{method}/{ratio}/{recovery}", "{task}"),
+        eval_file("{model}", "{method}/{ratio}/{recovery}{replicate}", "{task}"),
     log:
-        study_log("evaluate_variant", "{model}/{method}/{ratio}/{recovery}/{task}"),
+        study_log("evaluate_variant", "{model}/{method}/{ratio}/{recovery}{replicate}/{task}"),
     benchmark:
-        study_benchmark("evaluate_variant", "{model}/{method}/{ratio}/{recovery}/{task}")
+        study_benchmark("evaluate_variant", "{model}/{method}/{ratio}/{recovery}{replicate}/{task}")
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("evaluate")

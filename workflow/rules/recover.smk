@@ -18,13 +18,14 @@ rule recover:
         model=pruned_checkpoint("{model}", "{method}", "{ratio}"),
         dataset=recovery_dataset,
     output:
-        directory(recovered_checkpoint("{model}", "{method}", "{ratio}", "{recovery}")),
+        directory(recovered_checkpoint("{model}", "{method}", "{ratio}", "{recovery}", "{replicate}")),
     log:
-        study_log("recover", "{model}/{method}/{ratio}/{recovery}"),
+        study_log("recover", "{model}/{method}/{ratio}/{recovery}{replicate}"),
     benchmark:
-        study_benchmark("recover", "{model}/{method}/{ratio}/{recovery}")
+        study_benchmark("recover", "{model}/{method}/{ratio}/{recovery}{replicate}")
     wildcard_constraints:
         recovery="data|sgr|heal",
+        replicate=REPLICATE_PATTERN,
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
@@ -32,7 +33,7 @@ rule recover:
     resources:
         **job_resources("recover"),
     params:
-        settings=RECOVERY_SETTINGS,
+        settings=recovery_settings,  # the study's seed or the replicate's training seed
         # one process per GPU (accelerate/torchrun) when resources.recover asks for >1
         launcher=rule_command_prefix(config["resources"], "recover"),
     shell:
@@ -47,13 +48,14 @@ rule recover_kd:
         dataset=selfgen_file("{model}"),
         teacher=lambda wc: dense_checkpoint(wc.model),
     output:
-        directory(recovered_checkpoint("{model}", "{method}", "{ratio}", "{recovery}")),
+        directory(recovered_checkpoint("{model}", "{method}", "{ratio}", "{recovery}", "{replicate}")),
     log:
-        study_log("recover_kd", "{model}/{method}/{ratio}/{recovery}"),
+        study_log("recover_kd", "{model}/{method}/{ratio}/{recovery}{replicate}"),
     benchmark:
-        study_benchmark("recover_kd", "{model}/{method}/{ratio}/{recovery}")
+        study_benchmark("recover_kd", "{model}/{method}/{ratio}/{recovery}{replicate}")
     wildcard_constraints:
         recovery="|".join(DISTILLATIONS),
+        replicate=REPLICATE_PATTERN,
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
@@ -61,7 +63,7 @@ rule recover_kd:
     resources:
         **job_resources("recover"),
     params:
-        settings=lambda wc: distill_settings_json(config, wc.recovery),
+        settings=kd_settings,
         launcher=rule_command_prefix(config["resources"], "recover"),
     shell:
         "{params.launcher} recover --model {input.model:q} --dataset {input.dataset:q} --teacher {input.teacher:q}"
