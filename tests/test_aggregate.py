@@ -80,7 +80,8 @@ def test_summary_csv_columns_and_rows(aggregated):
     summary = pd.read_csv(out_dir / "summary.csv")
     assert list(summary.columns) == COLUMNS
     assert COLUMNS == [
-        "model", "method", "ratio", "recovery", "task", "type", "metric", "value", "stderr", "n", "value_ratio"
+        "model", "method", "ratio", "recovery", "training_seed", "task", "type", "metric", "value", "stderr", "n",
+        "value_ratio",
     ]  # fmt: skip
     assert list(table.columns) == COLUMNS
     assert len(summary) == len(table) == 2 * (1 + len(VALUES))

@@ -32,6 +32,7 @@ def test_pipeline_produces_summary_report_and_plots(finished_run):
         "method",
         "ratio",
         "recovery",
+        "training_seed",
         "task",
         "type",
         "metric",

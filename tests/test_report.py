@@ -386,10 +386,15 @@ def test_html_report_captions_are_the_report_captions():
     import textwrap
     from pathlib import Path
 
-    from layerprune.report import CAPTIONS
+    from layerprune.report import CAPTIONS, COVERAGE
 
     level = "{{ (snakemake.config['report']['confidence'] * 100) | round | int }}%"
+    # what the intervals cover follows recovery.seeds, as report.md's caption follows the results' seeds
+    coverage = (
+        f"{{{{ '{COVERAGE[True]}' if (snakemake.config['recovery'].get('seeds') or []) | length > 1 "
+        f"else '{COVERAGE[False]}' }}}}"
+    )
     folder = Path(__file__).resolve().parents[1] / "workflow" / "report"
     for name, text in CAPTIONS.items():
-        expected = textwrap.fill(text.replace("{level}", level), 118) + "\n"
+        expected = textwrap.fill(text.replace("{level}", level).replace("{coverage}", coverage), 118) + "\n"
         assert (folder / f"{name}.rst").read_text() == expected, name

@@ -3,11 +3,15 @@
 "Retention" has one meaning: the chance-normalised ratio of means with paired intervals described in
 retention.py (retention.csv, retention_by_type.csv, the first screen). The plain value ÷ dense value of
 one row is summary.csv's `value_ratio`, never called retention.
+
+With several training seeds (recovery.seeds) summary.csv has one row per seed (`training_seed`), and
+every retention, finding and plot is the mean over seeds, its interval resampling seeds then items.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +23,7 @@ COLUMNS = [
     "method",
     "ratio",
     "recovery",
+    "training_seed",
     "task",
     "type",
     "metric",
@@ -109,6 +114,7 @@ def collect(result_paths: list[str | Path] | list[dict]) -> pd.DataFrame:
             raise KeyError(f"{path} lacks {missing}; was it written by `layerprune evaluate`?")
         rows.append({key: result[key] for key in COLUMNS if key in result})
     table = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c != "value_ratio"])  # absent: NaN
+    table["training_seed"] = table["training_seed"].astype("Int64")  # empty where nothing was trained
     dense = table[table["method"] == "dense"].set_index(["model", "task"])["value"]
     if dense.index.has_duplicates:
         raise ValueError("more than one dense result for a (model, task)")
@@ -118,8 +124,14 @@ def collect(result_paths: list[str | Path] | list[dict]) -> pd.DataFrame:
         return row["value"] / base if base and not math.isnan(base) else math.nan
 
     table["value_ratio"] = table.apply(value_ratio, axis=1)
-    table = table.sort_values(["model", "task", "method", "ratio", "recovery"], key=_dense_first)
+    table = table.sort_values(["model", "task", "method", "ratio", "recovery", "training_seed"], key=_dense_first)
     return table[COLUMNS].reset_index(drop=True)
+
+
+def _replicate(training_seed, study_seed: int) -> str:
+    from layerprune.settings import replicate_suffix
+
+    return "" if pd.isna(training_seed) else replicate_suffix(int(training_seed), study_seed)
 
 
 def _dense_first(column: pd.Series) -> pd.Series:
@@ -140,7 +152,12 @@ def plot_task(
     plt = _pyplot()
     rows = table[(table["model"] == model) & (table["task"] == task)]
     dense = rows[rows["method"] == "dense"]
-    pruned = rows[rows["method"] != "dense"]
+    # several training seeds (recovery.seeds): the mean over seeds, with the mean of their standard errors
+    pruned = (
+        rows[rows["method"] != "dense"]
+        .groupby(["method", "recovery", "ratio"], as_index=False)
+        .agg(value=("value", "mean"), stderr=("stderr", "mean"))
+    )
     methods = sorted(pruned["method"].unique())
     ratios = sorted(
         float(r) for r in table.loc[(table["model"] == model) & (table["method"] != "dense"), "ratio"].unique()
@@ -258,7 +275,8 @@ def layer_counts(score_paths: list[str | Path]) -> dict[str, int]:
 def recovery_records(folders: list[str | Path]) -> list[dict]:
     """Each recovered checkpoint's recovery.json (loss curves), placed by its folder's last four parts.
 
-    The folder is <...>/<model>/<method>/<ratio>/<recovery>, as the recover rule writes it.
+    The folder is <...>/<model>/<method>/<ratio>/<recovery>[-seed<s>], as the recover rule writes it; the
+    training seed is the one the record says it trained with.
     """
     records = []
     for folder in map(Path, folders):
@@ -266,22 +284,52 @@ def recovery_records(folders: list[str | Path]) -> list[dict]:
         if not record_path.is_file():
             raise FileNotFoundError(f"{record_path}: a recovered checkpoint without its recovery.json")
         record = read_json(record_path)
-        model, method, ratio, recovery = folder.parts[-4:]
-        records.append({**record, "model": model, "method": method, "ratio": float(ratio), "recovery": recovery})
+        model, method, ratio, name = folder.parts[-4:]
+        recovery = re.sub(r"-seed[0-9]+$", "", name)
+        records.append(
+            {
+                **record, "model": model, "method": method, "ratio": float(ratio), "recovery": recovery,
+                "training_seed": (record.get("settings") or {}).get("seed"),
+            }
+        )  # fmt: skip
     return records
 
 
-def intro_lines(level: str, bootstrap_samples: int, seed: int, task_weighting: str) -> list[str]:
-    """The report's definitions: retention, drop, what the brackets are and what they leave out."""
-    return [
+def intro_lines(
+    level: str, bootstrap_samples: int, seed: int, task_weighting: str, training_seeds: list[int] | None = None
+) -> list[str]:
+    """The report's definitions: retention, drop, what the brackets are and what they cover.
+
+    `training_seeds`: the seeds the recoveries were trained with (recovery.seeds); with more than one, the
+    intervals resample them too, and the text says so.
+    """
+    text = (
         "Retention = mean chance-normalised score of a pruned variant ÷ the same for the dense model, over a task "
         "type's informative tasks (score − chance) / (1 − chance); 1.00 = nothing lost. Drop = mean score lost, in "
-        f"points. {weighting_line(task_weighting)} Brackets: {level} paired-bootstrap intervals "
+        f"points. {weighting_line(task_weighting)} "
+    )
+    if training_seeds and len(training_seeds) > 1:
+        seeds = ", ".join(map(str, training_seeds))
+        return [
+            text + f"Each trained recovery ran once per training seed (recovery.seeds: {seeds}); its value is the "
+            f"mean over its seeds. Brackets: {level} two-stage paired-bootstrap intervals ({bootstrap_samples} "
+            "resamples: first the recovery's training seeds, with replacement, then each task's items, the same "
+            f"items for every variant and the dense model; seed {seed}). The intervals cover the variation between "
+            "training seeds and the sampling of evaluation items: not the variation between calibration sets or "
+            "between task choices. No recovery (none) trains nothing, so its intervals cover the items only.",
+        ]
+    return [
+        text + f"Brackets: {level} paired-bootstrap intervals "
         f"({bootstrap_samples} resamples of each task's items, the same for every variant; seed {seed}). "
         "The intervals cover the sampling of evaluation items only: not the variation between training seeds of a "
-        "recovery, between calibration sets or between task choices; a difference decided here may not survive "
-        "another seed.",
+        "recovery (one seed was trained; recovery.seeds trains several), between calibration sets or between task "
+        "choices; a difference decided here may not survive another seed.",
     ]
+
+
+def training_seeds_of(results: list[dict]) -> list[int]:
+    """The distinct training seeds among the results (recovered checkpoints only), in order."""
+    return sorted({int(r["training_seed"]) for r in results if r.get("training_seed") is not None})
 
 
 def weighting_line(task_weighting: str) -> str:
@@ -362,8 +410,12 @@ def aggregate(
     timing = report.time_table(benchmark_paths or [])
     with atomic_path(out_dir / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
+    # keyed as the results are filed: another training seed than the study's adds -seed<s> to the recovery
     metrics = {
-        f"{r.model}/{r.method}/{r.ratio}/{r.recovery}/{r.task}": {"value": r.value, "value_ratio": r.value_ratio}
+        f"{r.model}/{r.method}/{r.ratio}/{r.recovery}{_replicate(r.training_seed, seed)}/{r.task}": {
+            "value": r.value,
+            "value_ratio": r.value_ratio,
+        }
         for r in table.itertuples()
     }
     write_json(out_dir / "metrics.json", metrics)
@@ -405,18 +457,20 @@ def aggregate(
     per_type = stats.per_type
     ratios = report.headline_ratios(per_type, headline_ratio)
     level = f"{confidence:.0%}"
+    seeds = training_seeds_of(results)
+    several = len(seeds) > 1
     lines = [
         "# layerprune report",
         "",
         *sandbox_isolation_lines(results),
-        *intro_lines(level, bootstrap_samples, seed, task_weighting),
+        *intro_lines(level, bootstrap_samples, seed, task_weighting, seeds),
         "",
         "## Findings",
         "",
     ]
     findings = report.findings_table(verdicts, confidence)
     lines += [markdown_table(findings) if len(findings) else "_No pruned variant has been evaluated._", ""]
-    intro = intro_lines(level, bootstrap_samples, seed, task_weighting)
+    intro = intro_lines(level, bootstrap_samples, seed, task_weighting, seeds)
     lines += [
         "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
         "undecided: it covers 0.",
@@ -444,7 +498,7 @@ def aggregate(
         "",
     ]
     lines += report.excluded_lines(stats) + [""]
-    notes = [weighting_line(task_weighting), "", *report.excluded_lines(stats), "", report.caption("headline", level)]
+    notes = [weighting_line(task_weighting), "", *report.excluded_lines(stats), "", report.caption("headline", level, several)]
     rst = landing_rst(intro, findings, headline, notes)
     with atomic_path(out_dir / "report.rst") as tmp:
         tmp.write_text(rst)
@@ -454,7 +508,7 @@ def aggregate(
     lines += [
         f"![retention against the pruning ratio]({report.HEADLINE_PNG})",
         "",
-        report.caption("headline", level),
+        report.caption("headline", level, several),
         "",
     ]
     if len(timing):

@@ -263,6 +263,16 @@ def evaluate_classification(
     }
 
 
+def training_seed(model_dir: str | Path) -> int | None:
+    """The seed a recovered checkpoint was trained with (its recovery.json); None for a checkpoint never trained
+    here (the dense model, a pruned one without recovery). With recovery.seeds the report tells replicates apart by it."""
+    record = Path(model_dir) / "recovery.json"
+    if not record.is_file():
+        return None
+    seed = (read_json(record).get("settings") or {}).get("seed")
+    return int(seed) if seed is not None else None
+
+
 def evaluate_checkpoint(
     model_dir: str | Path,
     task_path: str | Path,
@@ -284,7 +294,8 @@ def evaluate_checkpoint(
     """Evaluate the checkpoint in `model_dir` on the prepared task in `task_path`.
 
     The result describes itself, so the aggregate step needs nothing but the result files: the
-    `variant` (model, method, ratio, recovery), the chance level (`chance`, tasks.<task>.chance,
+    `variant` (model, method, ratio, recovery), the `training_seed` of a recovered checkpoint (from its
+    recovery.json; None otherwise), the chance level (`chance`, tasks.<task>.chance,
     else 1/choices or 0; `chance_source` says which), the dtype the weights were evaluated in, the
     prompting used and every evaluation `settings` value. `backend` (hf or vllm) is the model
     lm-eval runs classification tasks on; generative tasks always use transformers.
@@ -334,6 +345,7 @@ def evaluate_checkpoint(
         "prompting": "fewshot" if task["type"] == "classification" else prompting,
         **result,
     }
+    result["training_seed"] = training_seed(model_dir)
     result["chance"], result["chance_source"] = task_chance({**result, "chance": chance}, f"{task_name} on {model_dir}")
     result["settings"] = dict(settings) if settings is not None else {}
     write_json(out_path, result)

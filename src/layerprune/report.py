@@ -43,13 +43,13 @@ CAPTIONS = {
     "headline": (
         "Retention (chance-normalised ratio of means over each type's informative tasks; dense = 1, chance = 0) "
         "against the fraction of layers removed (k layers on the top axis): one panel per task type for each model "
-        "and method, one colour and marker per recovery. Bands: {level} paired-bootstrap intervals over the "
-        "evaluated items (not over training seeds)."
+        "and method, one colour and marker per recovery. Bands: {level} paired-bootstrap intervals {coverage}."
     ),
     "task": (
         "Each task's metric against the fraction of layers removed (k layers on the top axis), one panel per "
         "method, one colour and marker per recovery; dashed: the dense model; dotted: chance. Error bars: ±1 "
-        "standard error of the mean over the task's items (the result's stderr), not a confidence interval."
+        "standard error of the mean over the task's items (the result's stderr), not a confidence interval; with "
+        "several training seeds (recovery.seeds), the mean over seeds of the values and of their standard errors."
     ),
     "degeneration": (
         "Degeneration of generated text per model and task (never averaged over tasks): rep-2/3/4 (share of "
@@ -63,15 +63,23 @@ CAPTIONS = {
     ),
     "loss": (
         "Recovery training loss against the optimizer step, one panel per recovered checkpoint titled model · "
-        "method · ratio · recovery; solid: training loss (logged steps), dashed with markers: held-out eval loss "
-        "(recovery.eval_fraction > 0 only). One training run each, no interval."
+        "method · ratio · recovery (and its training seed where recovery.seeds trains several); solid: training "
+        "loss (logged steps), dashed with markers: held-out eval loss (recovery.eval_fraction > 0 only). One "
+        "training run each, no interval."
     ),
 }
 
 
-def caption(name: str, level: str = "95%") -> str:
-    """A figure's caption (see CAPTIONS), with the interval level filled in."""
-    return "*" + CAPTIONS[name].format(level=level) + "*"
+# What a figure's intervals cover: one training seed, or several (recovery.seeds), resampled first.
+COVERAGE = {
+    False: "over the evaluated items (not over training seeds: one seed was trained)",
+    True: "over the training seeds of each recovery (recovery.seeds), then the evaluated items",
+}
+
+
+def caption(name: str, level: str = "95%", several_seeds: bool = False) -> str:
+    """A figure's caption (see CAPTIONS), with the interval level and what the intervals cover filled in."""
+    return "*" + CAPTIONS[name].format(level=level, coverage=COVERAGE[several_seeds]) + "*"
 
 
 def diagnostics_tables(
@@ -80,7 +88,8 @@ def diagnostics_tables(
     """(degeneration per generative result, error-bucket counts per code result, arithmetic breakdown)."""
     degeneration_rows, bucket_rows, arithmetic_rows = [], [], []
     for result in results:
-        variant = {k: result[k] for k in VARIANT} | {"task": result["task"]}
+        variant = {k: result[k] for k in VARIANT} | {"training_seed": result.get("training_seed")}
+        variant["task"] = result["task"]
         samples = result.get("samples") or []
         if result.get("type") == "generative":
             row = degeneration(samples, max_texts=self_bleu_max_texts, seed=seed)
@@ -92,18 +101,23 @@ def diagnostics_tables(
         for row in breakdown.to_dict("records"):
             arithmetic_rows.append(variant | row)
     degeneration_frame = pd.DataFrame(
-        degeneration_rows, columns=[*VARIANT, "task", *(f"rep_{n}" for n in REP_N), "self_bleu", "n_texts"]
+        degeneration_rows,
+        columns=[*VARIANT, "training_seed", "task", *(f"rep_{n}" for n in REP_N), "self_bleu", "n_texts"],
     )
     buckets = pd.DataFrame(bucket_rows)
     if len(buckets):
-        buckets = buckets.fillna(0)
-        extra = [c for c in buckets.columns if c not in [*VARIANT, "task", *ERROR_BUCKETS]]
-        buckets = buckets[[*VARIANT, "task", *ERROR_BUCKETS, *extra]]
+        seeds = buckets["training_seed"]
+        buckets = buckets.fillna(0).assign(training_seed=seeds)  # a bucket never hit counts 0; a seed stays empty
+        extra = [c for c in buckets.columns if c not in [*VARIANT, "training_seed", "task", *ERROR_BUCKETS]]
+        buckets = buckets[[*VARIANT, "training_seed", "task", *ERROR_BUCKETS, *extra]]
     else:
-        buckets = pd.DataFrame(columns=[*VARIANT, "task", *ERROR_BUCKETS])
+        buckets = pd.DataFrame(columns=[*VARIANT, "training_seed", "task", *ERROR_BUCKETS])
     arithmetic = pd.DataFrame(
-        arithmetic_rows, columns=[*VARIANT, "task", "operation", "digits", "n", "accuracy", "first_digit_accuracy"]
+        arithmetic_rows,
+        columns=[*VARIANT, "training_seed", "task", "operation", "digits", "n", "accuracy", "first_digit_accuracy"],
     )
+    for frame in (degeneration_frame, buckets, arithmetic):
+        frame["training_seed"] = frame["training_seed"].astype("Int64")  # empty where nothing was trained
     return degeneration_frame, buckets, arithmetic
 
 
@@ -206,7 +220,8 @@ def _note(out_path: Path, text: str) -> None:
 
 
 def _variant_label(row) -> str:
-    return f"{row['method']} {row['ratio']:g} {row['recovery']}"
+    seed = row.get("training_seed")
+    return f"{row['method']} {row['ratio']:g} {row['recovery']}" + ("" if pd.isna(seed) else f" seed {seed}")
 
 
 def plot_retention_by_ratio(
@@ -330,7 +345,8 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path, num_layers: dict[str,
     for block, (model, task) in enumerate(blocks):
         rows = frame[(frame["model"] == model) & (frame["task"] == task)]
         dense = rows[rows["method"] == "dense"]
-        pruned = rows[rows["method"] != "dense"]
+        # several training seeds (recovery.seeds): one line per recovery, the mean over its seeds
+        pruned = rows[rows["method"] != "dense"].groupby(["method", "recovery", "ratio"], as_index=False)[measures].mean()
         ratios = sorted(
             float(r) for r in frame.loc[(frame["model"] == model) & (frame["method"] != "dense"), "ratio"].unique()
         )
@@ -380,7 +396,10 @@ def plot_loss_curves(records: list[dict[str, Any]], out_path: Path) -> bool:
         out_path.with_suffix(".svg").unlink(missing_ok=True)
         return False
     plt = _pyplot()
-    records = sorted(records, key=lambda r: (r["model"], r["method"], float(r["ratio"]), r["recovery"]))
+    records = sorted(
+        records, key=lambda r: (r["model"], r["method"], float(r["ratio"]), r["recovery"], r.get("training_seed") or 0)
+    )
+    several = len({r.get("training_seed") for r in records}) > 1
     columns = 2 if len(records) > 1 else 1
     rows = math.ceil(len(records) / columns)
     figure, axes = plt.subplots(
@@ -396,7 +415,10 @@ def plot_loss_curves(records: list[dict[str, Any]], out_path: Path) -> bool:
                 [e["step"] for e in held_out], [e["eval_loss"] for e in held_out], color=style["color"],
                 marker=style["marker"], linestyle="--", label="held-out eval",
             )  # fmt: skip
-        axis.set_title(f"{record['model']} · {record['method']} · {float(record['ratio']):g} · {record['recovery']}")
+        seed = f" · seed {record.get('training_seed')}" if several else ""
+        axis.set_title(
+            f"{record['model']} · {record['method']} · {float(record['ratio']):g} · {record['recovery']}{seed}"
+        )
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
     for axis in axes[:, 0]:

@@ -21,6 +21,15 @@ the mean over the same tasks of (dense score − variant score), in points (0-10
 
 A resample whose normalised dense mean is not positive has no retention; such draws are counted
 (`nan_draws`) and left out of the interval, never dropped silently.
+
+Training seeds (recovery.seeds): a trained recovery evaluated once per training seed is one variant
+whose score on a task is the mean over its seeds. Its intervals are a two-stage (hierarchical)
+bootstrap: each resample first draws the variant's seeds with replacement (the same draw for all of
+the variant's tasks: one checkpoint per seed answers them all), then uses the items' resample shared
+with the dense model, so the intervals cover seed variance as well as item sampling. Different
+variants draw their seeds independently (separate training runs), seeded from `seed` and the
+variant. With one seed the first stage draws that seed every time: the intervals are those of the
+items alone, exactly.
 """
 
 from __future__ import annotations
@@ -224,6 +233,7 @@ class Paired:
     variant_draws: np.ndarray
     dense_draws: np.ndarray
     n: int
+    seeds: tuple = ()  # the training seeds pooled (recovery.seeds); () when none was recorded
 
 
 def paired_means(base: TaskBase, variant_result: dict[str, Any]) -> Paired | None:
@@ -252,6 +262,40 @@ def paired_means(base: TaskBase, variant_result: dict[str, Any]) -> Paired | Non
         variant_draws=variant_draws,
         dense_draws=dense_draws,
         n=len(shared),
+    )
+
+
+def seed_weights(seeds: list[Any], settings: BootstrapSettings, *key: Any) -> np.ndarray:
+    """(samples, len(seeds)) counts: resample b draws training seed j weights[b, j] times (the bootstrap's first
+    stage). All ones for one seed; seeded per variant `key`, on a stream of its own, so the items' resamples
+    (resample_weights) are the same with or without several seeds."""
+    if len(seeds) == 1:
+        return np.ones((settings.samples, 1))
+    rng = np.random.default_rng([settings.seed, zlib.crc32("/".join(["training seeds", *map(str, key)]).encode())])
+    return rng.multinomial(len(seeds), np.full(len(seeds), 1 / len(seeds)), size=settings.samples).astype(float)
+
+
+def pool_seeds(pairs: dict[Any, Paired], counts: np.ndarray, order: list[Any]) -> Paired:
+    """One variant's per-seed means on a task as one: the mean over seeds, and per resample the mean over the
+    seeds that resample drew (`counts`, columns in `order`, the variant's seeds on all its tasks)."""
+    seeds = [seed for seed in order if seed in pairs]
+    if len(seeds) == 1 and counts.shape[1] == 1:
+        return pairs[seeds[0]]  # one seed: exactly the single run's numbers
+    drawn = counts[:, [order.index(seed) for seed in seeds]]
+    total = drawn.sum(axis=1)
+
+    def mean_drawn(per_seed: np.ndarray) -> np.ndarray:
+        products = np.where(drawn > 0, drawn * per_seed, 0.0)  # a seed not drawn contributes nothing, NaN or not
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, products.sum(axis=1) / total, np.nan)
+
+    return Paired(
+        variant=float(np.mean([pairs[s].variant for s in seeds])),
+        dense=float(np.mean([pairs[s].dense for s in seeds])),
+        variant_draws=mean_drawn(np.column_stack([pairs[s].variant_draws for s in seeds])),
+        dense_draws=mean_drawn(np.column_stack([pairs[s].dense_draws for s in seeds])),
+        n=min(pairs[s].n for s in seeds),
+        seeds=tuple(seeds),
     )
 
 
@@ -320,16 +364,48 @@ class Retention:
 
 TASK_COLUMNS = [
     *VARIANT, "task", "type", "metric", "value", "dense_value", "chance", "informative", "retention", "ci_low",
-    "ci_high", "drop_points", "drop_low", "drop_high", "value_ratio", "n", "nan_draws",
+    "ci_high", "drop_points", "drop_low", "drop_high", "value_ratio", "n", "nan_draws", "training_seeds",
 ]  # fmt: skip
 TYPE_COLUMNS = [
     *VARIANT, "type", "retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high", "tasks",
-    "excluded", "nan_draws", "draws",
+    "excluded", "nan_draws", "draws", "training_seeds",
 ]  # fmt: skip
 BASE_COLUMNS = [
     "model", "task", "type", "metric", "dense_value", "dense_mean", "dense_low", "dense_high", "chance",
     "chance_source", "n", "informative", "reason",
 ]  # fmt: skip
+
+
+def _seed_order(seed: Any) -> tuple:
+    return (seed is not None, seed if seed is not None else 0)
+
+
+def _seed_list(seeds: Any) -> str:
+    """The training seeds of a row as text ("0 1 2"); empty where none was recorded (no recovery)."""
+    return " ".join(str(seed) for seed in sorted(seeds, key=_seed_order) if seed is not None)
+
+
+def seed_replicates(results: list[dict[str, Any]]) -> dict[tuple, dict[Any, dict[str, Any]]]:
+    """(variant, task) -> training seed -> result, for every pruned variant (recovery.seeds: one result per seed).
+
+    A result without a `training_seed` (no recovery, or evaluated before results stored it) is the variant's
+    one run; two results of one variant and task with the same training seed are an error, never averaged.
+    """
+    replicates: dict[tuple, dict[Any, dict[str, Any]]] = {}
+    for result in results:
+        if result["method"] == "dense":
+            continue
+        variant = tuple(result[k] for k in VARIANT)
+        seed = result.get("training_seed")
+        by_seed = replicates.setdefault((variant, result["task"]), {})
+        if seed in by_seed:
+            name = "/".join(map(str, (*variant, result["task"])))
+            raise ValueError(
+                f"more than one result for {name} with training seed {seed}: each recovery.seeds replicate is "
+                "evaluated once"
+            )
+        by_seed[seed] = result
+    return replicates
 
 
 def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Retention:
@@ -344,15 +420,21 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
     task_rows: list[dict[str, Any]] = []
     paired: dict[tuple, dict[str, Paired]] = {}
     types: dict[tuple, str] = {}
-    for result in results:
-        if result["method"] == "dense":
-            continue
-        variant = tuple(result[k] for k in VARIANT)
-        base = bases.get((result["model"], result["task"]))
-        pair = paired_means(base, result) if base else None
+    replicates = seed_replicates(results)
+    variant_seeds: dict[tuple, list[Any]] = {}
+    for (variant, _), by_seed in replicates.items():
+        variant_seeds[variant] = sorted(set(variant_seeds.get(variant, [])) | set(by_seed), key=_seed_order)
+    counts = {variant: seed_weights(seeds, settings, *variant) for variant, seeds in variant_seeds.items()}
+    for (variant, task), by_seed in replicates.items():
+        first = next(iter(by_seed.values()))
+        base = bases.get((variant[0], task))
+        pairs = {seed: paired_means(base, result) for seed, result in by_seed.items()} if base else {}
+        pairs = {seed: pair for seed, pair in pairs.items() if pair is not None}
+        pair = pool_seeds(pairs, counts[variant], variant_seeds[variant]) if pairs else None
         row: dict[str, Any] = dict(zip(VARIANT, variant, strict=True))
-        row.update(task=result["task"], type=result.get("type", "unknown"), metric=result.get("metric", ""))
-        row.update(value=float(result["value"]), dense_value=base.dense_value if base else math.nan)
+        row.update(task=task, type=first.get("type", "unknown"), metric=first.get("metric", ""))
+        value = float(np.mean([float(r["value"]) for r in by_seed.values()]))  # the mean over training seeds
+        row.update(value=value, dense_value=base.dense_value if base else math.nan)
         row["value_ratio"] = row["value"] / row["dense_value"] if row["dense_value"] else math.nan
         row.update(chance=base.chance if base else math.nan, informative=bool(base and base.informative))
         row.update(n=pair.n if pair else 0, nan_draws=0)
@@ -365,8 +447,9 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
                 row["retention"] = single.retention
                 row["ci_low"], row["ci_high"] = interval(single.retention_draws, settings.confidence)
                 row["nan_draws"] = int(np.isnan(single.retention_draws).sum())
-            paired.setdefault(variant, {})[result["task"]] = pair
-        types[(variant, result["task"])] = row["type"]
+            paired.setdefault(variant, {})[task] = pair
+        row["training_seeds"] = _seed_list(by_seed)
+        types[(variant, task)] = row["type"]
         task_rows.append(row)
     per_task = pd.DataFrame(task_rows, columns=TASK_COLUMNS)
 
@@ -378,6 +461,7 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
         counted = [task for task in evaluated if task in paired.get(variant, {}) and bases[(model, task)].informative]
         row = dict(zip(VARIANT, variant, strict=True)) | {"type": task_type, "tasks": len(counted)}
         row.update(excluded=len(evaluated) - len(counted), draws=settings.samples)
+        row["training_seeds"] = _seed_list(variant_seeds.get(variant, []))
         if counted:
             combined = combine(
                 [bases[(model, t)] for t in counted], [paired[variant][t] for t in counted], settings.task_weighting
