@@ -498,7 +498,8 @@ def aggregate(
         "",
     ]
     lines += report.excluded_lines(stats) + [""]
-    notes = [weighting_line(task_weighting), "", *report.excluded_lines(stats), "", report.caption("headline", level, several)]
+    notes = [weighting_line(task_weighting), "", *report.excluded_lines(stats), ""]
+    notes.append(report.caption("headline", level, several))
     rst = landing_rst(intro, findings, headline, notes)
     with atomic_path(out_dir / "report.rst") as tmp:
         tmp.write_text(rst)

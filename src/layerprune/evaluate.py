@@ -265,7 +265,8 @@ def evaluate_classification(
 
 def training_seed(model_dir: str | Path) -> int | None:
     """The seed a recovered checkpoint was trained with (its recovery.json); None for a checkpoint never trained
-    here (the dense model, a pruned one without recovery). With recovery.seeds the report tells replicates apart by it."""
+    here (the dense model, a pruned one without recovery). With recovery.seeds the report tells replicates apart
+    by it."""
     record = Path(model_dir) / "recovery.json"
     if not record.is_file():
         return None

@@ -346,7 +346,8 @@ def plot_degeneration(frame: pd.DataFrame, out_path: Path, num_layers: dict[str,
         rows = frame[(frame["model"] == model) & (frame["task"] == task)]
         dense = rows[rows["method"] == "dense"]
         # several training seeds (recovery.seeds): one line per recovery, the mean over its seeds
-        pruned = rows[rows["method"] != "dense"].groupby(["method", "recovery", "ratio"], as_index=False)[measures].mean()
+        pruned = rows[rows["method"] != "dense"].groupby(["method", "recovery", "ratio"], as_index=False)
+        pruned = pruned[measures].mean()
         ratios = sorted(
             float(r) for r in frame.loc[(frame["model"] == model) & (frame["method"] != "dense"), "ratio"].unique()
         )
