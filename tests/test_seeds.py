@@ -227,3 +227,38 @@ def test_not_tested_stays_not_tested_with_seeds():
     entries = [e for e in recovery_study({0: 120, 1: 40}) if e["recovery"] != "none"]
     frame = findings(retention(entries, SETTINGS))
     assert frame[frame["statistic"] == "sgr − none generative retention"].iloc[0]["verdict"] == NOT_TESTED
+
+
+@pytest.mark.slow  # a real tiny run: 2 LoRA trainings and 10 evaluations, ~1-2 min on 2 cores
+def test_two_seeds_through_a_real_tiny_run(tmp_path):
+    """Each seed trains its own checkpoint (TRL gets the seed), each evaluation records it, the report pools them."""
+    from conftest import make_tiny_checkpoint
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+    from workflow_helpers import CHAT_TEMPLATE, TINY_STUDY, tiny_config
+
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    config = tiny_config(model_dir)
+    config["pruning"]["ratios"] = [0.5]
+    config["recovery"].update(methods=["none", "sgr"], seeds=[0, 1])
+    workdir = workflow_copy(tmp_path / "wf", config)
+    snakemake(workdir, "--cores", "2")
+    results = workdir / "results" / TINY_STUDY
+    recovered = results / "recovered" / "tiny" / "bi" / "0.5"
+    assert sorted(p.name for p in recovered.iterdir() if p.is_dir()) == ["sgr", "sgr-seed1"]
+    for name, seed in (("sgr", 0), ("sgr-seed1", 1)):
+        assert json.loads((recovered / name / "training_args.json").read_text())["seed"] == seed
+        evaluated = json.loads((results / "eval" / "tiny" / "bi" / "0.5" / name / "addition.json").read_text())
+        assert evaluated["training_seed"] == seed and evaluated["recovery"] == "sgr"
+    assert (
+        json.loads((results / "eval" / "tiny" / "bi" / "0.5" / "none" / "addition.json").read_text())["training_seed"]
+        is None
+    )
+    weights = [load_file(recovered / name / "model.safetensors") for name in ("sgr", "sgr-seed1")]
+    assert any(not (weights[0][k] == weights[1][k]).all() for k in weights[0])  # two trainings, not one copied
+    summary = pd.read_csv(results / "report" / "summary.csv")
+    assert sorted(summary.loc[summary["recovery"] == "sgr", "training_seed"].unique()) == [0, 1]
+    assert "recovery.seeds: 0, 1" in (results / "report" / "report.md").read_text()
