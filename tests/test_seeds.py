@@ -262,3 +262,26 @@ def test_two_seeds_through_a_real_tiny_run(tmp_path):
     summary = pd.read_csv(results / "report" / "summary.csv")
     assert sorted(summary.loc[summary["recovery"] == "sgr", "training_seed"].unique()) == [0, 1]
     assert "recovery.seeds: 0, 1" in (results / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow  # dry runs against the session's one real tiny run
+def test_adding_a_seed_to_a_finished_run_trains_only_that_seed(tiny_run, tmp_path):
+    """The study's own seed keeps its folders and settings: listing it plans nothing, adding one trains only it."""
+    from workflow_helpers import planned_jobs
+
+    workdir, config = tiny_run
+    same = copy.deepcopy(config)
+    same["recovery"]["seeds"] = [config["seed"]]
+    (workdir / "seeds.yaml").write_text(yaml.safe_dump(same))
+    assert planned_jobs(workdir, "--configfile", "seeds.yaml") == {}
+    more = copy.deepcopy(config)
+    more["recovery"]["seeds"] = [config["seed"], 7]
+    (workdir / "seeds.yaml").write_text(yaml.safe_dump(more))
+    # 2 ratios x (data, sgr) trained with seed 7, each evaluated on 2 tasks; none is not replicated
+    assert planned_jobs(workdir, "--configfile", "seeds.yaml") == {
+        "recover": 4,
+        "evaluate_variant": 8,
+        "aggregate": 1,
+        "all": 1,
+    }
+    (workdir / "seeds.yaml").unlink()
