@@ -285,3 +285,40 @@ def test_adding_a_seed_to_a_finished_run_trains_only_that_seed(tiny_run, tmp_pat
         "all": 1,
     }
     (workdir / "seeds.yaml").unlink()
+
+
+@pytest.mark.slow  # the real aggregate rule and `snakemake --report` on fixture results: ~20 s
+def test_html_report_says_seed_variance_is_covered(tmp_path):
+    """The HTML report's captions follow recovery.seeds as report.md's follow the results' seeds."""
+    from test_report import _result
+    from test_workflow import GRID
+
+    config = copy.deepcopy(GRID)
+    config["scoring"]["methods"] = ["reverse"]
+    config["pruning"]["ratios"] = [0.25]
+    config["recovery"].update(methods=["none", "sgr"], seeds=[0, 1])
+    config["report"] = {"bootstrap_samples": 100}
+    del config["tasks"]["humaneval"]
+    workdir = workflow_copy(tmp_path / "wf", config)
+    (model,) = config["models"]
+    cells = [("dense", "none", None), ("reverse/0.25/none", "none", None)]
+    cells += [("reverse/0.25/sgr", "sgr", 0), ("reverse/0.25/sgr-seed1", "sgr", 1)]
+    for task, settings in config["tasks"].items():
+        for where, recovery, seed in cells:
+            method, ratio = ("dense", 0.0) if where == "dense" else ("reverse", 0.25)
+            value = 0.8 if method == "dense" else 0.5 + 0.1 * (seed or 0)
+            entry = _result("mc", method, ratio, recovery, value, recovery == "none")
+            entry.update(model=model, task=task, type=settings["type"], training_seed=seed)
+            write_json(workdir / f"results/default/eval/{model}/{where}/{task}.json", entry)
+    removal = {str(k): list(range(30 - k, 30)) for k in range(1, 30)}
+    scores = {"method": "reverse", "num_layers": 30, "scores": list(range(30)), "removal": removal}
+    write_json(workdir / f"results/default/scores/{model}/reverse.json", scores)
+    for name, seed in (("sgr", 0), ("sgr-seed1", 1)):
+        record = {"settings": {"seed": seed}, "loss_curve": [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 5)]}
+        write_json(workdir / f"results/default/recovered/{model}/reverse/0.25/{name}/recovery.json", record)
+    snakemake(workdir, "--cores", "1", "--allowed-rules", "aggregate", "all")
+    snakemake(workdir, "--report", "report.html", "--allowed-rules", "aggregate", "all")
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "over the training seeds of each recovery (recovery.seeds), then the evaluated items" in html
+    assert "not over training seeds" not in html
+    assert "recovery.seeds: 0, 1" in (workdir / "results/default/report/report.rst").read_text()
