@@ -49,7 +49,8 @@ COLLEAGUE_STEPS = readme_steps("a colleague who wants everything and to go on fr
 
 def sync_after_pull(cwd: Path) -> None:
     """The README's steps after `git clone` for a colleague who goes on from there, as typed: `dvc pull`
-    (unless done already), the BIG-bench sdist, `layerprune restore-mtimes`."""
+    (unless done already), the BIG-bench sdist, `layerprune restore-mtimes` (not `snakemake --touch`,
+    which left pulled directories it found up to date without a timestamp)."""
     for line in COLLEAGUE_STEPS:
         if line == "dvc pull" and (cwd / "results").exists():
             continue
@@ -62,7 +63,8 @@ def dry_run_jobs(output: str) -> set[tuple[str, str]]:
     for block in re.split(r"^(?:local)?rule ", output, flags=re.M)[1:]:
         rule, _, body = block.partition(":")
         outputs = re.search(r"^\s+output: (.*)$", body, flags=re.M)
-        jobs.add((rule.strip(), outputs.group(1).strip() if outputs else ""))
+        # (the outputs sorted: the order of a config's tasks orders the report's plots)
+        jobs.add((rule.strip(), ", ".join(sorted(outputs.group(1).strip().split(", "))) if outputs else ""))
     return jobs
 
 

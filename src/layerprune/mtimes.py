@@ -6,9 +6,7 @@ empty file that `.dvcignore` leaves out, or a hardlinked cache would make one in
 all). Snakemake then takes a directory's own mtime, which changes whenever DVC replaces a
 file in it (as `dvc repro` does to every linked output before it runs the stage), and re-runs
 whatever lies downstream of such a directory. `snakemake --touch` does not help: it touches
-only the jobs it finds out of date, one study at a time, so the directories it judged up to
-date keep no timestamp, and a second study's touch makes the outputs it shares newer than the
-first study's.
+only the jobs it finds out of date, so the directories it judged up to date keep no timestamp.
 
 Snakemake's provenance records (.snakemake/metadata, versioned by git beside dvc.lock) hold,
 for every output, its mtime when its job finished (`endtime`). Setting each output's mtime
