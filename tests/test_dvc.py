@@ -186,7 +186,7 @@ def alice(tiny_run, tmp_path_factory):
 
 
 def test_pulled_checkpoints_are_not_stored_twice(alice):
-    """cache.type (reflink, else hardlink): a pulled checkpoint is the cache's own file, not a copy."""
+    """cache.type (hardlink, else symlink): a pulled checkpoint is the cache's own file, not a copy."""
     repo, _, root = alice
     dave = root / "dave"
     run(["git", "clone", "-q", str(repo), str(dave)], cwd=root)
