@@ -3,17 +3,21 @@
 Alice's repository is a copy of the session's one real tiny run (conftest.tiny_run)
 with git and the repository's own DVC setup around it (.dvc/config, .dvcignore,
 .gitignore): the README's steps as typed, `dvc remote add`, `dvc repro` (Snakemake
-finds nothing to do, DVC records the outputs), `dvc push`. Bob clones it, `dvc pull`s,
-runs the documented sync step, and Snakemake has nothing left to do; a changed setting
-then plans in Bob's clone exactly what it plans in Alice's checkout.
+finds nothing to do, DVC records the outputs and links them to its cache: one copy on disk),
+`dvc push`. Bob clones it and types the README's colleague steps (`dvc pull`, the sdist,
+`layerprune restore-mtimes`), and Snakemake has nothing left to do; a changed setting then
+plans in Bob's clone exactly the jobs it plans in Alice's checkout.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,15 +37,93 @@ def dvc(cwd: Path, *args: str) -> str:
     return run([str(BIN / "dvc"), *args], cwd=cwd).stdout
 
 
+def readme_steps(comment: str) -> list[str]:
+    """The command lines under `# <comment>` in the README's DVC section, as typed (comments cut)."""
+    section = (REPO / "README.md").read_text().split("## Sharing results with DVC", 1)[1].split("\n## ", 1)[0]
+    block = section.split(f"# {comment}", 1)[1].split("\n\n", 1)[0].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines()[1:] if line.strip()]
+
+
+COLLEAGUE_STEPS = readme_steps("a colleague who wants everything and to go on from there")
+
+
 def sync_after_pull(cwd: Path) -> None:
-    """The README's step after `dvc pull`, once per study: DVC does not keep mtimes, so mark
-    what was pulled as up to date (in DAG order); the params each output was made with come
-    with the clone (.snakemake/metadata, versioned by git). The BIG-bench sdist is fetched
-    again first (a link into the user cache, not versioned)."""
-    run([str(BIN / "snakemake"), "--cores", "1", "resources/bigbench-1.0.0.tar.gz"], cwd=cwd)
-    run([str(BIN / "snakemake"), "--touch", "--cores", "1"], cwd=cwd)
-    if (cwd / "variant.yaml").exists():
-        run([str(BIN / "snakemake"), "--touch", "--cores", "1", "--configfile", "variant.yaml"], cwd=cwd)
+    """The README's steps after `git clone` for a colleague who goes on from there, as typed: `dvc pull`
+    (unless done already), the BIG-bench sdist, `layerprune restore-mtimes` (not `snakemake --touch`,
+    which left pulled directories it found up to date without a timestamp)."""
+    for line in COLLEAGUE_STEPS:
+        if line == "dvc pull" and (cwd / "results").exists():
+            continue
+        run(["bash", "-c", line], cwd=cwd)
+
+
+def dry_run_jobs(output: str) -> set[tuple[str, str]]:
+    """The jobs a Snakemake dry run or log lists: (rule, its outputs) for each."""
+    jobs = set()
+    for block in re.split(r"^(?:local)?rule ", output, flags=re.M)[1:]:
+        rule, _, body = block.partition(":")
+        outputs = re.search(r"^\s+output: (.*)$", body, flags=re.M)
+        # (the outputs sorted: the order of a config's tasks orders the report's plots)
+        jobs.add((rule.strip(), ", ".join(sorted(outputs.group(1).strip().split(", "))) if outputs else ""))
+    return jobs
+
+
+def planned(cwd: Path, *args: str) -> set[tuple[str, str]]:
+    """The jobs `snakemake -n` plans (rule, outputs): the same set, not just the same counts."""
+    result = run([str(BIN / "snakemake"), "-n", "--cores", "2", *args], cwd=cwd)
+    output = result.stdout + result.stderr
+    return set() if "Nothing to be done" in output else dry_run_jobs(output)
+
+
+def ran(cwd: Path, since: set[Path]) -> set[tuple[str, str]]:
+    """The jobs the Snakemake runs whose logs are not in `since` ran."""
+    logs = set((cwd / ".snakemake" / "log").glob("*.snakemake.log")) - since
+    return set().union(*(dry_run_jobs(log.read_text()) for log in logs))
+
+
+def snakemake_logs(cwd: Path) -> set[Path]:
+    return set((cwd / ".snakemake" / "log").glob("*.snakemake.log"))
+
+
+def cache_inodes(repo: Path) -> dict[int, Path]:
+    return {p.stat().st_ino: p for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()}
+
+
+def outputs(repo: Path) -> list[Path]:
+    """The files DVC versions in results/ and resources/bigbench (Snakemake's timestamps left out)."""
+    return [
+        p
+        for top in ("results", "resources/bigbench")
+        for p in (repo / top).rglob("*")
+        if p.is_file() and p.name != ".snakemake_timestamp"
+    ]
+
+
+def disk_bytes(*trees: Path) -> int:
+    """Bytes the files under `trees` take, each inode once (what `du` counts)."""
+    sizes = {}
+    for tree in trees:
+        for p in tree.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                stat = p.stat()
+                sizes[stat.st_dev, stat.st_ino] = stat.st_size
+    return sum(sizes.values())
+
+
+def assert_cache_intact(repo: Path) -> None:
+    """Each file in the cache still has the content its name (the md5) says: nothing wrote into it."""
+    for path in cache_inodes(repo).values():
+        if path.suffix != ".dir":
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+            assert digest == path.parent.name + path.name, f"the cache file {path} was changed in place"
+
+
+def assert_one_copy(repo: Path) -> None:
+    """Every versioned file is the cache's own file (a hardlink), and the cache is intact."""
+    cached = cache_inodes(repo)
+    copies = [p.relative_to(repo).as_posix() for p in outputs(repo) if p.stat().st_ino not in cached]
+    assert not copies, f"{len(copies)} files are copies beside the cache, e.g. {copies[:3]}"
+    assert_cache_intact(repo)
 
 
 def with_setting(repo: Path, key: str, value) -> str:
@@ -89,6 +171,13 @@ def alice(tiny_run, tmp_path_factory):
     dvc(repo, "repro")
     assert summary.stat().st_mtime_ns == mtime
     assert planned_jobs(repo) == {} and planned_jobs(repo, "--configfile", "variant.yaml") == {}
+    # one copy on disk: DVC linked what it versions to its cache (with `reflink,hardlink,copy`, on a file
+    # system without reflinks, every file stayed a copy beside its cached twin: twice the bytes)
+    assert_one_copy(repo)
+    workspace = disk_bytes(repo / "results", repo / "resources" / "bigbench")
+    together = disk_bytes(repo / "results", repo / "resources" / "bigbench", repo / ".dvc" / "cache")
+    print(f"after dvc repro: results+resources {workspace} bytes, with the cache {together} bytes")
+    assert together < 1.05 * workspace
     assert (repo / "results" / "variant" / "report" / "summary.csv").is_file()
     dvc(repo, "push")
     git(repo, "add", "-A")
@@ -97,7 +186,7 @@ def alice(tiny_run, tmp_path_factory):
 
 
 def test_pulled_checkpoints_are_not_stored_twice(alice):
-    """cache.type (reflink, else hardlink): a pulled checkpoint is the cache's own file, not a copy."""
+    """cache.type (hardlink, else symlink): a pulled checkpoint is the cache's own file, not a copy."""
     repo, _, root = alice
     dave = root / "dave"
     run(["git", "clone", "-q", str(repo), str(dave)], cwd=root)
@@ -139,9 +228,10 @@ def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
     plots = json.loads(dvc(bob, "plots", "show", "--json"))
     assert list(plots["data"]) == [f"{RESULTS}/report/summary.csv"] and not plots.get("errors"), plots.get("errors")
     assert not sdist.exists()
+    assert_one_copy(bob)  # pulled files are the cache's own
     sync_after_pull(bob)
     assert sdist.is_symlink()  # fetched again, into its place in the DAG: nothing re-extracted
-    assert planned_jobs(bob) == {} and planned_jobs(bob, "--configfile", "variant.yaml") == {}
+    assert planned(bob) == set() and planned(bob, "--configfile", "variant.yaml") == set()
     # a changed setting plans in the clone exactly the jobs it plans in the origin (on 626b338, none
     # or a few, as the pull's mtimes had it: the clone had no record of the params of its outputs)
     for key, value, reached in [
@@ -149,10 +239,11 @@ def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
         ("recovery.learning_rate", 0.002, {"recover": 4, "evaluate_variant": 8, "aggregate": 1, "all": 1}),
         ("tasks.addition.limit", 5, {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 6}),
     ]:
-        origin = planned_jobs(repo, "--configfile", with_setting(repo, key, value))
+        origin = planned(repo, "--configfile", with_setting(repo, key, value))
         (repo / "changed.yaml").unlink()
-        assert planned_jobs(bob, "--configfile", with_setting(bob, key, value)) == origin, key
-        assert reached.items() <= origin.items(), (key, origin)
+        assert planned(bob, "--configfile", with_setting(bob, key, value)) == origin, key
+        counts = {rule: sum(1 for r, _ in origin if r == rule) for rule in reached}
+        assert counts == reached, (key, sorted(origin))
 
 
 def test_dvc_lock_records_only_settings_the_outputs_were_made_with(alice):
@@ -160,19 +251,59 @@ def test_dvc_lock_records_only_settings_the_outputs_were_made_with(alice):
     the lock's params and the pulled-then-remade outputs agree (on 626b338 the lock said limit 3
     while every evaluation still held the old n)."""
     repo, _, root = alice
+    origin = planned(repo, "--configfile", with_setting(repo, "tasks.knowledge.limit", 3))
+    (repo / "changed.yaml").unlink()
     carol = root / "carol-repro"
     run(["git", "clone", "-q", str(repo), str(carol)], cwd=root)
-    dvc(carol, "pull")
     sync_after_pull(carol)
     config = yaml.safe_load((carol / "config.yaml").read_text())
     config["tasks"]["knowledge"]["limit"] = 3
     (carol / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    before = snakemake_logs(carol)
     dvc(carol, "repro")
+    # exactly the jobs the change plans in the origin ran (with `snakemake --touch` as the sync step, 22 jobs
+    # instead of these 10: DVC replaced the files of a pulled directory that the touch had left without a
+    # timestamp, and everything downstream of the dense model looked out of date)
+    assert ran(carol, before) == origin, sorted(ran(carol, before) ^ origin)
     lock = yaml.safe_load((carol / "dvc.lock").read_text())["stages"]["pipeline"]
     assert lock["params"]["config.yaml"]["tasks"]["knowledge"]["limit"] == 3
     for result in (carol / RESULTS / "eval").rglob("knowledge.json"):
         assert json.loads(result.read_text())["n"] == 3, result
-    assert planned_jobs(carol) == {}
+    assert planned(carol) == set() and planned(carol, "--configfile", "variant.yaml") == set()
+    assert_one_copy(carol)  # `dvc repro` copied every linked file before the run, and linked them again after
+
+
+def test_rerun_replaces_read_only_linked_outputs_and_leaves_the_cache_intact(alice, tmp_path):
+    """After `dvc repro`, outputs are read-only hardlinks into the cache. A plain `snakemake` re-run
+    replaces them (Snakemake deletes a job's outputs, `layerprune` renames a temporary into place): the
+    cache keeps its content, and `dvc commit` links the new files to it: one copy again."""
+    repo, _, _ = alice
+    origin = tmp_path / "origin"
+    subprocess.run(["cp", "-a", str(repo), str(origin)], check=True)  # keeps the hardlinks between results and cache
+    pruned = origin / RESULTS / "pruned" / "tiny" / "bi" / "0.5"
+    summary = origin / RESULTS / "report" / "summary.csv"
+    weights = next(pruned.glob("*.safetensors"))
+    for path in (weights, summary):  # DVC's links are read-only (mode 0444)
+        assert path.stat().st_nlink > 1 and not path.stat().st_mode & 0o222, path
+    old = {path: path.stat().st_ino for path in (weights, summary)}
+    # a directory output and the report's files, made again in place of their linked versions
+    run(
+        [
+            str(BIN / "snakemake"),
+            "--cores",
+            "2",
+            "-f",
+            str(pruned.relative_to(origin)),
+            str(summary.relative_to(origin)),
+        ],
+        cwd=origin,
+    )
+    for path, inode in old.items():
+        assert path.stat().st_ino != inode and path.stat().st_nlink == 1, path
+    assert_cache_intact(origin)
+    dvc(origin, "commit", "-f")
+    assert_one_copy(origin)
+    assert dvc(origin, "status").strip().startswith("Data and pipelines are up to date")
 
 
 def test_colleague_gets_the_selfgen_dataset_and_a_checkpoint_without_running_anything(alice, tmp_path):

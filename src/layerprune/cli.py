@@ -61,6 +61,12 @@ def cmd_fetch_bigbench(args: argparse.Namespace) -> None:
     fetch_bigbench_sdist(args.out)
 
 
+def cmd_restore_mtimes(args: argparse.Namespace) -> str:
+    from layerprune.mtimes import restore_mtimes
+
+    return restore_mtimes(".", args.metadata).line()
+
+
 def cmd_extract_bigbench(args: argparse.Namespace) -> None:
     from layerprune.data import extract_bigbench_task
 
@@ -339,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = stage("fetch-bigbench", cmd_fetch_bigbench, "Download and verify the bigbench 1.0.0 sdist.")
     sub.add_argument("--out", required=True, help="where the sdist is saved")
 
+    sub = stage(
+        "restore-mtimes",
+        cmd_restore_mtimes,
+        "After `dvc pull`: give every pulled output the modification time its Snakemake provenance record holds.",
+    )
+    sub.add_argument(
+        "--metadata", default=".snakemake/metadata", help="Snakemake's provenance records (versioned by git)"
+    )
+
     sub = stage("extract-bigbench", cmd_extract_bigbench, "Extract one BIG-bench task's JSON from the sdist.")
     sub.add_argument("--sdist", required=True, help="the bigbench sdist (fetch-bigbench's output)")
     sub.add_argument("--task", required=True, help="the task, e.g. arithmetic/1_digit_addition")
@@ -548,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header(args, argv), file=sys.stderr, flush=True)
     try:
-        args.func(args)
-        print(summary(args), flush=True)
+        said = args.func(args)  # a stage that writes no `--out` says what it did
+        print(said or summary(args), flush=True)
     finally:
         # the job's exact CPU time and peak memory, as the last line of its log (layerprune.usage)
         from layerprune.usage import usage_line
