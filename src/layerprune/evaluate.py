@@ -82,9 +82,10 @@ def token_budget_hflm(model, tokenizer, batch_size: int, max_batch_tokens: int |
 
     lm-eval 0.4's HFLM materialises log-softmax over [rows, length, vocab] beside the logits
     (`_loglikelihood_tokens`): MMLU 5-shot on Llama-3.1-8B at batch 32 is 2 x 32 x 2.5k x 128256
-    x 2 bytes = 41 GB. Its own `batch_size: auto` sizes a batch by trying allocations until one
-    does not run out of memory: on CPU that bounds nothing, on a GPU it picks whatever fit at that
-    moment. Here each batch's rows follow from its first request, which lm-eval sorts longest first
+    x 2 bytes = 41 GB. Its own `batch_size: auto` runs batches from 64 rows down until one raises
+    no out-of-memory error: on CPU that bounds nothing (Linux overcommits; a cgroup limit kills
+    the job instead), on a GPU it picks whatever fitted at that moment, so the batches (and their
+    rounding) vary by machine. Here each batch's rows follow from its first request, which lm-eval sorts longest first
     (so that request's length is the batch's padded length), through the per-batch hook `auto`
     uses (`_batch_scheduler`). Batching does not change a request's log-likelihood beyond kernel
     rounding: the inputs are right-padded and causal, so no real token sees the padding.
