@@ -6,10 +6,10 @@ is saved in bf16, then `layerprune.recover.recover_checkpoint(trainer="qlora")` 
 process for `--steps` steps with LoRA r=64 on all linear layers (paper.yaml's) on short
 prompt-completion rows. The child reports, from getrusage and /proc/self/status:
 
-* rss_at_merge_load_mb: RSS when the full-precision base for the merge starts loading
-  (`layerprune.recover.load_checkpoint` is wrapped): what training left behind;
-* peak_before_merge_mb: the peak up to that moment (training);
-* peak_mb: the peak of the whole step.
+* rss_at_merge_load_mb, peak_before_merge_mb: RSS when the full-precision base for the merge
+  starts loading (`layerprune.recover.load_checkpoint` is wrapped), and the peak up to then;
+* peak_through_merge_mb: the peak up to the end of the merge checks (`check_adapter_folded`);
+* peak_mb: the peak of the whole step (the save included).
 
 `--src DIR` imports layerprune from DIR instead (e.g. an older commit's `src`, extracted with
 `git archive <commit> src | tar -x -C /tmp/old`), to compare the two side by side:
@@ -43,12 +43,16 @@ def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 seen = {"rss_after_imports_mb": rss_mb()}
-load = recover.load_checkpoint
+load, folded = recover.load_checkpoint, recover.check_adapter_folded
 def watching(*args, **kwargs):
     seen.setdefault("rss_at_merge_load_mb", rss_mb())
     seen.setdefault("peak_before_merge_mb", peak_mb())
     return load(*args, **kwargs)
-recover.load_checkpoint = watching
+def merged(*args, **kwargs):
+    result = folded(*args, **kwargs)
+    seen["peak_through_merge_mb"] = peak_mb()
+    return result
+recover.load_checkpoint, recover.check_adapter_folded = watching, merged
 model_dir, data, out, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 record = recover.recover_checkpoint(
     model_dir, data, out, "sgr", trainer="qlora", lora_r=64, lora_alpha=16, lora_dropout=0.0,

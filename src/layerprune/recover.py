@@ -358,10 +358,24 @@ def snapshot_qlora(quantised_peft, adapter_dir: Path, probes: list[list[int]]) -
 
 
 def release_memory() -> None:
-    """Collect what was just dropped (a Trainer holds reference cycles) and hand CUDA's cached blocks back."""
+    """Collect what was just dropped (a Trainer holds reference cycles), give glibc's freed heap back to
+    the OS and CUDA's cached blocks back to the driver.
+
+    Without malloc_trim the freed training memory stays in glibc's arenas while the base's tensors are
+    allocated elsewhere: a QLoRA recover of a 109M-parameter Llama on CPU peaked at the same RSS with
+    or without the frees, and 175 MB lower with them and the trim (bench/qlora_merge_memory.py).
+    """
+    import ctypes
+    import ctypes.util
+
     import torch
 
     gc.collect()
+    libc = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(libc).malloc_trim(0)  # glibc only
+    except (OSError, AttributeError, TypeError):
+        pass
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
