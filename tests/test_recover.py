@@ -214,21 +214,24 @@ def test_qlora_merge_checks_catch_a_wrong_merge(base, sft_data, tmp_path):
         check_qlora_merge(fp_logits, other, trained, probes)
 
 
+@pytest.mark.parametrize("recovery", ["sgr", "kd"])
 def test_qlora_frees_the_4bit_model_optimizer_and_trainer_before_the_merge_base_loads(
-    base, sft_data, tmp_path, monkeypatch
+    base, sft_data, tmp_path, monkeypatch, recovery
 ):
     """The full-precision base the adapter is merged into loads on the training device only once the 4-bit
-    model (its quantised weights), the AdamW state and the trainer are gone (nothing references them; the
-    test collects no garbage itself), and the merge still passes its checks."""
+    model (its quantised weights), the AdamW state, the trainer and kd's teacher are gone (nothing references
+    them; the test collects no garbage itself), and the merge still passes its checks."""
     import gc
     import weakref
 
-    import trl
+    import transformers
 
-    from layerprune import recover
+    from layerprune import distill, recover
 
     alive: dict[str, weakref.ref] = {}
     load_quantised, load_checkpoint = recover.load_quantised, recover.load_checkpoint
+    load_teacher = distill.load_teacher
+    create_optimizer = transformers.Trainer.create_optimizer
 
     def recording_load_quantised(*args, **kwargs):
         model = load_quantised(*args, **kwargs)
@@ -236,12 +239,15 @@ def test_qlora_frees_the_4bit_model_optimizer_and_trainer_before_the_merge_base_
         alive["4-bit weight"] = weakref.ref(model.model.layers[0].mlp.down_proj.weight)
         return model
 
-    class Recording(trl.SFTTrainer):
-        def create_optimizer(self, *args, **kwargs):
-            optimizer = super().create_optimizer(*args, **kwargs)
-            alive["optimizer"] = weakref.ref(optimizer)
-            alive["trainer"] = weakref.ref(self)
-            return optimizer
+    def recording_load_teacher(*args, **kwargs):
+        teacher = load_teacher(*args, **kwargs)
+        alive["teacher"] = weakref.ref(teacher)
+        return teacher
+
+    def recording_create_optimizer(self, *args, **kwargs):
+        optimizer = create_optimizer(self, *args, **kwargs)
+        alive["optimizer"], alive["trainer"] = weakref.ref(optimizer), weakref.ref(self)
+        return optimizer
 
     at_merge = []
 
@@ -251,15 +257,18 @@ def test_qlora_frees_the_4bit_model_optimizer_and_trainer_before_the_merge_base_
 
     monkeypatch.setattr(recover, "load_quantised", recording_load_quantised)
     monkeypatch.setattr(recover, "load_checkpoint", checking_load_checkpoint)
-    monkeypatch.setattr(trl, "SFTTrainer", Recording)
+    monkeypatch.setattr(distill, "load_teacher", recording_load_teacher)
+    monkeypatch.setattr(transformers.Trainer, "create_optimizer", recording_create_optimizer)
+    teacher = {"teacher_dir": base} if recovery == "kd" else {}  # the model itself: same vocabulary
     gc.disable()  # a collection that happens to run inside the training loop must not do the code's work
     try:
         record = recover_checkpoint(
-            base, sft_data, tmp_path / "out", "sgr", trainer="qlora", **{**SETTINGS, "max_steps": 1}
+            base, sft_data, tmp_path / "out", recovery, trainer="qlora", **{**SETTINGS, "max_steps": 1}, **teacher
         )
     finally:
         gc.enable()
-    assert at_merge == [dict.fromkeys(["4-bit model", "4-bit weight", "optimizer", "trainer"], False)], at_merge
+    held = ["4-bit model", "4-bit weight", "optimizer", "trainer"] + (["teacher"] if recovery == "kd" else [])
+    assert at_merge == [dict.fromkeys(held, False)], at_merge
     check = record["merge_check"]
     assert check["layers_checked"] == 14 and 0 < check["merge_gap"] <= 2.0 * check["quantisation_error"] + 1e-4
     assert len(record["loss_curve"]) == 1
