@@ -17,10 +17,12 @@ The other rules are computed (weights + the largest transient), for Llama-3.1-8B
 * recover (QLoRA, GPU): 4-bit weights (0.56 B/param with double quant) + LoRA r=64 params in
   fp32 with AdamW (16 B/param) + activations with gradient checkpointing; the merge then loads
   the bf16 base, once the 4-bit model, the optimizer and the trainer are freed;
-* evaluate (lm-eval, GPU): weights + lm-eval's [batch, length, vocab] logits and their log-softmax,
-  both in the model's dtype (bf16: transformers' lm_head does not upcast, lm-eval's softmax_dtype
-  is unset), so 2 x vocab x 2 bytes per token of the batch; `evaluation.max_batch_tokens` bounds
-  the tokens (paper.yaml: 8192), plus ~1 GB of one layer's activations at that size;
+* evaluate (lm-eval, GPU): weights + lm-eval's [batch, length, vocab] logits, their log-softmax
+  and the previous batch's log-softmax (still referenced while the next is computed), in the
+  model's dtype (bf16: transformers' lm_head does not upcast, lm-eval's softmax_dtype is unset),
+  so 3 x vocab x 2 bytes per token of the batch (the 3 measured on CPU by eval_logits_memory.py);
+  `evaluation.max_batch_tokens` bounds the tokens (paper.yaml: 4096), plus one layer's MLP
+  activations at that size;
 * host RAM (mem_mb): a GPU job loads the checkpoint on the host first (`load_checkpoint`), so its
   RSS peaks near the bf16 file plus ~4 GB (interpreter, torch, CUDA context).
 
@@ -147,14 +149,14 @@ def computed(prune_ratio: float) -> dict[str, dict[str, float]]:
         },
         **{
             f"evaluate lm-eval, batch {batch} x 2.5k tokens (GPU)": {
-                "gpu_gb": round(weights + 2 * batch * 2500 * m["vocab"] * 2 / GB, 1),
+                "gpu_gb": round(weights + 3 * batch * 2500 * m["vocab"] * 2 / GB, 1),
                 "host_gb": host,
             }
             for batch in (32, 4)
         },
-        "evaluate lm-eval, max_batch_tokens 8192 (GPU)": {
-            # + one layer's MLP activations at 8192 tokens (gate, up, act: 3 x 14336 x 2 B a token)
-            "gpu_gb": round(weights + 2 * 8192 * m["vocab"] * 2 / GB + 3 * 8192 * 14336 * 2 / GB, 1),
+        "evaluate lm-eval, max_batch_tokens 4096 (GPU)": {
+            # + one layer's MLP activations at 4096 tokens (gate, up, act: 3 x 14336 x 2 B a token)
+            "gpu_gb": round(weights + 3 * 4096 * m["vocab"] * 2 / GB + 3 * 4096 * 14336 * 2 / GB, 1),
             "host_gb": host,
         },
     }

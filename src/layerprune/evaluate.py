@@ -80,16 +80,18 @@ def token_budget_hflm(model, tokenizer, batch_size: int, max_batch_tokens: int |
     """lm-eval's HFLM around `model`, whose log-likelihood batches hold at most `max_batch_tokens`
     tokens (rows x the batch's longest request, padding included), and at most `batch_size` rows.
 
-    lm-eval 0.4's HFLM materialises log-softmax over [rows, length, vocab] beside the logits
-    (`_loglikelihood_tokens`): MMLU 5-shot on Llama-3.1-8B at batch 32 is 2 x 32 x 2.5k x 128256
-    x 2 bytes = 41 GB. Its own `batch_size: auto` runs batches from 64 rows down until one raises
-    no out-of-memory error: on CPU that bounds nothing (Linux overcommits; a cgroup limit kills
-    the job instead), on a GPU it picks whatever fitted at that moment, so the batches (and their
-    rounding) vary by machine. Here each batch's rows follow from its first request, which lm-eval sorts longest first
-    (so that request's length is the batch's padded length), through the per-batch hook `auto`
-    uses (`_batch_scheduler`). Batching does not change a request's log-likelihood beyond kernel
+    lm-eval 0.4's HFLM materialises log-softmax over [rows, length, vocab] beside the logits, and
+    the previous batch's log-softmax is still referenced while the next is computed
+    (`_loglikelihood_tokens`): 3 such tensors at the peak (bench/eval_logits_memory.py), so MMLU
+    5-shot on Llama-3.1-8B at batch 32 is 3 x 32 x 2.5k x 128256 x 2 bytes = 62 GB. Its own
+    `batch_size: auto` runs batches from 64 rows down until one raises no out-of-memory error: on
+    CPU that bounds nothing (Linux overcommits; a cgroup limit kills the job instead), on a GPU it
+    picks whatever fitted at that moment, so the batches (and their rounding) vary by machine.
+    Here each batch's rows follow from its first request, which lm-eval sorts longest first (so
+    that request's length is the batch's padded length), through the per-batch hook `auto` uses
+    (`_batch_scheduler`). Batching does not change a request's log-likelihood beyond kernel
     rounding: the inputs are right-padded and causal, so no real token sees the padding.
-    `batch_sizes` records the rows of each budgeted batch.
+    `batch_sizes_used` records the rows of each budgeted batch.
     """
     from lm_eval.models.huggingface import HFLM
 

@@ -681,8 +681,9 @@ class EvaluationSettings(Seeded, OnModel):
         None,
         help=(
             "classification on the hf backend: at most this many tokens (rows x the batch's longest request) per "
-            "lm-eval forward pass, which bounds the [rows, length, vocab] logits and log-softmax lm-eval holds "
-            "(2 x vocab x 2 bytes per token in bf16); batch_size stays the ceiling; null = batch_size alone"
+            "lm-eval forward pass, which bounds the [rows, length, vocab] tensors lm-eval holds (logits, their "
+            "log-softmax and the previous batch's: 3 x vocab x 2 bytes per token in bf16); batch_size stays the "
+            "ceiling; null = batch_size alone"
         ),
         schema={"minimum": 1},
     )
