@@ -259,3 +259,26 @@ def test_lm_eval_batches_are_sized_by_a_token_budget(checkpoint, monkeypatch):
             assert (ours["id"], ours["output"], ours["correct"]) == (theirs["id"], theirs["output"], theirs["correct"])
             assert ours["loglikelihoods"] == pytest.approx(theirs["loglikelihoods"], abs=1e-5)
     assert first_rows[0] > first_rows[1] > first_rows[2] >= 1, first_rows
+
+
+def test_cli_evaluate_passes_max_batch_tokens_to_lm_eval(checkpoint, tmp_path, monkeypatch):
+    """`layerprune evaluate --max-batch-tokens` (what the workflow's settings become) bounds lm-eval's batches
+    and is recorded in the result."""
+    from lm_eval.models.huggingface import HFLM
+
+    from layerprune.cli import main
+
+    shapes: list[tuple[int, int]] = []
+    model_call = HFLM._model_call
+    monkeypatch.setattr(
+        HFLM, "_model_call", lambda self, inps, *a, **k: shapes.append(inps.shape) or model_call(self, inps, *a, **k)
+    )
+    write_json(tmp_path / "task.json", long_task(30))
+    main(
+        ["evaluate", "--model", str(checkpoint), "--task-file", str(tmp_path / "task.json"), "--task-name", "long",
+         "--model-name", "tiny", "--batch-size", "8", "--max-batch-tokens", "80", "--dtype", "float32",
+         "--threads", "1", "--out", str(tmp_path / "r.json")]
+    )  # fmt: skip
+    assert len(shapes) > 2 and all(rows * length <= 80 or rows == 1 for rows, length in shapes), shapes
+    result = read_json(tmp_path / "r.json")
+    assert result["settings"]["max_batch_tokens"] == 80 and result["n"] == 10
