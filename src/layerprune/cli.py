@@ -296,6 +296,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         chance=settings.chance,
         settings=settings.to_dict(),
         backend=settings.backend,
+        max_batch_tokens=settings.max_batch_tokens,
     )
 
 

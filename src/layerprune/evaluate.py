@@ -68,6 +68,65 @@ def write_local_lm_eval_task(task: dict[str, Any], task_name: str, directory: st
     return lm_eval_name
 
 
+def budgeted_batch_size(longest: int, batch_size: int, max_batch_tokens: int | None) -> int:
+    """Rows in a batch whose longest request has `longest` tokens: at most `batch_size`, and
+    rows x `longest` at most `max_batch_tokens` (None: no token bound), never fewer than one."""
+    if max_batch_tokens is None:
+        return batch_size
+    return max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
+
+
+def token_budget_hflm(model, tokenizer, batch_size: int, max_batch_tokens: int | None):
+    """lm-eval's HFLM around `model`, whose log-likelihood batches hold at most `max_batch_tokens`
+    tokens (rows x the batch's longest request, padding included), and at most `batch_size` rows.
+
+    lm-eval 0.4's HFLM materialises log-softmax over [rows, length, vocab] beside the logits, and
+    the previous batch's log-softmax is still referenced while the next is computed
+    (`_loglikelihood_tokens`): 3 such tensors at the peak (bench/eval_logits_memory.py), so MMLU
+    5-shot on Llama-3.1-8B at batch 32 is 3 x 32 x 2.5k x 128256 x 2 bytes = 62 GB. Its own
+    `batch_size: auto` runs batches from 64 rows down until one raises no out-of-memory error: on
+    CPU that bounds nothing (Linux overcommits; a cgroup limit kills the job instead), on a GPU it
+    picks whatever fitted at that moment, so the batches (and their rounding) vary by machine.
+    Here each batch's rows follow from its first request, which lm-eval sorts longest first (so
+    that request's length is the batch's padded length), through the per-batch hook `auto` uses
+    (`_batch_scheduler`). Batching does not change a request's log-likelihood beyond kernel
+    rounding: the inputs are right-padded and causal, so no real token sees the padding.
+    `batch_sizes_used` records the rows of each budgeted batch.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    class TokenBudgetHFLM(HFLM):
+        def __init__(self) -> None:
+            super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            self.batch_sizes_used: list[int] = []
+            self._batch_end, self._rows = 0, batch_size
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            if max_batch_tokens is None:
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+            # In "auto" mode lm-eval asks _batch_scheduler for each batch's size; an outer caller's
+            # override_bs (loglikelihood_rolling's window batches) would bypass it, so it is dropped.
+            self.batch_size_per_gpu, self._batch_end = "auto", 0
+            try:
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs=None)
+            finally:
+                self.batch_size_per_gpu = batch_size
+
+        def _batch_scheduler(self, pos: int, n_reordered_requests) -> int:
+            # Collator.get_chunks calls this for every request as it joins a batch and closes the
+            # batch when its length equals the answer: the size is fixed by the batch's first request.
+            if pos >= self._batch_end or pos == 0:
+                _, context, continuation = n_reordered_requests[pos]
+                # HFLM's causal input: (context + continuation)[-(max_length + 1):][:-1]
+                longest = min(len(context) + len(continuation), self.max_length + 1) - 1
+                self._rows = budgeted_batch_size(longest, batch_size, max_batch_tokens)
+                self._batch_end = pos + self._rows
+                self.batch_sizes_used.append(self._rows)
+            return self._rows
+
+    return TokenBudgetHFLM()
+
+
 LM_EVAL_BACKENDS = ("hf", "vllm")
 
 
@@ -95,10 +154,12 @@ def run_lm_eval(
     backend: str = "hf",
     model_dir: str | Path | None = None,
     dtype: str = "auto",
+    max_batch_tokens: int | None = None,
 ) -> dict[str, Any]:
     """lm-eval's `simple_evaluate` on one task (or group) by name.
 
-    backend hf: lm-eval's HFLM around the model object passed in; vllm: lm-eval's vLLM model
+    backend hf: lm-eval's HFLM around the model object passed in, its log-likelihood batches
+    bounded by `max_batch_tokens` (`token_budget_hflm`); vllm: lm-eval's vLLM model
     loading `model_dir` itself (the paper authors' `lm_eval --model vllm`; `model` and
     `tokenizer` are unused). The seeds are lm-eval's four (python, numpy, torch, few-shot
     sampler), all set from `seed`, as `lm_eval --seed <seed>` does, so that the command line
@@ -121,9 +182,7 @@ def run_lm_eval(
 
         lm = VLLM(pretrained=str(model_dir), dtype=dtype, batch_size="auto", seed=seed)
     else:
-        from lm_eval.models.huggingface import HFLM
-
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = token_budget_hflm(model, tokenizer, batch_size, max_batch_tokens)
     return lm_eval.simple_evaluate(
         model=lm,
         tasks=[lm_eval_task],
@@ -214,6 +273,7 @@ def evaluate_classification(
     backend: str = "hf",
     model_dir: str | Path | None = None,
     dtype: str = "auto",
+    max_batch_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Log-likelihood over the choices through lm-eval.
 
@@ -244,6 +304,7 @@ def evaluate_classification(
             backend=backend,
             model_dir=model_dir,
             dtype=dtype,
+            max_batch_tokens=max_batch_tokens,
         )
     metrics = results["results"][lm_eval_name]
     if f"{metric},none" not in metrics:
@@ -291,6 +352,7 @@ def evaluate_checkpoint(
     chance: float | None = None,
     settings: dict[str, Any] | None = None,
     backend: str = "hf",
+    max_batch_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in `model_dir` on the prepared task in `task_path`.
 
@@ -300,6 +362,7 @@ def evaluate_checkpoint(
     else 1/choices or 0; `chance_source` says which), the dtype the weights were evaluated in, the
     prompting used and every evaluation `settings` value. `backend` (hf or vllm) is the model
     lm-eval runs classification tasks on; generative tasks always use transformers.
+    `max_batch_tokens` bounds the tokens of an hf-backend classification batch (`token_budget_hflm`).
     """
     from layerprune.retention import task_chance
 
@@ -318,7 +381,9 @@ def evaluate_checkpoint(
         )
     elif classification:
         model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
-        result = evaluate_classification(model, tokenizer, task, task_name, batch_size, seed)
+        result = evaluate_classification(
+            model, tokenizer, task, task_name, batch_size, seed, max_batch_tokens=max_batch_tokens
+        )
     else:
         model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
         result = evaluate_generative(

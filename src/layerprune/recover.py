@@ -23,6 +23,8 @@ output directory appears, complete, only at the very end (atomic rename).
 from __future__ import annotations
 
 import csv
+import dataclasses
+import gc
 import hashlib
 import importlib.util
 import json
@@ -323,7 +325,62 @@ def _stored_tensors(model_dir: Path):
     return loaders
 
 
-def check_adapter_folded(model_dir: Path, merged, quantised_peft) -> int:
+@dataclasses.dataclass
+class TrainedQLoRA:
+    """What the qlora merge and its checks need of the trained 4-bit model, held on the host, so that
+    the 4-bit model, its optimizer state and the trainer can be freed before the full-precision base
+    loads: the saved adapter, the trained model's logits on the probes with the adapter on and off,
+    and each LoRA layer's (scaling, A, B) (r x (in + out) values a layer, not a full weight)."""
+
+    adapter_dir: Path
+    trained_logits: list
+    quantised_base_logits: list
+    lora: dict[str, tuple[float, Any, Any]]
+
+
+def snapshot_qlora(quantised_peft, adapter_dir: Path, probes: list[list[int]]) -> TrainedQLoRA:
+    """Save the adapter of the trained 4-bit PEFT model and keep what the merge checks need (`TrainedQLoRA`)."""
+    quantised_peft.save_pretrained(adapter_dir)
+    _unpacked_4bit_kernels(quantised_peft)
+    quantised_peft.eval()
+    trained = _logits(quantised_peft, probes)
+    with quantised_peft.disable_adapter():
+        quantised_base = _logits(quantised_peft, probes)
+    lora = {}
+    for name, module in quantised_peft.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            lora[name.removeprefix("base_model.model.") + ".weight"] = (
+                float(module.scaling["default"]),
+                module.lora_A["default"].weight.detach().float().cpu().clone(),
+                module.lora_B["default"].weight.detach().float().cpu().clone(),
+            )
+    return TrainedQLoRA(adapter_dir, trained, quantised_base, lora)
+
+
+def release_memory() -> None:
+    """Collect what was just dropped (a Trainer holds reference cycles), give glibc's freed heap back to
+    the OS and CUDA's cached blocks back to the driver.
+
+    Without malloc_trim the freed training memory stays in glibc's arenas while the base's tensors are
+    allocated elsewhere: a QLoRA recover of a 109M-parameter Llama on CPU peaked at the same RSS with
+    or without the frees, and 175 MB lower with them and the trim (bench/qlora_merge_memory.py).
+    """
+    import ctypes
+    import ctypes.util
+
+    import torch
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(libc).malloc_trim(0)  # glibc only
+    except (OSError, AttributeError, TypeError):
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_adapter_folded(model_dir: Path, merged, trained: TrainedQLoRA) -> int:
     """Check that every LoRA layer of `merged` is the stored full-precision weight plus the adapter's update.
 
     W_merged = W_stored + scaling * B @ A, to the rounding of the merged dtype. This is what
@@ -336,15 +393,11 @@ def check_adapter_folded(model_dir: Path, merged, quantised_peft) -> int:
     stored = _stored_tensors(model_dir)
     merged_weights = dict(merged.named_parameters())
     checked = 0
-    for name, module in quantised_peft.named_modules():
-        if not hasattr(module, "lora_A") or "default" not in module.lora_A:
-            continue
-        key = name.removeprefix("base_model.model.") + ".weight"
+    for key, (scaling, lora_a, lora_b) in trained.lora.items():
         if key not in stored or key not in merged_weights:
             raise ValueError(f"qlora merge check: the adapter's layer {key} is not in {model_dir} or the merged model")
         weight = merged_weights[key].detach().float().cpu()
-        update = module.lora_B["default"].weight.detach().float() @ module.lora_A["default"].weight.detach().float()
-        expected = stored[key]().float() + module.scaling["default"] * update.cpu()
+        expected = stored[key]().float() + scaling * (lora_b @ lora_a)
         eps = torch.finfo(merged_weights[key].dtype).eps
         worst = float(((weight - expected).abs() - 4 * eps * expected.abs()).max())
         if worst > 4 * eps * float(expected.abs().max()):
@@ -367,19 +420,16 @@ def check_adapter_folded(model_dir: Path, merged, quantised_peft) -> int:
 MERGE_SLACK = 2.0
 
 
-def check_qlora_merge(fp_base_logits: list, merged, quantised_peft, probes: list[list[int]]) -> dict[str, float]:
+def check_qlora_merge(fp_base_logits: list, merged, trained_qlora: TrainedQLoRA, probes: list[list[int]]) -> dict:
     """Check the merged full-precision model's logits against the quantised model it was trained as.
 
     `fp_base_logits` are the unquantised base's logits on `probes` (taken before the merge, which
-    changes the base in place). Returns the gaps (max absolute logit differences); raises
+    changes the base in place); `trained_qlora` holds the 4-bit model's, with and without the
+    adapter (`snapshot_qlora`). Returns the gaps (max absolute logit differences); raises
     ValueError when the merged model is further from the trained model than MERGE_SLACK times
     the quantisation error (the fp base's distance from the 4-bit base).
     """
-    _unpacked_4bit_kernels(quantised_peft)
-    quantised_peft.eval()
-    trained = _logits(quantised_peft, probes)
-    with quantised_peft.disable_adapter():
-        quantised_base = _logits(quantised_peft, probes)
+    trained, quantised_base = trained_qlora.trained_logits, trained_qlora.quantised_base_logits
     merged_logits = _logits(merged, probes)
     report = {
         "probe_tokens": sum(len(ids) for ids in probes),
@@ -397,24 +447,24 @@ def check_qlora_merge(fp_base_logits: list, merged, quantised_peft, probes: list
     return report
 
 
-def _merged_model(trainer_obj, trainer: str, model_dir: Path, work_dir: Path, dtype: str, probes):
-    """A plain model with the training folded in, whatever the trainer, and the qlora merge check (else None)."""
-    if trainer == "full":
-        return trainer_obj.model, None
-    if trainer == "lora":
-        return trainer_obj.model.merge_and_unload(), None
-    # qlora: merging into 4-bit weights would quantise the update away; fold the
-    # adapter into the unquantised base (the pruned checkpoint reloaded at the dtype
-    # lora and full save) instead, and check that against the model as trained.
+def merge_qlora(model_dir: Path, dtype: str, trained: TrainedQLoRA, probes: list[list[int]]):
+    """The merged model and its checks, for qlora.
+
+    Merging into 4-bit weights would quantise the update away; the adapter is folded into the
+    unquantised base (the pruned checkpoint reloaded at the dtype lora and full save) instead,
+    and that is checked against the model as trained. The base loads on the training device: the
+    caller frees the 4-bit model, its optimizer state and the trainer first (at 8B: 4.5 GB of
+    4-bit weights and 2.4 GB of LoRA r=64 weights, gradients and AdamW moments beside 16 GB of
+    bf16). Merging on the CPU instead would need no GPU memory, but would put the bf16 base in
+    host RAM and compare CPU logits with the GPU's trained ones, whose rounding differs.
+    """
     from peft import PeftModel
 
-    adapter_dir = work_dir / "adapter"
-    trainer_obj.model.save_pretrained(adapter_dir)
     base, _ = load_checkpoint(model_dir, dtype=dtype, device=training_device())
     fp_logits = _logits(base, probes)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    report = check_qlora_merge(fp_logits, merged, trainer_obj.model, probes)
-    report["layers_checked"] = check_adapter_folded(model_dir, merged, trainer_obj.model)
+    merged = PeftModel.from_pretrained(base, trained.adapter_dir).merge_and_unload()
+    report = check_qlora_merge(fp_logits, merged, trained, probes)
+    report["layers_checked"] = check_adapter_folded(model_dir, merged, trained)
     return merged, report
 
 
@@ -555,6 +605,7 @@ def recover_checkpoint(
         per_device_eval_batch_size=options.batch_size,
         **extra_arguments,
     )
+    teacher = None
     if distill:
         # one teacher forward pass per batch, beside the student's (GKDTrainer.compute_loss)
         teacher = kd.load_teacher(teacher_dir, options.dtype, training_device(), model.config)
@@ -608,18 +659,24 @@ def recover_checkpoint(
         return record
     if not distill:
         probes = probe_inputs(sft.train_dataset)
-    merged, merge_check = _merged_model(sft, options.trainer, model_dir, work_dir, options.dtype, probes)
-    if merge_check is not None:
+    log_history = sft.state.log_history
+    if options.trainer == "qlora":
+        trained = snapshot_qlora(sft.model, work_dir / "adapter", probes)
+        # Nothing of training may outlive this line: the full-precision base loads next, on the same device.
+        sft = model = teacher = None
+        release_memory()
+        merged, merge_check = merge_qlora(model_dir, options.dtype, trained, probes)
         record["merge_check"] = merge_check
+    else:
+        # full: the trained model itself; lora: the adapter folded in place
+        merged = sft.model.merge_and_unload() if options.trainer == "lora" else sft.model
     pruning_file = model_dir / "pruning.json"
     with atomic_path(out_dir, directory=True) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if pruning_file.is_file():
             write_json(tmp / "pruning.json", read_json(pruning_file))
-        record["loss_curve"] = write_loss_curve(
-            sft.state.log_history, tmp, f"{recovery} ({options.trainer}) on {model_dir.name}"
-        )
+        record["loss_curve"] = write_loss_curve(log_history, tmp, f"{recovery} ({options.trainer}) on {model_dir.name}")
         write_json(tmp / "recovery.json", record)
         (tmp / "training_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
         if (work_dir / "runs").is_dir():  # tensorboard event files

@@ -713,6 +713,16 @@ class EvaluationSettings(Seeded, OnModel):
 
     SECTION: ClassVar[str] = "evaluation"
     batch_size: int = setting(16, help="prompts per forward pass", schema={"minimum": 1})
+    max_batch_tokens: int | None = setting(
+        None,
+        help=(
+            "classification on the hf backend: at most this many tokens (rows x the batch's longest request) per "
+            "lm-eval forward pass, which bounds the [rows, length, vocab] tensors lm-eval holds (logits, their "
+            "log-softmax and the previous batch's: 3 x vocab x 2 bytes per token in bf16); batch_size stays the "
+            "ceiling; null = batch_size alone"
+        ),
+        schema={"minimum": 1},
+    )
     backend: str = setting(
         "hf",
         help=(
