@@ -586,3 +586,34 @@ def test_the_authors_bi_calibration_texts(tmp_path):
     assert "<<" in texts[0] and texts[1].count(rows[1]["question"]) == 1  # annotations kept, rows in order
     with pytest.raises(ValueError, match="num_samples=9 exceeds the 4 rows"):
         prepare_calibration(tmp_path, [], 9, seed=5, out_path=out, source="gsm8k", path=str(file))
+
+
+def test_prepare_task_leaves_out_the_excluded_tasks_files_from_another_folder(tmp_path):
+    """As the pipeline runs it: xsum and xsum_probe have different fingerprints, so their prepared files
+    sit in different folders and the probe gets xsum's file by path (it used to look beside its own)."""
+    validation = str(REPO / "tests/fixtures/paper_mini/data/xsum/validation-00000-of-00001.parquet")
+
+    def spec_of(name, limit):
+        spec = {k: v for k, v in MINI_CONFIG["tasks"][name].items() if k not in PREPARE_DROPS or k == "exclude_tasks"}
+        return json.dumps({**spec, "file": validation, "limit": limit})
+
+    evaluated, probe = tmp_path / "aaa" / "xsum.json", tmp_path / "bbb" / "xsum_probe.json"
+    common = ["--bigbench-dir", str(tmp_path), "--seed", "0"]
+    run(
+        [str(BIN / "layerprune"), "prepare-task", "--spec", spec_of("xsum", 2), *common, "--out", str(evaluated)],
+        tmp_path,
+    )
+    run([
+        BIN / "layerprune", "prepare-task", "--spec", spec_of("xsum_probe", 1), *common,
+        "--exclude-task-files", str(evaluated), "--out", str(probe),
+    ], tmp_path)  # fmt: skip
+    evaluated_ids = {s["id"] for s in json.loads(evaluated.read_text())["samples"]}
+    probe_ids = {s["id"] for s in json.loads(probe.read_text())["samples"]}
+    assert evaluated_ids and probe_ids and not evaluated_ids & probe_ids
+    missing = run(
+        [str(BIN / "layerprune"), "prepare-task", "--spec", spec_of("xsum_probe", 1), *common, "--out", str(probe)],
+        tmp_path,
+        check=False,
+    )
+    assert missing.returncode != 0
+    assert "exclude_tasks names 1 task(s) (xsum), but --exclude-task-files gives 0 file(s)" in missing.stderr

@@ -77,11 +77,17 @@ def cmd_prepare_task(args: argparse.Namespace) -> None:
     from layerprune.tasks import prepare_task_spec, task_sample_ids
 
     spec = json.loads(args.spec)
-    # tasks.<task>.exclude_tasks name prepared tasks, which sit beside this one's output
-    excluded = [Path(args.out).parent / f"{name}.json" for name in spec.pop("exclude_tasks", [])]
+    # tasks.<task>.exclude_tasks: each prepared task sits in its own fingerprint's folder, so the
+    # files come as --exclude-task-files, one per name
+    names = spec.pop("exclude_tasks", [])
+    if len(names) != len(args.exclude_task_files):
+        raise SystemExit(
+            f"tasks.<task>.exclude_tasks names {len(names)} task(s) ({', '.join(names) or 'none'}), "
+            f"but --exclude-task-files gives {len(args.exclude_task_files)} file(s)"
+        )
     spec.pop("evaluate", None)
     spec.pop("chance", None)
-    exclude_ids = task_sample_ids(excluded) if excluded else None
+    exclude_ids = task_sample_ids(args.exclude_task_files) if names else None
     prepare_task_spec(spec, args.bigbench_dir, args.seed, args.out, exclude_ids=exclude_ids)
 
 
@@ -369,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--seed", type=int, required=True, help="seeds the draw of few-shot and evaluated samples (config `seed`)"
+    )
+    sub.add_argument(
+        "--exclude-task-files",
+        nargs="*",
+        default=[],
+        help="the prepared task JSONs of tasks.<task>.exclude_tasks, in its order: their samples are left out",
     )
     sub.add_argument("--out", required=True, help="the prepared task JSON to write")
 

@@ -64,7 +64,7 @@ rule prepare_task:
         seed=SEED,
     shell:
         "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --seed {params.seed:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --exclude-task-files {input.excluded:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_prompts:
