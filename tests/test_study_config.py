@@ -244,21 +244,22 @@ def test_evaluate_by_hand_gives_the_pipelines_number_and_says_what_it_did(tmp_pa
         for line in output.splitlines()
         if "layerprune evaluate " in line and "--method" not in line
     ]
-    make_tiny_checkpoint(workdir / "results" / "models" / "smollm2-135m" / "dense")
-    (workdir / "results" / "data" / "tasks").mkdir(parents=True)
-    write_json(workdir / "results" / "data" / "tasks" / "plural.json", generative_task())
-    (workdir / "logs" / "evaluate_dense" / "smollm2-135m").mkdir(parents=True)
+    (pipeline,) = [argv for argv in shell_commands(output, "evaluate") if "--method" not in argv]
+    flag = {name: pipeline[pipeline.index(name) + 1] for name in ("--model", "--task-file", "--out")}
+    log_path = workdir / re.search(r"> (\S+\.log) 2>&1", line)[1]
+    make_tiny_checkpoint(workdir / flag["--model"])
+    write_json(workdir / flag["--task-file"], generative_task())
+    log_path.parent.mkdir(parents=True)
     run(["bash", "-c", line], cwd=workdir)  # the pipeline's own job, with its log
-    by_hand = run(shlex.split(README_COMMAND), cwd=workdir)
+    by_hand = run(["bash", "-c", README_COMMAND], cwd=workdir)  # as typed, in a shell (its globs)
     ours = json.loads((workdir / "plural.json").read_text())
-    theirs = json.loads((workdir / "results" / "eval" / "smollm2-135m" / "dense" / "plural.json").read_text())
+    theirs = json.loads((workdir / flag["--out"]).read_text())
     assert (ours["value"], ours["samples"]) == (theirs["value"], theirs["samples"])
     assert (
         by_hand.stdout.strip()
         == f"layerprune evaluate: plural {ours['metric']} = {ours['value']:.4f} (n = 8) -> plural.json"
     )
-    log = (workdir / "logs" / "evaluate_dense" / "smollm2-135m" / "plural.log").read_text().splitlines()
-    (pipeline,) = [argv for argv in shell_commands(output, "evaluate") if "--method" not in argv]
+    log = log_path.read_text().splitlines()
     assert log[0] == "# command: " + shlex.join(pipeline)
     assert json.loads(log[1].removeprefix("# settings: ")) == settings_of(pipeline)
     assert json.loads(by_hand.stderr.splitlines()[1].removeprefix("# settings: ")) == settings_of(pipeline)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import shlex
 import sys
 import time
@@ -99,11 +100,13 @@ def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_fetch_lm_eval_data(args: argparse.Namespace) -> None:
+def cmd_fetch_lm_eval_data(args: argparse.Namespace) -> str:
     from layerprune.evaluate import fetch_lm_eval_data
 
-    for name, docs in fetch_lm_eval_data(args.task_files).items():
+    fetched = fetch_lm_eval_data(args.task_files)
+    for name, docs in fetched.items():
         print(f"{name}: {docs} documents", flush=True)
+    return f"layerprune fetch-lm-eval-data: {len(fetched)} lm-eval task(s) in the datasets cache"
 
 
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
@@ -259,7 +262,7 @@ def cmd_selfgen(args: argparse.Namespace) -> None:
     self_generate(args.model, args.prompts, args.out, stats_path=args.stats, **settings.to_dict())
 
 
-def cmd_recover(args: argparse.Namespace) -> None:
+def cmd_recover(args: argparse.Namespace) -> str:
     from layerprune.recover import recover_checkpoint
     from layerprune.registry import DISTILLATIONS
 
@@ -272,7 +275,8 @@ def cmd_recover(args: argparse.Namespace) -> None:
             raise SystemExit(f"layerprune recover: {', '.join(given)} apply to kd and kd_onpolicy only")
     settings = settings_from_args(DistillSettings if distill else RecoverySettings, args, "recover")
     _threads(args.threads)
-    recover_checkpoint(args.model, args.dataset, args.out, args.recovery, settings, teacher_dir=args.teacher)
+    record = recover_checkpoint(args.model, args.dataset, args.out, args.recovery, settings, teacher_dir=args.teacher)
+    return f"layerprune recover: wrote {args.out} ({record['global_steps']} steps)"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -577,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header(args, argv), file=sys.stderr, flush=True)
     try:
         said = args.func(args)  # a stage that writes no `--out` says what it did
-        print(said or summary(args), flush=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate, the first process speaks for all
+            print(said or summary(args), flush=True)
     finally:
         # the job's exact CPU time and peak memory, as the last line of its log (layerprune.usage)
         from layerprune.usage import usage_line

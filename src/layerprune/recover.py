@@ -682,5 +682,4 @@ def recover_checkpoint(
         if (work_dir / "runs").is_dir():  # tensorboard event files
             shutil.copytree(work_dir / "runs", tmp / "runs")
     shutil.rmtree(work_dir, ignore_errors=True)
-    print(f"recover: wrote {out_dir} ({train_output.global_step} steps)", flush=True)
     return record
