@@ -415,7 +415,7 @@ def test_holdout_split_is_the_authors_ten_percent():
 
 @pytest.mark.slow  # a dry run of the paper's grid (~20 s)
 def test_readme_offline_fetch_step_plans_only_downloads(tmp_path):
-    """The README's `--until` step for clusters without internet, as typed (plus -n): it plans the model
+    """The README's fetch step for clusters without internet, as typed (plus -n): it plans the model
     downloads and data preparation, and not one scoring, generation, training or evaluation job."""
     import re
     import shlex
@@ -423,8 +423,10 @@ def test_readme_offline_fetch_step_plans_only_downloads(tmp_path):
 
     from workflow_helpers import REPO, run, workflow_copy
 
-    (command,) = re.findall(r"^\s*(snakemake --cores 2 --configfile configs/paper.yaml --until .+)$",
-                            (REPO / "README.md").read_text(), flags=re.M)  # fmt: skip
+    readme = (REPO / "README.md").read_text()
+    (command,) = re.findall(
+        r"^\s*(snakemake --cores 2 --configfile configs/paper.yaml --omit-from .+)$", readme, flags=re.M
+    )
     workdir = workflow_copy(tmp_path / "wf")
     shutil.copytree(REPO / "configs", workdir / "configs")
     argv = shlex.split(command)
@@ -432,4 +434,7 @@ def test_readme_offline_fetch_step_plans_only_downloads(tmp_path):
     table = (output.stdout + output.stderr).split("Job stats:", 1)[1].split("total", 1)[0]
     planned = set(re.findall(r"^(\w+)\s+\d+$", table, flags=re.M))
     assert planned == {"fetch_bigbench", "extract_bigbench", "materialize", "prepare_task", "prepare_lm_eval_task",
-                       "prepare_prompts", "prepare_calibration", "prepare_heal"}  # fmt: skip
+                       "prepare_prompts", "filter_prompts", "prepare_calibration"}  # fmt: skip
+    # the lm-eval step's glob names the prepared tasks where prepare_task writes them
+    (fetch,) = re.findall(r"^\s*layerprune fetch-lm-eval-data (\S+)$", readme, flags=re.M)
+    assert re.search(r"output: " + fetch.replace("*", "[0-9a-f]+", 1).replace("*", r"\w+"), output.stdout)
