@@ -304,6 +304,17 @@ def test_kd_minus_sgr_is_a_finding_only_where_kd_ran():
     assert "kd" not in list(findings(retention(study(paper_like()), SETTINGS))["finding"])
 
 
+def test_a_study_that_ran_kd_gets_its_row_even_when_nothing_could_be_tested():
+    """kd ran, but no generative cell can be compared (here kd was evaluated on classification tasks only, as
+    when every generative task sits at chance): the row is there, "not tested", saying why."""
+    results = study(paper_like())
+    for task in ("c1", "c2"):
+        results.append(result(task, "classification", "bi", 0.1, "kd", 150, N))
+    frame = findings(retention(results, SETTINGS))
+    (row,) = frame[frame["finding"] == "kd"].itertuples()
+    assert row.verdict == "not tested" and row.detail == "no kd variant with generative retention"
+
+
 def test_findings_undecided_when_the_interval_covers_zero():
     # Equal counts everywhere; sgr and data get 10-15 items right that none gets wrong, and the reverse.
     close = {

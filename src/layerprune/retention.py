@@ -604,9 +604,11 @@ def findings(stats: Retention) -> pd.DataFrame:
         row("iii", "recovery shrinks as the ratio grows", statistic, contrast, +1, why)
         # Beyond the paper, only where a study runs distillation: does the dense model's whole
         # distribution recover more than its sampled answers? (> 0: distillation recovers more)
+        # (a study that ran it gets the row even where nothing could be tested, saying why)
+        ran = set(stats.per_task.loc[stats.per_task["model"] == model, "recovery"])
         for distilled in DISTILLATIONS:
             cells = _cells(stats.draws, model, "generative", distilled)
-            if cells:
+            if cells or distilled in ran:
                 shared = sorted(set(cells) & set(sgr))
                 row(
                     "kd",
