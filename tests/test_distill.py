@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -176,20 +175,9 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
     process = subprocess.Popen(
         _kd_cli(student, teacher, data, out, 4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    killed_after = None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        states = sorted(work.glob("checkpoint-*/trainer_state.json"))
-        if states:
-            try:
-                killed_after = json.loads(states[-1].read_text())["global_step"]
-            except (ValueError, OSError):
-                pass
-            else:
-                process.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    process.wait()
+    from workflow_helpers import kill_at_first_checkpoint
+
+    killed_after = kill_at_first_checkpoint(process, work)
     assert killed_after is not None and process.returncode == -signal.SIGKILL
     assert 0 < killed_after < RESUME_SETTINGS["max_steps"] and not out.exists()
 

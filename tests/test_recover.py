@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -504,20 +503,9 @@ def test_killed_training_resumes_from_its_checkpoint(base, tmp_path):
     process = subprocess.Popen(
         _recover_cli(base, data, out, save_steps=4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    killed_after = None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        states = sorted(work.glob("checkpoint-*/trainer_state.json"))
-        if states:
-            try:
-                killed_after = json.loads(states[-1].read_text())["global_step"]
-            except (ValueError, OSError):
-                pass
-            else:
-                process.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    process.wait()
+    from workflow_helpers import kill_at_first_checkpoint
+
+    killed_after = kill_at_first_checkpoint(process, work)
     assert killed_after is not None, "the run finished (or stalled) before a checkpoint could be caught"
     assert process.returncode == -signal.SIGKILL
     assert 0 < killed_after < RESUME_SETTINGS["max_steps"]

@@ -11,8 +11,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -215,3 +217,23 @@ def settings_of(argv: list[str]) -> dict:
 def flag(argv: list[str], name: str) -> str:
     """The value after `name` in a command line."""
     return argv[argv.index(name) + 1]
+
+
+def kill_at_first_checkpoint(process: subprocess.Popen, work_dir: Path, timeout: float = 300) -> int | None:
+    """SIGKILL a training process as soon as a Trainer checkpoint under `work_dir` is complete (its
+    trainer_state.json readable); the step it had reached, or None if it ended or stalled first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        states = sorted(work_dir.glob("checkpoint-*/trainer_state.json"))
+        if states:
+            try:
+                step = json.loads(states[-1].read_text())["global_step"]
+            except (ValueError, OSError):
+                pass
+            else:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return step
+        time.sleep(0.02)
+    process.wait()
+    return None
