@@ -22,13 +22,14 @@ from workflow_helpers import REPO, planned_jobs, run, shell_commands, snakemake,
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "configs").glob("*.yaml"))]
 # The plans, counted from each study's grid. compare-methods: 9 methods (8 by `score`, iterative by its
 # own rule) x 1 ratio x recovery none x 6 tasks; no prompt set, as nothing trains.
+# build_task: the project's own tasks, once each (calibration 1; tasks 1 + 3 + 8 + 1 + 1).
 COMPARE_METHODS_JOBS = {
-    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 15, "prepare_task": 6, "prepare_calibration": 1,
+    "all": 1, "build_task": 15, "prepare_task": 6, "prepare_calibration": 1,
     "materialize": 1, "score": 8, "score_iterative": 1, "prune": 9, "evaluate_dense": 6, "evaluate_variant": 54,
     "aggregate": 1,
 }  # fmt: skip
 PAPER_JOBS = {
-    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
+    "all": 1, "build_task": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
     "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3, "prune": 27,
     "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_variant": 1134, "aggregate": 1,
 }  # fmt: skip
@@ -36,21 +37,26 @@ PAPER_JOBS = {
 MY_STUDY = {
     "seed": 0,
     "models": {"mine": {"source": {"path": "checkpoints/mine"}}},
-    "scoring": {"methods": ["reverse"], "calibration": {"bigbench_tasks": ["gem/xsum"], "num_samples": 4}},
+    "scoring": {"methods": ["reverse"], "calibration": {"num_samples": 4}},
     "pruning": {"ratios": [0.5]},
-    "prompts": {"bigbench_tasks": ["auto_categorization"], "num_prompts": 4},
+    "prompts": {"builtin_tasks": ["word_unscrambling"], "num_prompts": 4},
     "selfgen": {"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.95},
     "recovery": {
         "methods": ["none", "sgr"], "lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "learning_rate": 1e-3,
         "num_epochs": 1, "batch_size": 2, "grad_accum": 1, "max_length": 32, "warmup_steps": 0,
         "lr_scheduler": "constant", "weight_decay": 0.0,
     },
-    "tasks": {"addition": {"type": "generative", "bigbench_task": "arithmetic/1_digit_addition", "num_fewshot": 1}},
+    "tasks": {
+        "addition": {
+            "type": "generative", "dataset": "builtin", "builtin_task": "arithmetic/1_digit_addition",
+            "num_fewshot": 1,
+        },
+    },
     "evaluation": {},
     "resources": {"default": {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpus": 0}},
 }  # fmt: skip
 MY_STUDY_JOBS = {
-    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 2, "prepare_task": 1, "prepare_prompts": 1,
+    "all": 1, "build_task": 2, "prepare_task": 1, "prepare_prompts": 1,
     "materialize": 1, "score": 1, "prune": 1, "filter_prompts": 1, "selfgen": 1, "recover": 1, "evaluate_dense": 1,
     "evaluate_variant": 2, "aggregate": 1,
 }  # fmt: skip

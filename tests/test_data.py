@@ -1,31 +1,30 @@
 """Offline data preparation (`layerprune.data`) and atomic writes (`layerprune.io`).
 
 A tiny synthetic BIG-bench sdist (same member layout as bigbench-1.0.0.tar.gz)
-stands in for the real 358 MB one; no network is used anywhere.
+stands in for the real 358 MB one, which the package index no longer serves; the
+download is tested against a package index on the loopback.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import tarfile
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from bigbench_sdist import LoopbackIndex, make_sdist, sha256_of
 
-from layerprune import data
 from layerprune.data import (
     BIGBENCH_SDIST,
-    BIGBENCH_TASK_ROOT,
     extract_bigbench_task,
     fetch_bigbench_sdist,
     prepare_calibration,
     prepare_prompt_set,
     prepare_task,
 )
-from layerprune.io import atomic_path, read_json, read_jsonl, sha256_file
+from layerprune.io import SourceUnavailable, atomic_path, read_json, read_jsonl, sha256_file
 
 NUM_GEN, NUM_MC = 20, 12
 
@@ -57,27 +56,8 @@ MC_TASK = {
 TASKS = {"arith/add": GEN_TASK, "mc": MC_TASK}
 
 
-def _task_bytes(task: str) -> bytes:
-    return json.dumps(TASKS[task], indent=1).encode()
-
-
-def _add_member(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    archive.addfile(info, io.BytesIO(payload))
-
-
 def make_fake_sdist(path: Path) -> Path:
-    """A .tar.gz laid out like the bigbench 1.0.0 sdist, with decoy members."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as archive:
-        _add_member(archive, "bigbench-1.0.0/setup.py", b"# not a task\n")
-        # A decoy whose name merely ends like a task member.
-        _add_member(archive, "bigbench-1.0.0/other/benchmark_tasks/mc/task.json", b'{"decoy": true}')
-        for task in TASKS:
-            _add_member(archive, BIGBENCH_TASK_ROOT + task + "/task.json", _task_bytes(task))
-            _add_member(archive, BIGBENCH_TASK_ROOT + task + "/README.md", b"# readme\n")
-    return path
+    return make_sdist(path, TASKS)
 
 
 def _tmp_leftovers(directory: Path) -> list[str]:
@@ -104,7 +84,7 @@ def bigbench_dir(tmp_path_factory, sdist) -> Path:
 def test_extract_bigbench_task_writes_exactly_that_json(tmp_path, sdist, task):
     out = tmp_path / "tasks" / task / "task.json"
     extract_bigbench_task(task, out, sdist)
-    assert out.read_bytes() == _task_bytes(task)
+    assert out.read_bytes() == json.dumps(TASKS[task], indent=1).encode()
     assert json.loads(out.read_text()) == TASKS[task]
     assert _tmp_leftovers(out.parent) == []
 
@@ -273,6 +253,7 @@ def test_prepare_calibration_too_many(tmp_path, bigbench_dir):
 
 
 # --------------------------------------------------------------------------- fetch
+# Against a package index on the loopback (tests/bigbench_sdist.py): the real one no longer serves the sdist.
 
 
 @pytest.fixture
@@ -283,28 +264,24 @@ def cache(tmp_path, monkeypatch) -> Path:
     return directory
 
 
-def _no_network(index_url):
-    raise AssertionError(f"the index {index_url} must not be queried")
+NO_INDEX = "http://127.0.0.1:9/simple/bigbench/"  # the discard port: a query fails at once
 
 
-def test_fetch_bigbench_sdist_rejects_bad_cached_file(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(data, "_sdist_url", _no_network)
+def test_fetch_bigbench_sdist_rejects_bad_cached_file(tmp_path, cache):
     bad = cache / BIGBENCH_SDIST
     bad.write_bytes(b"not the bigbench sdist")
     out = tmp_path / "out" / BIGBENCH_SDIST
-    with pytest.raises(ValueError, match="sha256"):
-        fetch_bigbench_sdist(out)
+    with pytest.raises(SourceUnavailable, match="sha256"):
+        fetch_bigbench_sdist(out, index_url=NO_INDEX)
     assert not bad.exists(), "a file with the wrong hash must be removed from the cache"
     assert not out.exists()
 
 
-def test_fetch_bigbench_sdist_reuses_verified_cache(tmp_path, cache, monkeypatch, sdist):
-    monkeypatch.setattr(data, "_sdist_url", _no_network)
+def test_fetch_bigbench_sdist_reuses_verified_cache(tmp_path, cache, sdist):
     cached = cache / BIGBENCH_SDIST
     cached.write_bytes(sdist.read_bytes())
-    monkeypatch.setattr(data, "BIGBENCH_SHA256", sha256_file(cached))
     out_dir = tmp_path / "resources"
-    out = fetch_bigbench_sdist(out_dir / BIGBENCH_SDIST)
+    out = fetch_bigbench_sdist(out_dir / BIGBENCH_SDIST, sha256=sha256_file(cached), index_url=NO_INDEX)
     assert out == out_dir / BIGBENCH_SDIST
     assert out.read_bytes() == sdist.read_bytes()
     assert cached.is_file(), "the cache copy is kept for later runs"
@@ -314,56 +291,102 @@ def test_fetch_bigbench_sdist_reuses_verified_cache(tmp_path, cache, monkeypatch
     assert read_json(tmp_path / "mc.json") == MC_TASK
 
 
-def test_fetch_bigbench_sdist_again_over_existing_output(tmp_path, cache, monkeypatch, sdist):
-    monkeypatch.setattr(data, "_sdist_url", _no_network)
+def test_fetch_bigbench_sdist_again_over_existing_output(tmp_path, cache, sdist):
     cached = cache / BIGBENCH_SDIST
     cached.write_bytes(sdist.read_bytes())
-    monkeypatch.setattr(data, "BIGBENCH_SHA256", sha256_file(cached))
     out = tmp_path / "resources" / BIGBENCH_SDIST
-    fetch_bigbench_sdist(out)
-    fetch_bigbench_sdist(out)  # a re-run with the output still in place
+    fetch_bigbench_sdist(out, sha256=sha256_file(cached), index_url=NO_INDEX)
+    fetch_bigbench_sdist(out, sha256=sha256_file(cached), index_url=NO_INDEX)  # a re-run with the output in place
     assert out.read_bytes() == sdist.read_bytes()
     assert sorted(p.name for p in out.parent.iterdir()) == [BIGBENCH_SDIST], "no temporary files left"
 
 
-def test_fetch_bigbench_sdist_links_without_sharing_mtime(tmp_path, cache, monkeypatch, sdist):
+def test_fetch_bigbench_sdist_links_without_sharing_mtime(tmp_path, cache, sdist):
     """Snakemake touches outputs after a job; that must not touch the shared cache file."""
-    monkeypatch.setattr(data, "_sdist_url", _no_network)
     cached = cache / BIGBENCH_SDIST
     cached.write_bytes(sdist.read_bytes())
-    monkeypatch.setattr(data, "BIGBENCH_SHA256", sha256_file(cached))
     os.utime(cached, (1_000_000, 1_000_000))
-    out = fetch_bigbench_sdist(tmp_path / "out" / BIGBENCH_SDIST)
+    out = fetch_bigbench_sdist(tmp_path / "out" / BIGBENCH_SDIST, sha256=sha256_file(cached), index_url=NO_INDEX)
     assert out.is_symlink() and os.path.samefile(out, cached)
     os.utime(out, (2_000_000, 2_000_000), follow_symlinks=False)  # what Snakemake's touch does
     assert cached.stat().st_mtime == 1_000_000
     assert sorted(p.name for p in out.parent.iterdir()) == [BIGBENCH_SDIST]
 
 
-def test_fetch_bigbench_sdist_downloads_into_cache(tmp_path, cache, monkeypatch, sdist):
-    """With an empty cache the file is downloaded (here from a file:// URL) and verified."""
-    urls = []
-
-    def local_url(index_url):
-        urls.append(index_url)
-        return sdist.as_uri()
-
-    monkeypatch.setattr(data, "_sdist_url", local_url)
-    monkeypatch.setattr(data, "BIGBENCH_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest())
-    out = fetch_bigbench_sdist(tmp_path / "out" / BIGBENCH_SDIST, index_url="https://example.invalid/simple/")
-    assert urls == ["https://example.invalid/simple/"]
+def test_fetch_bigbench_sdist_downloads_from_the_index_into_the_cache(tmp_path, cache, sdist):
+    """With an empty cache the file comes from the index (a real HTTP server on the loopback) and is verified."""
+    with LoopbackIndex(sdist).running() as index:
+        out = fetch_bigbench_sdist(tmp_path / "out" / BIGBENCH_SDIST, sha256=sha256_of(sdist), index_url=index.url)
+    assert index.requests == ["/simple/bigbench/", f"/files/{BIGBENCH_SDIST}"]
     assert (cache / BIGBENCH_SDIST).read_bytes() == sdist.read_bytes()
     assert out.read_bytes() == sdist.read_bytes()
     assert _tmp_leftovers(cache) == []
 
 
-def test_fetch_bigbench_sdist_removes_bad_download(tmp_path, cache, monkeypatch, sdist):
-    monkeypatch.setattr(data, "_sdist_url", lambda index_url: sdist.as_uri())
+def test_fetch_bigbench_sdist_a_refusing_index_names_itself_and_the_ways_out(tmp_path, cache, sdist):
+    """The real index's answer today: 403 on the version's page."""
     out = tmp_path / "out" / BIGBENCH_SDIST
-    with pytest.raises(ValueError, match="sha256"):
-        fetch_bigbench_sdist(out)  # the real expected hash: the fake sdist cannot match it
+    with LoopbackIndex(sdist, index_status=403).running() as index:
+        with pytest.raises(SourceUnavailable) as caught:
+            fetch_bigbench_sdist(out, sha256=sha256_of(sdist), index_url=index.url)
+    error = caught.value
+    assert error.source == index.url and error.status.startswith("HTTP 403")
+    assert "bigbench.sdist" in error.way_out and "builtin" in error.way_out
+    assert "\n" not in str(error)
+    assert list(cache.iterdir()) == [] and not out.exists()
+
+
+def test_fetch_bigbench_sdist_an_index_without_the_file(tmp_path, cache):
+    with LoopbackIndex(None).running() as index:
+        with pytest.raises(SourceUnavailable, match="is not listed"):
+            fetch_bigbench_sdist(tmp_path / "out" / BIGBENCH_SDIST, index_url=index.url)
+
+
+def test_fetch_bigbench_sdist_removes_a_download_with_the_wrong_sha256(tmp_path, cache, sdist):
+    out = tmp_path / "out" / BIGBENCH_SDIST
+    with LoopbackIndex(sdist).running() as index:
+        with pytest.raises(SourceUnavailable, match="sha256"):
+            fetch_bigbench_sdist(out, index_url=index.url)  # the real expected hash: the small sdist cannot match
     assert list(cache.iterdir()) == []
     assert not out.exists()
+
+
+def test_fetch_bigbench_sdist_from_a_local_copy(tmp_path, cache, sdist):
+    """`bigbench.sdist`: used where it is (no cache copy, no index), checked by sha256."""
+    out = fetch_bigbench_sdist(
+        tmp_path / "out" / BIGBENCH_SDIST, sdist=sdist, sha256=sha256_of(sdist), index_url=NO_INDEX
+    )
+    assert os.path.samefile(out, sdist) and list(cache.iterdir()) == []
+    with pytest.raises(SourceUnavailable, match="sha256 .* is not the expected"):
+        fetch_bigbench_sdist(tmp_path / "out2" / BIGBENCH_SDIST, sdist=sdist, index_url=NO_INDEX)
+    with pytest.raises(SourceUnavailable, match="no such file"):
+        fetch_bigbench_sdist(tmp_path / "out3" / BIGBENCH_SDIST, sdist=tmp_path / "missing.tar.gz")
+    assert sdist.is_file(), "a local copy with another hash is the user's file: never removed"
+
+
+def test_fetch_bigbench_command_prints_one_line_on_refusal(tmp_path, cache, sdist):
+    """The CLI: no traceback, one line naming the source, its status and the ways out; exit status 3."""
+    settings = json.dumps({"sdist": None, "sha256": sha256_of(sdist), "index_url": ""})
+    with LoopbackIndex(sdist, index_status=403).running() as index:
+        settings = settings.replace('"index_url": ""', f'"index_url": "{index.url}"')
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "layerprune",
+                "fetch-bigbench",
+                "--settings",
+                settings,
+                "--out",
+                str(tmp_path / "x"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+    assert run.returncode == 3, run.stderr
+    said = [line for line in run.stderr.splitlines() if "source unavailable" in line]
+    assert len(said) == 1 and index.url in said[0] and "HTTP 403" in said[0] and "bigbench.sdist" in said[0]
+    assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) <= 5
 
 
 # --------------------------------------------------------------------------- io.atomic_path

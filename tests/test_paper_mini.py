@@ -34,14 +34,14 @@ MINI_CONFIG = yaml.safe_load((MINI / "config.yaml").read_text())  # as committed
 MODEL = "tiny-llama"
 # Where the data comes from (a hub id, a local file): the one thing a task may change besides its size.
 DATA_SOURCE = {"hub", "hub_config", "name", "split", "file", "lm_eval_include_path", "path"}
-SIZES = {"limit", "max_new_tokens", "bigbench_task"}  # bigbench_task: the multi-digit diagnostic's subset
+SIZES = {"limit", "max_new_tokens", "builtin_task"}  # builtin_task: the multi-digit diagnostic's subset
 # Tasks of paper.yaml without fixture rows: each is of a kind paper-mini runs (lm-eval by name, acc / acc_norm).
 WITHOUT_FIXTURES = {"winogrande", "piqa", "openbookqa"}
 PAPER_SAMPLING = {"temperature": 0.9, "top_k": 50, "top_p": 1.0}
 
 
 def task_kind(task: dict) -> tuple:
-    """What code path a task takes: lm-eval by name (and its metric), a dataset and its grader, or BIG-bench."""
+    """What code path a task takes: lm-eval by name (and its metric), a dataset and its grader (builtin ones too)."""
     if task.get("lm_eval_task"):
         return ("lm-eval", task["type"], task["lm_eval_metric"])
     dataset = task.get("dataset", "bigbench")
@@ -137,9 +137,9 @@ def test_paper_mini_tasks_are_paper_yamls_task_kinds_and_options():
         # every option but the data source and the sizes: prompting, sampling, shots, metric, grader, ...
         options = (set(task) | set(paper_task)) - DATA_SOURCE - SIZES
         assert {k: task.get(k) for k in options} == {k: paper_task.get(k) for k in options}, name
-        if "lm_eval_task" in task or task.get("dataset", "bigbench") != "bigbench":
+        if "lm_eval_task" in task or task.get("dataset", "bigbench") not in ("bigbench", "builtin"):
             assert task.get("limit") == paper_task.get("limit"), name  # 0.2 of lm-eval's split; 1000, 100 caps
-    generative = [t for t in mini_tasks.values() if t.get("dataset", "bigbench") != "bigbench"]
+    generative = [t for t in mini_tasks.values() if t.get("dataset", "bigbench") not in ("bigbench", "builtin")]
     assert {t["dataset"] for t in generative} == {"gsm8k", "math500", "humaneval", "mbpp", "xsum"}
     assert all({k: t[k] for k in PAPER_SAMPLING} == PAPER_SAMPLING and t["prompting"] == "chat" for t in generative)
     assert {t["lm_eval_task"] for t in mini_tasks.values() if "lm_eval_task" in t} == {
@@ -162,8 +162,9 @@ def expected_jobs(config: dict) -> dict[str, int]:
     tasks = config["tasks"]
     methods = config["scoring"]["methods"]
     recoveries = config["recovery"]["methods"]
-    bigbench = {t for task in tasks.values() if "bigbench_task" in task for t in task["bigbench_task"]}
-    bigbench |= set(config["scoring"]["calibration"]["bigbench_tasks"])
+    builtin = {t for task in tasks.values() if "builtin_task" in task for t in task["builtin_task"]}
+    builtin |= set(config["scoring"]["calibration"]["builtin_tasks"])
+    assert not any("bigbench_task" in task for task in tasks.values()), "the paper's grid needs no BIG-bench"
     lm_eval_tasks = [t for t in tasks.values() if "lm_eval_task" in t]
     trained = [r for r in recoveries if r != "none"]
     evaluated = [name for name, task in tasks.items() if task.get("evaluate", True)]  # the probes are not
@@ -172,8 +173,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
     prepared |= {excluded for name in prepared for excluded in tasks[name].get("exclude_tasks", [])}
     return {
         "all": 1,
-        "fetch_bigbench": 1,
-        "extract_bigbench": len(bigbench),
+        "build_task": len(builtin),
         "prepare_task": len([name for name in prepared if "lm_eval_task" not in tasks[name]]),
         "prepare_lm_eval_task": len(lm_eval_tasks),
         "prepare_prompts": 1,
@@ -453,7 +453,7 @@ def test_the_authors_item_sets_at_full_size_and_their_xsum_probe_leak():
         chosen, rest = authors_sample_indices(rows, size, seed)
         assert chosen == expected["train"]["i"] and rest == expected["test"]["i"]
     assert authors_sample_indices(164, 1000, 42) == (list(range(164)), [])  # HumanEval+ in full, in order
-    with pytest.raises(ValueError, match="apply to dataset tasks, not BIG-bench"):
+    with pytest.raises(ValueError, match="apply to dataset tasks, not bigbench"):
         from layerprune.tasks import prepare_task_spec
 
         spec = {"type": "generative", "bigbench_task": "arithmetic/1_digit_addition", "num_fewshot": 0}

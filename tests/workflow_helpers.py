@@ -42,11 +42,11 @@ def tiny_config(model_dir) -> dict:
         "scoring": {
             "methods": ["bi"],
             "batch_size": 4,
-            "calibration": {"bigbench_tasks": ["gem/xsum"], "num_samples": 4, "max_length": 32},
+            "calibration": {"builtin_tasks": ["python_docs"], "num_samples": 4, "max_length": 32},
         },
         "pruning": {"ratios": [0.25, 0.5]},
         "prompts": {
-            "bigbench_tasks": ["arithmetic/1_digit_subtraction", "auto_categorization"],
+            "builtin_tasks": ["arithmetic/1_digit_subtraction", "word_unscrambling"],
             "num_prompts": 8,
         },
         "selfgen": {
@@ -73,13 +73,15 @@ def tiny_config(model_dir) -> dict:
         "tasks": {
             "knowledge": {
                 "type": "classification",
-                "bigbench_task": "general_knowledge",
+                "dataset": "builtin",
+                "builtin_task": "country_continent",
                 "num_fewshot": 0,
                 "limit": 6,
             },
             "addition": {
                 "type": "generative",
-                "bigbench_task": "arithmetic/1_digit_addition",
+                "dataset": "builtin",
+                "builtin_task": "arithmetic/1_digit_addition",
                 "num_fewshot": 1,
                 "limit": 6,
                 "max_new_tokens": 3,

@@ -171,6 +171,42 @@ def unknown_bigbench_task(key: str, name: str) -> str | None:
     return f"{key}: '{name}' is not a task of BIG-bench 1.0.0 (the pinned bigbench sdist){hint}"
 
 
+def bigbench_readers(config: dict[str, Any]) -> list[str]:
+    """The config keys whose data this study reads from the BIG-bench sdist (none: it is never fetched)."""
+    readers = [
+        f"tasks.{task}"
+        for task, spec in (config.get("tasks") or {}).items()
+        if isinstance(spec, dict)
+        and not spec.get("lm_eval_task")
+        and (
+            (spec.get("dataset", "bigbench") == "bigbench" and spec.get("bigbench_task"))
+            or (spec.get("dataset") == "xsum" and not spec.get("hub") and not spec.get("file"))
+        )
+    ]
+    recoveries = set((config.get("recovery") or {}).get("methods") or [])
+    if (config.get("prompts") or {}).get("source") == "bigbench" and recoveries - {"none", "heal"}:
+        readers.append("prompts.source")
+    if ((config.get("scoring") or {}).get("calibration") or {}).get("source") == "bigbench":
+        readers.append("scoring.calibration.source")
+    if "heal" in recoveries and "bigbench_tasks" in ((config.get("recovery") or {}).get("heal") or {}).get(
+        "source", {}
+    ):
+        readers.append("recovery.heal.source")
+    return readers
+
+
+def bigbench_source_problems(config: dict[str, Any]) -> list[str]:
+    """A local copy named by `bigbench.sdist` that is not there, for a study that reads BIG-bench."""
+    sdist = (config.get("bigbench") or {}).get("sdist")
+    readers = bigbench_readers(config)
+    if sdist and readers and not Path(sdist).is_file():
+        return [
+            f"bigbench.sdist: {sdist}: no such file ({', '.join(readers[:3])} read BIG-bench tasks); point it at a "
+            "copy of bigbench-1.0.0.tar.gz, or use the project's own tasks (dataset: builtin; docs/data.md)"
+        ]
+    return []
+
+
 def config_problems(config: dict[str, Any]) -> list[str]:
     """Values the schema admits but that mean nothing, one `key: what is wrong` line each (the config has its
     defaults applied; keys the schema already refused may be missing or of the wrong type, and are skipped)."""
@@ -182,6 +218,7 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             "use -1 to train num_epochs, or a positive step count"
         )
     problems += [reason for key, name in bigbench_task_keys(config) if (reason := unknown_bigbench_task(key, name))]
+    problems += bigbench_source_problems(config)
     selfgen, prompts = config.get("selfgen", {}), config.get("prompts", {})
     longest_prompt = prompts.get("max_prompt_tokens") if prompts.get("source") != "magpie" else None
     if selfgen.get("max_model_len") and longest_prompt and "max_new_tokens" in selfgen:
@@ -258,11 +295,11 @@ def _grid_problems(config: dict[str, Any], tasks: dict[str, Any], recoveries: li
         )
     prompts = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
     if {"sgr", "data"} & set(recoveries):  # only these recoveries read the prompt set
-        source = prompts.get("source", "bigbench")
-        if source == "bigbench" and not prompts.get("bigbench_tasks"):
+        source = prompts.get("source", "builtin")
+        if source in ("bigbench", "builtin") and not prompts.get(f"{source}_tasks"):
             problems.append(
-                "prompts.bigbench_tasks: missing; the sgr/data recoveries train on a prompt set and prompts.source "
-                "is bigbench (or name a prompts.source: hub, jsonl, magpie)"
+                f"prompts.{source}_tasks: missing; the sgr/data recoveries train on a prompt set and prompts.source "
+                f"is {source} (or name a prompts.source: builtin, hub, jsonl, magpie)"
             )
         if source in ("hub", "jsonl") and not prompts.get("path"):
             problems.append(f"prompts.path: missing; prompts.source is {source}")

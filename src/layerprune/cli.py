@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from layerprune.io import SourceUnavailable
 from layerprune.registry import SCORING_METHODS, check_name
 from layerprune.settings import (
+    BigbenchSourceSettings,
     CalibrationSettings,
     DistillSettings,
     EvaluationSettings,
@@ -33,6 +35,10 @@ from layerprune.settings import (
     add_settings_arguments,
     settings_from_args,
 )
+
+# Where the project's own tasks are built (layerprune.builtin; workflow/rules/data.smk, rule build_task):
+# under results/, so DVC versions them with what is made from them.
+BUILTIN_DIR = "results/shared/builtin"
 
 
 def _threads(count: int | None) -> None:
@@ -59,7 +65,15 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 def cmd_fetch_bigbench(args: argparse.Namespace) -> None:
     from layerprune.data import fetch_bigbench_sdist
 
-    fetch_bigbench_sdist(args.out)
+    settings = settings_from_args(BigbenchSourceSettings, args, "fetch-bigbench")
+    fetch_bigbench_sdist(args.out, **settings.to_dict())
+
+
+def cmd_build_task(args: argparse.Namespace) -> str:
+    from layerprune.builtin import build_task
+
+    payload = build_task(args.name, args.out)
+    return f"layerprune build-task: {args.name}: {len(payload['examples'])} examples -> {args.out}"
 
 
 def cmd_restore_mtimes(args: argparse.Namespace) -> str:
@@ -89,7 +103,9 @@ def cmd_prepare_task(args: argparse.Namespace) -> None:
     spec.pop("evaluate", None)
     spec.pop("chance", None)
     exclude_ids = task_sample_ids(args.exclude_task_files) if names else None
-    prepare_task_spec(spec, args.bigbench_dir, args.seed, args.out, exclude_ids=exclude_ids)
+    prepare_task_spec(
+        spec, args.bigbench_dir, args.seed, args.out, exclude_ids=exclude_ids, builtin_dir=args.builtin_dir
+    )
 
 
 def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
@@ -113,7 +129,9 @@ def cmd_prepare_prompts(args: argparse.Namespace) -> None:
     from layerprune.data import prepare_prompt_set
 
     settings = settings_from_args(PromptSetSettings, args, "prepare-prompts")
-    prepare_prompt_set(bigbench_dir=args.bigbench_dir, out_path=args.out, **settings.to_dict())
+    prepare_prompt_set(
+        bigbench_dir=args.bigbench_dir, builtin_dir=args.builtin_dir, out_path=args.out, **settings.to_dict()
+    )
 
 
 def cmd_filter_prompts(args: argparse.Namespace) -> None:
@@ -144,6 +162,8 @@ def cmd_prepare_calibration(args: argparse.Namespace) -> None:
         source=settings.source,
         path=settings.path,
         split=settings.split,
+        builtin_tasks=settings.builtin_tasks,
+        builtin_dir=args.builtin_dir,
     )
 
 
@@ -151,7 +171,9 @@ def cmd_prepare_heal(args: argparse.Namespace) -> None:
     from layerprune.heal import prepare_heal_text
 
     settings = settings_from_args(HealSettings, args, "prepare-heal")
-    count = prepare_heal_text(settings.source, settings.num_texts, settings.seed, args.out, args.bigbench_dir)
+    count = prepare_heal_text(
+        settings.source, settings.num_texts, settings.seed, args.out, args.bigbench_dir, builtin_dir=args.builtin_dir
+    )
     print(f"{count} heal texts -> {args.out}")
 
 
@@ -353,8 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, help="the checkpoint directory to write")
     sub.add_argument("--dtype", default="source", help="source (keep the source's own dtype), float32, bfloat16")
 
-    sub = stage("fetch-bigbench", cmd_fetch_bigbench, "Download and verify the bigbench 1.0.0 sdist.")
-    sub.add_argument("--out", required=True, help="where the sdist is saved")
+    sub = stage(
+        "fetch-bigbench",
+        cmd_fetch_bigbench,
+        "Verify the bigbench 1.0.0 sdist (a local copy, the cache, or the index) and link it.",
+        BigbenchSourceSettings,
+    )
+    sub.add_argument("--out", required=True, help="where the sdist is linked")
+
+    sub = stage("build-task", cmd_build_task, "Build one of the project's own tasks (layerprune.builtin).")
+    sub.add_argument("--name", required=True, help="the builtin task, e.g. country_capital (docs/data.md)")
+    sub.add_argument("--out", required=True, help="the task.json to write (BIG-bench's format, with provenance)")
 
     sub = stage(
         "restore-mtimes",
@@ -377,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="resources/bigbench",
         help="the extracted BIG-bench tasks (extract-bigbench's outputs)",
     )
+    sub.add_argument("--builtin-dir", default=BUILTIN_DIR, help="the project's built tasks (build-task's outputs)")
     sub.add_argument(
         "--seed", type=int, required=True, help="seeds the draw of few-shot and evaluated samples (config `seed`)"
     )
@@ -415,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare-prompts", cmd_prepare_prompts, "Build the prompt set (with reference answers).", PromptSetSettings
     )
     sub.add_argument("--bigbench-dir", default=None, help="the extracted BIG-bench tasks (source bigbench)")
+    sub.add_argument("--builtin-dir", default=BUILTIN_DIR, help="the project's built tasks (build-task's outputs)")
     sub.add_argument("--out", required=True, help="the prompt-set JSONL to write")
 
     sub = stage(
@@ -440,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--stats", required=True, help="the counts JSON to write")
 
     sub = stage("prepare-calibration", cmd_prepare_calibration, "Build the calibration texts.", CalibrationSettings)
-    sub.add_argument("--bigbench-dir", required=True, help="the extracted BIG-bench tasks")
+    sub.add_argument("--bigbench-dir", default=None, help="the extracted BIG-bench tasks (source bigbench)")
+    sub.add_argument("--builtin-dir", default=BUILTIN_DIR, help="the project's built tasks (build-task's outputs)")
     sub.add_argument("--out", required=True, help="the calibration JSONL to write")
 
     sub = stage(
@@ -449,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--bigbench-dir", default="resources/bigbench", help="the extracted BIG-bench tasks (source bigbench_tasks)"
     )
+    sub.add_argument("--builtin-dir", default=BUILTIN_DIR, help="the project's built tasks (build-task's outputs)")
     sub.add_argument("--out", required=True, help="the heal-text JSONL to write")
 
     sub = stage("score", cmd_score, "Score the decoder layers of a checkpoint.", ScoreSettings, threads=True)
@@ -583,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
         said = args.func(args)  # a stage that writes no `--out` says what it did
         if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate, the first process speaks for all
             print(said or summary(args), flush=True)
+    except SourceUnavailable as error:
+        # one line, no traceback: the default profile shows the failed job's log on the console
+        print(f"layerprune {args.stage}: source unavailable: {error}", file=sys.stderr, flush=True)
+        return 3
     finally:
         # the job's exact CPU time and peak memory, as the last line of its log (layerprune.usage)
         from layerprune.usage import usage_line

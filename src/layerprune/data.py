@@ -1,10 +1,13 @@
-"""Offline data: BIG-bench task JSON from the `bigbench==1.0.0` sdist on PyPI.
+"""Data for the tasks, prompt sets and calibration texts: BIG-bench task JSON, and datasets.
 
-The sdist (358 MB) holds every BIG-bench task's JSON. We download it once, check
-its sha256, and extract only the tasks the config uses; it is never installed
-(its setup.py declares a `file://` dependency that pip refuses, which is also why
-`pip download` cannot fetch it: pip builds the metadata first). The file is read
-from the index's "simple" JSON API, so the only network this needs is PyPI.
+The default's data is built by the project itself (layerprune.builtin). BIG-bench stays
+an option: its `bigbench==1.0.0` sdist (358 MB) holds every task's JSON, and the package
+index no longer serves it (its version page answers 403). A study that names BIG-bench
+tasks points `bigbench.sdist` at a local copy, checked by sha256; without one, the copy in
+the user cache is used, else the index is asked, and a refusal stops the first job with
+one line naming the source and the ways out. Only the tasks the config uses are
+extracted; the sdist is never installed (its setup.py declares a `file://` dependency
+that pip refuses, which is also why `pip download` cannot fetch it).
 
 Task files are normalised to one JSON per task: few-shot examples plus the
 evaluated samples, drawn with a seed from the config.
@@ -17,15 +20,15 @@ import json
 import os
 import random
 import tarfile
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from layerprune.io import atomic_path, read_jsonl, sha256_file, write_json, write_jsonl
+from layerprune.io import SourceUnavailable, atomic_path, read_jsonl, sha256_file, write_json, write_jsonl
+from layerprune.registry import BIGBENCH_INDEX, BIGBENCH_SDIST, BIGBENCH_SHA256
 
-BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
-BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
-BIGBENCH_INDEX = "https://pypi.org/simple/bigbench/"
 BIGBENCH_TASK_ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 
 
@@ -33,34 +36,75 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LAYERPRUNE_CACHE", Path.home() / ".cache" / "layerprune"))
 
 
+BIGBENCH_WAYS_OUT = (
+    "set `bigbench.sdist:` to a local copy of bigbench-1.0.0.tar.gz (sha256 checked), or use the tasks the "
+    "project builds itself (`dataset: builtin`, prompts/calibration `source: builtin`; docs/data.md)"
+)
+
+
 def _sdist_url(index_url: str) -> str:
+    """The sdist's download address from the index's PEP 691 JSON page; a refusal names itself."""
     request = urllib.request.Request(index_url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        files = json.load(response)["files"]
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            files = json.load(response)["files"]
+    except urllib.error.HTTPError as error:
+        raise SourceUnavailable(index_url, f"HTTP {error.code} {error.reason}", BIGBENCH_WAYS_OUT) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise SourceUnavailable(index_url, f"unreachable ({error})", BIGBENCH_WAYS_OUT) from None
     for entry in files:
         if entry["filename"] == BIGBENCH_SDIST:
-            return entry["url"]
-    raise FileNotFoundError(f"{BIGBENCH_SDIST} is not listed at {index_url}")
+            return urllib.parse.urljoin(index_url, entry["url"])
+    raise SourceUnavailable(
+        index_url, f"{BIGBENCH_SDIST} is not listed (the index no longer serves it)", BIGBENCH_WAYS_OUT
+    )
 
 
-def fetch_bigbench_sdist(out_path: str | Path, index_url: str = BIGBENCH_INDEX) -> Path:
-    """Place the verified bigbench sdist at `out_path` (a symlink into the cache).
-
-    A copy in the user cache (`$LAYERPRUNE_CACHE`, default ~/.cache/layerprune) is
-    reused, so test runs and fresh clones download it once per machine.
-    """
-    path = default_cache_dir() / BIGBENCH_SDIST
-    if not path.is_file():
-        url = _sdist_url(index_url)
-        print(f"downloading {url} (358 MB, once) -> {path}", flush=True)
+def _download(url: str, path: Path) -> None:
+    print(f"downloading {url} (358 MB, once) -> {path}", flush=True)
+    try:
         with atomic_path(path) as tmp, urllib.request.urlopen(url, timeout=600) as response:
             with open(tmp, "wb") as handle:
                 while chunk := response.read(1 << 22):
                     handle.write(chunk)
-    digest = sha256_file(path)
-    if digest != BIGBENCH_SHA256:
-        path.unlink()
-        raise ValueError(f"{path}: sha256 {digest} != expected {BIGBENCH_SHA256}; removed, re-run to fetch again")
+    except urllib.error.HTTPError as error:
+        raise SourceUnavailable(url, f"HTTP {error.code} {error.reason}", BIGBENCH_WAYS_OUT) from None
+    except (urllib.error.URLError, TimeoutError) as error:
+        raise SourceUnavailable(url, f"unreachable ({error})", BIGBENCH_WAYS_OUT) from None
+
+
+def fetch_bigbench_sdist(
+    out_path: str | Path,
+    sdist: str | Path | None = None,
+    sha256: str = BIGBENCH_SHA256,
+    index_url: str = BIGBENCH_INDEX,
+) -> Path:
+    """Place the verified bigbench sdist at `out_path` (a symlink to the verified file).
+
+    `sdist` (config `bigbench.sdist`): a local copy, used as it is. Otherwise the copy in
+    the user cache (`$LAYERPRUNE_CACHE`, default ~/.cache/layerprune), else a download
+    from `index_url` into it. Each is checked against `sha256`; a refused or unreachable
+    index, and a missing or wrong file, raise SourceUnavailable naming it and the ways out.
+    """
+    if sdist is not None:
+        path = Path(sdist)
+        if not path.is_file():
+            raise SourceUnavailable(f"bigbench.sdist {path}", "no such file", BIGBENCH_WAYS_OUT)
+        digest = sha256_file(path)
+        if digest != sha256:
+            raise SourceUnavailable(
+                f"bigbench.sdist {path}", f"sha256 {digest} is not the expected {sha256}", BIGBENCH_WAYS_OUT
+            )
+    else:
+        path = default_cache_dir() / BIGBENCH_SDIST
+        if not path.is_file():
+            _download(_sdist_url(index_url), path)
+        digest = sha256_file(path)
+        if digest != sha256:
+            path.unlink()
+            raise SourceUnavailable(
+                str(path), f"sha256 {digest} is not the expected {sha256} (removed)", BIGBENCH_WAYS_OUT
+            )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
@@ -103,11 +147,17 @@ def bigbench_sdist_task_names(sdist: str | Path) -> dict[str, list[str]]:
     return {"json": sorted(json_tasks), "programmatic": sorted(python_tasks - json_tasks)}
 
 
-def load_bigbench_examples(bigbench_dir: str | Path, task: str) -> list[dict[str, Any]]:
-    path = Path(bigbench_dir) / task / "task.json"
+def load_task_json(task_dir: str | Path, task: str) -> dict[str, Any]:
+    """A task JSON in BIG-bench's format (`examples`, and for the project's own tasks `provenance`):
+    `<task_dir>/<task>/task.json`, extracted from the BIG-bench sdist or built by layerprune.builtin."""
+    path = Path(task_dir) / task / "task.json"
     if not path.is_file():
-        raise FileNotFoundError(f"BIG-bench task '{task}' was not extracted to {path}")
-    return json.loads(path.read_text())["examples"]
+        raise FileNotFoundError(f"task '{task}' is not at {path} (it is extracted or built by its own job)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_bigbench_examples(task_dir: str | Path, task: str) -> list[dict[str, Any]]:
+    return load_task_json(task_dir, task)["examples"]
 
 
 def _first_target(example: dict[str, Any]) -> str:
@@ -180,11 +230,12 @@ def _prompt_record(user: str, response: str | None, source: str, system_prompt: 
     return record
 
 
-def _bigbench_pool(bigbench_dir: str | Path, bigbench_tasks: list[str]) -> list[tuple[str, str | None, str]]:
+def _task_json_pool(task_dir: str | Path, tasks: list[str], kind: str) -> list[tuple[str, str | None, str]]:
+    """(input, first target, origin) of every example of BIG-bench-format tasks (`kind`: bigbench, builtin)."""
     pool = []
-    for task in bigbench_tasks:
-        for index, example in enumerate(load_bigbench_examples(bigbench_dir, task)):
-            pool.append((example["input"].strip(), _first_target(example), f"bigbench:{task}#{index}"))
+    for task in tasks:
+        for index, example in enumerate(load_bigbench_examples(task_dir, task)):
+            pool.append((example["input"].strip(), _first_target(example), f"{kind}:{task}#{index}"))
     return pool
 
 
@@ -256,6 +307,8 @@ def prepare_prompt_set(
     out_path: str | Path,
     system_prompt: str | None = None,
     source: str = "bigbench",
+    builtin_tasks: list[str] | None = None,
+    builtin_dir: str | Path | None = None,
     path: str | None = None,
     name: str | None = None,
     split: str = "train",
@@ -265,7 +318,8 @@ def prepare_prompt_set(
 ) -> int:
     """Write a TRL conversational prompt–completion JSONL of `num_prompts` prompts.
 
-    `source` is `bigbench` (the offline default: task inputs and first targets),
+    `source` is `builtin` (the default: the inputs and answers of the project's own
+    tasks, layerprune.builtin), `bigbench` (BIG-bench task inputs and first targets),
     `hub` (a `datasets` hub id, `save_to_disk` directory or local data file at `path`)
     or `jsonl` (a plain local JSONL at `path`). For `hub` and `jsonl` the user turn is
     the non-empty `prompt_fields` joined by `separator` (Alpaca: instruction, input) and
@@ -276,10 +330,14 @@ def prepare_prompt_set(
     prompt belongs to the prompt set, so `data` and `sgr` train on the very same
     prompts and differ only in their answers.
     """
-    if source == "bigbench":
+    if source == "builtin":
+        if not builtin_tasks or builtin_dir is None:
+            raise ValueError("prompts.source=builtin needs prompts.builtin_tasks (and --builtin-dir)")
+        pool = _task_json_pool(builtin_dir, builtin_tasks, "builtin")
+    elif source == "bigbench":
         if not bigbench_tasks or bigbench_dir is None:
             raise ValueError("prompts.source=bigbench needs prompts.bigbench_tasks")
-        pool = _bigbench_pool(bigbench_dir, bigbench_tasks)
+        pool = _task_json_pool(bigbench_dir, bigbench_tasks, "bigbench")
     elif source in ("hub", "jsonl"):
         if not path:
             raise ValueError(f"prompts.source={source} needs prompts.path")
@@ -293,7 +351,7 @@ def prepare_prompt_set(
             rows = load_prompt_dataset(path, name, split)
         pool = _rows_pool(rows, prompt_fields, response_field, separator, f"{source}:{path}")
     else:
-        raise ValueError(f"prompts.source={source!r}: prepare-prompts handles bigbench, hub and jsonl")
+        raise ValueError(f"prompts.source={source!r}: prepare-prompts handles builtin, bigbench, hub and jsonl")
     if num_prompts > len(pool):
         raise ValueError(f"prompts.num_prompts={num_prompts} exceeds the {len(pool)} available prompts")
     rng = random.Random(seed)
@@ -411,8 +469,14 @@ def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None
     return [dict(row) for row in datasets.load_dataset(hub, config_name, split=split, revision=revision)]
 
 
+def _example_text(example: dict[str, Any]) -> str:
+    """A task example as one passage: its input and, where it has one, its answer."""
+    answer = _first_target(example) if ("target" in example or "target_scores" in example) else ""
+    return f"{example['input'].strip()} {answer}".strip()
+
+
 def prepare_calibration(
-    bigbench_dir: str | Path,
+    bigbench_dir: str | Path | None,
     bigbench_tasks: list[str],
     num_samples: int,
     seed: int,
@@ -420,9 +484,12 @@ def prepare_calibration(
     source: str = "bigbench",
     path: str = "openai/gsm8k",
     split: str = "test",
+    builtin_tasks: list[str] | None = None,
+    builtin_dir: str | Path | None = None,
 ) -> int:
     """Write a JSONL of `{"text": ...}` calibration passages (task inputs and answers).
 
+    source builtin: the project's own tasks (python_docs: prose paragraphs), drawn with the seed.
     source gsm8k: the first `num_samples` rows of GSM8K's `split`, in the dataset's order
     (`gsm8k_calibration_text`), as the authors' notebook takes them; no seed.
     """
@@ -432,12 +499,12 @@ def prepare_calibration(
         if num_samples > len(rows):
             raise ValueError(f"scoring.calibration.num_samples={num_samples} exceeds the {len(rows)} rows of {path}")
         return write_jsonl(out_path, ({"text": gsm8k_calibration_text(row)} for row in rows[:num_samples]))
-    if source != "bigbench":
-        raise ValueError(f"scoring.calibration.source must be bigbench or gsm8k, got {source!r}")
-    texts = []
-    for task in bigbench_tasks:
-        for example in load_bigbench_examples(bigbench_dir, task):
-            texts.append(f"{example['input'].strip()} {_first_target(example)}".strip())
+    if source not in ("bigbench", "builtin"):
+        raise ValueError(f"scoring.calibration.source must be builtin, bigbench or gsm8k, got {source!r}")
+    task_dir, tasks = (builtin_dir, builtin_tasks) if source == "builtin" else (bigbench_dir, bigbench_tasks)
+    if not tasks or task_dir is None:
+        raise ValueError(f"scoring.calibration.source={source} needs scoring.calibration.{source}_tasks")
+    texts = [_example_text(example) for task in tasks for example in load_bigbench_examples(task_dir, task)]
     if num_samples > len(texts):
         raise ValueError(f"scoring.calibration.num_samples={num_samples} exceeds the {len(texts)} passages")
     return write_jsonl(out_path, ({"text": text} for text in random.Random(seed).sample(texts, num_samples)))

@@ -403,6 +403,8 @@ def evaluate_checkpoint(
         "task": task_name,
         "type": task["type"],
         "source": task["source"],
+        # package versions, file hashes, licence: what the samples were drawn from (layerprune.tasks)
+        "provenance": task.get("provenance"),
         "num_fewshot": task["num_fewshot"],
         "checkpoint": str(model_dir),
         "n": len(result["samples"]),

@@ -4,10 +4,10 @@ Gromov et al. and Shortened LLaMA "heal" a pruned model with ordinary language
 modelling on generic text rather than SFT on chat data. The text comes from one
 of three sources (`recovery.heal.source` in the config):
 
-- `{bigbench_tasks: [...]}`: offline, from the bigbench sdist on PyPI that the
-  pipeline already fetches. The default, `gem/wikilingua_en`, is 1001 English
-  WikiHow articles: disjoint from the evaluated tasks and from the `gem/xsum`
-  news passages used for calibration.
+- `{builtin_tasks: [...]}`: the project's own text tasks (layerprune.builtin); the
+  default, `python_docs`, is the prose of the Python language reference.
+- `{bigbench_tasks: [...]}`: from a local copy of the bigbench sdist (`bigbench.sdist`);
+  `gem/wikilingua_en` is 1001 English WikiHow articles.
 - `{path: file}`: a local `.txt` (documents separated by blank lines) or a
   `.jsonl` with a `text` field.
 - `{hub: name, split: train, text_field: text, name: null}`: a dataset loaded
@@ -27,16 +27,16 @@ from layerprune.data import load_bigbench_examples
 from layerprune.io import read_jsonl, write_jsonl
 
 
-def _bigbench_texts(bigbench_dir: str | Path, tasks: list[str], field: str) -> list[tuple[str, str]]:
+def _task_json_texts(task_dir: str | Path, tasks: list[str], field: str, kind: str) -> list[tuple[str, str]]:
     texts = []
     for task in tasks:
-        for index, example in enumerate(load_bigbench_examples(bigbench_dir, task)):
+        for index, example in enumerate(load_bigbench_examples(task_dir, task)):
             value = example.get(field)
             if isinstance(value, list):
                 value = value[0] if value else None
             if value is None:
-                raise KeyError(f"recovery.heal.source.field: BIG-bench task '{task}' example {index} has no '{field}'")
-            texts.append((str(value), f"bigbench:{task}#{index}"))
+                raise KeyError(f"recovery.heal.source.field: {kind} task '{task}' example {index} has no '{field}'")
+            texts.append((str(value), f"{kind}:{task}#{index}"))
     return texts
 
 
@@ -77,10 +77,13 @@ def prepare_heal_text(
     out_path: str | Path,
     bigbench_dir: str | Path = "resources/bigbench",
     min_chars: int = 1,
+    builtin_dir: str | Path = "results/shared/builtin",
 ) -> int:
     """Write `num_texts` plain-text records drawn (seeded) from `source`; return the count."""
-    if "bigbench_tasks" in source:
-        texts = _bigbench_texts(bigbench_dir, source["bigbench_tasks"], source.get("field", "input"))
+    if "builtin_tasks" in source:
+        texts = _task_json_texts(builtin_dir, source["builtin_tasks"], source.get("field", "input"), "builtin")
+    elif "bigbench_tasks" in source:
+        texts = _task_json_texts(bigbench_dir, source["bigbench_tasks"], source.get("field", "input"), "bigbench")
     elif "path" in source:
         texts = _file_texts(source["path"])
     elif "hub" in source:
@@ -88,7 +91,9 @@ def prepare_heal_text(
             source["hub"], source.get("split", "train"), source.get("text_field", "text"), source.get("name")
         )
     else:
-        raise ValueError(f"recovery.heal.source: needs bigbench_tasks, path or hub, got {sorted(source)}")
+        raise ValueError(
+            f"recovery.heal.source: needs builtin_tasks, bigbench_tasks, path or hub, got {sorted(source)}"
+        )
     texts = [(text.strip(), origin) for text, origin in texts if text and len(text.strip()) >= min_chars]
     if num_texts > len(texts):
         raise ValueError(f"recovery.heal.num_texts={num_texts} exceeds the {len(texts)} texts in {source}")

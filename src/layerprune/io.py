@@ -158,6 +158,16 @@ def read_jsonl_checked(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+class SourceUnavailable(RuntimeError):
+    """An external source (a package index, a download, the Hub, a model wheel, a local copy) that
+    cannot be had: its name, what happened, and the way out, as one line the console shows
+    (layerprune.cli prints it without a traceback)."""
+
+    def __init__(self, source: str, status: str, way_out: str) -> None:
+        self.source, self.status, self.way_out = source, status, way_out
+        super().__init__(f"{source}: {status}. Way out: {way_out}")
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

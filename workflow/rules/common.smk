@@ -14,7 +14,9 @@ from layerprune.checks import (
 from layerprune.launch import cluster_cores_problem, rule_command_prefix, rule_settings, slurm_resources
 from layerprune.registry import DATASETS, DISTILLATIONS, RECOVERIES, SCORING_METHODS, methods_where
 from layerprune.validation import validate_study
+from layerprune.builtin import BUILTIN_TASKS, provenance as builtin_provenance
 from layerprune.settings import (
+    BigbenchSourceSettings,
     CalibrationSettings,
     EvaluationSettings,
     HealSettings,
@@ -148,6 +150,7 @@ wildcard_constraints:
 # Each rule's `settings` param: the JSON of exactly the settings its job uses
 # (layerprune.settings), shell-quoted into the command as `--settings {params.settings:q}`.
 # Snakemake's params trigger then re-runs exactly the jobs a changed setting reaches.
+BIGBENCH_SOURCE_SETTINGS = settings_json(BigbenchSourceSettings, config)
 PROMPT_SET_SETTINGS = settings_json(PromptSetSettings, config)
 PROMPT_FILTER_SETTINGS = settings_json(PromptFilterSettings, config)
 CALIBRATION_SETTINGS = settings_json(CalibrationSettings, config)
@@ -230,14 +233,44 @@ onstart:
             raise WorkflowError(problem)
 
 
+# External sources first: a refused download shows before any long job starts.
+FETCH_PRIORITY = 100
+
+
 def bigbench_file(task):
     return f"resources/bigbench/{task}/task.json"
 
 
+# The project's own tasks (layerprune.builtin), under results/ so DVC versions them with what they feed.
+BUILTIN_DIR = shared_path("builtin")
+BUILTIN_TASK_PATTERN = "|".join(re.escape(name) for name in BUILTIN_TASKS)
+
+
+def builtin_file(name):
+    return f"{BUILTIN_DIR}/{name}/task.json"
+
+
+def builtin_provenance_json(name):
+    return json.dumps(builtin_provenance(name), sort_keys=True)
+
+
+def task_json_files(kind, names):
+    """The task JSON files of BIG-bench or builtin tasks (`kind`: bigbench | builtin)."""
+    file = bigbench_file if kind == "bigbench" else builtin_file
+    return [file(name) for name in names or []]
+
+
+def calibration_inputs():
+    source = config["scoring"]["calibration"]["source"]
+    if source in ("bigbench", "builtin"):
+        return task_json_files(source, config["scoring"]["calibration"][f"{source}_tasks"])
+    return []
+
+
 def prompt_source_inputs():
-    """Files the prompt set is drawn from: BIG-bench task files, or a local dataset path (a hub id has none)."""
-    if PROMPTS["source"] == "bigbench":  # none when no recovery trains on the prompt set
-        return [bigbench_file(task) for task in PROMPTS["bigbench_tasks"] or []]
+    """Files the prompt set is drawn from: task JSON files, or a local dataset path (a hub id has none)."""
+    if PROMPTS["source"] in ("bigbench", "builtin"):  # none when no recovery trains on the prompt set
+        return task_json_files(PROMPTS["source"], PROMPTS[f"{PROMPTS['source']}_tasks"])
     if PROMPTS["source"] in ("hub", "jsonl") and os.path.exists(PROMPTS["path"]):
         return [PROMPTS["path"]]
     return []
@@ -267,19 +300,20 @@ def task_inputs(wildcards):
     if spec.get("lm_eval_task"):
         return []  # prepared by prepare_lm_eval_task, from lm-eval's own task config
     files = [spec[key] for key in ("file", "fewshot_file") if spec.get(key)]
-    if spec["dataset"] == "bigbench":
-        tasks = spec["bigbench_task"]
-        files += [bigbench_file(task) for task in ([tasks] if isinstance(tasks, str) else tasks)]
+    if spec["dataset"] in ("bigbench", "builtin"):
+        tasks = spec[f"{spec['dataset']}_task"]
+        files += task_json_files(spec["dataset"], [tasks] if isinstance(tasks, str) else tasks)
     elif spec["dataset"] == "xsum" and not spec.get("hub") and not spec.get("file"):
         files.append(bigbench_file("gem/xsum"))
     return files
 
 
 def heal_inputs():
-    """The files the heal text is drawn from: BIG-bench task JSONs or a local file (none for the hub)."""
+    """The files the heal text is drawn from: task JSONs or a local file (none for the hub)."""
     source = config["recovery"]["heal"]["source"]
-    if "bigbench_tasks" in source:
-        return [bigbench_file(task) for task in source["bigbench_tasks"]]
+    for kind in ("bigbench", "builtin"):
+        if f"{kind}_tasks" in source:
+            return task_json_files(kind, source[f"{kind}_tasks"])
     return [source["path"]] if "path" in source else []
 
 

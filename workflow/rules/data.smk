@@ -1,12 +1,34 @@
+# Only for studies that name BIG-bench tasks: the package index no longer serves the sdist, so a
+# refusal or a missing local copy (`bigbench.sdist`) must show first, on the console, not after hours.
 rule fetch_bigbench:
     output:
         "resources/bigbench-1.0.0.tar.gz",
     log:
         "logs/fetch_bigbench.log",
+    priority: FETCH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
+    params:
+        settings=BIGBENCH_SOURCE_SETTINGS,
     shell:
-        "layerprune fetch-bigbench --out {output:q} > {log:q} 2>&1"
+        "layerprune fetch-bigbench --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
+
+
+# The project's own tasks (layerprune.builtin), built from installed packages; the params hold
+# their provenance (package versions), so an upgraded package rebuilds them and what follows.
+rule build_task:
+    output:
+        builtin_file("{name}"),
+    log:
+        "logs/build_task/{name}.log",
+    wildcard_constraints:
+        name=BUILTIN_TASK_PATTERN,
+    conda:
+        "../../envs/layerprune.yaml"
+    params:
+        provenance=lambda wc: builtin_provenance_json(wc.name),
+    shell:
+        "layerprune build-task --name {wildcards.name:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule extract_bigbench:
@@ -60,10 +82,12 @@ rule prepare_task:
     conda:
         "../../envs/layerprune.yaml"
     params:
+        builtin_dir=BUILTIN_DIR,
         spec=lambda wc: task_spec_json(wc.task),
         seed=SEED,
     shell:
-        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --seed {params.seed:q}"
+        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --builtin-dir {params.builtin_dir:q}"
+        " --seed {params.seed:q}"
         " --exclude-task-files {input.excluded:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -77,18 +101,16 @@ rule prepare_prompts:
     conda:
         "../../envs/layerprune.yaml"
     params:
+        builtin_dir=BUILTIN_DIR,
         settings=PROMPT_SET_SETTINGS,
     shell:
-        "layerprune prepare-prompts --settings {params.settings:q} --bigbench-dir resources/bigbench --out {output:q} > {log:q} 2>&1"
+        "layerprune prepare-prompts --settings {params.settings:q} --bigbench-dir resources/bigbench"
+        " --builtin-dir {params.builtin_dir:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_calibration:
     input:
-        [
-            bigbench_file(task)
-            for task in config["scoring"]["calibration"]["bigbench_tasks"]
-            if config["scoring"]["calibration"]["source"] == "bigbench"
-        ],
+        calibration_inputs(),
     output:
         shared_path("calibration/{fp}.jsonl"),
     log:
@@ -96,10 +118,11 @@ rule prepare_calibration:
     conda:
         "../../envs/layerprune.yaml"
     params:
+        builtin_dir=BUILTIN_DIR,
         settings=CALIBRATION_SETTINGS,
     shell:
         "layerprune prepare-calibration --settings {params.settings:q} --bigbench-dir resources/bigbench"
-        " --out {output:q} > {log:q} 2>&1"
+        " --builtin-dir {params.builtin_dir:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule materialize:
