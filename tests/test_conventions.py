@@ -134,7 +134,7 @@ def test_job_output_lands_in_its_log(tmp_path):
     workdir = workflow_copy(tmp_path / "wf")
     snakemake(workdir, "--cores", "1", "--until", "prepare_calibration")
     logs = {p.relative_to(workdir).as_posix() for p in (workdir / "logs").rglob("*.log")}
-    assert {"logs/fetch_bigbench.log", "logs/extract_bigbench/gem/xsum.log"} <= logs
+    assert "logs/build_task/python_docs.log" in logs and not any("bigbench" in log for log in logs)
     fp = Path(shared_file(workdir, "calibration:.jsonl")).stem
     assert f"logs/prepare_calibration/{fp}.log" in logs
 
@@ -195,8 +195,9 @@ def test_shell_syntax_in_config_strings_runs_nothing(tmp_path):
          "t$(x)"),
         (lambda c: c["scoring"].update(methods=["bi;touch"]), "bi;touch"),
         (lambda c: c["recovery"].update(methods=["none", "sgr x"]), "sgr x"),
-        (lambda c: c["prompts"].update(bigbench_tasks=["a b"]), "a b"),
-        (lambda c: c["tasks"]["plural"].update(bigbench_task="x; touch y"), "x; touch y"),
+        (lambda c: c["prompts"].update(source="bigbench", bigbench_tasks=["a b"]), "a b"),
+        (lambda c: c["prompts"].update(builtin_tasks=["a b"]), "a b"),
+        (lambda c: c["tasks"]["plural"].update(builtin_task="x; touch y"), "x; touch y"),
         (lambda c: c["tasks"].update(arc={"type": "classification", "lm_eval_task": "x --help; touch /tmp/PWNED; echo",
                                           "num_fewshot": 0}), "lm_eval_task"),
     ],
@@ -229,7 +230,6 @@ def test_dvc_versions_the_report_folder_the_aggregate_rule_writes(tmp_path):
     outs = {next(iter(entry)): entry[next(iter(entry))] for entry in stage["outs"]}
     assert outs == {
         "results": {"persist": True},
-        "resources/bigbench": {"persist": True},
         ".snakemake/metadata": {"persist": True, "cache": False},  # git versions the provenance records
     }
     metrics = [next(iter(e)) if isinstance(e, dict) else e for e in dvc["metrics"]]

@@ -4,7 +4,7 @@ Alice's repository is a copy of the session's one real tiny run (conftest.tiny_r
 with git and the repository's own DVC setup around it (.dvc/config, .dvcignore,
 .gitignore): the README's steps as typed, `dvc remote add`, `dvc repro` (Snakemake
 finds nothing to do, DVC records the outputs and links them to its cache: one copy on disk),
-`dvc push`. Bob clones it and types the README's colleague steps (`dvc pull`, the sdist,
+`dvc push`. Bob clones it and types the README's colleague steps (`dvc pull`,
 `layerprune restore-mtimes`), and Snakemake has nothing left to do; a changed setting then
 plans in Bob's clone exactly the jobs it plans in Alice's checkout.
 """
@@ -49,7 +49,7 @@ COLLEAGUE_STEPS = readme_steps("a colleague who wants everything and to go on fr
 
 def sync_after_pull(cwd: Path) -> None:
     """The README's steps after `git clone` for a colleague who goes on from there, as typed: `dvc pull`
-    (unless done already), the BIG-bench sdist, `layerprune restore-mtimes` (not `snakemake --touch`,
+    (unless done already), `layerprune restore-mtimes` (not `snakemake --touch`,
     which left pulled directories it found up to date without a timestamp)."""
     for line in COLLEAGUE_STEPS:
         if line == "dvc pull" and (cwd / "results").exists():
@@ -90,12 +90,9 @@ def cache_inodes(repo: Path) -> dict[int, Path]:
 
 
 def outputs(repo: Path) -> list[Path]:
-    """The files DVC versions in results/ and resources/bigbench (Snakemake's timestamps left out)."""
+    """The files DVC versions in results/ (Snakemake's timestamps left out)."""
     return [
-        p
-        for top in ("results", "resources/bigbench")
-        for p in (repo / top).rglob("*")
-        if p.is_file() and p.name != ".snakemake_timestamp"
+        p for top in ("results",) for p in (repo / top).rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"
     ]
 
 
@@ -174,9 +171,9 @@ def alice(tiny_run, tmp_path_factory):
     # one copy on disk: DVC linked what it versions to its cache (with `reflink,hardlink,copy`, on a file
     # system without reflinks, every file stayed a copy beside its cached twin: twice the bytes)
     assert_one_copy(repo)
-    workspace = disk_bytes(repo / "results", repo / "resources" / "bigbench")
-    together = disk_bytes(repo / "results", repo / "resources" / "bigbench", repo / ".dvc" / "cache")
-    print(f"after dvc repro: results+resources {workspace} bytes, with the cache {together} bytes")
+    workspace = disk_bytes(repo / "results")
+    together = disk_bytes(repo / "results", repo / ".dvc" / "cache")
+    print(f"after dvc repro: results {workspace} bytes, with the cache {together} bytes")
     assert together < 1.05 * workspace
     assert (repo / "results" / "variant" / "report" / "summary.csv").is_file()
     dvc(repo, "push")
@@ -202,7 +199,7 @@ def test_provenance_and_resources_are_versioned(alice):
     tracked = git(repo, "ls-files", ".snakemake").split()
     assert tracked and all(path.startswith(".snakemake/metadata/") for path in tracked), tracked[:5]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["pipeline"]
-    assert {out["path"] for out in lock["outs"]} == {"results", "resources/bigbench", ".snakemake/metadata"}
+    assert {out["path"] for out in lock["outs"]} == {"results", ".snakemake/metadata"}
 
 
 def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
@@ -210,7 +207,6 @@ def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
     bob = root / "bob"
     run(["git", "clone", "-q", str(repo), str(bob)], cwd=root)
     assert not (bob / "results").exists() and not (bob / "resources").exists()
-    sdist = bob / "resources" / "bigbench-1.0.0.tar.gz"
     dvc(bob, "pull")
     for path in (
         f"{RESULTS}/report/summary.csv",
@@ -218,7 +214,7 @@ def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
         f"{RESULTS}/report/plots/tiny__addition.png",
         f"{RESULTS}/selfgen/tiny.jsonl",
         f"{RESULTS}/eval/tiny/bi/0.5/sgr/addition.json",
-        "resources/bigbench/general_knowledge/task.json",
+        "results/shared/builtin/country_continent/task.json",  # the project's own tasks, built once
     ):
         assert (bob / path).read_bytes() == (repo / path).read_bytes(), path
     # the top-level metrics and plots of dvc.yaml, inside the pulled results/
@@ -227,10 +223,8 @@ def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
     assert shown.keys() == json.loads((repo / metrics).read_text()).keys()  # (NaN != NaN)
     plots = json.loads(dvc(bob, "plots", "show", "--json"))
     assert list(plots["data"]) == [f"{RESULTS}/report/summary.csv"] and not plots.get("errors"), plots.get("errors")
-    assert not sdist.exists()
     assert_one_copy(bob)  # pulled files are the cache's own
     sync_after_pull(bob)
-    assert sdist.is_symlink()  # fetched again, into its place in the DAG: nothing re-extracted
     assert planned(bob) == set() and planned(bob, "--configfile", "variant.yaml") == set()
     # a changed setting plans in the clone exactly the jobs it plans in the origin (on 626b338, none
     # or a few, as the pull's mtimes had it: the clone had no record of the params of its outputs)

@@ -124,11 +124,14 @@ def test_max_steps_zero_is_rejected(tmp_path):
 def bad_task(key: str):
     def mutate(config: dict) -> None:
         if key == "tasks":
-            config["tasks"]["plural"]["bigbench_task"] = "linguistic_mappings/plurals_json"
+            del config["tasks"]["plural"]["builtin_task"]
+            config["tasks"]["plural"].update(dataset="bigbench", bigbench_task="linguistic_mappings/plurals_json")
         elif key == "prompts":
-            config["prompts"]["bigbench_tasks"][1] = "arithmetic/2_digit_subtractoin"
+            config["prompts"].update(
+                source="bigbench", bigbench_tasks=["word_unscrambling", "arithmetic/2_digit_subtractoin"]
+            )
         elif key == "calibration":
-            config["scoring"]["calibration"]["bigbench_tasks"] = ["gem/xsumm"]
+            config["scoring"]["calibration"].update(source="bigbench", bigbench_tasks=["gem/xsumm"])
         else:
             config["recovery"]["heal"] = {"source": {"bigbench_tasks": ["gem/wikilingua_eng"]}, "num_texts": 4}
 
@@ -155,24 +158,50 @@ def test_unknown_bigbench_task_is_named_with_its_key_at_plan_time(tmp_path, wher
 
 def test_bigbench_suggestions_and_programmatic_tasks():
     config = copy.deepcopy(DEFAULT)
-    config["tasks"]["plural"]["bigbench_task"] = "linguistic_mappings/plurals_json"
-    config["tasks"]["general_knowledge"]["bigbench_task"] = "boolean_expressions"  # task.py only
+    for task, name in (("plural", "linguistic_mappings/plurals_json"), ("country_continent", "boolean_expressions")):
+        del config["tasks"][task]["builtin_task"]
+        config["tasks"][task].update(dataset="bigbench", bigbench_task=name)  # boolean_expressions: task.py only
     with pytest.raises(ConfigError) as error:
         check_config(config)
     assert "did you mean 'linguistic_mappings/plural_json'" in str(error.value)
-    assert "tasks.general_knowledge.bigbench_task: 'boolean_expressions' is a programmatic BIG-bench task" in str(
+    assert "tasks.country_continent.bigbench_task: 'boolean_expressions' is a programmatic BIG-bench task" in str(
         error.value
     )
     check_config(DEFAULT)  # every task the default names exists
 
 
-def test_shipped_task_names_equal_the_pinned_sdist(tmp_path):
-    from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS, BIGBENCH_PROGRAMMATIC_TASKS
-    from layerprune.data import bigbench_sdist_task_names, fetch_bigbench_sdist
+def test_the_task_name_list_is_written_from_an_sdists_file_list(tmp_path):
+    """layerprune/bigbench_tasks.py was generated from the real sdist (which the index no longer serves);
+    its generator, on a small sdist of the same layout: json tasks (subtasks too) and task.py-only ones."""
+    import importlib.util
+    import tarfile
 
-    names = bigbench_sdist_task_names(fetch_bigbench_sdist(tmp_path / "bigbench.tar.gz"))  # sha256-checked
-    assert sorted(BIGBENCH_JSON_TASKS) == names["json"] and len(names["json"]) == 1041
-    assert sorted(BIGBENCH_PROGRAMMATIC_TASKS) == names["programmatic"]
+    from bigbench_sdist import make_sdist
+
+    from layerprune.checks import write_task_names
+    from layerprune.data import BIGBENCH_TASK_ROOT
+
+    sdist = make_sdist(tmp_path / "bigbench-1.0.0.tar.gz", {"mc": {"examples": []}, "arith/add": {"examples": []}})
+    program_only = tmp_path / "programmatic.tar.gz"
+    with tarfile.open(sdist) as source, tarfile.open(program_only, "w:gz") as target:
+        for member in source:
+            target.addfile(member, source.extractfile(member))
+        info = tarfile.TarInfo(BIGBENCH_TASK_ROOT + "codenames/task.py")
+        target.addfile(info, None)
+    out = tmp_path / "names.py"
+    write_task_names(program_only, out)
+    spec = importlib.util.spec_from_file_location("names", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sorted(module.BIGBENCH_JSON_TASKS) == ["arith/add", "mc"]
+    assert sorted(module.BIGBENCH_PROGRAMMATIC_TASKS) == ["codenames"]
+
+
+def test_the_shipped_task_names_are_bigbench_1_0_0s():
+    from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS, BIGBENCH_PROGRAMMATIC_TASKS
+
+    assert len(BIGBENCH_JSON_TASKS) == 1041 and "linguistic_mappings/plural_json" in BIGBENCH_JSON_TASKS
+    assert "boolean_expressions" in BIGBENCH_PROGRAMMATIC_TASKS
 
 
 # --------------------------------------------------------------------------- models on disk

@@ -108,23 +108,24 @@ def test_heal_text_from_a_saved_hub_dataset(tmp_path):
         prepare_heal_text({**source, "text_field": "text"}, 4, 1, tmp_path / "c.jsonl")
 
 
-def test_heal_text_offline_from_bigbench_is_disjoint_from_eval_and_calibration(tmp_path):
-    """The default heal source (gem/wikilingua_en) shares no text with the grid's tasks or calibration."""
+def test_heal_text_offline_is_disjoint_from_the_evaluated_tasks(tmp_path):
+    """The default heal source (builtin python_docs: prose the project builds) shares no text with the
+    default's evaluated tasks. It is the calibration text's source too: both are generic English, and
+    neither is evaluated."""
     config = copy.deepcopy(DEFAULT)
     config["recovery"]["methods"] = [*config["recovery"]["methods"], "heal"]
     workdir = workflow_copy(tmp_path / "wf", config)
     snakemake(workdir, "--cores", "1", "--until", "prepare_heal", "prepare_calibration", "prepare_task")
     heal = read_jsonl(workdir / shared_file(workdir, "heal:.jsonl"))
     assert len(heal) == DEFAULT["recovery"]["heal"]["num_texts"]
-    assert all(r["source"].startswith("bigbench:gem/wikilingua_en#") for r in heal)
+    assert all(r["source"].startswith("builtin:python_docs#") for r in heal)
     heal_texts = {r["text"] for r in heal}
-    calibration = {r["text"] for r in read_jsonl(workdir / shared_file(workdir, "calibration:.jsonl"))}
     evaluated = set()
     for task in DEFAULT["tasks"]:
         payload = json.loads((workdir / shared_file(workdir, "tasks", f"{task}.json")).read_text())
         evaluated |= {s["input"] for s in payload["samples"] + payload["fewshot"]}
     for text in heal_texts:
-        assert not any(text in other or other in text for other in calibration | evaluated if len(other) > 20)
+        assert not any(text in other or other in text for other in evaluated if len(other) > 20)
 
 
 # --------------------------------------------------------------------------- real tiny DAG runs
@@ -142,7 +143,7 @@ def test_real_tiny_recovery_through_the_dag(tmp_path, trainer):
     config = tiny_config(model_dir)
     config["pruning"]["ratios"] = [0.25]
     config["recovery"].update(methods=["none", "data", "heal"], trainer=trainer, save_steps=1)
-    config["recovery"]["heal"] = {"source": {"bigbench_tasks": ["gem/wikilingua_en"]}, "num_texts": 8}
+    config["recovery"]["heal"] = {"source": {"builtin_tasks": ["python_docs"]}, "num_texts": 8}
     config["tasks"].pop("knowledge")
     workdir = workflow_copy(tmp_path / "wf", config)
     snakemake(workdir, "--cores", "2")

@@ -86,6 +86,23 @@ def _country_capital() -> list[dict[str, Any]]:
     return [{"input": f"What is the capital of {c['name']}?", "target": c["capital"]} for c in _countries()]
 
 
+def _country_capital_choice() -> list[dict[str, Any]]:
+    """The capital among four: three other countries' capitals, drawn per country with ITEM_SEED."""
+    countries = _countries()
+    capitals = sorted({c["capital"] for c in countries})
+    examples = []
+    for country in countries:
+        others = [capital for capital in capitals if capital != country["capital"]]
+        choices = sorted([country["capital"], *random.Random(f"{ITEM_SEED}/{country['name']}").sample(others, 3)])
+        examples.append(
+            {
+                "input": f"What is the capital of {country['name']}?",
+                "target_scores": {choice: int(choice == country["capital"]) for choice in choices},
+            }
+        )
+    return examples
+
+
 def _country_continent() -> list[dict[str, Any]]:
     return [
         {
@@ -230,6 +247,13 @@ def _python_docs() -> list[dict[str, Any]]:
 BUILTIN_TASKS: dict[str, BuiltinTask] = {
     "country_capital": BuiltinTask(
         "the capital of a country of at least 5 million people", "generative", "countryinfo", "MIT", _country_capital
+    ),
+    "country_capital_choice": BuiltinTask(
+        "the capital of a country of at least 5 million people among four (three other countries' capitals)",
+        "classification",
+        "countryinfo",
+        "MIT",
+        _country_capital_choice,
     ),
     "country_continent": BuiltinTask(
         "the continent of a country of at least 5 million people (6 choices)",
