@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from layerprune.registry import RECOVERIES
 from layerprune.settings import DistillSettings
 
 # the one teacher forward pass per batch: keep it out of autograd and in eval mode (GKDTrainer does both)
@@ -53,7 +54,8 @@ def load_teacher(teacher_dir: str | Path, dtype: str, device: str, student_confi
 def gkd_arguments(options: DistillSettings, recovery: str) -> dict[str, Any]:
     """GKDConfig's own fields for `recovery` (the SFTConfig ones are the other recoveries')."""
     return {
-        "lmbda": 0.0 if recovery == "kd" else options.lmbda,
+        # an off-policy recovery (kd) trains on the dataset's completions only
+        "lmbda": options.lmbda if RECOVERIES[recovery].on_policy else 0.0,
         "beta": options.beta_for_trl(),
         "temperature": options.temperature,
         "max_new_tokens": options.max_new_tokens,

@@ -44,10 +44,9 @@ from layerprune.io import (
     write_json,
 )
 from layerprune.models import load_checkpoint
-from layerprune.registry import DISTILLATIONS, TRAINERS
-from layerprune.settings import DistillSettings, RecoverySettings
+from layerprune.registry import DISTILLATIONS, RECOVERIES, TRAINED, TRAINERS, check_name
+from layerprune.settings import PRECISIONS, DistillSettings, RecoverySettings
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FINGERPRINT_FILE = "fingerprint.json"
 
 
@@ -96,9 +95,9 @@ def _dataset_records(dataset_path: str | Path, recovery: str) -> list[dict[str, 
     The count is checked against the one selfgen / filter-prompts recorded beside the file.
     """
     rows = read_jsonl_checked(dataset_path)
-    if recovery == "heal":
+    if RECOVERIES[recovery].data == "text":
         if rows and "text" not in rows[0]:
-            raise ValueError(f"{dataset_path}: recovery 'heal' needs {{'text': ...}} records (see prepare-heal)")
+            raise ValueError(f"{dataset_path}: recovery '{recovery}' needs {{'text': ...}} records (see prepare-heal)")
         records = [{"text": r["text"]} for r in rows if r["text"].strip()]
         kind = "texts"
     else:
@@ -491,11 +490,15 @@ def recover_checkpoint(
     `kd` / `kd_onpolicy` need `teacher_dir` (the dense checkpoint) and read the
     distillation settings too (layerprune.settings.DistillSettings).
     """
-    distill = recovery in DISTILLATIONS
+    distill = RECOVERIES[check_name("recovery", recovery, TRAINED)].teacher
     if distill != (teacher_dir is not None):
         raise ValueError(
             f"recover: recovery '{recovery}' "
-            + ("needs --teacher (the dense checkpoint)" if distill else "takes no --teacher (only kd, kd_onpolicy do)")
+            + (
+                "needs --teacher (the dense checkpoint)"
+                if distill
+                else f"takes no --teacher (only {', '.join(DISTILLATIONS)} do)"
+            )
         )
     options = (DistillSettings if distill else RecoverySettings).build(settings, **overrides)
     check_trainer(options.trainer)
@@ -522,7 +525,7 @@ def recover_checkpoint(
         "weight_decay": options.weight_decay,
         "adam_beta1": options.adam_beta1,
         "adam_beta2": options.adam_beta2,
-        "completion_only_loss": options.completion_only_loss and recovery != "heal",
+        "completion_only_loss": options.completion_only_loss and RECOVERIES[recovery].loss != "lm",
         "padding_free": options.padding_free,
         "gradient_checkpointing": options.gradient_checkpointing,
         "precision": mixed,

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from layerprune.registry import DATASETS, GRADERS, SCORING_METHODS, TRAINERS, methods_where
+from layerprune.registry import DATASETS, GRADERS, RECOVERIES, SCORING_METHODS, TRAINERS, methods_where
 
 MISSING = dataclasses.MISSING
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -505,6 +505,10 @@ class PruneSettings(OnModel):
     """prune: remove the scored layers at a ratio (the ratio is the job's wildcard)."""
 
 
+# mixed precision of training (recovery.precision; layerprune.recover.resolve_precision)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RecoverySettings(Seeded, OnModel):
     """recover: SFT of a pruned checkpoint with TRL, merged into a plain checkpoint."""
@@ -521,7 +525,7 @@ class RecoverySettings(Seeded, OnModel):
     precision: str = setting(
         "auto",
         help="mixed precision of training; auto = bf16 on a GPU that supports it, fp32 on CPU",
-        choices=("auto", "bf16", "fp16", "fp32"),
+        choices=PRECISIONS,
     )
     lora_r: int = setting(16, help="LoRA rank", schema={"minimum": 1})
     lora_alpha: int = setting(32, help="LoRA scaling numerator (scale = alpha / r)", schema={"minimum": 1})
@@ -697,8 +701,9 @@ class DistillSettings(RecoverySettings):
         return [f.name for f in dataclasses.fields(cls) if f.name not in RECOVERY_FIELDS]
 
     def distill_values(self, recovery: str) -> dict[str, Any]:
-        """The `recovery.kd` settings a `recovery` job uses: kd never generates (no lmbda, max_new_tokens)."""
-        unused = {"lmbda", "max_new_tokens"} if recovery == "kd" else set()
+        """The `recovery.kd` settings a `recovery` job uses: an off-policy one never generates (no lmbda,
+        max_new_tokens)."""
+        unused = set() if RECOVERIES[recovery].on_policy else {"lmbda", "max_new_tokens"}
         if self.divergence != "jsd":
             unused.add("beta")
         return {name: getattr(self, name) for name in self.own_fields() if name not in unused}
@@ -1159,7 +1164,18 @@ def home_fields() -> dict[str, list[tuple[str, dict[str, Any]]]]:
 
 def registry_enums() -> dict[str, list[str]]:
     """The schema's enums that come from layerprune.registry."""
-    return {"scoring_methods": list(SCORING_METHODS), "graders": [*GRADERS, None], "datasets": list(DATASETS)}
+    return {
+        "scoring_methods": list(SCORING_METHODS),
+        "graders": [*GRADERS, None],
+        "datasets": list(DATASETS),
+        "recoveries": list(RECOVERIES),
+    }
+
+
+def recovery_methods_block(indent: str) -> list[str]:
+    """recovery.methods' items and description: every declared recovery, each with its label."""
+    described = "; ".join(f"{name} = {recovery.label}" for name, recovery in RECOVERIES.items())
+    return [f"{indent}items: {{enum: {json.dumps(list(RECOVERIES))}}}", f"{indent}description: {json.dumps(described)}"]
 
 
 BEGIN = re.compile(r"^(?P<indent> *)# >>> generated: (?P<name>[\w.*:]*) ")
@@ -1169,6 +1185,8 @@ END = re.compile(r"^ *# <<< generated")
 def _block(name: str, indent: str) -> list[str]:
     if name.startswith("enum:"):
         return [f"{indent}enum: {json.dumps(registry_enums()[name.removeprefix('enum:')])}"]
+    if name == "recovery.methods":
+        return recovery_methods_block(indent)
     section = "" if name == "top" else name
     return [f"{indent}{key}: {json.dumps(schema)}" for key, schema in home_fields()[section]]
 
