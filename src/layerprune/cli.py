@@ -283,30 +283,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(EvaluationSettings, args, "evaluate")
     _threads(args.threads)
-    evaluate_checkpoint(
-        args.model,
-        args.task_file,
-        args.task_name,
-        args.out,
-        batch_size=settings.batch_size,
-        max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed,
-        dtype=settings.dtype,
-        variant={
-            "model": args.model_name,
-            "method": args.method,
-            "ratio": args.ratio,
-            "recovery": args.recovery,
-        },
-        prompting=settings.prompting,
-        sampling=settings.sampling(),
-        pass_k=settings.pass_k,
-        sandbox=settings.sandbox_limits(),
-        chance=settings.chance,
-        settings=settings.to_dict(),
-        backend=settings.backend,
-        max_batch_tokens=settings.max_batch_tokens,
-    )
+    variant = {"model": args.model_name, "method": args.method, "ratio": args.ratio, "recovery": args.recovery}
+    evaluate_checkpoint(args.model, args.task_file, args.task_name, args.out, settings, variant=variant)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:

@@ -89,6 +89,13 @@ class StageSettings:
     """Shared behaviour of the settings dataclasses."""
 
     SECTION: ClassVar[str] = ""
+    BUILT_BY: ClassVar[str] = "settings"  # what `build`'s errors name
+
+    @classmethod
+    def build(cls, settings: StageSettings | None = None, **overrides: Any) -> Any:
+        """`settings` (or the defaults) with `overrides` applied, checked like a config."""
+        base = settings.to_dict() if settings is not None else {}
+        return cls.from_dict({**base, **overrides}, where=cls.BUILT_BY)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "settings") -> StageSettings:
@@ -514,6 +521,7 @@ class RecoverySettings(Seeded, OnModel):
     """recover: SFT of a pruned checkpoint with TRL, merged into a plain checkpoint."""
 
     SECTION: ClassVar[str] = "recovery"
+    BUILT_BY: ClassVar[str] = "recover_checkpoint"
     trainer: str = setting(
         "lora",
         help=(
@@ -595,12 +603,6 @@ class RecoverySettings(Seeded, OnModel):
         if self.max_steps == 0:
             raise ValueError("recovery.max_steps: 0 would still train one step; use -1 (num_epochs) or a count >= 1")
 
-    @classmethod
-    def build(cls, settings: RecoverySettings | None = None, **overrides: Any) -> RecoverySettings:
-        """`settings` (or the defaults) with `overrides` applied, checked like a config."""
-        base = settings.to_dict() if settings is not None else {}
-        return cls.from_dict({**base, **overrides}, where="recover_checkpoint")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingSeeds(StageSettings):
@@ -611,6 +613,7 @@ class TrainingSeeds(StageSettings):
     """
 
     SECTION: ClassVar[str] = "recovery"
+    BUILT_BY: ClassVar[str] = "recover_checkpoint"
     seeds: list[int] | None = setting(
         None,
         help=(
@@ -717,6 +720,7 @@ class EvaluationSettings(Seeded, OnModel):
     """evaluate_dense / evaluate_variant: one task on one checkpoint (per-task settings from tasks.<task>)."""
 
     SECTION: ClassVar[str] = "evaluation"
+    BUILT_BY: ClassVar[str] = "evaluate_checkpoint"
     batch_size: int = setting(16, help="prompts per forward pass", schema={"minimum": 1})
     max_batch_tokens: int | None = setting(
         None,
