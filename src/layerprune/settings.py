@@ -6,7 +6,8 @@ config (`config=`, default: the class's section + the field name). Everything el
 derived from these declarations:
 
 * the config schema's settings blocks: `python -m layerprune.settings --write-schema`
-  rewrites the marked blocks of workflow/schemas/config.schema.yaml (a test fails when
+  rewrites the marked blocks of src/layerprune/config.schema.yaml (package data;
+  workflow/schemas/config.schema.yaml links to it) (a test fails when
   they are stale), so a setting's type, default, bounds and help are written here only;
 * the CLI flags of each stage (`add_settings_arguments`: `--lora-r 16`, or all at once
   as `--settings '{"lora_r": 16, ...}'`);
@@ -36,7 +37,9 @@ from typing import Any, ClassVar
 from layerprune.registry import DATASETS, GRADERS, RECOVERIES, SCORING_METHODS, TRAINERS, methods_where
 
 MISSING = dataclasses.MISSING
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# The config schema is package data, so an installed layerprune (a wheel, `pip install .`) loads it too;
+# workflow/schemas/config.schema.yaml (snakemake.utils.validate, readers of the checkout) is a symlink to it.
+SCHEMA_FILE = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 def setting(
