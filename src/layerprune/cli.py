@@ -386,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_fetch_lm_eval_data,
         "Download the data of the lm-eval tasks named in task files into the Hugging Face cache (offline nodes).",
     )
-    sub.add_argument("task_files", nargs="+", help="task JSONs (results/data/tasks/*.json); others are skipped")
+    sub.add_argument(
+        "task_files", nargs="+", help="task JSONs (results/shared/tasks/<fingerprint>/<task>.json); others are skipped"
+    )
 
     sub = stage(
         "prepare-prompts", cmd_prepare_prompts, "Build the prompt set (with reference answers).", PromptSetSettings
