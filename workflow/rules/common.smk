@@ -352,7 +352,7 @@ def recovery_teacher(wildcards):
 
 
 def recovery_pattern(rule_name):
-    """The `recovery` wildcard of a rule that trains recoveries: those it is declared to run."""
+    """The `recovery` wildcard of a training rule (recover, recover_kd), from the recoveries declared to run in it."""
     return "|".join(recoveries_run_by(rule_name))
 
 
