@@ -318,7 +318,7 @@ def test_a_study_whose_recoveries_train_on_the_prompt_set_needs_one(tmp_path, re
     (it used to pass the check and fail later, in data.py); heal alone reads no prompt set."""
     config = copy.deepcopy(DEFAULT)
     config["recovery"]["methods"] = recoveries
-    config["prompts"].update(source="bigbench", bigbench_tasks=[])
+    config["prompts"].update(source="bigbench", bigbench_tasks=None)  # no prompt set (the schema allows null, not [])
     result = snakemake(workflow_copy(tmp_path / "wf", config), "-n", "--cores", "1", check=False)
     assert result.returncode != 0
     named = "/".join(r for r in recoveries if r != "none" and r != "heal")
@@ -328,7 +328,7 @@ def test_a_study_whose_recoveries_train_on_the_prompt_set_needs_one(tmp_path, re
 def test_heal_alone_reads_no_prompt_set():
     config = copy.deepcopy(DEFAULT)
     config["recovery"]["methods"] = ["none", "heal"]
-    config["prompts"].update(source="bigbench", bigbench_tasks=[])
+    config["prompts"].update(source="bigbench", bigbench_tasks=None)  # no prompt set (the schema allows null, not [])
     assert not [p for p in checks.config_problems(config) if p.startswith("prompts.")]
 
 
