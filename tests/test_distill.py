@@ -234,6 +234,10 @@ def test_kd_jobs_get_the_dense_teacher_and_the_sgr_data(tmp_path):
         assert ("lmbda" in settings) == (flag(argv, "--recovery") == "kd_onpolicy")
     sgr = [settings_of(argv) for argv in commands if flag(argv, "--recovery") == "sgr"]
     assert sgr and not any("divergence" in s or "temperature" in s for s in sgr)
+    # the report times the kd jobs as it does sgr's: their benchmark folders reach the aggregate step
+    (aggregate,) = shell_commands(output, "aggregate")
+    benchmarks = aggregate[aggregate.index("--benchmarks") + 1 :]
+    assert {f"benchmarks/recover/{TINY_STUDY}", f"benchmarks/recover_kd/{TINY_STUDY}"} <= set(benchmarks)
 
 
 @pytest.mark.slow

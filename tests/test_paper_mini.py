@@ -562,7 +562,9 @@ def test_the_vllm_lm_eval_backend_is_a_clear_error_without_vllm(tmp_path):
     task = tmp_path / "mmlu.json"
     write_json(task, {"source": "lm_eval:mmlu", "type": "classification", "lm_eval_task": "mmlu", "num_fewshot": 5})
     with pytest.raises(RuntimeError, match=r"evaluation.backend: vllm, but vLLM is not installed"):
-        evaluate_checkpoint(tmp_path / "no-model", task, "mmlu", tmp_path / "out.json", 1, 1, 0, backend="vllm")
+        evaluate_checkpoint(
+            tmp_path / "no-model", task, "mmlu", tmp_path / "out.json", batch_size=1, max_new_tokens=1, backend="vllm"
+        )
 
 
 def test_the_authors_bi_calibration_texts(tmp_path):

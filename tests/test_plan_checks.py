@@ -341,6 +341,26 @@ def test_task_recoveries_must_be_recoveries_the_study_runs():
     checks.check_config(config)
 
 
+@pytest.mark.parametrize("recoveries", [["none", "kd"], ["kd_onpolicy"], ["none", "sgr", "heal"]])
+def test_a_study_whose_recoveries_train_on_the_prompt_set_needs_one(tmp_path, recoveries):
+    """kd trains on responses generated from the prompt set, as sgr does: without one the plan is refused
+    (it used to pass the check and fail later, in data.py); heal alone reads no prompt set."""
+    config = copy.deepcopy(DEFAULT)
+    config["recovery"]["methods"] = recoveries
+    config["prompts"].update(source="bigbench", bigbench_tasks=None)  # no prompt set (the schema allows null, not [])
+    result = snakemake(workflow_copy(tmp_path / "wf", config), "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    named = "/".join(r for r in recoveries if r != "none" and r != "heal")
+    assert f"prompts.bigbench_tasks: missing; the {named} recoveries train on a prompt set" in result.stderr
+
+
+def test_heal_alone_reads_no_prompt_set():
+    config = copy.deepcopy(DEFAULT)
+    config["recovery"]["methods"] = ["none", "heal"]
+    config["prompts"].update(source="bigbench", bigbench_tasks=None)  # no prompt set (the schema allows null, not [])
+    assert not [p for p in checks.config_problems(config) if p.startswith("prompts.")]
+
+
 def test_vllm_max_model_len_must_hold_the_longest_prompt_and_response():
     paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
     check_config(paper)  # 8000 + 1024 <= 9024

@@ -376,5 +376,7 @@ def test_evaluate_refuses_before_loading_the_model_where_strict_isolation_is_imp
     task = tmp_path / "task.json"
     write_json(task, {"type": "generative", "grader": "code", "samples": []})
     with pytest.raises(sandbox.SandboxUnavailable, match="evaluation.sandbox.isolation: best_effort"):
-        evaluate_checkpoint(tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", 1, 8, 0)
+        evaluate_checkpoint(
+            tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", batch_size=1, max_new_tokens=8
+        )
     assert not (tmp_path / "out.json").exists()

@@ -27,6 +27,7 @@ from layerprune.prune import prune_checkpoint
 from layerprune.recover import recover_checkpoint
 from layerprune.score import score_layers
 from layerprune.selfgen import self_generate
+from layerprune.settings import EvaluationSettings
 
 NUM_LAYERS = 4
 CHAT_TEMPLATE = (
@@ -361,13 +362,17 @@ def test_evaluate_generative_exact_match(checkpoint, tokenizer, model, tmp_path)
     assert {k: result[k] for k in VARIANT} == VARIANT
     # self-describing: the report needs neither the config nor the checkpoint to read it
     assert (result["chance"], result["chance_source"]) == (0.0, "free generation")
-    assert (result["dtype"], result["prompting"], result["settings"]) == ("float32", "fewshot", {})
+    # every setting it ran with: the defaults with the given ones applied
+    assert (result["dtype"], result["prompting"]) == ("float32", "fewshot")
+    assert result["settings"] == {
+        **EvaluationSettings().to_dict(),
+        **{k: v for k, v in kwargs.items() if k != "variant"},
+    }
     told = evaluate_checkpoint(
-        checkpoint, tmp_path / "task.json", "gen", tmp_path / "third.json", **kwargs, chance=0.1,
-        settings={"chance": 0.1, "max_new_tokens": 4},
+        checkpoint, tmp_path / "task.json", "gen", tmp_path / "third.json", EvaluationSettings(chance=0.1), **kwargs
     )  # fmt: skip
     assert (told["chance"], told["chance_source"]) == (0.1, "given by the task")
-    assert told["settings"] == {"chance": 0.1, "max_new_tokens": 4}
+    assert told["settings"]["chance"] == 0.1 and told["settings"]["max_new_tokens"] == 4
     assert (result["task"], result["type"], result["metric"]) == ("gen", "generative", "exact_match")
     assert result["source"] == "bigbench:test/gen" and result["num_fewshot"] == 1
     assert result["checkpoint"] == str(checkpoint)

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS, BIGBENCH_PROGRAMMATIC_TASKS
+from layerprune.registry import RECOVERIES
 
 # The `{ratio}` wildcard of every output path. Ratios are written with `{:g}` (six
 # significant digits), as report and aggregate print them.
@@ -294,22 +295,27 @@ def _grid_problems(config: dict[str, Any], tasks: dict[str, Any], recoveries: li
             f"(allowed: {', '.join(map(str, ratios))}, or null for the median)"
         )
     prompts = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
-    if {"sgr", "data"} & set(recoveries):  # only these recoveries read the prompt set
+    # the recoveries declared to train on data drawn from the prompt set (layerprune.registry.RECOVERIES)
+    on_prompts = [name for name in recoveries if name in RECOVERIES and RECOVERIES[name].reads_prompt_set]
+    if on_prompts:
         source = prompts.get("source", "builtin")
         if source in ("bigbench", "builtin") and not prompts.get(f"{source}_tasks"):
             problems.append(
-                f"prompts.{source}_tasks: missing; the sgr/data recoveries train on a prompt set and prompts.source "
-                f"is {source} (or name a prompts.source: builtin, hub, jsonl, magpie)"
+                f"prompts.{source}_tasks: missing; the {'/'.join(on_prompts)} recoveries train on a prompt set "
+                f"(or responses generated from it) and prompts.source is {source} (or name a prompts.source: "
+                "builtin, hub, jsonl, magpie)"
             )
         if source in ("hub", "jsonl") and not prompts.get("path"):
             problems.append(f"prompts.path: missing; prompts.source is {source}")
-        if "data" in recoveries and (
+        on_answers = [name for name in on_prompts if RECOVERIES[name].data == "reference"]
+        if on_answers and (
             source == "magpie" or (source in ("hub", "jsonl") and prompts.get("response_field", "output") is None)
         ):
+            named = ", ".join(f"`{name}`" for name in on_answers)
             problems.append(
-                "recovery.methods: `data` trains on the prompt set's own answers, but the prompt set has none "
+                f"recovery.methods: {named} trains on the prompt set's own answers, but the prompt set has none "
                 f"(prompts.source: {source}, prompts.response_field: {prompts.get('response_field')}); "
-                "remove `data` from recovery.methods or use a prompt source with answers"
+                f"remove {named} from recovery.methods or use a prompt source with answers"
             )
     return problems
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from layerprune.io import SourceUnavailable
-from layerprune.registry import SCORING_METHODS, check_name
+from layerprune.registry import DISTILLATIONS, RECOVERIES, SCORING_METHODS, TRAINED, TRAINING_DATA, check_name
 from layerprune.settings import (
     BigbenchSourceSettings,
     CalibrationSettings,
@@ -286,15 +286,14 @@ def cmd_selfgen(args: argparse.Namespace) -> None:
 
 def cmd_recover(args: argparse.Namespace) -> str:
     from layerprune.recover import recover_checkpoint
-    from layerprune.registry import DISTILLATIONS
 
-    distill = args.recovery in DISTILLATIONS
+    distill = RECOVERIES[args.recovery].teacher
     if not distill:
         given = [
             f"--{name.replace('_', '-')}" for name in DistillSettings.own_fields() if hasattr(args, f"setting_{name}")
         ]
         if given:
-            raise SystemExit(f"layerprune recover: {', '.join(given)} apply to kd and kd_onpolicy only")
+            raise SystemExit(f"layerprune recover: {', '.join(given)} apply to {' and '.join(DISTILLATIONS)} only")
     settings = settings_from_args(DistillSettings if distill else RecoverySettings, args, "recover")
     _threads(args.threads)
     record = recover_checkpoint(args.model, args.dataset, args.out, args.recovery, settings, teacher_dir=args.teacher)
@@ -306,30 +305,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(EvaluationSettings, args, "evaluate")
     _threads(args.threads)
-    evaluate_checkpoint(
-        args.model,
-        args.task_file,
-        args.task_name,
-        args.out,
-        batch_size=settings.batch_size,
-        max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed,
-        dtype=settings.dtype,
-        variant={
-            "model": args.model_name,
-            "method": args.method,
-            "ratio": args.ratio,
-            "recovery": args.recovery,
-        },
-        prompting=settings.prompting,
-        sampling=settings.sampling(),
-        pass_k=settings.pass_k,
-        sandbox=settings.sandbox_limits(),
-        chance=settings.chance,
-        settings=settings.to_dict(),
-        backend=settings.backend,
-        max_batch_tokens=settings.max_batch_tokens,
-    )
+    variant = {"model": args.model_name, "method": args.method, "ratio": args.ratio, "recovery": args.recovery}
+    evaluate_checkpoint(args.model, args.task_file, args.task_name, args.out, settings, variant=variant)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -441,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_fetch_lm_eval_data,
         "Download the data of the lm-eval tasks named in task files into the Hugging Face cache (offline nodes).",
     )
-    sub.add_argument("task_files", nargs="+", help="task JSONs (results/data/tasks/*.json); others are skipped")
+    sub.add_argument(
+        "task_files", nargs="+", help="task JSONs (results/shared/tasks/<fingerprint>/<task>.json); others are skipped"
+    )
 
     sub = stage(
         "prepare-prompts", cmd_prepare_prompts, "Build the prompt set (with reference answers).", PromptSetSettings
@@ -523,12 +502,24 @@ def build_parser() -> argparse.ArgumentParser:
         threads=True,
     )
     sub.add_argument("--model", required=True, help="the pruned checkpoint directory")
-    sub.add_argument("--dataset", required=True, help="prompt-completion JSONL")
+    sub.add_argument(
+        "--dataset",
+        required=True,
+        help="what the recovery trains on, a JSONL: "
+        + "; ".join(f"{name}: {TRAINING_DATA[RECOVERIES[name].data]}" for name in TRAINED),
+    )
     sub.add_argument("--out", required=True, help="the recovered (merged) checkpoint directory to write")
     sub.add_argument(
-        "--recovery", required=True, help="sgr, data, heal (SFT) or kd, kd_onpolicy (distillation; need --teacher)"
+        "--recovery",
+        required=True,
+        choices=TRAINED,
+        help="; ".join(f"{name} = {RECOVERIES[name].label}" for name in TRAINED),
     )
-    sub.add_argument("--teacher", default=None, help="kd, kd_onpolicy: the dense checkpoint the student learns from")
+    sub.add_argument(
+        "--teacher",
+        default=None,
+        help=f"{', '.join(DISTILLATIONS)} (and only they): the dense checkpoint the student learns from",
+    )
 
     sub = stage(
         "evaluate", cmd_evaluate, "Evaluate a checkpoint on one prepared task.", EvaluationSettings, threads=True
@@ -548,7 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--ratio", type=float, default=0.0, help="recorded in the result: the pruning ratio (0 for the dense model)"
     )
-    sub.add_argument("--recovery", default="none", help="recorded in the result: the recovery (none, data, sgr, heal)")
+    sub.add_argument(
+        "--recovery",
+        default="none",
+        choices=list(RECOVERIES),
+        help=f"recorded in the result: the recovery ({', '.join(RECOVERIES)})",
+    )
 
     sub = stage("aggregate", cmd_aggregate, "Tidy table, report and plots from evaluation JSONs.", ReportSettings)
     sub.add_argument("--results", nargs="+", required=True, help="the result JSONs (evaluate's outputs)")

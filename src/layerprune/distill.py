@@ -24,6 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from layerprune.recover import Recipe, Run, training_device
+from layerprune.registry import RECOVERIES
 from layerprune.settings import DistillSettings
 
 # the one teacher forward pass per batch: keep it out of autograd and in eval mode (GKDTrainer does both)
@@ -53,7 +55,8 @@ def load_teacher(teacher_dir: str | Path, dtype: str, device: str, student_confi
 def gkd_arguments(options: DistillSettings, recovery: str) -> dict[str, Any]:
     """GKDConfig's own fields for `recovery` (the SFTConfig ones are the other recoveries')."""
     return {
-        "lmbda": 0.0 if recovery == "kd" else options.lmbda,
+        # an off-policy recovery (kd) trains on the dataset's completions only
+        "lmbda": options.lmbda if RECOVERIES[recovery].on_policy else 0.0,
         "beta": options.beta_for_trl(),
         "temperature": options.temperature,
         "max_new_tokens": options.max_new_tokens,
@@ -112,3 +115,46 @@ def probe_token_ids(collator, rows: list[dict[str, Any]], count: int = 4, max_to
     for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
         probes.append([int(t) for t, m in zip(ids, mask, strict=True) if m][:max_tokens])
     return probes
+
+
+def gkd_config(options: DistillSettings, recovery: str) -> tuple[type, dict[str, Any]]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trl.experimental's import-time notice
+        from trl.experimental.gkd import GKDConfig
+    return GKDConfig, gkd_arguments(options, recovery)
+
+
+def kd_trainer(run: Run, model, tokenizer, args, peft_config):
+    """KDTrainer with the dense checkpoint as teacher: one teacher forward pass per batch, beside the
+    student's (GKDTrainer.compute_loss)."""
+    from datasets import Dataset
+
+    teacher = load_teacher(run.teacher_dir, run.options.dtype, training_device(), model.config)
+    records, eval_records = conversation_records(run.records), conversation_records(run.eval_records)
+    return kd_trainer_class()(
+        model=model,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def recorded_settings(options: DistillSettings, recovery: str) -> dict[str, Any]:
+    """What kd records beside the recovery settings: GKD's collator pads and trains on the completion
+    tokens always, and the `recovery.kd` settings the recovery uses."""
+    return {"completion_only_loss": True, "padding_free": False, **options.distill_values(recovery)}
+
+
+# kd, kd_onpolicy: TRL's GKDTrainer (as KDTrainer) with the dense checkpoint as teacher
+KD_RECIPE = Recipe(
+    settings=DistillSettings,
+    recorded=recorded_settings,
+    config=gkd_config,
+    trainer=kd_trainer,
+    probes=lambda trainer, run: probe_token_ids(trainer.data_collator, conversation_records(run.records)),
+)

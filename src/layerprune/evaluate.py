@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from layerprune.generative import Sampling, evaluate_generative
+from layerprune.generative import evaluate_generative
 from layerprune.graders import normalise_answer  # noqa: F401 - re-exported
 from layerprune.io import read_json, write_json, write_jsonl
 from layerprune.models import load_checkpoint
-from layerprune.sandbox import SandboxLimits, preflight
+from layerprune.sandbox import preflight
+from layerprune.settings import EvaluationSettings
 
 QUESTION, ANSWER = "Q: ", "A:"
 
@@ -340,19 +341,9 @@ def evaluate_checkpoint(
     task_path: str | Path,
     task_name: str,
     out_path: str | Path,
-    batch_size: int,
-    max_new_tokens: int,
-    seed: int,
-    dtype: str = "auto",
+    settings: EvaluationSettings | None = None,
     variant: dict[str, Any] | None = None,
-    prompting: str = "auto",
-    sampling: Sampling | None = None,
-    pass_k: list[int] | None = None,
-    sandbox: SandboxLimits | None = None,
-    chance: float | None = None,
-    settings: dict[str, Any] | None = None,
-    backend: str = "hf",
-    max_batch_tokens: int | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint in `model_dir` on the prepared task in `task_path`.
 
@@ -360,17 +351,22 @@ def evaluate_checkpoint(
     `variant` (model, method, ratio, recovery), the `training_seed` of a recovered checkpoint (from its
     recovery.json; None otherwise), the chance level (`chance`, tasks.<task>.chance,
     else 1/choices or 0; `chance_source` says which), the dtype the weights were evaluated in, the
-    prompting used and every evaluation `settings` value. `backend` (hf or vllm) is the model
-    lm-eval runs classification tasks on; generative tasks always use transformers.
-    `max_batch_tokens` bounds the tokens of an hf-backend classification batch (`token_budget_hflm`).
+    prompting used and every evaluation setting. `settings` (layerprune.settings.EvaluationSettings, the
+    task's: what `layerprune evaluate` passes) with `overrides` applied, e.g. `batch_size=4`. `backend`
+    (hf or vllm) is the model lm-eval runs classification tasks on; generative tasks always use
+    transformers. `max_batch_tokens` bounds the tokens of an hf-backend classification batch
+    (`token_budget_hflm`).
     """
     from layerprune.retention import task_chance
+
+    options = EvaluationSettings.build(settings, **overrides)
+    batch_size, seed, dtype, backend = options.batch_size, options.seed, options.dtype, options.backend
 
     task = read_json(task_path)
     if task.get("grader") == "code":
         # Before the model loads: where strict isolation is impossible, stop now (SandboxUnavailable names what
         # is missing and the setting that accepts less), not after the generations.
-        preflight(sandbox or SandboxLimits())
+        preflight(options.sandbox_limits())
     model = None  # lm-eval's vLLM backend loads the weights itself
     classification = task["type"] == "classification"
     if classification:
@@ -382,7 +378,7 @@ def evaluate_checkpoint(
     elif classification:
         model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
         result = evaluate_classification(
-            model, tokenizer, task, task_name, batch_size, seed, max_batch_tokens=max_batch_tokens
+            model, tokenizer, task, task_name, batch_size, seed, max_batch_tokens=options.max_batch_tokens
         )
     else:
         model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
@@ -390,12 +386,12 @@ def evaluate_checkpoint(
             model,
             tokenizer,
             task,
-            max_new_tokens,
+            options.max_new_tokens,
             batch_size,
-            prompting=prompting,
-            sampling=sampling,
-            pass_k=pass_k,
-            sandbox=sandbox,
+            prompting=options.prompting,
+            sampling=options.sampling(),
+            pass_k=options.pass_k,
+            sandbox=options.sandbox_limits(),
             seed=seed,
         )
     result = {
@@ -410,11 +406,13 @@ def evaluate_checkpoint(
         "n": len(result["samples"]),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else dtype,
         # classification scores the choices' log-likelihoods after the few-shot prompt, never a chat template
-        "prompting": "fewshot" if task["type"] == "classification" else prompting,
+        "prompting": "fewshot" if task["type"] == "classification" else options.prompting,
         **result,
     }
     result["training_seed"] = training_seed(model_dir)
-    result["chance"], result["chance_source"] = task_chance({**result, "chance": chance}, f"{task_name} on {model_dir}")
-    result["settings"] = dict(settings) if settings is not None else {}
+    result["chance"], result["chance_source"] = task_chance(
+        {**result, "chance": options.chance}, f"{task_name} on {model_dir}"
+    )
+    result["settings"] = options.to_dict()
     write_json(out_path, result)
     return result

@@ -26,10 +26,11 @@ import csv
 import dataclasses
 import gc
 import hashlib
+import importlib
 import importlib.util
 import json
 import shutil
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,9 @@ from layerprune.io import (
     write_json,
 )
 from layerprune.models import load_checkpoint
-from layerprune.registry import DISTILLATIONS, TRAINERS
-from layerprune.settings import DistillSettings, RecoverySettings
+from layerprune.registry import DISTILLATIONS, RECOVERIES, TRAINED, TRAINERS, check_name
+from layerprune.settings import PRECISIONS, RECOVERY_FIELDS, RecoverySettings
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FINGERPRINT_FILE = "fingerprint.json"
 
 
@@ -91,14 +91,14 @@ def check_trainer(trainer: str) -> None:
 
 
 def _dataset_records(dataset_path: str | Path, recovery: str) -> list[dict[str, Any]]:
-    """`heal` reads `{"text"}` records (LM loss); the others prompt–completion records.
+    """A recovery on plain text (`heal`) reads `{"text"}` records; the others prompt–completion records.
 
     The count is checked against the one selfgen / filter-prompts recorded beside the file.
     """
     rows = read_jsonl_checked(dataset_path)
-    if recovery == "heal":
+    if RECOVERIES[recovery].data == "text":
         if rows and "text" not in rows[0]:
-            raise ValueError(f"{dataset_path}: recovery 'heal' needs {{'text': ...}} records (see prepare-heal)")
+            raise ValueError(f"{dataset_path}: recovery '{recovery}' needs {{'text': ...}} records (see prepare-heal)")
         records = [{"text": r["text"]} for r in rows if r["text"].strip()]
         kind = "texts"
     else:
@@ -468,109 +468,115 @@ def merge_qlora(model_dir: Path, dtype: str, trained: TrainedQLoRA, probes: list
     return merged, report
 
 
-def recover_checkpoint(
-    model_dir: str | Path,
-    dataset_path: str | Path,
-    out_dir: str | Path,
-    recovery: str,
-    settings: RecoverySettings | None = None,
-    teacher_dir: str | Path | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:
-    """Finetune the checkpoint in `model_dir` on `dataset_path` and save the merged model to `out_dir`.
+# A recovery's settings as recovery.json records them and the work dir's fingerprint hashes them: all of
+# its settings but those that only say how the run is kept and logged (dtype is hashed beside them).
+UNRECORDED = frozenset({"save_steps", "save_total_limit", "report_to", "dtype"})
 
-    `completion_only_loss` applies to prompt–completion data (sgr, data); `heal`
-    always trains on every token. `padding_free` flattens each batch into one
-    row with per-sequence position ids (transformers then masks attention per
-    sequence, also with SDPA on CPU): the same loss as padded batches, but on CPU
-    no faster (bench/sft_padding_free.py), so it is off by default.
-    `gradient_checkpointing` (TRL's default is on) trades compute for memory:
-    worth it for 7-8B models on a GPU, a ~30% slowdown for nothing on a small CPU run.
-    `settings` (layerprune.settings.RecoverySettings) with `overrides` applied, e.g.
-    `recover_checkpoint(m, d, out, "sgr", lora_r=4, ...)`.
-    `kd` / `kd_onpolicy` need `teacher_dir` (the dense checkpoint) and read the
-    distillation settings too (layerprune.settings.DistillSettings).
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How one kind of recovery trains, as TRL declares a trainer by its config class.
+
+    A recovery names its recipe in layerprune.registry.RECOVERIES (`recipe`). `settings`: its
+    settings class; `recorded`: the settings it changes or adds to the recovery ones (recovery.json
+    and the fingerprint); `config`: its TRL config class and that class's own arguments; `trainer`:
+    the trainer of a `Run`, given the model, tokenizer, config and LoRA config; `probes`: token ids of
+    real training rows for the qlora merge check, from the built trainer.
     """
-    distill = recovery in DISTILLATIONS
-    if distill != (teacher_dir is not None):
-        raise ValueError(
-            f"recover: recovery '{recovery}' "
-            + ("needs --teacher (the dense checkpoint)" if distill else "takes no --teacher (only kd, kd_onpolicy do)")
-        )
-    options = (DistillSettings if distill else RecoverySettings).build(settings, **overrides)
-    check_trainer(options.trainer)
-    mixed = resolve_precision(options.precision)
+
+    settings: type[RecoverySettings]
+    recorded: Callable[[Any, str], dict[str, Any]]
+    config: Callable[[Any, str], tuple[type, dict[str, Any]]]
+    trainer: Callable[..., Any]
+    probes: Callable[[Any, Run], list[list[int]]]
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run: its recovery, settings, inputs and where it keeps its checkpoints."""
+
+    recovery: str
+    options: RecoverySettings
+    settings: dict[str, Any]  # as recorded: the resolved precision, the recipe's own values
+    model_dir: Path
+    dataset_path: Path
+    out_dir: Path
+    teacher_dir: Path | None
+    records: list[dict[str, Any]]
+    eval_records: list[dict[str, Any]]
+
+    @property
+    def work_dir(self) -> Path:
+        return self.out_dir.parent / f"{self.out_dir.name}.work"
+
+
+def _sft_config(options: RecoverySettings, recovery: str) -> tuple[type, dict[str, Any]]:
+    from trl import SFTConfig
+
+    return SFTConfig, {}
+
+
+def _sft_trainer(run: Run, model, tokenizer, args, peft_config):
     from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
-    model_dir, dataset_path, out_dir = Path(model_dir), Path(dataset_path), Path(out_dir)
-    teacher_dir = Path(teacher_dir) if distill else None
-    settings = {
-        "trainer": options.trainer,
-        "lora_r": options.lora_r,
-        "lora_alpha": options.lora_alpha,
-        "lora_dropout": options.lora_dropout,
-        "lora_target_modules": options.lora_target_modules,
-        "learning_rate": options.learning_rate,
-        "num_epochs": options.num_epochs,
-        "batch_size": options.batch_size,
-        "grad_accum": options.grad_accum,
-        "max_length": options.max_length,
-        "warmup_steps": options.warmup_steps,
-        "lr_scheduler": options.lr_scheduler,
-        "weight_decay": options.weight_decay,
-        "adam_beta1": options.adam_beta1,
-        "adam_beta2": options.adam_beta2,
-        "completion_only_loss": options.completion_only_loss and recovery != "heal",
-        "padding_free": options.padding_free,
-        "gradient_checkpointing": options.gradient_checkpointing,
-        "precision": mixed,
-        "seed": options.seed,
-        "max_steps": options.max_steps,
-        "eval_fraction": options.eval_fraction,
-    }
-    if distill:
-        # GKD's collator pads and trains on the completion tokens always
-        settings.update(completion_only_loss=True, padding_free=False, **options.distill_values(recovery))
-    seed_everything(options.seed)
-    from layerprune.data import holdout_split
-
-    # the paper holds out 10% of the SFT data and logs its loss (recovery.eval_fraction)
-    records, eval_records = holdout_split(_dataset_records(dataset_path, recovery), options.eval_fraction, options.seed)
-    work_dir = out_dir.parent / f"{out_dir.name}.work"
-    fingerprint = _fingerprint(
-        model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": options.dtype}, teacher_dir
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(run.records),
+        eval_dataset=Dataset.from_list(run.eval_records) if run.eval_records else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
-    resume_from = prepare_work_dir_once(work_dir, fingerprint)
-    resumed_step = int(resume_from.name.split("-", 1)[1]) if resume_from else 0
-    if resume_from:
-        print(f"resuming from {resume_from} (step {resumed_step})", flush=True)
 
-    model, tokenizer = _load_model(model_dir, options.trainer, options.dtype, mixed)
-    peft_config = None
-    if options.trainer != "full":
-        peft_config = LoraConfig(
-            r=options.lora_r,
-            lora_alpha=options.lora_alpha,
-            lora_dropout=options.lora_dropout,
-            # PEFT's "all-linear" shorthand is a string, never a list entry
-            target_modules="all-linear"
-            if options.lora_target_modules == ["all-linear"]
-            else options.lora_target_modules,
-            task_type="CAUSAL_LM",
-        )
-    on_gpu = next(model.parameters()).is_cuda
-    config_class, extra_arguments = SFTConfig, {}
-    if distill:
-        from layerprune import distill as kd
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # trl.experimental's import-time notice
-            from trl.experimental.gkd import GKDConfig
-        config_class, extra_arguments = GKDConfig, kd.gkd_arguments(options, recovery)
-    args = config_class(
-        output_dir=str(work_dir),
+# data, sgr, heal: TRL's SFTTrainer (completion-only loss on prompt–completion records, LM loss on text)
+SFT_RECIPE = Recipe(
+    settings=RecoverySettings,
+    recorded=lambda options, recovery: {},
+    config=_sft_config,
+    trainer=_sft_trainer,
+    probes=lambda trainer, run: probe_inputs(trainer.train_dataset),
+)
+
+
+def load_recipe(recovery: str) -> Recipe:
+    """The recipe a trained recovery declares (`module:attribute`), imported now that it trains."""
+    module, _, name = RECOVERIES[check_name("recovery", recovery, TRAINED)].recipe.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _recorded_settings(recipe: Recipe, options: RecoverySettings, recovery: str, precision: str) -> dict[str, Any]:
+    """The settings recovery.json records: the recovery ones, then what the recipe changes or adds."""
+    values = {k: v for k, v in options.to_dict().items() if k in RECOVERY_FIELDS and k not in UNRECORDED}
+    values["precision"] = precision
+    # heal (language modelling) always trains on every token
+    values["completion_only_loss"] = options.completion_only_loss and RECOVERIES[recovery].loss != "lm"
+    return {**values, **recipe.recorded(options, recovery)}
+
+
+def _lora_config(options: RecoverySettings):
+    """PEFT's LoRA config, or None for `full` (every parameter trains)."""
+    if options.trainer == "full":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=options.lora_r,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        # PEFT's "all-linear" shorthand is a string, never a list entry
+        target_modules="all-linear" if options.lora_target_modules == ["all-linear"] else options.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _training_arguments(run: Run, recipe: Recipe, on_gpu: bool):
+    """The recipe's TRL config: the recovery settings every recipe shares, then the recipe's own."""
+    options, settings = run.options, run.settings
+    config_class, own = recipe.config(options, run.recovery)
+    return config_class(
+        output_dir=str(run.work_dir),
         learning_rate=options.learning_rate,
         num_train_epochs=options.num_epochs,
         max_steps=options.max_steps,
@@ -598,88 +604,159 @@ def recover_checkpoint(
         report_to=[name.strip() for name in options.report_to.split(",") if name.strip() and name.strip() != "none"]
         or "none",
         use_cpu=not on_gpu,
-        bf16=mixed == "bf16",
-        fp16=mixed == "fp16",
+        bf16=settings["precision"] == "bf16",
+        fp16=settings["precision"] == "fp16",
         dataloader_num_workers=0,
-        eval_strategy="epoch" if eval_records else "no",
+        eval_strategy="epoch" if run.eval_records else "no",
         per_device_eval_batch_size=options.batch_size,
-        **extra_arguments,
+        **own,
     )
-    teacher = None
-    if distill:
-        # one teacher forward pass per batch, beside the student's (GKDTrainer.compute_loss)
-        teacher = kd.load_teacher(teacher_dir, options.dtype, training_device(), model.config)
-        records, eval_records = kd.conversation_records(records), kd.conversation_records(eval_records)
-        sft = kd.kd_trainer_class()(
-            model=model,
-            teacher_model=teacher,
-            args=args,
-            train_dataset=Dataset.from_list(records),
-            eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
-        probes = kd.probe_token_ids(sft.data_collator, records)
-    else:
-        sft = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(records),
-            eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
-    if settings["padding_free"]:
-        sft.train_dataset = _truncate_tokenized(sft.train_dataset, options.max_length)
-    train_output = sft.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+
+def _prepare_run(
+    recovery: str,
+    recipe: Recipe,
+    options: RecoverySettings,
+    paths: tuple[Path, Path, Path],
+    teacher_dir: Path | None,
+) -> tuple[Run, Path | None]:
+    """The run's settings and data split, and the training checkpoint to resume from (None: start)."""
+    from layerprune.data import holdout_split
+
+    model_dir, dataset_path, out_dir = paths
+    settings = _recorded_settings(recipe, options, recovery, resolve_precision(options.precision))
+    # the training stack is imported before the seeds are set, so that nothing it draws at import
+    # time shifts the seeded streams (the LoRA initialisation, the data order)
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+
+    seed_everything(options.seed)
+    # the paper holds out 10% of the SFT data and logs its loss (recovery.eval_fraction)
+    records, eval_records = holdout_split(_dataset_records(dataset_path, recovery), options.eval_fraction, options.seed)
+    run = Run(recovery, options, settings, model_dir, dataset_path, out_dir, teacher_dir, records, eval_records)
+    fingerprint = _fingerprint(
+        model_dir, dataset_path, {**settings, "recovery": recovery, "dtype": options.dtype}, teacher_dir
+    )
+    return run, prepare_work_dir_once(run.work_dir, fingerprint)
+
+
+def _build_trainer(run: Run, recipe: Recipe):
+    """The model, loaded as the trainer needs it, inside the recipe's trainer; its tokenizer; the merge-check probes."""
+    options = run.options
+    model, tokenizer = _load_model(run.model_dir, options.trainer, options.dtype, run.settings["precision"])
+    args = _training_arguments(run, recipe, on_gpu=next(model.parameters()).is_cuda)
+    trainer = recipe.trainer(run, model, tokenizer, args, _lora_config(options))
+    if run.settings["padding_free"]:
+        trainer.train_dataset = _truncate_tokenized(trainer.train_dataset, options.max_length)
+    return trainer, tokenizer, recipe.probes(trainer, run)
+
+
+def _record(run: Run, trainer, train_output, resumed_step: int) -> dict[str, Any]:
+    """recovery.json's content (its loss curve is filled in when the checkpoint is written)."""
     record = {
-        "recovery": recovery,
-        "trainer": options.trainer,
-        "dataset": str(dataset_path),
-        "num_examples": len(records),
-        "num_eval_examples": len(eval_records),
+        "recovery": run.recovery,
+        "trainer": run.options.trainer,
+        "dataset": str(run.dataset_path),
+        "num_examples": len(run.records),
+        "num_eval_examples": len(run.eval_records),
         "train_loss": train_output.training_loss,
         "global_steps": train_output.global_step,
         "resumed_from_step": resumed_step,
-        "processes": args.world_size,  # DDP: the global batch is batch_size x grad_accum x processes
+        "processes": trainer.args.world_size,  # DDP: the global batch is batch_size x grad_accum x processes
         "loss_curve": None,
-        "settings": settings,
+        "settings": run.settings,
         # the held-out split's loss, logged after each epoch (empty without recovery.eval_fraction)
         "eval_loss_curve": [
             {"step": entry["step"], "eval_loss": entry["eval_loss"]}
-            for entry in sft.state.log_history
+            for entry in trainer.state.log_history
             if "eval_loss" in entry
         ],
     }
-    if distill:
-        record["teacher"] = str(teacher_dir)
-    if not sft.is_world_process_zero():
-        # Under accelerate / torchrun (resources.recover.gpus > 1) every rank trains the
-        # same model; only the first merges and writes the checkpoint.
-        return record
-    if not distill:
-        probes = probe_inputs(sft.train_dataset)
-    log_history = sft.state.log_history
-    if options.trainer == "qlora":
-        trained = snapshot_qlora(sft.model, work_dir / "adapter", probes)
-        # Nothing of training may outlive this line: the full-precision base loads next, on the same device.
-        sft = model = teacher = None
-        release_memory()
-        merged, merge_check = merge_qlora(model_dir, options.dtype, trained, probes)
-        record["merge_check"] = merge_check
-    else:
-        # full: the trained model itself; lora: the adapter folded in place
-        merged = sft.model.merge_and_unload() if options.trainer == "lora" else sft.model
-    pruning_file = model_dir / "pruning.json"
-    with atomic_path(out_dir, directory=True) as tmp:
+    if run.teacher_dir is not None:
+        record["teacher"] = str(run.teacher_dir)
+    return record
+
+
+def _save(run: Run, merged, tokenizer, args, log_history: list[dict[str, Any]], record: dict[str, Any]) -> None:
+    """Write the merged checkpoint with its record, loss curve and training arguments (atomically), then
+    drop the work dir."""
+    pruning_file = run.model_dir / "pruning.json"
+    with atomic_path(run.out_dir, directory=True) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if pruning_file.is_file():
             write_json(tmp / "pruning.json", read_json(pruning_file))
-        record["loss_curve"] = write_loss_curve(log_history, tmp, f"{recovery} ({options.trainer}) on {model_dir.name}")
+        title = f"{run.recovery} ({run.options.trainer}) on {run.model_dir.name}"
+        record["loss_curve"] = write_loss_curve(log_history, tmp, title)
         write_json(tmp / "recovery.json", record)
         (tmp / "training_args.json").write_text(json.dumps(args.to_dict(), indent=2, default=str))
-        if (work_dir / "runs").is_dir():  # tensorboard event files
-            shutil.copytree(work_dir / "runs", tmp / "runs")
-    shutil.rmtree(work_dir, ignore_errors=True)
+        if (run.work_dir / "runs").is_dir():  # tensorboard event files
+            shutil.copytree(run.work_dir / "runs", tmp / "runs")
+    shutil.rmtree(run.work_dir, ignore_errors=True)
+
+
+def _check_teacher(recovery: str, teacher_dir: str | Path | None) -> Path | None:
+    """The teacher a recovery declares it learns from is given, and no other recovery gets one."""
+    needs = RECOVERIES[check_name("recovery", recovery, TRAINED)].teacher
+    if needs != (teacher_dir is not None):
+        raise ValueError(
+            f"recover: recovery '{recovery}' "
+            + (
+                "needs --teacher (the dense checkpoint)"
+                if needs
+                else f"takes no --teacher (only {', '.join(DISTILLATIONS)} do)"
+            )
+        )
+    return Path(teacher_dir) if needs else None
+
+
+def recover_checkpoint(
+    model_dir: str | Path,
+    dataset_path: str | Path,
+    out_dir: str | Path,
+    recovery: str,
+    settings: RecoverySettings | None = None,
+    teacher_dir: str | Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Finetune the checkpoint in `model_dir` on `dataset_path` and save the merged model to `out_dir`.
+
+    `recovery` runs the recipe it declares (layerprune.registry.RECOVERIES): SFT for data, sgr
+    (completion-only loss, `completion_only_loss`) and heal (every token); distillation for kd,
+    kd_onpolicy, which need `teacher_dir` (the dense checkpoint) and read the distillation settings
+    too (layerprune.settings.DistillSettings). `padding_free` flattens each batch into one row with
+    per-sequence position ids (transformers then masks attention per sequence, also with SDPA on
+    CPU): the same loss as padded batches, but on CPU no faster (bench/sft_padding_free.py), so it is
+    off by default. `gradient_checkpointing` (TRL's default is on) trades compute for memory: worth it
+    for 7-8B models on a GPU, a ~30% slowdown for nothing on a small CPU run. `settings` (the recipe's
+    settings class) with `overrides` applied, e.g. `recover_checkpoint(m, d, out, "sgr", lora_r=4, ...)`.
+    """
+    teacher = _check_teacher(recovery, teacher_dir)
+    recipe = load_recipe(recovery)
+    options = recipe.settings.build(settings, **overrides)
+    check_trainer(options.trainer)
+    paths = (Path(model_dir), Path(dataset_path), Path(out_dir))
+    run, resume_from = _prepare_run(recovery, recipe, options, paths, teacher)
+    resumed_step = int(resume_from.name.split("-", 1)[1]) if resume_from else 0
+    if resume_from:
+        print(f"resuming from {resume_from} (step {resumed_step})", flush=True)
+    trainer, tokenizer, probes = _build_trainer(run, recipe)
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    record = _record(run, trainer, train_output, resumed_step)
+    if not trainer.is_world_process_zero():
+        # Under accelerate / torchrun (resources.recover.gpus > 1) every rank trains the
+        # same model; only the first merges and writes the checkpoint.
+        return record
+    log_history, args = trainer.state.log_history, trainer.args
+    if options.trainer == "qlora":
+        trained = snapshot_qlora(trainer.model, run.work_dir / "adapter", probes)
+        # Nothing of training may outlive this line: the full-precision base loads next, on the same device.
+        trainer = None
+        release_memory()
+        merged, record["merge_check"] = merge_qlora(run.model_dir, options.dtype, trained, probes)
+    else:
+        # full: the trained model itself; lora: the adapter folded in place
+        merged = trainer.model.merge_and_unload() if options.trainer == "lora" else trainer.model
+    _save(run, merged, tokenizer, args, log_history, record)
     return record

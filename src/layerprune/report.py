@@ -17,6 +17,7 @@ import pandas as pd
 
 from layerprune.diagnostics import ERROR_BUCKETS, REP_N, arithmetic_breakdown, degeneration, error_bucket_counts
 from layerprune.io import atomic_path
+from layerprune.registry import RECOVERIES
 from layerprune.retention import (  # noqa: F401 - re-exported: the report's settings and statistics
     NOT_REPRODUCED,
     NOT_TESTED,
@@ -141,15 +142,9 @@ FONT = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsi
         "legend.fontsize": 6.5, "figure.titlesize": 7.5, "lines.markersize": 4, "lines.linewidth": 1.2,
         "svg.fonttype": "none"}  # fmt: skip
 
-# One colour (Okabe-Ito, colour-blind safe) and one marker per recovery, in every figure.
-RECOVERY_STYLES = {
-    "none": ("#555555", "o"),
-    "data": ("#0072B2", "s"),
-    "sgr": ("#D55E00", "^"),
-    "heal": ("#009E73", "D"),
-    "kd": ("#CC79A7", "v"),
-    "kd_onpolicy": ("#E69F00", "P"),
-}
+# One colour (Okabe-Ito, colour-blind safe) and one marker per recovery, in every figure: each recovery's
+# declared ones (layerprune.registry.RECOVERIES).
+RECOVERY_STYLES = {name: (recovery.color, recovery.marker) for name, recovery in RECOVERIES.items()}
 _SPARE_STYLES = [("#56B4E9", "X"), ("#F0E442", "*"), ("#000000", "h"), ("#999999", "p")]
 
 METRIC_LABELS = {

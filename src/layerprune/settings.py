@@ -6,7 +6,8 @@ config (`config=`, default: the class's section + the field name). Everything el
 derived from these declarations:
 
 * the config schema's settings blocks: `python -m layerprune.settings --write-schema`
-  rewrites the marked blocks of workflow/schemas/config.schema.yaml (a test fails when
+  rewrites the marked blocks of src/layerprune/config.schema.yaml (package data;
+  workflow/schemas/config.schema.yaml links to it) (a test fails when
   they are stale), so a setting's type, default, bounds and help are written here only;
 * the CLI flags of each stage (`add_settings_arguments`: `--lora-r 16`, or all at once
   as `--settings '{"lora_r": 16, ...}'`);
@@ -38,13 +39,16 @@ from layerprune.registry import (
     BIGBENCH_SHA256,
     DATASETS,
     GRADERS,
+    RECOVERIES,
     SCORING_METHODS,
     TRAINERS,
     methods_where,
 )
 
 MISSING = dataclasses.MISSING
-SCHEMA_FILE = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# The config schema is package data, so an installed layerprune (a wheel, `pip install .`) loads it too;
+# workflow/schemas/config.schema.yaml (snakemake.utils.validate, readers of the checkout) is a symlink to it.
+SCHEMA_FILE = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 def setting(
@@ -97,6 +101,13 @@ class StageSettings:
     """Shared behaviour of the settings dataclasses."""
 
     SECTION: ClassVar[str] = ""
+    BUILT_BY: ClassVar[str] = "settings"  # what `build`'s errors name
+
+    @classmethod
+    def build(cls, settings: StageSettings | None = None, **overrides: Any) -> Any:
+        """`settings` (or the defaults) with `overrides` applied, checked like a config."""
+        base = settings.to_dict() if settings is not None else {}
+        return cls.from_dict({**base, **overrides}, where=cls.BUILT_BY)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "settings") -> StageSettings:
@@ -560,11 +571,16 @@ class PruneSettings(OnModel):
     """prune: remove the scored layers at a ratio (the ratio is the job's wildcard)."""
 
 
+# mixed precision of training (recovery.precision; layerprune.recover.resolve_precision)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RecoverySettings(Seeded, OnModel):
     """recover: SFT of a pruned checkpoint with TRL, merged into a plain checkpoint."""
 
     SECTION: ClassVar[str] = "recovery"
+    BUILT_BY: ClassVar[str] = "recover_checkpoint"
     trainer: str = setting(
         "lora",
         help=(
@@ -576,7 +592,7 @@ class RecoverySettings(Seeded, OnModel):
     precision: str = setting(
         "auto",
         help="mixed precision of training; auto = bf16 on a GPU that supports it, fp32 on CPU",
-        choices=("auto", "bf16", "fp16", "fp32"),
+        choices=PRECISIONS,
     )
     lora_r: int = setting(16, help="LoRA rank", schema={"minimum": 1})
     lora_alpha: int = setting(32, help="LoRA scaling numerator (scale = alpha / r)", schema={"minimum": 1})
@@ -646,12 +662,6 @@ class RecoverySettings(Seeded, OnModel):
         if self.max_steps == 0:
             raise ValueError("recovery.max_steps: 0 would still train one step; use -1 (num_epochs) or a count >= 1")
 
-    @classmethod
-    def build(cls, settings: RecoverySettings | None = None, **overrides: Any) -> RecoverySettings:
-        """`settings` (or the defaults) with `overrides` applied, checked like a config."""
-        base = settings.to_dict() if settings is not None else {}
-        return cls.from_dict({**base, **overrides}, where="recover_checkpoint")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingSeeds(StageSettings):
@@ -662,6 +672,7 @@ class TrainingSeeds(StageSettings):
     """
 
     SECTION: ClassVar[str] = "recovery"
+    BUILT_BY: ClassVar[str] = "recover_checkpoint"
     seeds: list[int] | None = setting(
         None,
         help=(
@@ -752,8 +763,9 @@ class DistillSettings(RecoverySettings):
         return [f.name for f in dataclasses.fields(cls) if f.name not in RECOVERY_FIELDS]
 
     def distill_values(self, recovery: str) -> dict[str, Any]:
-        """The `recovery.kd` settings a `recovery` job uses: kd never generates (no lmbda, max_new_tokens)."""
-        unused = {"lmbda", "max_new_tokens"} if recovery == "kd" else set()
+        """The `recovery.kd` settings a `recovery` job uses: an off-policy one never generates (no lmbda,
+        max_new_tokens)."""
+        unused = set() if RECOVERIES[recovery].on_policy else {"lmbda", "max_new_tokens"}
         if self.divergence != "jsd":
             unused.add("beta")
         return {name: getattr(self, name) for name in self.own_fields() if name not in unused}
@@ -767,6 +779,7 @@ class EvaluationSettings(Seeded, OnModel):
     """evaluate_dense / evaluate_variant: one task on one checkpoint (per-task settings from tasks.<task>)."""
 
     SECTION: ClassVar[str] = "evaluation"
+    BUILT_BY: ClassVar[str] = "evaluate_checkpoint"
     batch_size: int = setting(16, help="prompts per forward pass", schema={"minimum": 1})
     max_batch_tokens: int | None = setting(
         None,
@@ -1222,7 +1235,14 @@ def registry_enums() -> dict[str, list[str]]:
         "graders": [*GRADERS, None],
         "datasets": list(DATASETS),
         "builtin_tasks": list(BUILTIN_TASKS),
+        "recoveries": list(RECOVERIES),
     }
+
+
+def recovery_methods_block(indent: str) -> list[str]:
+    """recovery.methods' items and description: every declared recovery, each with its label."""
+    described = "; ".join(f"{name} = {recovery.label}" for name, recovery in RECOVERIES.items())
+    return [f"{indent}items: {{enum: {json.dumps(list(RECOVERIES))}}}", f"{indent}description: {json.dumps(described)}"]
 
 
 BEGIN = re.compile(r"^(?P<indent> *)# >>> generated: (?P<name>[\w.*:]*) ")
@@ -1232,6 +1252,8 @@ END = re.compile(r"^ *# <<< generated")
 def _block(name: str, indent: str) -> list[str]:
     if name.startswith("enum:"):
         return [f"{indent}enum: {json.dumps(registry_enums()[name.removeprefix('enum:')])}"]
+    if name == "recovery.methods":
+        return recovery_methods_block(indent)
     section = "" if name == "top" else name
     return [f"{indent}{key}: {json.dumps(schema)}" for key, schema in home_fields()[section]]
 

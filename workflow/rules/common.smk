@@ -12,7 +12,14 @@ from layerprune.checks import (
     ratio_wildcards,
 )
 from layerprune.launch import cluster_cores_problem, rule_command_prefix, rule_settings, slurm_resources
-from layerprune.registry import DATASETS, DISTILLATIONS, RECOVERIES, SCORING_METHODS, methods_where
+from layerprune.registry import (
+    DATASETS,
+    RECOVERIES,
+    RECOVERY_RULES,
+    SCORING_METHODS,
+    methods_where,
+    recoveries_run_by,
+)
 from layerprune.validation import validate_study
 from layerprune.builtin import BUILTIN_TASKS, provenance as builtin_provenance
 from layerprune.settings import (
@@ -347,7 +354,7 @@ STUDY_BENCHMARKED_RULES = (
     "prune",
     "magpie_prompts",
     "selfgen",
-    "recover",
+    *RECOVERY_RULES,  # every rule that trains a recovery (layerprune.registry.RECOVERIES)
     "evaluate_dense",
     "evaluate_variant",
 )
@@ -360,18 +367,32 @@ def study_benchmark_sources():
     return folders + models
 
 
+# Where each kind of training data (layerprune.registry.TRAINING_DATA) lies for one model.
+TRAINING_DATA_FILES = {
+    "reference": model_prompt_set,
+    "selfgen": selfgen_file,
+    "text": lambda model: heal_file(),
+}
+
+
 def recovery_dataset(wildcards):
-    """`sgr` trains on the dense model's answers, `data` on the prompt set's references, `heal` on plain text."""
-    if wildcards.recovery == "sgr":
-        return selfgen_file(wildcards.model)
-    if wildcards.recovery == "heal":
-        return heal_file()
-    return model_prompt_set(wildcards.model)
+    """The file a recovery trains on: its declared training data (layerprune.registry.RECOVERIES)."""
+    return TRAINING_DATA_FILES[RECOVERIES[wildcards.recovery].data](wildcards.model)
+
+
+def recovery_teacher(wildcards):
+    """The dense checkpoint, for a recovery that learns from it (none otherwise)."""
+    return dense_checkpoint(wildcards.model) if RECOVERIES[wildcards.recovery].teacher else []
+
+
+def recovery_pattern(rule_name):
+    """The `recovery` wildcard of a training rule (recover, recover_kd), from the recoveries declared to run in it."""
+    return "|".join(recoveries_run_by(rule_name))
 
 
 def variant_checkpoint(wildcards):
     """recovery `none` evaluates the pruned checkpoint itself (it trains nothing, so it has no seed replicates)."""
-    if wildcards.recovery == "none":
+    if not RECOVERIES[wildcards.recovery].trains:
         if wildcards.replicate:
             raise ValueError(f"recovery none trains nothing: no {wildcards.replicate} replicate")
         return pruned_checkpoint(wildcards.model, wildcards.method, wildcards.ratio)
@@ -382,7 +403,7 @@ def variant_checkpoint(wildcards):
 
 def recovery_replicates(recovery):
     """The folder suffixes of a recovery's training seeds: none for `none`, which trains nothing."""
-    return [""] if recovery == "none" else REPLICATES
+    return REPLICATES if RECOVERIES[recovery].trains else [""]
 
 
 TASK_USE_KEYS = ("evaluate", "chance", "recoveries")
@@ -453,6 +474,6 @@ def all_recovered():
     return [
         recovered_checkpoint(model, method, ratio, recovery, replicate)
         for model, method, ratio, recovery in itertools.product(MODELS, METHODS, RATIOS, RECOVERIES_RUN)
-        if recovery != "none"
+        if RECOVERIES[recovery].trains
         for replicate in REPLICATES
     ]

@@ -26,7 +26,7 @@ rule recover:
     benchmark:
         study_benchmark("recover", "{model}/{method}/{ratio}/{recovery}{replicate}")
     wildcard_constraints:
-        recovery="data|sgr|heal",
+        recovery=recovery_pattern("recover"),
         replicate=REPLICATE_PATTERN,
     priority: CRITICAL_PATH_PRIORITY
     conda:
@@ -43,12 +43,13 @@ rule recover:
         " --recovery {wildcards.recovery:q} --settings {params.settings:q} --threads {threads} > {log:q} 2>&1"
 
 
-# kd, kd_onpolicy: the pruned student learns the dense checkpoint's token distributions on the SGR pairs
+# The distillations (layerprune.registry.RECOVERIES: teacher): the pruned student learns the dense checkpoint's
+# token distributions
 rule recover_kd:
     input:
         model=pruned_checkpoint("{model}", "{method}", "{ratio}"),
-        dataset=selfgen_file("{model}"),
-        teacher=lambda wc: dense_checkpoint(wc.model),
+        dataset=recovery_dataset,
+        teacher=recovery_teacher,
     output:
         directory(recovered_checkpoint("{model}", "{method}", "{ratio}", "{recovery}", "{replicate}")),
     log:
@@ -56,7 +57,7 @@ rule recover_kd:
     benchmark:
         study_benchmark("recover_kd", "{model}/{method}/{ratio}/{recovery}{replicate}")
     wildcard_constraints:
-        recovery="|".join(DISTILLATIONS),
+        recovery=recovery_pattern("recover_kd"),
         replicate=REPLICATE_PATTERN,
     priority: CRITICAL_PATH_PRIORITY
     conda:
