@@ -347,6 +347,11 @@ def _candidate_process(config: dict, isolation: dict, fds: list, error_pipe: int
             os.makedirs(scratch, mode=0o700)
             if uid is not None:
                 os.chown(scratch, uid, uid)
+        if namespaced:
+            # A process group of its own: kill(0, ...) (getppid() is 0 in a namespace's first process) reaches
+            # every process of the caller's group across PID namespaces, and the judge is in the launcher's group.
+            # (Without namespaces it stays in the group that the evaluator's timeout kills.)
+            os.setsid()
         program = os.path.join(scratch, "main.py")
         with open(program, "w") as handle:
             handle.write(config["source"])
