@@ -378,3 +378,60 @@ def test_evaluate_refuses_before_loading_the_model_where_strict_isolation_is_imp
     with pytest.raises(sandbox.SandboxUnavailable, match="evaluation.sandbox.isolation: best_effort"):
         evaluate_checkpoint(tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", 1, 8, 0)
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.fixture
+def full_tmpdir(tmp_path, monkeypatch):
+    """$TMPDIR on a 64 KiB tmpfs (as issue 27 saw it: 4 KiB free), for this process's sandboxes."""
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    monkeypatch.setattr(tempfile, "tempdir", str(full))
+    yield full
+    subprocess.run(["umount", "-l", str(full)], check=True)
+
+
+def test_a_full_tmpdir_stops_the_job_naming_the_cause_and_grades_nothing(full_tmpdir, humaneval_samples, tmp_path):
+    from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.io import write_json
+    from layerprune.sandbox import SandboxError
+
+    sample = humaneval_samples[0]
+    with pytest.raises(SandboxError, match=f"{full_tmpdir}.*free space there or point TMPDIR elsewhere"):
+        grade_code(sample, sample["solution"], chat=False, limits=TIGHT)
+    # `layerprune evaluate` stops before the model loads (its preflight), with the cause, and writes no result.
+    task = tmp_path / "task.json"
+    write_json(task, {"type": "generative", "grader": "code", "samples": [sample]})
+    with pytest.raises(SandboxError, match="KiB free"):
+        evaluate_checkpoint(tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", 1, 8, 0)
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_a_code_result_records_the_preflights_isolation_when_no_sample_reached_the_sandbox(tmp_path):
+    import torch
+    from conftest import make_tiny_checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layerprune.generative import evaluate_generative
+
+    path = make_tiny_checkpoint(tmp_path / "m", family="llama", num_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # A prompt that no continuation can make compile: every sample is a syntax error, none runs.
+    code = {
+        "prompt": "1 = 1\n",
+        "test": "def check(candidate):\n    pass\n",
+        "entry_point": "f",
+        "continues_prompt": True,
+    }
+    task = {
+        "type": "generative",
+        "grader": "code",
+        "fewshot": [],
+        "samples": [{"id": 0, "input": "1 = 1\n", "targets": [""], "code": code}],
+    }
+    result = evaluate_generative(model, AutoTokenizer.from_pretrained(path), task, 4, 1, sandbox=TIGHT, progress=False)
+    assert result["error_buckets"]["pass"] == 0 and result["samples"][0]["error_bucket"] != "pass"
+    assert "stderr_tail" not in result["samples"][0]  # graded at compile time: no program ran
+    assert result["sandbox"]["isolation"]["level"] == "strict", result["sandbox"]

@@ -148,6 +148,14 @@ class Judge:
     runner: str
 
 
+def _has_room(limits: SandboxLimits) -> bool:
+    try:
+        check_free_space(limits)
+    except SandboxError:
+        return False
+    return True
+
+
 # Room the run's files need in $TMPDIR beyond stdout and stderr (each at most `file_size_mb`): config, reports.
 SPACE_MARGIN_BYTES = 1 << 20
 
@@ -729,6 +737,13 @@ def run_program(
                 with contextlib.suppress(FileNotFoundError), open(marker_file, "rb") as handle:
                     completed = handle.read(len(nonce) + 1) == nonce.encode()
                 completed = bool(completed)
+            if returncode != 0 and not _has_room(limits):
+                # The run left $TMPDIR without room (another writer beside it): the program's output may not
+                # have been written, so its failure may be ours, not the program's.
+                raise SandboxError(
+                    f"the sandbox's temporary directory {tempfile.gettempdir()} ran out of space during a program "
+                    f"(exit {returncode}): free space there or point TMPDIR elsewhere"
+                )
             verdict = None
             if judge is not None:
                 verdict = {}
@@ -750,10 +765,20 @@ def run_program(
         raise SandboxError(f"the sandbox's own files in {tempfile.gettempdir()}: {error}") from error
 
 
+_preflights: dict[SandboxLimits, dict[str, Any]] = {}
+
+
 def preflight(limits: SandboxLimits) -> dict[str, Any]:
-    """Run an empty program once, so that a machine that cannot isolate as `limits.isolation_level` asks stops
-    the evaluation (SandboxUnavailable) before any sample; returns the isolation it got."""
-    return run_program("pass\n", limits).isolation
+    """Run an empty program once, so that a machine that cannot isolate as `limits.isolation_level` asks (or a
+    $TMPDIR without room) stops the evaluation (SandboxError) before any sample; returns the isolation it got."""
+    _preflights[limits] = run_program("pass\n", limits).isolation
+    return _preflights[limits]
+
+
+def preflight_isolation(limits: SandboxLimits) -> dict[str, Any]:
+    """The isolation this process's preflight got for `limits` (run now where there was none): what a code
+    result records when none of its samples reached the sandbox (all syntax errors, no samples)."""
+    return _preflights.get(limits) or preflight(limits)
 
 
 def site_packages() -> list[str]:
