@@ -324,3 +324,14 @@ def test_as_a_user_every_cheating_wrong_answer_fails(researcher, tmp_path):
     assert {user for _, user in graded.values()} == {researcher.pw_uid}  # the user's own evaluator, not root's
     assert graded.pop("correct")[0] == "pass"
     assert {name: bucket for name, (bucket, _) in graded.items() if bucket not in FAILED} == {}
+
+
+def test_as_a_user_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(researcher):
+    from test_sandbox import MEMORY_PROBE, check_memory_probe
+
+    limits = {"timeout_s": 30, "cpu_s": 20, "memory_mb": 256, "tmpfs_mb": 64}
+    done = _as_user(researcher, ["-c", DRIVER, MEMORY_PROBE, json.dumps(limits)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads(done.stdout)
+    assert run["isolation"]["user"] == researcher.pw_uid and run["isolation"]["seccomp"] is True, run["isolation"]
+    check_memory_probe(run["passed"], run["stdout"], 256, 64)

@@ -625,13 +625,14 @@ def main() -> None:
         "missing": [],
     }
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
+    # Joined before anything else (even the namespaces), so that every process and byte after counts. (As root a
+    # group per sandbox; as a user, one in the cgroup subtree the system delegated to the user, where it did.)
+    for procs in config["cgroup_procs"]:
+        with open(procs, "w") as handle:
+            handle.write("0")
     if root:
         if config["uid"] is None:
             raise SystemExit("layerprune sandbox set-up failed: as root the parent must lease a uid")
-        # Joined before anything else (even the namespaces), so that every process and byte after counts.
-        for procs in config["cgroup_procs"]:
-            with open(procs, "w") as handle:
-                handle.write("0")
         _check(libc.unshare(flags), "unshare")
         isolation.update(namespaces=True, network=True, drop_privileges=True, own_process_count=True)
         isolation["user"] = config["uid"]

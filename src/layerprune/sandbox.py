@@ -37,6 +37,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import json
 import logging
 import os
@@ -420,9 +421,16 @@ def _cgroup_v1(name: str, limits: SandboxLimits) -> _Cgroup | None:
 
 
 def _cgroup(name: str, limits: SandboxLimits) -> _Cgroup | None:
-    """A fresh cgroup for one sandbox, v2 preferred; None when this machine lets us create neither."""
-    if os.environ.get(CGROUPS_ENV, "1") == "0" or os.geteuid() != 0:
+    """A fresh cgroup for one sandbox, v2 preferred; None when this machine lets us create neither.
+
+    As a user, only cgroup v2 and only where the system delegated the user's cgroup subtree (systemd's
+    `Delegate=yes`, as in `user@.service` or `systemd-run --user --scope -p Delegate=yes`; SLURM's cgroup/v2
+    plugin): then the memory limit covers the program's tmpfs and shared pages as it does for root. Elsewhere the
+    attempt fails on permissions and the watchdog runs."""
+    if os.environ.get(CGROUPS_ENV, "1") == "0":
         return None
+    if os.geteuid() != 0:
+        return _cgroup_v2(name, limits)
     return _cgroup_v2(name, limits) or _cgroup_v1(name, limits)
 
 
@@ -590,6 +598,8 @@ def _popen_wait(process: subprocess.Popen, timeout: float) -> int | None:
 
 
 _reported: set[tuple[tuple[str, str], ...]] = set()
+_user_groups = itertools.count()
+_no_delegation: list[bool] = []
 
 
 def run_program(
@@ -650,7 +660,11 @@ def run_program(
             uid = stack.enter_context(_uid_lease()) if root else None
             # The evaluator's pid in the name: whatever a killed evaluator leaves, the next one removes (reap_stale).
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-")))
-            group = _cgroup(f"uid-{uid}", limits) if uid is not None else None
+            # As a user the name carries this evaluator's pid and a count (a user's sandboxes have no uid lease).
+            name = f"uid-{uid}" if uid is not None else f"user-{os.getpid()}-{next(_user_groups)}"
+            group = _cgroup(name, limits) if uid is not None or not _no_delegation else None
+            if group is None and uid is None:
+                _no_delegation.append(True)  # tried once: not delegated here, no need to try per program
             if group is not None:
                 stack.callback(group.remove)  # runs before the uid lease is released: no process of it survives
             mechanisms = _limit_mechanisms(group, uid)
