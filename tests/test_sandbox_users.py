@@ -303,9 +303,11 @@ import json, sys
 from layerprune.graders import grade_code
 from layerprune.sandbox import SandboxLimits
 sample, programs = json.loads(sys.stdin.read())
-limits = SandboxLimits(timeout_s=20, cpu_s=10, memory_mb=512)
+level = sys.argv[1] if len(sys.argv) > 1 else "strict"
+limits = SandboxLimits(timeout_s=20, cpu_s=10, memory_mb=512, isolation_level=level)
 graded = {name: grade_code(sample, text, chat=False, limits=limits) for name, text in programs.items()}
 print(json.dumps({name: [g["error_bucket"], g["isolation"]["user"]] for name, g in graded.items()}))
+print(json.dumps(graded["correct"]["isolation"]))
 """
 
 
@@ -320,7 +322,7 @@ def test_as_a_user_every_cheating_wrong_answer_fails(researcher, tmp_path):
     programs = {"correct": sample["solution"], **STRATEGIES}
     done = _as_user(researcher, ["-c", GRADER], input=json.dumps([sample, programs]))
     assert done.returncode == 0, done.stderr[-2000:]
-    graded = json.loads(done.stdout)
+    graded = json.loads(done.stdout.splitlines()[0])
     assert {user for _, user in graded.values()} == {researcher.pw_uid}  # the user's own evaluator, not root's
     assert graded.pop("correct")[0] == "pass"
     assert {name: bucket for name, (bucket, _) in graded.items() if bucket not in FAILED} == {}
@@ -335,3 +337,21 @@ def test_as_a_user_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(re
     run = json.loads(done.stdout)
     assert run["isolation"]["user"] == researcher.pw_uid and run["isolation"]["seccomp"] is True, run["isolation"]
     check_memory_probe(run["passed"], run["stdout"], 256, 64)
+
+
+def test_without_user_namespaces_best_effort_still_grades_with_a_judge_and_says_what_is_missing(researcher, tmp_path):
+    from layerprune.tasks import prepare_task_spec
+
+    spec = {"type": "generative", "dataset": "humaneval", "num_fewshot": 0, "limit": 1}
+    sample = prepare_task_spec(spec, tmp_path, 0, tmp_path / "t.json")["samples"][0]
+    programs = {"correct": sample["solution"], "wrong": "    return None\n", "exits": "    return None\nexit()\n"}
+    done = _as_user(researcher, ["-c", GRADER, "best_effort"], no_userns=True, input=json.dumps([sample, programs]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    graded, isolation = (json.loads(line) for line in done.stdout.splitlines()[:2])
+    assert {name: bucket for name, (bucket, _) in graded.items()} == {
+        "correct": "pass",
+        "wrong": "wrong_answer",
+        "exits": "early_exit",
+    }
+    assert isolation["level"] == "best_effort" and not isolation["namespaces"], isolation
+    assert any("a judge out of the program's reach" in m for m in isolation["missing"]), isolation["missing"]
