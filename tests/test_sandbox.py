@@ -493,3 +493,14 @@ def test_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(mechanism):
     result = run_program(MEMORY_PROBE, limits)
     assert result.isolation["seccomp"] is True, result.isolation
     check_memory_probe(result.passed, result.stdout, 256, 64)
+
+
+def test_a_judged_run_whose_processes_cannot_start_is_a_sandbox_error_not_a_verdict(humaneval_samples, monkeypatch):
+    """The judge's and the program's interpreters fail to exec (as when the launcher has no memory to start them):
+    the set-up's failure stops the job, naming it; the sample gets no bucket."""
+    from layerprune import sandbox
+
+    monkeypatch.setattr(sandbox, "_python", lambda: ("/nonexistent/python3", sys.base_prefix))
+    sample = humaneval_samples[0]
+    with pytest.raises(sandbox.SandboxError, match="set-up failed: the (judge|program)'s process"):
+        grade_code(sample, sample["solution"], chat=False, limits=TIGHT)
