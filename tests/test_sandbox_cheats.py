@@ -2,7 +2,7 @@
 
 Each strategy follows (or replaces) a wrong completion of HumanEval/0 (`has_close_elements`). The seven "reach into
 the harness" strategies of issue 27 were graded `pass` when the tests ran in the program's own interpreter; the
-early exits were graded `pass` before the completion marker (issue 13). Now the tests run in a judge process the
+early exits were graded `pass` before the completion marker (issue 17). Now the tests run in a judge process the
 program cannot reach (docs/sandbox.md), so none of them can.
 """
 
