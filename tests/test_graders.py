@@ -149,26 +149,7 @@ def test_pass_at_k_is_the_unbiased_estimator():
     assert pass_at_k([5, 5], [0, 5], 3) == pytest.approx(0.5)
 
 
-# Each follows a wrong completion of HumanEval/0 at module level; before the harness checked for its completion
-# marker, every one of them was graded "pass" (the tests were appended after the program and never ran).
-EXITS = {
-    "sys.exit(0)": "import sys\nsys.exit(0)\n",
-    "exit()": "exit()\n",
-    "quit()": "quit()\n",
-    "os._exit(0)": "import os\nos._exit(0)\n",
-    "raise SystemExit": "raise SystemExit\n",
-    "posix._exit(0)": "import posix\nposix._exit(0)\n",  # bypasses the harness's note: exit 0, no marker
-    "atexit os._exit(0)": "import atexit, os\natexit.register(os._exit, 0)\n",  # after the failed test's traceback
-    "forged marker": "import os\nprint('pass')\nos.write(4, b'0' * 32)\nos.write(1, b'0' * 32)\nos._exit(0)\n",
-}
-
-
-@pytest.mark.parametrize("form", list(EXITS))
-def test_a_wrong_answer_that_exits_is_an_early_exit_not_a_pass(humaneval, form):
-    sample = humaneval[0]
-    graded = grade_code(sample, "    return None\n\n\n" + EXITS[form], chat=False, limits=LIMITS)
-    assert graded["error_bucket"] == "early_exit", (form, graded["error_bucket"], graded["stderr_tail"])
-    assert graded["completed"] is False
+# The exits and other cheats of a wrong answer: tests/test_sandbox_cheats.py (a table, every one graded a failure).
 
 
 def test_a_main_block_that_exits_does_not_pass_a_wrong_answer(humaneval):

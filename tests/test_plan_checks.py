@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_config
+from conftest import make_config, make_tokenizer
 from workflow_helpers import REPO, planned_jobs, snakemake, workflow_copy
 
 from layerprune import checks
@@ -30,7 +30,8 @@ DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 def checkpoint_config(path: Path, family: str = "llama", num_layers: int = 4) -> Path:
-    """A checkpoint directory with a tiny `family` config.json (all a plan reads), made by transformers itself."""
+    """A checkpoint directory with a tiny `family` config.json and a tokenizer (all a plan reads), made by
+    transformers itself."""
     from transformers import GPT2Config, MixtralConfig
 
     if family == "gpt2":
@@ -43,6 +44,7 @@ def checkpoint_config(path: Path, family: str = "llama", num_layers: int = 4) ->
     else:
         config = make_config(family, num_layers)
     config.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)  # the plan checks that a local checkpoint has a tokenizer
     return path
 
 

@@ -380,3 +380,129 @@ def test_evaluate_refuses_before_loading_the_model_where_strict_isolation_is_imp
             tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", batch_size=1, max_new_tokens=8
         )
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.fixture
+def full_tmpdir(tmp_path, monkeypatch):
+    """$TMPDIR on a 64 KiB tmpfs (as issue 27 saw it: 4 KiB free), for this process's sandboxes."""
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    monkeypatch.setattr(tempfile, "tempdir", str(full))
+    yield full
+    subprocess.run(["umount", "-l", str(full)], check=True)
+
+
+def test_a_full_tmpdir_stops_the_job_naming_the_cause_and_grades_nothing(full_tmpdir, humaneval_samples, tmp_path):
+    from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.io import write_json
+    from layerprune.sandbox import SandboxError
+
+    sample = humaneval_samples[0]
+    with pytest.raises(SandboxError, match=f"{full_tmpdir}.*free space there or point TMPDIR elsewhere"):
+        grade_code(sample, sample["solution"], chat=False, limits=TIGHT)
+    # `layerprune evaluate` stops before the model loads (its preflight), with the cause, and writes no result.
+    task = tmp_path / "task.json"
+    write_json(task, {"type": "generative", "grader": "code", "samples": [sample]})
+    with pytest.raises(SandboxError, match="KiB free"):
+        evaluate_checkpoint(tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", 1, 8, 0)
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_a_code_result_records_the_preflights_isolation_when_no_sample_reached_the_sandbox(tmp_path):
+    import torch
+    from conftest import make_tiny_checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layerprune.generative import evaluate_generative
+
+    path = make_tiny_checkpoint(tmp_path / "m", family="llama", num_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    # A prompt that no continuation can make compile: every sample is a syntax error, none runs.
+    code = {
+        "prompt": "1 = 1\n",
+        "test": "def check(candidate):\n    pass\n",
+        "entry_point": "f",
+        "continues_prompt": True,
+    }
+    task = {
+        "type": "generative",
+        "grader": "code",
+        "fewshot": [],
+        "samples": [{"id": 0, "input": "1 = 1\n", "targets": [""], "code": code}],
+    }
+    result = evaluate_generative(model, AutoTokenizer.from_pretrained(path), task, 4, 1, sandbox=TIGHT, progress=False)
+    assert result["error_buckets"]["pass"] == 0 and result["samples"][0]["error_bucket"] != "pass"
+    assert "stderr_tail" not in result["samples"][0]  # graded at compile time: no program ran
+    assert result["sandbox"]["isolation"]["level"] == "strict", result["sandbox"]
+
+
+# Issue 27's two ways past the memory limit as a user, and shared memory: each tries to hold 512 MB (the limit is
+# 256 MB) where no process's resident memory shows it, and prints how far it got.
+MEMORY_PROBE = """\
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+chunk, outcome, keep = b"x" * (1 << 20), {}, []
+def fill(new_file, name):
+    # 8 MB per file (RLIMIT_FSIZE stops one file at file_size_mb), up to 512 MB in all
+    stored = 0
+    try:
+        while stored < 512:
+            fd = new_file(len(keep))
+            keep.append(fd)
+            for _ in range(8):
+                os.write(fd, chunk)
+                stored += 1
+    except OSError as error:
+        outcome[name + " stopped"] = error.strerror
+    outcome[name + " MB"] = stored
+try:
+    fill(lambda i: os.memfd_create("hidden%d" % i), "memfd")
+except OSError as error:
+    outcome["memfd"] = "refused: " + error.strerror
+for fd in keep:
+    os.close(fd)
+keep.clear()
+if libc.unshare(0x10000000 | 0x00020000) != 0:  # a nested user and mount namespace, for a tmpfs of its own
+    outcome["nested user namespace"] = "refused: " + os.strerror(ctypes.get_errno())
+else:
+    os.makedirs("/tmp/big", exist_ok=True)
+    if libc.mount(b"tmpfs", b"/tmp/big", b"tmpfs", 0, b"size=100%") != 0:
+        outcome["tmpfs"] = "refused: " + os.strerror(ctypes.get_errno())
+    else:
+        fill(lambda i: os.open("/tmp/big/f%d" % i, os.O_WRONLY | os.O_CREAT), "nested tmpfs")
+for fd in keep:
+    os.close(fd)
+fill(lambda i: os.open("/dev/shm/f%d" % i, os.O_WRONLY | os.O_CREAT), "/dev/shm")
+print(json.dumps(outcome))
+"""
+
+
+def check_memory_probe(passed: bool, stdout: str, limit_mb: int, tmpfs_mb: int) -> None:
+    """Neither memfd nor a nested user namespace is there to use; /dev/shm holds at most its tmpfs."""
+    if not passed and not stdout.strip():
+        return  # killed over the limit before it could say anything: the limit held
+    outcome = json.loads(stdout.strip().splitlines()[-1])
+    assert outcome.get("memfd MB", 0) == 0, outcome
+    assert outcome.get("nested user namespace", "").startswith("refused"), outcome
+    assert outcome.get("/dev/shm MB", 0) <= tmpfs_mb < limit_mb, outcome
+
+
+def test_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(mechanism):
+    limits = SandboxLimits(timeout_s=30, cpu_s=20, memory_mb=256, tmpfs_mb=64)
+    result = run_program(MEMORY_PROBE, limits)
+    assert result.isolation["seccomp"] is True, result.isolation
+    check_memory_probe(result.passed, result.stdout, 256, 64)
+
+
+def test_a_judged_run_whose_processes_cannot_start_is_a_sandbox_error_not_a_verdict(humaneval_samples, monkeypatch):
+    """The judge's and the program's interpreters fail to exec (as when the launcher has no memory to start them):
+    the set-up's failure stops the job, naming it; the sample gets no bucket."""
+    from layerprune import sandbox
+
+    monkeypatch.setattr(sandbox, "_python", lambda: ("/nonexistent/python3", sys.base_prefix))
+    sample = humaneval_samples[0]
+    with pytest.raises(sandbox.SandboxError, match="set-up failed: the (judge|program)'s process"):
+        grade_code(sample, sample["solution"], chat=False, limits=TIGHT)

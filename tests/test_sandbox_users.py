@@ -103,14 +103,16 @@ def researcher(tmp_path_factory):
     subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
 
 
-def _as_user(entry, args: list[str], no_userns: bool = False, **popen) -> subprocess.CompletedProcess:
+def _as_user(
+    entry, args: list[str], no_userns: bool = False, input: str | None = None, **popen
+) -> subprocess.CompletedProcess:
     prefix = ["-c", NO_USERNS + f"os.execv({SYSTEM_PYTHON!r}, [{SYSTEM_PYTHON!r}] + sys.argv[1:])"] if no_userns else []
     command = [SYSTEM_PYTHON, *prefix, *args]
     env = {"HOME": entry.pw_dir, "PATH": "/usr/bin:/bin", "PYTHONPATH": SRC}
     kwargs = dict(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], env=env, cwd=entry.pw_dir)
     if popen:
         return subprocess.Popen(command, **kwargs, **popen)
-    return subprocess.run(command, **kwargs, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, **kwargs, capture_output=True, text=True, timeout=600, input=input)
 
 
 def _plant(entry) -> tuple[Path, Path, dict[Path, str]]:
@@ -293,3 +295,63 @@ def test_a_killed_evaluator_leaves_no_sandbox_behind(researcher, evaluator):
     else:
         _as_user(researcher, ["-c", "from layerprune.sandbox import reap_stale; print(reap_stale())"])
     assert not any(p.exists() for p in left), left
+
+
+# The cheating strategies of tests/test_sandbox_cheats.py, graded by the user's evaluator.
+GRADER = """\
+import json, sys
+from layerprune.graders import grade_code
+from layerprune.sandbox import SandboxLimits
+sample, programs = json.loads(sys.stdin.read())
+level = sys.argv[1] if len(sys.argv) > 1 else "strict"
+limits = SandboxLimits(timeout_s=20, cpu_s=10, memory_mb=512, isolation_level=level)
+graded = {name: grade_code(sample, text, chat=False, limits=limits) for name, text in programs.items()}
+print(json.dumps({name: [g["error_bucket"], g["isolation"]["user"]] for name, g in graded.items()}))
+print(json.dumps(graded["correct"]["isolation"]))
+"""
+
+
+@pytest.mark.slow  # 28 judged sandboxes in a row
+def test_as_a_user_every_cheating_wrong_answer_fails(researcher, tmp_path):
+    from test_sandbox_cheats import FAILED, STRATEGIES
+
+    from layerprune.tasks import prepare_task_spec
+
+    spec = {"type": "generative", "dataset": "humaneval", "num_fewshot": 0, "limit": 1}
+    sample = prepare_task_spec(spec, tmp_path, 0, tmp_path / "t.json")["samples"][0]
+    programs = {"correct": sample["solution"], **STRATEGIES}
+    done = _as_user(researcher, ["-c", GRADER], input=json.dumps([sample, programs]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    graded = json.loads(done.stdout.splitlines()[0])
+    assert {user for _, user in graded.values()} == {researcher.pw_uid}  # the user's own evaluator, not root's
+    assert graded.pop("correct")[0] == "pass"
+    assert {name: bucket for name, (bucket, _) in graded.items() if bucket not in FAILED} == {}
+
+
+def test_as_a_user_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(researcher):
+    from test_sandbox import MEMORY_PROBE, check_memory_probe
+
+    limits = {"timeout_s": 30, "cpu_s": 20, "memory_mb": 256, "tmpfs_mb": 64}
+    done = _as_user(researcher, ["-c", DRIVER, MEMORY_PROBE, json.dumps(limits)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads(done.stdout)
+    assert run["isolation"]["user"] == researcher.pw_uid and run["isolation"]["seccomp"] is True, run["isolation"]
+    check_memory_probe(run["passed"], run["stdout"], 256, 64)
+
+
+def test_without_user_namespaces_best_effort_still_grades_with_a_judge_and_says_what_is_missing(researcher, tmp_path):
+    from layerprune.tasks import prepare_task_spec
+
+    spec = {"type": "generative", "dataset": "humaneval", "num_fewshot": 0, "limit": 1}
+    sample = prepare_task_spec(spec, tmp_path, 0, tmp_path / "t.json")["samples"][0]
+    programs = {"correct": sample["solution"], "wrong": "    return None\n", "exits": "    return None\nexit()\n"}
+    done = _as_user(researcher, ["-c", GRADER, "best_effort"], no_userns=True, input=json.dumps([sample, programs]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    graded, isolation = (json.loads(line) for line in done.stdout.splitlines()[:2])
+    assert {name: bucket for name, (bucket, _) in graded.items()} == {
+        "correct": "pass",
+        "wrong": "wrong_answer",
+        "exits": "early_exit",
+    }
+    assert isolation["level"] == "best_effort" and not isolation["namespaces"], isolation
+    assert any("a judge out of the program's reach" in m for m in isolation["missing"]), isolation["missing"]

@@ -47,12 +47,14 @@ import signal
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_DUMPABLE, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 22, 2
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
@@ -220,6 +222,267 @@ def _private_root(config: dict, scratch_owner: "int | None") -> dict:
     return {"private_root": True, "proc": proc}
 
 
+# --- seccomp: what no sandboxed process may do, whoever it runs as -------------------------------------------------
+# Refused with EPERM: a nested user namespace (unshare/clone with CLONE_NEWUSER; inside one, an unprivileged program
+# would hold every capability again and could mount a tmpfs of any size, uncounted), memfd_create/memfd_secret and
+# SysV shared memory (pages no process maps stay out of resident memory, so the watchdog would not see them),
+# ptrace/process_vm_* (reading another process's memory), setns, userfaultfd, and the x32 ABI (other numbers for
+# the same calls). clone3 answers ENOSYS: its flags live in memory a filter cannot read, and glibc then falls back
+# to clone, whose flags it can.
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+SYSCALLS = {
+    "x86_64": {"clone": 56, "unshare": 272, "clone3": 435, "refused": [319, 447, 29, 101, 310, 311, 308, 323]},
+    "aarch64": {"clone": 220, "unshare": 97, "clone3": 435, "refused": [279, 447, 194, 117, 270, 271, 268, 282]},
+}
+BPF_LD_W_ABS, BPF_JEQ, BPF_JGE, BPF_JSET, BPF_RET = 0x20, 0x15, 0x35, 0x45, 0x06
+RET_ALLOW, RET_ERRNO = 0x7FFF0000, 0x00050000
+EPERM, ENOSYS = 1, 38
+
+
+def _seccomp_program(machine: str) -> list:
+    """The filter as (code, jt, jf, k) instructions (classic BPF over struct seccomp_data)."""
+    numbers = SYSCALLS[machine]
+    refused = numbers["refused"]
+    program = [
+        (BPF_LD_W_ABS, 0, 0, 4),  # arch
+        (BPF_JEQ, 1, 0, AUDIT_ARCH[machine]),
+        (BPF_RET, 0, 0, RET_ERRNO | EPERM),
+        (BPF_LD_W_ABS, 0, 0, 0),  # syscall number
+        (BPF_JGE, 0, 1, 0x40000000),  # x32
+        (BPF_RET, 0, 0, RET_ERRNO | EPERM),
+        (BPF_JEQ, 0, 1, numbers["clone3"]),
+        (BPF_RET, 0, 0, RET_ERRNO | ENOSYS),
+    ]
+    for number in refused:
+        program += [(BPF_JEQ, 0, 1, number), (BPF_RET, 0, 0, RET_ERRNO | EPERM)]
+    program += [
+        (BPF_JEQ, 1, 0, numbers["clone"]),
+        (BPF_JEQ, 0, 3, numbers["unshare"]),
+        (BPF_LD_W_ABS, 0, 0, 16),  # args[0], low 32 bits (little-endian): the flags
+        (BPF_JSET, 0, 1, CLONE_NEWUSER),
+        (BPF_RET, 0, 0, RET_ERRNO | EPERM),
+        (BPF_RET, 0, 0, RET_ALLOW),
+    ]
+    return program
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _install_seccomp() -> None:
+    """Install the filter on this process (inherited by everything it execs or forks; needs NO_NEW_PRIVS)."""
+    machine = os.uname().machine
+    if machine not in SYSCALLS:
+        raise OSError(f"no seccomp filter for {machine}")
+    program = _seccomp_program(machine)
+    filters = (_SockFilter * len(program))(*[_SockFilter(*instruction) for instruction in program])
+    fprog = _SockFprog(len(program), filters)
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "prctl SECCOMP")
+
+
+def _seccomp_or_refuse(config: dict, isolation: dict) -> None:
+    try:
+        _install_seccomp()
+        isolation["seccomp"] = True
+    except OSError as error:
+        isolation["seccomp"] = False
+        isolation["missing"].append(
+            f"a seccomp filter ({error}): without it the program could open a nested user namespace (mounts "
+            "uncounted by the memory limit) or hide memory in memfd pages"
+        )
+        isolation["level"] = "best_effort"
+        if config["isolation_level"] == "strict":
+            _refuse(isolation["missing"])
+
+
+def _drop(uid: "int | None") -> None:
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    # Cleared by a credential change; set again so that this process dies with its parent.
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl PDEATHSIG")
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl NO_NEW_PRIVS")
+
+
+def _place_fds(fds: list) -> None:
+    """dup2 `fds` to 3, 4, ... (inheritable), every other descriptor above 2 closed on exec."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10 + len(fds)) for fd in fds]
+    for target, fd in enumerate(high, start=3):
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
+
+
+def _candidate_process(config: dict, isolation: dict, fds: list, error_pipe: int, scratch: str) -> None:
+    """Forked by the namespace's first process; never returns. A PID namespace of its own (the judge's processes
+    do not exist in it: it cannot signal, trace or read them), its own mount namespace with a fresh /tmp (the
+    scratch) and /dev/shm and a /proc of its namespace only; then the program's server, `python -I -c RUNNER`."""
+    try:
+        _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl PDEATHSIG")
+        drop = isolation["drop_privileges"]
+        uid = config["uid"] if drop else None
+        namespaced = isolation["namespaces"]
+        if namespaced:
+            _check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC), "unshare for the program")
+            pid = os.fork()
+            if pid:  # stays in the judge's namespace only to wait and pass on the program's status
+                os.close(error_pipe)
+                for fd in fds:
+                    os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                os._exit(code if code >= 0 else 128 - code)
+            _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl PDEATHSIG")
+            tmpfs = f"size={config['tmpfs_mb']}m,mode=1777"
+            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+            _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+            if isolation.get("proc"):
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            scratch = SCRATCH
+            os.makedirs(scratch, mode=0o700)
+            if uid is not None:
+                os.chown(scratch, uid, uid)
+        if namespaced:
+            # A process group of its own: kill(0, ...) (getppid() is 0 in a namespace's first process) reaches
+            # every process of the caller's group across PID namespaces, and the judge is in the launcher's group.
+            # (Without namespaces it stays in the group that the evaluator's timeout kills.)
+            os.setsid()
+        program = os.path.join(scratch, "main.py")
+        with open(program, "w") as handle:
+            handle.write(config["source"])
+        if uid is not None:
+            os.chown(program, uid, uid)
+        _limits(config)
+        _drop(uid)
+        _check_visible(config)
+        _install_seccomp()  # the namespace's first process checked that it works (see _judged)
+        os.chdir(scratch)
+        _place_fds(fds)
+        python = config["python"]
+        os.execve(python, [python, "-I", "-c", config["judge"]["runner"]], {"HOME": scratch})
+    except BaseException as error:  # noqa: BLE001 - report any set-up failure, never run unconfined
+        with contextlib.suppress(OSError):
+            os.write(error_pipe, f"the program's process: {error}".encode())
+        os._exit(125)
+
+
+def _judge_process(config: dict, isolation: dict, fds: list, error_pipe: int, directory: str) -> None:
+    """Forked by the namespace's first process; never returns: the task's tests in `python -I judge.py`."""
+    try:
+        uid = config["uid"] if isolation["drop_privileges"] else None
+        _limits(config)
+        _drop(uid)
+        _install_seccomp()
+        os.chdir(directory)
+        _place_fds(fds)
+        python = config["python"]
+        os.execve(python, [python, "-I", "judge.py"], {"HOME": directory})
+    except BaseException as error:  # noqa: BLE001
+        with contextlib.suppress(OSError):
+            os.write(error_pipe, f"the judge's process: {error}".encode())
+        os._exit(125)
+
+
+def _judged(config: dict, isolation: dict, report, verdict, scratch: str) -> None:
+    """The namespace's first process, for a judged program: the task's tests run in a process of their own (the
+    judge), the program in another (see `_candidate_process`), and they speak only through two pipes, in plain
+    data. The judge writes its verdict to `verdict`, which the program's process never holds; this process then
+    adds how the program's process ended. Exits with the judge's status."""
+    uid = config["uid"] if isolation["drop_privileges"] else None
+    try:
+        _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl NO_NEW_PRIVS")
+        _seccomp_probe(config, isolation)
+        if not isolation["namespaces"]:
+            isolation["missing"].append(
+                "a judge out of the program's reach (without a PID namespace the program can read the tests)"
+            )
+        isolation["level"] = "best_effort" if isolation["missing"] else "strict"
+        # The judge's directory: in this namespace's /tmp, which the program's own fresh /tmp hides from it.
+        directory = os.path.join(os.path.dirname(scratch), "judge")
+        os.makedirs(directory, mode=0o700)
+        with open(os.path.join(directory, "judge.py"), "w") as handle:
+            handle.write(config["judge"]["source"])
+        if uid is not None:
+            os.chown(directory, uid, uid)
+            os.chown(os.path.join(directory, "judge.py"), uid, uid)
+        requests_read, requests_write = os.pipe()
+        answers_read, answers_write = os.pipe()
+        errors_read, errors_write = os.pipe2(os.O_CLOEXEC)
+        candidate = os.fork()
+        if candidate == 0:
+            for fd in (requests_write, answers_read, errors_read):
+                os.close(fd)
+            report.close()
+            verdict.close()
+            _candidate_process(config, isolation, [requests_read, answers_write], errors_write, scratch)
+        judge = os.fork()
+        if judge == 0:
+            for fd in (requests_read, answers_write, errors_read):
+                os.close(fd)
+            report.close()
+            _judge_process(config, isolation, [requests_write, answers_read, verdict.fileno()], errors_write, directory)
+        for fd in (requests_read, answers_write, requests_write, answers_read, errors_write):
+            os.close(fd)
+        failure = b""
+        while chunk := os.read(errors_read, 4096):  # EOF once both exec'd (close-on-exec) or died
+            failure += chunk
+        os.close(errors_read)
+        if failure:
+            raise OSError(failure.decode(errors="replace"))
+        report.write(json.dumps(isolation))
+        report.close()
+    except BaseException as error:  # noqa: BLE001 - a set-up failure: no report, the evaluator raises
+        sys.stderr.write(f"layerprune sandbox set-up failed: {error}\n")
+        sys.stderr.flush()
+        os._exit(125)
+    # Whichever ends first: the judge (its verdict is in; the program's process is then killed) or the program's
+    # process (then the judge sees its pipe close and says so).
+    statuses: dict = {}
+    candidate_first = None
+    while judge not in statuses:
+        pid, status = os.waitpid(-1, 0)
+        if pid in (judge, candidate):
+            statuses[pid] = status
+            if candidate_first is None:
+                candidate_first = pid == candidate
+    if candidate not in statuses:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(candidate, signal.SIGKILL)
+        statuses[candidate] = os.waitpid(candidate, 0)[1]
+    status = statuses[candidate]
+    ended = {"exit": os.WEXITSTATUS(status)} if os.WIFEXITED(status) else {"signal": os.WTERMSIG(status)}
+    if not candidate_first:
+        ended = {"killed_after_verdict": True}
+    verdict.write("\n" + json.dumps({"program": ended}) + "\n")
+    verdict.close()
+    code = os.waitstatus_to_exitcode(statuses[judge])
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def _seccomp_probe(config: dict, isolation: dict) -> None:
+    """Whether this kernel takes the filter, tried in a throwaway child (the children install it for real)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _install_seccomp()
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        isolation["seccomp"] = False
+        isolation["missing"].append("a seccomp filter (the kernel refused it)")
+        if config["isolation_level"] == "strict":
+            _refuse(isolation["missing"])
+    else:
+        isolation["seccomp"] = True
+
+
 def _check_visible(config: dict) -> None:
     """As the sandbox's user: every needed directory is readable, and the stdlib is there."""
     for path in config["needed_paths"]:
@@ -282,7 +545,7 @@ def _refuse(missing: list) -> None:
     os._exit(126)
 
 
-def _child(config: dict, isolation: dict, report, marker_fds) -> None:
+def _child(config: dict, isolation: dict, report, marker_fds, verdict) -> None:
     """Runs as the first process of the new PID namespace; never returns."""
     try:
         # First: the launcher's death (SIGKILL of the evaluator, then of the launcher) takes this whole PID
@@ -306,6 +569,8 @@ def _child(config: dict, isolation: dict, report, marker_fds) -> None:
                 os.makedirs(scratch, mode=0o700)
                 if drop:
                     os.chown(scratch, uid, uid)
+        if config.get("judge") is not None:
+            _judged(config, isolation, report, verdict, scratch)  # never returns
         isolation["level"] = "best_effort" if isolation["missing"] else "strict"
         program = os.path.join(scratch, "main.py")
         with open(program, "w") as handle:
@@ -318,10 +583,11 @@ def _child(config: dict, isolation: dict, report, marker_fds) -> None:
             os.setgid(uid)
             os.setuid(uid)
         _check_visible(config)
-        report.write(json.dumps(isolation))
-        report.close()
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl PDEATHSIG")
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl NO_NEW_PRIVS")
+        _seccomp_or_refuse(config, isolation)
+        report.write(json.dumps(isolation))
+        report.close()
         os.chdir(scratch)
         _place_marker_fds(config, marker_fds)
         python = config["python"]
@@ -345,6 +611,8 @@ def main() -> None:
     # Opened before the mounts hide the parent's work directory.
     report = open(config["isolation_file"], "w")  # noqa: SIM115
     marker_fds = _marker_fds(config)
+    # Appended to by the judge and then by the namespace's first process (O_APPEND: one shared file offset is moot).
+    verdict = open(config["judge"]["verdict_file"], "a") if config.get("judge") else None  # noqa: SIM115
     root = os.geteuid() == 0
     isolation = {
         "required": config["isolation_level"],
@@ -356,14 +624,15 @@ def main() -> None:
         "user": os.geteuid(),
         "missing": [],
     }
-    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
+    # Joined before anything else (even the namespaces), so that every process and byte after counts. (As root a
+    # group per sandbox; as a user, one in the cgroup subtree the system delegated to the user, where it did.)
+    for procs in config["cgroup_procs"]:
+        with open(procs, "w") as handle:
+            handle.write("0")
     if root:
         if config["uid"] is None:
             raise SystemExit("layerprune sandbox set-up failed: as root the parent must lease a uid")
-        # Joined before anything else (even the namespaces), so that every process and byte after counts.
-        for procs in config["cgroup_procs"]:
-            with open(procs, "w") as handle:
-                handle.write("0")
         _check(libc.unshare(flags), "unshare")
         isolation.update(namespaces=True, network=True, drop_privileges=True, own_process_count=True)
         isolation["user"] = config["uid"]
@@ -393,8 +662,10 @@ def main() -> None:
             _check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl CHILD_SUBREAPER")
     pid = os.fork()
     if pid == 0:
-        _child(config, isolation, report, marker_fds)
+        _child(config, isolation, report, marker_fds, verdict)
     report.close()
+    if verdict is not None:
+        verdict.close()
     if marker_fds is not None:
         for fd in marker_fds:
             os.close(fd)

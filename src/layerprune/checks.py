@@ -34,6 +34,7 @@ import os
 import re
 import struct
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,6 +42,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS, BIGBENCH_PROGRAMMATIC_TASKS
+from layerprune.io import tokenizer_problem
 from layerprune.registry import RECOVERIES
 
 # The `{ratio}` wildcard of every output path. Ratios are written with `{:g}` (six
@@ -264,6 +266,7 @@ def config_problems(config: dict[str, Any]) -> list[str]:
                 "pass@k needs at least k samples per problem (allowed: k <= num_samples)"
             )
     problems += _grid_problems(config, tasks, recoveries)
+    problems += path_and_id_problems(config)
     return problems
 
 
@@ -507,6 +510,7 @@ def check_models(
                 problems.append(f"{key}: '{directory}' has no config.json, so it is not a checkpoint directory")
             else:
                 problems += _checkpoint_problems(model, key, directory / "config.json", ratios, cache)
+                problems += _tokenizer_problems(key, directory)
         elif "hub" in source:
             key = f"models.{model}.source.hub"
             dense = Path(dense_checkpoint(model)) / "config.json" if dense_checkpoint else None
@@ -534,6 +538,82 @@ def check_models(
     if problems:
         raise ConfigError("\n".join(problems))
     return notes
+
+
+# --------------------------------------------------------------------------- paths and ids a study names (issue 27)
+
+# What huggingface_hub accepts as a repo id (its validate_repo_id): `name` or `owner/name` of letters, digits,
+# _ - . (no `--` or `..`, at most 96 characters). Anything else would reach a URL or a cache path.
+HUB_ID = re.compile(r"(?!.*(?:--|\.\.))[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+
+
+def _climbs_out(path: str) -> bool:
+    """Whether a relative path leaves the study's working directory (a `..` that climbs above it)."""
+    depth = 0
+    for part in Path(path).parts:
+        depth += -1 if part == ".." else 0 if part in (".", "") else 1
+        if depth < 0:
+            return True
+    return False
+
+
+def path_and_id_problems(config: dict[str, Any]) -> list[str]:
+    """Files the study names that would leave its folders, and hub ids that are not ids, one line each.
+
+    A relative `file`, `fewshot_file` or `lm_eval_include_path` of a task may not climb out of the working
+    directory with `..` (an absolute path names a dataset's place explicitly and is taken as given); a packaged
+    GGUF is a file inside its package, so neither absolute nor with `..`; a hub id is `owner/name`."""
+    problems = []
+    tasks = config.get("tasks") if isinstance(config.get("tasks"), dict) else {}
+    for task, spec in tasks.items():
+        for field in ("file", "fewshot_file", "lm_eval_include_path"):
+            value = spec.get(field) if isinstance(spec, dict) else None
+            if isinstance(value, str) and not Path(value).is_absolute() and _climbs_out(value):
+                problems.append(
+                    f"tasks.{task}.{field}: '{value}' leaves the study's folders (a relative path may not climb "
+                    "above the working directory; give the absolute path of data kept elsewhere)"
+                )
+    models = config.get("models") if isinstance(config.get("models"), dict) else {}
+    for model, spec in models.items():
+        source = spec.get("source") if isinstance(spec, dict) else None
+        if not isinstance(source, dict):
+            continue
+        gguf, hub = source.get("gguf"), source.get("hub")
+        if isinstance(gguf, str) and (Path(gguf).is_absolute() or ".." in Path(gguf).parts):
+            problems.append(
+                f"models.{model}.source.gguf: '{gguf}' is not a file inside package '{source.get('package')}' "
+                "(a path relative to the package's folder, without ..)"
+            )
+        if isinstance(hub, str) and not (len(hub) <= 96 and HUB_ID.fullmatch(hub)):
+            problems.append(
+                f"models.{model}.source.hub: {hub!r} is not a Hugging Face hub id (allowed: name or owner/name of "
+                "letters, digits, _ - .; no .. or --; at most 96 characters)"
+            )
+    return problems
+
+
+def machine_problems(config: dict[str, Any], results: Path = Path("results")) -> list[str]:
+    """What this machine must hold for the plan to run, one line each: a results folder it can write, and the
+    prompt file of a jsonl prompt source."""
+    problems = []
+    folder = results if results.is_dir() else results.parent
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".layerprune-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        problems.append(f"results: the results folder {results.resolve()} is not writable ({error.strerror})")
+    prompts = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
+    path = prompts.get("path")
+    if prompts.get("source") == "jsonl" and isinstance(path, str) and not Path(path).expanduser().is_file():
+        problems.append(f"prompts.path: '{path}' does not exist (prompts.source jsonl reads a JSONL file)")
+    return problems
+
+
+def _tokenizer_problems(key: str, directory: Path) -> list[str]:
+    """A local checkpoint without a tokenizer: named now, not in materialize's traceback."""
+    problem = tokenizer_problem(directory)
+    return [f"{key}: '{directory}' has no tokenizer ({problem})"] if problem else []
 
 
 # --------------------------------------------------------------------------- the task-name list

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from layerprune.graders import ERROR_BUCKETS, TEXT_GRADERS, first_digit, grade_code, pass_at_k
-from layerprune.sandbox import SandboxLimits
+from layerprune.sandbox import SandboxLimits, preflight_isolation
 from layerprune.tasks import answer_prefix, build_prompt, stop_strings, use_chat
 
 METRIC_NAMES = {
@@ -349,7 +349,8 @@ def evaluate_generative(
         result["error_buckets"] = {
             bucket: sum(Counter(r["error_buckets"])[bucket] for r in records) for bucket in ERROR_BUCKETS
         }
-        result["sandbox"] = {**sandbox.__dict__, "isolation": isolation}
+        # Where no sample reached the sandbox, what the preflight got (never null: the report reads null as strict).
+        result["sandbox"] = {**sandbox.__dict__, "isolation": isolation or preflight_isolation(sandbox)}
     if records and all("operation" in r for r in records):
         result["breakdown"] = _breakdown(records)
     result["samples"] = records

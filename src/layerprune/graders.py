@@ -10,13 +10,14 @@
 * `rouge_l`: Google's `rouge-score` ROUGE-L F-measure with stemming, for XSum;
 * `code`: execution of the program against the task's tests in the sandbox,
   with the paper's error buckets (plus `early_exit`) and the unbiased pass@k
-  estimator. A harness runs the program, then its tests, then calls `check`
-  itself; a program passes only when the harness proves it got past all of
-  them (the sandbox's completion marker), so a wrong answer followed by
-  `sys.exit(0)`, `exit()`, `os._exit(0)` or `raise SystemExit` is bucketed
-  `early_exit`, never `pass`. As in OpenAI's human-eval harness, the program
-  runs under a module name other than `__main__`, so its `__main__` block
-  (demo code, `input()`, `exit()`) does not run.
+  estimator. The tests run in a process of their own (the judge), the program
+  in another that cannot reach the judge; each call of the program's function
+  crosses as plain data and the verdict is the judge's alone, so neither an exit
+  before the tests (`early_exit`) nor anything the program does to its own
+  interpreter (an `__eq__` that is always true, a patched `exec`, a trace
+  function) can make a wrong answer pass. As in OpenAI's human-eval harness,
+  the program runs under a module name other than `__main__`, so its
+  `__main__` block (demo code, `input()`, `exit()`) does not run.
 
 Every grader returns a per-sample `score` in [0, 1] (the value averaged into the
 task's metric) and `correct` (a boolean verdict).
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import tokenize
 from typing import Any
 
+from layerprune._sandbox_judge import JUDGE, RUNNER
 from layerprune.registry import GRADERS as GRADER_REGISTRY
-from layerprune.sandbox import MARKER_FD, NONCE_FD, SandboxLimits, run_program, site_packages
+from layerprune.sandbox import Judge, SandboxLimits, run_program, site_packages
 
 GRADERS = tuple(GRADER_REGISTRY)  # names and descriptions: layerprune.registry
 ERROR_BUCKETS = (
@@ -42,7 +45,6 @@ ERROR_BUCKETS = (
     "wrong_answer",
     "pass",
 )
-EARLY_EXIT_NOTE = "layerprune harness: the program exited before its tests finished"
 OPENERS, CLOSERS = "([{", ")]}"
 
 
@@ -177,77 +179,49 @@ def candidate_code(sample: dict[str, Any], output: str, chat: bool) -> str:
     return _imports(prompt) + body
 
 
-# The nonce is read and its fd closed before any of the program runs; it is written back only after the last test
-# returned. An exit of the program (SystemExit from sys.exit/exit/quit/raise, or os._exit) is said on stderr last.
-HARNESS = """\
-import os as _os
-
-
-def _layerprune_harness(candidate, tests, entry_point):
-    nonce = _os.read({nonce_fd}, 64)
-    _os.close({nonce_fd})
-    harness_pid, real_exit = _os.getpid(), _os._exit
-
-    def note_exit(code):
-        if _os.getpid() == harness_pid:  # not a forked child (multiprocessing ends those with os._exit)
-            _os.write(2, ("\\n{note} (os._exit(%r))\\n" % (code,)).encode())
-        real_exit(code)
-
-    _os._exit = note_exit
-    namespace = {{"__name__": "__candidate__", "__builtins__": __builtins__}}
-    try:
-        exec(compile(candidate, "candidate.py", "exec"), namespace)
-        exec(compile(tests, "tests.py", "exec"), namespace)
-        if entry_point is not None:
-            namespace["check"](namespace[entry_point])
-    except SystemExit as stop:
-        _os.write(2, ("\\n{note} (SystemExit: %.200r)\\n" % (stop.code,)).encode())
-        real_exit(3)
-    _os.write({marker_fd}, nonce)
-
-
-_layerprune_harness({candidate!r}, {tests!r}, {entry_point!r})
-"""
-
-
-def test_program(sample: dict[str, Any], candidate: str) -> str:
-    """The harness that runs `candidate`, then the task's tests, then `check(entry_point)` where there is one."""
+def judge_program(sample: dict[str, Any]) -> str:
+    """The judge's side of a judged run: the task's prompt (for its helpers), setup and tests, then
+    `check(entry_point)` where there is one, each call of the program's functions made in the program's process."""
     code = sample["code"]
     tests = code.get("setup", "") + "\n" + code["test"] + "\n"
     entry_point = code["entry_point"] if code.get("entry_point") and "def check(" in code["test"] else None
-    return HARNESS.format(
-        nonce_fd=NONCE_FD,
-        marker_fd=MARKER_FD,
-        note=EARLY_EXIT_NOTE,
-        candidate=candidate,
-        tests=tests,
-        entry_point=entry_point,
-    )
+    header = f"PROMPT = {code.get('prompt', '')!r}\nTESTS = {tests!r}\nENTRY_POINT = {entry_point!r}\n"
+    return header + JUDGE
+
+
+# How the program's process ended before the judge was done, when that was not the program's own choice: a limit
+# (RLIMIT_CPU's SIGXCPU) or a crash. Any other end (an exit of any form, a signal it sent itself) is an early exit.
+_CRASH_SIGNALS = {signal.SIGXCPU, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL}
 
 
 def grade_code(sample: dict[str, Any], output: str, chat: bool, limits: SandboxLimits) -> dict[str, Any]:
-    """Bucket and verdict of one generated program (never raises for a bad program)."""
+    """Bucket and verdict of one generated program (never raises for a bad program; a fault of the grader
+    itself raises SandboxError and stops the evaluation)."""
     candidate = candidate_code(sample, output, chat)
     bucket = syntax_bucket(candidate)
     record: dict[str, Any] = {"program": candidate}
     if bucket is None:
-        result = run_program(test_program(sample, candidate), limits, site_packages(), completion_marker=True)
-        lines = result.stderr.strip().splitlines()
-        if result.passed:
+        judge = Judge(source=judge_program(sample), runner=RUNNER)
+        result = run_program(candidate, limits, site_packages(), judge=judge)
+        verdict = result.verdict or {}
+        ended = verdict.get("program") or {}
+        if result.timed_out or result.limit_exceeded:
+            bucket = "runtime_error"
+        elif result.passed:
             bucket = "pass"
-        elif result.timed_out or result.limit_exceeded:
+        elif verdict.get("verdict") == "early_exit":
+            bucket = "runtime_error" if ended.get("signal") in _CRASH_SIGNALS else "early_exit"
+        elif verdict.get("verdict") in ("wrong_answer", "runtime_error"):
+            bucket = verdict["verdict"]
+        else:  # the judge gave no verdict
             bucket = "runtime_error"
-        elif lines and lines[-1].startswith("AssertionError"):
-            bucket = "wrong_answer"
-        elif (lines and lines[-1].startswith(EARLY_EXIT_NOTE)) or result.returncode == 0:
-            bucket = "early_exit"  # stopped itself before its tests finished (exit 0 without the marker included)
-        else:
-            bucket = "runtime_error"
+        detail = verdict.get("detail")
+        note = detail and detail.strip() not in result.stderr  # a traceback the judge printed is there already
         record.update(
             timed_out=result.timed_out,
             returncode=result.returncode,
-            completed=result.completed,
-            stderr_tail=result.stderr[-1000:],
+            completed=verdict.get("verdict") == "pass",
+            stderr_tail=(result.stderr + (f"\nlayerprune judge: {detail}\n" if note else ""))[-1000:],
             isolation=result.isolation,
         )
     record["error_bucket"] = bucket

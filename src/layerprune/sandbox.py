@@ -37,6 +37,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import json
 import logging
 import os
@@ -110,18 +111,69 @@ class SandboxResult:
     limit_exceeded: str | None = None
     # With `completion_marker`: whether the program wrote back its nonce (ran to its end); else None.
     completed: bool | None = None
+    # With a `judge`: what the judge decided ({"verdict": "pass" | "wrong_answer" | "runtime_error" | "early_exit",
+    # "detail": ...}) and how the program's process ended ({"program": {"exit": n} | {"signal": n} |
+    # {"killed_after_verdict": True}}); {} when the judge gave none (it was killed: time, memory).
+    verdict: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
         ok = self.returncode == 0 and not self.timed_out and self.limit_exceeded is None
+        if self.verdict is not None:
+            return ok and self.verdict.get("verdict") == "pass"
         return ok and self.completed is not False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxError(RuntimeError):
+    """A fault of the grader, not of the program (no space for its files, a launcher that could not start, a
+    mount that failed): the evaluation stops with the cause; no sample is graded for it."""
+
+
+class SandboxUnavailable(SandboxError):
     """Strict isolation was asked for and this machine cannot give it (raised before any program runs)."""
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Tests that run in a process of their own (see `run_program`).
+
+    `source`: the judge's program, run as `python -I judge.py` with fd 3 (requests to the program), fd 4 (its
+    answers) and fd 5 (where it writes its verdict, JSON); `runner`: the program's side, run as
+    `python -I -c runner` in the program's scratch directory, where the program itself is `main.py`, with fd 3
+    (requests) and fd 4 (answers)."""
+
+    source: str
+    runner: str
+
+
+def _has_room(limits: SandboxLimits) -> bool:
+    try:
+        check_free_space(limits)
+    except SandboxError:
+        return False
+    return True
+
+
+# Room the run's files need in $TMPDIR beyond stdout and stderr (each at most `file_size_mb`): config, reports.
+SPACE_MARGIN_BYTES = 1 << 20
+
+
+def check_free_space(limits: SandboxLimits, directory: str | None = None) -> None:
+    """Raise SandboxError unless `directory` ($TMPDIR) has room for one program's output at its limits: a program
+    whose stdout cannot be written would otherwise fail (exit 120) for the grader's sake."""
+    directory = directory or tempfile.gettempdir()
+    stats = os.statvfs(directory)
+    free = stats.f_bavail * stats.f_frsize
+    needed = 2 * (limits.file_size_mb << 20) + SPACE_MARGIN_BYTES
+    if free < needed:
+        raise SandboxError(
+            f"the sandbox's temporary directory {directory} has {free >> 10} KiB free; a program needs "
+            f"{needed >> 20} MiB (stdout and stderr of evaluation.sandbox.file_size_mb each, and its set-up): "
+            "free space there or point TMPDIR elsewhere"
+        )
 
 
 def _tail(path: Path) -> str:
@@ -168,7 +220,7 @@ def _uid_lock_dir() -> Path:
                 return directory
         except OSError:
             continue
-    raise RuntimeError(f"the sandbox found no directory for its uid locks (tried {[str(d) for d in UID_LOCK_DIRS]})")
+    raise SandboxError(f"the sandbox found no directory for its uid locks (tried {[str(d) for d in UID_LOCK_DIRS]})")
 
 
 @contextlib.contextmanager
@@ -193,7 +245,7 @@ def _uid_lease() -> Iterator[int]:
         finally:
             os.close(fd)
         return
-    raise RuntimeError(f"all {UID_SLOTS} sandbox uids are in use")
+    raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
 
 
 def _mounts(fstype: str) -> list[tuple[str, str, set[str]]]:
@@ -275,7 +327,7 @@ class _Cgroup:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"sandbox processes {sorted(pids)} survived SIGKILL for {DRAIN_TIMEOUT_S} s")
+                raise SandboxError(f"sandbox processes {sorted(pids)} survived SIGKILL for {DRAIN_TIMEOUT_S} s")
             time.sleep(0.005)
         for directory in set(self.dirs.values()):
             for attempt in range(200):  # the kernel may report the group busy for a moment after its last exit
@@ -369,9 +421,16 @@ def _cgroup_v1(name: str, limits: SandboxLimits) -> _Cgroup | None:
 
 
 def _cgroup(name: str, limits: SandboxLimits) -> _Cgroup | None:
-    """A fresh cgroup for one sandbox, v2 preferred; None when this machine lets us create neither."""
-    if os.environ.get(CGROUPS_ENV, "1") == "0" or os.geteuid() != 0:
+    """A fresh cgroup for one sandbox, v2 preferred; None when this machine lets us create neither.
+
+    As a user, only cgroup v2 and only where the system delegated the user's cgroup subtree (systemd's
+    `Delegate=yes`, as in `user@.service` or `systemd-run --user --scope -p Delegate=yes`; SLURM's cgroup/v2
+    plugin): then the memory limit covers the program's tmpfs and shared pages as it does for root. Elsewhere the
+    attempt fails on permissions and the watchdog runs."""
+    if os.environ.get(CGROUPS_ENV, "1") == "0":
         return None
+    if os.geteuid() != 0:
+        return _cgroup_v2(name, limits)
     return _cgroup_v2(name, limits) or _cgroup_v1(name, limits)
 
 
@@ -539,6 +598,8 @@ def _popen_wait(process: subprocess.Popen, timeout: float) -> int | None:
 
 
 _reported: set[tuple[tuple[str, str], ...]] = set()
+_user_groups = itertools.count()
+_no_delegation: list[bool] = []
 
 
 def run_program(
@@ -546,6 +607,7 @@ def run_program(
     limits: SandboxLimits | None = None,
     extra_sys_path: list[str] | None = None,
     completion_marker: bool = False,
+    judge: Judge | None = None,
 ) -> SandboxResult:
     """Run Python `source` in the sandbox and report its exit status and output tails.
 
@@ -557,6 +619,15 @@ def run_program(
     printed imitation, cannot complete. (A program that deliberately inspects
     the frames of its own interpreter can find what that interpreter read;
     guarding against it is beyond any in-process test harness.)
+
+    With a `judge`, the verdict is decided outside the program's interpreter: the
+    judge (the task's tests) runs in a process of its own and the program in
+    another, in a PID and mount namespace of its own nested in the sandbox's (the
+    judge's processes do not exist there: it cannot signal, trace or read them;
+    its /tmp is its own, so the judge's files are not there either), under a
+    seccomp filter that refuses ptrace and process_vm_readv. They speak through
+    two pipes only, in plain data. The judge's verdict reaches the evaluator on a
+    file the program's process never holds; `passed` is then that verdict.
 
     `extra_sys_path` directories (readable by everyone) are appended to the
     program's `sys.path`, e.g. site-packages for MBPP+'s numpy-based checks; they
@@ -572,117 +643,156 @@ def run_program(
         )
     extra_sys_path = list(extra_sys_path or [])
     if extra_sys_path:
-        source = f"import sys\nsys.path.extend({extra_sys_path!r})\n" + source
+        extend = f"import sys\nsys.path.extend({extra_sys_path!r})\n"
+        if judge is None:
+            source = extend + source
+        else:  # the program (main.py) stays as it was written: its server and the judge extend sys.path
+            judge = Judge(source=extend + judge.source, runner=extend + judge.runner)
+    check_free_space(limits)
     python, prefix = _python()
     root = os.geteuid() == 0
     global _reaped
     if not _reaped:
         _reaped = True
         reap_stale()
-    with contextlib.ExitStack() as stack:
-        uid = stack.enter_context(_uid_lease()) if root else None
-        # The evaluator's pid in the name: whatever a killed evaluator leaves, the next one removes (reap_stale).
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-")))
-        group = _cgroup(f"uid-{uid}", limits) if uid is not None else None
-        if group is not None:
-            stack.callback(group.remove)  # runs before the uid lease is released: no process of it survives
-        mechanisms = _limit_mechanisms(group, uid)
-        if tuple(mechanisms.items()) not in _reported:
-            _reported.add(tuple(mechanisms.items()))
-            log.info("sandbox limits: %s", mechanisms)
-        fallback_scratch = work / "scratch"
-        isolation_file = work / "isolation.json"
-        marker_file = work / "marker"
-        nonce = secrets.token_hex(16) if completion_marker else None
-        config = {
-            **asdict(limits),
-            "source": source,
-            "python": python,
-            "python_prefix": prefix,
-            "needed_paths": _needed_paths(python, prefix, extra_sys_path),
-            "stdlib": sysconfig.get_path("stdlib"),
-            "uid": uid,
-            "cgroup_procs": group.procs_files if group else [],
-            "isolation_file": str(isolation_file),
-            "fallback_scratch": str(fallback_scratch),
-            "isolation_level": limits.isolation_level,
-            "parent_pid": os.getpid(),
-            "nonce": nonce,
-            "nonce_fd": NONCE_FD,
-            "marker_fd": MARKER_FD,
-            "marker_file": str(marker_file),
-        }
-        fallback_scratch.mkdir()
-        config_file = work / "config.json"
-        config_file.write_text(json.dumps(config))
-        config_file.chmod(0o600)
-        stdout_path, stderr_path = work / "stdout", work / "stderr"
-        watchdog = group is None or "memory" not in group.dirs
-        limit_exceeded = None
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            process = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(LAUNCHER), str(config_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env={},
-                cwd=work,
-                start_new_session=True,
-                close_fds=True,
+    try:
+        with contextlib.ExitStack() as stack:
+            uid = stack.enter_context(_uid_lease()) if root else None
+            # The evaluator's pid in the name: whatever a killed evaluator leaves, the next one removes (reap_stale).
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-")))
+            # As a user the name carries this evaluator's pid and a count (a user's sandboxes have no uid lease).
+            name = f"uid-{uid}" if uid is not None else f"user-{os.getpid()}-{next(_user_groups)}"
+            group = _cgroup(name, limits) if uid is not None or not _no_delegation else None
+            if group is None and uid is None:
+                _no_delegation.append(True)  # tried once: not delegated here, no need to try per program
+            if group is not None:
+                stack.callback(group.remove)  # runs before the uid lease is released: no process of it survives
+            mechanisms = _limit_mechanisms(group, uid)
+            if tuple(mechanisms.items()) not in _reported:
+                _reported.add(tuple(mechanisms.items()))
+                log.info("sandbox limits: %s", mechanisms)
+            fallback_scratch = work / "scratch"
+            isolation_file = work / "isolation.json"
+            marker_file = work / "marker"
+            verdict_file = work / "verdict"
+            nonce = secrets.token_hex(16) if completion_marker else None
+            config = {
+                **asdict(limits),
+                "source": source,
+                "python": python,
+                "python_prefix": prefix,
+                "needed_paths": _needed_paths(python, prefix, extra_sys_path),
+                "stdlib": sysconfig.get_path("stdlib"),
+                "uid": uid,
+                "cgroup_procs": group.procs_files if group else [],
+                "isolation_file": str(isolation_file),
+                "fallback_scratch": str(fallback_scratch),
+                "isolation_level": limits.isolation_level,
+                "parent_pid": os.getpid(),
+                "nonce": nonce,
+                "nonce_fd": NONCE_FD,
+                "marker_fd": MARKER_FD,
+                "marker_file": str(marker_file),
+                "judge": None if judge is None else {**asdict(judge), "verdict_file": str(verdict_file)},
+            }
+            fallback_scratch.mkdir()
+            config_file = work / "config.json"
+            config_file.write_text(json.dumps(config))
+            config_file.chmod(0o600)
+            stdout_path, stderr_path = work / "stdout", work / "stderr"
+            watchdog = group is None or "memory" not in group.dirs
+            limit_exceeded = None
+            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+                process = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(LAUNCHER), str(config_file)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env={},
+                    cwd=work,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+                deadline = time.monotonic() + limits.timeout_s
+                timed_out = False
+                with _exit_waiter(process) as wait:
+                    while True:
+                        remaining = deadline - time.monotonic()
+                        returncode = wait(max(0.0, min(remaining, WATCHDOG_INTERVAL_S) if watchdog else remaining))
+                        if returncode is not None:
+                            break
+                        over_memory = watchdog and _tree_rss_bytes(process.pid) > limits.memory_mb << 20
+                        if over_memory or time.monotonic() >= deadline:
+                            timed_out = not over_memory
+                            limit_exceeded = "memory" if over_memory else None
+                            with contextlib.suppress(ProcessLookupError):
+                                os.killpg(process.pid, signal.SIGKILL)
+                            returncode = process.wait()
+                            break
+            stderr = _tail(stderr_path)
+            if returncode == 126 and UNAVAILABLE in stderr:
+                raise SandboxUnavailable(stderr[stderr.index(UNAVAILABLE) :].strip())
+            if not isolation_file.is_file() or not isolation_file.stat().st_size:
+                if timed_out:  # a set-up that hangs is a sandbox failure too, but say so plainly
+                    raise SandboxError(f"the sandbox did not start within {limits.timeout_s} s: {stderr}")
+                raise SandboxError(f"the sandbox could not be set up (exit {returncode}): {stderr.strip()}")
+            isolation = json.loads(isolation_file.read_text())
+            if uid is None and isolation.get("own_process_count"):
+                mechanisms = {**mechanisms, "processes": "RLIMIT_NPROC, counted in the sandbox's own user namespace"}
+            isolation["limits"] = mechanisms
+            isolation["uid"] = uid  # the sandbox's own uid (None where none could be leased)
+            if group is not None and group.oom_kills():
+                limit_exceeded = "memory"
+            if limit_exceeded:
+                # Said last, so that the grader's bucket is a runtime error, not the program's own last words.
+                stderr += f"\nlayerprune sandbox: the program and its descendants exceeded {limits.memory_mb} MB\n"
+            completed = None
+            if nonce is not None:
+                with contextlib.suppress(FileNotFoundError), open(marker_file, "rb") as handle:
+                    completed = handle.read(len(nonce) + 1) == nonce.encode()
+                completed = bool(completed)
+            if returncode != 0 and not _has_room(limits):
+                # The run left $TMPDIR without room (another writer beside it): the program's output may not
+                # have been written, so its failure may be ours, not the program's.
+                raise SandboxError(
+                    f"the sandbox's temporary directory {tempfile.gettempdir()} ran out of space during a program "
+                    f"(exit {returncode}): free space there or point TMPDIR elsewhere"
+                )
+            verdict = None
+            if judge is not None:
+                verdict = {}
+                with contextlib.suppress(FileNotFoundError):
+                    for line in verdict_file.read_text().splitlines():
+                        if line.strip():
+                            verdict.update(json.loads(line))  # written by the judge and the launcher only
+            return SandboxResult(
+                verdict=verdict,
+                returncode=None if timed_out else returncode,
+                timed_out=timed_out,
+                stdout=_tail(stdout_path),
+                stderr=stderr,
+                isolation=isolation,
+                limit_exceeded=limit_exceeded,
+                completed=completed,
             )
-            deadline = time.monotonic() + limits.timeout_s
-            timed_out = False
-            with _exit_waiter(process) as wait:
-                while True:
-                    remaining = deadline - time.monotonic()
-                    returncode = wait(max(0.0, min(remaining, WATCHDOG_INTERVAL_S) if watchdog else remaining))
-                    if returncode is not None:
-                        break
-                    over_memory = watchdog and _tree_rss_bytes(process.pid) > limits.memory_mb << 20
-                    if over_memory or time.monotonic() >= deadline:
-                        timed_out = not over_memory
-                        limit_exceeded = "memory" if over_memory else None
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(process.pid, signal.SIGKILL)
-                        returncode = process.wait()
-                        break
-        stderr = _tail(stderr_path)
-        if returncode == 126 and UNAVAILABLE in stderr:
-            raise SandboxUnavailable(stderr[stderr.index(UNAVAILABLE) :].strip())
-        if not isolation_file.is_file() or not isolation_file.stat().st_size:
-            if timed_out:  # a set-up that hangs is a sandbox failure too, but say so plainly
-                raise RuntimeError(f"the sandbox did not start within {limits.timeout_s} s: {stderr}")
-            raise RuntimeError(f"the sandbox could not be set up (exit {returncode}): {stderr.strip()}")
-        isolation = json.loads(isolation_file.read_text())
-        if uid is None and isolation.get("own_process_count"):
-            mechanisms = {**mechanisms, "processes": "RLIMIT_NPROC, counted in the sandbox's own user namespace"}
-        isolation["limits"] = mechanisms
-        isolation["uid"] = uid  # the sandbox's own uid (None where none could be leased)
-        if group is not None and group.oom_kills():
-            limit_exceeded = "memory"
-        if limit_exceeded:
-            # Said last, so that the grader's bucket is a runtime error, not the program's own last words.
-            stderr += f"\nlayerprune sandbox: the program and its descendants exceeded {limits.memory_mb} MB\n"
-        completed = None
-        if nonce is not None:
-            with contextlib.suppress(FileNotFoundError), open(marker_file, "rb") as handle:
-                completed = handle.read(len(nonce) + 1) == nonce.encode()
-            completed = bool(completed)
-        return SandboxResult(
-            returncode=None if timed_out else returncode,
-            timed_out=timed_out,
-            stdout=_tail(stdout_path),
-            stderr=stderr,
-            isolation=isolation,
-            limit_exceeded=limit_exceeded,
-            completed=completed,
-        )
+    except OSError as error:  # the sandbox's own files (work directory, reports): a grader fault
+        raise SandboxError(f"the sandbox's own files in {tempfile.gettempdir()}: {error}") from error
+
+
+_preflights: dict[SandboxLimits, dict[str, Any]] = {}
 
 
 def preflight(limits: SandboxLimits) -> dict[str, Any]:
-    """Run an empty program once, so that a machine that cannot isolate as `limits.isolation_level` asks stops
-    the evaluation (SandboxUnavailable) before any sample; returns the isolation it got."""
-    return run_program("pass\n", limits).isolation
+    """Run an empty program once, so that a machine that cannot isolate as `limits.isolation_level` asks (or a
+    $TMPDIR without room) stops the evaluation (SandboxError) before any sample; returns the isolation it got."""
+    _preflights[limits] = run_program("pass\n", limits).isolation
+    return _preflights[limits]
+
+
+def preflight_isolation(limits: SandboxLimits) -> dict[str, Any]:
+    """The isolation this process's preflight got for `limits` (run now where there was none): what a code
+    result records when none of its samples reached the sandbox (all syntax errors, no samples)."""
+    return _preflights.get(limits) or preflight(limits)
 
 
 def site_packages() -> list[str]:

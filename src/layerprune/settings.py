@@ -258,7 +258,10 @@ class PromptSetSettings(Seeded):
     )
     separator: str = setting("\n\n", help="between the joined prompt fields")
     num_prompts: int = setting(
-        1000, help="prompts drawn (seeded); magpie - distinct questions to generate", schema={"minimum": 1}
+        1000,
+        help="prompts drawn (seeded); magpie - distinct questions to generate",
+        # Alpaca holds 52k prompts, Dolly 15k; more than any instruction set holds fails only after selfgen.
+        schema={"minimum": 1, "maximum": 100_000},
     )
     system_prompt: str | None = setting(
         None, help="prepended to every prompt; null keeps the chat template's own default"
@@ -821,7 +824,7 @@ class EvaluationSettings(Seeded, OnModel):
         1,
         help="generations per problem (needs temperature > 0 when above 1); seeded from `seed`",
         config="tasks.*.num_samples",
-        schema={"minimum": 1},
+        schema={"minimum": 1, "maximum": 1000},  # pass@k papers draw at most a few hundred
     )
     pass_k: list[int] = setting(
         [1],
@@ -916,7 +919,8 @@ class ReportSettings(Seeded):
     bootstrap_samples: int = setting(
         1000,
         help="paired-bootstrap resamples behind every retention interval (seeded from `seed`)",
-        schema={"minimum": 1},
+        # resamples x items x variants indices are held at once: 1e15 asked numpy for 14 PiB
+        schema={"minimum": 1, "maximum": 1_000_000},
     )
     confidence: float = setting(0.95, help="interval level", schema={"exclusiveMinimum": 0, "exclusiveMaximum": 1})
     headline_ratio: float | None = setting(

@@ -31,7 +31,14 @@ from typing import Any
 import jsonschema
 import yaml
 
-from layerprune.checks import ConfigError, check_models, config_problems, duplicate_keys, ratio_wildcards
+from layerprune.checks import (
+    ConfigError,
+    check_models,
+    config_problems,
+    duplicate_keys,
+    machine_problems,
+    ratio_wildcards,
+)
 from layerprune.settings import apply_defaults, load_schema
 
 MAX_LINES = 20  # a report longer than a screen is not read
@@ -109,7 +116,7 @@ def _describe(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
     if kind == "uniqueItems":
         return [(key, f"{_short(instance)} names an item twice")]
     if kind == "pattern":
-        return [(key, f"{_short(instance)} has characters a name cannot hold (allowed: letters, digits, _ - . /)")]
+        return [(key, f"{_short(instance)} has characters a name cannot hold (allowed: {_pattern_allowed(value)})")]
     if kind in ("oneOf", "anyOf"):
         alternatives = [s.get("required") for s in value if isinstance(s, dict)]
         if all(alternatives) and len(alternatives) == len(value) and isinstance(instance, dict):
@@ -123,6 +130,13 @@ def _describe(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
         return [(key, "lm_eval_task runs a task by name, so bigbench_task, hub and file cannot be given with it")]
     message = error.message if len(error.message) <= 120 else error.message[:117] + "..."
     return [(key, message)]
+
+
+def _pattern_allowed(pattern: str) -> str:
+    """The characters a name pattern admits, in words (only those it does: `study` admits no /)."""
+    allowed = ["letters", "digits"] + [c for c in "_-./" if c in pattern.replace("\\.", ".")]
+    words = ", ".join(allowed[:2]) + (", " + " ".join(allowed[2:]) if allowed[2:] else "")
+    return words + ("; not 'shared'" if "shared" in pattern else "")
 
 
 def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[tuple[str, str]]:
@@ -330,6 +344,7 @@ def validate_study(
             found.append(tuple(str(error).split(": ", 1)))  # type: ignore[arg-type]
     notes: list[str] = []
     if on_this_machine:
+        found += [tuple(line.split(": ", 1)) for line in machine_problems(config)]  # type: ignore[misc]
         found += lm_eval_problems(config, lm_eval_names)
         if wildcards is not None and schema_clean:  # the models' source entries are well-formed
             try:
