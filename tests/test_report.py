@@ -241,7 +241,7 @@ def test_report_first_screen_states_the_answer(report_dir):
     assert table[3].count("| – |") == 2  # no reverse+sgr run
     assert all("] · drop " in line and " pts" in line for line in table[2:])  # retention [CI] · drop [CI]
     assert "![retention against the pruning ratio](plots/retention_by_type.png)" in first_screen
-    assert len(first_screen.splitlines()) < 40
+    assert len(first_screen.splitlines()) < 42  # the one-seed paragraph (issue 30) is two of them
 
 
 def test_report_sections_diagnostics_and_pngs(report_dir):

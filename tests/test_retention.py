@@ -22,6 +22,7 @@ from layerprune.report import findings_table, lowest_ratio_lines, time_table
 from layerprune.retention import (
     NOT_REPRODUCED,
     NOT_TESTED,
+    ONE_SEED,
     REPRODUCED,
     UNDECIDED,
     BootstrapSettings,
@@ -62,6 +63,18 @@ def written(directory: Path, entries: list[dict]) -> list[Path]:
 
 def dense(task: str, task_type: str, hits: int, n: int, **extra) -> dict:
     return result(task, task_type, "dense", 0.0, "none", hits, n, **extra)
+
+
+def seeded(entries: list[dict], seeds=(0, 1)) -> list[dict]:
+    """Every trained result (recovery not none) once per training seed, all seeds alike: the seed-to-seed spread
+    is 0, so the intervals are the items' alone, and a contrast of trained recoveries can be decided."""
+    out = []
+    for entry in entries:
+        if entry["recovery"] == "none" or "training_seed" in entry:
+            out.append(entry)
+        else:
+            out += [{**entry, "training_seed": seed} for seed in seeds]
+    return out
 
 
 # The issue's constructed collapse: arithmetic 13 -> 6 of 30, plural 44 -> 8 of 100, dyck a lucky 2 -> 4 of 16.
@@ -174,7 +187,7 @@ def test_identical_models_retain_one_and_drop_nothing_in_every_draw():
         for ratio in (0.1, 0.3):
             for recovery in ("none", "data", "sgr"):
                 results.append(result(task, task_type, "bi", ratio, recovery, hits, 100))
-    stats = retention(results, BootstrapSettings(samples=300))
+    stats = retention(seeded(results), BootstrapSettings(samples=300))
     assert np.allclose(stats.per_type[["retention", "ci_low", "ci_high"]], 1.0)
     assert np.allclose(stats.per_type[["drop_points", "drop_low", "drop_high"]], 0.0)
     for draws in stats.draws.values():
@@ -231,8 +244,11 @@ def test_settings_reject_bad_values():
 N = 200
 
 
-def study(keep: dict[tuple[str, float, str], float | tuple], ratios=(0.1, 0.3), model: str = "m") -> list[dict]:
-    """Two tasks per type, dense 160/200 each (chance 0); keep[(type, ratio, recovery)] = share of hits kept.
+def study(
+    keep: dict[tuple[str, float, str], float | tuple], ratios=(0.1, 0.3), model: str = "m", seeds=(0, 1)
+) -> list[dict]:
+    """Two tasks per type, dense 160/200 each (chance 0); keep[(type, ratio, recovery)] = share of hits kept;
+    each trained recovery once per training seed in `seeds`, the seeds alike (see `seeded`).
 
     A (share, shift) pair moves the variant's window of correct items by `shift`: hits the dense
     model missed and misses it had, so that two variants differ in both directions.
@@ -252,7 +268,7 @@ def study(keep: dict[tuple[str, float, str], float | tuple], ratios=(0.1, 0.3), 
                     share, shift = share if isinstance(share, tuple) else (share, 0)
                     hits = round(160 * share)
                     results.append(result(task, task_type, "bi", ratio, recovery, hits, N, model=model, shift=shift))
-    return results
+    return seeded(results, seeds)
 
 
 def paper_like(gen_none=(0.4, 0.2), cls_none=(0.9, 0.7), sgr_gain=(0.3, 0.05), data_gain=(0.1, 0.0)) -> dict:
@@ -294,6 +310,7 @@ def test_kd_minus_sgr_is_a_finding_only_where_kd_ran():
     for task in ("g1", "g2"):
         for ratio, share in ((0.1, 0.8), (0.3, 0.35)):
             results.append(result(task, "generative", "bi", ratio, "kd", round(160 * share), N))
+    results = seeded(results)
     frame = findings(retention(results, SETTINGS))
     assert list(frame["finding"]) == ["i", "ii", "ii", "iii", "kd"]
     row = frame.iloc[4]
@@ -339,6 +356,7 @@ def test_recovery_by_ratio_decides_each_cell_on_its_own():
             result("gen", "generative", "bi", ratio, rec, n, 40, shift=20 if (ratio, rec) == (0.3, "data") else 0)
             for rec, n in hits.items()
         ]
+    entries = seeded(entries)
     table = recovery_by_ratio(retention(entries, SETTINGS)).set_index(["ratio", "contrast"])
     cell = table.loc[(0.1, "sgr − none")]
     assert cell["estimate"] == 0 and cell["ci_low"] == 0 and cell["ci_high"] == 0 and cell["verdict"] == UNDECIDED
@@ -359,7 +377,7 @@ def test_recovery_by_ratio_decides_each_cell_on_its_own():
 def test_the_report_says_where_sgr_is_decided(tmp_path):
     entries = [dense("gen", "generative", 20, 40)]
     entries += [result("gen", "generative", "bi", 0.2, rec, n, 40) for rec, n in (("none", 12), ("sgr", 4))]
-    paths = written(tmp_path, entries)
+    paths = written(tmp_path, seeded(entries))
     aggregate(paths, tmp_path / "out", bootstrap_samples=500)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| m | bi | 0.2 | sgr − none | -0.40 [" in report
@@ -664,3 +682,67 @@ def test_every_model_is_in_the_headline_at_its_own_ratio(tmp_path):
     report = (tmp_path / "asked" / "report.md").read_text()
     assert "| a | bi | 0.2 (as requested) |" in report
     assert "| b | bi | 0.3 (nearest to 0.2 among 0.3, 0.4, 0.5) |" in report
+
+
+# ----------------------------------------------------------------------------- one training seed
+
+
+def test_one_seed_cannot_decide_a_contrast_of_trained_recoveries():
+    """The same paper-like outcomes as above, each recovery trained once: (i) compares untrained variants and is
+    decided; (ii) and (iii) compare trained recoveries, so their verdict is "one seed: not decidable", with the
+    items-only interval beside it (the very interval two identical seeds give) and what the items alone say."""
+    one = findings(retention(study(paper_like(), seeds=(0,)), SETTINGS))
+    two = findings(retention(study(paper_like(), seeds=(0, 1)), SETTINGS))
+    assert list(one["verdict"]) == [REPRODUCED, ONE_SEED, ONE_SEED, ONE_SEED]
+    assert list(two["verdict"]) == [REPRODUCED] * 4
+    for column in ("estimate", "ci_low", "ci_high"):
+        assert one[column].tolist() == pytest.approx(two[column].tolist())
+    assert (
+        one["detail"]
+        .iloc[1]
+        .endswith(
+            "data, sgr trained with one seed: the interval covers the items only, not the seed-to-seed spread (items "
+            "alone: reproduced; recovery.seeds with 2+ seeds decides)"
+        )
+    )
+    assert "sgr trained with one seed" in one["detail"].iloc[2]  # sgr − none: none trains nothing
+    # results that record no training seed (evaluated before results stored it) are one run each: the same
+    unrecorded = [{k: v for k, v in r.items() if k != "training_seed"} for r in study(paper_like(), seeds=(0,))]
+    assert list(findings(retention(unrecorded, SETTINGS))["verdict"]) == list(one["verdict"])
+    table = findings_table(one, 0.95)
+    assert table["verdict"].tolist()[1:] == ["**one seed: not decidable**"] * 3
+    assert table[f"estimate [{0.95:.0%} CI]"].iloc[1].startswith(("0.12 [", "0.13 ["))
+    by_ratio = recovery_by_ratio(retention(study(paper_like(), seeds=(0,)), SETTINGS))
+    assert set(by_ratio["verdict"]) == {ONE_SEED}
+    assert set(lowest_ratio_lines(by_ratio)) == {
+        "- **m** · bi · sgr − data at the lowest ratio, 0.1: one training seed cannot decide it (recovery.seeds).",
+        "- **m** · bi · sgr − none at the lowest ratio, 0.1: one training seed cannot decide it (recovery.seeds).",
+    }
+
+
+def test_one_seed_verdict_on_given_draws_keeps_what_the_items_say():
+    draws = np.linspace(0.1, 0.3, 1001)
+    label, low, high, detail = verdict(Contrast(0.2, draws, 1, one_seed=("sgr",)), +1, 0.95)
+    assert label == ONE_SEED and (low, high) == verdict(Contrast(0.2, draws, 1), +1, 0.95)[1:3]
+    assert "items alone: reproduced" in detail
+    assert "items alone: undecided" in verdict(Contrast(0.0, draws - 0.2, 1, one_seed=("sgr",)), +1, 0.95)[3]
+
+
+def test_the_first_screen_names_what_one_seed_cannot_decide(tmp_path):
+    paths = written(tmp_path, study(paper_like(), seeds=(0,)))
+    aggregate(paths, tmp_path / "out", bootstrap_samples=300)
+    report = (tmp_path / "out" / "report.md").read_text()
+    first_screen = "\n".join(report.splitlines()[:30])
+    line = next(line for line in first_screen.splitlines() if "(ii) SGR recovers generation more than the data" in line)
+    assert "| **one seed: not decidable** |" in line and ("| 0.12 [" in line or "| 0.13 [" in line)
+    assert (
+        "**One training seed cannot decide** (ii) sgr − data, (ii) sgr − none, (iii) gain(lowest ratio) − "
+        "gain(highest ratio), gain = sgr − none:" in first_screen
+    )
+    contrasts = pd.read_csv(tmp_path / "out" / "ratio_contrasts.csv")
+    trained = contrasts["recovery"] != "none"
+    assert set(contrasts.loc[trained, "verdict"]) == {ONE_SEED}
+    assert ONE_SEED not in set(contrasts.loc[~trained, "verdict"])
+    seeded_paths = written(tmp_path / "two", study(paper_like(), seeds=(0, 1)))
+    aggregate(seeded_paths, tmp_path / "two" / "out", bootstrap_samples=300)
+    assert "One training seed cannot decide" not in (tmp_path / "two" / "out" / "report.md").read_text()

@@ -20,7 +20,7 @@ from workflow_helpers import REPO, flag, shell_commands, snakemake, workflow_cop
 from layerprune.aggregate import aggregate, recovery_records
 from layerprune.evaluate import training_seed
 from layerprune.io import write_json
-from layerprune.retention import NOT_TESTED, REPRODUCED, UNDECIDED, findings, retention
+from layerprune.retention import NOT_TESTED, ONE_SEED, UNDECIDED, findings, retention
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 N = 200
@@ -67,7 +67,9 @@ def test_seeds_that_disagree_widen_the_interval_around_their_mean_and_undecide_a
     alone = recovery_study({0: 120})
     both = recovery_study({0: 120, 1: 40}, sgr_shift={1: 20})
     single, pooled = sgr_minus_none(alone), sgr_minus_none(both)
-    assert single["verdict"] == REPRODUCED and single["estimate"] == pytest.approx(80 / 160)
+    # one seed: the items alone would decide it, but one training run cannot (issue 30)
+    assert single["verdict"] == ONE_SEED and "items alone: reproduced" in single["detail"]
+    assert single["estimate"] == pytest.approx(80 / 160)
     # the centre is the mean over seeds: (80/160 + 0/160) / 2
     assert pooled["estimate"] == pytest.approx(40 / 160)
     assert pooled["verdict"] == UNDECIDED and pooled["ci_low"] < 0 < pooled["ci_high"]

@@ -473,8 +473,10 @@ def aggregate(
     intro = intro_lines(level, bootstrap_samples, seed, task_weighting, seeds)
     lines += [
         "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
-        "undecided: it covers 0.",
+        f"undecided: it covers 0; {report.ONE_SEED}: a trained recovery ran with one training seed, so the "
+        "interval beside it covers the items only and no verdict is given.",
         "",
+        *report.one_seed_lines(verdicts),
     ]
     if len(by_ratio):
         lines += [

@@ -18,8 +18,10 @@ import pandas as pd
 from layerprune.diagnostics import ERROR_BUCKETS, REP_N, arithmetic_breakdown, degeneration, error_bucket_counts
 from layerprune.io import atomic_path
 from layerprune.retention import (  # noqa: F401 - re-exported: the report's settings and statistics
+    MIN_SEEDS,
     NOT_REPRODUCED,
     NOT_TESTED,
+    ONE_SEED,
     REPRODUCED,
     TYPES,
     VARIANT,
@@ -619,10 +621,27 @@ def lowest_ratio_lines(frame: pd.DataFrame) -> list[str]:
             what = "SGR recovers less, and the interval decides it (not reproduced)"
         elif row["verdict"] == NOT_TESTED:
             what = "there is no retention to compare"
+        elif row["verdict"] == ONE_SEED:
+            what = "one training seed cannot decide it (recovery.seeds)"
         else:
             what = "this run cannot tell whether SGR helps (undecided)"
         lines.append(f"- **{model}** · {method} · {contrast} at the lowest ratio, {row['ratio']:g}: {what}.")
     return lines
+
+
+def one_seed_lines(frame: pd.DataFrame) -> list[str]:
+    """The first screen's words on the findings one training seed cannot decide (none: no line)."""
+    undecidable = frame[frame["verdict"] == ONE_SEED] if len(frame) else frame
+    if not len(undecidable):
+        return []
+    named = sorted({f"({r.finding}) {r.statistic.split(' generative')[0]}" for r in undecidable.itertuples()})
+    return [
+        f"**One training seed cannot decide** {', '.join(named)}: each compares a trained recovery, and one "
+        "training run's luck moves it by more than the items' interval allows (bench/seed_decisions.py: 31 % of "
+        "such null contrasts were decided with one seed). The estimate and its items-only interval stand beside "
+        f"the verdict; set recovery.seeds to {MIN_SEEDS} or more seeds (e.g. [0, 1, 2]) to decide them.",
+        "",
+    ]
 
 
 def excluded_lines(stats: Retention) -> list[str]:

@@ -48,6 +48,10 @@ VARIANT = ["model", "method", "ratio", "recovery"]
 TYPES = ("classification", "generative")
 NONE = "none"
 TASK_WEIGHTINGS = ("equal", "items")
+# A contrast with a trained recovery on either side is decided only with at least this many training seeds
+# behind each trained arm: with one, its interval covers the items alone, and one seed's luck (a real
+# seed-to-seed spread of a few points) decides 31 % of null contrasts (bench/seed_decisions.py).
+MIN_SEEDS = 2
 
 
 @dataclass(frozen=True)
@@ -312,6 +316,13 @@ class TypeDraws:
     drop: float
     drop_draws: np.ndarray
     tasks: tuple[str, ...]
+    recovery: str = NONE  # the variant's recovery: none trains nothing, every other one is a training run
+    seeds: int = 0  # training seeds behind a trained recovery's draws (recovery.seeds); 0 where nothing was trained
+
+    @property
+    def one_seed(self) -> bool:
+        """A trained recovery behind which one training seed stands: its draws cover the items alone."""
+        return self.recovery != NONE and self.seeds < MIN_SEEDS
 
 
 def _ratio_of_means(variant: np.ndarray, dense: np.ndarray, chances: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -466,6 +477,7 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
             combined = combine(
                 [bases[(model, t)] for t in counted], [paired[variant][t] for t in counted], settings.task_weighting
             )
+            combined.recovery, combined.seeds = variant[3], len(variant_seeds.get(variant, []))
             draws[(variant, task_type)] = combined
             row.update(retention=combined.retention, drop_points=combined.drop)
             row["ci_low"], row["ci_high"] = interval(combined.retention_draws, settings.confidence)
@@ -497,6 +509,7 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
 # ----------------------------------------------------------------------------- findings
 
 REPRODUCED, NOT_REPRODUCED, UNDECIDED, NOT_TESTED = "reproduced", "not reproduced", "undecided", "not tested"
+ONE_SEED = "one seed: not decidable"
 FINDING_COLUMNS = ["model", "finding", "claim", "statistic", "estimate", "ci_low", "ci_high", "verdict", "detail"]
 
 
@@ -508,6 +521,12 @@ class Contrast:
     draws: np.ndarray
     cells: int
     unit: str = "(method, ratio) cell"
+    one_seed: tuple[str, ...] = ()  # trained recoveries among its arms with fewer than MIN_SEEDS seeds
+
+
+def _one_seed(*arms: TypeDraws) -> tuple[str, ...]:
+    """The trained recoveries among `arms` that one training seed stands behind (sorted, once each)."""
+    return tuple(sorted({arm.recovery for arm in arms if arm.one_seed}))
 
 
 def _mean_contrast(pairs: list[tuple[TypeDraws, TypeDraws]]) -> Contrast | None:
@@ -516,11 +535,16 @@ def _mean_contrast(pairs: list[tuple[TypeDraws, TypeDraws]]) -> Contrast | None:
         return None
     point = float(np.mean([a.retention - b.retention for a, b in pairs]))
     draws = np.mean([a.retention_draws - b.retention_draws for a, b in pairs], axis=0)
-    return Contrast(point, draws, len(pairs))
+    return Contrast(point, draws, len(pairs), one_seed=_one_seed(*(arm for pair in pairs for arm in pair)))
 
 
 def verdict(contrast: Contrast, sign: int, confidence: float) -> tuple[str, float, float, str]:
-    """(verdict, ci_low, ci_high, detail): reproduced only when the interval lies wholly on the paper's side of 0."""
+    """(verdict, ci_low, ci_high, detail): reproduced only when the interval lies wholly on the paper's side of 0.
+
+    A contrast with a trained recovery behind which one training seed stands (`contrast.one_seed`) is
+    never decided: its interval covers the items alone, not the seed-to-seed spread of a training run,
+    so its verdict is ONE_SEED, with the items-only interval and what the items alone would say.
+    """
     finite = np.isfinite(contrast.draws)
     low, high = interval(contrast.draws, confidence)
     detail = f"mean over {contrast.cells} {contrast.unit}{'s' if contrast.cells > 1 else ''}"
@@ -530,10 +554,23 @@ def verdict(contrast: Contrast, sign: int, confidence: float) -> tuple[str, floa
     if finite.sum() < len(finite) / 2:
         return NOT_TESTED, low, high, f"retention undefined in {missing} of {len(finite)} draws"
     if sign * low > 0 and sign * high > 0:
-        return REPRODUCED, low, high, detail
-    if sign * low < 0 and sign * high < 0:
-        return NOT_REPRODUCED, low, high, detail
-    return UNDECIDED, low, high, detail + "; the interval covers 0"
+        decided, note = REPRODUCED, ""
+    elif sign * low < 0 and sign * high < 0:
+        decided, note = NOT_REPRODUCED, ""
+    else:
+        decided, note = UNDECIDED, "; the interval covers 0"
+    if contrast.one_seed:
+        trained = ", ".join(contrast.one_seed)
+        return (
+            ONE_SEED,
+            low,
+            high,
+            (
+                f"{detail}; {trained} trained with one seed: the interval covers the items only, not the "
+                f"seed-to-seed spread (items alone: {decided}; recovery.seeds with {MIN_SEEDS}+ seeds decides)"
+            ),
+        )
+    return decided, low, high, detail + note
 
 
 def _cells(draws: dict, model: str, task_type: str, recovery: str) -> dict[tuple[str, float], TypeDraws]:
@@ -640,7 +677,9 @@ def recovery_by_ratio(stats: Retention) -> pd.DataFrame:
             other = _cells(stats.draws, model, "generative", control)
             for method, ratio in sorted(set(sgr) & set(other)):
                 a, b = sgr[(method, ratio)], other[(method, ratio)]
-                contrast = Contrast(a.retention - b.retention, a.retention_draws - b.retention_draws, 1)
+                contrast = Contrast(
+                    a.retention - b.retention, a.retention_draws - b.retention_draws, 1, one_seed=_one_seed(a, b)
+                )
                 result, low, high, _ = verdict(contrast, +1, confidence)
                 rows.append(
                     {
@@ -685,7 +724,7 @@ def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, 
     best = max(sorted(gains), key=gains.__getitem__)
     cells = _cells(stats.draws, model, "generative", best)
     statistic = f"gain(lowest ratio) − gain(highest ratio), gain = {best} − none generative retention"
-    per_method = []
+    per_method, arms = [], []
     for method in sorted({m for m, _ in cells}):
         ratios = sorted(r for m, r in set(cells) & set(none) if m == method)
         if len(ratios) >= 2:
@@ -695,6 +734,7 @@ def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, 
                 cells[high].retention_draws - none[high].retention_draws
             )
             per_method.append((point, draws))
+            arms += [cells[low], cells[high], none[low], none[high]]
     if not per_method:
         return None, statistic, "one ratio only: nothing to compare across ratios"
     contrast = Contrast(
@@ -702,6 +742,7 @@ def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, 
         np.mean([d for _, d in per_method], axis=0),
         len(per_method),
         unit="method",
+        one_seed=_one_seed(*arms),
     )
     return contrast, statistic, ""
 
@@ -734,7 +775,9 @@ def ratio_contrasts(stats: Retention) -> pd.DataFrame:
                 continue
             draws = high.retention_draws - low.retention_draws
             ci_low, ci_high = interval(draws, confidence)
-            if ci_high < 0:
+            if _one_seed(low, high):  # two training runs, one seed each: the items alone cannot decide
+                decided = ONE_SEED
+            elif ci_high < 0:
                 decided = LOWER
             elif ci_low > 0:
                 decided = HIGHER
