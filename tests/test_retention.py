@@ -746,3 +746,36 @@ def test_the_first_screen_names_what_one_seed_cannot_decide(tmp_path):
     seeded_paths = written(tmp_path / "two", study(paper_like(), seeds=(0, 1)))
     aggregate(seeded_paths, tmp_path / "two" / "out", bootstrap_samples=300)
     assert "One training seed cannot decide" not in (tmp_path / "two" / "out" / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- few training seeds
+
+
+def scored(task: str, method: str, recovery: str, scores: list[float], **extra) -> dict:
+    """A result whose items carry numeric scores (e.g. ROUGE-L), one per item."""
+    samples = [{"id": i, "score": score} for i, score in enumerate(scores)]
+    ratio = 0.0 if method == "dense" else 0.2
+    return {
+        "model": "m", "method": method, "ratio": ratio, "recovery": recovery, "task": task, "type": "generative",
+        "metric": "rouge_l", "value": float(np.mean(scores)), "n": len(scores), "samples": samples, **extra,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("seed_scores", [(0.6, 0.4, 0.5), (0.7, 0.3)])
+def test_few_seeds_get_a_student_t_seed_component(seed_scores):
+    """Every item of seed j scores the same, and the dense model 1 on every item: the items' resamples cannot
+    move anything, so the interval is the seed component alone, mean ± t(0.975, m - 1) · s / sqrt(m): for
+    0.6, 0.4, 0.5 (s = 0.1, t = 4.303) 0.5 ± 0.248; for 0.7, 0.3 (s = 0.283, t = 12.71) 0.5 ± 2.54. A bootstrap
+    over the seeds gave [0.43, 0.57] and [0.3, 0.7]."""
+    m, n = len(seed_scores), 50
+    entries = [scored("gen", "dense", "none", [1.0] * n)]
+    entries += [scored("gen", "bi", "sgr", [score] * n, training_seed=j) for j, score in enumerate(seed_scores)]
+    t = {2: 12.706, 3: 4.303}[m]
+    half = t * np.std(seed_scores, ddof=1) / np.sqrt(m)
+    row = retention(entries, BootstrapSettings(samples=100_000, seed=1)).per_type.iloc[0]
+    assert row["retention"] == pytest.approx(0.5)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+        (0.5 - half, 0.5 + half), rel=0.04
+    )  # the tail quantiles: about 2 % SE
+    # the drop gets the same seed component: dense 1, so drop = 100 (1 - retention) in every draw
+    assert (row["drop_low"], row["drop_high"]) == pytest.approx((100 * (1 - row["ci_high"]), 100 * (1 - row["ci_low"])))

@@ -23,13 +23,15 @@ A resample whose normalised dense mean is not positive has no retention; such dr
 (`nan_draws`) and left out of the interval, never dropped silently.
 
 Training seeds (recovery.seeds): a trained recovery evaluated once per training seed is one variant
-whose score on a task is the mean over its seeds. Its intervals are a two-stage (hierarchical)
-bootstrap: each resample first draws the variant's seeds with replacement (the same draw for all of
-the variant's tasks: one checkpoint per seed answers them all), then uses the items' resample shared
-with the dense model, so the intervals cover seed variance as well as item sampling. Different
-variants draw their seeds independently (separate training runs), seeded from `seed` and the
-variant. With one seed the first stage draws that seed every time: the intervals are those of the
-items alone, exactly.
+whose score on a task is the mean over its seeds. Its draws add a small-sample seed component to the
+items' resample: on resample b, the mean over its seeds of the items' resample (shared with the dense
+model) plus (s / sqrt(m)) times a Student t with m - 1 degrees of freedom, s the seeds' spread and m
+their number, drawn once per resample for all of the variant's tasks (one checkpoint per seed answers
+them all; see `pool_seeds`). Different variants draw independently (separate training runs), seeded from
+`seed` and the variant. A bootstrap of 2-5 seeds covered 84-89 % at 95 %; this one is measured in
+bench/seed_decisions.py and docs/pipeline.md. With one seed there is nothing to draw: the intervals are
+those of the items alone, exactly, and no contrast of a trained recovery is decided (`verdict`). A
+variant that lacks the result of one of its seeds on one of its tasks is refused (`missing_seeds`).
 """
 
 from __future__ import annotations
@@ -269,38 +271,64 @@ def paired_means(base: TaskBase, variant_result: dict[str, Any]) -> Paired | Non
     )
 
 
-def seed_weights(seeds: list[Any], settings: BootstrapSettings, *key: Any) -> np.ndarray:
-    """(samples, len(seeds)) counts: resample b draws training seed j weights[b, j] times (the bootstrap's first
-    stage). All ones for one seed; seeded per variant `key`, on a stream of its own, so the items' resamples
-    (resample_weights) are the same with or without several seeds."""
-    if len(seeds) == 1:
-        return np.ones((settings.samples, 1))
+@dataclass
+class SeedDraws:
+    """The seed stage of one trained recovery's draws, shared by all of its tasks (one checkpoint per seed answers
+    them all): per resample b, a standard normal weight on each seed (`normal`, samples x seeds) and a chi-square
+    draw with seeds - 1 degrees of freedom (`chi2`)."""
+
+    normal: np.ndarray
+    chi2: np.ndarray
+
+
+def seed_draws(seeds: list[Any], settings: BootstrapSettings, *key: Any) -> SeedDraws | None:
+    """The seed stage for a variant trained with `seeds` (None for one seed: nothing to draw). Seeded per variant
+    `key`, on a stream of its own, so the items' resamples (resample_weights) are the same with or without it."""
+    if len(seeds) < 2:
+        return None
     rng = np.random.default_rng([settings.seed, zlib.crc32("/".join(["training seeds", *map(str, key)]).encode())])
-    return rng.multinomial(len(seeds), np.full(len(seeds), 1 / len(seeds)), size=settings.samples).astype(float)
+    normal = rng.standard_normal((settings.samples, len(seeds)))
+    return SeedDraws(normal, rng.chisquare(len(seeds) - 1, settings.samples))
 
 
-def pool_seeds(pairs: dict[Any, Paired], counts: np.ndarray, order: list[Any]) -> Paired:
-    """One variant's per-seed means on a task as one: the mean over seeds, and per resample the mean over the
-    seeds that resample drew (`counts`, columns in `order`, the variant's seeds on all its tasks)."""
+def pool_seeds(pairs: dict[Any, Paired], draws: SeedDraws | None, order: list[Any]) -> Paired:
+    """One variant's per-seed means on a task as one: the mean over its seeds, and per resample the mean over
+    seeds of the items' resample plus a seed term that is (s / sqrt(m)) times a Student t with m - 1 degrees of
+    freedom (s: the seeds' standard deviation on the task, m seeds).
+
+    The seed term of resample b is sum_j Z_bj d_j / sqrt(m V_b), with d_j the seed's deviation from the mean over
+    seeds, Z_bj standard normal and V_b chi-square (m - 1): for any weighted sum over tasks (the type means are
+    one) the term is exactly the t-based small-sample component of that sum, because Z and V are shared by the
+    variant's tasks. A bootstrap over 2-5 seeds cannot show this spread (a resample of 2 seeds is one of 3
+    means): it covered 84-89 % at 95 % (bench/seed_decisions.py).
+    """
     seeds = [seed for seed in order if seed in pairs]
-    if len(seeds) == 1 and counts.shape[1] == 1:
+    if len(seeds) == 1 or draws is None:
         return pairs[seeds[0]]  # one seed: exactly the single run's numbers
-    drawn = counts[:, [order.index(seed) for seed in seeds]]
-    total = drawn.sum(axis=1)
-
-    def mean_drawn(per_seed: np.ndarray) -> np.ndarray:
-        products = np.where(drawn > 0, drawn * per_seed, 0.0)  # a seed not drawn contributes nothing, NaN or not
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(total > 0, products.sum(axis=1) / total, np.nan)
-
+    points = np.array([pairs[s].variant for s in seeds])
+    normal = draws.normal[:, [order.index(seed) for seed in seeds]]
+    spread = normal @ (points - points.mean()) / np.sqrt(len(seeds) * draws.chi2)
     return Paired(
-        variant=float(np.mean([pairs[s].variant for s in seeds])),
+        variant=float(points.mean()),
         dense=float(np.mean([pairs[s].dense for s in seeds])),
-        variant_draws=mean_drawn(np.column_stack([pairs[s].variant_draws for s in seeds])),
-        dense_draws=mean_drawn(np.column_stack([pairs[s].dense_draws for s in seeds])),
+        variant_draws=np.column_stack([pairs[s].variant_draws for s in seeds]).mean(axis=1) + spread,
+        dense_draws=np.column_stack([pairs[s].dense_draws for s in seeds]).mean(axis=1),
         n=min(pairs[s].n for s in seeds),
         seeds=tuple(seeds),
     )
+
+
+def missing_seeds(replicates: dict[tuple, dict[Any, dict[str, Any]]]) -> list[str]:
+    """`model/method/ratio/recovery: (task, seed), ...` for every variant that lacks a result for one of its
+    training seeds on one of its tasks (its seeds: those found on any of its tasks)."""
+    seeds: dict[tuple, set] = {}
+    for (variant, _), by_seed in replicates.items():
+        seeds.setdefault(variant, set()).update(by_seed)
+    missing: dict[tuple, list[str]] = {}
+    for (variant, task), by_seed in sorted(replicates.items(), key=str):
+        for seed in sorted(seeds[variant] - set(by_seed), key=_seed_order):
+            missing.setdefault(variant, []).append(f"({task}, {seed})")
+    return [f"{'/'.join(map(str, variant))}: {', '.join(pairs)}" for variant, pairs in sorted(missing.items(), key=str)]
 
 
 def normalised(score: np.ndarray | float, chance: float) -> np.ndarray | float:
@@ -432,10 +460,17 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
     paired: dict[tuple, dict[str, Paired]] = {}
     types: dict[tuple, str] = {}
     replicates = seed_replicates(results)
+    missing = missing_seeds(replicates)
+    if missing:  # a mean over other seeds on one task than on the next is no mean over the variant's seeds
+        raise ValueError(
+            "training seeds missing: every (task, training seed) of a trained variant needs its result; none for "
+            + "; ".join(missing)
+            + ". Evaluate them (snakemake plans them), or leave the seed out of recovery.seeds"
+        )
     variant_seeds: dict[tuple, list[Any]] = {}
     for (variant, _), by_seed in replicates.items():
         variant_seeds[variant] = sorted(set(variant_seeds.get(variant, [])) | set(by_seed), key=_seed_order)
-    counts = {variant: seed_weights(seeds, settings, *variant) for variant, seeds in variant_seeds.items()}
+    counts = {variant: seed_draws(seeds, settings, *variant) for variant, seeds in variant_seeds.items()}
     for (variant, task), by_seed in replicates.items():
         first = next(iter(by_seed.values()))
         base = bases.get((variant[0], task))
