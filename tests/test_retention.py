@@ -20,6 +20,7 @@ from layerprune.aggregate import aggregate
 from layerprune.io import write_json
 from layerprune.report import findings_table, lowest_ratio_lines, time_table
 from layerprune.retention import (
+    MIN_DISAGREEMENTS,
     NOT_REPRODUCED,
     NOT_TESTED,
     ONE_SEED,
@@ -27,6 +28,7 @@ from layerprune.retention import (
     UNDECIDED,
     BootstrapSettings,
     Contrast,
+    clopper_pearson_upper,
     findings,
     recovery_by_ratio,
     resample_weights,
@@ -163,7 +165,10 @@ def test_all_zero_dense_has_no_retention_and_no_nan_draws():
     row = type_row(stats.per_type, "generative")
     assert row["tasks"] == 0 and np.isnan(row["retention"]) and np.isnan(row["ci_low"])
     task = stats.per_task.iloc[0]
-    assert task["drop_points"] == 0 and task["drop_low"] == task["drop_high"] == 0
+    # no item disagrees: the drop's interval is the exact bound on 0 disagreements in 20 items, not [0, 0]
+    assert task["drop_points"] == 0 and -task["drop_low"] == task["drop_high"] == pytest.approx(
+        100 * (1 - 0.025 ** (1 / 20))
+    )
     assert stats.tasks.iloc[0]["reason"].startswith("dense lower bound 0.000")
 
 
@@ -188,8 +193,11 @@ def test_identical_models_retain_one_and_drop_nothing_in_every_draw():
             for recovery in ("none", "data", "sgr"):
                 results.append(result(task, task_type, "bi", ratio, recovery, hits, 100))
     stats = retention(seeded(results), BootstrapSettings(samples=300))
-    assert np.allclose(stats.per_type[["retention", "ci_low", "ci_high"]], 1.0)
-    assert np.allclose(stats.per_type[["drop_points", "drop_low", "drop_high"]], 0.0)
+    assert np.allclose(stats.per_type["retention"], 1.0) and np.allclose(stats.per_type["drop_points"], 0.0)
+    # no item disagrees: the intervals are the exact bound on the disagreement rate, never zero-width (issue 30)
+    assert (stats.per_type["disagreements"] == 0).all()
+    assert (stats.per_type["ci_low"] < 1).all() and (stats.per_type["ci_high"] > 1).all()
+    assert (stats.per_type["drop_low"] < 0).all() and (stats.per_type["drop_high"] > 0).all()
     for draws in stats.draws.values():
         assert np.allclose(draws.retention_draws, 1.0) and np.allclose(draws.drop_draws, 0.0)
     verdicts = findings(stats)
@@ -612,10 +620,10 @@ LUCKY_TINY = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("weighting", "expected"),
-    [("equal", (1.0 + 0.0) / (0.6 + 0.75)), ("items", (10 * 1.0 + 0.0) / (10 * 0.6 + 200 * 0.75))],
-)
+LUCKY_EXPECTED = {"equal": (1.0 + 0.0) / (0.6 + 0.75), "items": (10 * 1.0 + 0.0) / (10 * 0.6 + 200 * 0.75)}
+
+
+@pytest.mark.parametrize(("weighting", "expected"), list(LUCKY_EXPECTED.items()))
 def test_task_weighting_on_a_lucky_tiny_task(tmp_path, weighting, expected):
     """report.task_weighting: equal lets a lucky 10/10 lift retention to 0.74; items pools the items (0.064)."""
     paths = written(tmp_path, LUCKY_TINY)
@@ -627,6 +635,14 @@ def test_task_weighting_on_a_lucky_tiny_task(tmp_path, weighting, expected):
     assert row["ci_low"] <= row["retention"] <= row["ci_high"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"report.task_weighting: {weighting}" in report
+    # the other weighting differs beyond the intervals: flagged next to the number, on the first screen too
+    other = {"equal": "items", "items": "equal"}[weighting]
+    assert row["weightings_diverge"] and row["other_weighting"] == other
+    assert row["other_retention"] == pytest.approx(LUCKY_EXPECTED[other])
+    assert not row["other_ci_low"] <= row["retention"] <= row["other_ci_high"]
+    headline = report.split("## Retention at", 1)[1].split("\n\n", 2)[1]
+    flag = {"equal": "⚠ weighted by items: 0.06 [", "items": "⚠ weighted equally: 0.74 ["}[weighting]
+    assert flag in headline.splitlines()[-1]
     with pytest.raises(ValueError, match="report.task_weighting must be one of equal, items"):
         BootstrapSettings(task_weighting="pooled")
 
@@ -779,3 +795,63 @@ def test_few_seeds_get_a_student_t_seed_component(seed_scores):
     )  # the tail quantiles: about 2 % SE
     # the drop gets the same seed component: dense 1, so drop = 100 (1 - retention) in every draw
     assert (row["drop_low"], row["drop_high"]) == pytest.approx((100 * (1 - row["ci_high"]), 100 * (1 - row["ci_low"])))
+
+
+# ----------------------------------------------------------------------------- few disagreements
+
+
+def test_clopper_pearson_upper_bound_is_exact():
+    """k = 0: 1 - 0.025^(1/n) in closed form; k > 0: P(Binomial(n, bound) <= k) = 0.025, checked by summing."""
+    assert clopper_pearson_upper(0, 10, 0.95) == pytest.approx(1 - 0.025 ** (1 / 10))  # 0.308
+    assert clopper_pearson_upper(0, 200, 0.95) == pytest.approx(1 - 0.025 ** (1 / 200))  # 0.0183
+    assert clopper_pearson_upper(10, 10, 0.95) == 1.0
+    from math import comb
+
+    bound = clopper_pearson_upper(3, 40, 0.95)
+    assert sum(comb(40, i) * bound**i * (1 - bound) ** (40 - i) for i in range(4)) == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize(("n", "dense_hits"), [(10, 7), (200, 150)])
+def test_a_pruned_model_that_agrees_on_every_item_gets_the_exact_bound_not_zero_width(n, dense_hits):
+    """The issue's case: pruned and dense agree on all 10 items; the bootstrap gave 1.00 [1.00, 1.00], drop 0.0
+    [0.0, 0.0]. Zero disagreements in n items still allow a rate up to u = 1 - 0.025^(1/n) (0.31 at 10, 0.018
+    at 200), so the drop is within ±u and the retention within 1 ± u / dense (chance 0)."""
+    entries = [dense("t", "generative", dense_hits, n), result("t", "generative", "bi", 0.2, "none", dense_hits, n)]
+    stats = retention(entries, SETTINGS)
+    bound = 1 - 0.025 ** (1 / n)
+    dense_mean = dense_hits / n
+    for row in (stats.per_task.iloc[0], stats.per_type.iloc[0]):
+        assert row["retention"] == 1.0 and row["drop_points"] == 0.0 and row["disagreements"] == 0
+        assert (row["drop_low"], row["drop_high"]) == pytest.approx((-100 * bound, 100 * bound))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((1 - bound / dense_mean, 1 + bound / dense_mean))
+    assert stats.per_task.iloc[0]["ci_low"] < 0.6 if n == 10 else stats.per_task.iloc[0]["ci_low"] > 0.97
+
+
+def test_many_disagreements_keep_the_bootstrap_interval():
+    """20 of 200 items lost (nested hits): MIN_DISAGREEMENTS or more, so the percentile bootstrap stands."""
+    entries = [dense("t", "generative", 150, 200), result("t", "generative", "bi", 0.2, "none", 130, 200)]
+    row = retention(entries, SETTINGS).per_task.iloc[0]
+    assert row["disagreements"] == 20 >= MIN_DISAGREEMENTS
+    resamples = resample_weights(200, SETTINGS, "m", "t")
+    dense_items = (np.arange(200) < 150).astype(float)
+    variant_items = (np.arange(200) < 130).astype(float)
+    expected = 100 * (resamples @ (dense_items - variant_items)) / 200
+    assert (row["drop_low"], row["drop_high"]) == pytest.approx(tuple(np.percentile(expected, [2.5, 97.5])))
+
+
+def test_one_item_lost_widens_to_the_exact_bound_on_both_sides():
+    """1 of 40 items lost, none won: drop 2.5 points; the interval holds [-u(0), u(1)] with the exact bounds."""
+    entries = [dense("t", "generative", 30, 40), result("t", "generative", "bi", 0.2, "none", 29, 40)]
+    row = retention(entries, SETTINGS).per_task.iloc[0]
+    assert row["disagreements"] == 1 and row["drop_points"] == pytest.approx(2.5)
+    assert row["drop_low"] == pytest.approx(-100 * clopper_pearson_upper(0, 40, 0.95))
+    assert row["drop_high"] == pytest.approx(100 * clopper_pearson_upper(1, 40, 0.95))  # 12.9 points
+
+
+def test_weightings_that_agree_are_not_flagged():
+    """Two tasks of one size: both weightings give the same number, so nothing is flagged."""
+    row = type_row(retention(study(paper_like()), SETTINGS).per_type, "generative", "sgr", 0.1)
+    assert row["other_retention"] == pytest.approx(row["retention"]) and not row["weightings_diverge"]
+    from layerprune.report import retention_cell
+
+    assert "⚠" not in retention_cell(row)

@@ -240,6 +240,15 @@ class Paired:
     dense_draws: np.ndarray
     n: int
     seeds: tuple = ()  # the training seeds pooled (recovery.seeds); () when none was recorded
+    items: np.ndarray | None = None  # the variant's score on each of the base's items (NaN: not scored by it)
+
+    def disagreements(self, base: TaskBase) -> tuple[int, int]:
+        """(worse, better): shared items the variant scored below / above the dense model (its seeds' mean)."""
+        if self.items is None:
+            return 0, 0
+        shared = np.isfinite(self.items)
+        difference = base.dense[shared] - self.items[shared]
+        return int((difference > 0).sum()), int((difference < 0).sum())
 
 
 def paired_means(base: TaskBase, variant_result: dict[str, Any]) -> Paired | None:
@@ -262,12 +271,15 @@ def paired_means(base: TaskBase, variant_result: dict[str, Any]) -> Paired | Non
     with np.errstate(invalid="ignore", divide="ignore"):
         variant_draws = np.where(counted > 0, base.weights @ variant / counted, np.nan)
         dense_draws = np.where(counted > 0, base.weights @ (base.dense * mask) / counted, np.nan)
+    items = np.full(len(base.ids), np.nan)
+    items[shared] = variant[shared]
     return Paired(
         variant=float(variant[shared].mean()),
         dense=float(base.dense[shared].mean()),
         variant_draws=variant_draws,
         dense_draws=dense_draws,
         n=len(shared),
+        items=items,
     )
 
 
@@ -315,6 +327,7 @@ def pool_seeds(pairs: dict[Any, Paired], draws: SeedDraws | None, order: list[An
         dense_draws=np.column_stack([pairs[s].dense_draws for s in seeds]).mean(axis=1),
         n=min(pairs[s].n for s in seeds),
         seeds=tuple(seeds),
+        items=np.mean([pairs[s].items for s in seeds], axis=0),  # NaN where a seed did not score the item
     )
 
 
@@ -329,6 +342,61 @@ def missing_seeds(replicates: dict[tuple, dict[Any, dict[str, Any]]]) -> list[st
         for seed in sorted(seeds[variant] - set(by_seed), key=_seed_order):
             missing.setdefault(variant, []).append(f"({task}, {seed})")
     return [f"{'/'.join(map(str, variant))}: {', '.join(pairs)}" for variant, pairs in sorted(missing.items(), key=str)]
+
+
+# Below this many items on which a variant and the dense model disagree, the percentile bootstrap cannot show
+# how far they may differ (no disagreement at all: every resample gives the same difference, a zero-width
+# interval), so each interval is widened to hold the exact bound below.
+MIN_DISAGREEMENTS = 10
+
+
+def clopper_pearson_upper(k: int, n: int, confidence: float) -> float:
+    """The exact (Clopper-Pearson) one-sided upper bound, at (1 + confidence) / 2, on a rate seen k times in n:
+    the p with P(Binomial(n, p) <= k) = (1 - confidence) / 2; 1 for k = n. k = 0: 1 - ((1 - confidence) / 2)^(1/n),
+    0.31 at n = 10 and 0.018 at n = 200 for 95 %."""
+    if k >= n:
+        return 1.0
+    tail = (1 - confidence) / 2
+    log_pmf = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
+
+    def cdf(p: float) -> float:
+        return sum(math.exp(c + i * math.log(p) + (n - i) * math.log1p(-p)) for i, c in enumerate(log_pmf))
+
+    low, high = k / n, 1.0
+    for _ in range(100):  # the CDF falls as p grows: bisect to double precision
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) > tail else (low, middle)
+    return high
+
+
+def disagreement_bounds(
+    bases: list[TaskBase], pairs: list[Paired], weights: np.ndarray, confidence: float
+) -> tuple[int, tuple[float, float], tuple[float, float]] | None:
+    """(disagreeing items, (drop low, high) in points, (retention low, high)) that the intervals must hold when
+    the variant and the dense model disagree on fewer than MIN_DISAGREEMENTS items; None with more.
+
+    Each item's score lies in [0, 1], so the drop is at most the rate of items the variant does worse on, and
+    at least minus the rate it does better on; an exact one-sided bound on each rate (Clopper-Pearson, from
+    the items pooled over the tasks) bounds the drop, and the retention through the dense mean
+    (retention = 1 - drop / (dense - chance) for one task; over several, the weighted means of both).
+    """
+    worse = better = n = 0
+    for base, pair in zip(bases, pairs, strict=True):
+        w, b = pair.disagreements(base)
+        worse, better, n = worse + w, better + b, n + pair.n
+    if worse + better >= MIN_DISAGREEMENTS or not n:
+        return None
+    up_worse, up_better = clopper_pearson_upper(worse, n, confidence), clopper_pearson_upper(better, n, confidence)
+    chances = np.array([b.chance for b in bases])
+    scale = float(np.average(1 / (1 - chances), weights=weights))  # normalised units per score unit
+    dense = float(np.average([(p.dense - c) / (1 - c) for p, c in zip(pairs, chances, strict=True)], weights=weights))
+    ret = (1 - up_worse * scale / dense, 1 + up_better * scale / dense) if dense > 0 else (math.nan, math.nan)
+    return worse + better, (-100 * up_better, 100 * up_worse), ret
+
+
+def _hull(bounds: tuple[float, float], floor: tuple[float, float]) -> tuple[float, float]:
+    """The smallest interval holding both (NaN bounds ignored)."""
+    return float(np.nanmin([bounds[0], floor[0]])), float(np.nanmax([bounds[1], floor[1]]))
 
 
 def normalised(score: np.ndarray | float, chance: float) -> np.ndarray | float:
@@ -390,6 +458,28 @@ def combine(bases: list[TaskBase], pairs: list[Paired], weighting: str = "equal"
     )
 
 
+def type_intervals(
+    bases: list[TaskBase], pairs: list[Paired], weighting: str, settings: BootstrapSettings
+) -> tuple[TypeDraws, tuple[float, float], tuple[float, float]]:
+    """(draws, retention interval, drop interval) of a type's tasks under `weighting`, the percentile intervals
+    widened to the exact bound where few items disagree (`disagreement_bounds`)."""
+    combined = combine(bases, pairs, weighting)
+    ret = interval(combined.retention_draws, settings.confidence)
+    drop = interval(combined.drop_draws, settings.confidence)
+    floor = disagreement_bounds(bases, pairs, task_weights(pairs, weighting), settings.confidence)
+    if floor is not None:
+        drop, ret = _hull(drop, floor[1]), _hull(ret, floor[2])
+    return combined, ret, drop
+
+
+def weightings_diverge(one: tuple[float, float, float], other: tuple[float, float, float]) -> bool:
+    """Whether two (estimate, low, high) of one retention under the two task weightings differ beyond their
+    intervals: either estimate outside the other's interval. (With equal tasks they are the same number.)"""
+    if any(math.isnan(v) for v in (*one, *other)):
+        return False
+    return not (one[1] <= other[0] <= one[2]) or not (other[1] <= one[0] <= other[2])
+
+
 @dataclass
 class Retention:
     """Everything the report prints about retention, and the draws the findings are computed from."""
@@ -404,10 +494,12 @@ class Retention:
 TASK_COLUMNS = [
     *VARIANT, "task", "type", "metric", "value", "dense_value", "chance", "informative", "retention", "ci_low",
     "ci_high", "drop_points", "drop_low", "drop_high", "value_ratio", "n", "nan_draws", "training_seeds",
+    "disagreements",
 ]  # fmt: skip
 TYPE_COLUMNS = [
     *VARIANT, "type", "retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high", "tasks",
-    "excluded", "nan_draws", "draws", "training_seeds",
+    "excluded", "nan_draws", "draws", "training_seeds", "disagreements", "other_weighting", "other_retention",
+    "other_ci_low", "other_ci_high", "weightings_diverge",
 ]  # fmt: skip
 BASE_COLUMNS = [
     "model", "task", "type", "metric", "dense_value", "dense_mean", "dense_low", "dense_high", "chance",
@@ -489,9 +581,15 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
             single = combine([base], [pair])
             row["drop_points"] = single.drop
             row["drop_low"], row["drop_high"] = interval(single.drop_draws, settings.confidence)
+            row["disagreements"] = sum(pair.disagreements(base))
+            floor = disagreement_bounds([base], [pair], np.ones(1), settings.confidence)
+            if floor is not None:
+                row["drop_low"], row["drop_high"] = _hull((row["drop_low"], row["drop_high"]), floor[1])
             if base.informative:
                 row["retention"] = single.retention
                 row["ci_low"], row["ci_high"] = interval(single.retention_draws, settings.confidence)
+                if floor is not None:
+                    row["ci_low"], row["ci_high"] = _hull((row["ci_low"], row["ci_high"]), floor[2])
                 row["nan_draws"] = int(np.isnan(single.retention_draws).sum())
             paired.setdefault(variant, {})[task] = pair
         row["training_seeds"] = _seed_list(by_seed)
@@ -508,16 +606,25 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
         row = dict(zip(VARIANT, variant, strict=True)) | {"type": task_type, "tasks": len(counted)}
         row.update(excluded=len(evaluated) - len(counted), draws=settings.samples)
         row["training_seeds"] = _seed_list(variant_seeds.get(variant, []))
+        row["weightings_diverge"] = False
         if counted:
-            combined = combine(
-                [bases[(model, t)] for t in counted], [paired[variant][t] for t in counted], settings.task_weighting
+            type_bases, type_pairs = [bases[(model, t)] for t in counted], [paired[variant][t] for t in counted]
+            combined, (row["ci_low"], row["ci_high"]), (row["drop_low"], row["drop_high"]) = type_intervals(
+                type_bases, type_pairs, settings.task_weighting, settings
             )
             combined.recovery, combined.seeds = variant[3], len(variant_seeds.get(variant, []))
             draws[(variant, task_type)] = combined
             row.update(retention=combined.retention, drop_points=combined.drop)
-            row["ci_low"], row["ci_high"] = interval(combined.retention_draws, settings.confidence)
-            row["drop_low"], row["drop_high"] = interval(combined.drop_draws, settings.confidence)
             row["nan_draws"] = int(np.isnan(combined.retention_draws).sum())
+            row["disagreements"] = sum(sum(p.disagreements(b)) for b, p in zip(type_bases, type_pairs, strict=True))
+            # the other weighting, beside it: a lucky small task must not hide a collapsed large one
+            other = next(w for w in TASK_WEIGHTINGS if w != settings.task_weighting)
+            alternative, (low, high), _ = type_intervals(type_bases, type_pairs, other, settings)
+            row.update(other_weighting=other, other_retention=alternative.retention, other_ci_low=low)
+            row["other_ci_high"] = high
+            row["weightings_diverge"] = weightings_diverge(
+                (combined.retention, row["ci_low"], row["ci_high"]), (alternative.retention, low, high)
+            )
         type_rows.append(row)
     per_type = pd.DataFrame(type_rows, columns=TYPE_COLUMNS)
     base_rows = [
@@ -784,6 +891,7 @@ def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, 
 
 RATIO_CONTRAST_COLUMNS = [
     "model", "method", "recovery", "type", "from_ratio", "to_ratio", "estimate", "ci_low", "ci_high", "verdict",
+    "detail",
 ]  # fmt: skip
 LOWER, HIGHER = "lower at the higher ratio", "higher at the higher ratio"
 
@@ -806,7 +914,20 @@ def ratio_contrasts(stats: Retention) -> pd.DataFrame:
         ratios = sorted(by_ratio)
         for low_ratio, high_ratio in zip(ratios, ratios[1:], strict=False):
             low, high = by_ratio[low_ratio], by_ratio[high_ratio]
-            if low.tasks != high.tasks:  # a difference over different tasks is no paired contrast
+            cell = {
+                "model": model, "method": method, "recovery": recovery, "type": task_type, "from_ratio": low_ratio,
+                "to_ratio": high_ratio,
+            }  # fmt: skip
+            if low.tasks != high.tasks:  # a difference over different tasks is no paired contrast: listed, not made
+                detail = (
+                    f"not made: the tasks counted differ ({low_ratio:g}: {', '.join(low.tasks)}; "
+                    f"{high_ratio:g}: {', '.join(high.tasks)})"
+                )
+                rows.append(
+                    cell
+                    | {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+                    | {"verdict": NOT_TESTED, "detail": detail}
+                )
                 continue
             draws = high.retention_draws - low.retention_draws
             ci_low, ci_high = interval(draws, confidence)
@@ -819,10 +940,9 @@ def ratio_contrasts(stats: Retention) -> pd.DataFrame:
             else:
                 decided = UNDECIDED
             rows.append(
-                {
-                    "model": model, "method": method, "recovery": recovery, "type": task_type,
-                    "from_ratio": low_ratio, "to_ratio": high_ratio, "estimate": high.retention - low.retention,
-                    "ci_low": ci_low, "ci_high": ci_high, "verdict": decided,
+                cell | {
+                    "estimate": high.retention - low.retention, "ci_low": ci_low, "ci_high": ci_high,
+                    "verdict": decided, "detail": "",
                 }
             )  # fmt: skip
     return pd.DataFrame(rows, columns=RATIO_CONTRAST_COLUMNS)
