@@ -455,3 +455,16 @@ def test_the_report_counts_ratio_contrasts_and_lists_the_skipped_cells(tmp_path)
         "- tiny · bi · none · generative, 0.3 − 0.2: not made: the tasks counted differ (0.2: g1, g2; 0.3: g1)."
         in report
     )
+
+
+def test_a_task_left_out_reads_not_counted_with_an_interval_that_is_not_zero_width():
+    """Old label: "excluded · drop 0.0 [0.0, 0.0]" for a task at chance whose variant agreed on every item."""
+    from layerprune.report import task_retention_table
+
+    entries = []
+    for method, ratio in (("dense", 0.0), ("bi", 0.25)):
+        samples = [{"id": i, "correct": i < 1} for i in range(10)]  # 1 of 10: not above chance + margin
+        entries.append({**BASE, "method": method, "ratio": ratio, "task": "t", "type": "generative",
+                        "metric": "accuracy", "value": 0.1, "samples": samples})  # fmt: skip
+    table = task_retention_table(retention(entries, BootstrapSettings(samples=100)).per_task)
+    assert table["t"].tolist() == ["not counted (dense near chance) · drop 0.0 [-30.8, 30.8] pts"]
