@@ -326,8 +326,9 @@ def intro_lines(
         return [
             text + f"Each trained recovery ran once per training seed (recovery.seeds: {seeds}); its value is the "
             f"mean over its seeds. Brackets: {level} two-stage paired-bootstrap intervals ({bootstrap_samples} "
-            "resamples: first the recovery's training seeds, with replacement, then each task's items, the same "
-            f"items for every variant and the dense model; seed {seed}). The intervals cover the variation between "
+            "resamples of each task's items, the same items for every variant and the dense model, plus for a "
+            "trained recovery a Student-t component of its seeds' spread, s/√m · t(m − 1), drawn once per resample "
+            f"for all its tasks; seed {seed}). The intervals cover the variation between "
             "training seeds and the sampling of evaluation items: not the variation between calibration sets or "
             "between task choices. No recovery (none) trains nothing, so its intervals cover the items only.",
         ]
