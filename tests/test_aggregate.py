@@ -156,10 +156,12 @@ def test_report_markdown(aggregated):
     body = lines[2:]
     assert len(body) == len(VALUES)
     for ratio, recovery in RETENTION:
-        # The fixture's results carry one sample each, correct everywhere: the report's retention, its
-        # interval and the drop all come from those samples (1, [1, 1], 0), while summary.csv keeps the raw
-        # value ratio. (The old report printed value ratios beside sample intervals: "0.50 [1.00, 1.00]".)
-        kept = ["1.00 [1.00, 1.00] · drop 0.0 [0.0, 0.0] pts"] * 2
+        # The fixture's results carry one sample each, correct everywhere: the report's retention and drop
+        # come from those samples (1, 0), while summary.csv keeps the raw value ratio. (The old report printed
+        # value ratios beside sample intervals: "0.50 [1.00, 1.00]".) One item that agrees allows a disagreement
+        # rate up to 1 - 0.025 = 0.975 (exact bound): drop ±97.5 points, retention 1 ± 0.975 (issue 30: the
+        # old interval was [1.00, 1.00], drop [0.0, 0.0]).
+        kept = ["1.00 [0.03, 1.98] · drop 0.0 [-97.5, 97.5] pts"] * 2
         cells = [MODEL, "bi", f"{ratio:g}", recovery, *kept]
         assert "| " + " | ".join(cells) + " |" in body
     dense_section = report.split("## Dense baselines", 1)[1].split("## Diagnostics", 1)[0]
@@ -239,3 +241,31 @@ def test_report_says_when_code_was_graded_without_strict_isolation(tmp_path, agg
     first_lines = (tmp_path / "report" / "report.md").read_text().splitlines()[:4]
     warning = next(line for line in first_lines if "Sandbox isolation was not strict" in line)
     assert f"{MODEL}/bi/0.5/none/arith" in warning and missing in warning and "best_effort" in warning
+
+
+def test_a_missing_training_seed_is_refused_naming_the_task_and_seed(tmp_path):
+    """sgr trained with seeds 0 and 1, but seed 1 was never evaluated on task b: a mean over seed 0 alone on b
+    and over both on a is no mean over the variant's seeds (issue 30: 266 of 1,000 draws came out NaN, and the
+    report blamed the dense model)."""
+
+    def result(task: str, method: str, recovery: str, hits: int, **extra) -> dict:
+        samples = [{"id": i, "correct": i < hits} for i in range(20)]
+        ratio = 0.0 if method == "dense" else 0.2
+        return {
+            "model": "m", "method": method, "ratio": ratio, "recovery": recovery, "task": task,
+            "type": "generative", "metric": "accuracy", "value": hits / 20, "n": 20, "samples": samples, **extra,
+        }  # fmt: skip
+
+    entries = [result(task, "dense", "none", 15) for task in ("a", "b")]
+    entries += [result(task, "bi", "sgr", 10, training_seed=0) for task in ("a", "b")]
+    entries += [result("a", "bi", "sgr", 12, training_seed=1), result("a", "bi", "data", 9, training_seed=1)]
+    paths = []
+    for i, entry in enumerate(entries):
+        write_json(tmp_path / f"{i}.json", entry)
+        paths.append(tmp_path / f"{i}.json")
+    with pytest.raises(ValueError, match=r"training seeds missing: .* none for m/bi/0\.2/sgr: \(b, 1\)\. Evaluate"):
+        aggregate(paths, tmp_path / "out", bootstrap_samples=50)
+    assert not (tmp_path / "out" / "report.md").exists()
+    write_json(tmp_path / "late.json", result("b", "bi", "sgr", 11, training_seed=1))
+    aggregate([*paths, tmp_path / "late.json"], tmp_path / "out", bootstrap_samples=50)  # data: one seed, on a only
+    assert (tmp_path / "out" / "report.md").exists()

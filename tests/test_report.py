@@ -241,7 +241,7 @@ def test_report_first_screen_states_the_answer(report_dir):
     assert table[3].count("| – |") == 2  # no reverse+sgr run
     assert all("] · drop " in line and " pts" in line for line in table[2:])  # retention [CI] · drop [CI]
     assert "![retention against the pruning ratio](plots/retention_by_type.png)" in first_screen
-    assert len(first_screen.splitlines()) < 40
+    assert len(first_screen.splitlines()) < 42  # the one-seed paragraph (issue 30) is two of them
 
 
 def test_report_sections_diagnostics_and_pngs(report_dir):
@@ -278,7 +278,7 @@ def test_report_degrades_without_optional_fields(tmp_path):
     out = tmp_path / "out"
     report = (out / "report.md").read_text()
     assert "_No code task recorded per-sample `error_bucket`._" in report
-    assert "_No arithmetic task recorded per-sample `digits` and `operation`._" in report
+    assert "Arithmetic by operation" not in report  # no arithmetic task ran: no empty section (issue 30)
     assert "_No generative outputs._" in report
     for png in ["retention_by_type", "degeneration"]:
         assert (out / "plots" / f"{png}.png").read_bytes().startswith(PNG_MAGIC)
@@ -310,8 +310,9 @@ def test_headline_plot_with_undefined_generative_retention(tmp_path):
     aggregate(paths, tmp_path / "out", bootstrap_samples=20)
     assert (tmp_path / "out" / "plots" / "retention_by_type.png").read_bytes().startswith(PNG_MAGIC)
     report = (tmp_path / "out" / "report.md").read_text()
-    # mc: dense 3/6, pruned 0/6: retention 0 in every draw; gen: dense 0 -> not informative, no retention.
-    assert "| tiny | bi | 0.25 (median of 0.25) | 0.00 [0.00, 0.00] · drop 50.0 [" in report
+    # mc: dense 3/6, pruned 0/6: retention 0 in every draw, but 3 disagreements in 6 items cannot pin it down:
+    # the exact bound widens the interval (issue 30: never zero-width); gen: dense 0 -> not informative.
+    assert "| tiny | bi | 0.25 (the only ratio) | 0.00 [" in report and "0.00 [0.00, 0.00]" not in report
     assert "· drop 50.0 [" in report and "| – (no informative task) |" in report
     assert "`gen` (generative; dense lower bound 0.000 ≤ chance 0.000 + margin 0.05)" in report
 
@@ -398,3 +399,72 @@ def test_html_report_captions_are_the_report_captions():
     for name, text in CAPTIONS.items():
         expected = textwrap.fill(text.replace("{level}", level).replace("{coverage}", coverage), 118) + "\n"
         assert (folder / f"{name}.rst").read_text() == expected, name
+
+
+# ----------------------------------------------------------------------------- issue 30: report details
+
+
+def test_error_bucket_figure_draws_no_training_seed_bucket(tmp_path):
+    """Old code: every column but the variant's keys and the task was a bucket, so a training seed of 5 drew a
+    third of a bar as "training seed" and named it in the legend."""
+    from layerprune.report import bucket_categories, plot_error_buckets
+
+    row = {"model": "m", "method": "bi", "ratio": 0.2, "recovery": "sgr", "training_seed": 5, "task": "code"}
+    buckets = pd.DataFrame([row | dict.fromkeys(ERROR_BUCKETS, 0) | {"pass": 3, "wrong_answer": 2}])
+    assert bucket_categories(buckets) == list(ERROR_BUCKETS)
+    assert plot_error_buckets(buckets, tmp_path / "buckets.png", code_ran=True)
+    svg = (tmp_path / "buckets.svg").read_text()
+    assert "training seed" not in svg and "training_seed" not in svg
+    assert "wrong answer" in svg and "bi 0.2 sgr seed 5" in svg  # the seed is in the bar's label, not a bucket
+
+
+def test_tables_print_no_pandas_na_and_metric_axes_start_at_zero():
+    from layerprune.aggregate import _cell, metric_limits
+
+    assert _cell(pd.NA) == "" and _cell(None) == "" and _cell(float("nan")) == "" and _cell(0.25) == "0.250"
+    assert "<NA>" not in _cell(pd.Series([1, None], dtype="Int64").iloc[1])
+    # pass@1 of 0.0 ± a stderr: matplotlib's own limits went below 0
+    assert metric_limits((-0.08, 0.6), pd.Series([0.0, 0.2, 0.5])) == (0.0, 0.6)
+    assert metric_limits((-2.0, 3.0), pd.Series([-1.0, 2.0])) == (-2.0, 3.0)  # a metric that can be negative
+
+
+def test_the_report_counts_ratio_contrasts_and_lists_the_skipped_cells(tmp_path):
+    """Ratio 0.1 is evaluated on two tasks, 0.3 on one: no paired contrast between them. Old code dropped the
+    cell silently; now it is listed with its task sets, and the contrasts made are counted."""
+    from layerprune.retention import NOT_TESTED, ratio_contrasts
+
+    paths = []
+    for task, n in (("g1", 40), ("g2", 40)):
+        entries = (
+            [("dense", 0.0, 30)] + [("bi", 0.1, 25), ("bi", 0.2, 20)] + ([("bi", 0.3, 10)] if task == "g1" else [])
+        )
+        for method, ratio, hits in entries:
+            samples = [{"id": i, "correct": i < hits, "output": "x"} for i in range(n)]
+            result = {**BASE, "method": method, "ratio": ratio, "task": task, "type": "generative",
+                      "metric": "accuracy", "value": hits / n, "samples": samples}  # fmt: skip
+            write_json(tmp_path / f"{task}_{ratio}.json", result)
+            paths.append(tmp_path / f"{task}_{ratio}.json")
+    aggregate(paths, tmp_path / "out", bootstrap_samples=200)
+    frame = ratio_contrasts(retention([__import__("json").loads(p.read_text()) for p in paths], BootstrapSettings(200)))
+    assert list(frame["verdict"] == NOT_TESTED) == [False, True]
+    assert frame["detail"].iloc[1] == "not made: the tasks counted differ (0.2: g1, g2; 0.3: g1)"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "1 contrast made, 1 decided, each at 95% without correction for multiple comparisons" in report
+    assert "1 cell skipped (not a paired contrast):" in report
+    assert (
+        "- tiny · bi · none · generative, 0.3 − 0.2: not made: the tasks counted differ (0.2: g1, g2; 0.3: g1)."
+        in report
+    )
+
+
+def test_a_task_left_out_reads_not_counted_with_an_interval_that_is_not_zero_width():
+    """Old label: "excluded · drop 0.0 [0.0, 0.0]" for a task at chance whose variant agreed on every item."""
+    from layerprune.report import task_retention_table
+
+    entries = []
+    for method, ratio in (("dense", 0.0), ("bi", 0.25)):
+        samples = [{"id": i, "correct": i < 1} for i in range(10)]  # 1 of 10: not above chance + margin
+        entries.append({**BASE, "method": method, "ratio": ratio, "task": "t", "type": "generative",
+                        "metric": "accuracy", "value": 0.1, "samples": samples})  # fmt: skip
+    table = task_retention_table(retention(entries, BootstrapSettings(samples=100)).per_task)
+    assert table["t"].tolist() == ["not counted (dense near chance) · drop 0.0 [-30.8, 30.8] pts"]

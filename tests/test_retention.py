@@ -20,12 +20,15 @@ from layerprune.aggregate import aggregate
 from layerprune.io import write_json
 from layerprune.report import findings_table, lowest_ratio_lines, time_table
 from layerprune.retention import (
+    MIN_DISAGREEMENTS,
     NOT_REPRODUCED,
     NOT_TESTED,
+    ONE_SEED,
     REPRODUCED,
     UNDECIDED,
     BootstrapSettings,
     Contrast,
+    clopper_pearson_upper,
     findings,
     recovery_by_ratio,
     resample_weights,
@@ -62,6 +65,18 @@ def written(directory: Path, entries: list[dict]) -> list[Path]:
 
 def dense(task: str, task_type: str, hits: int, n: int, **extra) -> dict:
     return result(task, task_type, "dense", 0.0, "none", hits, n, **extra)
+
+
+def seeded(entries: list[dict], seeds=(0, 1)) -> list[dict]:
+    """Every trained result (recovery not none) once per training seed, all seeds alike: the seed-to-seed spread
+    is 0, so the intervals are the items' alone, and a contrast of trained recoveries can be decided."""
+    out = []
+    for entry in entries:
+        if entry["recovery"] == "none" or "training_seed" in entry:
+            out.append(entry)
+        else:
+            out += [{**entry, "training_seed": seed} for seed in seeds]
+    return out
 
 
 # The issue's constructed collapse: arithmetic 13 -> 6 of 30, plural 44 -> 8 of 100, dyck a lucky 2 -> 4 of 16.
@@ -150,7 +165,10 @@ def test_all_zero_dense_has_no_retention_and_no_nan_draws():
     row = type_row(stats.per_type, "generative")
     assert row["tasks"] == 0 and np.isnan(row["retention"]) and np.isnan(row["ci_low"])
     task = stats.per_task.iloc[0]
-    assert task["drop_points"] == 0 and task["drop_low"] == task["drop_high"] == 0
+    # no item disagrees: the drop's interval is the exact bound on 0 disagreements in 20 items, not [0, 0]
+    assert task["drop_points"] == 0 and -task["drop_low"] == task["drop_high"] == pytest.approx(
+        100 * (1 - 0.025 ** (1 / 20))
+    )
     assert stats.tasks.iloc[0]["reason"].startswith("dense lower bound 0.000")
 
 
@@ -174,9 +192,12 @@ def test_identical_models_retain_one_and_drop_nothing_in_every_draw():
         for ratio in (0.1, 0.3):
             for recovery in ("none", "data", "sgr"):
                 results.append(result(task, task_type, "bi", ratio, recovery, hits, 100))
-    stats = retention(results, BootstrapSettings(samples=300))
-    assert np.allclose(stats.per_type[["retention", "ci_low", "ci_high"]], 1.0)
-    assert np.allclose(stats.per_type[["drop_points", "drop_low", "drop_high"]], 0.0)
+    stats = retention(seeded(results), BootstrapSettings(samples=300))
+    assert np.allclose(stats.per_type["retention"], 1.0) and np.allclose(stats.per_type["drop_points"], 0.0)
+    # no item disagrees: the intervals are the exact bound on the disagreement rate, never zero-width (issue 30)
+    assert (stats.per_type["disagreements"] == 0).all()
+    assert (stats.per_type["ci_low"] < 1).all() and (stats.per_type["ci_high"] > 1).all()
+    assert (stats.per_type["drop_low"] < 0).all() and (stats.per_type["drop_high"] > 0).all()
     for draws in stats.draws.values():
         assert np.allclose(draws.retention_draws, 1.0) and np.allclose(draws.drop_draws, 0.0)
     verdicts = findings(stats)
@@ -231,8 +252,11 @@ def test_settings_reject_bad_values():
 N = 200
 
 
-def study(keep: dict[tuple[str, float, str], float | tuple], ratios=(0.1, 0.3), model: str = "m") -> list[dict]:
-    """Two tasks per type, dense 160/200 each (chance 0); keep[(type, ratio, recovery)] = share of hits kept.
+def study(
+    keep: dict[tuple[str, float, str], float | tuple], ratios=(0.1, 0.3), model: str = "m", seeds=(0, 1)
+) -> list[dict]:
+    """Two tasks per type, dense 160/200 each (chance 0); keep[(type, ratio, recovery)] = share of hits kept;
+    each trained recovery once per training seed in `seeds`, the seeds alike (see `seeded`).
 
     A (share, shift) pair moves the variant's window of correct items by `shift`: hits the dense
     model missed and misses it had, so that two variants differ in both directions.
@@ -252,7 +276,7 @@ def study(keep: dict[tuple[str, float, str], float | tuple], ratios=(0.1, 0.3), 
                     share, shift = share if isinstance(share, tuple) else (share, 0)
                     hits = round(160 * share)
                     results.append(result(task, task_type, "bi", ratio, recovery, hits, N, model=model, shift=shift))
-    return results
+    return seeded(results, seeds)
 
 
 def paper_like(gen_none=(0.4, 0.2), cls_none=(0.9, 0.7), sgr_gain=(0.3, 0.05), data_gain=(0.1, 0.0)) -> dict:
@@ -294,6 +318,7 @@ def test_kd_minus_sgr_is_a_finding_only_where_kd_ran():
     for task in ("g1", "g2"):
         for ratio, share in ((0.1, 0.8), (0.3, 0.35)):
             results.append(result(task, "generative", "bi", ratio, "kd", round(160 * share), N))
+    results = seeded(results)
     frame = findings(retention(results, SETTINGS))
     assert list(frame["finding"]) == ["i", "ii", "ii", "iii", "kd"]
     row = frame.iloc[4]
@@ -339,6 +364,7 @@ def test_recovery_by_ratio_decides_each_cell_on_its_own():
             result("gen", "generative", "bi", ratio, rec, n, 40, shift=20 if (ratio, rec) == (0.3, "data") else 0)
             for rec, n in hits.items()
         ]
+    entries = seeded(entries)
     table = recovery_by_ratio(retention(entries, SETTINGS)).set_index(["ratio", "contrast"])
     cell = table.loc[(0.1, "sgr − none")]
     assert cell["estimate"] == 0 and cell["ci_low"] == 0 and cell["ci_high"] == 0 and cell["verdict"] == UNDECIDED
@@ -359,7 +385,7 @@ def test_recovery_by_ratio_decides_each_cell_on_its_own():
 def test_the_report_says_where_sgr_is_decided(tmp_path):
     entries = [dense("gen", "generative", 20, 40)]
     entries += [result("gen", "generative", "bi", 0.2, rec, n, 40) for rec, n in (("none", 12), ("sgr", 4))]
-    paths = written(tmp_path, entries)
+    paths = written(tmp_path, seeded(entries))
     aggregate(paths, tmp_path / "out", bootstrap_samples=500)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| m | bi | 0.2 | sgr − none | -0.40 [" in report
@@ -594,10 +620,10 @@ LUCKY_TINY = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("weighting", "expected"),
-    [("equal", (1.0 + 0.0) / (0.6 + 0.75)), ("items", (10 * 1.0 + 0.0) / (10 * 0.6 + 200 * 0.75))],
-)
+LUCKY_EXPECTED = {"equal": (1.0 + 0.0) / (0.6 + 0.75), "items": (10 * 1.0 + 0.0) / (10 * 0.6 + 200 * 0.75)}
+
+
+@pytest.mark.parametrize(("weighting", "expected"), list(LUCKY_EXPECTED.items()))
 def test_task_weighting_on_a_lucky_tiny_task(tmp_path, weighting, expected):
     """report.task_weighting: equal lets a lucky 10/10 lift retention to 0.74; items pools the items (0.064)."""
     paths = written(tmp_path, LUCKY_TINY)
@@ -609,6 +635,14 @@ def test_task_weighting_on_a_lucky_tiny_task(tmp_path, weighting, expected):
     assert row["ci_low"] <= row["retention"] <= row["ci_high"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"report.task_weighting: {weighting}" in report
+    # the other weighting differs beyond the intervals: flagged next to the number, on the first screen too
+    other = {"equal": "items", "items": "equal"}[weighting]
+    assert row["weightings_diverge"] and row["other_weighting"] == other
+    assert row["other_retention"] == pytest.approx(LUCKY_EXPECTED[other])
+    assert not row["other_ci_low"] <= row["retention"] <= row["other_ci_high"]
+    headline = report.split("## Retention at", 1)[1].split("\n\n", 2)[1]
+    flag = {"equal": "⚠ weighted by items: 0.06 [", "items": "⚠ weighted equally: 0.74 ["}[weighting]
+    assert flag in headline.splitlines()[-1]
     with pytest.raises(ValueError, match="report.task_weighting must be one of equal, items"):
         BootstrapSettings(task_weighting="pooled")
 
@@ -664,3 +698,160 @@ def test_every_model_is_in_the_headline_at_its_own_ratio(tmp_path):
     report = (tmp_path / "asked" / "report.md").read_text()
     assert "| a | bi | 0.2 (as requested) |" in report
     assert "| b | bi | 0.3 (nearest to 0.2 among 0.3, 0.4, 0.5) |" in report
+
+
+# ----------------------------------------------------------------------------- one training seed
+
+
+def test_one_seed_cannot_decide_a_contrast_of_trained_recoveries():
+    """The same paper-like outcomes as above, each recovery trained once: (i) compares untrained variants and is
+    decided; (ii) and (iii) compare trained recoveries, so their verdict is "one seed: not decidable", with the
+    items-only interval beside it (the very interval two identical seeds give) and what the items alone say."""
+    one = findings(retention(study(paper_like(), seeds=(0,)), SETTINGS))
+    two = findings(retention(study(paper_like(), seeds=(0, 1)), SETTINGS))
+    assert list(one["verdict"]) == [REPRODUCED, ONE_SEED, ONE_SEED, ONE_SEED]
+    assert list(two["verdict"]) == [REPRODUCED] * 4
+    for column in ("estimate", "ci_low", "ci_high"):
+        assert one[column].tolist() == pytest.approx(two[column].tolist())
+    assert (
+        one["detail"]
+        .iloc[1]
+        .endswith(
+            "data, sgr trained with one seed: the interval covers the items only, not the seed-to-seed spread (items "
+            "alone: reproduced; recovery.seeds with 2+ seeds decides)"
+        )
+    )
+    assert "sgr trained with one seed" in one["detail"].iloc[2]  # sgr − none: none trains nothing
+    # results that record no training seed (evaluated before results stored it) are one run each: the same
+    unrecorded = [{k: v for k, v in r.items() if k != "training_seed"} for r in study(paper_like(), seeds=(0,))]
+    assert list(findings(retention(unrecorded, SETTINGS))["verdict"]) == list(one["verdict"])
+    table = findings_table(one, 0.95)
+    assert table["verdict"].tolist()[1:] == ["**one seed: not decidable**"] * 3
+    assert table[f"estimate [{0.95:.0%} CI]"].iloc[1].startswith(("0.12 [", "0.13 ["))
+    by_ratio = recovery_by_ratio(retention(study(paper_like(), seeds=(0,)), SETTINGS))
+    assert set(by_ratio["verdict"]) == {ONE_SEED}
+    assert set(lowest_ratio_lines(by_ratio)) == {
+        "- **m** · bi · sgr − data at the lowest ratio, 0.1: one training seed cannot decide it (recovery.seeds).",
+        "- **m** · bi · sgr − none at the lowest ratio, 0.1: one training seed cannot decide it (recovery.seeds).",
+    }
+
+
+def test_one_seed_verdict_on_given_draws_keeps_what_the_items_say():
+    draws = np.linspace(0.1, 0.3, 1001)
+    label, low, high, detail = verdict(Contrast(0.2, draws, 1, one_seed=("sgr",)), +1, 0.95)
+    assert label == ONE_SEED and (low, high) == verdict(Contrast(0.2, draws, 1), +1, 0.95)[1:3]
+    assert "items alone: reproduced" in detail
+    assert "items alone: undecided" in verdict(Contrast(0.0, draws - 0.2, 1, one_seed=("sgr",)), +1, 0.95)[3]
+
+
+def test_the_first_screen_names_what_one_seed_cannot_decide(tmp_path):
+    paths = written(tmp_path, study(paper_like(), seeds=(0,)))
+    aggregate(paths, tmp_path / "out", bootstrap_samples=300)
+    report = (tmp_path / "out" / "report.md").read_text()
+    first_screen = "\n".join(report.splitlines()[:30])
+    line = next(line for line in first_screen.splitlines() if "(ii) SGR recovers generation more than the data" in line)
+    assert "| **one seed: not decidable** |" in line and ("| 0.12 [" in line or "| 0.13 [" in line)
+    assert (
+        "**One training seed cannot decide** (ii) sgr − data, (ii) sgr − none, (iii) gain(lowest ratio) − "
+        "gain(highest ratio), gain = sgr − none:" in first_screen
+    )
+    contrasts = pd.read_csv(tmp_path / "out" / "ratio_contrasts.csv")
+    trained = contrasts["recovery"] != "none"
+    assert set(contrasts.loc[trained, "verdict"]) == {ONE_SEED}
+    assert ONE_SEED not in set(contrasts.loc[~trained, "verdict"])
+    seeded_paths = written(tmp_path / "two", study(paper_like(), seeds=(0, 1)))
+    aggregate(seeded_paths, tmp_path / "two" / "out", bootstrap_samples=300)
+    assert "One training seed cannot decide" not in (tmp_path / "two" / "out" / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- few training seeds
+
+
+def scored(task: str, method: str, recovery: str, scores: list[float], **extra) -> dict:
+    """A result whose items carry numeric scores (e.g. ROUGE-L), one per item."""
+    samples = [{"id": i, "score": score} for i, score in enumerate(scores)]
+    ratio = 0.0 if method == "dense" else 0.2
+    return {
+        "model": "m", "method": method, "ratio": ratio, "recovery": recovery, "task": task, "type": "generative",
+        "metric": "rouge_l", "value": float(np.mean(scores)), "n": len(scores), "samples": samples, **extra,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("seed_scores", [(0.6, 0.4, 0.5), (0.7, 0.3)])
+def test_few_seeds_get_a_student_t_seed_component(seed_scores):
+    """Every item of seed j scores the same, and the dense model 1 on every item: the items' resamples cannot
+    move anything, so the interval is the seed component alone, mean ± t(0.975, m - 1) · s / sqrt(m): for
+    0.6, 0.4, 0.5 (s = 0.1, t = 4.303) 0.5 ± 0.248; for 0.7, 0.3 (s = 0.283, t = 12.71) 0.5 ± 2.54. A bootstrap
+    over the seeds gave [0.43, 0.57] and [0.3, 0.7]."""
+    m, n = len(seed_scores), 50
+    entries = [scored("gen", "dense", "none", [1.0] * n)]
+    entries += [scored("gen", "bi", "sgr", [score] * n, training_seed=j) for j, score in enumerate(seed_scores)]
+    t = {2: 12.706, 3: 4.303}[m]
+    half = t * np.std(seed_scores, ddof=1) / np.sqrt(m)
+    row = retention(entries, BootstrapSettings(samples=100_000, seed=1)).per_type.iloc[0]
+    assert row["retention"] == pytest.approx(0.5)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+        (0.5 - half, 0.5 + half), rel=0.04
+    )  # the tail quantiles: about 2 % SE
+    # the drop gets the same seed component: dense 1, so drop = 100 (1 - retention) in every draw
+    assert (row["drop_low"], row["drop_high"]) == pytest.approx((100 * (1 - row["ci_high"]), 100 * (1 - row["ci_low"])))
+
+
+# ----------------------------------------------------------------------------- few disagreements
+
+
+def test_clopper_pearson_upper_bound_is_exact():
+    """k = 0: 1 - 0.025^(1/n) in closed form; k > 0: P(Binomial(n, bound) <= k) = 0.025, checked by summing."""
+    assert clopper_pearson_upper(0, 10, 0.95) == pytest.approx(1 - 0.025 ** (1 / 10))  # 0.308
+    assert clopper_pearson_upper(0, 200, 0.95) == pytest.approx(1 - 0.025 ** (1 / 200))  # 0.0183
+    assert clopper_pearson_upper(10, 10, 0.95) == 1.0
+    from math import comb
+
+    bound = clopper_pearson_upper(3, 40, 0.95)
+    assert sum(comb(40, i) * bound**i * (1 - bound) ** (40 - i) for i in range(4)) == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize(("n", "dense_hits"), [(10, 7), (200, 150)])
+def test_a_pruned_model_that_agrees_on_every_item_gets_the_exact_bound_not_zero_width(n, dense_hits):
+    """The issue's case: pruned and dense agree on all 10 items; the bootstrap gave 1.00 [1.00, 1.00], drop 0.0
+    [0.0, 0.0]. Zero disagreements in n items still allow a rate up to u = 1 - 0.025^(1/n) (0.31 at 10, 0.018
+    at 200), so the drop is within ±u and the retention within 1 ± u / dense (chance 0)."""
+    entries = [dense("t", "generative", dense_hits, n), result("t", "generative", "bi", 0.2, "none", dense_hits, n)]
+    stats = retention(entries, SETTINGS)
+    bound = 1 - 0.025 ** (1 / n)
+    dense_mean = dense_hits / n
+    for row in (stats.per_task.iloc[0], stats.per_type.iloc[0]):
+        assert row["retention"] == 1.0 and row["drop_points"] == 0.0 and row["disagreements"] == 0
+        assert (row["drop_low"], row["drop_high"]) == pytest.approx((-100 * bound, 100 * bound))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((1 - bound / dense_mean, 1 + bound / dense_mean))
+    assert stats.per_task.iloc[0]["ci_low"] < 0.6 if n == 10 else stats.per_task.iloc[0]["ci_low"] > 0.97
+
+
+def test_many_disagreements_keep_the_bootstrap_interval():
+    """20 of 200 items lost (nested hits): MIN_DISAGREEMENTS or more, so the percentile bootstrap stands."""
+    entries = [dense("t", "generative", 150, 200), result("t", "generative", "bi", 0.2, "none", 130, 200)]
+    row = retention(entries, SETTINGS).per_task.iloc[0]
+    assert row["disagreements"] == 20 >= MIN_DISAGREEMENTS
+    resamples = resample_weights(200, SETTINGS, "m", "t")
+    dense_items = (np.arange(200) < 150).astype(float)
+    variant_items = (np.arange(200) < 130).astype(float)
+    expected = 100 * (resamples @ (dense_items - variant_items)) / 200
+    assert (row["drop_low"], row["drop_high"]) == pytest.approx(tuple(np.percentile(expected, [2.5, 97.5])))
+
+
+def test_one_item_lost_widens_to_the_exact_bound_on_both_sides():
+    """1 of 40 items lost, none won: drop 2.5 points; the interval holds [-u(0), u(1)] with the exact bounds."""
+    entries = [dense("t", "generative", 30, 40), result("t", "generative", "bi", 0.2, "none", 29, 40)]
+    row = retention(entries, SETTINGS).per_task.iloc[0]
+    assert row["disagreements"] == 1 and row["drop_points"] == pytest.approx(2.5)
+    assert row["drop_low"] == pytest.approx(-100 * clopper_pearson_upper(0, 40, 0.95))
+    assert row["drop_high"] == pytest.approx(100 * clopper_pearson_upper(1, 40, 0.95))  # 12.9 points
+
+
+def test_weightings_that_agree_are_not_flagged():
+    """Two tasks of one size: both weightings give the same number, so nothing is flagged."""
+    row = type_row(retention(study(paper_like()), SETTINGS).per_type, "generative", "sgr", 0.1)
+    assert row["other_retention"] == pytest.approx(row["retention"]) and not row["weightings_diverge"]
+    from layerprune.report import retention_cell
+
+    assert "⚠" not in retention_cell(row)

@@ -10,7 +10,6 @@ import copy
 import json
 import re
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -20,7 +19,7 @@ from workflow_helpers import REPO, flag, shell_commands, snakemake, workflow_cop
 from layerprune.aggregate import aggregate, recovery_records
 from layerprune.evaluate import training_seed
 from layerprune.io import write_json
-from layerprune.retention import NOT_TESTED, REPRODUCED, UNDECIDED, findings, retention
+from layerprune.retention import NOT_TESTED, ONE_SEED, UNDECIDED, findings, retention
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 N = 200
@@ -67,7 +66,9 @@ def test_seeds_that_disagree_widen_the_interval_around_their_mean_and_undecide_a
     alone = recovery_study({0: 120})
     both = recovery_study({0: 120, 1: 40}, sgr_shift={1: 20})
     single, pooled = sgr_minus_none(alone), sgr_minus_none(both)
-    assert single["verdict"] == REPRODUCED and single["estimate"] == pytest.approx(80 / 160)
+    # one seed: the items alone would decide it, but one training run cannot (issue 30)
+    assert single["verdict"] == ONE_SEED and "items alone: reproduced" in single["detail"]
+    assert single["estimate"] == pytest.approx(80 / 160)
     # the centre is the mean over seeds: (80/160 + 0/160) / 2
     assert pooled["estimate"] == pytest.approx(40 / 160)
     assert pooled["verdict"] == UNDECIDED and pooled["ci_low"] < 0 < pooled["ci_high"]
@@ -82,20 +83,22 @@ def test_seeds_that_disagree_widen_the_interval_around_their_mean_and_undecide_a
 
 
 def test_one_seed_draw_is_shared_by_the_tasks_of_a_checkpoint():
-    """A type's retention over two tasks: resample b draws the same seeds for both (one checkpoint per seed).
-
-    Seed 0 is perfect on both tasks, seed 1 at chance on both; drawn per task independently the type's
-    retention would rarely reach 0 or 1, drawn per checkpoint it does in about a quarter of the draws each.
-    """
+    """A type's retention over two tasks: resample b draws the seed component once for both (one checkpoint per
+    seed). Seed 0 is perfect on both tasks, seed 1 at chance on both: the two tasks move together, so the type's
+    interval is each task's; drawn per task independently it would be about 1/sqrt(2) as wide."""
     entries = []
     for task in ("g1", "g2"):
         entries.append(dense(task, "generative", 100, 100))
         entries.append(result(task, "generative", "bi", 0.2, "sgr", 100, 100, training_seed=0))
         entries.append(result(task, "generative", "bi", 0.2, "sgr", 0, 100, training_seed=1))
     stats = retention(entries, SETTINGS)
-    draws = next(iter(stats.draws.values())).retention_draws
-    assert np.mean(draws == 1.0) == pytest.approx(0.25, abs=0.04)
-    assert np.mean(draws == 0.0) == pytest.approx(0.25, abs=0.04)
+    per_task = stats.per_task.set_index("task")
+    row = stats.per_type.iloc[0]
+    for task in ("g1", "g2"):
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+            (per_task.loc[task, "ci_low"], per_task.loc[task, "ci_high"])
+        )
+    assert row["ci_low"] < 0 and row["ci_high"] > 1  # two seeds that disagree this much decide nothing
 
 
 def test_a_seed_given_twice_is_an_error_not_an_average():

@@ -584,3 +584,66 @@ def test_every_causal_lm_family_is_pruned_and_verified_or_refused(tmp_path):
     assert set(untested) == _documented("untested"), untested
     # Most of the families must really be covered, not waved through as untested.
     assert len(pruned) >= 50 and len(untested) <= 20, (len(pruned), len(untested))
+
+
+# ---------------------------------------------------------------- issue 30: the cache check's baseline
+
+
+def _nemotron_h_without_experts():
+    """A tiny Nemotron-H hybrid without MoE layers (Mamba-2, attention, MLP, twice), default init."""
+    config = tiny_config("nemotron_h")
+    config.layers_block_type = ["linear_attention", "full_attention", "mlp"] * 2
+    config.n_routed_experts = 0
+    config.num_hidden_layers = TINY_LAYERS
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def test_nemotron_h_is_verified_against_its_own_cached_gap(tmp_path):
+    """Nemotron-H's cached Mamba-2 path computes in another order: the dense tiny model's cached and uncached
+    logits differ by more than cache_tolerance by themselves (old code refused the pruning for it). The pruned
+    model is held to the dense model's own gap instead, and a wrong layer_idx is still refused."""
+    model = _nemotron_h_without_experts()
+    ids = prune.probe_ids(TINY_VOCAB)
+    difference, scale = prune.cache_gap(model, ids, "the dense model")
+    own = difference / scale
+    assert own > prune.cache_tolerance()  # the architecture's own numerics exceed the plain tolerance
+    base = tiny_checkpoint_from(tmp_path / "base", model)
+    assert prune.dense_cache_gap(base, "float32", ids) == pytest.approx(own)
+    record = prune_checkpoint_tiny(base, manual_scores(tmp_path / "scores.json", removed=[1, 2]), tmp_path / "out")
+    assert record["kept_layers"] == [0, 3, 4, 5]
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    prune.verify_cache(pruned, ids, "the pruned model", dense_gap=own)
+    attentions = [m for m in pruned.modules() if hasattr(m, "layer_idx") and "Attention" in type(m).__name__]
+    mixers = [m for m in pruned.modules() if hasattr(m, "layer_idx") and "Mixer" in type(m).__name__]
+    assert attentions and mixers
+    mixers[-1].layer_idx = mixers[0].layer_idx  # a broken renumbering: two Mamba-2 layers share one cache slot
+    with pytest.raises(prune.PruneVerificationError, match="dense model's own gap is"):
+        prune.verify_cache(pruned, ids, "the pruned model", dense_gap=own)
+
+
+def test_a_dense_model_whose_cache_is_inconsistent_by_itself_is_refused_by_name():
+    model = make_tiny_model("llama", 4)
+    ids = prune.probe_ids(TINY_VOCAB)
+    prune.verify_cache(model, ids, "the model", dense_gap=1.0)  # within tolerance: the dense gap is never asked
+    model.model.layers[-1].self_attn.layer_idx = 0  # now its cached logits differ by far more than tolerated
+    with pytest.raises(prune.PruneVerificationError, match=r"its cache is inconsistent by itself"):
+        prune.verify_cache(model, ids, "the model", dense_gap=lambda: 1.0)
+
+
+def test_olmo_hybrid_without_an_attention_layer_is_a_named_refusal(tmp_path):
+    """OLMo-Hybrid's layers 0-5 are linear, linear, linear, full, linear, linear: removing 3 and 4 leaves no
+    attention layer, which its config class refuses. Old code: a raw StrictDataclassClassValidationError from
+    save_pretrained."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("olmo_hybrid"), dtype=torch.float32).eval()
+    assert model.config.layer_types[3] == "full_attention"
+    base = tiny_checkpoint_from(tmp_path / "base", model)
+    scores = manual_scores(tmp_path / "scores.json", removed=[3, 4])
+    with pytest.raises(
+        NotImplementedError,
+        match=r"OlmoHybridForCausalLM.*removing layers \[3, 4\] leaves a config "
+        r"that transformers refuses \(ValueError: OLMoHybrid expects at least one attention layer",
+    ):
+        prune_checkpoint_tiny(base, scores, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []

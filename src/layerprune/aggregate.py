@@ -138,6 +138,15 @@ def _dense_first(column: pd.Series) -> pd.Series:
     return column.map(lambda v: "" if v == "dense" else v) if column.name == "method" else column
 
 
+def metric_limits(limits: tuple[float, float], values: pd.Series) -> tuple[float, float]:
+    """The y range of a metric plot: a metric that is never negative (accuracy, pass@1, ROUGE-L) starts at 0 at
+    the lowest, so that an error bar (± stderr) around 0 cannot draw the axis below 0."""
+    finite = pd.to_numeric(values, errors="coerce").dropna()
+    if len(finite) and (finite >= 0).all():
+        return max(limits[0], 0.0), limits[1]
+    return limits
+
+
 def plot_task(
     table: pd.DataFrame,
     model: str,
@@ -183,6 +192,7 @@ def plot_task(
         ratio_axis(axis, ratios)
         layers_axis(axis, ratios, num_layers)
         axis.set_ylabel(metric_label(rows["metric"].iloc[0]) if len(rows) else "")
+        axis.set_ylim(metric_limits(axis.get_ylim(), rows["value"]))
         axis.grid(alpha=0.3)
     handles, names = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, names, loc="outside lower center", ncol=min(4, len(handles)), frameon=False)
@@ -217,6 +227,9 @@ def landing_rst(intro: list[str], findings: pd.DataFrame, headline: pd.DataFrame
 
 
 def _cell(value) -> str:
+    """A table cell: floats to 3 decimals; missing (NaN, pandas' NA, None) blank, never `<NA>` or `nan`."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return ""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.3f}"
     return str(value)
@@ -313,8 +326,9 @@ def intro_lines(
         return [
             text + f"Each trained recovery ran once per training seed (recovery.seeds: {seeds}); its value is the "
             f"mean over its seeds. Brackets: {level} two-stage paired-bootstrap intervals ({bootstrap_samples} "
-            "resamples: first the recovery's training seeds, with replacement, then each task's items, the same "
-            f"items for every variant and the dense model; seed {seed}). The intervals cover the variation between "
+            "resamples of each task's items, the same items for every variant and the dense model, plus for a "
+            "trained recovery a Student-t component of its seeds' spread, s/√m · t(m − 1), drawn once per resample "
+            f"for all its tasks; seed {seed}). The intervals cover the variation between "
             "training seeds and the sampling of evaluation items: not the variation between calibration sets or "
             "between task choices. No recovery (none) trains nothing, so its intervals cover the items only.",
         ]
@@ -334,11 +348,18 @@ def training_seeds_of(results: list[dict]) -> list[int]:
 
 def weighting_line(task_weighting: str) -> str:
     """The sentence under each retention table that states report.task_weighting."""
+    flag = (
+        " ⚠ marks a retention that the other weighting puts outside its interval (or the reverse), with that "
+        "weighting's number beside it."
+    )
     if task_weighting == "items":
-        return "Tasks weighted by their items (report.task_weighting: items): a large task moves a type's means more."
+        return (
+            "Tasks weighted by their items (report.task_weighting: items): a large task moves a type's means more."
+            + flag
+        )
     return (
         "Tasks weighted equally (report.task_weighting: equal): a 10-item task moves a type's means as much as a "
-        "200-item one."
+        "200-item one." + flag
     )
 
 
@@ -473,8 +494,10 @@ def aggregate(
     intro = intro_lines(level, bootstrap_samples, seed, task_weighting, seeds)
     lines += [
         "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
-        "undecided: it covers 0.",
+        f"undecided: it covers 0; {report.ONE_SEED}: a trained recovery ran with one training seed, so the "
+        "interval beside it covers the items only and no verdict is given.",
         "",
+        *report.one_seed_lines(verdicts),
     ]
     if len(by_ratio):
         lines += [
@@ -539,6 +562,8 @@ def aggregate(
             "",
             markdown_table(report.ratio_contrast_table(between_ratios, confidence)),
             "",
+            *report.ratio_contrast_lines(between_ratios, confidence),
+            "",
         ]
     lines += ["## Retention by task", ""]
     by_task = report.task_retention_table(stats.per_task)
@@ -569,7 +594,9 @@ def aggregate(
         lines += [markdown_table(buckets), ""]
     else:
         lines += ["_No code task recorded per-sample `error_bucket`._", ""]
-    lines += ["### Arithmetic by operation and digit count", ""]
+    arithmetic_ran = any("arithmetic" in str(r["task"]) for r in results)
+    if len(arithmetic) or arithmetic_ran:  # no arithmetic task: no empty section
+        lines += ["### Arithmetic by operation and digit count", ""]
     if len(arithmetic):
         lines += [
             "First-digit accuracy: the first digit of the output equals the target's (the paper's ablation score).",
@@ -577,7 +604,7 @@ def aggregate(
             markdown_table(arithmetic),
             "",
         ]
-    else:
+    elif arithmetic_ran:
         lines += ["_No arithmetic task recorded per-sample `digits` and `operation`._", ""]
     lines += ["## Metric against the pruning ratio", "", report.caption("task", level), ""]
     lines += [f"### {model} · {task}\n\n![{task}]({path.as_posix()})\n" for model, task, path in plots]

@@ -19,8 +19,12 @@ from layerprune.diagnostics import ERROR_BUCKETS, REP_N, arithmetic_breakdown, d
 from layerprune.io import atomic_path
 from layerprune.registry import RECOVERIES
 from layerprune.retention import (  # noqa: F401 - re-exported: the report's settings and statistics
+    HIGHER,
+    LOWER,
+    MIN_SEEDS,
     NOT_REPRODUCED,
     NOT_TESTED,
+    ONE_SEED,
     REPRODUCED,
     TYPES,
     VARIANT,
@@ -274,6 +278,11 @@ def plot_retention_by_ratio(
     _save(figure, out_path)
 
 
+def bucket_categories(buckets: pd.DataFrame) -> list[str]:
+    """The error buckets among a buckets table's columns: not the variant's keys, its task or its training seed."""
+    return [c for c in buckets.columns if c not in [*VARIANT, "training_seed", "task"]]
+
+
 def plot_error_buckets(buckets: pd.DataFrame, out_path: Path, code_ran: bool = False) -> bool:
     """Stacked bars: the share of each code error bucket, one bar per variant, a panel per (model, task).
 
@@ -288,7 +297,7 @@ def plot_error_buckets(buckets: pd.DataFrame, out_path: Path, code_ran: bool = F
         out_path.with_suffix(".svg").unlink(missing_ok=True)
         return False
     plt = _pyplot()
-    categories = [c for c in buckets.columns if c not in [*VARIANT, "task"]]
+    categories = bucket_categories(buckets)
     panels = sorted(buckets.groupby(["model", "task"]).groups)
     bars = int(buckets.groupby(["model", "task"]).size().max())
     figure, axes = plt.subplots(
@@ -447,7 +456,21 @@ def retention_cell(row: Any) -> str:
     if math.isnan(row.retention) and math.isnan(row.drop_points):
         return "–"
     drop = _with_ci(row.drop_points, row.drop_low, row.drop_high, 1)
-    return f"{_with_ci(row.retention, row.ci_low, row.ci_high)} · drop {drop} pts"
+    return f"{_with_ci(row.retention, row.ci_low, row.ci_high)} · drop {drop} pts" + weighting_flag(row)
+
+
+WEIGHTED = {"equal": "weighted equally", "items": "weighted by items"}
+
+
+def weighting_flag(row: Any) -> str:
+    """` ⚠ weighted by items: 0.06 [0.03, 0.10]` when the two task weightings (report.task_weighting) give
+    retentions that differ beyond their intervals (e.g. a lucky 10-item task beside a collapsed 200-item one);
+    else nothing."""
+    flag = getattr(row, "weightings_diverge", False)
+    if not isinstance(flag, (bool, np.bool_)) or not flag:  # NaN or absent: no flag
+        return ""
+    other = _with_ci(row.other_retention, row.other_ci_low, row.other_ci_high)
+    return f" ⚠ {WEIGHTED.get(row.other_weighting, row.other_weighting)}: {other}"
 
 
 def type_summary_table(per_type: pd.DataFrame, ratio: float | None = None) -> pd.DataFrame:
@@ -479,7 +502,7 @@ def task_retention_table(per_task: pd.DataFrame) -> pd.DataFrame:
             return retention_cell(row)
         if math.isnan(row.drop_points):
             return "–"
-        return f"excluded · drop {_with_ci(row.drop_points, row.drop_low, row.drop_high, 1)} pts"
+        return f"not counted (dense near chance) · drop {_with_ci(row.drop_points, row.drop_low, row.drop_high, 1)} pts"
 
     rows = per_task.assign(cell=[cell(r) for r in per_task.itertuples()])
     wide = rows.pivot_table(index=VARIANT, columns="task", values="cell", aggfunc="first").reset_index()
@@ -510,7 +533,7 @@ def headline_ratios(per_type: pd.DataFrame, requested: float | None) -> dict[str
         ratio = headline_ratio(rows, requested)
         listed = ", ".join(f"{r:g}" for r in ratios)
         if requested is None:
-            why = f"median of {listed}"
+            why = f"median of {listed}" if len(ratios) > 1 else "the only ratio"
         elif math.isclose(ratio, requested):
             why = "as requested"
         else:
@@ -549,8 +572,30 @@ def headline_table(per_type: pd.DataFrame, ratio: float | dict[str, tuple[float,
     return wide.fillna("–")
 
 
+def ratio_contrast_lines(frame: pd.DataFrame, confidence: float) -> list[str]:
+    """How many adjacent-ratio contrasts were made (several at once: some decide by chance alone), and the
+    cells skipped because their task sets differ, each named."""
+    made = frame[frame["verdict"] != NOT_TESTED]
+    skipped = frame[frame["verdict"] == NOT_TESTED]
+    decided = int(made["verdict"].isin([LOWER, HIGHER]).sum())
+    lines = [
+        f"{len(made)} contrast{'s' if len(made) != 1 else ''} made, {decided} decided, each at {confidence:.0%} "
+        f"without correction for multiple comparisons: with no true difference anywhere about "
+        f"{(1 - confidence) * len(made):.1f} of them would be decided by chance alone (higher or lower, each half "
+        "as often).",
+    ]
+    if len(skipped):
+        lines += ["", f"{len(skipped)} cell{'s' if len(skipped) != 1 else ''} skipped (not a paired contrast):", ""]
+        lines += [
+            f"- {r.model} · {r.method} · {r.recovery} · {r.type}, {r.to_ratio:g} − {r.from_ratio:g}: {r.detail}."
+            for r in skipped.itertuples(index=False)
+        ]
+    return lines
+
+
 def ratio_contrast_table(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:
-    """Retention at a ratio minus at the next lower ratio (paired), as the report prints it."""
+    """Retention at a ratio minus at the next lower ratio (paired), as the report prints it (made ones only)."""
+    frame = frame[frame["verdict"] != NOT_TESTED]
     return pd.DataFrame(
         {
             "model": frame["model"],
@@ -614,10 +659,27 @@ def lowest_ratio_lines(frame: pd.DataFrame) -> list[str]:
             what = "SGR recovers less, and the interval decides it (not reproduced)"
         elif row["verdict"] == NOT_TESTED:
             what = "there is no retention to compare"
+        elif row["verdict"] == ONE_SEED:
+            what = "one training seed cannot decide it (recovery.seeds)"
         else:
             what = "this run cannot tell whether SGR helps (undecided)"
         lines.append(f"- **{model}** · {method} · {contrast} at the lowest ratio, {row['ratio']:g}: {what}.")
     return lines
+
+
+def one_seed_lines(frame: pd.DataFrame) -> list[str]:
+    """The first screen's words on the findings one training seed cannot decide (none: no line)."""
+    undecidable = frame[frame["verdict"] == ONE_SEED] if len(frame) else frame
+    if not len(undecidable):
+        return []
+    named = sorted({f"({r.finding}) {r.statistic.split(' generative')[0]}" for r in undecidable.itertuples()})
+    return [
+        f"**One training seed cannot decide** {', '.join(named)}: each compares a trained recovery, and one "
+        "training run's luck moves it by more than the items' interval allows (bench/seed_decisions.py: 31 % of "
+        "such null contrasts were decided with one seed). The estimate and its items-only interval stand beside "
+        f"the verdict; set recovery.seeds to {MIN_SEEDS} or more seeds (e.g. [0, 1, 2]) to decide them.",
+        "",
+    ]
 
 
 def excluded_lines(stats: Retention) -> list[str]:

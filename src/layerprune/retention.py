@@ -23,13 +23,15 @@ A resample whose normalised dense mean is not positive has no retention; such dr
 (`nan_draws`) and left out of the interval, never dropped silently.
 
 Training seeds (recovery.seeds): a trained recovery evaluated once per training seed is one variant
-whose score on a task is the mean over its seeds. Its intervals are a two-stage (hierarchical)
-bootstrap: each resample first draws the variant's seeds with replacement (the same draw for all of
-the variant's tasks: one checkpoint per seed answers them all), then uses the items' resample shared
-with the dense model, so the intervals cover seed variance as well as item sampling. Different
-variants draw their seeds independently (separate training runs), seeded from `seed` and the
-variant. With one seed the first stage draws that seed every time: the intervals are those of the
-items alone, exactly.
+whose score on a task is the mean over its seeds. Its draws add a small-sample seed component to the
+items' resample: on resample b, the mean over its seeds of the items' resample (shared with the dense
+model) plus (s / sqrt(m)) times a Student t with m - 1 degrees of freedom, s the seeds' spread and m
+their number, drawn once per resample for all of the variant's tasks (one checkpoint per seed answers
+them all; see `pool_seeds`). Different variants draw independently (separate training runs), seeded from
+`seed` and the variant. A bootstrap of 2-5 seeds covered 84-89 % at 95 %; this one is measured in
+bench/seed_decisions.py and docs/pipeline.md. With one seed there is nothing to draw: the intervals are
+those of the items alone, exactly, and no contrast of a trained recovery is decided (`verdict`). A
+variant that lacks the result of one of its seeds on one of its tasks is refused (`missing_seeds`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ VARIANT = ["model", "method", "ratio", "recovery"]
 TYPES = ("classification", "generative")
 NONE = "none"
 TASK_WEIGHTINGS = ("equal", "items")
+# A contrast with a trained recovery on either side is decided only with at least this many training seeds
+# behind each trained arm: with one, its interval covers the items alone, and one seed's luck (a real
+# seed-to-seed spread of a few points) decides 31 % of null contrasts (bench/seed_decisions.py).
+MIN_SEEDS = 2
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,15 @@ class Paired:
     dense_draws: np.ndarray
     n: int
     seeds: tuple = ()  # the training seeds pooled (recovery.seeds); () when none was recorded
+    items: np.ndarray | None = None  # the variant's score on each of the base's items (NaN: not scored by it)
+
+    def disagreements(self, base: TaskBase) -> tuple[int, int]:
+        """(worse, better): shared items the variant scored below / above the dense model (its seeds' mean)."""
+        if self.items is None:
+            return 0, 0
+        shared = np.isfinite(self.items)
+        difference = base.dense[shared] - self.items[shared]
+        return int((difference > 0).sum()), int((difference < 0).sum())
 
 
 def paired_means(base: TaskBase, variant_result: dict[str, Any]) -> Paired | None:
@@ -256,47 +271,132 @@ def paired_means(base: TaskBase, variant_result: dict[str, Any]) -> Paired | Non
     with np.errstate(invalid="ignore", divide="ignore"):
         variant_draws = np.where(counted > 0, base.weights @ variant / counted, np.nan)
         dense_draws = np.where(counted > 0, base.weights @ (base.dense * mask) / counted, np.nan)
+    items = np.full(len(base.ids), np.nan)
+    items[shared] = variant[shared]
     return Paired(
         variant=float(variant[shared].mean()),
         dense=float(base.dense[shared].mean()),
         variant_draws=variant_draws,
         dense_draws=dense_draws,
         n=len(shared),
+        items=items,
     )
 
 
-def seed_weights(seeds: list[Any], settings: BootstrapSettings, *key: Any) -> np.ndarray:
-    """(samples, len(seeds)) counts: resample b draws training seed j weights[b, j] times (the bootstrap's first
-    stage). All ones for one seed; seeded per variant `key`, on a stream of its own, so the items' resamples
-    (resample_weights) are the same with or without several seeds."""
-    if len(seeds) == 1:
-        return np.ones((settings.samples, 1))
+@dataclass
+class SeedDraws:
+    """The seed stage of one trained recovery's draws, shared by all of its tasks (one checkpoint per seed answers
+    them all): per resample b, a standard normal weight on each seed (`normal`, samples x seeds) and a chi-square
+    draw with seeds - 1 degrees of freedom (`chi2`)."""
+
+    normal: np.ndarray
+    chi2: np.ndarray
+
+
+def seed_draws(seeds: list[Any], settings: BootstrapSettings, *key: Any) -> SeedDraws | None:
+    """The seed stage for a variant trained with `seeds` (None for one seed: nothing to draw). Seeded per variant
+    `key`, on a stream of its own, so the items' resamples (resample_weights) are the same with or without it."""
+    if len(seeds) < 2:
+        return None
     rng = np.random.default_rng([settings.seed, zlib.crc32("/".join(["training seeds", *map(str, key)]).encode())])
-    return rng.multinomial(len(seeds), np.full(len(seeds), 1 / len(seeds)), size=settings.samples).astype(float)
+    normal = rng.standard_normal((settings.samples, len(seeds)))
+    return SeedDraws(normal, rng.chisquare(len(seeds) - 1, settings.samples))
 
 
-def pool_seeds(pairs: dict[Any, Paired], counts: np.ndarray, order: list[Any]) -> Paired:
-    """One variant's per-seed means on a task as one: the mean over seeds, and per resample the mean over the
-    seeds that resample drew (`counts`, columns in `order`, the variant's seeds on all its tasks)."""
+def pool_seeds(pairs: dict[Any, Paired], draws: SeedDraws | None, order: list[Any]) -> Paired:
+    """One variant's per-seed means on a task as one: the mean over its seeds, and per resample the mean over
+    seeds of the items' resample plus a seed term that is (s / sqrt(m)) times a Student t with m - 1 degrees of
+    freedom (s: the seeds' standard deviation on the task, m seeds).
+
+    The seed term of resample b is sum_j Z_bj d_j / sqrt(m V_b), with d_j the seed's deviation from the mean over
+    seeds, Z_bj standard normal and V_b chi-square (m - 1): for any weighted sum over tasks (the type means are
+    one) the term is exactly the t-based small-sample component of that sum, because Z and V are shared by the
+    variant's tasks. A bootstrap over 2-5 seeds cannot show this spread (a resample of 2 seeds is one of 3
+    means): it covered 84-89 % at 95 % (bench/seed_decisions.py).
+    """
     seeds = [seed for seed in order if seed in pairs]
-    if len(seeds) == 1 and counts.shape[1] == 1:
+    if len(seeds) == 1 or draws is None:
         return pairs[seeds[0]]  # one seed: exactly the single run's numbers
-    drawn = counts[:, [order.index(seed) for seed in seeds]]
-    total = drawn.sum(axis=1)
-
-    def mean_drawn(per_seed: np.ndarray) -> np.ndarray:
-        products = np.where(drawn > 0, drawn * per_seed, 0.0)  # a seed not drawn contributes nothing, NaN or not
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(total > 0, products.sum(axis=1) / total, np.nan)
-
+    points = np.array([pairs[s].variant for s in seeds])
+    normal = draws.normal[:, [order.index(seed) for seed in seeds]]
+    spread = normal @ (points - points.mean()) / np.sqrt(len(seeds) * draws.chi2)
     return Paired(
-        variant=float(np.mean([pairs[s].variant for s in seeds])),
+        variant=float(points.mean()),
         dense=float(np.mean([pairs[s].dense for s in seeds])),
-        variant_draws=mean_drawn(np.column_stack([pairs[s].variant_draws for s in seeds])),
-        dense_draws=mean_drawn(np.column_stack([pairs[s].dense_draws for s in seeds])),
+        variant_draws=np.column_stack([pairs[s].variant_draws for s in seeds]).mean(axis=1) + spread,
+        dense_draws=np.column_stack([pairs[s].dense_draws for s in seeds]).mean(axis=1),
         n=min(pairs[s].n for s in seeds),
         seeds=tuple(seeds),
+        items=np.mean([pairs[s].items for s in seeds], axis=0),  # NaN where a seed did not score the item
     )
+
+
+def missing_seeds(replicates: dict[tuple, dict[Any, dict[str, Any]]]) -> list[str]:
+    """`model/method/ratio/recovery: (task, seed), ...` for every variant that lacks a result for one of its
+    training seeds on one of its tasks (its seeds: those found on any of its tasks)."""
+    seeds: dict[tuple, set] = {}
+    for (variant, _), by_seed in replicates.items():
+        seeds.setdefault(variant, set()).update(by_seed)
+    missing: dict[tuple, list[str]] = {}
+    for (variant, task), by_seed in sorted(replicates.items(), key=str):
+        for seed in sorted(seeds[variant] - set(by_seed), key=_seed_order):
+            missing.setdefault(variant, []).append(f"({task}, {seed})")
+    return [f"{'/'.join(map(str, variant))}: {', '.join(pairs)}" for variant, pairs in sorted(missing.items(), key=str)]
+
+
+# Below this many items on which a variant and the dense model disagree, the percentile bootstrap cannot show
+# how far they may differ (no disagreement at all: every resample gives the same difference, a zero-width
+# interval), so each interval is widened to hold the exact bound below.
+MIN_DISAGREEMENTS = 10
+
+
+def clopper_pearson_upper(k: int, n: int, confidence: float) -> float:
+    """The exact (Clopper-Pearson) one-sided upper bound, at (1 + confidence) / 2, on a rate seen k times in n:
+    the p with P(Binomial(n, p) <= k) = (1 - confidence) / 2; 1 for k = n. k = 0: 1 - ((1 - confidence) / 2)^(1/n),
+    0.31 at n = 10 and 0.018 at n = 200 for 95 %."""
+    if k >= n:
+        return 1.0
+    tail = (1 - confidence) / 2
+    log_pmf = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
+
+    def cdf(p: float) -> float:
+        return sum(math.exp(c + i * math.log(p) + (n - i) * math.log1p(-p)) for i, c in enumerate(log_pmf))
+
+    low, high = k / n, 1.0
+    for _ in range(100):  # the CDF falls as p grows: bisect to double precision
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) > tail else (low, middle)
+    return high
+
+
+def disagreement_bounds(
+    bases: list[TaskBase], pairs: list[Paired], weights: np.ndarray, confidence: float
+) -> tuple[int, tuple[float, float], tuple[float, float]] | None:
+    """(disagreeing items, (drop low, high) in points, (retention low, high)) that the intervals must hold when
+    the variant and the dense model disagree on fewer than MIN_DISAGREEMENTS items; None with more.
+
+    Each item's score lies in [0, 1], so the drop is at most the rate of items the variant does worse on, and
+    at least minus the rate it does better on; an exact one-sided bound on each rate (Clopper-Pearson, from
+    the items pooled over the tasks) bounds the drop, and the retention through the dense mean
+    (retention = 1 - drop / (dense - chance) for one task; over several, the weighted means of both).
+    """
+    worse = better = n = 0
+    for base, pair in zip(bases, pairs, strict=True):
+        w, b = pair.disagreements(base)
+        worse, better, n = worse + w, better + b, n + pair.n
+    if worse + better >= MIN_DISAGREEMENTS or not n:
+        return None
+    up_worse, up_better = clopper_pearson_upper(worse, n, confidence), clopper_pearson_upper(better, n, confidence)
+    chances = np.array([b.chance for b in bases])
+    scale = float(np.average(1 / (1 - chances), weights=weights))  # normalised units per score unit
+    dense = float(np.average([(p.dense - c) / (1 - c) for p, c in zip(pairs, chances, strict=True)], weights=weights))
+    ret = (1 - up_worse * scale / dense, 1 + up_better * scale / dense) if dense > 0 else (math.nan, math.nan)
+    return worse + better, (-100 * up_better, 100 * up_worse), ret
+
+
+def _hull(bounds: tuple[float, float], floor: tuple[float, float]) -> tuple[float, float]:
+    """The smallest interval holding both (NaN bounds ignored)."""
+    return float(np.nanmin([bounds[0], floor[0]])), float(np.nanmax([bounds[1], floor[1]]))
 
 
 def normalised(score: np.ndarray | float, chance: float) -> np.ndarray | float:
@@ -312,6 +412,13 @@ class TypeDraws:
     drop: float
     drop_draws: np.ndarray
     tasks: tuple[str, ...]
+    recovery: str = NONE  # the variant's recovery: none trains nothing, every other one is a training run
+    seeds: int = 0  # training seeds behind a trained recovery's draws (recovery.seeds); 0 where nothing was trained
+
+    @property
+    def one_seed(self) -> bool:
+        """A trained recovery behind which one training seed stands: its draws cover the items alone."""
+        return self.recovery != NONE and self.seeds < MIN_SEEDS
 
 
 def _ratio_of_means(variant: np.ndarray, dense: np.ndarray, chances: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -351,6 +458,28 @@ def combine(bases: list[TaskBase], pairs: list[Paired], weighting: str = "equal"
     )
 
 
+def type_intervals(
+    bases: list[TaskBase], pairs: list[Paired], weighting: str, settings: BootstrapSettings
+) -> tuple[TypeDraws, tuple[float, float], tuple[float, float]]:
+    """(draws, retention interval, drop interval) of a type's tasks under `weighting`, the percentile intervals
+    widened to the exact bound where few items disagree (`disagreement_bounds`)."""
+    combined = combine(bases, pairs, weighting)
+    ret = interval(combined.retention_draws, settings.confidence)
+    drop = interval(combined.drop_draws, settings.confidence)
+    floor = disagreement_bounds(bases, pairs, task_weights(pairs, weighting), settings.confidence)
+    if floor is not None:
+        drop, ret = _hull(drop, floor[1]), _hull(ret, floor[2])
+    return combined, ret, drop
+
+
+def weightings_diverge(one: tuple[float, float, float], other: tuple[float, float, float]) -> bool:
+    """Whether two (estimate, low, high) of one retention under the two task weightings differ beyond their
+    intervals: either estimate outside the other's interval. (With equal tasks they are the same number.)"""
+    if any(math.isnan(v) for v in (*one, *other)):
+        return False
+    return not (one[1] <= other[0] <= one[2]) or not (other[1] <= one[0] <= other[2])
+
+
 @dataclass
 class Retention:
     """Everything the report prints about retention, and the draws the findings are computed from."""
@@ -365,10 +494,12 @@ class Retention:
 TASK_COLUMNS = [
     *VARIANT, "task", "type", "metric", "value", "dense_value", "chance", "informative", "retention", "ci_low",
     "ci_high", "drop_points", "drop_low", "drop_high", "value_ratio", "n", "nan_draws", "training_seeds",
+    "disagreements",
 ]  # fmt: skip
 TYPE_COLUMNS = [
     *VARIANT, "type", "retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high", "tasks",
-    "excluded", "nan_draws", "draws", "training_seeds",
+    "excluded", "nan_draws", "draws", "training_seeds", "disagreements", "other_weighting", "other_retention",
+    "other_ci_low", "other_ci_high", "weightings_diverge",
 ]  # fmt: skip
 BASE_COLUMNS = [
     "model", "task", "type", "metric", "dense_value", "dense_mean", "dense_low", "dense_high", "chance",
@@ -421,10 +552,17 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
     paired: dict[tuple, dict[str, Paired]] = {}
     types: dict[tuple, str] = {}
     replicates = seed_replicates(results)
+    missing = missing_seeds(replicates)
+    if missing:  # a mean over other seeds on one task than on the next is no mean over the variant's seeds
+        raise ValueError(
+            "training seeds missing: every (task, training seed) of a trained variant needs its result; none for "
+            + "; ".join(missing)
+            + ". Evaluate them (snakemake plans them), or leave the seed out of recovery.seeds"
+        )
     variant_seeds: dict[tuple, list[Any]] = {}
     for (variant, _), by_seed in replicates.items():
         variant_seeds[variant] = sorted(set(variant_seeds.get(variant, [])) | set(by_seed), key=_seed_order)
-    counts = {variant: seed_weights(seeds, settings, *variant) for variant, seeds in variant_seeds.items()}
+    counts = {variant: seed_draws(seeds, settings, *variant) for variant, seeds in variant_seeds.items()}
     for (variant, task), by_seed in replicates.items():
         first = next(iter(by_seed.values()))
         base = bases.get((variant[0], task))
@@ -443,9 +581,15 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
             single = combine([base], [pair])
             row["drop_points"] = single.drop
             row["drop_low"], row["drop_high"] = interval(single.drop_draws, settings.confidence)
+            row["disagreements"] = sum(pair.disagreements(base))
+            floor = disagreement_bounds([base], [pair], np.ones(1), settings.confidence)
+            if floor is not None:
+                row["drop_low"], row["drop_high"] = _hull((row["drop_low"], row["drop_high"]), floor[1])
             if base.informative:
                 row["retention"] = single.retention
                 row["ci_low"], row["ci_high"] = interval(single.retention_draws, settings.confidence)
+                if floor is not None:
+                    row["ci_low"], row["ci_high"] = _hull((row["ci_low"], row["ci_high"]), floor[2])
                 row["nan_draws"] = int(np.isnan(single.retention_draws).sum())
             paired.setdefault(variant, {})[task] = pair
         row["training_seeds"] = _seed_list(by_seed)
@@ -462,15 +606,25 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
         row = dict(zip(VARIANT, variant, strict=True)) | {"type": task_type, "tasks": len(counted)}
         row.update(excluded=len(evaluated) - len(counted), draws=settings.samples)
         row["training_seeds"] = _seed_list(variant_seeds.get(variant, []))
+        row["weightings_diverge"] = False
         if counted:
-            combined = combine(
-                [bases[(model, t)] for t in counted], [paired[variant][t] for t in counted], settings.task_weighting
+            type_bases, type_pairs = [bases[(model, t)] for t in counted], [paired[variant][t] for t in counted]
+            combined, (row["ci_low"], row["ci_high"]), (row["drop_low"], row["drop_high"]) = type_intervals(
+                type_bases, type_pairs, settings.task_weighting, settings
             )
+            combined.recovery, combined.seeds = variant[3], len(variant_seeds.get(variant, []))
             draws[(variant, task_type)] = combined
             row.update(retention=combined.retention, drop_points=combined.drop)
-            row["ci_low"], row["ci_high"] = interval(combined.retention_draws, settings.confidence)
-            row["drop_low"], row["drop_high"] = interval(combined.drop_draws, settings.confidence)
             row["nan_draws"] = int(np.isnan(combined.retention_draws).sum())
+            row["disagreements"] = sum(sum(p.disagreements(b)) for b, p in zip(type_bases, type_pairs, strict=True))
+            # the other weighting, beside it: a lucky small task must not hide a collapsed large one
+            other = next(w for w in TASK_WEIGHTINGS if w != settings.task_weighting)
+            alternative, (low, high), _ = type_intervals(type_bases, type_pairs, other, settings)
+            row.update(other_weighting=other, other_retention=alternative.retention, other_ci_low=low)
+            row["other_ci_high"] = high
+            row["weightings_diverge"] = weightings_diverge(
+                (combined.retention, row["ci_low"], row["ci_high"]), (alternative.retention, low, high)
+            )
         type_rows.append(row)
     per_type = pd.DataFrame(type_rows, columns=TYPE_COLUMNS)
     base_rows = [
@@ -497,6 +651,7 @@ def retention(results: list[dict[str, Any]], settings: BootstrapSettings) -> Ret
 # ----------------------------------------------------------------------------- findings
 
 REPRODUCED, NOT_REPRODUCED, UNDECIDED, NOT_TESTED = "reproduced", "not reproduced", "undecided", "not tested"
+ONE_SEED = "one seed: not decidable"
 FINDING_COLUMNS = ["model", "finding", "claim", "statistic", "estimate", "ci_low", "ci_high", "verdict", "detail"]
 
 
@@ -508,6 +663,12 @@ class Contrast:
     draws: np.ndarray
     cells: int
     unit: str = "(method, ratio) cell"
+    one_seed: tuple[str, ...] = ()  # trained recoveries among its arms with fewer than MIN_SEEDS seeds
+
+
+def _one_seed(*arms: TypeDraws) -> tuple[str, ...]:
+    """The trained recoveries among `arms` that one training seed stands behind (sorted, once each)."""
+    return tuple(sorted({arm.recovery for arm in arms if arm.one_seed}))
 
 
 def _mean_contrast(pairs: list[tuple[TypeDraws, TypeDraws]]) -> Contrast | None:
@@ -516,11 +677,16 @@ def _mean_contrast(pairs: list[tuple[TypeDraws, TypeDraws]]) -> Contrast | None:
         return None
     point = float(np.mean([a.retention - b.retention for a, b in pairs]))
     draws = np.mean([a.retention_draws - b.retention_draws for a, b in pairs], axis=0)
-    return Contrast(point, draws, len(pairs))
+    return Contrast(point, draws, len(pairs), one_seed=_one_seed(*(arm for pair in pairs for arm in pair)))
 
 
 def verdict(contrast: Contrast, sign: int, confidence: float) -> tuple[str, float, float, str]:
-    """(verdict, ci_low, ci_high, detail): reproduced only when the interval lies wholly on the paper's side of 0."""
+    """(verdict, ci_low, ci_high, detail): reproduced only when the interval lies wholly on the paper's side of 0.
+
+    A contrast with a trained recovery behind which one training seed stands (`contrast.one_seed`) is
+    never decided: its interval covers the items alone, not the seed-to-seed spread of a training run,
+    so its verdict is ONE_SEED, with the items-only interval and what the items alone would say.
+    """
     finite = np.isfinite(contrast.draws)
     low, high = interval(contrast.draws, confidence)
     detail = f"mean over {contrast.cells} {contrast.unit}{'s' if contrast.cells > 1 else ''}"
@@ -530,10 +696,23 @@ def verdict(contrast: Contrast, sign: int, confidence: float) -> tuple[str, floa
     if finite.sum() < len(finite) / 2:
         return NOT_TESTED, low, high, f"retention undefined in {missing} of {len(finite)} draws"
     if sign * low > 0 and sign * high > 0:
-        return REPRODUCED, low, high, detail
-    if sign * low < 0 and sign * high < 0:
-        return NOT_REPRODUCED, low, high, detail
-    return UNDECIDED, low, high, detail + "; the interval covers 0"
+        decided, note = REPRODUCED, ""
+    elif sign * low < 0 and sign * high < 0:
+        decided, note = NOT_REPRODUCED, ""
+    else:
+        decided, note = UNDECIDED, "; the interval covers 0"
+    if contrast.one_seed:
+        trained = ", ".join(contrast.one_seed)
+        return (
+            ONE_SEED,
+            low,
+            high,
+            (
+                f"{detail}; {trained} trained with one seed: the interval covers the items only, not the "
+                f"seed-to-seed spread (items alone: {decided}; recovery.seeds with {MIN_SEEDS}+ seeds decides)"
+            ),
+        )
+    return decided, low, high, detail + note
 
 
 def _cells(draws: dict, model: str, task_type: str, recovery: str) -> dict[tuple[str, float], TypeDraws]:
@@ -640,7 +819,9 @@ def recovery_by_ratio(stats: Retention) -> pd.DataFrame:
             other = _cells(stats.draws, model, "generative", control)
             for method, ratio in sorted(set(sgr) & set(other)):
                 a, b = sgr[(method, ratio)], other[(method, ratio)]
-                contrast = Contrast(a.retention - b.retention, a.retention_draws - b.retention_draws, 1)
+                contrast = Contrast(
+                    a.retention - b.retention, a.retention_draws - b.retention_draws, 1, one_seed=_one_seed(a, b)
+                )
                 result, low, high, _ = verdict(contrast, +1, confidence)
                 rows.append(
                     {
@@ -685,7 +866,7 @@ def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, 
     best = max(sorted(gains), key=gains.__getitem__)
     cells = _cells(stats.draws, model, "generative", best)
     statistic = f"gain(lowest ratio) − gain(highest ratio), gain = {best} − none generative retention"
-    per_method = []
+    per_method, arms = [], []
     for method in sorted({m for m, _ in cells}):
         ratios = sorted(r for m, r in set(cells) & set(none) if m == method)
         if len(ratios) >= 2:
@@ -695,6 +876,7 @@ def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, 
                 cells[high].retention_draws - none[high].retention_draws
             )
             per_method.append((point, draws))
+            arms += [cells[low], cells[high], none[low], none[high]]
     if not per_method:
         return None, statistic, "one ratio only: nothing to compare across ratios"
     contrast = Contrast(
@@ -702,12 +884,14 @@ def _shrinking_recovery(stats: Retention, model: str) -> tuple[Contrast | None, 
         np.mean([d for _, d in per_method], axis=0),
         len(per_method),
         unit="method",
+        one_seed=_one_seed(*arms),
     )
     return contrast, statistic, ""
 
 
 RATIO_CONTRAST_COLUMNS = [
     "model", "method", "recovery", "type", "from_ratio", "to_ratio", "estimate", "ci_low", "ci_high", "verdict",
+    "detail",
 ]  # fmt: skip
 LOWER, HIGHER = "lower at the higher ratio", "higher at the higher ratio"
 
@@ -730,21 +914,35 @@ def ratio_contrasts(stats: Retention) -> pd.DataFrame:
         ratios = sorted(by_ratio)
         for low_ratio, high_ratio in zip(ratios, ratios[1:], strict=False):
             low, high = by_ratio[low_ratio], by_ratio[high_ratio]
-            if low.tasks != high.tasks:  # a difference over different tasks is no paired contrast
+            cell = {
+                "model": model, "method": method, "recovery": recovery, "type": task_type, "from_ratio": low_ratio,
+                "to_ratio": high_ratio,
+            }  # fmt: skip
+            if low.tasks != high.tasks:  # a difference over different tasks is no paired contrast: listed, not made
+                detail = (
+                    f"not made: the tasks counted differ ({low_ratio:g}: {', '.join(low.tasks)}; "
+                    f"{high_ratio:g}: {', '.join(high.tasks)})"
+                )
+                rows.append(
+                    cell
+                    | {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+                    | {"verdict": NOT_TESTED, "detail": detail}
+                )
                 continue
             draws = high.retention_draws - low.retention_draws
             ci_low, ci_high = interval(draws, confidence)
-            if ci_high < 0:
+            if _one_seed(low, high):  # two training runs, one seed each: the items alone cannot decide
+                decided = ONE_SEED
+            elif ci_high < 0:
                 decided = LOWER
             elif ci_low > 0:
                 decided = HIGHER
             else:
                 decided = UNDECIDED
             rows.append(
-                {
-                    "model": model, "method": method, "recovery": recovery, "type": task_type,
-                    "from_ratio": low_ratio, "to_ratio": high_ratio, "estimate": high.retention - low.retention,
-                    "ci_low": ci_low, "ci_high": ci_high, "verdict": decided,
+                cell | {
+                    "estimate": high.retention - low.retention, "ci_low": ci_low, "ci_high": ci_high,
+                    "verdict": decided, "detail": "",
                 }
             )  # fmt: skip
     return pd.DataFrame(rows, columns=RATIO_CONTRAST_COLUMNS)

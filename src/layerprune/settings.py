@@ -680,9 +680,9 @@ class TrainingSeeds(StageSettings):
         None,
         help=(
             "training seeds: every trained recovery (not none) is trained and evaluated once per seed, and the "
-            "report's point estimates are means over seeds with intervals that resample seeds, then items; the "
-            "study's `seed` trains at the usual path, any other seed s at <recovery>-seed<s>; null = [seed], one "
-            "seed, whose intervals cover item sampling only"
+            "report's point estimates are means over seeds with intervals that cover the seeds' spread and the "
+            "items; the study's `seed` trains at the usual path, any other seed s at <recovery>-seed<s>; null = "
+            "[seed], one seed, whose intervals cover item sampling only and decide no contrast of a trained recovery"
         ),
         schema={"minItems": 1, "uniqueItems": True, "items": {"minimum": 0, "maximum": 2**32 - 1}},
     )

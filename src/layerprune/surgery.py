@@ -373,6 +373,23 @@ def _rewrite_config(config: Any, kept: list[int], num_layers: int) -> dict[str, 
     return {"sliced_config_fields": sliced, "recounted_config_fields": recounted, "unexpressible": unexpressible}
 
 
+def _check_config(model: torch.nn.Module, config: Any, removed: list[int]) -> None:
+    """NotImplementedError, naming the architecture and transformers' reason, when the rewritten config fails
+    its class's own validation (which save_pretrained runs): e.g. OLMo-Hybrid refuses a config without an
+    attention layer (StrictDataclassClassValidationError at saving, old code)."""
+    validate = getattr(config, "validate", None)
+    if not callable(validate):
+        return
+    try:
+        validate()
+    except Exception as error:  # noqa: BLE001 -- any validator's refusal, reported with its own words
+        cause = error.__cause__ or error
+        raise NotImplementedError(
+            f"{architecture(model)}: removing layers {removed} leaves a config that transformers refuses "
+            f"({type(cause).__name__}: {cause}); choose another removal set or ratio; nothing was changed"
+        ) from error
+
+
 def _configs_of(model: torch.nn.Module) -> list[Any]:
     """The distinct config objects the surgery rewrites: the model's and its inner model's."""
     candidates = [model.config, getattr(getattr(model, "model", None), "config", model.config)]
@@ -406,6 +423,7 @@ def remove_layers(model: torch.nn.Module, removed: Iterable[int]) -> dict[str, A
     for config in _configs_of(model):
         new_config = copy.deepcopy(config)
         changes.append(_rewrite_config(new_config, kept, num_layers))
+        _check_config(model, new_config, removed)
         rewritten.append((config, new_config))
     change = changes[0]  # the model's own config; an inner model's config changes alike
     for config, new_config in rewritten:
