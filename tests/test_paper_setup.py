@@ -433,7 +433,7 @@ def test_readme_offline_fetch_step_plans_only_downloads(tmp_path):
     output = run([str(Path(sys.executable).parent / argv[0]), *argv[1:], "-n"], workdir)
     table = (output.stdout + output.stderr).split("Job stats:", 1)[1].split("total", 1)[0]
     planned = set(re.findall(r"^(\w+)\s+\d+$", table, flags=re.M))
-    assert planned == {"fetch_bigbench", "extract_bigbench", "materialize", "prepare_task", "prepare_lm_eval_task",
+    assert planned == {"build_task", "materialize", "prepare_task", "prepare_lm_eval_task",
                        "prepare_prompts", "filter_prompts", "prepare_calibration"}  # fmt: skip
     # the lm-eval step's glob names the prepared tasks where prepare_task writes them
     (fetch,) = re.findall(r"^\s*layerprune fetch-lm-eval-data (\S+)$", readme, flags=re.M)

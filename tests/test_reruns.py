@@ -76,13 +76,14 @@ def test_adding_a_task_reruns_only_its_evaluations(tiny_run):
     changed = copy.deepcopy(config)
     changed["tasks"]["subtraction"] = {
         "type": "generative",
-        "bigbench_task": "arithmetic/2_digit_subtraction",
+        "dataset": "builtin",
+        "builtin_task": "arithmetic/2_digit_subtraction",
         "num_fewshot": 1,
         "limit": 6,
         "max_new_tokens": 3,
     }
     assert planned_with(workdir, changed) == {
-        "extract_bigbench": 1,
+        "build_task": 1,
         "prepare_task": 1,
         "evaluate_dense": 1,
         "evaluate_variant": 6,

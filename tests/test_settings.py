@@ -177,7 +177,7 @@ def test_registries_match_the_code_that_dispatches_on_them():
     assert METHODS == tuple(registry.SCORING_METHODS)
     assert set(GRADERS) == set(TEXT_GRADERS) | {"code"} == set(registry.GRADERS)
     assert DATASETS == tuple(registry.DATASETS) and set(DEFAULT_GRADER.values()) <= set(registry.GRADERS)
-    with pytest.raises(ValueError, match="unknown task dataset 'squad' .*bigbench, gsm8k"):
+    with pytest.raises(ValueError, match="unknown task dataset 'squad' .*bigbench, builtin, gsm8k"):
         prepare_task_spec({"dataset": "squad", "type": "generative", "num_fewshot": 0}, "x", 0, "y")
     # the schema's enums are the registries'
     methods = SCHEMA["properties"]["scoring"]["properties"]["methods"]["items"]["enum"]

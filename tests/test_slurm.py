@@ -26,6 +26,7 @@ ACCOUNT = "layerprune"
 PARTITION = "debug"
 LOCAL_RULES = {
     "all",
+    "build_task",
     "fetch_bigbench",
     "extract_bigbench",
     "prepare_task",

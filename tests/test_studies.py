@@ -134,14 +134,13 @@ def test_paper_mini_beside_a_finished_study_plans_only_its_own_jobs(tiny_run, tm
     beside = copy_run(tiny_run[0], tmp_path / "beside")
     for workdir in (fresh, beside):
         (workdir / "paper-mini.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    # the same jobs, less the BIG-bench files the tiny study already fetched and extracted (resources/ is shared)
+    # the same jobs, less the built tasks the tiny study already built (results/shared/builtin is shared)
     alone = planned_jobs(fresh, "--configfile", "paper-mini.yaml")
     there = planned_jobs(beside, "--configfile", "paper-mini.yaml")
-    bigbench = ("fetch_bigbench", "extract_bigbench")
-    assert {rule: n for rule, n in there.items() if rule not in bigbench} == {
-        rule: n for rule, n in alone.items() if rule not in bigbench
+    assert {rule: n for rule, n in there.items() if rule != "build_task"} == {
+        rule: n for rule, n in alone.items() if rule != "build_task"
     }
-    assert "fetch_bigbench" not in there and there.get("extract_bigbench", 0) < alone["extract_bigbench"]
+    assert there.get("build_task", 0) < alone["build_task"]
     output = snakemake(beside, "-n", "--cores", "2", "--configfile", "paper-mini.yaml")
     text = output.stdout + output.stderr
     assert "params have changed" not in text.lower()

@@ -42,10 +42,10 @@ DEFAULT_JOBS = {
     "recover": 6, "evaluate_dense": 5, "evaluate_variant": 33, "aggregate": 1,
 }  # fmt: skip
 # The grid: 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant evaluations,
-# 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 BIG-bench tasks (6 evaluated + 3 arithmetic
-# probe ops + 8 multidigit - overlap, 1 calibration, 4 prompt tasks).
+# 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 built tasks (1 classification + 3 arithmetic
+# probe ops + 8 multidigit + plural + country_capital, 1 calibration, 4 prompt tasks).
 GRID_JOBS = {
-    "all": 1, "fetch_bigbench": 1, "extract_bigbench": 19, "prepare_task": 6, "prepare_prompts": 1,
+    "all": 1, "build_task": 19, "prepare_task": 6, "prepare_prompts": 1,
     "prepare_calibration": 1, "materialize": 1, "score": 2, "prune": 6, "filter_prompts": 1, "selfgen": 1,
     "recover": 12, "evaluate_dense": 6, "evaluate_variant": 108, "aggregate": 1,
 }  # fmt: skip
@@ -64,9 +64,9 @@ def test_dry_run_scales_with_the_grid(tmp_path):
     config["scoring"]["methods"] = ["reverse"]
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    # 2 models x 1 method x 1 ratio; reverse needs no calibration (no gem/xsum, no prepare_calibration)
+    # 2 models x 1 method x 1 ratio; reverse needs no calibration (no python_docs, no prepare_calibration)
     assert jobs == {
-        "all": 1, "fetch_bigbench": 1, "extract_bigbench": 18, "prepare_task": 6, "prepare_prompts": 1,
+        "all": 1, "build_task": 18, "prepare_task": 6, "prepare_prompts": 1,
         "materialize": 2, "score": 2, "prune": 2, "filter_prompts": 2, "selfgen": 2, "recover": 2,
         "evaluate_dense": 12, "evaluate_variant": 24, "aggregate": 1,
     }  # fmt: skip
@@ -227,7 +227,7 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
     status = run([dvc, "status"], workdir).stdout
     # never run: DVC sees the config as new params and every versioned artifact as missing
     assert "pipeline:" in status and "config.yaml" in status
-    for artifact in ("results", "resources/bigbench", ".snakemake/metadata"):
+    for artifact in ("results", ".snakemake/metadata"):
         assert f"deleted:            {artifact}\n" in status, status
     dry = run([dvc, "repro", "--dry"], workdir)
     assert "Running stage 'pipeline'" in dry.stdout
@@ -240,7 +240,7 @@ def test_paper_config_dry_run_offline(tmp_path):
     shutil.copy(REPO / "configs" / "paper.yaml", workdir / "paper.yaml")
     jobs = planned_jobs(workdir, "--configfile", "paper.yaml")
     assert jobs == {
-        "all": 1, "fetch_bigbench": 1, "extract_bigbench": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
+        "all": 1, "build_task": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
         "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3,
         "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_variant": 1134,
         "aggregate": 1,
@@ -254,7 +254,8 @@ def test_paper_config_dry_run_offline(tmp_path):
     assert jobs["score_iterative"] == 3
     assert jobs["prepare_lm_eval_task"] == 7
     assert jobs["prepare_task"] == 10
-    assert jobs["extract_bigbench"] == 12  # 11 task + 1 calibration BIG-bench tasks (prompts: Alpaca)
+    assert jobs["build_task"] == 12  # 11 task + 1 calibration tasks the project builds (prompts: Alpaca)
+    assert "fetch_bigbench" not in jobs  # the paper's grid needs no BIG-bench
     assert jobs["filter_prompts"] == 3  # the prompt set cut to each model's own token count
     assert sum(jobs.values()) == 1309
 
@@ -316,7 +317,7 @@ def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
     assert jobs == {
-        "all": 1, "fetch_bigbench": 1, "extract_bigbench": 15, "prepare_task": 6, "prepare_calibration": 1,
+        "all": 1, "build_task": 15, "prepare_task": 6, "prepare_calibration": 1,
         "materialize": 1, "score": 2, "prune": 6, "magpie_prompts": 1, "selfgen": 1, "recover": 6,
         "evaluate_dense": 6, "evaluate_variant": 72, "aggregate": 1,
     }  # fmt: skip

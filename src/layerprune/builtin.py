@@ -33,6 +33,9 @@ from typing import Any
 
 from layerprune.io import atomic_path
 
+# Where the workflow builds them (rule build_task) and the stages read them: under results/, so DVC
+# versions them with what is made from them.
+BUILTIN_DIR = "results/shared/builtin"
 # Bump when a builder's output changes for the same package versions: it is part of
 # every built task's provenance, so Snakemake (params) and the fingerprints see it.
 GENERATOR_VERSION = 1

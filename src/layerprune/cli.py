@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from layerprune.builtin import BUILTIN_DIR
 from layerprune.io import SourceUnavailable
 from layerprune.registry import DISTILLATIONS, RECOVERIES, SCORING_METHODS, TRAINED, TRAINING_DATA, check_name
 from layerprune.settings import (
@@ -35,10 +36,6 @@ from layerprune.settings import (
     add_settings_arguments,
     settings_from_args,
 )
-
-# Where the project's own tasks are built (layerprune.builtin; workflow/rules/data.smk, rule build_task):
-# under results/, so DVC versions them with what is made from them.
-BUILTIN_DIR = "results/shared/builtin"
 
 
 def _threads(count: int | None) -> None:

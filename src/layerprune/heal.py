@@ -23,6 +23,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from layerprune.builtin import BUILTIN_DIR
 from layerprune.data import load_bigbench_examples
 from layerprune.io import read_jsonl, write_jsonl
 
@@ -77,7 +78,7 @@ def prepare_heal_text(
     out_path: str | Path,
     bigbench_dir: str | Path = "resources/bigbench",
     min_chars: int = 1,
-    builtin_dir: str | Path = "results/shared/builtin",
+    builtin_dir: str | Path = BUILTIN_DIR,
 ) -> int:
     """Write `num_texts` plain-text records drawn (seeded) from `source`; return the count."""
     if "builtin_tasks" in source:

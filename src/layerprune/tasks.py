@@ -32,6 +32,7 @@ per dataset, `solution` (the worked answer shown in few-shot examples), `code`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -39,6 +40,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from layerprune.builtin import BUILTIN_DIR
 from layerprune.data import _first_target, _normalise, hub_rows, load_bigbench_examples, load_task_json, read_rows
 from layerprune.io import sha256_file, write_json
 from layerprune.registry import BIGBENCH_SDIST, BIGBENCH_SHA256
@@ -235,7 +237,12 @@ def _load_pool(spec: dict[str, Any], bigbench_dir: Path) -> tuple[list[dict], st
 def pool_provenance(spec: dict[str, Any], source: str) -> dict[str, Any]:
     """Where a dataset task's rows come from, pinned as far as the source allows (each eval JSON carries it)."""
     if spec.get("file"):
-        return {"source": source, "sha256": sha256_file(spec["file"])}
+        path = Path(spec["file"])
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        # a save_to_disk directory: one digest over its files' names and digests
+        digests = "".join(f"{p.relative_to(path) if path.is_dir() else p.name}:{sha256_file(p)}\n" for p in files)
+        digest = sha256_file(path) if not path.is_dir() else hashlib.sha256(digests.encode()).hexdigest()
+        return {"source": source, "sha256": digest}
     if spec.get("hub"):
         return {"source": source, "revision": spec.get("revision")}
     if spec["dataset"] == "humaneval":
@@ -266,7 +273,7 @@ def prepare_task_spec(
     seed: int,
     out_path: str | Path,
     exclude_ids: Collection[Any] | None = None,
-    builtin_dir: str | Path = "resources/builtin",
+    builtin_dir: str | Path = BUILTIN_DIR,
 ) -> dict:
     """Prepare a task from its config entry (`tasks.<name>`) and write the task JSON.
 

@@ -21,7 +21,7 @@ from layerprune.registry import (
     recoveries_run_by,
 )
 from layerprune.validation import validate_study
-from layerprune.builtin import BUILTIN_TASKS, provenance as builtin_provenance
+from layerprune.builtin import BUILTIN_DIR, BUILTIN_TASKS, provenance as builtin_provenance
 from layerprune.settings import (
     BigbenchSourceSettings,
     CalibrationSettings,
@@ -248,8 +248,8 @@ def bigbench_file(task):
     return f"resources/bigbench/{task}/task.json"
 
 
-# The project's own tasks (layerprune.builtin), under results/ so DVC versions them with what they feed.
-BUILTIN_DIR = shared_path("builtin")
+# The project's own tasks (layerprune.builtin: BUILTIN_DIR, under results/shared/, so DVC versions them
+# with what they feed; the commands read them there).
 BUILTIN_TASK_PATTERN = "|".join(re.escape(name) for name in BUILTIN_TASKS)
 
 

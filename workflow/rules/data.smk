@@ -82,11 +82,10 @@ rule prepare_task:
     conda:
         "../../envs/layerprune.yaml"
     params:
-        builtin_dir=BUILTIN_DIR,
         spec=lambda wc: task_spec_json(wc.task),
         seed=SEED,
     shell:
-        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench --builtin-dir {params.builtin_dir:q}"
+        "layerprune prepare-task --spec {params.spec:q} --bigbench-dir resources/bigbench"
         " --seed {params.seed:q}"
         " --exclude-task-files {input.excluded:q} --out {output:q} > {log:q} 2>&1"
 
@@ -101,11 +100,10 @@ rule prepare_prompts:
     conda:
         "../../envs/layerprune.yaml"
     params:
-        builtin_dir=BUILTIN_DIR,
         settings=PROMPT_SET_SETTINGS,
     shell:
         "layerprune prepare-prompts --settings {params.settings:q} --bigbench-dir resources/bigbench"
-        " --builtin-dir {params.builtin_dir:q} --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule prepare_calibration:
@@ -118,11 +116,10 @@ rule prepare_calibration:
     conda:
         "../../envs/layerprune.yaml"
     params:
-        builtin_dir=BUILTIN_DIR,
         settings=CALIBRATION_SETTINGS,
     shell:
         "layerprune prepare-calibration --settings {params.settings:q} --bigbench-dir resources/bigbench"
-        " --builtin-dir {params.builtin_dir:q} --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule materialize:

@@ -8,11 +8,10 @@ rule prepare_heal:
     conda:
         "../../envs/layerprune.yaml"
     params:
-        builtin_dir=BUILTIN_DIR,
         settings=HEAL_SETTINGS,
     shell:
         "layerprune prepare-heal --settings {params.settings:q} --bigbench-dir resources/bigbench"
-        " --builtin-dir {params.builtin_dir:q} --out {output:q} > {log:q} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule recover:
