@@ -532,7 +532,8 @@ class Check:
 
 def unpack_bundle(bundle: Path, target: Path) -> Path:
     """Unpack the bundle's wheels into `target`/site (a wheel is a zip of its installed files); return that folder."""
-    site = target / "site"
+    # "site-packages" in the path: dill (datasets' fingerprints) pickles by reference only what lies in one
+    site = target / "lib" / "site-packages"
     shutil.rmtree(target, ignore_errors=True)
     site.mkdir(parents=True)
     with tarfile.open(bundle) as archive:
