@@ -44,7 +44,6 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 import traceback
 import zipfile
@@ -122,34 +121,83 @@ class Check:
         add = self._add
         add("environment", "unpack the bundle, import every module, check the device and bf16", self.environment_step)
         for family in FAMILIES:
-            add(f"build/{family}", f"a tiny random-weight {family} checkpoint in bf16", self._bind(self.build_tiny, family),
-                needs=["environment"])  # fmt: skip
-            add(f"selfgen-hf/{family}", "layerprune.selfgen.self_generate, backend transformers, 8 prompts",
-                self._bind(self.selfgen, family), needs=[f"build/{family}"])  # fmt: skip
-            add(f"prune/{family}", "layerprune.score (bi, on the device) + layerprune.prune at ratio 0.25 (CPU)",
-                self._bind(self.prune, family), needs=[f"build/{family}"])  # fmt: skip
+            add(
+                f"build/{family}",
+                f"a tiny random-weight {family} checkpoint in bf16",
+                self._bind(self.build_tiny, family),
+                needs=["environment"],
+            )
+            add(
+                f"selfgen-hf/{family}",
+                "layerprune.selfgen.self_generate, backend transformers, 8 prompts",
+                self._bind(self.selfgen, family),
+                needs=[f"build/{family}"],
+            )
+            add(
+                f"prune/{family}",
+                "layerprune.score (bi, on the device) + layerprune.prune at ratio 0.25 (CPU)",
+                self._bind(self.prune, family),
+                needs=[f"build/{family}"],
+            )
             for trainer in ("lora", "qlora"):
-                add(f"recover-{trainer}/{family}", f"layerprune.recover, {trainer}, bf16, 3 steps, merged and checked",
+                add(
+                    f"recover-{trainer}/{family}",
+                    f"layerprune.recover, {trainer}, bf16, 3 steps, merged and checked",
                     self._bind(self.recover, family, trainer),
-                    needs=[f"prune/{family}", f"selfgen-hf/{family}"])  # fmt: skip
-            add(f"lm-eval/{family}", "layerprune.evaluate: local multiple-choice task, lm-eval, max_batch_tokens 64",
-                self._bind(self.lm_eval, family), needs=[f"recover-lora/{family}"])  # fmt: skip
-            add(f"generative/{family}", "layerprune.evaluate: local 2-shot generative task, exact match",
-                self._bind(self.generative, family), needs=[f"recover-lora/{family}"])  # fmt: skip
+                    needs=[f"prune/{family}", f"selfgen-hf/{family}"],
+                )
+            add(
+                f"lm-eval/{family}",
+                "layerprune.evaluate: local multiple-choice task, lm-eval, max_batch_tokens 64",
+                self._bind(self.lm_eval, family),
+                needs=[f"recover-lora/{family}"],
+            )
+            add(
+                f"generative/{family}",
+                "layerprune.evaluate: local 2-shot generative task, exact match",
+                self._bind(self.generative, family),
+                needs=[f"recover-lora/{family}"],
+            )
         big = dict(cuda_only=True)
-        add("build/llama-8b", "random-weight Llama-3.1-8B shape (32 x 4096, vocab 128256), bf16, on the GPU, saved",
-            self.build_8b, needs=["environment"], **big)  # fmt: skip
-        add("memory/lm-eval-4096", "lm-eval log-likelihood batch of 4 x 1024 tokens (max_batch_tokens 4096)",
-            self.memory_lm_eval, needs=["build/llama-8b"], **big)  # fmt: skip
-        add("memory/bi-8x512", "layerprune.score bi on 8 texts x 512 tokens", self.memory_bi,
-            needs=["build/llama-8b"], **big)  # fmt: skip
-        add("memory/decode-32x256", "selfgen's TransformersGenerator: batch 32 x 256 prompt tokens, 256 new",
-            self.memory_decode, needs=["build/llama-8b"], **big)  # fmt: skip
-        add("memory/qlora-8b", "layerprune.recover qlora: 1 step, r 64, 4 x 2048 tokens, then the merge",
-            self.memory_qlora, needs=["build/llama-8b"], **big)  # fmt: skip
+        add(
+            "build/llama-8b",
+            "random-weight Llama-3.1-8B shape (32 x 4096, vocab 128256), bf16, on the GPU, saved",
+            self.build_8b,
+            needs=["environment"],
+            **big,
+        )
+        add(
+            "memory/lm-eval-4096",
+            "lm-eval log-likelihood batch of 4 x 1024 tokens (max_batch_tokens 4096)",
+            self.memory_lm_eval,
+            needs=["build/llama-8b"],
+            **big,
+        )
+        add(
+            "memory/bi-8x512",
+            "layerprune.score bi on 8 texts x 512 tokens",
+            self.memory_bi,
+            needs=["build/llama-8b"],
+            **big,
+        )
+        add(
+            "memory/decode-32x256",
+            "selfgen's TransformersGenerator: batch 32 x 256 prompt tokens, 256 new",
+            self.memory_decode,
+            needs=["build/llama-8b"],
+            **big,
+        )
+        add(
+            "memory/qlora-8b",
+            "layerprune.recover qlora: 1 step, r 64, 4 x 2048 tokens, then the merge",
+            self.memory_qlora,
+            needs=["build/llama-8b"],
+            **big,
+        )
 
-    def _add(self, name: str, what: str, run: Callable[[], str], needs: list[str] | None = None,
-             cuda_only: bool = False) -> None:  # fmt: skip
+    def _add(
+        self, name: str, what: str, run: Callable[[], str], needs: list[str] | None = None, cuda_only: bool = False
+    ) -> None:
         self.steps.append(Step(name, what, run, list(needs or []), cuda_only))
 
     @staticmethod
@@ -190,8 +238,11 @@ class Check:
         ran = sum(step.status == "ran" for step in self.steps)
         failed = sum(step.status == "failed" for step in self.steps)
         total = time.monotonic() - started
-        print(f"gpu_check: {ran} ran, {failed} failed, {len(self.steps) - ran - failed} skipped in {total:.0f} s; "
-              f"figures: {self.out / 'gpu_check.json'}", flush=True)  # fmt: skip
+        print(
+            f"gpu_check: {ran} ran, {failed} failed, {len(self.steps) - ran - failed} skipped in {total:.0f} s; "
+            f"figures: {self.out / 'gpu_check.json'}",
+            flush=True,
+        )
         if ran == 0:
             print("gpu_check: nothing ran", flush=True)
             return 1
@@ -211,7 +262,9 @@ class Check:
             with open(log, "a") as handle:
                 traceback.print_exc(file=handle)
             step.status = "failed"
-            step.reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+            step.reason = (
+                f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+            )
             step.reason += f" (log: {log})"
         finally:
             step.seconds = time.monotonic() - start
@@ -234,10 +287,16 @@ class Check:
             "seconds": round(seconds, 1),
             "environment": self.environment,
             "steps": [
-                {"name": s.name, "what": s.what, "status": s.status, "reason": s.reason,
-                 "seconds": round(s.seconds, 2), "figures": s.figures}
+                {
+                    "name": s.name,
+                    "what": s.what,
+                    "status": s.status,
+                    "reason": s.reason,
+                    "seconds": round(s.seconds, 2),
+                    "figures": s.figures,
+                }
                 for s in self.steps
-            ],  # fmt: skip
+            ],
             "memory": self.memory,
         }
         tmp = self.out / "gpu_check.json.tmp"
@@ -267,18 +326,30 @@ class Check:
             try:
                 module = importlib.import_module(name)
             except Exception as error:
-                hint = "" if unpacked or name not in BUNDLED else f" (no bundle at {bundle}: bash scripts/gpu_bundle.sh)"
+                hint = (
+                    "" if unpacked or name not in BUNDLED else f" (no bundle at {bundle}: bash scripts/gpu_bundle.sh)"
+                )
                 raise RuntimeError(f"cannot import {name}: {error}{hint}") from error
             where = Path(getattr(module, "__file__", "") or "?")
-            origin = "bundle" if unpacked and unpacked in where.parents else "source" if REPO / "src" in where.parents else "machine"
+            origin = (
+                "bundle"
+                if unpacked and unpacked in where.parents
+                else "source"
+                if REPO / "src" in where.parents
+                else "machine"
+            )
             modules[name] = {"version": getattr(module, "__version__", None), "from": origin}
         import torch
 
-        self.environment.update(python=sys.version.split()[0], modules=modules, bundle=str(bundle) if unpacked else None)
+        self.environment.update(
+            python=sys.version.split()[0], modules=modules, bundle=str(bundle) if unpacked else None
+        )
         if self.device == "cuda":
             if not torch.cuda.is_available():
-                raise RuntimeError(f"no CUDA GPU (torch {torch.__version__}, built for CUDA {torch.version.cuda}): "
-                                   "torch.cuda.is_available() is False; --device cpu runs the tiny steps on the CPU")  # fmt: skip
+                raise RuntimeError(
+                    f"no CUDA GPU (torch {torch.__version__}, built for CUDA {torch.version.cuda}): "
+                    "torch.cuda.is_available() is False; --device cpu runs the tiny steps on the CPU"
+                )
             if not torch.cuda.is_bf16_supported(including_emulation=False):
                 raise RuntimeError(f"{torch.cuda.get_device_name()} has no native bf16")
             self.environment["gpu"] = {
@@ -287,14 +358,21 @@ class Check:
                 "capability": ".".join(map(str, torch.cuda.get_device_capability())),
                 "cuda": torch.version.cuda,
             }
-            import bitsandbytes.cextension as native  # the CUDA library bitsandbytes found (the bundle keeps 13.x)
+            import bitsandbytes.cextension as native  # the CUDA library bitsandbytes loaded (the bundle keeps 13.x)
 
-            self.environment["bitsandbytes_library"] = str(getattr(native, "BNB_BACKEND", "?"))
+            if isinstance(native.lib, native.ErrorHandlerMockBNBNativeLibrary):
+                raise RuntimeError(
+                    f"bitsandbytes loaded no CUDA library for CUDA {torch.version.cuda} "
+                    "(the bundle keeps the CPU and CUDA 13.x ones)"
+                )
+            self.environment["bitsandbytes_library"] = f"{native.BNB_BACKEND}: {type(native.lib).__name__}"
         self.state["predictions"] = predictions()
         bundled = ", ".join(f"{n} {modules[n]['version']} ({modules[n]['from']})" for n in BUNDLED)
         where = self.environment.get("gpu", {}).get("name", "CPU")
-        return f"python {self.environment['python']}, torch {torch.__version__} ({modules['torch']['from']}), " \
-               f"transformers {modules['transformers']['version']}; {bundled}; on {where}"  # fmt: skip
+        return (
+            f"python {self.environment['python']}, torch {torch.__version__} ({modules['torch']['from']}), "
+            f"transformers {modules['transformers']['version']}; {bundled}; on {where}"
+        )
 
     # ------------------------------------------------------------------ steps: tiny models
 
@@ -317,9 +395,18 @@ class Check:
         from layerprune.selfgen import self_generate
 
         out = self.work / "selfgen" / f"{family}.jsonl"
-        count = self_generate(self.work / "tiny" / family, self.work / "prompts.jsonl", out, max_new_tokens=16,
-                              temperature=0.9, top_p=0.95, batch_size=4, seed=0, dtype="bfloat16",
-                              backend="transformers")  # fmt: skip
+        count = self_generate(
+            self.work / "tiny" / family,
+            self.work / "prompts.jsonl",
+            out,
+            max_new_tokens=16,
+            temperature=0.9,
+            top_p=0.95,
+            batch_size=4,
+            seed=0,
+            dtype="bfloat16",
+            backend="transformers",
+        )
         stats = json.loads(out.with_name(out.stem + ".stats.json").read_text())
         if count != 8 or stats["backend"] != "transformers":
             raise AssertionError(f"{count} responses, backend {stats['backend']}: expected 8 from transformers")
@@ -334,8 +421,9 @@ class Check:
         source = self.work / "tiny" / family
         model, tokenizer = load_checkpoint(source, dtype="bfloat16")
         on = str(next(model.parameters()).device)
-        scores = score_layers("bi", model, tokenizer, [" ".join(WORDS[i:] + WORDS[:i]) for i in range(8)],
-                              max_length=48, batch_size=4)  # fmt: skip
+        scores = score_layers(
+            "bi", model, tokenizer, [" ".join(WORDS[i:] + WORDS[:i]) for i in range(8)], max_length=48, batch_size=4
+        )
         del model
         write_json(self.work / "scores" / f"{family}.json", scores)
         out = self.work / "pruned" / family
@@ -351,8 +439,14 @@ class Check:
         out = self.work / "recovered" / f"{family}-{trainer}"
         shutil.rmtree(out, ignore_errors=True)
         with _loss_curve_without_matplotlib(recovery) as notes:
-            record = recovery.recover_checkpoint(self.work / "pruned" / family, self.work / "selfgen" / f"{family}.jsonl",
-                                                 out, "sgr", trainer=trainer, **TINY_RECOVERY)  # fmt: skip
+            record = recovery.recover_checkpoint(
+                self.work / "pruned" / family,
+                self.work / "selfgen" / f"{family}.jsonl",
+                out,
+                "sgr",
+                trainer=trainer,
+                **TINY_RECOVERY,
+            )
         if record["global_steps"] != TINY_RECOVERY["max_steps"]:
             raise AssertionError(f"trained {record['global_steps']} steps, not {TINY_RECOVERY['max_steps']}")
         model, tokenizer = load_checkpoint(out, dtype="bfloat16")
@@ -363,14 +457,20 @@ class Check:
             logits = model(ids).logits
         if not torch.isfinite(logits).all():
             raise AssertionError("the merged checkpoint's logits are not finite")
-        figures = {"train_loss": record["train_loss"], "steps": record["global_steps"],
-                   "precision": record["settings"]["precision"], "device": str(logits.device)}  # fmt: skip
+        figures = {
+            "train_loss": record["train_loss"],
+            "steps": record["global_steps"],
+            "precision": record["settings"]["precision"],
+            "device": str(logits.device),
+        }
         summary = f"{record['global_steps']} steps, loss {record['train_loss']:.3f}, merged checkpoint reloads"
         if trainer == "qlora":
             check = record["merge_check"]
             figures["merge_check"] = check
-            summary += (f"; merge check: gap {check['merge_gap']:.3g} vs 4-bit error "
-                        f"{check['quantisation_error']:.3g}, {check['layers_checked']} linear layers folded")  # fmt: skip
+            summary += (
+                f"; merge check: gap {check['merge_gap']:.3g} vs 4-bit error "
+                f"{check['quantisation_error']:.3g}, {check['layers_checked']} linear layers folded"
+            )
         if notes:
             figures["notes"] = notes
             summary += f" ({'; '.join(notes)})"
@@ -383,9 +483,17 @@ class Check:
 
         task = classification_task(12, 6)
         write_json(self.work / "tasks" / "mc.json", task)
-        result = evaluate_checkpoint(self.work / "recovered" / f"{family}-lora", self.work / "tasks" / "mc.json", "mc",
-                                     self.work / "eval" / family / "mc.json", batch_size=8, max_new_tokens=8, seed=0,
-                                     dtype="bfloat16", max_batch_tokens=64)  # fmt: skip
+        result = evaluate_checkpoint(
+            self.work / "recovered" / f"{family}-lora",
+            self.work / "tasks" / "mc.json",
+            "mc",
+            self.work / "eval" / family / "mc.json",
+            batch_size=8,
+            max_new_tokens=8,
+            seed=0,
+            dtype="bfloat16",
+            max_batch_tokens=64,
+        )
         if result["n"] != len(task["samples"]) or not 0 <= result["value"] <= 1:
             raise AssertionError(f"n {result['n']}, accuracy {result['value']}")
         self.current.figures.update(value=result["value"], n=result["n"], dtype=result["dtype"])
@@ -397,9 +505,17 @@ class Check:
 
         task = generative_task(8)
         write_json(self.work / "tasks" / "gen.json", task)
-        result = evaluate_checkpoint(self.work / "recovered" / f"{family}-lora", self.work / "tasks" / "gen.json", "gen",
-                                     self.work / "eval" / family / "gen.json", batch_size=4, max_new_tokens=8, seed=0,
-                                     dtype="bfloat16", prompting="fewshot")  # fmt: skip
+        result = evaluate_checkpoint(
+            self.work / "recovered" / f"{family}-lora",
+            self.work / "tasks" / "gen.json",
+            "gen",
+            self.work / "eval" / family / "gen.json",
+            batch_size=4,
+            max_new_tokens=8,
+            seed=0,
+            dtype="bfloat16",
+            prompting="fewshot",
+        )
         if result["n"] != len(task["samples"]) or result["prompting"] != "fewshot":
             raise AssertionError(f"n {result['n']}, prompting {result['prompting']}")
         self.current.figures.update(value=result["value"], n=result["n"], dtype=result["dtype"])
@@ -411,10 +527,20 @@ class Check:
         import torch
         from transformers import AutoModelForCausalLM, LlamaConfig
 
-        config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                             num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-                             rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=2, eos_token_id=1,
-                             pad_token_id=0)  # fmt: skip
+        config = LlamaConfig(
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=8192,
+            rope_theta=500000.0,
+            tie_word_embeddings=False,
+            bos_token_id=2,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
         torch.manual_seed(0)
         with torch.device("cuda"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
@@ -442,25 +568,35 @@ class Check:
 
     def _record(self, key: str, peak: int, prediction: str) -> None:
         predicted = lookup(self.state["predictions"], prediction)
-        row = {"what": key, "measured_gb": round(peak / GB, 2), "predicted_gb": predicted[1],
-               "predicted_by": predicted[0]}  # fmt: skip
+        row = {
+            "what": key,
+            "measured_gb": round(peak / GB, 2),
+            "predicted_gb": predicted[1],
+            "predicted_by": predicted[0],
+        }
         if predicted[1]:
             row["measured_over_predicted"] = round(peak / GB / predicted[1], 3)
         self.memory.append(row)
         self.current.figures.setdefault("memory", []).append(row)
 
     def _memory_summary(self) -> str:
-        return "; ".join(f"{r['what']}: {r['measured_gb']} GB (predicted {r['predicted_gb']})"
-                         for r in self.current.figures["memory"])  # fmt: skip
+        return "; ".join(
+            f"{r['what']}: {r['measured_gb']} GB (predicted {r['predicted_gb']})"
+            for r in self.current.figures["memory"]
+        )
 
     def memory_lm_eval(self) -> str:
         from layerprune.evaluate import evaluate_classification
 
         model, tokenizer = self.state["model_8b"], self.state["tokenizer_8b"]
         task = classification_task(8, 1023)  # 1023-word contexts + a 1-word choice: 4 rows x 1024 tokens
-        result = self._measure("lm-eval batch of 4096 tokens", "evaluate lm-eval, max_batch_tokens",
-                               lambda: evaluate_classification(model, tokenizer, task, "long", batch_size=32, seed=0,
-                                                               max_batch_tokens=4096))  # fmt: skip
+        result = self._measure(
+            "lm-eval batch of 4096 tokens",
+            "evaluate lm-eval, max_batch_tokens",
+            lambda: evaluate_classification(
+                model, tokenizer, task, "long", batch_size=32, seed=0, max_batch_tokens=4096
+            ),
+        )
         self.current.figures["n"] = len(result["samples"])
         return self._memory_summary()
 
@@ -469,8 +605,11 @@ class Check:
 
         model, tokenizer = self.state["model_8b"], self.state["tokenizer_8b"]
         texts = [" ".join((WORDS * 40)[i : i + 600]) for i in range(8)]
-        self._measure("BI cosines, 8 x 512 tokens", "score bi",
-                      lambda: score_layers("bi", model, tokenizer, texts, max_length=512, batch_size=8))  # fmt: skip
+        self._measure(
+            "BI cosines, 8 x 512 tokens",
+            "score bi",
+            lambda: score_layers("bi", model, tokenizer, texts, max_length=512, batch_size=8),
+        )
         return self._memory_summary()
 
     def memory_decode(self) -> str:
@@ -494,9 +633,13 @@ class Check:
         self.state.pop("model_8b", None)  # the QLoRA step loads its own 4-bit model
         self._free()
         words = WORDS * 200
-        records = [{"prompt": [{"role": "user", "content": " ".join(words[i : i + 1000])}],
-                    "completion": [{"role": "assistant", "content": " ".join(words[i + 7 : i + 1100])}]}
-                   for i in range(8)]  # fmt: skip
+        records = [
+            {
+                "prompt": [{"role": "user", "content": " ".join(words[i : i + 1000])}],
+                "completion": [{"role": "assistant", "content": " ".join(words[i + 7 : i + 1100])}],
+            }
+            for i in range(8)
+        ]
         write_jsonl(self.work / "sft-8b.jsonl", records)
         original = recovery.merge_qlora
 
@@ -510,16 +653,25 @@ class Check:
             self._record("QLoRA merge", torch.cuda.max_memory_allocated(), "recover merge")
             return merged
 
-        settings = {**TINY_RECOVERY, "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "batch_size": 4,
-                    "max_length": 2048, "max_steps": 1, "gradient_checkpointing": True}  # fmt: skip
+        settings = {
+            **TINY_RECOVERY,
+            "lora_r": 64,
+            "lora_alpha": 16,
+            "lora_dropout": 0.05,
+            "batch_size": 4,
+            "max_length": 2048,
+            "max_steps": 1,
+            "gradient_checkpointing": True,
+        }
         out = self.work / "recovered" / "llama-8b-qlora"
         shutil.rmtree(out, ignore_errors=True)
         torch.cuda.reset_peak_memory_stats()
         recovery.merge_qlora = merge_measured
         try:
             with _loss_curve_without_matplotlib(recovery):
-                record = recovery.recover_checkpoint(self.work / "llama-8b", self.work / "sft-8b.jsonl", out, "sgr",
-                                                     trainer="qlora", **settings)  # fmt: skip
+                record = recovery.recover_checkpoint(
+                    self.work / "llama-8b", self.work / "sft-8b.jsonl", out, "sgr", trainer="qlora", **settings
+                )
         finally:
             recovery.merge_qlora = original
         shutil.rmtree(out, ignore_errors=True)  # 16 GB
@@ -577,14 +729,25 @@ def lookup(table: dict[str, float], prefix: str) -> tuple[str | None, float | No
 def tiny_config(family: str):
     import transformers
 
-    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=0,
-                  eos_token_id=1, bos_token_id=2)  # fmt: skip
+    common = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     if family == "llama":
         return transformers.LlamaConfig(**common)
     layer_types = ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(4)]
-    return transformers.Gemma3TextConfig(**common, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
-                                         layer_types=layer_types)  # fmt: skip
+    return transformers.Gemma3TextConfig(
+        **common, head_dim=16, query_pre_attn_scalar=16, sliding_window=8, layer_types=layer_types
+    )
 
 
 def make_tokenizer():
@@ -596,8 +759,9 @@ def make_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     corpus = [" ".join(WORDS), "Q : A : 0 1 2 3 4 5 6 7 8 9"]
     backend.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", bos_token="<bos>",
-                                        unk_token="<unk>", pad_token="<pad>")  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<eos>", bos_token="<bos>", unk_token="<unk>", pad_token="<pad>"
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -685,8 +849,12 @@ def _loss_curve_without_matplotlib(recovery: Any) -> Iterator[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, default=REPO / "build" / "gpu_bundle.tar.xz",
-                        help="the wheel bundle of scripts/gpu_bundle.sh (not needed where its modules are installed)")  # fmt: skip
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=REPO / "build" / "gpu_bundle.tar.xz",
+        help="the wheel bundle of scripts/gpu_bundle.sh (not needed where its modules are installed)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "results" / "gpu_check", help="logs, work files, the JSON")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the tiny steps on the CPU")
     parser.add_argument("--skip-8b", action="store_true", help="leave out the 8B-shape memory steps")
@@ -696,8 +864,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.bundle = args.bundle.resolve() if args.bundle else None
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                      HF_HOME=str(args.out / "hf_home"), TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    os.environ.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HOME=str(args.out / "hf_home"),
+        TOKENIZERS_PARALLELISM="false",
+    )
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # every `auto` device choice in the project then picks the CPU
     check = Check(args)
@@ -716,8 +889,11 @@ def dry_run(check: Check) -> int:
             problems.append(f"no bundle at {bundle} and {', '.join(missing)} not installed: bash scripts/gpu_bundle.sh")
     sys.path.insert(0, str(REPO / "bench"))
     table = predictions()
-    wanted = {"memory/lm-eval-4096": ["evaluate lm-eval, max_batch_tokens"], "memory/bi-8x512": ["score bi"],
-              "memory/qlora-8b": ["recover QLoRA (GPU)", "recover merge"]}  # fmt: skip
+    wanted = {
+        "memory/lm-eval-4096": ["evaluate lm-eval, max_batch_tokens"],
+        "memory/bi-8x512": ["score bi"],
+        "memory/qlora-8b": ["recover QLoRA (GPU)", "recover merge"],
+    }
     for step in check.steps:
         skip = check.selected(step)
         note = ""
@@ -731,8 +907,10 @@ def dry_run(check: Check) -> int:
         print(f"{step.name:<24} {'skipped (' + skip + ')' if skip else 'would run: ' + step.what}{note}")
     for problem in problems:
         print(f"gpu_check: {problem}")
-    print(f"gpu_check: {len(check.steps)} steps planned on {check.device}; bundle "
-          f"{bundle if bundle and bundle.is_file() else 'absent'}")  # fmt: skip
+    print(
+        f"gpu_check: {len(check.steps)} steps planned on {check.device}; bundle "
+        f"{bundle if bundle and bundle.is_file() else 'absent'}"
+    )
     return 1 if problems else 0
 
 
