@@ -62,9 +62,11 @@ def test_dry_run_on_cpu_skips_the_8b_steps_with_the_reason(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = lines_by_step(result.stdout)
     assert all(lines[step].startswith("would run: ") for step in ["environment", *TINY_STEPS])
-    assert all(lines[step] == "skipped (needs CUDA (--device cpu runs the tiny steps only))" for step in BIG_STEPS)
+    assert all(
+        lines[step].startswith("skipped (needs CUDA (--device cpu runs the tiny steps only))") for step in BIG_STEPS
+    )
     skipped = lines_by_step(gpu_check("--dry-run", "--skip-8b", "--out", str(tmp_path / "out")).stdout)
-    assert all(skipped[step] == "skipped (--skip-8b)" for step in BIG_STEPS)
+    assert all(skipped[step].startswith("skipped (--skip-8b)") for step in BIG_STEPS)
 
 
 def test_exits_non_zero_when_nothing_ran(tmp_path):
