@@ -589,7 +589,8 @@ class Check:
         from layerprune.evaluate import evaluate_classification
 
         model, tokenizer = self.state["model_8b"], self.state["tokenizer_8b"]
-        task = classification_task(8, 1023)  # 1023-word contexts + a 1-word choice: 4 rows x 1024 tokens
+        # "Q: <1016 words>\nA:" + a 1-word choice: 1024 tokens a request (measured), so 4 rows a batch
+        task = classification_task(8, 1016)
         result = self._measure(
             "lm-eval batch of 4096 tokens",
             "evaluate lm-eval, max_batch_tokens",
