@@ -3,7 +3,8 @@
 # huggingface_hub, peft, accelerate, pandas, numpy, safetensors and tokenizers but no network:
 # trl, datasets (with pyarrow, dill, multiprocess, xxhash), lm_eval (with requests and sacrebleu), evaluate
 # and bitsandbytes, at the versions constraints.txt pins (but sacrebleu, see below), downloaded here from PyPI for that machine's Python (manylinux x86_64)
-# and packed into one tar.xz (about 22 MB for Python 3.12).
+# and packed into one tar.xz (29.8 MB for Python 3.12 at xz -9, measured 2026-12-07: little margin
+# under the limit below; bitsandbytes' CUDA 13.2 library (4 MB) is the next thing to leave out if needed).
 #
 #   bash scripts/gpu_bundle.sh [--python-version 3.12] [--out build/gpu_bundle.tar.xz] [--level 9]
 #

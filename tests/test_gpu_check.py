@@ -69,6 +69,14 @@ def test_dry_run_on_cpu_skips_the_8b_steps_with_the_reason(tmp_path):
     assert all(skipped[step].startswith("skipped (--skip-8b)") for step in BIG_STEPS)
 
 
+def test_the_shell_wrapper_runs_the_same_check(tmp_path):
+    environment = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=environment, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(lines_by_step(result.stdout)) == ALL_STEPS
+
+
 def test_exits_non_zero_when_nothing_ran(tmp_path):
     result = gpu_check("--device", "cpu", "--steps", "memory/*", "--out", str(tmp_path / "out"))
     assert result.returncode == 1, result.stdout + result.stderr
