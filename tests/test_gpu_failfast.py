@@ -104,3 +104,13 @@ def test_a_job_given_a_gpu_it_cannot_use_stops_within_10_seconds(tmp_path):
     done, _ = _score(tmp_path, {})
     assert done.returncode not in (0, 3) and "CUDA is not usable" not in done.stderr
     assert "absent" in done.stderr
+
+
+def test_lm_eval_log_softmax_runs_in_fp32_for_a_bf16_model():
+    from conftest import make_tiny_model, make_tokenizer
+
+    from layerprune.evaluate import token_budget_hflm
+
+    model = make_tiny_model("llama", num_layers=1).to(torch.bfloat16)
+    lm = token_budget_hflm(model, make_tokenizer(), batch_size=2, max_batch_tokens=None)
+    assert lm.softmax_dtype == torch.float32
