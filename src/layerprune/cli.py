@@ -221,6 +221,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             "criterion": settings.criterion,
             "tie_break": settings.tie_break,
             "keep_first_layer": settings.keep_first_layer,
+            "probe_batch_size": settings.probe_batch_size,
         },
         max_length=settings.max_length,
         batch_size=settings.batch_size,

@@ -430,12 +430,19 @@ def check_gpu_usable(environ: Mapping[str, str] | None = None) -> None:
 
 def device_summary(dtype: str = "auto") -> str:
     """One line for a job's log header: the device its work runs on and what the dtype setting resolves to."""
-    resolved = str(resolve_dtype(dtype)).removeprefix("torch.")
+    # the header must never stop a job: a CUDA query that fails is reported, not raised
+    try:
+        resolved = str(resolve_dtype(dtype)).removeprefix("torch.")
+    except (RuntimeError, AssertionError) as error:
+        resolved = f"unknown ({error})"
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        major, minor = torch.cuda.get_device_capability(0)
-        bf16 = "native" if bf16_native() else "emulated only, not used by auto"
-        device = f"cuda ({torch.cuda.device_count()} x {name}, capability {major}.{minor}, bf16 {bf16})"
+        try:
+            name = torch.cuda.get_device_name(0)
+            major, minor = torch.cuda.get_device_capability(0)
+            bf16 = "native" if bf16_native() else "emulated only, not used by auto"
+            device = f"cuda ({torch.cuda.device_count()} x {name}, capability {major}.{minor}, bf16 {bf16})"
+        except (RuntimeError, AssertionError) as error:
+            device = f"cuda (not queried: {error})"
     else:
         why = "CPU-only torch build" if torch.version.cuda is None else "no usable CUDA device"
         device = f"cpu ({why})"

@@ -452,6 +452,17 @@ class ScoreSettings(Seeded, OnModel):
         derived=True,
         methods=STOP_AT_MAX_RATIO,
     )
+    probe_batch_size: int | None = setting(
+        None,
+        help=(
+            "iterative: prompts per generation batch of the generative probes (null = batch_size). Decoding at 7-8B "
+            "is bound by reading the weights, so a step of 100 rows costs about what a step of 8 does: one batch per "
+            "probe cuts the search's time by the number of batches (bench/cost_model.py)"
+        ),
+        config="scoring.iterative.probe_batch_size",
+        schema={"minimum": 1},
+        methods=PROBED,
+    )
     probe_max_new_tokens: list[int] = setting(
         [16], help="iterative: max_new_tokens of each probe task (or one for all)", derived=True, methods=PROBED
     )
