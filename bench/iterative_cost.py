@@ -10,8 +10,8 @@ small model, and scales it to a target model in two ways:
   least weight bytes / (HBM bandwidth x MBU).
 
 The slower of the two is a step's time. Assumptions (all arguments, defaults in brackets): the
-paper's probes (configs/paper.yaml) [GSM8K 100 x up to 1024 new tokens, HumanEval+ 100 x 768,
-XSum 100 x 128], batch [8]; each batch of 8 sampled answers (T 0.9) runs to its longest, taken as
+probes of `--config` [configs/paper.yaml: its probe tasks' max_new_tokens and
+scoring.iterative.num_samples], batch [8]; each batch of 8 sampled answers (T 0.9) runs to its longest, taken as
 `--fill` [1.0] of max_new_tokens; prompt [400 tokens, prefill counted as compute]; an A100-80GB:
 312 TFLOP/s bf16 dense at [35 %] MFU, 2.0 TB/s at [60 %] MBU; HF generate's per-step Python and
 launch overhead is not in the model (it roughly doubles a step at 8B: the reason for the 2x
@@ -56,7 +56,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated in the measurement")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--probes", nargs="+", default=["100:1024", "100:768", "100:128"], help="samples:max_new")
+    parser.add_argument(
+        "--probes",
+        nargs="+",
+        default=None,
+        help="samples:max_new per probe; default: --config's probes (num_samples, their max_new_tokens)",
+    )
+    parser.add_argument("--config", default="configs/paper.yaml", help="the study whose probes are priced")
     parser.add_argument("--fill", type=float, default=1.0, help="share of max_new_tokens a batch runs")
     parser.add_argument("--max-ratio", type=float, default=0.3)
     parser.add_argument("--prompt-tokens", type=int, default=400)
@@ -101,7 +107,17 @@ def main() -> None:
         },
         "targets": {},
     }
+    if args.probes is None:  # the config's own probe lengths (bench/cost_model.py prices every rule the same way)
+        import yaml
+
+        study = yaml.safe_load(open(args.config))
+        iterative = study["scoring"]["iterative"]
+        args.probes = [
+            f"{iterative.get('num_samples', 16)}:{study['tasks'][name]['max_new_tokens']}"
+            for name in iterative["probe_tasks"]
+        ]
     probes = [tuple(int(part) for part in probe.split(":")) for probe in args.probes]
+    report["probes"] = args.probes
     for name, target in targets.items():
         gpu_flops = args.gpu_tflops * 1e12 * args.mfu
         probe_seconds = cpu_probe_seconds = 0.0

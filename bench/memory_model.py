@@ -10,19 +10,22 @@ float32 cast of the reloaded pruned model (the teacher-forced cache check, see
 The other rules are computed (weights + the largest transient), for Llama-3.1-8B (vocab 128256,
 32 layers, 8 KV heads x 128, d_model 4096) at the paper's settings:
 
-* score (bi/angular/ppl, GPU): bf16 weights + one batch's hidden states of every layer;
+* score (bi/angular, GPU): bf16 weights + one batch's hidden states of every layer + the fp32
+  cosine chunk (no logits: the decoder stack is called without its LM head);
 * score_iterative (GPU): weights + the probe generator's KV cache (batch 8 x 1.4k tokens);
 * selfgen (HF backend, GPU): weights + the KV cache of the worst batch (2 bytes x 2 x layers x
   kv_heads x head_dim per token); vLLM instead takes gpu_memory_utilization of the card;
-* recover (QLoRA, GPU): 4-bit weights (0.56 B/param with double quant) + LoRA r=64 params in
+* recover (QLoRA, GPU): 4-bit weights (0.56 B/param with double quant) of the decoder's linear
+  layers + embeddings and lm_head in fp32 (bitsandbytes leaves them unquantised, PEFT casts them
+  to fp32: 4.2 GB at 8B) + LoRA r=64 params in
   fp32 with AdamW (16 B/param) + activations with gradient checkpointing; the merge then loads
   the bf16 base, once the 4-bit model, the optimizer and the trainer are freed;
-* evaluate (lm-eval, GPU): weights + lm-eval's [batch, length, vocab] logits, their log-softmax
-  and the previous batch's log-softmax (still referenced while the next is computed), in the
-  model's dtype (bf16: transformers' lm_head does not upcast, lm-eval's softmax_dtype is unset),
-  so 3 x vocab x 2 bytes per token of the batch (the 3 measured on CPU by eval_logits_memory.py);
-  `evaluation.max_batch_tokens` bounds the tokens (paper.yaml: 4096), plus one layer's MLP
-  activations at that size;
+* evaluate (lm-eval, GPU): weights + lm-eval's [batch, length, vocab] tensors at its peak: the
+  bf16 logits (2 B), their fp32 copy inside log_softmax (4 B: evaluate.LM_EVAL_SOFTMAX_DTYPE
+  float32, lm-eval's softmax_dtype), the fp32 log-softmax (4 B) and the previous batch's (4 B, still
+  referenced while the next is computed; the 3 tensors measured on CPU by eval_logits_memory.py),
+  so 14 x vocab bytes per token of the batch; `evaluation.max_batch_tokens` bounds the tokens
+  (paper.yaml: 4096), plus one layer's MLP activations at that size;
 * host RAM (mem_mb): a GPU job loads the checkpoint on the host first (`load_checkpoint`), so its
   RSS peaks near the bf16 file plus ~4 GB (interpreter, torch, CUDA context).
 
@@ -56,6 +59,9 @@ print(json.dumps({"rss_before_kb": before, "peak_kb": after}))
 """
 
 GB = 1e9
+# lm-eval's peak bytes per token x vocab: bf16 logits + their fp32 copy + fp32 log-softmax + the previous batch's
+LOGIT_BYTES = 2 + 4 + 4 + 4
+COSINE_CHUNK_TOKENS = 1024  # layerprune.score.COSINE_CHUNK_TOKENS (tests/test_cost_model.py checks they agree)
 LLAMA_8B = dict(params=8.03e9, layers=32, kv_heads=8, head_dim=128, d_model=4096, vocab=128256)
 
 
@@ -119,9 +125,22 @@ def computed(prune_ratio: float) -> dict[str, dict[str, float]]:
     # LoRA r=64 on every linear layer: r x (in + out) each (q, k, v, o, gate, up, down), in billions
     dims = 2 * m["d_model"] + 2 * (m["d_model"] + kv) + 3 * (m["d_model"] + 14336)
     qlora_trainable = 64 * m["layers"] * dims / 1e9
+    unquantised = 2 * m["vocab"] * m["d_model"]  # embed_tokens and lm_head (untied at 8B)
     return {
         "prune (CPU)": {"gpu_gb": 0, "host_gb": round(prune_ratio * weights, 1)},
-        "score bi/angular (GPU)": {"gpu_gb": round(weights + 8 * 256 * m["d_model"] * 2 * 33 / GB, 1), "host_gb": host},
+        # paper.yaml: batch 8 x 512 tokens. bf16 weights + every depth's hidden states (L+1 of them, bf16)
+        # + the fp32 cosine chunk (score.COSINE_CHUNK_TOKENS: the stack and its normalised copy)
+        # + one layer's MLP activations; no logits (score.base_model calls the decoder stack alone)
+        "score bi/angular, batch 8 x 512 tokens (GPU)": {
+            "gpu_gb": round(
+                weights
+                + 8 * 512 * m["d_model"] * 2 * (m["layers"] + 1) / GB
+                + 2 * (m["layers"] + 1) * COSINE_CHUNK_TOKENS * m["d_model"] * 4 / GB
+                + 3 * 8 * 512 * 14336 * 2 / GB,
+                1,
+            ),
+            "host_gb": host,
+        },
         "score_iterative (GPU)": {"gpu_gb": round(weights + 8 * 1424 * kv_per_token + 2, 1), "host_gb": host},
         # paper.yaml: batch 64, prompts up to 8000 tokens, 1024 new: the worst batch's KV cache
         "selfgen HF, batch 64 x 9k tokens (GPU)": {
@@ -129,10 +148,13 @@ def computed(prune_ratio: float) -> dict[str, dict[str, float]]:
             "host_gb": host,
         },
         "recover QLoRA (GPU)": {
-            # 4-bit base + fp32 LoRA with AdamW + activations (batch 4 x 2k tokens, checkpointed)
-            # + the fp32 logits of the loss (4 x 2048 x vocab x 4 B)
+            # 4-bit base (bitsandbytes quantises the decoder's linear layers only) + embeddings and lm_head
+            # left unquantised, which PEFT's prepare_model_for_kbit_training casts to fp32 (2 x vocab x
+            # d_model x 4 B = 4.2 GB at 8B) + fp32 LoRA with AdamW + activations (batch 4 x 2k tokens,
+            # checkpointed) + the fp32 logits of the loss (4 x 2048 x vocab x 4 B)
             "gpu_gb": round(
-                0.56 * m["params"] / GB
+                0.56 * (m["params"] - unquantised) / GB
+                + unquantised * 4 / GB
                 + qlora_trainable * 16
                 + 4 * 2048 * m["d_model"] * 2 * m["layers"] / GB
                 + 4 * 2048 * m["vocab"] * 4 / GB,
@@ -149,14 +171,14 @@ def computed(prune_ratio: float) -> dict[str, dict[str, float]]:
         },
         **{
             f"evaluate lm-eval, batch {batch} x 2.5k tokens (GPU)": {
-                "gpu_gb": round(weights + 3 * batch * 2500 * m["vocab"] * 2 / GB, 1),
+                "gpu_gb": round(weights + batch * 2500 * m["vocab"] * LOGIT_BYTES / GB, 1),
                 "host_gb": host,
             }
             for batch in (32, 4)
         },
         "evaluate lm-eval, max_batch_tokens 4096 (GPU)": {
             # + one layer's MLP activations at 4096 tokens (gate, up, act: 3 x 14336 x 2 B a token)
-            "gpu_gb": round(weights + 3 * 4096 * m["vocab"] * 2 / GB + 3 * 4096 * 14336 * 2 / GB, 1),
+            "gpu_gb": round(weights + 4096 * m["vocab"] * LOGIT_BYTES / GB + 3 * 4096 * 14336 * 2 / GB, 1),
             "host_gb": host,
         },
     }

@@ -111,6 +111,7 @@ def test_task_by_name_on_arc_format_files(checkpoint, arc_dir, tmp_path):
         batch_size=4, max_new_tokens=4, seed=0, dtype="float32", variant=VARIANT,
     )  # fmt: skip
     assert (result["type"], result["metric"], result["task"]) == ("classification", "accuracy", "arc_easy")
+    assert result["softmax_dtype"] == "float32"  # lm-eval's log-softmax, whatever the model's dtype
     assert result["grader"].startswith(f"lm-eval {lm_eval.__version__} arc_easy_local acc")
     test_rows = arc_rows(8, 0)
     assert result["n"] == 4  # limit 0.5 of 8 test rows: lm-eval takes the first ones

@@ -1,15 +1,21 @@
-"""The GPU environment (envs/layerprune-gpu.yaml, constraints-gpu.txt) resolves: a real pip resolution against PyPI.
+"""The GPU environment resolves against PyPI: exactly what the README tells a GPU user to install.
 
-vLLM cannot run here (no CUDA), but whether its requirements agree with the pinned torch, transformers and
-the rest is a question for pip's resolver, answered without installing: `pip install --dry-run --report`.
-`--isolated` ignores this machine's pip configuration (its local CPU torch wheel); `fast-deps` reads each
-wheel's metadata with HTTP range requests instead of downloading GBs of CUDA wheels.
+vLLM cannot run here (no CUDA), but whether its requirements agree with the whole project (snakemake,
+its slurm plugin, torch, transformers and the rest) is a question for a resolver, answered without
+installing. The README's GPU install is `python3.13 -m venv ...` then `pip install -c constraints-gpu.txt
+-e .[vllm]`; this machine has no Python 3.13, and pip's `--python-version` only changes which wheel tags
+it accepts while evaluating markers (mistral_common's `numpy<2.4; python_version <= "3.12"`, the
+reason for 3.13) for the interpreter pip runs on. `uv pip compile --python-version 3.13` evaluates
+markers and tags for the target, so the test resolves the README's arguments with uv (a pinned uv
+installed into a throwaway venv: uv is a binary shipped in its PyPI wheel). As a control, the same
+arguments for Python 3.11 must fail on numpy: the reason the README says 3.13.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
+import shlex
 import subprocess
 import sys
 import urllib.request
@@ -19,6 +25,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+UV = "uv==0.13.9"
+# a GPU node: Linux x86_64 with glibc 2.28 or newer (torch 2.13's CUDA wheels are manylinux_2_28)
+PLATFORM = "x86_64-manylinux_2_28"
 
 
 def pypi_reachable() -> bool:
@@ -33,38 +42,96 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@pytest.mark.slow  # about 80 s: pip resolves ~200 packages over the network
-def test_gpu_env_resolves_against_pypi(tmp_path):
+def readme_gpu_install() -> tuple[str, list[str]]:
+    """(python version, pip arguments) of the README's GPU install block, as typed there."""
+    text = (REPO / "README.md").read_text()
+    venv = re.search(r"^python(3\.\d+) -m venv (\S+)$", text, re.M)
+    assert venv, "README: the GPU environment's `python3.X -m venv` line"
+    install = re.search(rf"^{re.escape(venv[2])}/bin/pip install (.+)$", text, re.M)
+    assert install, "README: the GPU environment's pip install line"
+    return venv[1], shlex.split(install[1])
+
+
+def test_readme_gpu_install_line_is_the_documented_one():
+    python, arguments = readme_gpu_install()
+    assert python == "3.13"
+    assert arguments == ["-c", "constraints-gpu.txt", "-e", ".[vllm]"]
+    spec = yaml.safe_load((REPO / "envs" / "layerprune-gpu.yaml").read_text())
+    assert f"python={python}" in spec["dependencies"]
+
+
+@pytest.fixture(scope="module")
+def uv(tmp_path_factory) -> Path:
     if not pypi_reachable():
         pytest.skip("PyPI (https://pypi.org) is unreachable from this machine: the resolution needs it")
+    venv = tmp_path_factory.mktemp("uv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--isolated", "-q", "--disable-pip-version-check", UV],
+        check=True,
+        timeout=600,
+    )
+    return venv / "bin" / "uv"
+
+
+def compile_for(uv: Path, python: str, arguments: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`uv pip compile` of pip install `arguments` (run in the checkout, as the README's line is) for `python`."""
+    requirements, rest = tmp_path / "requirements.in", []
+    lines: list[str] = []
+    iterator = iter(arguments)
+    for argument in iterator:
+        if argument == "-c":
+            rest += ["-c", str(REPO / next(iterator))]
+        elif argument == "-e":
+            lines.append(f"-e {REPO}{next(iterator).removeprefix('.')}")
+        else:
+            lines.append(argument)
+    requirements.write_text("\n".join(lines) + "\n")
+    command = [str(uv), "pip", "compile", "--no-config", "--no-cache", "--python-version", python]
+    command += ["--python-platform", PLATFORM, *rest, str(requirements), "-o", str(tmp_path / "resolved.txt")]
+    # the public index, whatever this machine's pip configuration points at (its local CPU torch wheel)
+    environment = {**os.environ, "UV_INDEX_URL": "https://pypi.org/simple", "UV_NO_PROGRESS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO, env=environment)
+
+
+def resolved_versions(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^\s;]+)", line)
+        if match:
+            found[canonical(match[1])] = match[2]
+    return found
+
+
+@pytest.mark.slow  # about 1-2 min: installs uv, then three resolutions of ~270 packages against PyPI
+def test_readme_gpu_install_resolves_for_python_3_13(uv, tmp_path):
+    python, arguments = readme_gpu_install()
+    done = compile_for(uv, python, arguments, tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    resolved = resolved_versions(tmp_path / "resolved.txt")
+    # every pin of constraints-gpu.txt that the project needs is what gets installed, the whole project included
+    pins = {}
+    for line in (REPO / "constraints-gpu.txt").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
+        if match:
+            pins[canonical(match[1])] = match[2]
+    for name, version in resolved.items():
+        if name in pins:
+            assert version == pins[name], name
+    for name in ("vllm", "torch", "transformers", "numpy", "snakemake", "snakemake-executor-plugin-slurm", "trl"):
+        assert resolved[name] == pins[name], name
+    assert "layerprune" in (tmp_path / "resolved.txt").read_text()
+
+    # the conda environment file's own list (its python=3.13 and pip pins) resolves too
     spec = yaml.safe_load((REPO / "envs" / "layerprune-gpu.yaml").read_text())
-    requirements = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
-    assert "vllm==0.30.0" in requirements
-    report = tmp_path / "report.json"
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--isolated",
-        "--use-feature=fast-deps",
-        "--dry-run",
-        "--ignore-installed",
-        "--report",
-        str(report),
-        "-c",
-        str(REPO / "constraints-gpu.txt"),
-        *requirements,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    resolved = {
-        canonical(item["metadata"]["name"]): item["metadata"]["version"]
-        for item in json.loads(report.read_text())["install"]
-    }
-    # every pin of the environment is what gets installed, vLLM's CUDA stack included
-    for requirement in requirements:
-        name, version = requirement.split("==")
-        assert resolved[canonical(name)] == version, requirement
-    assert (resolved["vllm"], resolved["torch"], resolved["transformers"]) == ("0.30.0", "2.13.0", "5.23.0")
-    assert resolved["numpy"] == "2.3.5"
+    conda_pins = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
+    conda_python = next(d for d in spec["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    (tmp_path / "conda").mkdir()
+    done = compile_for(uv, conda_python.split("=")[1], ["-c", "constraints-gpu.txt", *conda_pins], tmp_path / "conda")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert resolved_versions(tmp_path / "conda" / "resolved.txt")["vllm"] == "0.30.0"
+
+    # control: the same line on Python 3.11 cannot resolve, on vLLM's numpy marker
+    (tmp_path / "py311").mkdir()
+    done = compile_for(uv, "3.11", arguments, tmp_path / "py311")
+    assert done.returncode != 0 and "numpy" in done.stderr and "mistral-common" in done.stderr, done.stderr[-3000:]

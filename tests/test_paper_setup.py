@@ -55,6 +55,7 @@ def test_paper_iterative_probes_are_the_authors():
     assert iterative == {
         "probe_tasks": ["gsm8k_probe", "humaneval_plus_probe", "xsum_probe"],
         "num_samples": 100,
+        "probe_batch_size": 50,  # ours: one probe in 2 generation batches (bench/cost_model.py)
         # layer_pruner/script.py: mean of pruned / dense, ties to the later layer, layer 0 kept
         "criterion": "mean_ratio",
         "tie_break": "later",

@@ -240,6 +240,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             "criterion": settings.criterion,
             "tie_break": settings.tie_break,
             "keep_first_layer": settings.keep_first_layer,
+            "probe_batch_size": settings.probe_batch_size,
         },
         max_length=settings.max_length,
         batch_size=settings.batch_size,
@@ -577,12 +578,22 @@ def versions() -> str:
     return ", ".join(found)
 
 
+# The stages whose work runs on a GPU when there is one; the rest (prune and materialize among them) run on
+# the CPU whatever the job was given.
+GPU_STAGES = ("score", "selfgen", "recover", "evaluate", "magpie-prompts")
+
+
 def header(args: argparse.Namespace, argv: list[str]) -> str:
-    """The first lines of a job's log: the command, the settings it runs with, the versions."""
+    """The first lines of a job's log: the command, the settings it runs with, the versions, and for a
+    GPU stage the device and dtype it runs with."""
     lines = ["# command: " + shlex.join(["layerprune", *argv])]
     if args.resolved_settings is not None:
         lines.append("# settings: " + json.dumps(args.resolved_settings.to_dict(), sort_keys=True))
     lines.append("# versions: " + versions())
+    if args.stage in GPU_STAGES:
+        from layerprune.models import device_summary
+
+        lines.append("# device: " + device_summary(getattr(args.resolved_settings, "dtype", "auto")))
     return "\n".join(lines)
 
 
@@ -607,6 +618,15 @@ def main(argv: list[str] | None = None) -> int:
         settings_from_args(args.settings_class, args, args.stage) if args.settings_class is not None else None
     )
     print(header(args, argv), file=sys.stderr, flush=True)
+    if args.stage in GPU_STAGES:
+        # before anything heavy: a job given a GPU that torch cannot use stops here, with the cause
+        from layerprune.models import check_gpu_usable
+
+        try:
+            check_gpu_usable()
+        except RuntimeError as error:
+            print(f"layerprune {args.stage}: {error}", file=sys.stderr, flush=True)
+            return 3
     try:
         said = args.func(args)  # a stage that writes no `--out` says what it did
         if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate, the first process speaks for all

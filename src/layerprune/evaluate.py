@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from layerprune.generative import evaluate_generative
+from layerprune.generative import GenerationPartial, Sampling, evaluate_generative
 from layerprune.graders import normalise_answer  # noqa: F401 - re-exported
-from layerprune.io import read_json, write_json, write_jsonl
+from layerprune.io import content_fingerprint, read_json, sha256_file, write_json, write_jsonl
 from layerprune.models import load_checkpoint
 from layerprune.sandbox import preflight
 from layerprune.settings import EvaluationSettings
@@ -77,6 +77,11 @@ def budgeted_batch_size(longest: int, batch_size: int, max_batch_tokens: int | N
     return max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
 
 
+# The dtype lm-eval's HF backend computes log-softmax in (its `softmax_dtype`; unset, the model's own);
+# recorded in every classification result.
+LM_EVAL_SOFTMAX_DTYPE = "float32"
+
+
 def token_budget_hflm(model, tokenizer, batch_size: int, max_batch_tokens: int | None):
     """lm-eval's HFLM around `model`, whose log-likelihood batches hold at most `max_batch_tokens`
     tokens (rows x the batch's longest request, padding included), and at most `batch_size` rows.
@@ -98,7 +103,11 @@ def token_budget_hflm(model, tokenizer, batch_size: int, max_batch_tokens: int |
 
     class TokenBudgetHFLM(HFLM):
         def __init__(self) -> None:
-            super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            # log-softmax in fp32 whatever the model's dtype: in bf16 (8 mantissa bits) the log-probabilities
+            # of long continuations round enough to flip close multiple-choice answers
+            super().__init__(
+                pretrained=model, tokenizer=tokenizer, batch_size=batch_size, softmax_dtype=LM_EVAL_SOFTMAX_DTYPE
+            )
             self.batch_sizes_used: list[int] = []
             self._batch_end, self._rows = 0, batch_size
 
@@ -322,6 +331,8 @@ def evaluate_classification(
         "samples": lm_eval_records(results, metric),
         "lm_eval_task": lm_eval_name,
         "lm_eval_version": lm_eval.__version__,
+        # the vllm backend computes log-probabilities in its own sampler (fp32)
+        "softmax_dtype": LM_EVAL_SOFTMAX_DTYPE if backend == "hf" else "vllm",
     }
 
 
@@ -356,6 +367,9 @@ def evaluate_checkpoint(
     (hf or vllm) is the model lm-eval runs classification tasks on; generative tasks always use
     transformers. `max_batch_tokens` bounds the tokens of an hf-backend classification batch
     (`token_budget_hflm`).
+    `max_generate_tokens` bounds those of a generation batch (prompt + max_new_tokens: the KV cache). A
+    generative evaluation saves its finished batches beside `out_path` (`GenerationPartial`) and,
+    re-run after a kill with the same model, task and settings, generates only what is missing.
     """
     from layerprune.retention import task_chance
 
@@ -382,6 +396,22 @@ def evaluate_checkpoint(
         )
     else:
         model, tokenizer = load_checkpoint(model_dir, dtype=dtype)
+        partial = GenerationPartial(
+            out_path,
+            {
+                "format": 1,
+                # what the model is, not where (io.content_fingerprint), and the task file's content
+                "model": content_fingerprint(model_dir),
+                "task_sha256": sha256_file(task_path),
+                "max_new_tokens": options.max_new_tokens,
+                "batch_size": batch_size,
+                "max_generate_tokens": options.max_generate_tokens,
+                "seed": seed,
+                "dtype": str(next(model.parameters()).dtype),
+                "prompting": options.prompting,
+                "sampling": {**options.sampling().__dict__},
+            },
+        )
         result = evaluate_generative(
             model,
             tokenizer,
@@ -393,6 +423,8 @@ def evaluate_checkpoint(
             pass_k=options.pass_k,
             sandbox=options.sandbox_limits(),
             seed=seed,
+            max_batch_tokens=options.max_generate_tokens,
+            partial=partial,
         )
     result = {
         **(variant or {}),
@@ -415,4 +447,6 @@ def evaluate_checkpoint(
     )
     result["settings"] = options.to_dict()
     write_json(out_path, result)
+    if not classification:
+        partial.remove()
     return result

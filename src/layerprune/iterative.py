@@ -225,7 +225,14 @@ def classification_accuracy(model, task: dict[str, Any], pairs, batch_size: int,
 class _Prober:
     """Evaluates the model as it currently is on every probe task (inputs encoded once)."""
 
-    def __init__(self, model, tokenizer, probe_tasks: list[dict[str, Any]], batch_size: int):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        probe_tasks: list[dict[str, Any]],
+        batch_size: int,
+        generate_batch_size: int | None = None,
+    ):
         names = [task["name"] for task in probe_tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"probe task names must be unique, got {names}")
@@ -235,6 +242,7 @@ class _Prober:
             if not task["samples"]:
                 raise ValueError(f"probe task '{task['name']}' has no samples")
         self.model, self.tokenizer, self.tasks, self.batch_size = model, tokenizer, probe_tasks, batch_size
+        self.generate_batch_size = generate_batch_size or batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.pairs = {
             task["name"]: _encode_classification(tokenizer, task)
@@ -256,7 +264,7 @@ class _Prober:
                     self.tokenizer,
                     task,
                     task["max_new_tokens"],
-                    self.batch_size,
+                    self.generate_batch_size,
                     progress=False,
                     prompting=task.get("prompting", "auto"),
                     sampling=task.get("sampling") or Sampling(),
@@ -308,8 +316,11 @@ def iterative_removal(
     keep_first_layer: bool = True,
     state_path: str | Path | None = None,
     fingerprint: dict[str, Any] | None = None,
+    probe_batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Greedy removal order for k = 1..max_k; see the module docstring.
+
+    `probe_batch_size`: rows per generation batch of the generative probes (None: `batch_size`).
 
     With `state_path`, progress is persisted there after the dense probe and after every
     candidate, under `fingerprint` (what the caller knows identifies the inputs: model
@@ -340,6 +351,7 @@ def iterative_removal(
         **(fingerprint or {}),
         "max_k": max_k,
         "batch_size": batch_size,
+        **({"probe_batch_size": probe_batch_size} if probe_batch_size is not None else {}),
         "selection": [criterion, tie_break, keep_first_layer],
         "probe_tasks": [[task["name"], task["type"], len(task["samples"])] for task in probe_tasks],
     }
@@ -352,7 +364,7 @@ def iterative_removal(
             _save_state(Path(state_path), fingerprint, dense, known)
 
     try:
-        probe = _Prober(model, tokenizer, probe_tasks, batch_size)
+        probe = _Prober(model, tokenizer, probe_tasks, batch_size, probe_batch_size)
         dense = state["dense"]
         if dense is None:
             dense = probe()

@@ -19,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import os
 import re
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -244,12 +247,19 @@ def load_source(source: dict[str, Any], dtype: torch.dtype = torch.float32):
     return model, tokenizer
 
 
+def bf16_native() -> bool:
+    """Whether the CUDA GPU computes in bf16 natively (compute capability 8.0 or newer: A100, H100, L40, ...).
+
+    `torch.cuda.is_bf16_supported()` also says yes on V100 and T4, where bf16 is emulated (through fp32,
+    several times slower than their fp16): `auto` must not pick it there.
+    """
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_dtype(name: str) -> torch.dtype:
-    """'auto' is bf16 on a GPU that supports it and fp32 elsewhere."""
+    """'auto' is bf16 on a GPU that computes it natively (`bf16_native`) and fp32 elsewhere."""
     if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        return torch.bfloat16 if bf16_native() else torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
@@ -321,3 +331,137 @@ def decoder_layers(model) -> torch.nn.ModuleList:
             f"(model_type '{getattr(model.config, 'model_type', '?')}'): expected model.model.layers"
         )
     return layers
+
+
+# The variables that say a job was given GPUs. SLURM sets them for a job that asked for GPUs (`--gpus`,
+# `--gres=gpu:N`); CUDA_VISIBLE_DEVICES is also what a user or a scheduler sets by hand. The index lists
+# ("0,1") mean given whatever the number; the counts ("2", "a100:2") mean given unless 0.
+GPU_INDEX_VARIABLES = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+GPU_COUNT_VARIABLES = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
+# Set to 1 to make a job require a usable GPU however it was started; LAYERPRUNE_ALLOW_CPU=1 lets a job that
+# was given a GPU it cannot use run on the CPU on purpose (hours instead of minutes at 7-8B).
+REQUIRE_GPU_VARIABLE = "LAYERPRUNE_REQUIRE_GPU"
+ALLOW_CPU_VARIABLE = "LAYERPRUNE_ALLOW_CPU"
+# The oldest NVIDIA driver each CUDA major version runs on (CUDA's minor-version compatibility:
+# CUDA 13.x needs >= 580, 12.x >= 525, 11.x >= 450; NVIDIA's CUDA compatibility table).
+MIN_DRIVER = {13: 580, 12: 525, 11: 450}
+
+
+def gpu_given(environ: Mapping[str, str] | None = None) -> str | None:
+    """The `VAR=value` that says this job was given a GPU, or None when nothing does."""
+    environ = os.environ if environ is None else environ
+    if environ.get(REQUIRE_GPU_VARIABLE, "").strip() not in ("", "0"):
+        return f"{REQUIRE_GPU_VARIABLE}={environ[REQUIRE_GPU_VARIABLE]}"
+    for name in GPU_INDEX_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value and value not in ("-1", "NoDevFiles", "none"):
+            return f"{name}={value}"
+    for name in GPU_COUNT_VARIABLES:
+        value = environ.get(name, "").strip()
+        count = value.rsplit(":", 1)[-1].split("(")[0]
+        if value and not (count.isdigit() and int(count) == 0):
+            return f"{name}={value}"
+    return None
+
+
+def nvidia_driver_version() -> str | None:
+    """The node's NVIDIA driver version ("535.104.05"), from the kernel module or nvidia-smi; None without one."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+        match = re.search(r"Kernel Module.*?\s(\d{3,}\.\d+(?:\.\d+)?)\s", text)
+        if match:
+            return match.group(1)
+    except OSError:
+        pass
+    try:  # bounded: a hung driver must not hold the job past its fail-fast promise
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+def cuda_unusable_reason(
+    torch_cuda: str | None, driver: str | None, init_warning: str = "", torch_version: str = ""
+) -> str:
+    """Why CUDA is not usable, and the fix, from what torch was built for and the node's driver."""
+    torch_name = f"torch {torch_version}" if torch_version else "torch"
+    if torch_cuda is None:
+        return (
+            f"{torch_name} is a CPU-only build (torch.version.cuda is None). Fix: install the CUDA build in the "
+            "job's environment (`pip install -c constraints-gpu.txt -e .[vllm]`, or torch from PyPI on Linux x86_64, "
+            "which is CUDA-enabled), not the CPU wheel"
+        )
+    major = int(torch_cuda.split(".")[0])
+    needed = MIN_DRIVER.get(major)
+    need_text = f" (CUDA {major}.x needs NVIDIA driver >= {needed})" if needed else ""
+    if driver is None:
+        return (
+            f"{torch_name} is built for CUDA {torch_cuda}{need_text}, but this node has no NVIDIA driver loaded "
+            "(/proc/driver/nvidia/version missing, nvidia-smi absent or failing). Fix: run the job on a GPU node "
+            "(check the partition and `--gpus`), or ask the admins why the driver is not loaded"
+        )
+    if needed and int(driver.split(".")[0]) < needed:
+        return (
+            f"{torch_name} is built for CUDA {torch_cuda}, which needs NVIDIA driver >= {needed}; this node's "
+            f"driver is {driver}. Fix: run on nodes with a newer driver (ask the admins), or install a torch "
+            f"built for a CUDA this driver supports (PyTorch's own wheel index, e.g. a cu12x build for driver "
+            f">= 525) in the job's environment"
+        )
+    detail = f" torch says: {init_warning}." if init_warning else ""
+    return (
+        f"{torch_name} (CUDA {torch_cuda}) with NVIDIA driver {driver} sees no usable GPU.{detail} Fix: check "
+        "CUDA_VISIBLE_DEVICES (an index this node has), `nvidia-smi` on the node, and that the job asked SLURM "
+        "for a GPU"
+    )
+
+
+def check_gpu_usable(environ: Mapping[str, str] | None = None) -> None:
+    """Stop at once when the job was given a GPU (`gpu_given`) that torch cannot use.
+
+    Otherwise every `auto` choice (dtype, device, generation backend) would silently run fp32 on
+    the CPU: hours or days at 7-8B, with nothing in the log saying why. Raises RuntimeError with
+    the cause (the driver version against the one torch needs, where it can be read) and the fix.
+    """
+    environ = os.environ if environ is None else environ
+    given = gpu_given(environ)
+    if given is None or environ.get(ALLOW_CPU_VARIABLE, "").strip() not in ("", "0"):
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available() and torch.cuda.device_count() > 0
+    if available:
+        return
+    init_warning = " ".join(" ".join(str(item.message).split()) for item in caught)
+    driver = nvidia_driver_version() if torch.version.cuda is not None else None
+    reason = cuda_unusable_reason(torch.version.cuda, driver, init_warning, torch.__version__)
+    raise RuntimeError(
+        f"this job was given a GPU ({given}) but CUDA is not usable, so it would run on the CPU: {reason}. "
+        f"To run on the CPU on purpose, set {ALLOW_CPU_VARIABLE}=1"
+    )
+
+
+def device_summary(dtype: str = "auto") -> str:
+    """One line for a job's log header: the device its work runs on and what the dtype setting resolves to."""
+    # the header must never stop a job: a CUDA query that fails is reported, not raised
+    try:
+        resolved = str(resolve_dtype(dtype)).removeprefix("torch.")
+    except (RuntimeError, AssertionError) as error:
+        resolved = f"unknown ({error})"
+    if torch.cuda.is_available():
+        try:
+            name = torch.cuda.get_device_name(0)
+            major, minor = torch.cuda.get_device_capability(0)
+            bf16 = "native" if bf16_native() else "emulated only, not used by auto"
+            device = f"cuda ({torch.cuda.device_count()} x {name}, capability {major}.{minor}, bf16 {bf16})"
+        except (RuntimeError, AssertionError) as error:
+            device = f"cuda (not queried: {error})"
+    else:
+        why = "CPU-only torch build" if torch.version.cuda is None else "no usable CUDA device"
+        device = f"cpu ({why})"
+    return f"{device}; dtype {dtype} -> {resolved}"

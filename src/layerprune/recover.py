@@ -65,7 +65,12 @@ def resolve_precision(precision: str, cuda: bool | None = None, bf16_supported: 
         import torch
 
         cuda = torch.cuda.is_available() if cuda is None else cuda
-        bf16_supported = (cuda and torch.cuda.is_bf16_supported()) if bf16_supported is None else bf16_supported
+        # native bf16 only (compute capability >= 8.0): on V100/T4 it is emulated and slower than fp16
+        bf16_supported = (
+            (cuda and torch.cuda.is_bf16_supported(including_emulation=False))
+            if bf16_supported is None
+            else bf16_supported
+        )
     if precision == "auto":
         return "bf16" if cuda and bf16_supported else "fp32"
     if precision == "fp16" and not cuda:

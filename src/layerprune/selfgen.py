@@ -68,6 +68,16 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def batch_request_seed(seed: int, position: int) -> int:
+    """The seed of the request at `position` in a batch seeded `seed` (vLLM seeds each request)."""
+    return (seed + position) % (1 << 63)
+
+
+# prompts per vLLM `generate` call (VLLMGenerator.prompts_per_call): thousands, as its scheduler expects;
+# the partial file is written after each call, so a kill loses at most one call's answers
+VLLM_PROMPTS_PER_CALL = 4096
+
+
 @dataclass(frozen=True)
 class VLLMOptions:
     """What vLLM's engine is built with (selfgen settings; only the vllm backend reads them)."""
@@ -253,7 +263,9 @@ class VLLMGenerator:
     ) -> None:
         options = options or VLLMOptions()
         # Read by vLLM's workers when the engine starts, so it is set before LLM(...), and set
-        # either way: the setting decides, not whatever the job's environment held.
+        # either way: the setting decides, not whatever the job's environment held. Batch-invariant
+        # mode swaps cuBLAS for vLLM's batch-invariant Triton kernels (matmul, attention, reductions):
+        # slower, on an A100 by an amount not measured here (bench/cost_model.py assumes 2x).
         os.environ["VLLM_BATCH_INVARIANT"] = "1" if options.batch_invariant else "0"
         if options.batch_invariant:
             capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
@@ -282,14 +294,20 @@ class VLLMGenerator:
     def token_count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    # vLLM schedules the requests of one `generate` call together (continuous batching): a call of a
+    # batch of 64 waits for its longest answer with the GPU mostly idle, a call of thousands keeps it
+    # full. generate_responses hands it this many prompts (many batches) per call; a kill loses one call.
+    prompts_per_call = VLLM_PROMPTS_PER_CALL
+
     def __call__(self, texts: list[str], seed: int) -> list[Generation]:
+        return self.generate_seeded(texts, [batch_request_seed(seed, j) for j in range(len(texts))])
+
+    def generate_seeded(self, texts: list[str], seeds: list[int]) -> list[Generation]:
+        """One vLLM call over `texts`, request i sampled from `seeds[i]` (so grouping changes no sample)."""
         from vllm import SamplingParams
 
         prompts = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False).input_ids} for t in texts]
-        params = [
-            SamplingParams(**self.settings, seed=(seed + j) % (1 << 63), stop_token_ids=self.stop_ids)
-            for j in range(len(texts))
-        ]
+        params = [SamplingParams(**self.settings, seed=seed, stop_token_ids=self.stop_ids) for seed in seeds]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [Generation(o.outputs[0].text.strip(), o.outputs[0].finish_reason == "length") for o in outputs]
 
@@ -371,7 +389,10 @@ def generate_responses(
     to append it to the partial file before the next one starts. `max_batch_tokens`
     bounds a batch's rows x (longest prompt + `max_new_tokens`); the batches then run
     longest first, so one that does not fit in memory fails at the start, not hours in
-    (a batch's seed is its number, so the order changes no output).
+    (a batch's seed is its number, so the order changes no output). A generator with
+    `prompts_per_call` (vLLM) is called with that many prompts at a time, many batches together,
+    each request seeded as in its own batch (`generate_seeded`), and each batch is still handed to
+    `on_batch` on its own.
     """
     done = dict(done or {})
     batches = length_sorted_batches(lengths, batch_size, max_batch_tokens, max_new_tokens)
@@ -380,6 +401,31 @@ def generate_responses(
         todo.reverse()
     if len(todo) < len(batches):
         print(f"resuming: {len(batches) - len(todo)} of {len(batches)} batches already generated", flush=True)
+    per_call = getattr(generator, "prompts_per_call", None)
+    if per_call:
+        # a generator that takes one seed per request (vLLM) gets many batches per call, each request
+        # seeded as in its own batch: the same samples as batch by batch, the batches saved as before
+        calls: list[list[int]] = []
+        for number in todo:
+            if not calls or sum(len(batches[b]) for b in calls[-1]) + len(batches[number]) > per_call:
+                calls.append([])
+            calls[-1].append(number)
+        for call in tqdm(calls, desc="self-generating", unit="call"):
+            requests = [
+                (texts[i], batch_request_seed(batch_seed(seed, number), j))
+                for number in call
+                for j, i in enumerate(batches[number])
+            ]
+            generations = generator.generate_seeded([t for t, _ in requests], [s for _, s in requests])
+            offset = 0
+            for number in call:
+                indices = batches[number]
+                part = generations[offset : offset + len(indices)]
+                offset += len(indices)
+                if on_batch is not None:
+                    on_batch(number, indices, part)
+                done.update(zip(indices, part, strict=True))
+        return [done[i] for i in range(len(texts))]
     for number in tqdm(todo, desc="self-generating", unit="batch"):
         indices = batches[number]
         generations = generator([texts[i] for i in indices], batch_seed(seed, number))

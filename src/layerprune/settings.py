@@ -207,7 +207,7 @@ class Seeded(StageSettings):
 class OnModel(StageSettings):
     dtype: str = setting(
         "auto",
-        help="weights dtype; auto = bf16 on a GPU that supports it, fp32 on CPU",
+        help="weights dtype; auto = bf16 on a GPU that computes it natively (compute capability >= 8.0), else fp32",
         choices=("auto", "float32", "bfloat16", "float16"),
         config="dtype",
     )
@@ -521,6 +521,17 @@ class ScoreSettings(Seeded, OnModel):
         derived=True,
         methods=STOP_AT_MAX_RATIO,
     )
+    probe_batch_size: int | None = setting(
+        None,
+        help=(
+            "iterative: prompts per generation batch of the generative probes (null = batch_size). Decoding at 7-8B "
+            "is bound by reading the weights, so a step of 100 rows costs about what a step of 8 does: one batch per "
+            "probe cuts the search's time by the number of batches (bench/cost_model.py)"
+        ),
+        config="scoring.iterative.probe_batch_size",
+        schema={"minimum": 1},
+        methods=PROBED,
+    )
     probe_max_new_tokens: list[int] = setting(
         [16], help="iterative: max_new_tokens of each probe task (or one for all)", derived=True, methods=PROBED
     )
@@ -788,8 +799,17 @@ class EvaluationSettings(Seeded, OnModel):
         None,
         help=(
             "classification on the hf backend: at most this many tokens (rows x the batch's longest request) per "
-            "lm-eval forward pass, which bounds the [rows, length, vocab] tensors lm-eval holds (logits, their "
-            "log-softmax and the previous batch's: 3 x vocab x 2 bytes per token in bf16); batch_size stays the "
+            "lm-eval forward pass, which bounds the [rows, length, vocab] tensors lm-eval holds (bf16 logits, their "
+            "fp32 log-softmax and the previous batch's: up to 14 x vocab bytes per token); batch_size stays the "
+            "ceiling; null = batch_size alone"
+        ),
+        schema={"minimum": 1},
+    )
+    max_generate_tokens: int | None = setting(
+        None,
+        help=(
+            "generative tasks: at most this many tokens per generation batch, rows x (its longest prompt + "
+            "max_new_tokens): the KV cache a batch can fill (Llama-3.1-8B: 0.13 MB a token); batch_size stays the "
             "ceiling; null = batch_size alone"
         ),
         schema={"minimum": 1},
