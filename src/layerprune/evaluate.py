@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from layerprune.generative import GenerationPartial, Sampling, evaluate_generative
+from layerprune.generative import GenerationPartial, evaluate_generative
 from layerprune.graders import normalise_answer  # noqa: F401 - re-exported
 from layerprune.io import content_fingerprint, read_json, sha256_file, write_json, write_jsonl
 from layerprune.models import load_checkpoint
