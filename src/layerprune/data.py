@@ -42,16 +42,21 @@ BIGBENCH_WAYS_OUT = (
 )
 
 
+def _unavailable(url: str, error: Exception) -> SourceUnavailable:
+    """An HTTP refusal or an unreachable host, as one line naming the address."""
+    if isinstance(error, urllib.error.HTTPError):
+        return SourceUnavailable(url, f"HTTP {error.code} {error.reason}", BIGBENCH_WAYS_OUT)
+    return SourceUnavailable(url, f"unreachable ({error})", BIGBENCH_WAYS_OUT)
+
+
 def _sdist_url(index_url: str) -> str:
     """The sdist's download address from the index's PEP 691 JSON page; a refusal names itself."""
     request = urllib.request.Request(index_url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             files = json.load(response)["files"]
-    except urllib.error.HTTPError as error:
-        raise SourceUnavailable(index_url, f"HTTP {error.code} {error.reason}", BIGBENCH_WAYS_OUT) from None
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
-        raise SourceUnavailable(index_url, f"unreachable ({error})", BIGBENCH_WAYS_OUT) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:  # HTTPError is a URLError
+        raise _unavailable(index_url, error) from None
     for entry in files:
         if entry["filename"] == BIGBENCH_SDIST:
             return urllib.parse.urljoin(index_url, entry["url"])
@@ -67,10 +72,8 @@ def _download(url: str, path: Path) -> None:
             with open(tmp, "wb") as handle:
                 while chunk := response.read(1 << 22):
                     handle.write(chunk)
-    except urllib.error.HTTPError as error:
-        raise SourceUnavailable(url, f"HTTP {error.code} {error.reason}", BIGBENCH_WAYS_OUT) from None
     except (urllib.error.URLError, TimeoutError) as error:
-        raise SourceUnavailable(url, f"unreachable ({error})", BIGBENCH_WAYS_OUT) from None
+        raise _unavailable(url, error) from None
 
 
 def fetch_bigbench_sdist(
@@ -87,24 +90,20 @@ def fetch_bigbench_sdist(
     index, and a missing or wrong file, raise SourceUnavailable naming it and the ways out.
     """
     if sdist is not None:
-        path = Path(sdist)
+        path, name = Path(sdist), f"bigbench.sdist {sdist}"
         if not path.is_file():
-            raise SourceUnavailable(f"bigbench.sdist {path}", "no such file", BIGBENCH_WAYS_OUT)
-        digest = sha256_file(path)
-        if digest != sha256:
-            raise SourceUnavailable(
-                f"bigbench.sdist {path}", f"sha256 {digest} is not the expected {sha256}", BIGBENCH_WAYS_OUT
-            )
+            raise SourceUnavailable(name, "no such file", BIGBENCH_WAYS_OUT)
     else:
         path = default_cache_dir() / BIGBENCH_SDIST
+        name = str(path)
         if not path.is_file():
             _download(_sdist_url(index_url), path)
-        digest = sha256_file(path)
-        if digest != sha256:
-            path.unlink()
-            raise SourceUnavailable(
-                str(path), f"sha256 {digest} is not the expected {sha256} (removed)", BIGBENCH_WAYS_OUT
-            )
+    digest = sha256_file(path)
+    if digest != sha256:
+        if sdist is None:
+            path.unlink()  # our own download or cache copy; a local copy is the user's file and stays
+        wrong = f"sha256 {digest} is not the expected {sha256}" + (" (removed)" if sdist is None else "")
+        raise SourceUnavailable(name, wrong, BIGBENCH_WAYS_OUT)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
