@@ -238,11 +238,11 @@ def pool_provenance(spec: dict[str, Any], source: str) -> dict[str, Any]:
     """Where a dataset task's rows come from, pinned as far as the source allows (each eval JSON carries it)."""
     if spec.get("file"):
         path = Path(spec["file"])
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        # a save_to_disk directory: one digest over its files' names and digests
-        digests = "".join(f"{p.relative_to(path) if path.is_dir() else p.name}:{sha256_file(p)}\n" for p in files)
-        digest = sha256_file(path) if not path.is_dir() else hashlib.sha256(digests.encode()).hexdigest()
-        return {"source": source, "sha256": digest}
+        if path.is_dir():  # a save_to_disk directory: one digest over its files' names and digests
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            listing = "".join(f"{p.relative_to(path)}:{sha256_file(p)}\n" for p in files)
+            return {"source": source, "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+        return {"source": source, "sha256": sha256_file(path)}
     if spec.get("hub"):
         return {"source": source, "revision": spec.get("revision")}
     if spec["dataset"] == "humaneval":
