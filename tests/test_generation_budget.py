@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 import layerprune.generative as generative
 from layerprune.evaluate import evaluate_checkpoint
-from layerprune.generative import GenerationPartial, Sampling, StopOnStrings, plan_batches
+from layerprune.generative import GenerationPartial, StopOnStrings, plan_batches
 
 WORDS = " ".join(CORPUS).split()
 
@@ -82,8 +82,10 @@ def test_a_killed_generative_evaluation_resumes_without_regenerating(tmp_path, m
     model_dir = make_tiny_checkpoint(tmp_path / "m", num_layers=2)
     task_path = tmp_path / "task.json"
     task_path.write_text(json.dumps(_task(7)))
-    sampling = Sampling(temperature=0.9, top_k=20)  # sampled: a resumed run must reproduce the seeds too
-    common = dict(batch_size=2, max_new_tokens=12, seed=3, dtype="float32", prompting="fewshot", sampling=sampling)
+    # sampled: a resumed run must reproduce the seeds too (evaluate_checkpoint takes settings, not a Sampling)
+    common = dict(
+        batch_size=2, max_new_tokens=12, seed=3, dtype="float32", prompting="fewshot", temperature=0.9, top_k=20
+    )
     whole = evaluate_checkpoint(model_dir, task_path, "local", tmp_path / "whole.json", **common)
 
     generated: list[int] = []
