@@ -88,7 +88,7 @@ def test_shared_files_are_keyed_by_their_settings(tmp_path):
     assert len(plural) == 2 and len(mine & plural) == 1
     assert mine - plural == theirs - plural
     kinds = {path.split("/")[2] for path in mine}
-    assert kinds == {"models", "tasks", "prompts", "calibration"}
+    assert kinds == {"builtin", "models", "tasks", "prompts", "calibration"}  # builtin: the built tasks
 
 
 @pytest.mark.slow

@@ -177,7 +177,7 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
         (lambda c: c["selfgen"].update(backend="tgi"), "tgi"),
         (lambda c: c["prompts"].update(magpie={"dedup_threshold": 0}), "dedup_threshold"),
         (lambda c: c["tasks"]["humaneval"].update(grader="bleu"), "bleu"),
-        (lambda c: c["tasks"]["plural"].pop("bigbench_task"), "bigbench_task"),
+        (lambda c: c["tasks"]["plural"].pop("builtin_task"), "builtin_task"),
         (lambda c: c["tasks"]["humaneval"].update(prompting="socratic"), "socratic"),
         (lambda c: c["evaluation"].update(sandbox={"nproc": 0}), "nproc"),
         # a study given with --configfile is not completed from config.yaml: a missing resource is named
@@ -257,7 +257,7 @@ def test_paper_config_dry_run_offline(tmp_path):
     assert jobs["build_task"] == 12  # 11 task + 1 calibration tasks the project builds (prompts: Alpaca)
     assert "fetch_bigbench" not in jobs  # the paper's grid needs no BIG-bench
     assert jobs["filter_prompts"] == 3  # the prompt set cut to each model's own token count
-    assert sum(jobs.values()) == 1309
+    assert sum(jobs.values()) == 1308
 
 
 def test_lm_eval_task_cannot_probe_iterative(tmp_path):
