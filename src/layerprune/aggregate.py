@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from layerprune import report
 from layerprune.io import atomic_path, read_json, write_json
 
 COLUMNS = [
@@ -388,6 +390,320 @@ def method_comparison(table: pd.DataFrame, score_paths: list[str | Path], out_di
     return lines
 
 
+@dataclass
+class ReportData:
+    """Everything the report shows, computed once; the writers below only format it (lm-eval keeps
+    `make_table` apart from computing results in the same way)."""
+
+    results: list[dict]
+    table: pd.DataFrame  # summary.csv
+    metrics: dict[str, dict[str, float]]  # metrics.json
+    stats: report.Retention
+    verdicts: pd.DataFrame  # findings.csv
+    by_ratio: pd.DataFrame  # recovery_by_ratio.csv
+    between_ratios: pd.DataFrame  # ratio_contrasts.csv
+    degeneration: pd.DataFrame
+    buckets: pd.DataFrame
+    arithmetic: pd.DataFrame
+    timing: pd.DataFrame  # time.csv
+    num_layers: dict[str, int]
+    settings: report.BootstrapSettings
+    headline_ratios: dict[str, tuple[float, str]]
+    training_seeds: list[int]
+
+    @property
+    def level(self) -> str:
+        return f"{self.settings.confidence:.0%}"
+
+    @property
+    def several_seeds(self) -> bool:
+        return len(self.training_seeds) > 1
+
+    @property
+    def intro(self) -> list[str]:
+        s = self.settings
+        return intro_lines(self.level, s.samples, s.seed, s.task_weighting, self.training_seeds)
+
+    def csv_tables(self) -> dict[str, pd.DataFrame]:
+        """The report's CSV files, by name (summary.csv apart: it is the table every other one is read from)."""
+        return {
+            "retention.csv": self.stats.per_task,
+            "retention_by_type.csv": self.stats.per_type,
+            "tasks_counted.csv": self.stats.tasks,
+            "findings.csv": self.verdicts,
+            "recovery_by_ratio.csv": self.by_ratio,
+            "ratio_contrasts.csv": self.between_ratios,
+            "degeneration.csv": self.degeneration,
+            "error_buckets.csv": self.buckets,
+            "arithmetic.csv": self.arithmetic,
+            "time.csv": self.timing,  # without benchmark files: the header only (the rule declares the file)
+        }
+
+
+@dataclass
+class PlotsDrawn:
+    """Which of the optional figures exist, and each (model, task) metric plot's path in the report folder."""
+
+    buckets: bool
+    losses: bool
+    tasks: list[tuple[str, str, Path]]
+    method_lines: list[str]  # the scoring-method comparison's section (its plots and overlap table)
+
+
+def compute_report(
+    result_paths: list[str | Path],
+    settings: report.BootstrapSettings,
+    score_paths: list[str | Path],
+    benchmark_paths: list[str | Path],
+    task_chance: dict[str, float],
+    headline_ratio: float | None,
+    self_bleu_max_texts: int,
+) -> ReportData:
+    """Read every result and compute every statistic, table and verdict the report shows."""
+    results = load_results(result_paths)
+    for result, path in zip(results, result_paths, strict=True):
+        _apply_task_chance(result, task_chance.get(result["task"]), path)
+    table = collect(results)
+    # keyed as the results are filed: another training seed than the study's adds -seed<s> to the recovery
+    metrics = {
+        f"{r.model}/{r.method}/{r.ratio}/{r.recovery}{_replicate(r.training_seed, settings.seed)}/{r.task}": {
+            "value": r.value,
+            "value_ratio": r.value_ratio,
+        }
+        for r in table.itertuples()
+    }
+    stats = report.retention(results, settings)
+    degeneration, buckets, arithmetic = report.diagnostics_tables(results, self_bleu_max_texts, settings.seed)
+    return ReportData(
+        results=results,
+        table=table,
+        metrics=metrics,
+        stats=stats,
+        verdicts=report.findings(stats),
+        by_ratio=report.recovery_by_ratio(stats),
+        between_ratios=report.ratio_contrasts(stats),
+        degeneration=degeneration,
+        buckets=buckets,
+        arithmetic=arithmetic,
+        timing=report.time_table(benchmark_paths),
+        num_layers=layer_counts(score_paths),
+        settings=settings,
+        headline_ratios=report.headline_ratios(stats.per_type, headline_ratio),
+        training_seeds=training_seeds_of(results),
+    )
+
+
+def write_tables(data: ReportData, out_dir: Path) -> None:
+    """summary.csv, metrics.json and every other CSV, each written whole or not at all."""
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        data.table.to_csv(tmp, index=False)
+    write_json(out_dir / "metrics.json", data.metrics)
+    for name, frame in data.csv_tables().items():
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+
+
+def draw_plots(
+    data: ReportData, out_dir: Path, score_paths: list[str | Path], recovered: list[str | Path]
+) -> PlotsDrawn:
+    """Every figure: retention against the ratio, the diagnostics, the loss curves, each task's metric and the
+    scoring methods compared."""
+    report.plot_retention_by_ratio(data.stats.per_type, out_dir / report.HEADLINE_PNG, data.num_layers)
+    code_ran = any(r.get("grader") == "code" for r in data.results)
+    has_buckets = report.plot_error_buckets(data.buckets, out_dir / report.ERROR_BUCKETS_PNG, code_ran)
+    report.plot_degeneration(data.degeneration, out_dir / report.DEGENERATION_PNG, data.num_layers)
+    has_losses = report.plot_loss_curves(recovery_records(recovered), out_dir / report.LOSS_PNG)
+    tasks = []
+    chances = {(r.model, r.task): r.chance for r in data.stats.tasks.itertuples()}
+    for (model, task), _ in data.table.groupby(["model", "task"], sort=True):
+        plot_path = out_dir / "plots" / f"{model}__{task}.png"
+        plot_task(data.table, model, task, plot_path, chances.get((model, task)), data.num_layers.get(model))
+        tasks.append((model, task, plot_path.relative_to(out_dir)))
+    method_lines = method_comparison(data.table, score_paths, out_dir)
+    return PlotsDrawn(buckets=has_buckets, losses=has_losses, tasks=tasks, method_lines=method_lines)
+
+
+def _findings_section(data: ReportData) -> list[str]:
+    """The first screen: the paper's findings as verdicts, what the verdicts mean, SGR at each ratio."""
+    lines = ["## Findings", ""]
+    findings = report.findings_table(data.verdicts, data.settings.confidence)
+    lines += [markdown_table(findings) if len(findings) else "_No pruned variant has been evaluated._", ""]
+    lines += [
+        "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
+        f"undecided: it covers 0; {report.ONE_SEED}: a trained recovery ran with one training seed, so the "
+        "interval beside it covers the items only and no verdict is given.",
+        "",
+        *report.one_seed_lines(data.verdicts),
+    ]
+    if len(data.by_ratio):
+        lines += [
+            "### SGR at each ratio (generative retention, finding ii cell by cell)",
+            "",
+            markdown_table(report.recovery_ratio_table(data.by_ratio, data.settings.confidence)),
+            "",
+            *report.lowest_ratio_lines(data.by_ratio),
+            "",
+        ]
+    return lines
+
+
+def _headline_section(data: ReportData) -> list[str]:
+    """Retention by task type at each model's headline ratio, the tasks counted and the retention plot."""
+    at = sorted({r for r, _ in data.headline_ratios.values()})
+    lines = [
+        "## Retention"
+        + (f" at {at[0]:g} of the layers removed" if len(at) == 1 else " at each model's own ratio" if at else ""),
+        "",
+    ]
+    headline = report.headline_table(data.stats.per_type, data.headline_ratios)
+    lines += [markdown_table(headline) if len(headline) else "_no pruned variants_", ""]
+    weighting = weighting_line(data.settings.task_weighting)
+    lines += [f"{weighting} Tasks counted (dense lower bound above chance + {data.settings.min_dense_margin:g}):", ""]
+    lines += report.excluded_lines(data.stats) + [""]
+    undefined = report.nan_draw_lines(data.stats.per_type)
+    if undefined:
+        lines += ["Resamples without a retention (counted, not dropped silently):", "", *undefined, ""]
+    lines += [
+        f"![retention against the pruning ratio]({report.HEADLINE_PNG})",
+        "",
+        report.caption("headline", data.level, data.several_seeds),
+        "",
+    ]
+    return lines
+
+
+def _time_section(timing: pd.DataFrame) -> list[str]:
+    """Where the time went, by stage; nothing without benchmark files."""
+    if not len(timing):
+        return []
+    sampled = int(timing["sampled_jobs"].iloc[-1])
+    return [
+        "## Where the time went",
+        "",
+        markdown_table(_time_cells(timing)),
+        "",
+        "CPU-s and max RSS: each job's own getrusage (its process and the children it waited for); "
+        "wall-s: Snakemake's benchmark files."
+        + (
+            f" {sampled} of {int(timing['jobs'].iloc[-1])} jobs left no usage line in their log, so their "
+            "CPU-s and RSS are Snakemake's samples, which miss most of a job's time after its first 15 s."
+            if sampled
+            else ""
+        ),
+        "",
+    ]
+
+
+def _retention_sections(data: ReportData) -> list[str]:
+    """Retention by task type at every ratio (with the paired contrasts between ratios), by task, and the dense
+    baselines."""
+    lines = ["## Retention by task type, every ratio", ""]
+    every = report.type_summary_table(data.stats.per_type)
+    lines += [markdown_table(every) if len(every) else "_no pruned variants_", ""]
+    lines += [weighting_line(data.settings.task_weighting), ""]
+    if len(data.between_ratios):
+        confidence = data.settings.confidence
+        lines += [
+            "### Between adjacent ratios (paired)",
+            "",
+            "Retention at a ratio minus retention at the next lower ratio, on the same item resamples: two marginal "
+            "intervals that overlap can still hide a decided difference, and this says which.",
+            "",
+            markdown_table(report.ratio_contrast_table(data.between_ratios, confidence)),
+            "",
+            *report.ratio_contrast_lines(data.between_ratios, confidence),
+            "",
+        ]
+    lines += ["## Retention by task", ""]
+    by_task = report.task_retention_table(data.stats.per_task)
+    lines += [markdown_table(by_task) if len(by_task) else "_no pruned variants_", ""]
+    tasks = data.stats.tasks
+    lines += ["## Dense baselines", "", markdown_table(_dense_cells(tasks)) if len(tasks) else "", ""]
+    return lines
+
+
+def _diagnostics_section(data: ReportData, plots: PlotsDrawn) -> list[str]:
+    """Degeneration of generated text, code error buckets, arithmetic by operation and digit count."""
+    lines = ["## Diagnostics", "", "### Degeneration of generated text", ""]
+    if len(data.degeneration):
+        lines += [
+            "Rep-n: the repeated fraction of whitespace-token n-grams within each output, averaged over outputs "
+            "(Welleck et al. 2020). Self-BLEU: sacrebleu sentence BLEU of each output against the task's other "
+            "outputs (0-1; high = outputs alike).",
+            "",
+            f"![degeneration]({report.DEGENERATION_PNG})",
+            "",
+            report.caption("degeneration", data.level),
+            "",
+            markdown_table(data.degeneration),
+            "",
+            "A blank cell: the measure is undefined for that result (self-BLEU needs two non-empty outputs; rep-n "
+            "needs an output of at least n words).",
+            "",
+        ]
+    else:
+        lines += ["_No generative outputs._", ""]
+    lines += ["### Code error buckets", ""]
+    if plots.buckets:
+        lines += [f"![error buckets]({report.ERROR_BUCKETS_PNG})", "", report.caption("error_buckets", data.level), ""]
+        lines += [markdown_table(data.buckets), ""]
+    else:
+        lines += ["_No code task recorded per-sample `error_bucket`._", ""]
+    arithmetic_ran = any("arithmetic" in str(r["task"]) for r in data.results)
+    if len(data.arithmetic) or arithmetic_ran:  # no arithmetic task: no empty section
+        lines += ["### Arithmetic by operation and digit count", ""]
+    if len(data.arithmetic):
+        lines += [
+            "First-digit accuracy: the first digit of the output equals the target's (the paper's ablation score).",
+            "",
+            markdown_table(data.arithmetic),
+            "",
+        ]
+    elif arithmetic_ran:
+        lines += ["_No arithmetic task recorded per-sample `digits` and `operation`._", ""]
+    return lines
+
+
+def _figures_section(data: ReportData, plots: PlotsDrawn) -> list[str]:
+    """Each task's metric against the ratio, the recovery loss curves and the scoring methods compared."""
+    lines = ["## Metric against the pruning ratio", "", report.caption("task", data.level), ""]
+    lines += [f"### {model} · {task}\n\n![{task}]({path.as_posix()})\n" for model, task, path in plots.tasks]
+    if plots.losses:
+        lines += ["## Recovery training loss", "", f"![recovery loss]({report.LOSS_PNG})", ""]
+        lines += [report.caption("loss", data.level), ""]
+    return lines + plots.method_lines
+
+
+def render_markdown(data: ReportData, plots: PlotsDrawn) -> str:
+    """report.md: the findings first, then retention, time, every table, the diagnostics and the figures."""
+    lines = ["# layerprune report", "", *sandbox_isolation_lines(data.results), *data.intro, ""]
+    lines += _findings_section(data)
+    lines += _headline_section(data)
+    lines += _time_section(data.timing)
+    lines += _retention_sections(data)
+    lines += _diagnostics_section(data, plots)
+    lines += _figures_section(data, plots)
+    lines += [
+        "## All results",
+        "",
+        "value_ratio = value ÷ the dense model's value on the same task, neither chance-normalised nor called "
+        "retention; retention is defined at the top of this report.",
+        "",
+        markdown_table(data.table),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_landing(data: ReportData) -> str:
+    """report.rst, the HTML report's landing page: the definitions, the findings and the headline table."""
+    findings = report.findings_table(data.verdicts, data.settings.confidence)
+    headline = report.headline_table(data.stats.per_type, data.headline_ratios)
+    notes = [weighting_line(data.settings.task_weighting), "", *report.excluded_lines(data.stats), ""]
+    notes.append(report.caption("headline", data.level, data.several_seeds))
+    return landing_rst(data.intro, findings, headline, notes)
+
+
 def aggregate(
     result_paths: list[str | Path],
     out_dir: str | Path,
@@ -414,8 +730,6 @@ def aggregate(
     `recovered`: recovered checkpoint folders, whose recovery.json loss curves become
     plots/recovery_loss.png.
     """
-    from layerprune import report
-
     out_dir = Path(out_dir)
     settings = report.BootstrapSettings(
         samples=bootstrap_samples,
@@ -424,203 +738,14 @@ def aggregate(
         min_dense_margin=min_dense_margin,
         task_weighting=task_weighting,
     )
-    results = load_results(result_paths)
-    for result, path in zip(results, result_paths, strict=True):
-        _apply_task_chance(result, (task_chance or {}).get(result["task"]), path)
-    table = collect(results)
-    timing = report.time_table(benchmark_paths or [])
-    with atomic_path(out_dir / "summary.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    # keyed as the results are filed: another training seed than the study's adds -seed<s> to the recovery
-    metrics = {
-        f"{r.model}/{r.method}/{r.ratio}/{r.recovery}{_replicate(r.training_seed, seed)}/{r.task}": {
-            "value": r.value,
-            "value_ratio": r.value_ratio,
-        }
-        for r in table.itertuples()
-    }
-    write_json(out_dir / "metrics.json", metrics)
-
-    stats = report.retention(results, settings)
-    verdicts = report.findings(stats)
-    by_ratio = report.recovery_by_ratio(stats)
-    between_ratios = report.ratio_contrasts(stats)
-    degeneration, buckets, arithmetic = report.diagnostics_tables(results, self_bleu_max_texts, seed)
-    tables = {
-        "retention.csv": stats.per_task,
-        "retention_by_type.csv": stats.per_type,
-        "tasks_counted.csv": stats.tasks,
-        "findings.csv": verdicts,
-        "recovery_by_ratio.csv": by_ratio,
-        "ratio_contrasts.csv": between_ratios,
-        "degeneration.csv": degeneration,
-        "error_buckets.csv": buckets,
-        "arithmetic.csv": arithmetic,
-    }
-    tables["time.csv"] = timing  # without benchmark files: the header only (the rule declares the file)
-    for name, frame in tables.items():
-        with atomic_path(out_dir / name) as tmp:
-            frame.to_csv(tmp, index=False)
-    num_layers = layer_counts(score_paths or [])
-    report.plot_retention_by_ratio(stats.per_type, out_dir / report.HEADLINE_PNG, num_layers)
-    code_ran = any(r.get("grader") == "code" for r in results)
-    has_buckets = report.plot_error_buckets(buckets, out_dir / report.ERROR_BUCKETS_PNG, code_ran)
-    report.plot_degeneration(degeneration, out_dir / report.DEGENERATION_PNG, num_layers)
-    has_losses = report.plot_loss_curves(recovery_records(recovered or []), out_dir / report.LOSS_PNG)
-
-    plots = []
-    chances = {(r.model, r.task): r.chance for r in stats.tasks.itertuples()}
-    for (model, task), _ in table.groupby(["model", "task"], sort=True):
-        plot_path = out_dir / "plots" / f"{model}__{task}.png"
-        plot_task(table, model, task, plot_path, chances.get((model, task)), num_layers.get(model))
-        plots.append((model, task, plot_path.relative_to(out_dir)))
-
-    per_type = stats.per_type
-    ratios = report.headline_ratios(per_type, headline_ratio)
-    level = f"{confidence:.0%}"
-    seeds = training_seeds_of(results)
-    several = len(seeds) > 1
-    lines = [
-        "# layerprune report",
-        "",
-        *sandbox_isolation_lines(results),
-        *intro_lines(level, bootstrap_samples, seed, task_weighting, seeds),
-        "",
-        "## Findings",
-        "",
-    ]
-    findings = report.findings_table(verdicts, confidence)
-    lines += [markdown_table(findings) if len(findings) else "_No pruned variant has been evaluated._", ""]
-    intro = intro_lines(level, bootstrap_samples, seed, task_weighting, seeds)
-    lines += [
-        "Reproduced: the interval lies wholly on the paper's side of 0; not reproduced: wholly on the other side; "
-        f"undecided: it covers 0; {report.ONE_SEED}: a trained recovery ran with one training seed, so the "
-        "interval beside it covers the items only and no verdict is given.",
-        "",
-        *report.one_seed_lines(verdicts),
-    ]
-    if len(by_ratio):
-        lines += [
-            "### SGR at each ratio (generative retention, finding ii cell by cell)",
-            "",
-            markdown_table(report.recovery_ratio_table(by_ratio, confidence)),
-            "",
-            *report.lowest_ratio_lines(by_ratio),
-            "",
-        ]
-    at = sorted({r for r, _ in ratios.values()})
-    lines += [
-        "## Retention"
-        + (f" at {at[0]:g} of the layers removed" if len(at) == 1 else " at each model's own ratio" if at else ""),
-        "",
-    ]
-    headline = report.headline_table(per_type, ratios)
-    lines += [markdown_table(headline) if len(headline) else "_no pruned variants_", ""]
-    lines += [
-        f"{weighting_line(task_weighting)} Tasks counted (dense lower bound above chance + {min_dense_margin:g}):",
-        "",
-    ]
-    lines += report.excluded_lines(stats) + [""]
-    notes = [weighting_line(task_weighting), "", *report.excluded_lines(stats), ""]
-    notes.append(report.caption("headline", level, several))
-    rst = landing_rst(intro, findings, headline, notes)
+    data = compute_report(
+        result_paths, settings, score_paths or [], benchmark_paths or [], task_chance or {}, headline_ratio,
+        self_bleu_max_texts,
+    )  # fmt: skip
+    write_tables(data, out_dir)
+    plots = draw_plots(data, out_dir, score_paths or [], recovered or [])
     with atomic_path(out_dir / "report.rst") as tmp:
-        tmp.write_text(rst)
-    undefined = report.nan_draw_lines(per_type)
-    if undefined:
-        lines += ["Resamples without a retention (counted, not dropped silently):", "", *undefined, ""]
-    lines += [
-        f"![retention against the pruning ratio]({report.HEADLINE_PNG})",
-        "",
-        report.caption("headline", level, several),
-        "",
-    ]
-    if len(timing):
-        lines += ["## Where the time went", "", markdown_table(_time_cells(timing)), ""]
-        sampled = int(timing["sampled_jobs"].iloc[-1])
-        lines += [
-            "CPU-s and max RSS: each job's own getrusage (its process and the children it waited for); "
-            "wall-s: Snakemake's benchmark files."
-            + (
-                f" {sampled} of {int(timing['jobs'].iloc[-1])} jobs left no usage line in their log, so their "
-                "CPU-s and RSS are Snakemake's samples, which miss most of a job's time after its first 15 s."
-                if sampled
-                else ""
-            ),
-            "",
-        ]
-    lines += ["## Retention by task type, every ratio", ""]
-    every = report.type_summary_table(per_type)
-    lines += [markdown_table(every) if len(every) else "_no pruned variants_", ""]
-    lines += [weighting_line(task_weighting), ""]
-    if len(between_ratios):
-        lines += [
-            "### Between adjacent ratios (paired)",
-            "",
-            "Retention at a ratio minus retention at the next lower ratio, on the same item resamples: two marginal "
-            "intervals that overlap can still hide a decided difference, and this says which.",
-            "",
-            markdown_table(report.ratio_contrast_table(between_ratios, confidence)),
-            "",
-            *report.ratio_contrast_lines(between_ratios, confidence),
-            "",
-        ]
-    lines += ["## Retention by task", ""]
-    by_task = report.task_retention_table(stats.per_task)
-    lines += [markdown_table(by_task) if len(by_task) else "_no pruned variants_", ""]
-    lines += ["## Dense baselines", "", markdown_table(_dense_cells(stats.tasks)) if len(stats.tasks) else "", ""]
-    lines += ["## Diagnostics", "", "### Degeneration of generated text", ""]
-    if len(degeneration):
-        lines += [
-            "Rep-n: the repeated fraction of whitespace-token n-grams within each output, averaged over outputs "
-            "(Welleck et al. 2020). Self-BLEU: sacrebleu sentence BLEU of each output against the task's other "
-            "outputs (0-1; high = outputs alike).",
-            "",
-            f"![degeneration]({report.DEGENERATION_PNG})",
-            "",
-            report.caption("degeneration", level),
-            "",
-            markdown_table(degeneration),
-            "",
-            "A blank cell: the measure is undefined for that result (self-BLEU needs two non-empty outputs; rep-n "
-            "needs an output of at least n words).",
-            "",
-        ]
-    else:
-        lines += ["_No generative outputs._", ""]
-    lines += ["### Code error buckets", ""]
-    if has_buckets:
-        lines += [f"![error buckets]({report.ERROR_BUCKETS_PNG})", "", report.caption("error_buckets", level), ""]
-        lines += [markdown_table(buckets), ""]
-    else:
-        lines += ["_No code task recorded per-sample `error_bucket`._", ""]
-    arithmetic_ran = any("arithmetic" in str(r["task"]) for r in results)
-    if len(arithmetic) or arithmetic_ran:  # no arithmetic task: no empty section
-        lines += ["### Arithmetic by operation and digit count", ""]
-    if len(arithmetic):
-        lines += [
-            "First-digit accuracy: the first digit of the output equals the target's (the paper's ablation score).",
-            "",
-            markdown_table(arithmetic),
-            "",
-        ]
-    elif arithmetic_ran:
-        lines += ["_No arithmetic task recorded per-sample `digits` and `operation`._", ""]
-    lines += ["## Metric against the pruning ratio", "", report.caption("task", level), ""]
-    lines += [f"### {model} · {task}\n\n![{task}]({path.as_posix()})\n" for model, task, path in plots]
-    if has_losses:
-        lines += ["## Recovery training loss", "", f"![recovery loss]({report.LOSS_PNG})", ""]
-        lines += [report.caption("loss", level), ""]
-    lines += method_comparison(table, score_paths or [], out_dir)
-    lines += [
-        "## All results",
-        "",
-        "value_ratio = value ÷ the dense model's value on the same task, neither chance-normalised nor called "
-        "retention; retention is defined at the top of this report.",
-        "",
-        markdown_table(table),
-        "",
-    ]
+        tmp.write_text(render_landing(data))
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text("\n".join(lines))
-    return table
+        tmp.write_text(render_markdown(data, plots))
+    return data.table
