@@ -149,3 +149,50 @@ def test_paper_mini_beside_a_finished_study_plans_only_its_own_jobs(tiny_run, tm
     assert all(path.startswith(("results/paper-mini/", "results/shared/", "resources/")) for path in planned)
     assert planned_jobs(beside) == {}
     assert Path(beside / "results" / TINY_STUDY / "report" / "summary.csv").is_file()
+
+
+# --------------------------------------------------------------------------- DVC stages per study (issue 29)
+
+
+def test_the_shipped_dvc_yaml_is_the_one_studies_yaml_generates(tmp_path):
+    """dvc.yaml is generated (layerprune dvc-stages): the repository's copy matches its studies.yaml."""
+    from layerprune.dvcstages import write_dvc_yaml
+
+    for name in ("studies.yaml", "config.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    write_dvc_yaml(tmp_path)
+    assert (tmp_path / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
+
+
+def test_dvc_stages_one_per_study_and_one_for_what_they_share(tmp_path, monkeypatch):
+    from layerprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("study: default\n")
+    (tmp_path / "my-study.yaml").write_text("seed: 1\n")  # no `study:`: the file's name
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "paper.yaml").write_text("study: paper\n")
+    (tmp_path / "clash.yaml").write_text("study: my-study\n")
+    (tmp_path / "studies.yaml").write_text((REPO / "studies.yaml").read_text())
+    assert main(["dvc-stages", "my-study.yaml"]) == 0  # the list: this study alone
+    assert main(["dvc-stages", "--add", "configs/paper.yaml --profile slurm"]) == 0
+    doc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    assert list(doc["stages"]) == ["my-study", "paper", "shared"]
+    mine, paper, shared = doc["stages"].values()
+    assert mine["cmd"] == "snakemake --cores all --configfile my-study.yaml"
+    assert paper["cmd"] == "snakemake --cores all --configfile configs/paper.yaml --profile slurm"
+    assert mine["params"] == [{"my-study.yaml": None}] and mine["outs"] == [{"results/my-study": {"persist": True}}]
+    assert shared["deps"] == ["results/my-study", "results/paper"]
+    assert shared["outs"] == [
+        {"results/shared": {"persist": True}},
+        {".snakemake/metadata": {"persist": True, "cache": False}},
+    ]
+    assert doc["metrics"] == ["results/my-study/report/metrics.json", "results/paper/report/metrics.json"]
+    assert "bigbench" not in (tmp_path / "dvc.yaml").read_text()  # nothing a study does not use
+    assert main(["dvc-stages", "--add", "my-study.yaml"]) == 0  # listed already: once
+    assert list(yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]) == ["my-study", "paper", "shared"]
+    with pytest.raises(ValueError, match=r"two configs name the same study \['my-study'\]"):
+        main(["dvc-stages", "--add", "clash.yaml"])
+    assert "clash" not in (tmp_path / "studies.yaml").read_text()
+    with pytest.raises(FileNotFoundError, match="nope.yaml: no such file"):
+        main(["dvc-stages", "--add", "nope.yaml"])

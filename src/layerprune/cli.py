@@ -79,6 +79,14 @@ def cmd_restore_mtimes(args: argparse.Namespace) -> str:
     return restore_mtimes(".", args.metadata).line()
 
 
+def cmd_dvc_stages(args: argparse.Namespace) -> str:
+    from layerprune.dvcstages import write_dvc_yaml
+
+    studies = write_dvc_yaml(".", args.add, args.configs)
+    listed = ", ".join(f"{study.name} ({study.config})" for study in studies)
+    return f"layerprune dvc-stages: dvc.yaml versions {len(studies)} studies: {listed}"
+
+
 def cmd_extract_bigbench(args: argparse.Namespace) -> None:
     from layerprune.data import extract_bigbench_task
 
@@ -370,6 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--metadata", default=".snakemake/metadata", help="Snakemake's provenance records (versioned by git)"
     )
+
+    sub = stage(
+        "dvc-stages",
+        cmd_dvc_stages,
+        "Write dvc.yaml from studies.yaml: a DVC stage per study, one for the files they share.",
+    )
+    sub.add_argument(
+        "configs", nargs="*", metavar="CONFIG", help="the study config files studies.yaml lists (instead of its list)"
+    )
+    sub.add_argument("--add", nargs="+", default=[], metavar="CONFIG", help="study config files added to studies.yaml")
 
     sub = stage("extract-bigbench", cmd_extract_bigbench, "Extract one BIG-bench task's JSON from the sdist.")
     sub.add_argument("--sdist", required=True, help="the bigbench sdist (fetch-bigbench's output)")

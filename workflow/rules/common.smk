@@ -11,7 +11,9 @@ from layerprune.checks import (
     ConfigError,
     ratio_wildcards,
 )
+from layerprune.io import looks_local
 from layerprune.launch import cluster_cores_problem, rule_command_prefix, rule_settings, slurm_resources
+from layerprune.mtimes import restore_placed_mtimes
 from layerprune.registry import (
     DATASETS,
     RECOVERIES,
@@ -122,6 +124,13 @@ try:
         print(note, file=sys.stderr)
 except ConfigError as error:
     sys.exit(str(error))
+
+# DVC keeps contents, not modification times: the outputs that `dvc repro`, `dvc pull` or `dvc checkout`
+# linked from its cache get their recorded times back before anything is planned (layerprune.mtimes), so
+# no manual step follows a DVC command. Not in a cluster job (the submitting run did it);
+# LAYERPRUNE_KEEP_MTIMES=1 leaves the times as they are (tests/test_dvc.py measures what that plans).
+if not workflow.remote_exec and not os.environ.get("LAYERPRUNE_KEEP_MTIMES"):
+    restore_placed_mtimes()
 
 SEED = config["seed"]
 MODELS = list(config["models"])
@@ -268,10 +277,11 @@ def task_json_files(kind, names):
 
 
 def calibration_inputs():
-    source = config["scoring"]["calibration"]["source"]
-    if source in ("bigbench", "builtin"):
-        return task_json_files(source, config["scoring"]["calibration"][f"{source}_tasks"])
-    return []
+    """What the calibration text is drawn from: task JSON files, or a local file (a hub id has none)."""
+    calibration = config["scoring"]["calibration"]
+    if calibration["source"] in ("bigbench", "builtin"):
+        return task_json_files(calibration["source"], calibration[f"{calibration['source']}_tasks"])
+    return [calibration["path"]] if looks_local(calibration["path"]) else []
 
 
 def prompt_source_inputs():
