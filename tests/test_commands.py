@@ -60,7 +60,13 @@ MY_STUDY_JOBS = {
     "materialize": 1, "score": 1, "prune": 1, "filter_prompts": 1, "selfgen": 1, "recover": 1, "evaluate_dense": 1,
     "evaluate_variant": 2, "aggregate": 1,
 }  # fmt: skip
+# configs/cpu-small.yaml: the small CPU study to copy; no BIG-bench, Magpie prompts, one task.
+CPU_SMALL_JOBS = {
+    "all": 1, "materialize": 1, "prepare_task": 1, "magpie_prompts": 1, "score": 1, "prune": 1, "selfgen": 1,
+    "recover": 1, "evaluate_dense": 1, "evaluate_variant": 2, "aggregate": 1,
+}  # fmt: skip
 EXPECTED = {
+    "configs/cpu-small.yaml": CPU_SMALL_JOBS,
     "configs/paper.yaml": PAPER_JOBS,
     "configs/compare-methods.yaml": COMPARE_METHODS_JOBS,
     "my-study.yaml": MY_STUDY_JOBS,
