@@ -22,7 +22,7 @@ from workflow_helpers import BIN, REPO, flag, run, shared_file, shell_commands, 
 # Commands of these rules run as cluster jobs: they get a benchmark (CPU-s, wall, max RSS).
 COMPUTE_RULES = {
     "materialize", "score", "score_iterative", "prune", "selfgen", "magpie_prompts", "recover", "recover_kd",
-    "evaluate_dense", "evaluate_variant",
+    "evaluate_dense", "evaluate_pruned", "evaluate_variant",
 }  # fmt: skip
 
 

@@ -237,7 +237,11 @@ def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
     for key, value, reached in [
         ("selfgen.temperature", 0.9, {"selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1}),
         ("recovery.learning_rate", 0.002, {"recover": 4, "evaluate_variant": 8, "aggregate": 1, "all": 1}),
-        ("tasks.addition.limit", 5, {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 6}),
+        (
+            "tasks.addition.limit",
+            5,
+            {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 4, "evaluate_pruned": 2},
+        ),
     ]:
         origin = planned(repo, "--configfile", with_setting(repo, key, value))
         (repo / "changed.yaml").unlink()

@@ -85,7 +85,7 @@ def test_adding_a_ratio_reruns_only_that_ratio(finished_run, tmp_path):
     changed["pruning"]["ratios"].append(0.75)
     (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
     jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
-    assert jobs == {"prune": 1, "recover": 2, "evaluate_variant": 3 * 2, "aggregate": 1, "all": 1}
+    assert jobs == {"prune": 1, "recover": 2, "evaluate_variant": 2 * 2, "evaluate_pruned": 2, "aggregate": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_evaluation_setting_reruns_no_scoring_selfgen_or_training(finished_run):
     changed["evaluation"]["batch_size"] = 2
     (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
     jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
-    assert jobs == {"evaluate_dense": 2, "evaluate_variant": 12, "aggregate": 1, "all": 1}
+    assert jobs == {"evaluate_dense": 2, "evaluate_variant": 8, "evaluate_pruned": 4, "aggregate": 1, "all": 1}
 
 
 @pytest.mark.slow

@@ -109,14 +109,16 @@ def test_a_second_study_runs_beside_the_first_and_neither_replans(tiny_run, tmp_
     assert planned_jobs(workdir) == {}
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == before
 
-    def n(study: str, task: str) -> int:
-        return json.loads((workdir / f"results/{study}/eval/tiny/dense/{task}.json").read_text())["n"]
+    def n(task: str) -> list[int]:
+        """The item counts of the task's dense evaluations (results/shared/: one per distinct settings)."""
+        found = (workdir / "results" / "shared" / "eval").glob(f"*/tiny/dense/{task}.json")
+        return sorted(json.loads(path.read_text())["n"] for path in found)
 
-    assert (n(TINY_STUDY, "addition"), n("variant", "addition")) == (6, 4)
-    assert n(TINY_STUDY, "knowledge") == n("variant", "knowledge") == 6
-    # each report times its own study's jobs (and the shared model it used), not the other study's
+    assert n("addition") == [4, 6] and n("knowledge") == [6]  # knowledge's: one file for both studies
+    # each report times the jobs its own run ran, not those the other study's run made (the shared model,
+    # the score, the pruned checkpoint, knowledge's evaluations)
     stages = set(csv_column(workdir / "results/variant/report/time.csv", "stage"))
-    assert {"materialize", "score", "evaluate_variant"} <= stages and not stages & {"selfgen", "recover"}, stages
+    assert stages == {"evaluate_dense", "evaluate_pruned"}, stages
     assert {"selfgen", "recover"} <= set(csv_column(first / "report" / "time.csv", "stage"))
     assert len(list((workdir / "results" / "shared" / "models").iterdir())) == 1
     assert len(list((workdir / "results" / "shared" / "tasks").glob("*/addition.json"))) == 2
@@ -196,3 +198,50 @@ def test_dvc_stages_one_per_study_and_one_for_what_they_share(tmp_path, monkeypa
     assert "clash" not in (tmp_path / "studies.yaml").read_text()
     with pytest.raises(FileNotFoundError, match="nope.yaml: no such file"):
         main(["dvc-stages", "--add", "nope.yaml"])
+
+
+# --------------------------------------------------------------------------- identical jobs run once (issue 29)
+
+
+@pytest.mark.slow  # one real run of a tiny study of one's own, then a second study beside it
+def test_a_second_study_that_varies_one_setting_runs_only_what_depends_on_it(tmp_path):
+    """my-study ran; other-study differs in selfgen.temperature alone: its dry run plans selfgen, the recovery
+    that trains on it, that recovery's evaluation and the report, nothing else (on 8179f34 it re-ran score,
+    prune, filter_prompts, the dense and the unrecovered evaluations: ~58 % of its CPU time). Its time table
+    then lists only the stages it ran."""
+    from conftest import make_tiny_checkpoint
+    from transformers import AutoTokenizer
+    from workflow_helpers import CHAT_TEMPLATE, local_config, write_local_data
+
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    workdir = workflow_copy(tmp_path / "wf")
+    write_local_data(workdir)
+    mine = local_config(model_dir, "my-study")
+    other = copy.deepcopy(mine)
+    other["study"] = "other-study"
+    other["selfgen"]["temperature"] = 0.9
+    (workdir / "my-study.yaml").write_text(yaml.safe_dump(mine, sort_keys=False))
+    (workdir / "other-study.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    snakemake(workdir, "--cores", "2", "--configfile", "my-study.yaml")
+    output = snakemake(workdir, "-n", "--cores", "2", "--configfile", "other-study.yaml").stdout
+    planned = outputs_of_dry_run(output)
+    print(output[-1500:])
+    assert planned_jobs(workdir, "--configfile", "other-study.yaml") == {
+        "selfgen": 1,
+        "recover": 1,
+        "evaluate_variant": 1,
+        "aggregate": 1,
+        "all": 1,
+    }
+    assert not [path for path in planned if path.startswith("results/shared/")], planned
+    snakemake(workdir, "--cores", "2", "--configfile", "other-study.yaml")
+    stages = set(csv_column(workdir / "results" / "other-study" / "report" / "time.csv", "stage"))
+    assert stages == {"selfgen", "recover", "evaluate_variant"}, stages
+    first = set(csv_column(workdir / "results" / "my-study" / "report" / "time.csv", "stage"))
+    assert {"score", "prune", "evaluate_dense", "evaluate_pruned", "selfgen", "recover"} <= first, first
+    # the shared results are the same files for both reports
+    for study in ("my-study", "other-study"):
+        assert planned_jobs(workdir, "--configfile", f"{study}.yaml") == {}, study

@@ -103,13 +103,13 @@ def variant_study(config: dict) -> dict:
     return variant
 
 
-# What the variant study plans where the tiny study has run: its own jobs and the one task it prepares anew.
+# What the variant study plans where the tiny study has run: the one task it prepares anew and that task's
+# dense and unrecovered evaluations; the score, the pruned checkpoint and the other task's evaluations are the
+# tiny study's (results/shared/, the same fingerprints).
 VARIANT_JOBS = {
     "prepare_task": 1,
-    "score": 1,
-    "prune": 1,
-    "evaluate_dense": 2,
-    "evaluate_variant": 2,
+    "evaluate_dense": 1,
+    "evaluate_pruned": 1,
     "aggregate": 1,
     "all": 1,
 }
