@@ -39,7 +39,7 @@ GRID = yaml.safe_load((REPO / "tests" / "fixtures" / "grid_config.yaml").read_te
 DEFAULT_JOBS = {
     "all": 1, "build_task": 12, "prepare_task": 4, "prepare_prompts": 1,
     "prepare_calibration": 1, "materialize": 1, "score": 1, "prune": 3, "filter_prompts": 1, "selfgen": 1,
-    "recover": 6, "evaluate_dense": 4, "evaluate_variant": 24, "aggregate": 1,
+    "recover": 6, "evaluate_dense": 4, "evaluate_pruned": 12, "evaluate_variant": 12, "aggregate": 1,
 }  # fmt: skip
 # The grid: 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant evaluations,
 # 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 built tasks (1 classification + 3 arithmetic
@@ -47,7 +47,7 @@ DEFAULT_JOBS = {
 GRID_JOBS = {
     "all": 1, "build_task": 19, "prepare_task": 6, "prepare_prompts": 1,
     "prepare_calibration": 1, "materialize": 1, "score": 2, "prune": 6, "filter_prompts": 1, "selfgen": 1,
-    "recover": 12, "evaluate_dense": 6, "evaluate_variant": 108, "aggregate": 1,
+    "recover": 12, "evaluate_dense": 6, "evaluate_pruned": 36, "evaluate_variant": 72, "aggregate": 1,
 }  # fmt: skip
 
 
@@ -79,7 +79,8 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     config["scoring"]["iterative"] = {"probe_tasks": ["general_knowledge", "plural"], "num_samples": 8}
     workdir = workflow_copy(tmp_path / "wf", config)
     assert planned_jobs(workdir) == {
-        **GRID_JOBS, "score": 3, "score_iterative": 1, "prune": 12, "recover": 24, "evaluate_variant": 216,
+        **GRID_JOBS, "score": 3, "score_iterative": 1, "prune": 12, "recover": 24,
+        "evaluate_pruned": 72, "evaluate_variant": 144,
     }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
     block = output[output.index("rule score_iterative:") :]
@@ -143,7 +144,9 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
     config = copy.deepcopy(GRID)
     config["scoring"].update(methods=["ppl", "sleb", "reverse"], chunk_size=16, sleb_exclude_ends=False)
     workdir = workflow_copy(tmp_path / "wf", config)
-    assert planned_jobs(workdir) == {**GRID_JOBS, "score": 3, "prune": 9, "recover": 18, "evaluate_variant": 162}
+    assert planned_jobs(workdir) == {
+        **GRID_JOBS, "score": 3, "prune": 9, "recover": 18, "evaluate_pruned": 54, "evaluate_variant": 108,
+    }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "score").stdout
     commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
     assert sorted(commands) == ["ppl", "reverse", "sleb"]
@@ -285,7 +288,9 @@ def test_lm_eval_task_settings_reach_the_cli(tmp_path):
     config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 5, "limit": 0.2}
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    assert jobs == {**GRID_JOBS, "prepare_lm_eval_task": 1, "evaluate_dense": 7, "evaluate_variant": 126}
+    assert jobs == {
+        **GRID_JOBS, "prepare_lm_eval_task": 1, "evaluate_dense": 7, "evaluate_pruned": 42, "evaluate_variant": 84,
+    }  # fmt: skip
     dry = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "prepare_lm_eval_task")
     (argv,) = shell_commands(dry.stdout + dry.stderr, "prepare-lm-eval-task")
     assert argv[2:-1] == [
