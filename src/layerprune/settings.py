@@ -295,7 +295,7 @@ class PromptFilterSettings(StageSettings):
         None,
         help=(
             "drop prompts whose chat-template rendering is longer than this many of the dense model's tokens "
-            "(per model, counts in results/<study>/data/prompts/{model}.stats.json); null keeps all"
+            "(per model, counts in results/shared/filtered/<fingerprint>/{model}.stats.json); null keeps all"
         ),
         schema={"minimum": 1},
     )
