@@ -31,7 +31,8 @@ COMPARE_METHODS_JOBS = {
 PAPER_JOBS = {
     "all": 1, "build_task": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
     "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3, "prune": 27,
-    "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_variant": 1134, "aggregate": 1,
+    "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_pruned": 378,
+    "evaluate_variant": 756, "aggregate": 1,
 }  # fmt: skip
 # my-study.yaml (README): one local model, one task, one method, one ratio, recoveries none and sgr.
 MY_STUDY = {
