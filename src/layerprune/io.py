@@ -319,14 +319,14 @@ LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".gz", ".txt", ".csv", ".parquet", ".a
 
 
 def looks_local(path: str) -> bool:
-    """True when `path` names a local file or folder (it exists, is absolute or relative with ./ ../ ~, has more
-    than one slash, or ends in a data-file suffix), so that it must never be looked up on the hub."""
+    """True when `path` names a local file or folder (it exists, is absolute or relative with ./ ../ ~, ends in a
+    data-file suffix, or is a plain path of more than two parts), so that it must never be looked up on the hub."""
     text = str(path)
     return (
         os.path.exists(text)
         or text.startswith(("/", "./", "../", "~"))
-        or text.count("/") > 1
         or text.lower().endswith(LOCAL_DATA_SUFFIXES)
+        or (text.count("/") > 1 and not any(char.isspace() for char in text))
     )
 
 
