@@ -284,7 +284,7 @@ def test_rerun_replaces_read_only_linked_outputs_and_leaves_the_cache_intact(ali
     repo, _, _ = alice
     origin = tmp_path / "origin"
     subprocess.run(["cp", "-a", str(repo), str(origin)], check=True)  # keeps the hardlinks between results and cache
-    pruned = origin / RESULTS / "pruned" / "tiny" / "bi" / "0.5"
+    (pruned,) = (origin / "results" / "shared" / "pruned").glob("*/tiny/bi/0.5")  # shared by fingerprint
     summary = origin / RESULTS / "report" / "summary.csv"
     weights = next(pruned.glob("*.safetensors"))
     for path in (weights, summary):  # DVC's links are read-only (mode 0444)
