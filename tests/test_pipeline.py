@@ -61,7 +61,8 @@ def test_pipeline_produces_summary_report_and_plots(finished_run):
     assert {"prompt", "output", "correct"} <= set(result["samples"][0])
 
     # the pruned and recovered checkpoints are plain HF checkpoints of the new depth
-    pruning = json.loads((results / "pruned/tiny/bi/0.5/pruning.json").read_text())
+    (pruned,) = (workdir / "results" / "shared" / "pruned").glob("*/tiny/bi/0.5/pruning.json")  # by fingerprint
+    pruning = json.loads(pruned.read_text())
     assert pruning["num_layers_after"] == 2 and len(pruning["removed_layers"]) == 2
     recovered = AutoModelForCausalLM.from_pretrained(results / "recovered/tiny/bi/0.5/sgr")
     assert recovered.config.num_hidden_layers == 2
