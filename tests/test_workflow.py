@@ -64,11 +64,12 @@ def test_dry_run_scales_with_the_grid(tmp_path):
     config["scoring"]["methods"] = ["reverse"]
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    # 2 models x 1 method x 1 ratio; reverse needs no calibration (no python_docs, no prepare_calibration)
+    # 2 models x 1 method x 1 ratio; reverse needs no calibration (no python_docs, no prepare_calibration);
+    # x 6 tasks: 12 unrecovered evaluations (evaluate_pruned, shared) and 12 of sgr
     assert jobs == {
         "all": 1, "build_task": 18, "prepare_task": 6, "prepare_prompts": 1,
         "materialize": 2, "score": 2, "prune": 2, "filter_prompts": 2, "selfgen": 2, "recover": 2,
-        "evaluate_dense": 12, "evaluate_variant": 24, "aggregate": 1,
+        "evaluate_dense": 12, "evaluate_pruned": 12, "evaluate_variant": 12, "aggregate": 1,
     }  # fmt: skip
 
 
@@ -89,7 +90,8 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     model, *tasks = [name.strip() for name in inputs.split(",")]
     assert is_shared(model, "models", "smollm2-135m")
     assert is_shared(tasks[0], "tasks", "general_knowledge.json") and is_shared(tasks[1], "tasks", "plural.json")
-    assert "output: results/default/scores/smollm2-135m/iterative.json" in block
+    output_line = block.split("output:", 1)[1].splitlines()[0].strip()
+    assert is_shared(output_line, "scores", "smollm2-135m/iterative.json"), output_line  # shared by fingerprint
     commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
     iterative = commands["iterative"]
     probes = iterative[iterative.index("--probe-tasks") + 1 : iterative.index("--settings")]
@@ -98,6 +100,7 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     assert settings_of(iterative) == {
         "batch_size": 8, "dtype": "auto", "max_ratio": 0.3, "num_samples": 8, "probe_max_new_tokens": [16, 8],
         "seed": 0, "criterion": "mean_ratio", "tie_break": "later", "keep_first_layer": True,
+        "probe_batch_size": None,
         # each probe generated as its task is evaluated (tasks.<task>: prompting, sampling)
         "probe_prompting": ["auto", "auto"], "probe_sampling": [greedy, greedy],
     }  # fmt: skip
@@ -228,13 +231,17 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
     shutil.copy(REPO / ".dvcignore", workdir / ".dvcignore")
     assert "hardlink" in run([dvc, "config", "cache.type"], workdir).stdout
     status = run([dvc, "status"], workdir).stdout
-    # never run: DVC sees the config as new params and every versioned artifact as missing
-    assert "pipeline:" in status and "config.yaml" in status
-    for artifact in ("results", ".snakemake/metadata"):
+    # never run: DVC sees the config as new params and every versioned artifact as missing (the default
+    # study's stage and the one for what studies share: layerprune dvc-stages, from studies.yaml)
+    assert "default:" in status and "shared:" in status and "config.yaml" in status
+    for artifact in ("results/default", "results/shared", ".snakemake/metadata"):
         assert f"deleted:            {artifact}\n" in status, status
-    dry = run([dvc, "repro", "--dry"], workdir)
-    assert "Running stage 'pipeline'" in dry.stdout
-    assert "snakemake --cores all" in dry.stdout
+    # `shared` runs after every study's stage (it depends on their folders, which a dry run does not make)
+    dag = run([dvc, "dag", "--dot"], workdir).stdout
+    assert '"default" -> "shared";' in dag, dag
+    dry = run([dvc, "repro", "--dry", "default"], workdir)
+    assert "Running stage 'default'" in dry.stdout
+    assert "snakemake --cores all --configfile config.yaml" in dry.stdout
 
 
 def test_paper_config_dry_run_offline(tmp_path):
@@ -245,13 +252,14 @@ def test_paper_config_dry_run_offline(tmp_path):
     assert jobs == {
         "all": 1, "build_task": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
         "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3,
-        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_variant": 1134,
-        "aggregate": 1,
+        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_pruned": 378,
+        "evaluate_variant": 756, "aggregate": 1,
     }  # fmt: skip
     # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 14 tasks:
     # 7 lm-eval + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + 2 arithmetic; the 3 iterative
-    # probes (evaluate: false) are prepared, never evaluated.
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 14 == 1134
+    # probes (evaluate: false) are prepared, never evaluated. Recovery none's are evaluate_pruned (shared).
+    assert jobs["evaluate_variant"] + jobs["evaluate_pruned"] == 3 * 3 * 3 * 3 * 14 == 1134
+    assert jobs["evaluate_pruned"] == 3 * 3 * 3 * 14
     assert jobs["evaluate_dense"] == 42
     assert jobs["recover"] == 54  # 2 trained recoveries (data, sgr)
     assert jobs["score_iterative"] == 3
@@ -324,7 +332,7 @@ def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
     assert jobs == {
         "all": 1, "build_task": 15, "prepare_task": 6, "prepare_calibration": 1,
         "materialize": 1, "score": 2, "prune": 6, "magpie_prompts": 1, "selfgen": 1, "recover": 6,
-        "evaluate_dense": 6, "evaluate_variant": 72, "aggregate": 1,
+        "evaluate_dense": 6, "evaluate_pruned": 36, "evaluate_variant": 36, "aggregate": 1,
     }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
     (magpie,) = shell_commands(output, "magpie-prompts")
