@@ -36,8 +36,8 @@ HEADER = """\
 # of their settings) and Snakemake's provenance records (.snakemake/metadata, versioned by git beside
 # dvc.lock, `cache: false`): a clone that pulls the outputs gets the records too, so a changed setting
 # re-runs there exactly what it re-runs here. Its command runs nothing: the study stages wrote what it
-# versions. No BIG-bench: the default reads none; a study that names BIG-bench tasks reads them from
-# the sdist its `bigbench:` section names, which DVC versions neither (nor resources/bigbench).
+# versions. No BIG-bench: the default reads the project's own tasks (results/shared/builtin); a study
+# that names BIG-bench tasks reads them from its own copy of the sdist, which DVC does not version.
 #
 # `persist: true` everywhere: DVC must not delete the outputs before running a stage, or Snakemake
 # would recompute everything instead of only what changed. The workflow gives what DVC links the
