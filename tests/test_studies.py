@@ -70,8 +70,9 @@ def test_study_name_comes_from_the_config_or_its_file(tmp_path):
 
 @pytest.mark.slow  # two dry runs: 56 s measured on the loaded 2-core machine
 def test_shared_files_are_keyed_by_their_settings(tmp_path):
-    """Two studies with one task's limit apart share the model, the other tasks, the prompt set and the
-    calibration text, and get two files for that task."""
+    """Two studies with one task's limit apart share the model, the other tasks, the prompt set, the
+    calibration text, the scores, the pruned checkpoints and the other tasks' evaluations, and get two
+    files for that task and two for each of its dense and unrecovered evaluations."""
     workdir = workflow_copy(tmp_path / "wf")
     default = yaml.safe_load((REPO / "config.yaml").read_text())
     other = copy.deepcopy(default)
@@ -86,9 +87,15 @@ def test_shared_files_are_keyed_by_their_settings(tmp_path):
     mine, theirs = shared(), shared("--configfile", "other.yaml")
     plural = {path for path in mine | theirs if is_shared(path, "tasks", "plural.json")}
     assert len(plural) == 2 and len(mine & plural) == 1
-    assert mine - plural == theirs - plural
+    # the evaluations of plural (dense and unrecovered) are made from its prepared file: each study its own
+    plural_evals = {
+        path for path in mine | theirs if path.startswith("results/shared/eval/") and path.endswith("/plural.json")
+    }
+    assert len(plural_evals) == 2 * 4 and len(mine & plural_evals) == 4  # dense + 3 ratios' none, per study
+    assert mine - plural - plural_evals == theirs - plural - plural_evals
     kinds = {path.split("/")[2] for path in mine}
-    assert kinds == {"builtin", "models", "tasks", "prompts", "calibration"}  # builtin: the built tasks
+    # builtin: the built tasks; scores, pruned, filtered, eval: the jobs that depend on no recovery setting
+    assert kinds == {"builtin", "models", "tasks", "prompts", "calibration", "scores", "pruned", "filtered", "eval"}
 
 
 @pytest.mark.slow
