@@ -25,13 +25,14 @@ DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted(
 # build_task: the project's own tasks, once each (calibration 1; tasks 1 + 3 + 8 + 1 + 1).
 COMPARE_METHODS_JOBS = {
     "all": 1, "build_task": 15, "prepare_task": 6, "prepare_calibration": 1,
-    "materialize": 1, "score": 8, "score_iterative": 1, "prune": 9, "evaluate_dense": 6, "evaluate_variant": 54,
+    "materialize": 1, "score": 8, "score_iterative": 1, "prune": 9, "evaluate_dense": 6, "evaluate_pruned": 54,
     "aggregate": 1,
 }  # fmt: skip
 PAPER_JOBS = {
     "all": 1, "build_task": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
     "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3, "prune": 27,
-    "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_variant": 1134, "aggregate": 1,
+    "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_pruned": 378,
+    "evaluate_variant": 756, "aggregate": 1,
 }  # fmt: skip
 # my-study.yaml (README): one local model, one task, one method, one ratio, recoveries none and sgr.
 MY_STUDY = {
@@ -58,9 +59,15 @@ MY_STUDY = {
 MY_STUDY_JOBS = {
     "all": 1, "build_task": 2, "prepare_task": 1, "prepare_prompts": 1,
     "materialize": 1, "score": 1, "prune": 1, "filter_prompts": 1, "selfgen": 1, "recover": 1, "evaluate_dense": 1,
-    "evaluate_variant": 2, "aggregate": 1,
+    "evaluate_pruned": 1, "evaluate_variant": 1, "aggregate": 1,
+}  # fmt: skip
+# configs/cpu-small.yaml: the small CPU study to copy; no BIG-bench, Magpie prompts, one task.
+CPU_SMALL_JOBS = {
+    "all": 1, "materialize": 1, "prepare_task": 1, "magpie_prompts": 1, "score": 1, "prune": 1, "selfgen": 1,
+    "recover": 1, "evaluate_dense": 1, "evaluate_pruned": 1, "evaluate_variant": 1, "aggregate": 1,
 }  # fmt: skip
 EXPECTED = {
+    "configs/cpu-small.yaml": CPU_SMALL_JOBS,
     "configs/paper.yaml": PAPER_JOBS,
     "configs/compare-methods.yaml": COMPARE_METHODS_JOBS,
     "my-study.yaml": MY_STUDY_JOBS,

@@ -22,7 +22,7 @@ from workflow_helpers import BIN, REPO, flag, run, shared_file, shell_commands, 
 # Commands of these rules run as cluster jobs: they get a benchmark (CPU-s, wall, max RSS).
 COMPUTE_RULES = {
     "materialize", "score", "score_iterative", "prune", "selfgen", "magpie_prompts", "recover", "recover_kd",
-    "evaluate_dense", "evaluate_variant",
+    "evaluate_dense", "evaluate_pruned", "evaluate_variant",
 }  # fmt: skip
 
 
@@ -119,15 +119,17 @@ def test_every_rule_that_runs_a_command_has_conda_log_and_benchmark():
         # the rules that may generate with vLLM get the GPU environment (vLLM, numpy<2.4)
         env = "layerprune-gpu" if name in VLLM_RULES else "layerprune"
         assert "conda:\n" in block and f'"../../envs/{env}.yaml"' in block, name
-        # logs/<rule>/..., literally or through study_log (logs/<rule>/<study>/...)
-        assert re.search(rf'log:\n\s+("logs/{name}[/.]|study_log\("{name}", )', block), name
+        # logs/<rule>/..., literally or through study_log / shared_log (logs/<rule>/<study or shared>/...)
+        assert re.search(rf'log:\n\s+("logs/{name}[/.]|(study|shared)_log\("{name}", )', block), name
         assert ("benchmark:" in block) == (name in COMPUTE_RULES), name
         assert "> {log:q} 2>&1" in block or ">> {log:q} 2>&1" in block, f"{name}: the job's output goes to its log"
         if name in COMPUTE_RULES:  # the time table finds a job's usage line in the log beside its benchmark
-            log = re.search(r'log:\n\s+("logs/[^"]+)\.log"|study_log\(([^)]+)\)', block)
-            benchmark = re.search(r'benchmark:\n\s+("benchmarks/[^"]+)\.tsv"|study_benchmark\(([^)]+)\)', block)
+            log = re.search(r'log:\n\s+("logs/[^"]+)\.log"|(study|shared)_log\(([^)]+)\)', block)
+            benchmark = re.search(
+                r'benchmark:\n\s+("benchmarks/[^"]+)\.tsv"|(study|shared)_benchmark\(([^)]+)\)', block
+            )
             assert (log[1] or "").removeprefix('"logs/') == (benchmark[1] or "").removeprefix('"benchmarks/'), name
-            assert log[2] == benchmark[2], name
+            assert (log[2], log[3]) == (benchmark[2], benchmark[3]), name
 
 
 def test_job_output_lands_in_its_log(tmp_path):
@@ -226,11 +228,13 @@ def test_dvc_versions_the_report_folder_the_aggregate_rule_writes(tmp_path):
     assert flag(command, "--out-dir") == report
 
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    stage = dvc["stages"]["pipeline"]
-    assert set(stage) & {"metrics", "plots"} == set(), "stage outs may not overlap results/: top level only"
+    stage = dvc["stages"]["default"]  # the default study's stage (layerprune dvc-stages, from studies.yaml)
+    assert set(stage) & {"metrics", "plots"} == set(), "stage outs may not overlap results/<study>: top level only"
     outs = {next(iter(entry)): entry[next(iter(entry))] for entry in stage["outs"]}
-    assert outs == {
-        "results": {"persist": True},
+    assert outs == {"results/default": {"persist": True}}
+    shared = {next(iter(entry)): entry[next(iter(entry))] for entry in dvc["stages"]["shared"]["outs"]}
+    assert shared == {
+        "results/shared": {"persist": True},
         ".snakemake/metadata": {"persist": True, "cache": False},  # git versions the provenance records
     }
     metrics = [next(iter(e)) if isinstance(e, dict) else e for e in dvc["metrics"]]

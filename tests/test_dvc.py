@@ -2,15 +2,20 @@
 
 Alice's repository is a copy of the session's one real tiny run (conftest.tiny_run)
 with git and the repository's own DVC setup around it (.dvc/config, .dvcignore,
-.gitignore): the README's steps as typed, `dvc remote add`, `dvc repro` (Snakemake
-finds nothing to do, DVC records the outputs and links them to its cache: one copy on disk),
-`dvc push`. Bob clones it and types the README's colleague steps (`dvc pull`,
-`layerprune restore-mtimes`), and Snakemake has nothing left to do; a changed setting then
-plans in Bob's clone exactly the jobs it plans in Alice's checkout.
+.gitignore, studies.yaml): `layerprune dvc-stages --add variant.yaml`, `dvc remote add`,
+`dvc repro` (Snakemake finds nothing to do, DVC records the outputs and links them to its
+cache: one copy on disk), `dvc push`. Bob clones it and types the README's colleague steps
+(`dvc pull`), and Snakemake has nothing left to do; a changed setting then plans in Bob's
+clone exactly the jobs it plans in Alice's checkout.
+
+The tiny run and the studies of one's own at the end of this module read nothing from BIG-bench
+(the project's own tasks, results/shared/builtin; two studies, the README's commands as typed,
+the identical-file cases).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -23,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 from workflow_helpers import BIN, REPO, TINY_STUDY, VARIANT_JOBS, copy_run, planned_jobs, run, variant_study
+from workflow_helpers import env as workflow_env
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +55,7 @@ COLLEAGUE_STEPS = readme_steps("a colleague who wants everything and to go on fr
 
 def sync_after_pull(cwd: Path) -> None:
     """The README's steps after `git clone` for a colleague who goes on from there, as typed: `dvc pull`
-    (unless done already), `layerprune restore-mtimes` (not `snakemake --touch`,
-    which left pulled directories it found up to date without a timestamp)."""
+    (unless done already); the workflow restores the pulled outputs' times itself (layerprune.mtimes)."""
     for line in COLLEAGUE_STEPS:
         if line == "dvc pull" and (cwd / "results").exists():
             continue
@@ -91,9 +96,7 @@ def cache_inodes(repo: Path) -> dict[int, Path]:
 
 def outputs(repo: Path) -> list[Path]:
     """The files DVC versions in results/ (Snakemake's timestamps left out)."""
-    return [
-        p for top in ("results",) for p in (repo / top).rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"
-    ]
+    return [p for p in (repo / "results").rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"]
 
 
 def disk_bytes(*trees: Path) -> int:
@@ -142,7 +145,7 @@ def alice(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("dvc")
     repo = copy_run(workdir, root / "alice")
     (repo / "changed.yaml").unlink(missing_ok=True)
-    for name in (".gitignore", ".dvcignore"):
+    for name in (".gitignore", ".dvcignore", "studies.yaml"):
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     shutil.copytree(
@@ -154,12 +157,10 @@ def alice(tiny_run, tmp_path_factory):
     git(repo, "config", "user.email", "test@layerprune")
     # the README's step, as typed: the repository ships its DVC setup (no `dvc init`)
     dvc(repo, "remote", "add", "-d", "shared", str(root / "remote"))
-    # a second study versioned beside the first, as the README says: its command and its config file
+    # a second study versioned beside the first, as the README says: one command
     (repo / "variant.yaml").write_text(yaml.safe_dump(variant_study(config)))
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())
-    stages["stages"]["pipeline"]["cmd"].append("snakemake --cores all --configfile variant.yaml")
-    stages["stages"]["pipeline"]["params"].append({"variant.yaml": None})
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    run([str(BIN / "layerprune"), "dvc-stages", "--add", "variant.yaml"], cwd=repo)
+    assert set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]) == {"default", "variant", "shared"}
     assert planned_jobs(repo, "--configfile", "variant.yaml") == VARIANT_JOBS
     # the outputs persist: DVC runs `snakemake` for the tiny study, which has nothing to do, then for
     # the variant, and records them (DVC leaves the files in place, linked to its cache: mtimes stay)
@@ -194,12 +195,17 @@ def test_pulled_checkpoints_are_not_stored_twice(alice):
     assert weights.stat().st_nlink > 1 and cached, "the checkpoint is a copy of the cache's file"
 
 
-def test_provenance_and_resources_are_versioned(alice):
+def test_provenance_and_each_study_are_versioned(alice):
     repo, _, _ = alice
     tracked = git(repo, "ls-files", ".snakemake").split()
     assert tracked and all(path.startswith(".snakemake/metadata/") for path in tracked), tracked[:5]
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["pipeline"]
-    assert {out["path"] for out in lock["outs"]} == {"results", ".snakemake/metadata"}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    outs = {stage: {out["path"] for out in lock[stage]["outs"]} for stage in lock}
+    assert outs == {
+        "default": {"results/default"},
+        "variant": {"results/variant"},
+        "shared": {"results/shared", ".snakemake/metadata"},
+    }
 
 
 def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
@@ -222,7 +228,7 @@ def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
     shown = json.loads(dvc(bob, "metrics", "show", "--json"))[""]["data"][metrics]["data"]
     assert shown.keys() == json.loads((repo / metrics).read_text()).keys()  # (NaN != NaN)
     plots = json.loads(dvc(bob, "plots", "show", "--json"))
-    assert list(plots["data"]) == [f"{RESULTS}/report/summary.csv"] and not plots.get("errors"), plots.get("errors")
+    assert f"{RESULTS}/report/summary.csv" in plots["data"] and not plots.get("errors"), plots.get("errors")
     assert_one_copy(bob)  # pulled files are the cache's own
     sync_after_pull(bob)
     assert planned(bob) == set() and planned(bob, "--configfile", "variant.yaml") == set()
@@ -231,7 +237,11 @@ def test_fresh_clone_pulls_everything_and_plans_what_the_origin_plans(alice):
     for key, value, reached in [
         ("selfgen.temperature", 0.9, {"selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1}),
         ("recovery.learning_rate", 0.002, {"recover": 4, "evaluate_variant": 8, "aggregate": 1, "all": 1}),
-        ("tasks.addition.limit", 5, {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 6}),
+        (
+            "tasks.addition.limit",
+            5,
+            {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 4, "evaluate_pruned": 2},
+        ),
     ]:
         origin = planned(repo, "--configfile", with_setting(repo, key, value))
         (repo / "changed.yaml").unlink()
@@ -259,7 +269,7 @@ def test_dvc_lock_records_only_settings_the_outputs_were_made_with(alice):
     # instead of these 10: DVC replaced the files of a pulled directory that the touch had left without a
     # timestamp, and everything downstream of the dense model looked out of date)
     assert ran(carol, before) == origin, sorted(ran(carol, before) ^ origin)
-    lock = yaml.safe_load((carol / "dvc.lock").read_text())["stages"]["pipeline"]
+    lock = yaml.safe_load((carol / "dvc.lock").read_text())["stages"]["default"]
     assert lock["params"]["config.yaml"]["tasks"]["knowledge"]["limit"] == 3
     for result in (carol / RESULTS / "eval").rglob("knowledge.json"):
         assert json.loads(result.read_text())["n"] == 3, result
@@ -274,7 +284,7 @@ def test_rerun_replaces_read_only_linked_outputs_and_leaves_the_cache_intact(ali
     repo, _, _ = alice
     origin = tmp_path / "origin"
     subprocess.run(["cp", "-a", str(repo), str(origin)], check=True)  # keeps the hardlinks between results and cache
-    pruned = origin / RESULTS / "pruned" / "tiny" / "bi" / "0.5"
+    (pruned,) = (origin / "results" / "shared" / "pruned").glob("*/tiny/bi/0.5")  # shared by fingerprint
     summary = origin / RESULTS / "report" / "summary.csv"
     weights = next(pruned.glob("*.safetensors"))
     for path in (weights, summary):  # DVC's links are read-only (mode 0444)
@@ -341,3 +351,142 @@ def test_dvc_experiment_changes_a_setting_and_compares_metrics(alice, tmp_path):
     assert any("knowledge" in key for key in changed), sorted(changed)
     assert not any("addition" in key for key in changed), sorted(changed)
     assert config["tasks"]["knowledge"]["limit"] == 6
+
+
+# ------------------------------------------------------------------ studies of one's own (no BIG-bench)
+
+
+def keep_mtimes_plan(cwd: Path, *args: str) -> set[tuple[str, str]]:
+    """What `snakemake -n` would plan if the workflow did not restore DVC's links' times first (measured
+    before the plain dry run, which restores them)."""
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "--cores", "2", *args],
+        cwd=cwd,
+        env={**workflow_env(), "LAYERPRUNE_KEEP_MTIMES": "1"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    return set() if "Nothing to be done" in output else dry_run_jobs(output)
+
+
+STUDIES = {"my-study": "my-study.yaml", "other-study": "other-study.yaml"}
+
+
+def plans_of_both(cwd: Path) -> tuple[dict[str, set], dict[str, set]]:
+    """(without the restore, with it) for both studies: each a study -> planned jobs."""
+    kept = {study: keep_mtimes_plan(cwd, "--configfile", file) for study, file in STUDIES.items()}
+    restored = {study: planned(cwd, "--configfile", file) for study, file in STUDIES.items()}
+    return kept, restored
+
+
+def identical_files_across(repo: Path, first: str, second: str) -> list[str]:
+    """Files of study `second` that are one inode with a file of study `first` (DVC linked equal contents)."""
+    inodes = {p.stat().st_ino for p in (repo / "results" / first).rglob("*") if p.is_file()}
+    return [
+        p.relative_to(repo).as_posix()
+        for p in (repo / "results" / second).rglob("*")
+        if p.is_file() and p.stat().st_ino in inodes
+    ]
+
+
+@pytest.fixture(scope="module")
+def own_origin(tmp_path_factory):
+    """Two studies of one's own (no BIG-bench, differing in one selfgen setting) versioned with the README's
+    commands as typed: `layerprune dvc-stages my-study.yaml`, `layerprune dvc-stages --add other-study.yaml`,
+    `dvc repro`, `dvc push`."""
+    from conftest import make_tiny_checkpoint
+    from transformers import AutoTokenizer
+    from workflow_helpers import CHAT_TEMPLATE, local_config, workflow_copy, write_local_data
+
+    root = tmp_path_factory.mktemp("own")
+    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    repo = workflow_copy(root / "origin")  # config.yaml: the repository's default, which nobody runs here
+    write_local_data(repo)
+    mine = local_config(model_dir, "my-study")
+    other = copy.deepcopy(mine)
+    other["study"] = "other-study"
+    other["selfgen"]["temperature"] = 0.9
+    (repo / "my-study.yaml").write_text(yaml.safe_dump(mine, sort_keys=False))
+    (repo / "other-study.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    for name in (".gitignore", ".dvcignore", "studies.yaml"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    shutil.copytree(
+        REPO / "src" / "layerprune", repo / "src" / "layerprune", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "layerprune test")
+    git(repo, "config", "user.email", "test@layerprune")
+    dvc(repo, "remote", "add", "-d", "shared", str(root / "remote"))
+    for line in readme_steps("a study of your own, versioned by DVC") + readme_steps("a second study beside it"):
+        run(["bash", "-c", line], cwd=repo)
+    lock = yaml.safe_load((repo / "dvc.yaml").read_text())
+    assert set(lock["stages"]) == {"my-study", "other-study", "shared"}, lock["stages"].keys()
+    dvc(repo, "repro")
+    dvc(repo, "push")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "two studies")
+    return repo, root
+
+
+def test_own_studies_repro_then_plans_nothing(own_origin):
+    """After `dvc repro` of two studies that share byte-identical files (one inode, the older study's time),
+    `snakemake -n` plans nothing for either, with no step by hand."""
+    repo, _ = own_origin
+    assert not (repo / "resources").exists()  # no BIG-bench: neither study needs it, nor does DVC
+    shared = identical_files_across(repo, "my-study", "other-study")
+    assert shared, "the two studies share no identical file: the case is not exercised"
+    kept, restored = plans_of_both(repo)
+    print(f"after dvc repro, without restoring times: {kept}; identical files: {len(shared)}")
+    assert any(kept.values()), "nothing re-planned even without the restore: the case is not exercised"
+    assert restored == {"my-study": set(), "other-study": set()}, restored
+    assert_cache_intact(repo)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {out["path"] for out in lock["shared"]["outs"]} == {"results/shared", ".snakemake/metadata"}
+    assert [out["path"] for out in lock["my-study"]["outs"]] == ["results/my-study"]
+
+
+def test_own_studies_clone_pull_change_checkout_plan_nothing(own_origin):
+    """In a clone: the README's colleague steps (`dvc pull`), then a `lora_r` change and `dvc repro` (a re-made
+    evaluation identical to an older cached one is linked to that old file), then `dvc checkout` of the
+    first commit: after each, `snakemake -n` plans nothing for either study."""
+    repo, root = own_origin
+    bob = root / "bob"
+    run(["git", "clone", "-q", str(repo), str(bob)], cwd=root)
+    for line in COLLEAGUE_STEPS:
+        run(["bash", "-c", line], cwd=bob)
+    assert not (bob / "resources").exists()
+    measured = {}
+    kept, restored = plans_of_both(bob)
+    measured["dvc pull"] = kept
+    assert restored == {"my-study": set(), "other-study": set()}, restored
+    assert_one_copy(bob)
+
+    config = yaml.safe_load((bob / "my-study.yaml").read_text())
+    config["recovery"]["lora_r"] = 8
+    (bob / "my-study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    before = snakemake_logs(bob)
+    dvc(bob, "repro")
+    reran = ran(bob, before)
+    assert {rule for rule, _ in reran} == {"recover", "evaluate_variant", "aggregate", "all"}, sorted(reran)
+    kept, restored = plans_of_both(bob)
+    measured["lora_r change, dvc repro"] = kept
+    assert restored == {"my-study": set(), "other-study": set()}, restored
+    git(bob, "config", "user.name", "bob")
+    git(bob, "config", "user.email", "bob@layerprune")
+    git(bob, "commit", "-q", "-am", "lora_r 8")
+
+    git(bob, "checkout", "-q", "HEAD~1")
+    dvc(bob, "checkout")
+    kept, restored = plans_of_both(bob)
+    measured["git checkout HEAD~1, dvc checkout"] = kept
+    assert restored == {"my-study": set(), "other-study": set()}, restored
+    print("planned without restoring times:", {step: {s: len(j) for s, j in k.items()} for step, k in measured.items()})
+    # the re-made file identical to an older cached one: without the restore, its job would run again
+    assert any(measured["lora_r change, dvc repro"].values()), measured

@@ -98,3 +98,24 @@ def test_a_corrupt_record_is_named(pulled):
     broken.write_text("{not json")
     with pytest.raises(ValueError, match=f"{broken.name}.*results/scores.json"):
         restore_mtimes(root)
+
+
+def test_the_workflow_restores_only_what_dvc_placed(pulled):
+    """restore_placed_mtimes (run by the workflow before it plans): links (what DVC's hardlink/symlink cache puts
+    there) and directories get their recorded times; a file Snakemake wrote or one replaced by hand keeps its own."""
+    from layerprune.mtimes import restore_placed_mtimes
+
+    root, long_name, _ = pulled
+    own = {path: (root / path).stat().st_mtime for path in ("results/scores.json", long_name)}
+    restored = restore_placed_mtimes(root)
+    assert (root / "results" / "model" / ".snakemake_timestamp").stat().st_mtime == 1000.0
+    assert (root / "results" / "prompts.jsonl").stat().st_mtime == 1100.0  # one inode, two outputs: the later
+    assert os.lstat(root / "results" / "sdist.tar.gz").st_mtime == 800.0
+    assert {path: (root / path).stat().st_mtime for path in own} == own
+    assert (restored.files, restored.directories) == (3, 1)
+
+
+def test_nothing_to_restore_before_a_first_run(tmp_path):
+    from layerprune.mtimes import restore_placed_mtimes
+
+    assert restore_placed_mtimes(tmp_path) is None

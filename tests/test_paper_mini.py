@@ -186,7 +186,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "selfgen": 1,
         "recover": len(methods) * len(trained),
         "evaluate_dense": len(evaluated),
-        "evaluate_variant": len(methods) * len(recoveries) * len(evaluated),
+        "evaluate_variant": len(methods) * len(trained) * len(evaluated),
+        "evaluate_pruned": len(methods) * len(evaluated) * ("none" in recoveries),
         "aggregate": 1,
     }
 

@@ -415,8 +415,8 @@ def test_holdout_split_is_the_authors_ten_percent():
 
 
 @pytest.mark.slow  # a dry run of the paper's grid (~20 s)
-def test_readme_offline_fetch_step_plans_only_downloads(tmp_path):
-    """The README's fetch step for clusters without internet, as typed (plus -n): it plans the model
+def test_documented_offline_fetch_step_plans_only_downloads(tmp_path):
+    """The fetch step for clusters without internet (docs/cluster.md), as typed (plus -n): it plans the model
     downloads and data preparation, and not one scoring, generation, training or evaluation job."""
     import re
     import shlex
@@ -424,7 +424,7 @@ def test_readme_offline_fetch_step_plans_only_downloads(tmp_path):
 
     from workflow_helpers import REPO, run, workflow_copy
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "cluster.md").read_text()
     (command,) = re.findall(
         r"^\s*(snakemake --cores 2 --configfile configs/paper.yaml --omit-from .+)$", readme, flags=re.M
     )

@@ -61,7 +61,8 @@ def test_pipeline_produces_summary_report_and_plots(finished_run):
     assert {"prompt", "output", "correct"} <= set(result["samples"][0])
 
     # the pruned and recovered checkpoints are plain HF checkpoints of the new depth
-    pruning = json.loads((results / "pruned/tiny/bi/0.5/pruning.json").read_text())
+    (pruned,) = (workdir / "results" / "shared" / "pruned").glob("*/tiny/bi/0.5/pruning.json")  # by fingerprint
+    pruning = json.loads(pruned.read_text())
     assert pruning["num_layers_after"] == 2 and len(pruning["removed_layers"]) == 2
     recovered = AutoModelForCausalLM.from_pretrained(results / "recovered/tiny/bi/0.5/sgr")
     assert recovered.config.num_hidden_layers == 2
@@ -85,7 +86,7 @@ def test_adding_a_ratio_reruns_only_that_ratio(finished_run, tmp_path):
     changed["pruning"]["ratios"].append(0.75)
     (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
     jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
-    assert jobs == {"prune": 1, "recover": 2, "evaluate_variant": 3 * 2, "aggregate": 1, "all": 1}
+    assert jobs == {"prune": 1, "recover": 2, "evaluate_variant": 2 * 2, "evaluate_pruned": 2, "aggregate": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -95,7 +96,7 @@ def test_evaluation_setting_reruns_no_scoring_selfgen_or_training(finished_run):
     changed["evaluation"]["batch_size"] = 2
     (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
     jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
-    assert jobs == {"evaluate_dense": 2, "evaluate_variant": 12, "aggregate": 1, "all": 1}
+    assert jobs == {"evaluate_dense": 2, "evaluate_variant": 8, "evaluate_pruned": 4, "aggregate": 1, "all": 1}
 
 
 @pytest.mark.slow

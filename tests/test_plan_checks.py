@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -387,3 +388,153 @@ def test_paper_prune_jobs_request_no_gpu():
     resources = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["resources"]
     assert "gpu" not in slurm_resources(resources, "prune") and "gres" not in slurm_resources(resources, "prune")
     assert slurm_resources(resources, "selfgen")["gpu"] == 1
+
+
+# --------------------------------------------------------------------------- local paths (issue 29)
+
+
+def mistyped_study(workdir: Path) -> Path:
+    """A study of one's own (workflow_helpers.local_config) with three mistyped local paths, one mistake of
+    another kind, and the files it meant beside it: my-study.yaml in `workdir`."""
+    from workflow_helpers import local_config, write_local_data
+
+    write_local_data(workdir)
+    (workdir / "data" / "calib.txt").write_text("one text\nanother text\n")
+    config = local_config(checkpoint_config(workdir / "checkpoints" / "mine"))
+    config["scoring"]["calibration"] = {"source": "text", "path": "data/calib.text", "num_samples": 2}
+    config["prompts"]["path"] = "data/prompt.jsonl"
+    config["tasks"]["math"]["file"] = "data/gsm8k.json"
+    config["recovery"]["lora_r"] = 0  # not a path: named with them
+    path = workdir / "my-study.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_mistyped_local_paths_are_named_at_plan_time_with_the_other_mistakes(tmp_path):
+    """Three mistyped paths and a bad value in one config: `snakemake -n` names all four as `file:line: key`, each
+    path with the file meant, in at most 20 lines (a task file was Snakemake's MissingInputException, one at a
+    time; a prompts file failed only when its job ran; a calibration file was sought on the hub)."""
+    workdir = workflow_copy(tmp_path / "wf")
+    config_file = mistyped_study(workdir)
+    lines = config_file.read_text().splitlines()
+
+    def line_of(text: str) -> int:
+        return next(n + 1 for n, line in enumerate(lines) if line.strip().startswith(text))
+
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "my-study.yaml", check=False)
+    output = result.stdout + result.stderr
+    print(output[-2000:])
+    assert result.returncode != 0
+    report = output[output.index("the study's config has") :].strip().splitlines()
+    assert len(report) <= 20, report
+    expected = [
+        f"my-study.yaml:{line_of('path: data/calib.text')}: scoring.calibration.path: no such file "
+        "'data/calib.text' (did you mean 'data/calib.txt'?)",
+        f"my-study.yaml:{line_of('path: data/prompt.jsonl')}: prompts.path: no such file 'data/prompt.jsonl' "
+        "(did you mean 'data/prompts.jsonl'?)",
+        f"my-study.yaml:{line_of('file: data/gsm8k.json')}: tasks.math.file: no such file 'data/gsm8k.json' "
+        "(did you mean 'data/gsm8k.jsonl'?)",
+        f"my-study.yaml:{line_of('lora_r: 0')}: recovery.lora_r:",
+    ]
+    for text in expected:
+        assert any(line.startswith(text) for line in report), (text, report)
+    assert "MissingInputException" not in output
+
+
+def test_local_path_problems_cover_every_path_key(tmp_path, monkeypatch):
+    from layerprune.checks import local_path_problems
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "heal.txt").write_text("text\n")
+    config = {
+        "scoring": {"calibration": {"source": "gsm8k", "path": "openai/gsm8k"}},  # a hub id: not checked here
+        "prompts": {"source": "hub", "path": "data/alpaca.parquet"},  # looks local: must exist
+        "tasks": {
+            "a": {"file": "data/a.jsonl", "fewshot_file": "data/a_train.jsonl"},
+            "b": {"hub": "openai/openai_humaneval"},
+            "c": {"hub": "data/c.jsonl"},
+        },
+        "recovery": {"heal": {"source": {"path": "data/heal.text"}}},
+    }
+    problems = local_path_problems(config)
+    assert [line.split(":")[0] for line in problems] == [
+        "prompts.path",
+        "tasks.a.file",
+        "tasks.a.fewshot_file",
+        "tasks.c.hub",
+        "recovery.heal.source.path",
+    ], problems
+    assert problems[-1].endswith("(did you mean 'data/heal.txt'?)"), problems[-1]
+
+
+def test_a_path_that_looks_local_is_never_sent_to_the_hub(tmp_path, monkeypatch):
+    """`scoring.calibration.path: mydata/calib.jsonl` missing: named as a missing file, no hub request
+    (it was `ConnectionError: Couldn't reach 'mydata/calib.jsonl' on the Hub`)."""
+    from layerprune.data import hub_rows, prepare_calibration
+    from layerprune.io import looks_local
+
+    monkeypatch.chdir(tmp_path)
+    assert looks_local("mydata/calib.jsonl") and looks_local("./gsm8k") and looks_local("a/b/c")
+    assert not looks_local("openai/gsm8k") and not looks_local("tatsu-lab/alpaca")
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail(f"sent to the hub: {a}"))
+    with pytest.raises(FileNotFoundError, match=r"mydata/calib\.jsonl: no such file"):
+        prepare_calibration("unused", [], 2, 0, tmp_path / "out.jsonl", source="gsm8k", path="mydata/calib.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"data/task\.jsonl: no such file"):
+        hub_rows("data/task.jsonl", None, "test", None)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_calibration_from_a_local_text_file(tmp_path, suffix):
+    """source text: one text per line, or JSONL with `text`; drawn with the seed."""
+    from layerprune.data import prepare_calibration
+    from layerprune.io import read_jsonl
+
+    texts = [f"calibration text number {i}" for i in range(6)]
+    source = tmp_path / f"calib{suffix}"
+    if suffix == ".txt":
+        source.write_text("\n".join(texts) + "\n\n")
+    else:
+        source.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "out.jsonl"
+    assert prepare_calibration("unused", [], 4, 0, out, source="text", path=str(source)) == 4
+    drawn = [row["text"] for row in read_jsonl(out)]
+    assert len(set(drawn)) == 4 and set(drawn) <= set(texts)
+    again = tmp_path / "again.jsonl"
+    prepare_calibration("unused", [], 4, 0, again, source="text", path=str(source))
+    assert read_jsonl(again) == read_jsonl(out)  # seeded
+    with pytest.raises(ValueError, match="exceeds the 6 texts"):
+        prepare_calibration("unused", [], 7, 0, out, source="text", path=str(source))
+    if suffix == ".jsonl":
+        source.write_text('{"body": "no text"}\n')
+        with pytest.raises(ValueError, match=r"calib\.jsonl:1: .*`text` field"):
+            prepare_calibration("unused", [], 1, 0, out, source="text", path=str(source))
+
+
+def test_warmup_at_least_max_steps_is_a_plan_time_warning(tmp_path):
+    from workflow_helpers import local_config, write_local_data
+
+    from layerprune.validation import validate_study
+
+    write_local_data(tmp_path)
+    config = local_config(checkpoint_config(tmp_path / "mine"))
+    config["recovery"]["warmup_steps"] = 10
+    config["recovery"]["max_steps"] = 4
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        notes = validate_study(copy.deepcopy(config), [path], on_this_machine=False)
+        config["recovery"]["warmup_steps"] = 1
+        quiet = validate_study(copy.deepcopy(config), [path], on_this_machine=False)
+    finally:
+        os.chdir(cwd)
+    line = next(n + 1 for n, text in enumerate(path.read_text().splitlines()) if "warmup_steps" in text)
+    assert any(
+        note.startswith(f"study.yaml:{line}: recovery.warmup_steps: warning: 10 warmup steps >= recovery.max_steps (4)")
+        for note in notes
+    ), notes
+    assert not [note for note in quiet if "warmup" in note], quiet

@@ -84,7 +84,7 @@ def test_what_only_this_machine_can_tell_is_refused_at_plan_time(tmp_path, read_
     expected = {
         "models.mine.source.path": "has no tokenizer (tokenizer.json is missing",
         "results": "is not writable (Read-only file system)",
-        "prompts.path": "'prompts/missing.jsonl' does not exist",
+        "prompts.path": "no such file 'prompts/missing.jsonl'",
     }
     for key, message in expected.items():
         named = [line for line in output.splitlines() if f": {key}: " in line]

@@ -40,7 +40,7 @@ def test_every_variant_and_trainer_is_planned(tmp_path, trainer):
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
     # heal's default text (python_docs) is the calibration's source too: built once
-    assert jobs == {**GRID_JOBS, "prepare_heal": 1, "recover": 18, "evaluate_variant": 144}
+    assert jobs == {**GRID_JOBS, "prepare_heal": 1, "recover": 18, "evaluate_variant": 108}
     # 1 model x 2 methods x 3 ratios x 3 trained variants
     assert jobs["recover"] == 18 and jobs["prepare_heal"] == 1
     output = snakemake(workdir, "-n", "-p", "--cores", "1").stdout

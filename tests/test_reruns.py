@@ -51,7 +51,8 @@ def test_adding_a_model_reruns_only_its_jobs(tiny_run):
         "selfgen": 1,
         "recover": 4,
         "evaluate_dense": 2,
-        "evaluate_variant": 12,
+        "evaluate_variant": 8,
+        "evaluate_pruned": 4,
         "aggregate": 1,
         "all": 1,
     }
@@ -65,7 +66,8 @@ def test_adding_a_method_reruns_only_its_jobs(tiny_run):
         "score": 1,
         "prune": 2,
         "recover": 4,
-        "evaluate_variant": 12,
+        "evaluate_variant": 8,
+        "evaluate_pruned": 4,
         "aggregate": 1,
         "all": 1,
     }
@@ -86,7 +88,8 @@ def test_adding_a_task_reruns_only_its_evaluations(tiny_run):
         "build_task": 1,
         "prepare_task": 1,
         "evaluate_dense": 1,
-        "evaluate_variant": 6,
+        "evaluate_variant": 4,
+        "evaluate_pruned": 2,
         "aggregate": 1,
         "all": 1,
     }
@@ -145,9 +148,19 @@ def test_selfgen_sampling_setting_reruns_selfgen_and_its_descendants_only(tiny_r
         ("recovery", "lora_target_modules", ["q_proj", "v_proj"], {"recover": 4, "evaluate_variant": 8}),
         # an evaluation setting of one task: that task's evaluations (and its prepared file, which records
         # the task's whole entry), no other task's
-        ("tasks.addition", "max_new_tokens", 4, {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 6}),
+        (
+            "tasks.addition",
+            "max_new_tokens",
+            4,
+            {"prepare_task": 1, "evaluate_dense": 1, "evaluate_variant": 4, "evaluate_pruned": 2},
+        ),
         # a calibration setting: the calibrated method and all below it, not the prompt set or selfgen
-        ("scoring.calibration", "max_length", 16, {"score": 1, "prune": 2, "recover": 4, "evaluate_variant": 12}),
+        (
+            "scoring.calibration",
+            "max_length",
+            16,
+            {"score": 1, "prune": 2, "recover": 4, "evaluate_variant": 8, "evaluate_pruned": 4},
+        ),
     ],
 )
 def test_a_changed_setting_reruns_exactly_the_jobs_that_use_it(tiny_run, section, key, value, expected):

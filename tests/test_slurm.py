@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import make_tiny_checkpoint
-from workflow_helpers import BIN, REPO, TINY_STUDY, env, planned_jobs, run, snakemake, tiny_config, workflow_copy
+from workflow_helpers import BIN, REPO, env, planned_jobs, run, snakemake, tiny_config, workflow_copy
 
 SCRIPT = REPO / "scripts" / "slurm_test_cluster.sh"
 ACCOUNT = "layerprune"
@@ -149,7 +149,8 @@ def test_pipeline_through_slurm_matches_the_local_run(slurm_cluster, tiny_run, t
             assert path.read_bytes() == (local / relative).read_bytes(), f"{relative} differs from the local run"
             compared += 1
     assert compared >= 14
-    pruning = f"results/{TINY_STUDY}/pruned/tiny/bi/0.5/pruning.json"
+    shared = workdir / "results" / "shared" / "pruned"
+    (pruning,) = [path.relative_to(workdir) for path in shared.glob("*/tiny/bi/0.5/pruning.json")]
     assert (
         json.loads((workdir / pruning).read_text())["removed_layers"]
         == json.loads((local / pruning).read_text())["removed_layers"]
@@ -166,7 +167,7 @@ def test_cluster_jobs_run_the_threads_slurm_allocates(slurm_cluster, tmp_path):
     cfg = slurm_config(tiny_config(make_tiny_checkpoint(tmp_path / "model", family="llama", num_layers=4)))
     cfg["resources"]["score"] = {"threads": 2}
     workdir = workflow_copy(tmp_path / "wf", cfg)
-    target = f"results/{TINY_STUDY}/scores/tiny/bi.json"
+    target = "--until=score"  # the score job and what it needs (its file: results/shared/scores/<fingerprint>/)
     one_cpu = ["taskset", "-c", "0", str(BIN / "snakemake")]
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
 

@@ -70,8 +70,9 @@ def test_study_name_comes_from_the_config_or_its_file(tmp_path):
 
 @pytest.mark.slow  # two dry runs: 56 s measured on the loaded 2-core machine
 def test_shared_files_are_keyed_by_their_settings(tmp_path):
-    """Two studies with one task's limit apart share the model, the other tasks, the prompt set and the
-    calibration text, and get two files for that task."""
+    """Two studies with one task's limit apart share the model, the other tasks, the prompt set, the
+    calibration text, the scores, the pruned checkpoints and the other tasks' evaluations, and get two
+    files for that task and two for each of its dense and unrecovered evaluations."""
     workdir = workflow_copy(tmp_path / "wf")
     default = yaml.safe_load((REPO / "config.yaml").read_text())
     other = copy.deepcopy(default)
@@ -86,9 +87,15 @@ def test_shared_files_are_keyed_by_their_settings(tmp_path):
     mine, theirs = shared(), shared("--configfile", "other.yaml")
     plural = {path for path in mine | theirs if is_shared(path, "tasks", "plural.json")}
     assert len(plural) == 2 and len(mine & plural) == 1
-    assert mine - plural == theirs - plural
+    # the evaluations of plural (dense and unrecovered) are made from its prepared file: each study its own
+    plural_evals = {
+        path for path in mine | theirs if path.startswith("results/shared/eval/") and path.endswith("/plural.json")
+    }
+    assert len(plural_evals) == 2 * 4 and len(mine & plural_evals) == 4  # dense + 3 ratios' none, per study
+    assert mine - plural - plural_evals == theirs - plural - plural_evals
     kinds = {path.split("/")[2] for path in mine}
-    assert kinds == {"builtin", "models", "tasks", "prompts", "calibration"}  # builtin: the built tasks
+    # builtin: the built tasks; scores, pruned, filtered, eval: the jobs that depend on no recovery setting
+    assert kinds == {"builtin", "models", "tasks", "prompts", "calibration", "scores", "pruned", "filtered", "eval"}
 
 
 @pytest.mark.slow
@@ -109,14 +116,16 @@ def test_a_second_study_runs_beside_the_first_and_neither_replans(tiny_run, tmp_
     assert planned_jobs(workdir) == {}
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == before
 
-    def n(study: str, task: str) -> int:
-        return json.loads((workdir / f"results/{study}/eval/tiny/dense/{task}.json").read_text())["n"]
+    def n(task: str) -> list[int]:
+        """The item counts of the task's dense evaluations (results/shared/: one per distinct settings)."""
+        found = (workdir / "results" / "shared" / "eval").glob(f"*/tiny/dense/{task}.json")
+        return sorted(json.loads(path.read_text())["n"] for path in found)
 
-    assert (n(TINY_STUDY, "addition"), n("variant", "addition")) == (6, 4)
-    assert n(TINY_STUDY, "knowledge") == n("variant", "knowledge") == 6
-    # each report times its own study's jobs (and the shared model it used), not the other study's
-    stages = set(csv_column(workdir / "results/variant/report/time.csv", "stage"))
-    assert {"materialize", "score", "evaluate_variant"} <= stages and not stages & {"selfgen", "recover"}, stages
+    assert n("addition") == [4, 6] and n("knowledge") == [6]  # knowledge's: one file for both studies
+    # each report times the jobs its own run ran, not those the other study's run made (the shared model,
+    # the score, the pruned checkpoint, knowledge's evaluations)
+    stages = set(csv_column(workdir / "results/variant/report/time.csv", "stage")) - {"total"}
+    assert stages == {"evaluate_dense", "evaluate_pruned"}, stages
     assert {"selfgen", "recover"} <= set(csv_column(first / "report" / "time.csv", "stage"))
     assert len(list((workdir / "results" / "shared" / "models").iterdir())) == 1
     assert len(list((workdir / "results" / "shared" / "tasks").glob("*/addition.json"))) == 2
@@ -149,3 +158,97 @@ def test_paper_mini_beside_a_finished_study_plans_only_its_own_jobs(tiny_run, tm
     assert all(path.startswith(("results/paper-mini/", "results/shared/", "resources/")) for path in planned)
     assert planned_jobs(beside) == {}
     assert Path(beside / "results" / TINY_STUDY / "report" / "summary.csv").is_file()
+
+
+# --------------------------------------------------------------------------- DVC stages per study (issue 29)
+
+
+def test_the_shipped_dvc_yaml_is_the_one_studies_yaml_generates(tmp_path):
+    """dvc.yaml is generated (layerprune dvc-stages): the repository's copy matches its studies.yaml."""
+    from layerprune.dvcstages import write_dvc_yaml
+
+    for name in ("studies.yaml", "config.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    write_dvc_yaml(tmp_path)
+    assert (tmp_path / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
+
+
+def test_dvc_stages_one_per_study_and_one_for_what_they_share(tmp_path, monkeypatch):
+    from layerprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("study: default\n")
+    (tmp_path / "my-study.yaml").write_text("seed: 1\n")  # no `study:`: the file's name
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "paper.yaml").write_text("study: paper\n")
+    (tmp_path / "clash.yaml").write_text("study: my-study\n")
+    (tmp_path / "studies.yaml").write_text((REPO / "studies.yaml").read_text())
+    assert main(["dvc-stages", "my-study.yaml"]) == 0  # the list: this study alone
+    assert main(["dvc-stages", "--add", "configs/paper.yaml --profile slurm"]) == 0
+    doc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    assert list(doc["stages"]) == ["my-study", "paper", "shared"]
+    mine, paper, shared = doc["stages"].values()
+    assert mine["cmd"] == "snakemake --cores all --configfile my-study.yaml"
+    assert paper["cmd"] == "snakemake --cores all --configfile configs/paper.yaml --profile slurm"
+    assert mine["params"] == [{"my-study.yaml": None}] and mine["outs"] == [{"results/my-study": {"persist": True}}]
+    assert shared["deps"] == ["results/my-study", "results/paper"]
+    assert shared["outs"] == [
+        {"results/shared": {"persist": True}},
+        {".snakemake/metadata": {"persist": True, "cache": False}},
+    ]
+    assert doc["metrics"] == ["results/my-study/report/metrics.json", "results/paper/report/metrics.json"]
+    assert "bigbench" not in (tmp_path / "dvc.yaml").read_text()  # nothing a study does not use
+    assert main(["dvc-stages", "--add", "my-study.yaml"]) == 0  # listed already: once
+    assert list(yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]) == ["my-study", "paper", "shared"]
+    with pytest.raises(ValueError, match=r"two configs name the same study \['my-study'\]"):
+        main(["dvc-stages", "--add", "clash.yaml"])
+    assert "clash" not in (tmp_path / "studies.yaml").read_text()
+    with pytest.raises(FileNotFoundError, match="nope.yaml: no such file"):
+        main(["dvc-stages", "--add", "nope.yaml"])
+
+
+# --------------------------------------------------------------------------- identical jobs run once (issue 29)
+
+
+@pytest.mark.slow  # one real run of a tiny study of one's own, then a second study beside it
+def test_a_second_study_that_varies_one_setting_runs_only_what_depends_on_it(tmp_path):
+    """my-study ran; other-study differs in selfgen.temperature alone: its dry run plans selfgen, the recovery
+    that trains on it, that recovery's evaluation and the report, nothing else (on 8179f34 it re-ran score,
+    prune, filter_prompts, the dense and the unrecovered evaluations: ~58 % of its CPU time). Its time table
+    then lists only the stages it ran."""
+    from conftest import make_tiny_checkpoint
+    from transformers import AutoTokenizer
+    from workflow_helpers import CHAT_TEMPLATE, local_config, write_local_data
+
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    workdir = workflow_copy(tmp_path / "wf")
+    write_local_data(workdir)
+    mine = local_config(model_dir, "my-study")
+    other = copy.deepcopy(mine)
+    other["study"] = "other-study"
+    other["selfgen"]["temperature"] = 0.9
+    (workdir / "my-study.yaml").write_text(yaml.safe_dump(mine, sort_keys=False))
+    (workdir / "other-study.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    snakemake(workdir, "--cores", "2", "--configfile", "my-study.yaml")
+    output = snakemake(workdir, "-n", "--cores", "2", "--configfile", "other-study.yaml").stdout
+    planned = outputs_of_dry_run(output)
+    print(output[-1500:])
+    assert planned_jobs(workdir, "--configfile", "other-study.yaml") == {
+        "selfgen": 1,
+        "recover": 1,
+        "evaluate_variant": 1,
+        "aggregate": 1,
+        "all": 1,
+    }
+    assert not [path for path in planned if path.startswith("results/shared/")], planned
+    snakemake(workdir, "--cores", "2", "--configfile", "other-study.yaml")
+    stages = set(csv_column(workdir / "results" / "other-study" / "report" / "time.csv", "stage")) - {"total"}
+    assert stages == {"selfgen", "recover", "evaluate_variant"}, stages
+    first = set(csv_column(workdir / "results" / "my-study" / "report" / "time.csv", "stage"))
+    assert {"score", "prune", "evaluate_dense", "evaluate_pruned", "selfgen", "recover"} <= first, first
+    # the shared results are the same files for both reports
+    for study in ("my-study", "other-study"):
+        assert planned_jobs(workdir, "--configfile", f"{study}.yaml") == {}, study

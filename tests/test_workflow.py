@@ -39,7 +39,7 @@ GRID = yaml.safe_load((REPO / "tests" / "fixtures" / "grid_config.yaml").read_te
 DEFAULT_JOBS = {
     "all": 1, "build_task": 12, "prepare_task": 4, "prepare_prompts": 1,
     "prepare_calibration": 1, "materialize": 1, "score": 1, "prune": 3, "filter_prompts": 1, "selfgen": 1,
-    "recover": 6, "evaluate_dense": 4, "evaluate_variant": 24, "aggregate": 1,
+    "recover": 6, "evaluate_dense": 4, "evaluate_pruned": 12, "evaluate_variant": 12, "aggregate": 1,
 }  # fmt: skip
 # The grid: 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant evaluations,
 # 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 built tasks (1 classification + 3 arithmetic
@@ -47,7 +47,7 @@ DEFAULT_JOBS = {
 GRID_JOBS = {
     "all": 1, "build_task": 19, "prepare_task": 6, "prepare_prompts": 1,
     "prepare_calibration": 1, "materialize": 1, "score": 2, "prune": 6, "filter_prompts": 1, "selfgen": 1,
-    "recover": 12, "evaluate_dense": 6, "evaluate_variant": 108, "aggregate": 1,
+    "recover": 12, "evaluate_dense": 6, "evaluate_pruned": 36, "evaluate_variant": 72, "aggregate": 1,
 }  # fmt: skip
 
 
@@ -64,11 +64,12 @@ def test_dry_run_scales_with_the_grid(tmp_path):
     config["scoring"]["methods"] = ["reverse"]
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    # 2 models x 1 method x 1 ratio; reverse needs no calibration (no python_docs, no prepare_calibration)
+    # 2 models x 1 method x 1 ratio; reverse needs no calibration (no python_docs, no prepare_calibration);
+    # x 6 tasks: 12 unrecovered evaluations (evaluate_pruned, shared) and 12 of sgr
     assert jobs == {
         "all": 1, "build_task": 18, "prepare_task": 6, "prepare_prompts": 1,
         "materialize": 2, "score": 2, "prune": 2, "filter_prompts": 2, "selfgen": 2, "recover": 2,
-        "evaluate_dense": 12, "evaluate_variant": 24, "aggregate": 1,
+        "evaluate_dense": 12, "evaluate_pruned": 12, "evaluate_variant": 12, "aggregate": 1,
     }  # fmt: skip
 
 
@@ -79,7 +80,8 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     config["scoring"]["iterative"] = {"probe_tasks": ["general_knowledge", "plural"], "num_samples": 8}
     workdir = workflow_copy(tmp_path / "wf", config)
     assert planned_jobs(workdir) == {
-        **GRID_JOBS, "score": 3, "score_iterative": 1, "prune": 12, "recover": 24, "evaluate_variant": 216,
+        **GRID_JOBS, "score": 3, "score_iterative": 1, "prune": 12, "recover": 24,
+        "evaluate_pruned": 72, "evaluate_variant": 144,
     }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
     block = output[output.index("rule score_iterative:") :]
@@ -88,7 +90,8 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     model, *tasks = [name.strip() for name in inputs.split(",")]
     assert is_shared(model, "models", "smollm2-135m")
     assert is_shared(tasks[0], "tasks", "general_knowledge.json") and is_shared(tasks[1], "tasks", "plural.json")
-    assert "output: results/default/scores/smollm2-135m/iterative.json" in block
+    output_line = block.split("output:", 1)[1].splitlines()[0].strip()
+    assert is_shared(output_line, "scores", "smollm2-135m/iterative.json"), output_line  # shared by fingerprint
     commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
     iterative = commands["iterative"]
     probes = iterative[iterative.index("--probe-tasks") + 1 : iterative.index("--settings")]
@@ -97,6 +100,7 @@ def test_dry_run_with_iterative_and_angular_last(tmp_path):
     assert settings_of(iterative) == {
         "batch_size": 8, "dtype": "auto", "max_ratio": 0.3, "num_samples": 8, "probe_max_new_tokens": [16, 8],
         "seed": 0, "criterion": "mean_ratio", "tie_break": "later", "keep_first_layer": True,
+        "probe_batch_size": None,
         # each probe generated as its task is evaluated (tasks.<task>: prompting, sampling)
         "probe_prompting": ["auto", "auto"], "probe_sampling": [greedy, greedy],
     }  # fmt: skip
@@ -143,7 +147,9 @@ def test_calibration_loss_methods_get_their_settings(tmp_path):
     config = copy.deepcopy(GRID)
     config["scoring"].update(methods=["ppl", "sleb", "reverse"], chunk_size=16, sleb_exclude_ends=False)
     workdir = workflow_copy(tmp_path / "wf", config)
-    assert planned_jobs(workdir) == {**GRID_JOBS, "score": 3, "prune": 9, "recover": 18, "evaluate_variant": 162}
+    assert planned_jobs(workdir) == {
+        **GRID_JOBS, "score": 3, "prune": 9, "recover": 18, "evaluate_pruned": 54, "evaluate_variant": 108,
+    }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "score").stdout
     commands = {flag(argv, "--method"): argv for argv in shell_commands(output, "score")}
     assert sorted(commands) == ["ppl", "reverse", "sleb"]
@@ -225,13 +231,17 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
     shutil.copy(REPO / ".dvcignore", workdir / ".dvcignore")
     assert "hardlink" in run([dvc, "config", "cache.type"], workdir).stdout
     status = run([dvc, "status"], workdir).stdout
-    # never run: DVC sees the config as new params and every versioned artifact as missing
-    assert "pipeline:" in status and "config.yaml" in status
-    for artifact in ("results", ".snakemake/metadata"):
+    # never run: DVC sees the config as new params and every versioned artifact as missing (the default
+    # study's stage and the one for what studies share: layerprune dvc-stages, from studies.yaml)
+    assert "default:" in status and "shared:" in status and "config.yaml" in status
+    for artifact in ("results/default", "results/shared", ".snakemake/metadata"):
         assert f"deleted:            {artifact}\n" in status, status
-    dry = run([dvc, "repro", "--dry"], workdir)
-    assert "Running stage 'pipeline'" in dry.stdout
-    assert "snakemake --cores all" in dry.stdout
+    # `shared` runs after every study's stage (it depends on their folders, which a dry run does not make)
+    dag = run([dvc, "dag", "--dot"], workdir).stdout
+    assert '"default" -> "shared";' in dag, dag
+    dry = run([dvc, "repro", "--dry", "default"], workdir)
+    assert "Running stage 'default'" in dry.stdout
+    assert "snakemake --cores all --configfile config.yaml" in dry.stdout
 
 
 def test_paper_config_dry_run_offline(tmp_path):
@@ -242,13 +252,14 @@ def test_paper_config_dry_run_offline(tmp_path):
     assert jobs == {
         "all": 1, "build_task": 12, "prepare_task": 10, "prepare_lm_eval_task": 7,
         "prepare_prompts": 1, "prepare_calibration": 1, "materialize": 3, "score": 6, "score_iterative": 3,
-        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_variant": 1134,
-        "aggregate": 1,
+        "prune": 27, "filter_prompts": 3, "selfgen": 3, "recover": 54, "evaluate_dense": 42, "evaluate_pruned": 378,
+        "evaluate_variant": 756, "aggregate": 1,
     }  # fmt: skip
     # 3 models x 3 methods (bi, reverse, iterative) x 3 ratios (0.2, 0.25, 0.3) x 3 recoveries x 14 tasks:
     # 7 lm-eval + 5 generative (gsm8k, math500, humaneval+, mbpp+, xsum) + 2 arithmetic; the 3 iterative
-    # probes (evaluate: false) are prepared, never evaluated.
-    assert jobs["evaluate_variant"] == 3 * 3 * 3 * 3 * 14 == 1134
+    # probes (evaluate: false) are prepared, never evaluated. Recovery none's are evaluate_pruned (shared).
+    assert jobs["evaluate_variant"] + jobs["evaluate_pruned"] == 3 * 3 * 3 * 3 * 14 == 1134
+    assert jobs["evaluate_pruned"] == 3 * 3 * 3 * 14
     assert jobs["evaluate_dense"] == 42
     assert jobs["recover"] == 54  # 2 trained recoveries (data, sgr)
     assert jobs["score_iterative"] == 3
@@ -285,7 +296,9 @@ def test_lm_eval_task_settings_reach_the_cli(tmp_path):
     config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 5, "limit": 0.2}
     workdir = workflow_copy(tmp_path / "wf", config)
     jobs = planned_jobs(workdir)
-    assert jobs == {**GRID_JOBS, "prepare_lm_eval_task": 1, "evaluate_dense": 7, "evaluate_variant": 126}
+    assert jobs == {
+        **GRID_JOBS, "prepare_lm_eval_task": 1, "evaluate_dense": 7, "evaluate_pruned": 42, "evaluate_variant": 84,
+    }  # fmt: skip
     dry = snakemake(workdir, "-n", "-p", "--cores", "1", "--until", "prepare_lm_eval_task")
     (argv,) = shell_commands(dry.stdout + dry.stderr, "prepare-lm-eval-task")
     assert argv[2:-1] == [
@@ -319,7 +332,7 @@ def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
     assert jobs == {
         "all": 1, "build_task": 15, "prepare_task": 6, "prepare_calibration": 1,
         "materialize": 1, "score": 2, "prune": 6, "magpie_prompts": 1, "selfgen": 1, "recover": 6,
-        "evaluate_dense": 6, "evaluate_variant": 72, "aggregate": 1,
+        "evaluate_dense": 6, "evaluate_pruned": 36, "evaluate_variant": 36, "aggregate": 1,
     }  # fmt: skip
     output = snakemake(workdir, "-n", "-p", "--cores", "2").stdout
     (magpie,) = shell_commands(output, "magpie-prompts")

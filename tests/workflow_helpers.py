@@ -103,13 +103,13 @@ def variant_study(config: dict) -> dict:
     return variant
 
 
-# What the variant study plans where the tiny study has run: its own jobs and the one task it prepares anew.
+# What the variant study plans where the tiny study has run: the one task it prepares anew and that task's
+# dense and unrecovered evaluations; the score, the pruned checkpoint and the other task's evaluations are the
+# tiny study's (results/shared/, the same fingerprints).
 VARIANT_JOBS = {
     "prepare_task": 1,
-    "score": 1,
-    "prune": 1,
-    "evaluate_dense": 2,
-    "evaluate_variant": 2,
+    "evaluate_dense": 1,
+    "evaluate_pruned": 1,
     "aggregate": 1,
     "all": 1,
 }
@@ -239,3 +239,68 @@ def kill_at_first_checkpoint(process: subprocess.Popen, work_dir: Path, timeout:
         time.sleep(0.02)
     process.wait()
     return None
+
+
+# A study that reads nothing from BIG-bench: the tiny model, GSM8K-format rows from tests/fixtures/tasks as
+# its calibration text and its task, its own prompts in JSONL (written by `write_local_data` into data/).
+LOCAL_DATA = {
+    "gsm8k": REPO / "tests" / "fixtures" / "tasks" / "gsm8k_main_test.jsonl",
+}
+LOCAL_PROMPTS = [{"instruction": f"Name a number bigger than {n}.", "output": f"{n + 1}"} for n in range(8)]
+
+
+def write_local_data(workdir: Path) -> None:
+    """data/gsm8k.jsonl (4 GSM8K rows) and data/prompts.jsonl (8 prompts with answers) in `workdir`."""
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy(LOCAL_DATA["gsm8k"], workdir / "data" / "gsm8k.jsonl")
+    (workdir / "data" / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in LOCAL_PROMPTS))
+
+
+def local_config(model_dir, study: str = "my-study") -> dict:
+    """A tiny study of one's own without BIG-bench (the data `write_local_data` writes): one method, one ratio,
+    recoveries none and sgr, one generative task of 4 items."""
+    return {
+        "study": study,
+        "seed": 0,
+        "dtype": "float32",
+        "models": {"tiny": {"source": {"path": str(model_dir)}}},
+        "scoring": {
+            "methods": ["bi"],
+            "batch_size": 4,
+            "calibration": {"source": "gsm8k", "path": "data/gsm8k.jsonl", "num_samples": 4, "max_length": 32},
+        },
+        "pruning": {"ratios": [0.5]},
+        "prompts": {
+            "source": "jsonl",
+            "path": "data/prompts.jsonl",
+            "prompt_fields": ["instruction"],
+            "num_prompts": 6,
+            "max_prompt_tokens": 64,
+        },
+        "selfgen": {"max_new_tokens": 4, "temperature": 0.7, "top_p": 0.95, "batch_size": 4},
+        "recovery": {
+            "methods": ["none", "sgr"],
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_dropout": 0.0,
+            "learning_rate": 1e-3,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "max_length": 48,
+            "warmup_steps": 0,
+            "lr_scheduler": "constant",
+            "max_steps": 1,
+        },
+        "tasks": {
+            "math": {
+                "type": "generative",
+                "dataset": "gsm8k",
+                "file": "data/gsm8k.jsonl",
+                "num_fewshot": 0,
+                "limit": 4,
+                "max_new_tokens": 4,
+            },
+        },
+        "evaluation": {"batch_size": 4},
+        "resources": {"default": {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpus": 0}},
+    }

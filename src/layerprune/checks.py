@@ -593,8 +593,8 @@ def path_and_id_problems(config: dict[str, Any]) -> list[str]:
 
 
 def machine_problems(config: dict[str, Any], results: Path = Path("results")) -> list[str]:
-    """What this machine must hold for the plan to run, one line each: a results folder it can write, and the
-    prompt file of a jsonl prompt source."""
+    """What this machine must hold for the plan to run, one line each: a results folder it can write. (The local
+    files a study reads, a jsonl prompt source's among them, are `local_path_problems`'.)"""
     problems = []
     folder = results if results.is_dir() else results.parent
     try:
@@ -603,10 +603,6 @@ def machine_problems(config: dict[str, Any], results: Path = Path("results")) ->
         os.unlink(probe)
     except OSError as error:
         problems.append(f"results: the results folder {results.resolve()} is not writable ({error.strerror})")
-    prompts = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
-    path = prompts.get("path")
-    if prompts.get("source") == "jsonl" and isinstance(path, str) and not Path(path).expanduser().is_file():
-        problems.append(f"prompts.path: '{path}' does not exist (prompts.source jsonl reads a JSONL file)")
     return problems
 
 
@@ -659,3 +655,96 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------- local paths (plan time)
+
+
+def _path_suggestion(path: str, limit: int = 4000) -> str | None:
+    """The existing path closest to a missing one: among the entries below its nearest existing folder."""
+    missing = Path(os.path.expanduser(path))
+    base = missing.parent
+    while not base.is_dir() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        return None
+    candidates = []
+    depth = len(missing.parts) - len(base.parts)
+    for root, folders, files in os.walk(base):
+        level = len(Path(root).parts) - len(base.parts)
+        folders[:] = [name for name in folders if not name.startswith(".") and level < depth]
+        candidates += [os.path.normpath(os.path.join(root, name)) for name in [*folders, *files]]
+        if len(candidates) > limit:
+            break
+    close = difflib.get_close_matches(os.path.normpath(path), candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _missing(key: str, path: str) -> str:
+    suggestion = _path_suggestion(path)
+    hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
+    return f"{key}: no such file {path!r}{hint}"
+
+
+def local_path_keys(config: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(key, path, always local) of every path a study reads from disk or, when it does not look local, the hub:
+    a local file must exist at plan time; a hub id that looks like a local path (layerprune.io.looks_local) too."""
+    keys: list[tuple[str, str, bool]] = []
+
+    def section(name: str) -> dict[str, Any]:
+        value = config.get(name)
+        return value if isinstance(value, dict) else {}
+
+    calibration = section("scoring").get("calibration")
+    if isinstance(calibration, dict) and isinstance(calibration.get("path"), str):
+        if calibration.get("source") in ("gsm8k", "text"):
+            keys.append(("scoring.calibration.path", calibration["path"], calibration["source"] == "text"))
+    prompts = section("prompts")
+    if isinstance(prompts.get("path"), str) and prompts.get("source") in ("hub", "jsonl"):
+        keys.append(("prompts.path", prompts["path"], prompts["source"] == "jsonl"))
+    for task, spec in section("tasks").items():
+        if not isinstance(spec, dict):
+            continue
+        keys += [
+            (f"tasks.{task}.{key}", spec[key], True)
+            for key in ("file", "fewshot_file")
+            if isinstance(spec.get(key), str)
+        ]
+        if isinstance(spec.get("hub"), str):
+            keys.append((f"tasks.{task}.hub", spec["hub"], False))
+    heal = section("recovery").get("heal")
+    source = heal.get("source") if isinstance(heal, dict) else None
+    if isinstance(source, dict):
+        if isinstance(source.get("path"), str):
+            keys.append(("recovery.heal.source.path", source["path"], True))
+        if isinstance(source.get("hub"), str):
+            keys.append(("recovery.heal.source.hub", source["hub"], False))
+    return keys
+
+
+def local_path_problems(config: dict[str, Any]) -> list[str]:
+    """`key: no such file 'x' (did you mean 'y'?)` for each local path of the study that is not there (relative
+    paths from the working directory, as the jobs read them), all at once, before anything runs."""
+    from layerprune.io import looks_local
+
+    return [
+        _missing(key, path)
+        for key, path, local in local_path_keys(config)
+        if (local or looks_local(path)) and not os.path.exists(os.path.expanduser(path))
+    ]
+
+
+def plan_warnings(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, warning) for settings that run but are likely not what was meant (printed at plan time)."""
+    recovery = config.get("recovery") if isinstance(config.get("recovery"), dict) else {}
+    warmup, max_steps = recovery.get("warmup_steps"), recovery.get("max_steps")
+    trains = any(method != "none" for method in recovery.get("methods") or [])
+    if trains and isinstance(warmup, int) and isinstance(max_steps, int) and 0 < max_steps <= warmup:
+        return [
+            (
+                "recovery.warmup_steps",
+                f"warning: {warmup} warmup steps >= recovery.max_steps ({max_steps}): every step trains at a "
+                "rising learning rate that never reaches learning_rate; set warmup_steps below max_steps",
+            )
+        ]
+    return []

@@ -79,6 +79,14 @@ def cmd_restore_mtimes(args: argparse.Namespace) -> str:
     return restore_mtimes(".", args.metadata).line()
 
 
+def cmd_dvc_stages(args: argparse.Namespace) -> str:
+    from layerprune.dvcstages import write_dvc_yaml
+
+    studies = write_dvc_yaml(".", args.add, args.configs)
+    listed = ", ".join(f"{study.name} ({study.config})" for study in studies)
+    return f"layerprune dvc-stages: dvc.yaml versions {len(studies)} studies: {listed}"
+
+
 def cmd_extract_bigbench(args: argparse.Namespace) -> None:
     from layerprune.data import extract_bigbench_task
 
@@ -307,6 +315,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate_checkpoint(args.model, args.task_file, args.task_name, args.out, settings, variant=variant)
 
 
+STUDY_VARIABLE = "LAYERPRUNE_STUDY"  # set by the workflow: the study whose run starts a job (its log's header)
+
+
+def own_benchmark(benchmark: Path, study: str) -> bool:
+    """benchmarks/<rule>/<study>/...: a job of the study's own (the shared ones lie elsewhere)."""
+    parts = benchmark.parts
+    index = len(parts) - 1 - parts[::-1].index("benchmarks") if "benchmarks" in parts else -1
+    return 0 <= index and len(parts) > index + 3 and parts[index + 2] == study
+
+
+def ran_by(benchmark: Path, study: str) -> bool:
+    """Whether the job of a benchmark ran in `study`'s run: its log's header names the study."""
+    from layerprune.usage import log_of_benchmark
+
+    log = log_of_benchmark(benchmark)
+    if not log.is_file():
+        return False
+    with log.open() as handle:
+        head = [handle.readline() for _ in range(8)]
+    return f"# study: {study}\n" in head
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from layerprune.aggregate import aggregate
 
@@ -319,6 +349,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
             {tsv for path in map(Path, args.benchmarks) for tsv in (path.rglob("*.tsv") if path.is_dir() else [path])}
         )
         benchmarks = [path for path in benchmarks if path.is_file()]
+        if args.study:  # a shared job counts in the table of the study whose run made it, not of every user
+            benchmarks = [path for path in benchmarks if own_benchmark(path, args.study) or ran_by(path, args.study)]
     aggregate(
         args.results,
         args.out_dir,
@@ -370,6 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--metadata", default=".snakemake/metadata", help="Snakemake's provenance records (versioned by git)"
     )
+
+    sub = stage(
+        "dvc-stages",
+        cmd_dvc_stages,
+        "Write dvc.yaml from studies.yaml: a DVC stage per study, one for the files they share.",
+    )
+    sub.add_argument(
+        "configs", nargs="*", metavar="CONFIG", help="the study config files studies.yaml lists (instead of its list)"
+    )
+    sub.add_argument("--add", nargs="+", default=[], metavar="CONFIG", help="study config files added to studies.yaml")
 
     sub = stage("extract-bigbench", cmd_extract_bigbench, "Extract one BIG-bench task's JSON from the sdist.")
     sub.add_argument("--sdist", required=True, help="the bigbench sdist (fetch-bigbench's output)")
@@ -548,6 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--results", nargs="+", required=True, help="the result JSONs (evaluate's outputs)")
     sub.add_argument("--scores", nargs="*", default=[], help="scores JSONs, to compare the methods")
     sub.add_argument(
+        "--study",
+        default=None,
+        help="the study: the time table counts a benchmark outside benchmarks/<rule>/<study>/ (a shared job's) "
+        "only when its log says this study's run made it",
+    )
+    sub.add_argument(
         "--recovered", nargs="*", default=[], help="recovered checkpoint folders, for the recovery loss curves"
     )
     sub.add_argument(
@@ -594,6 +642,8 @@ def header(args: argparse.Namespace, argv: list[str]) -> str:
         from layerprune.models import device_summary
 
         lines.append("# device: " + device_summary(getattr(args.resolved_settings, "dtype", "auto")))
+    if os.environ.get(STUDY_VARIABLE):
+        lines.append(f"# study: {os.environ[STUDY_VARIABLE]}")
     return "\n".join(lines)
 
 

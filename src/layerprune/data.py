@@ -26,7 +26,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from layerprune.io import SourceUnavailable, atomic_path, read_jsonl, sha256_file, write_json, write_jsonl
+from layerprune.io import (
+    SourceUnavailable,
+    atomic_path,
+    read_jsonl,
+    refuse_missing_local,
+    sha256_file,
+    write_json,
+    write_jsonl,
+)
 from layerprune.registry import BIGBENCH_INDEX, BIGBENCH_SDIST, BIGBENCH_SHA256
 
 BIGBENCH_TASK_ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
@@ -295,6 +303,7 @@ def load_prompt_dataset(path: str, name: str | None = None, split: str = "train"
         if builder is None:
             raise ValueError(f"prompts.path={path}: unknown data file type (known: {', '.join(DATA_FILE_BUILDERS)})")
         return datasets.load_dataset(builder, data_files=str(local), split="train")
+    refuse_missing_local(path, "prompts.path")
     return load_hub_dataset(path, name, split)
 
 
@@ -478,6 +487,7 @@ def load_hub_dataset(hub: str, config_name: str | None, split: str, revision: st
 
 
 def hub_rows(hub: str, config_name: str | None, split: str, revision: str | None) -> list[dict[str, Any]]:
+    refuse_missing_local(hub, "hub dataset")  # a mistyped local file is named as such, not sought on the hub
     return [dict(row) for row in load_hub_dataset(hub, config_name, split, revision)]
 
 
@@ -485,6 +495,24 @@ def _example_text(example: dict[str, Any]) -> str:
     """A task example as one passage: its input and, where it has one, its answer."""
     answer = _first_target(example) if ("target" in example or "target_scores" in example) else ""
     return f"{example['input'].strip()} {answer}".strip()
+
+
+def read_texts(path: str | Path, key: str) -> list[str]:
+    """Texts of a local file: JSONL (.jsonl) with a `text` field per line, else one text per non-empty line."""
+    local = Path(path)
+    if not local.is_file():
+        raise FileNotFoundError(f"{key}: {path}: no such file")
+    if local.suffix.lower() == ".jsonl":
+        texts = []
+        for number, line in enumerate(local.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ValueError(f"{path}:{number}: {key}: a JSONL line needs a string `text` field")
+            texts.append(row["text"])
+        return texts
+    return [line.strip() for line in local.read_text().splitlines() if line.strip()]
 
 
 def prepare_calibration(
@@ -502,6 +530,7 @@ def prepare_calibration(
     """Write a JSONL of `{"text": ...}` calibration passages (task inputs and answers).
 
     source builtin: the project's own tasks (python_docs: prose paragraphs), drawn with the seed.
+    source text: the texts of a local file at `path` (`read_texts`), drawn with the seed.
     source gsm8k: the first `num_samples` rows of GSM8K's `split`, in the dataset's order
     (`gsm8k_calibration_text`), as the authors' notebook takes them; no seed.
     """
@@ -511,8 +540,13 @@ def prepare_calibration(
         if num_samples > len(rows):
             raise ValueError(f"scoring.calibration.num_samples={num_samples} exceeds the {len(rows)} rows of {path}")
         return write_jsonl(out_path, ({"text": gsm8k_calibration_text(row)} for row in rows[:num_samples]))
+    if source == "text":
+        texts = read_texts(path, "scoring.calibration.path")
+        if num_samples > len(texts):
+            raise ValueError(f"scoring.calibration.num_samples={num_samples} exceeds the {len(texts)} texts of {path}")
+        return write_jsonl(out_path, ({"text": text} for text in random.Random(seed).sample(texts, num_samples)))
     if source not in ("bigbench", "builtin"):
-        raise ValueError(f"scoring.calibration.source must be builtin, bigbench or gsm8k, got {source!r}")
+        raise ValueError(f"scoring.calibration.source must be builtin, bigbench, gsm8k or text, got {source!r}")
     task_dir, tasks = (builtin_dir, builtin_tasks) if source == "builtin" else (bigbench_dir, bigbench_tasks)
     if not tasks or task_dir is None:
         raise ValueError(f"scoring.calibration.source={source} needs scoring.calibration.{source}_tasks")

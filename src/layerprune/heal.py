@@ -25,7 +25,7 @@ from typing import Any
 
 from layerprune.builtin import BUILTIN_DIR
 from layerprune.data import load_bigbench_examples
-from layerprune.io import read_jsonl, write_jsonl
+from layerprune.io import read_jsonl, refuse_missing_local, write_jsonl
 
 
 def _task_json_texts(task_dir: str | Path, tasks: list[str], field: str, kind: str) -> list[tuple[str, str]]:
@@ -62,6 +62,7 @@ def _hub_texts(hub: str, split: str, text_field: str, name: str | None) -> list[
         if isinstance(dataset, datasets.DatasetDict):
             dataset = dataset[split]
     else:
+        refuse_missing_local(hub, "recovery.heal.source.hub")
         dataset = datasets.load_dataset(hub, name, split=split)
     if text_field not in dataset.column_names:
         raise KeyError(

@@ -311,3 +311,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# What a path on disk looks like, as opposed to a Hugging Face hub id (`org/name`): a hub id has at most one
+# slash and no data-file suffix, so `mydata/calib.jsonl` is a local file that is missing, never a hub dataset.
+LOCAL_DATA_SUFFIXES = (".json", ".jsonl", ".gz", ".txt", ".csv", ".parquet", ".arrow", ".tsv")
+
+
+def looks_local(path: str) -> bool:
+    """True when `path` names a local file or folder (it exists, is absolute or relative with ./ ../ ~, ends in a
+    data-file suffix, or is a plain path of more than two parts), so that it must never be looked up on the hub."""
+    text = str(path)
+    return (
+        os.path.exists(text)
+        or text.startswith(("/", "./", "../", "~"))
+        or text.lower().endswith(LOCAL_DATA_SUFFIXES)
+        or (text.count("/") > 1 and not any(char.isspace() for char in text))
+    )
+
+
+def refuse_missing_local(path: str, key: str) -> None:
+    """FileNotFoundError naming `key` when `path` looks local and is not there (instead of asking the hub)."""
+    if looks_local(path) and not os.path.exists(os.path.expanduser(str(path))):
+        raise FileNotFoundError(f"{key}: {path}: no such file (a local path, so not looked up on the hub)")

@@ -13,6 +13,16 @@ for every output, its mtime when its job finished (`endtime`). Setting each outp
 back to it, and a directory's through a fresh `.snakemake_timestamp`, makes the clone exactly
 as up to date as the original checkout, for every study at once and without running or
 re-recording anything: a changed setting then plans in the clone the jobs it plans there.
+
+The workflow does this itself before it plans (`restore_placed_mtimes`, from workflow/rules/common.smk), for
+the outputs DVC placed: a file that is a link (DVC's cache is `hardlink,symlink`: every file that `dvc repro`,
+`dvc pull` or `dvc checkout` put there is one) and every directory output. A file Snakemake wrote and DVC has
+not linked yet, or one replaced by hand, keeps its own time. Measured on a real DVC round trip
+(tests/test_dvc.py): after `dvc repro` of two studies that share byte-identical files, and in a clone after a
+change re-made a file identical to an older cached one, Snakemake without the restore planned jobs again
+("updated input files": an output linked to an older inode than the directory it was made from); with it, none.
+The other way, a comparison not resting on mtimes (`--rerun-triggers` without `mtime`), would miss a local data
+file edited by hand: nothing records its content.
 """
 
 from __future__ import annotations
@@ -24,6 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TIMESTAMP = ".snakemake_timestamp"  # Snakemake's mtime carrier inside a directory output
+# A record's `endtime` is a float of seconds (about 0.2 us apart at today's epoch): a time this close to it is
+# the one the record holds, and is left as it is. Setting it again would move it by a few nanoseconds and
+# touch every output of every study each time the workflow plans (a study that is up to date must stay
+# untouched: tests/test_studies.py).
+SAME_TIME_S = 1e-4
+
+
+def _set_time(path: Path, endtime: float, follow_symlinks: bool = True) -> None:
+    """`os.utime` to `endtime`, unless the path has that time already."""
+    if abs(os.stat(path, follow_symlinks=follow_symlinks).st_mtime - endtime) < SAME_TIME_S:
+        return
+    os.utime(path, (endtime, endtime), follow_symlinks=follow_symlinks)
 
 
 @dataclass
@@ -65,7 +87,9 @@ def record_paths(metadata: Path) -> dict[str, Path]:
     return records
 
 
-def restore_mtimes(root: str | os.PathLike = ".", metadata: str | os.PathLike = ".snakemake/metadata") -> Restored:
+def restore_mtimes(
+    root: str | os.PathLike = ".", metadata: str | os.PathLike = ".snakemake/metadata", placed_only: bool = False
+) -> Restored:
     """Set every recorded output under `root` to the mtime its record holds (see the module's doc).
 
     A symlink gets its own mtime set, never its target's (a link into a user cache, which other
@@ -74,6 +98,8 @@ def restore_mtimes(root: str | os.PathLike = ".", metadata: str | os.PathLike = 
     a file input (up to the workflow profile's `max-checksum-file-size` it compares the content with
     the record before calling it newer), while an output older than a directory it was made from
     would re-run its job.
+
+    placed_only: only the outputs DVC placed (see `restore_placed_mtimes`); other files keep their time.
     """
     root = Path(root)
     metadata = root / metadata
@@ -97,12 +123,15 @@ def restore_mtimes(root: str | os.PathLike = ".", metadata: str | os.PathLike = 
             continue
         if path.is_dir() and not path.is_symlink():
             stamp = path / TIMESTAMP
-            stamp.touch()
-            os.utime(stamp, (endtime, endtime))
+            if not stamp.exists():
+                stamp.touch()
+            _set_time(stamp, endtime)
             restored.directories += 1
         elif path.is_symlink():
-            os.utime(path, (endtime, endtime), follow_symlinks=False)
+            _set_time(path, endtime, follow_symlinks=False)
             restored.files += 1
+        elif placed_only and path.stat().st_nlink < 2:
+            continue  # written here and not linked by DVC (yet), or replaced by hand: its own time is right
         else:
             # one inode, one mtime: the latest of its outputs' times, so that none of them is older than
             # what it was made from (a directory input is never compared by content)
@@ -110,6 +139,15 @@ def restore_mtimes(root: str | os.PathLike = ".", metadata: str | os.PathLike = 
             latest, paths = files.get((stat.st_dev, stat.st_ino), (endtime, []))
             files[stat.st_dev, stat.st_ino] = (max(latest, endtime), [*paths, path])
     for latest, paths in files.values():
-        os.utime(paths[0], (latest, latest))
+        _set_time(paths[0], latest)
         restored.files += len(paths)
     return restored
+
+
+def restore_placed_mtimes(root: str | os.PathLike = ".") -> Restored | None:
+    """What the workflow runs before it plans: `restore_mtimes` for the outputs DVC placed (a link into its
+    cache, and every directory output), so that no `dvc repro`, `dvc pull` or `dvc checkout` needs a manual
+    step after it. None where there are no records yet (a first run)."""
+    if not (Path(root) / ".snakemake" / "metadata").is_dir():
+        return None
+    return restore_mtimes(root, placed_only=True)

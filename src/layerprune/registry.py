@@ -73,7 +73,10 @@ BIGBENCH_INDEX = "https://pypi.org/simple/bigbench/"
 # What a recovery can train on: name -> what it is and where the workflow keeps it. Only `reference`
 # and `selfgen` are drawn from the prompt set (`prompts`), so only recoveries that train on them need one.
 TRAINING_DATA: dict[str, str] = {
-    "reference": "the prompt set's own reference answers (results/<study>/data/prompts/<model>.jsonl)",
+    "reference": (
+        "the prompt set's own reference answers (results/shared/filtered/<fingerprint>/<model>.jsonl: the prompt set "
+        "cut to the model's token limit, shared by the studies that draw and cut it alike)"
+    ),
     "selfgen": "the dense model's self-generated responses to the prompt set (results/<study>/selfgen/<model>.jsonl)",
     "text": "plain text, recovery.heal (results/shared/heal/<fingerprint>.jsonl)",
 }

@@ -295,7 +295,7 @@ class PromptFilterSettings(StageSettings):
         None,
         help=(
             "drop prompts whose chat-template rendering is longer than this many of the dense model's tokens "
-            "(per model, counts in results/<study>/data/prompts/{model}.stats.json); null keeps all"
+            "(per model, counts in results/shared/filtered/<fingerprint>/{model}.stats.json); null keeps all"
         ),
         schema={"minimum": 1},
     )
@@ -407,13 +407,17 @@ class CalibrationSettings(Seeded):
             "builtin = the texts of builtin_tasks, drawn with the seed; bigbench = inputs and answers of "
             "bigbench_tasks, drawn with the seed (needs `bigbench.sdist`); gsm8k = the paper authors' BI "
             "texts (analysis/cossim_analysis.ipynb): the first num_samples GSM8K rows of `split` (their test split), "
-            "in order, each question with its worked solution in lm-eval's Llama-style GSM8K wording"
+            "in order, each question with its worked solution in lm-eval's Llama-style GSM8K wording; "
+            "text = a local file at `path`: one text per line (.txt), or JSONL with a `text` field, drawn with the seed"
         ),
-        choices=("builtin", "bigbench", "gsm8k"),
+        choices=("builtin", "bigbench", "gsm8k", "text"),
     )
     path: str = setting(
         "openai/gsm8k",
-        help="source gsm8k: a hub id (config `main`) or a local file in GSM8K's format (Parquet, JSON, JSONL)",
+        help=(
+            "source gsm8k: a hub id (config `main`) or a local file in GSM8K's format (Parquet, JSON, JSONL); "
+            "source text: the local file"
+        ),
     )
     split: str = setting("test", help="source gsm8k: the split read (the authors': test)")
 

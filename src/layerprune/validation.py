@@ -36,7 +36,9 @@ from layerprune.checks import (
     check_models,
     config_problems,
     duplicate_keys,
+    local_path_problems,
     machine_problems,
+    plan_warnings,
     ratio_wildcards,
 )
 from layerprune.settings import apply_defaults, load_schema
@@ -346,6 +348,11 @@ def validate_study(
     if on_this_machine:
         found += [tuple(line.split(": ", 1)) for line in machine_problems(config)]  # type: ignore[misc]
         found += lm_eval_problems(config, lm_eval_names)
+        try:  # every local file the study reads, with the other mistakes (a job would fail on it only when it runs)
+            found += [tuple(line.split(": ", 1)) for line in local_path_problems(config)]  # type: ignore[misc]
+        except (AttributeError, KeyError, TypeError):
+            if schema_clean:
+                raise
         if wildcards is not None and schema_clean:  # the models' source entries are well-formed
             try:
                 notes = check_models(config, wildcards, dense_checkpoint=dense_checkpoint)
@@ -353,7 +360,7 @@ def validate_study(
                 found += [tuple(line.split(": ", 1)) for line in str(error).splitlines()]  # type: ignore[misc]
     problems += [(None, key, message) for key, message in found]
     if not problems:
-        return notes
+        return notes + [f"{locate(key, sources, overrides)}: {key}: {text}" for key, text in plan_warnings(config)]
     located = {}
     for where, key, message in problems:
         where = where or locate(key, sources, overrides)

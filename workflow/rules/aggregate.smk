@@ -75,7 +75,9 @@ rule aggregate:
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         # this study's jobs' benchmarks, and those of the shared jobs it uses (where they ran here)
         benchmarks=study_benchmark_sources(),
+        study=STUDY,
     shell:
         "layerprune aggregate --results {input.results:q} --scores {input.scores:q} --recovered {input.recovered:q}"
-        " --out-dir {params.out_dir:q} --benchmarks {params.benchmarks:q} --settings {params.settings:q}"
+        " --out-dir {params.out_dir:q} --benchmarks {params.benchmarks:q} --study {params.study:q}"
+        " --settings {params.settings:q}"
         " > {log:q} 2>&1"

@@ -11,7 +11,9 @@ from layerprune.checks import (
     ConfigError,
     ratio_wildcards,
 )
+from layerprune.io import looks_local
 from layerprune.launch import cluster_cores_problem, rule_command_prefix, rule_settings, slurm_resources
+from layerprune.mtimes import restore_placed_mtimes
 from layerprune.registry import (
     DATASETS,
     RECOVERIES,
@@ -71,6 +73,9 @@ def study_name():
 
 
 STUDY = study_name()
+# Every job this run starts names the study in its log's header (layerprune.cli.header), so that a study's
+# time table counts the shared jobs its own run made, not those another study's run made.
+os.environ.update(LAYERPRUNE_STUDY=STUDY)  # set for the jobs, not read: no `envvars:` to assert
 
 
 def study_path(path):
@@ -122,6 +127,13 @@ try:
         print(note, file=sys.stderr)
 except ConfigError as error:
     sys.exit(str(error))
+
+# DVC keeps contents, not modification times: the outputs that `dvc repro`, `dvc pull` or `dvc checkout`
+# linked from its cache get their recorded times back before anything is planned (layerprune.mtimes), so
+# no manual step follows a DVC command. Not in a cluster job (the submitting run did it);
+# LAYERPRUNE_KEEP_MTIMES=1 leaves the times as they are (tests/test_dvc.py measures what that plans).
+if not workflow.remote_exec and not os.environ.get("LAYERPRUNE_KEEP_MTIMES"):
+    restore_placed_mtimes()
 
 SEED = config["seed"]
 MODELS = list(config["models"])
@@ -179,7 +191,13 @@ CRITICAL_PATH_PRIORITY = 10
 
 
 def score_settings(wildcards):
-    return settings_json(ScoreSettings, config, method=wildcards.method, max_ratio=MAX_RATIO)
+    return score_settings_json(wildcards.method)
+
+
+def score_settings_json(method):
+    if method == "iterative":
+        return iterative_settings(None)
+    return settings_json(ScoreSettings, config, method=method, max_ratio=MAX_RATIO)
 
 
 def iterative_settings(wildcards):
@@ -268,10 +286,11 @@ def task_json_files(kind, names):
 
 
 def calibration_inputs():
-    source = config["scoring"]["calibration"]["source"]
-    if source in ("bigbench", "builtin"):
-        return task_json_files(source, config["scoring"]["calibration"][f"{source}_tasks"])
-    return []
+    """What the calibration text is drawn from: task JSON files, or a local file (a hub id has none)."""
+    calibration = config["scoring"]["calibration"]
+    if calibration["source"] in ("bigbench", "builtin"):
+        return task_json_files(calibration["source"], calibration[f"{calibration['source']}_tasks"])
+    return [calibration["path"]] if looks_local(calibration["path"]) else []
 
 
 def prompt_source_inputs():
@@ -285,7 +304,11 @@ def prompt_source_inputs():
 
 def model_prompt_set(model):
     """The prompt set of one model, after its token-length filter (or Magpie's questions)."""
-    return study_path(f"data/prompts/{model}.jsonl")
+    if PROMPTS["source"] == "magpie":  # the dense model's own questions
+        return study_path(f"data/prompts/{model}.jsonl")
+    # the shared prompt set cut to the model's token limit: shared by every study that draws and cuts it alike
+    made_from = fingerprint(model_source_json(model), PROMPT_SET_SETTINGS, PROMPT_FILTER_SETTINGS)
+    return shared_path(f"filtered/{made_from}/{model}.jsonl")
 
 
 def prompt_set_file():
@@ -328,12 +351,40 @@ def selfgen_file(model):
     return study_path(f"selfgen/{model}.jsonl")
 
 
+# Scores, pruned checkpoints, the dense and the unrecovered evaluations depend on no recovery setting: they
+# lie under results/shared/, each keyed by a fingerprint of everything it is made from (the model's source,
+# the settings, the fingerprints of its inputs), so a study that shares them with another (one that varies
+# only a recovery or selfgen setting) runs none of them again, and a study whose settings differ gets its own.
+CALIBRATED = methods_where("calibrated")
+
+
+def score_fingerprint(model, method):
+    made_from = [model_source_json(model), score_settings_json(method)]
+    if method in CALIBRATED:
+        made_from.append(CALIBRATION_SETTINGS)
+    if method == "iterative":
+        made_from.append([task_fingerprint(task) for task in PROBE_TASKS])
+    return fingerprint(*made_from)
+
+
 def score_file(model, method):
-    return study_path(f"scores/{model}/{method}.json")
+    return shared_path(f"scores/{score_fingerprint(model, method)}/{model}/{method}.json")
+
+
+def prune_fingerprint(model, method):
+    return fingerprint(score_fingerprint(model, method), PRUNE_SETTINGS)
 
 
 def pruned_checkpoint(model, method, ratio):
-    return study_path(f"pruned/{model}/{method}/{ratio}")
+    return shared_path(f"pruned/{prune_fingerprint(model, method)}/{model}/{method}/{ratio}")
+
+
+def shared_log(rule_name, path):
+    return f"logs/{rule_name}/{SHARED}/{path}.log"
+
+
+def shared_benchmark(rule_name, path):
+    return f"benchmarks/{rule_name}/{SHARED}/{path}.tsv"
 
 
 def recovered_checkpoint(model, method, ratio, recovery, replicate=""):
@@ -342,7 +393,16 @@ def recovered_checkpoint(model, method, ratio, recovery, replicate=""):
 
 
 def eval_file(model, variant, task):
-    """variant: `dense` or method/ratio/recovery (recovery + `-seed<s>` for another training seed)."""
+    """variant: `dense` or method/ratio/recovery (recovery + `-seed<s>` for another training seed). The dense
+    and the unrecovered (`none`) evaluations are shared by every study that makes them alike."""
+    settings = settings_json(EvaluationSettings, config, task=task)
+    if variant == "dense":
+        fp = fingerprint(model_source_json(model), task_fingerprint(task), settings)
+        return shared_path(f"eval/{fp}/{model}/dense/{task}.json")
+    method, ratio, recovery = variant.split("/")
+    if recovery == "none":
+        fp = fingerprint(prune_fingerprint(model, method), task_fingerprint(task), settings)
+        return shared_path(f"eval/{fp}/{model}/{variant}/{task}.json")
     return study_path(f"eval/{model}/{variant}/{task}.json")
 
 
@@ -361,10 +421,30 @@ STUDY_BENCHMARKED_RULES = (
 
 
 def study_benchmark_sources():
-    """The benchmark folders of this study's jobs and the benchmark files of the shared models it uses."""
+    """The benchmark folders of this study's jobs and the benchmark files of the shared jobs it uses (aggregate
+    counts these only where this study's run made them: layerprune.cli.ran_by)."""
     folders = [f"benchmarks/{rule_name}/{STUDY}" for rule_name in STUDY_BENCHMARKED_RULES]
     models = [f"benchmarks/materialize/{fingerprint(model_source_json(model))}/{model}.tsv" for model in MODELS]
-    return folders + models
+    return folders + models + shared_benchmarks()
+
+
+def shared_benchmarks():
+    """The benchmark files of the shared scoring, pruning and evaluation jobs this study uses."""
+    files = []
+    for model, method in itertools.product(MODELS, METHODS):
+        rule_name, name = ("score_iterative", model) if method == "iterative" else ("score", f"{model}/{method}")
+        files.append(shared_benchmark(rule_name, f"{score_fingerprint(model, method)}/{name}"))
+        files += [
+            shared_benchmark("prune", f"{prune_fingerprint(model, method)}/{model}/{method}/{ratio}")
+            for ratio in RATIOS
+        ]
+    for path in all_evaluations():
+        if path.startswith(shared_path("eval/")):
+            fp, model, *variant, task = path.removeprefix(shared_path("eval/")).removesuffix(".json").split("/")
+            rule_name = "evaluate_dense" if variant == ["dense"] else "evaluate_pruned"
+            name = os.path.join(fp, model, *([] if variant == ["dense"] else variant[:2]), task)
+            files.append(shared_benchmark(rule_name, name))
+    return files
 
 
 # Where each kind of training data (layerprune.registry.TRAINING_DATA) lies for one model.

@@ -3,11 +3,11 @@ rule evaluate_dense:
         model=lambda wc: dense_checkpoint(wc.model),
         task=lambda wc: task_file(wc.task),
     output:
-        eval_file("{model}", "dense", "{task}"),
+        shared_path("eval/{fp}/{model}/dense/{task}.json"),
     log:
-        study_log("evaluate_dense", "{model}/{task}"),
+        shared_log("evaluate_dense", "{fp}/{model}/{task}"),
     benchmark:
-        study_benchmark("evaluate_dense", "{model}/{task}")
+        shared_benchmark("evaluate_dense", "{fp}/{model}/{task}")
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("evaluate")
@@ -20,6 +20,30 @@ rule evaluate_dense:
         " --model-name {wildcards.model:q} --settings {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
+# A pruned checkpoint unrecovered (recovery `none`): shared by every study that prunes and evaluates alike.
+rule evaluate_pruned:
+    input:
+        model=lambda wc: pruned_checkpoint(wc.model, wc.method, wc.ratio),
+        task=lambda wc: task_file(wc.task),
+    output:
+        shared_path("eval/{fp}/{model}/{method}/{ratio}/none/{task}.json"),
+    log:
+        shared_log("evaluate_pruned", "{fp}/{model}/{method}/{ratio}/{task}"),
+    benchmark:
+        shared_benchmark("evaluate_pruned", "{fp}/{model}/{method}/{ratio}/{task}")
+    conda:
+        "../../envs/layerprune.yaml"
+    threads: job_threads("evaluate")
+    resources:
+        **job_resources("evaluate"),
+    params:
+        settings=evaluation_settings,
+    shell:
+        "layerprune evaluate --model {input.model:q} --task-file {input.task:q} --task-name {wildcards.task:q}"
+        " --model-name {wildcards.model:q} --method {wildcards.method:q} --ratio {wildcards.ratio:q}"
+        " --recovery none --settings {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
 rule evaluate_variant:
     input:
         model=variant_checkpoint,
@@ -30,6 +54,8 @@ rule evaluate_variant:
         study_log("evaluate_variant", "{model}/{method}/{ratio}/{recovery}{replicate}/{task}"),
     benchmark:
         study_benchmark("evaluate_variant", "{model}/{method}/{ratio}/{recovery}{replicate}/{task}")
+    wildcard_constraints:
+        recovery="|".join(recovery for recovery in RECOVERIES if recovery != "none"),
     conda:
         "../../envs/layerprune.yaml"
     threads: job_threads("evaluate")

@@ -1,13 +1,13 @@
 rule prune:
     input:
         model=lambda wc: dense_checkpoint(wc.model),
-        scores=score_file("{model}", "{method}"),
+        scores=lambda wc: score_file(wc.model, wc.method),
     output:
-        directory(pruned_checkpoint("{model}", "{method}", "{ratio}")),
+        directory(shared_path("pruned/{fp}/{model}/{method}/{ratio}")),
     log:
-        study_log("prune", "{model}/{method}/{ratio}"),
+        shared_log("prune", "{fp}/{model}/{method}/{ratio}"),
     benchmark:
-        study_benchmark("prune", "{model}/{method}/{ratio}")
+        shared_benchmark("prune", "{fp}/{model}/{method}/{ratio}")
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"

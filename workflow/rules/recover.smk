@@ -16,7 +16,7 @@ rule prepare_heal:
 
 rule recover:
     input:
-        model=pruned_checkpoint("{model}", "{method}", "{ratio}"),
+        model=lambda wc: pruned_checkpoint(wc.model, wc.method, wc.ratio),
         dataset=recovery_dataset,
     output:
         directory(recovered_checkpoint("{model}", "{method}", "{ratio}", "{recovery}", "{replicate}")),
@@ -46,7 +46,7 @@ rule recover:
 # token distributions
 rule recover_kd:
     input:
-        model=pruned_checkpoint("{model}", "{method}", "{ratio}"),
+        model=lambda wc: pruned_checkpoint(wc.model, wc.method, wc.ratio),
         dataset=recovery_dataset,
         teacher=recovery_teacher,
     output:

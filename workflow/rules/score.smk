@@ -3,7 +3,7 @@
 # scans, the largest ratio for the greedy ones, whose rounds stop at its k), so
 # changing the calibration set re-scores only the calibrated methods, and adding a
 # larger ratio re-scores only sleb and iterative.
-CALIBRATED_METHODS = methods_where("calibrated")
+CALIBRATED_METHODS = CALIBRATED
 
 
 rule score:
@@ -11,11 +11,11 @@ rule score:
         model=lambda wc: dense_checkpoint(wc.model),
         calibration=lambda wc: (calibration_file() if wc.method in CALIBRATED_METHODS else []),
     output:
-        score_file("{model}", "{method}"),
+        shared_path("scores/{fp}/{model}/{method}.json"),
     log:
-        study_log("score", "{model}/{method}"),
+        shared_log("score", "{fp}/{model}/{method}"),
     benchmark:
-        study_benchmark("score", "{model}/{method}")
+        shared_benchmark("score", "{fp}/{model}/{method}")
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"
@@ -42,11 +42,11 @@ rule score_iterative:
         model=lambda wc: dense_checkpoint(wc.model),
         probes=[task_file(task) for task in PROBE_TASKS],
     output:
-        score_file("{model}", "iterative"),
+        shared_path("scores/{fp}/{model}/iterative.json"),
     log:
-        study_log("score_iterative", "{model}"),
+        shared_log("score_iterative", "{fp}/{model}"),
     benchmark:
-        study_benchmark("score_iterative", "{model}")
+        shared_benchmark("score_iterative", "{fp}/{model}")
     priority: CRITICAL_PATH_PRIORITY
     conda:
         "../../envs/layerprune.yaml"

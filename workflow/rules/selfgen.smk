@@ -33,10 +33,10 @@ else:
             model=lambda wc: dense_checkpoint(wc.model),
             prompts=prompt_set_file(),
         output:
-            prompts=model_prompt_set("{model}"),
-            stats=study_path("data/prompts/{model}.stats.json"),
+            prompts=shared_path("filtered/{fp}/{model}.jsonl"),
+            stats=shared_path("filtered/{fp}/{model}.stats.json"),
         log:
-            study_log("filter_prompts", "{model}"),
+            shared_log("filter_prompts", "{fp}/{model}"),
         conda:
             "../../envs/layerprune.yaml"
         params:
