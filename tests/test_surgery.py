@@ -321,12 +321,23 @@ def test_prune_checkpoint_catches_a_config_that_reloads_differently(tmp_path, mo
 
 
 def test_prune_checkpoint_catches_a_surgery_that_computes_something_else(tmp_path, monkeypatch):
-    """A surgery that forgot to slice layer_types gives Gemma 3's kept layers the wrong attention kinds."""
+    """A surgery that slices layer_types wrongly (the first k kinds, not the kept layers') gives Gemma 3's kept
+    layers the wrong attention kinds. (Not slicing it at all is refused earlier: transformers checks that
+    layer_types has one entry per layer.)"""
     from layerprune import surgery
 
     base = tiny_checkpoint_from(tmp_path / "base", make_tiny_model("gemma3", 6))
     scores = manual_scores(tmp_path / "scores.json")
-    monkeypatch.setattr(surgery, "PER_LAYER_CONFIG_FIELDS", ())
+    rewrite = surgery._rewrite_config
+
+    def first_kinds(config, kept, num_layers):  # noqa: ANN001, ANN202 - the surgery's own signature
+        kinds = list(config.layer_types)
+        changed = rewrite(config, kept, num_layers)
+        assert list(config.layer_types) != kinds[: len(kept)]  # the bug below changes something
+        config.layer_types = kinds[: len(kept)]
+        return changed
+
+    monkeypatch.setattr(surgery, "_rewrite_config", first_kinds)
     with pytest.raises(
         prune.PruneVerificationError,
         match=r"Gemma3ForCausalLM \(model_type 'gemma3_text'\): the pruned model vs the dense model with the removed "
