@@ -27,6 +27,7 @@ localrules:
     all,
     fetch_bigbench,
     extract_bigbench,
+    build_task,
     prepare_task,
     prepare_lm_eval_task,
     prepare_prompts,

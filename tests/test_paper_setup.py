@@ -113,7 +113,7 @@ def test_paper_sgr_recovery_and_evaluation_settings():
         assert tasks[name].get("num_samples", 1) == 1
     assert PAPER["evaluation"]["sandbox"]["timeout_s"] == 30
     probe = tasks["arithmetic_probe"]
-    assert (probe["grader"], probe["num_fewshot"], len(probe["bigbench_task"])) == ("first_digit", 3, 3)
+    assert (probe["grader"], probe["num_fewshot"], len(probe["builtin_task"])) == ("first_digit", 3, 3)
 
 
 def test_paper_yaml_names_its_sources():

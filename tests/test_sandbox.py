@@ -407,7 +407,7 @@ def test_a_full_tmpdir_stops_the_job_naming_the_cause_and_grades_nothing(full_tm
     task = tmp_path / "task.json"
     write_json(task, {"type": "generative", "grader": "code", "samples": [sample]})
     with pytest.raises(SandboxError, match="KiB free"):
-        evaluate_checkpoint(tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", 1, 8, 0)
+        evaluate_checkpoint(tmp_path / "no-such-checkpoint", task, "humaneval", tmp_path / "out.json", batch_size=8)
     assert not (tmp_path / "out.json").exists()
 
 

@@ -213,22 +213,30 @@ def test_temporary_removal_of_a_refused_model_changes_nothing():
 # ---------------------------------------------------------------- import graph
 
 
-def _imports_of(path: Path) -> set[str]:
-    """layerprune modules a source file imports, anywhere in it (deferred imports included)."""
-    modules = set()
+def _module_name(path: Path) -> str:
+    """layerprune.x for src/layerprune/x.py; a package's __init__.py is the package itself."""
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports_of(path: Path, modules: set[str]) -> set[str]:
+    """layerprune modules (among `modules`) a source file imports, anywhere in it (deferred imports included)."""
+    imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("layerprune"):
-            if node.module == "layerprune":
-                modules.update(f"layerprune.{alias.name}" for alias in node.names)
-            else:
-                modules.add(node.module)
+            # `from layerprune import settings` and `from layerprune.settings import stages` name modules
+            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+            imported.add(node.module)
         elif isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names if alias.name.startswith("layerprune."))
-    return {module for module in modules if (SRC / f"{module.split('.')[1]}.py").is_file()}
+            imported.update(alias.name for alias in node.names if alias.name.startswith("layerprune."))
+    return (imported & modules) - {_module_name(path)}
 
 
 def test_no_import_cycle_among_layerprune_modules():
-    graph = {f"layerprune.{path.stem}": _imports_of(path) for path in SRC.glob("*.py")}
+    paths = [path for path in SRC.rglob("*.py") if path.name != "__main__.py"]
+    modules = {_module_name(path) for path in paths}
+    graph = {_module_name(path): _imports_of(path, modules) for path in paths}
+    assert "layerprune.settings.stages" in graph  # packages are read too, module by module
     cycles = []
 
     def visit(module: str, path: list[str]) -> None:
@@ -313,12 +321,23 @@ def test_prune_checkpoint_catches_a_config_that_reloads_differently(tmp_path, mo
 
 
 def test_prune_checkpoint_catches_a_surgery_that_computes_something_else(tmp_path, monkeypatch):
-    """A surgery that forgot to slice layer_types gives Gemma 3's kept layers the wrong attention kinds."""
+    """A surgery that slices layer_types wrongly (the first k kinds, not the kept layers') gives Gemma 3's kept
+    layers the wrong attention kinds. (Not slicing it at all is refused earlier: transformers checks that
+    layer_types has one entry per layer.)"""
     from layerprune import surgery
 
     base = tiny_checkpoint_from(tmp_path / "base", make_tiny_model("gemma3", 6))
     scores = manual_scores(tmp_path / "scores.json")
-    monkeypatch.setattr(surgery, "PER_LAYER_CONFIG_FIELDS", ())
+    rewrite = surgery._rewrite_config
+
+    def first_kinds(config, kept, num_layers):  # noqa: ANN001, ANN202 - the surgery's own signature
+        kinds = list(config.layer_types)
+        changed = rewrite(config, kept, num_layers)
+        assert list(config.layer_types) != kinds[: len(kept)]  # the bug below changes something
+        config.layer_types = kinds[: len(kept)]
+        return changed
+
+    monkeypatch.setattr(surgery, "_rewrite_config", first_kinds)
     with pytest.raises(
         prune.PruneVerificationError,
         match=r"Gemma3ForCausalLM \(model_type 'gemma3_text'\): the pruned model vs the dense model with the removed "

@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from layerprune.generative import GenerationPartial, evaluate_generative
+from layerprune.generative import GenerationPartial, Sampling, evaluate_generative
 from layerprune.graders import normalise_answer  # noqa: F401 - re-exported
 from layerprune.io import content_fingerprint, read_json, sha256_file, write_json, write_jsonl
 from layerprune.models import load_checkpoint
-from layerprune.sandbox import preflight
+from layerprune.sandbox import SandboxLimits, preflight
 from layerprune.settings import EvaluationSettings
 
 QUESTION, ANSWER = "Q: ", "A:"
@@ -380,7 +380,7 @@ def evaluate_checkpoint(
     if task.get("grader") == "code":
         # Before the model loads: where strict isolation is impossible, stop now (SandboxUnavailable names what
         # is missing and the setting that accepts less), not after the generations.
-        preflight(options.sandbox_limits())
+        preflight(SandboxLimits.from_settings(options))
     model = None  # lm-eval's vLLM backend loads the weights itself
     classification = task["type"] == "classification"
     if classification:
@@ -409,7 +409,7 @@ def evaluate_checkpoint(
                 "seed": seed,
                 "dtype": str(next(model.parameters()).dtype),
                 "prompting": options.prompting,
-                "sampling": {**options.sampling().__dict__},
+                "sampling": {**Sampling.from_settings(options).__dict__},
             },
         )
         result = evaluate_generative(
@@ -419,9 +419,9 @@ def evaluate_checkpoint(
             options.max_new_tokens,
             batch_size,
             prompting=options.prompting,
-            sampling=options.sampling(),
+            sampling=Sampling.from_settings(options),
             pass_k=options.pass_k,
-            sandbox=options.sandbox_limits(),
+            sandbox=SandboxLimits.from_settings(options),
             seed=seed,
             max_batch_tokens=options.max_generate_tokens,
             partial=partial,

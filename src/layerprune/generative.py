@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from layerprune.graders import ERROR_BUCKETS, TEXT_GRADERS, first_digit, grade_code, pass_at_k
 from layerprune.sandbox import SandboxLimits, preflight_isolation
 from layerprune.tasks import answer_prefix, build_prompt, stop_strings, use_chat
+
+if TYPE_CHECKING:
+    from layerprune.settings import EvaluationSettings
 
 METRIC_NAMES = {
     "exact_match": "exact_match",
@@ -44,6 +47,11 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = None
     num_samples: int = 1
+
+    @classmethod
+    def from_settings(cls, settings: EvaluationSettings) -> Sampling:
+        """The sampling of an evaluation's settings (evaluation.temperature, top_k, top_p, num_samples)."""
+        return cls(**settings.sampling_dict())
 
     def generate_kwargs(self) -> dict[str, Any]:
         if self.temperature <= 0:

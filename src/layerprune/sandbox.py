@@ -56,7 +56,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: the settings import no evaluation code, nor this module them at run time
+    from layerprune.settings import EvaluationSettings
 
 LAUNCHER = Path(__file__).with_name("_sandbox_launcher.py")
 UNAVAILABLE = "layerprune sandbox: strict isolation is not available on this machine"  # the launcher's refusal
@@ -98,6 +101,18 @@ class SandboxLimits:
     # "strict": refuse to run (SandboxUnavailable) where the program cannot be isolated from the user's files,
     # network and processes; "best_effort": run with what the machine allows, and record what was missing.
     isolation_level: str = "strict"
+
+    @classmethod
+    def from_settings(cls, settings: EvaluationSettings) -> SandboxLimits:
+        """The limits of an evaluation's settings (evaluation.sandbox.*); tmpfs_mb keeps its default."""
+        return cls(
+            timeout_s=settings.sandbox_timeout,
+            cpu_s=settings.sandbox_cpu,
+            memory_mb=settings.sandbox_memory_mb,
+            file_size_mb=settings.sandbox_file_size_mb,
+            nproc=settings.sandbox_nproc,
+            isolation_level=settings.sandbox_isolation,
+        )
 
 
 @dataclass
