@@ -161,6 +161,7 @@ def test_loss_curves_of_replicates_name_recovery_and_seed(tmp_path):
 
 def seeded_default(seeds: list[int] | None) -> dict:
     config = copy.deepcopy(DEFAULT)
+    config["pruning"]["ratios"] = [0.1, 0.2, 0.3]  # the counts below are for 3 ratios, whatever the default's
     config["recovery"]["methods"] = ["none", "data", "sgr", "kd"]
     if seeds is not None:
         config["recovery"]["seeds"] = seeds
@@ -187,8 +188,10 @@ def test_two_seeds_plan_twice_the_recoveries_at_distinct_paths_each_with_its_see
     two, two_text = dry_run(tmp_path / "two", seeded_default([0, 1]))
     assert (one["recover"], one["recover_kd"]) == (6, 3)
     assert (two["recover"], two["recover_kd"]) == (2 * one["recover"], 2 * one["recover_kd"])
-    # none is not replicated: 12 of its evaluations, 2 generative tasks x 3 ratios x 3 trained recoveries per seed
-    assert one["evaluate_variant"] == 12 + 18 and two["evaluate_variant"] == 12 + 2 * 18
+    # none is not replicated: its 12 evaluations (evaluate_pruned, 4 tasks x 3 ratios) run once; the trained
+    # ones are 2 generative tasks x 3 ratios x 3 trained recoveries per seed
+    assert one["evaluate_pruned"] == two["evaluate_pruned"] == 12
+    assert one["evaluate_variant"] == 18 and two["evaluate_variant"] == 2 * 18
     assert not re.search(r"/(none|data|sgr|kd)-seed", one_text)
     commands = shell_commands(two_text, "recover")
     outs = [argv[argv.index("--out") + 1] for argv in commands]

@@ -32,14 +32,14 @@ GRID = yaml.safe_load((REPO / "tests" / "fixtures" / "grid_config.yaml").read_te
 
 
 # What each config plans, counted by hand from the grid (not by re-deriving the DAG).
-# The embedded default: 1 model x 1 method (bi) x 3 ratios x (3 recoveries x 2 generative tasks +
-# recovery none x 2 classification tasks) = 24 variant evaluations, 3 x 2 trained recoveries = 6
-# recover jobs, 12 tasks the project builds (country_continent, country_capital_choice, 3 arithmetic
-# probe ops, plural, 1 calibration, 5 prompt tasks); nothing from BIG-bench.
+# The embedded default: 1 model x 1 method (bi) x 2 ratios x (4 tasks without recovery (evaluate_pruned) +
+# 2 trained recoveries x 2 generative tasks (evaluate_variant)) = 8 + 8 evaluations, 2 x 2 trained
+# recoveries = 4 recover jobs, 12 tasks the project builds (country_continent, country_capital_choice,
+# 3 arithmetic probe ops, plural, 1 calibration, 5 prompt tasks); nothing from BIG-bench.
 DEFAULT_JOBS = {
     "all": 1, "build_task": 12, "prepare_task": 4, "prepare_prompts": 1,
-    "prepare_calibration": 1, "materialize": 1, "score": 1, "prune": 3, "filter_prompts": 1, "selfgen": 1,
-    "recover": 6, "evaluate_dense": 4, "evaluate_pruned": 12, "evaluate_variant": 12, "aggregate": 1,
+    "prepare_calibration": 1, "materialize": 1, "score": 1, "prune": 2, "filter_prompts": 1, "selfgen": 1,
+    "recover": 4, "evaluate_dense": 4, "evaluate_pruned": 8, "evaluate_variant": 8, "aggregate": 1,
 }  # fmt: skip
 # The grid: 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant evaluations,
 # 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 built tasks (1 classification + 3 arithmetic
