@@ -178,7 +178,40 @@ def describe_source(source: dict[str, Any]) -> dict[str, Any]:
     return {"package": source["package"], "gguf": source["gguf"]}
 
 
+@contextlib.contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """Within the block, every `gguf.GGUFReader(path)` of one file returns one shared reader.
+
+    transformers parses a GGUF file afresh for the config (twice), the tokenizer and the weights, and our
+    completeness check once more: five parses at ~7 CPU-s each for SmolLM2-135M (its 49k-token vocabulary
+    is read field by field through numpy memmaps), ~35 of the default's 49-s materialize job on the
+    critical path. The reader only reads its memory map, so sharing it changes no byte loaded. transformers
+    imports `GGUFReader` from `gguf` inside each call, so replacing the module's name is seen by all of them.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared_reader(path: str | os.PathLike, mode: str = "r") -> Any:
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _load_gguf(gguf_path: Path, dtype: torch.dtype):
+    with gguf_parsed_once():
+        return _load_gguf_parsed_once(gguf_path, dtype)
+
+
+def _load_gguf_parsed_once(gguf_path: Path, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     check_gguf_complete(gguf_path)  # a cut file otherwise fails deep in the reader with no file named
