@@ -43,12 +43,13 @@ def canonical(name: str) -> str:
 
 
 def readme_gpu_install() -> tuple[str, list[str]]:
-    """(python version, pip arguments) of the README's GPU install block, as typed there."""
-    text = (REPO / "README.md").read_text()
+    """(python version, pip arguments) of the documented GPU install block (docs/studies.md, where the README's
+    front door sends a GPU user), as typed there."""
+    text = (REPO / "docs" / "studies.md").read_text()
     venv = re.search(r"^python(3\.\d+) -m venv (\S+)$", text, re.M)
-    assert venv, "README: the GPU environment's `python3.X -m venv` line"
+    assert venv, "docs/studies.md: the GPU environment's `python3.X -m venv` line"
     install = re.search(rf"^{re.escape(venv[2])}/bin/pip install (.+)$", text, re.M)
-    assert install, "README: the GPU environment's pip install line"
+    assert install, "docs/studies.md: the GPU environment's pip install line"
     return venv[1], shlex.split(install[1])
 
 

@@ -203,7 +203,7 @@ def test_paper_mini_plans_every_rule_of_the_paper_grid(tmp_path, mini_model):
     workdir, configfile, config = mini_study(tmp_path, mini_model)
     jobs = planned_jobs(workdir, "--configfile", configfile.name)
     assert jobs == expected_jobs(config)
-    assert sum(jobs.values()) == 150  # 180 before the three probes became probe-only (evaluate: false)
+    assert sum(jobs.values()) == 149  # 180 before the three probes became probe-only (evaluate: false)
     (workdir / "paper.yaml").write_text((REPO / "configs" / "paper.yaml").read_text())
     assert set(planned_jobs(workdir, "--configfile", "paper.yaml")) == set(jobs)
     # as on a cluster: the profile's executor and the config's resources, the same jobs
@@ -264,6 +264,17 @@ def test_paper_mini_runs_the_whole_dag(tmp_path, mini_model):
     assert_paper_mini_outcomes(workdir / "results" / config["study"], config)
 
 
+def study_or_shared(results: Path, relative: str) -> Path:
+    """A finished run's file: the study's own (results/<study>/<relative>), or the one shared by fingerprint
+    (results/shared/<kind>/<fingerprint>/<rest>: scores, pruned checkpoints, dense and unrecovered evaluations)."""
+    own = results / relative
+    if own.exists():
+        return own
+    kind, rest = relative.split("/", 1)
+    (shared,) = (results.parent / "shared" / kind).glob(f"*/{rest}")
+    return shared
+
+
 def assert_paper_mini_outcomes(results: Path, config: dict) -> None:
     """What a finished paper-mini run must hold (also usable on a run made by hand)."""
     methods, recoveries = config["scoring"]["methods"], config["recovery"]["methods"]
@@ -272,7 +283,7 @@ def assert_paper_mini_outcomes(results: Path, config: dict) -> None:
     (ratio,) = [f"{r:g}" for r in config["pruning"]["ratios"]]
 
     # iterative: one layer chosen by the generative probes, generated as their tasks are evaluated
-    iterative = json.loads((results / "scores" / MODEL / "iterative.json").read_text())
+    iterative = json.loads(study_or_shared(results, f"scores/{MODEL}/iterative.json").read_text())
     probes = config["scoring"]["iterative"]["probe_tasks"]
     assert list(iterative["probe_generation"]) == probes
     for generation in iterative["probe_generation"].values():
@@ -287,7 +298,7 @@ def assert_paper_mini_outcomes(results: Path, config: dict) -> None:
     assert sorted(retention) == [1, 2, 3]  # layer 0 is never a candidate
     best = max(retention, key=lambda layer: (retention[layer], layer))  # ties to the later layer
     assert iterative["removal_order"] == [round_one["chosen"]] == [best]
-    pruning = json.loads((results / "pruned" / MODEL / "iterative" / ratio / "pruning.json").read_text())
+    pruning = json.loads(study_or_shared(results, f"pruned/{MODEL}/iterative/{ratio}/pruning.json").read_text())
     assert pruning["removed_layers"] == [best]
 
     # qlora recoveries: every optimiser step of one epoch, merged into the unquantised base and
@@ -306,7 +317,7 @@ def assert_paper_mini_outcomes(results: Path, config: dict) -> None:
     variants = ["dense"] + [f"{m}/{ratio}/{r}" for m in methods for r in recoveries]
     for name, task in tasks.items():
         for variant in variants:
-            record = json.loads((results / "eval" / MODEL / variant / f"{name}.json").read_text())
+            record = json.loads(study_or_shared(results, f"eval/{MODEL}/{variant}/{name}.json").read_text())
             if "lm_eval_task" in task:
                 metric = task["lm_eval_metric"]
                 assert record["metric"] == {"acc": "accuracy", "acc_norm": "accuracy_norm"}[metric], name
@@ -315,8 +326,8 @@ def assert_paper_mini_outcomes(results: Path, config: dict) -> None:
             elif "file" in task:
                 assert record["n"] == expected_n(task), (name, variant)
                 assert (record["prompting"], record["sampling"]["top_k"]) == ("chat", 50), name
-            else:  # BIG-bench arithmetic: `limit` per subtask
-                assert record["n"] == task["limit"] * len(task["bigbench_task"]), name
+            else:  # the built arithmetic: `limit` per subtask
+                assert record["n"] == task["limit"] * len(task["builtin_task"]), name
             assert isinstance(record["value"], (int, float)) and 0 <= record["value"] <= 1, (name, variant)
     summary = (results / "report" / "summary.csv").read_text()
     report = (results / "report" / "report.md").read_text()

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 from test_retention import SETTINGS, dense, result, written
-from workflow_helpers import REPO, flag, shell_commands, snakemake, workflow_copy
+from workflow_helpers import REPO, flag, planned_paths, shell_commands, snakemake, workflow_copy
 
 from layerprune.aggregate import aggregate, recovery_records
 from layerprune.evaluate import training_seed
@@ -260,10 +260,9 @@ def test_two_seeds_through_a_real_tiny_run(tmp_path):
         assert json.loads((recovered / name / "training_args.json").read_text())["seed"] == seed
         evaluated = json.loads((results / "eval" / "tiny" / "bi" / "0.5" / name / "addition.json").read_text())
         assert evaluated["training_seed"] == seed and evaluated["recovery"] == "sgr"
-    assert (
-        json.loads((results / "eval" / "tiny" / "bi" / "0.5" / "none" / "addition.json").read_text())["training_seed"]
-        is None
-    )
+    # no recovery is evaluated once, shared by fingerprint (results/shared/eval/<fp>/...), with no training seed
+    (unrecovered,) = (workdir / "results" / "shared" / "eval").glob("*/tiny/bi/0.5/none/addition.json")
+    assert json.loads(unrecovered.read_text())["training_seed"] is None
     weights = [load_file(recovered / name / "model.safetensors") for name in ("sgr", "sgr-seed1")]
     assert any(not (weights[0][k] == weights[1][k]).all() for k in weights[0])  # two trainings, not one copied
     summary = pd.read_csv(results / "report" / "summary.csv")
@@ -308,6 +307,7 @@ def test_html_report_says_seed_variance_is_covered(tmp_path):
     del config["tasks"]["humaneval"]
     workdir = workflow_copy(tmp_path / "wf", config)
     (model,) = config["models"]
+    planned = planned_paths(workdir)  # the study's own files and the shared ones, where the plan wants them
     cells = [("dense", "none", None), ("reverse/0.25/none", "none", None)]
     cells += [("reverse/0.25/sgr", "sgr", 0), ("reverse/0.25/sgr-seed1", "sgr", 1)]
     for task, settings in config["tasks"].items():
@@ -316,10 +316,10 @@ def test_html_report_says_seed_variance_is_covered(tmp_path):
             value = 0.8 if method == "dense" else 0.5 + 0.1 * (seed or 0)
             entry = _result("mc", method, ratio, recovery, value, recovery == "none")
             entry.update(model=model, task=task, type=settings["type"], training_seed=seed)
-            write_json(workdir / f"results/default/eval/{model}/{where}/{task}.json", entry)
+            write_json(workdir / planned[f"eval/{model}/{where}/{task}.json"], entry)
     removal = {str(k): list(range(30 - k, 30)) for k in range(1, 30)}
     scores = {"method": "reverse", "num_layers": 30, "scores": list(range(30)), "removal": removal}
-    write_json(workdir / f"results/default/scores/{model}/reverse.json", scores)
+    write_json(workdir / planned[f"scores/{model}/reverse.json"], scores)
     for name, seed in (("sgr", 0), ("sgr-seed1", 1)):
         record = {"settings": {"seed": seed}, "loss_curve": [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 5)]}
         write_json(workdir / f"results/default/recovered/{model}/reverse/0.25/{name}/recovery.json", record)

@@ -122,7 +122,8 @@ def test_pipeline_through_slurm_matches_the_local_run(slurm_cluster, tiny_run, t
         "selfgen": 1,
         "recover": 1,
         "evaluate_dense": 2,
-        "evaluate_variant": 4,
+        "evaluate_pruned": 2,  # none: shared by fingerprint (results/shared/eval/)
+        "evaluate_variant": 2,  # sgr
     }
 
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))

@@ -91,7 +91,7 @@ def test_shared_files_are_keyed_by_their_settings(tmp_path):
     plural_evals = {
         path for path in mine | theirs if path.startswith("results/shared/eval/") and path.endswith("/plural.json")
     }
-    assert len(plural_evals) == 2 * 4 and len(mine & plural_evals) == 4  # dense + 3 ratios' none, per study
+    assert len(plural_evals) == 2 * 3 and len(mine & plural_evals) == 3  # dense + 2 ratios' none, per study
     assert mine - plural - plural_evals == theirs - plural - plural_evals
     kinds = {path.split("/")[2] for path in mine}
     # builtin: the built tasks; scores, pruned, filtered, eval: the jobs that depend on no recovery setting

@@ -16,6 +16,7 @@ from workflow_helpers import (
     flag,
     is_shared,
     planned_jobs,
+    planned_paths,
     run,
     settings_of,
     shared_file,
@@ -386,15 +387,16 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     del config["tasks"]["humaneval"]  # no code task: no error-bucket figure at all
     workdir = workflow_copy(tmp_path / "wf", config)
     (model,) = config["models"]
+    planned = planned_paths(workdir)  # the study's own files and the shared ones, where the plan wants them
     for task, settings in config["tasks"].items():
         for method, ratio, recovery in [("dense", 0.0, "none"), ("reverse", 0.25, "none"), ("reverse", 0.25, "sgr")]:
             result = _result("mc", method, ratio, recovery, 0.8 if method == "dense" else 0.5, recovery == "none")
             result.update(model=model, task=task, type=settings["type"])
             where = "dense" if method == "dense" else f"{method}/{ratio:g}/{recovery}"
-            write_json(workdir / f"results/default/eval/{model}/{where}/{task}.json", result)
+            write_json(workdir / planned[f"eval/{model}/{where}/{task}.json"], result)
     removal = {str(k): list(range(30 - k, 30)) for k in range(1, 30)}
     scores = {"method": "reverse", "num_layers": 30, "scores": list(range(30)), "removal": removal}
-    write_json(workdir / f"results/default/scores/{model}/reverse.json", scores)
+    write_json(workdir / planned[f"scores/{model}/reverse.json"], scores)
     losses = {"loss_curve": [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 9)], "eval_loss_curve": []}
     write_json(workdir / f"results/default/recovered/{model}/reverse/0.25/sgr/recovery.json", losses)
 

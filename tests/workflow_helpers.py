@@ -199,6 +199,22 @@ def shared_file(workdir: Path, kind: str, name: str = "") -> str:
     return found[0]
 
 
+def planned_paths(workdir: Path) -> dict[str, str]:
+    """Each output of the workflow's plan, keyed by its path after the study or shared fingerprint folder
+    (`eval/<model>/dense/<task>.json`, `scores/<model>/<method>.json`, ...): where a fixture result must lie for the
+    plan to find it, whether the job is the study's own or shared (results/shared/<kind>/<fingerprint>/)."""
+    output = snakemake(workdir, "-n", "--cores", "1").stdout
+    paths = [path.strip() for line in re.findall(r"^\s+output: (.*)$", output, flags=re.M) for path in line.split(",")]
+    keyed = {}
+    for path in paths:
+        parts = Path(path).parts
+        if parts[:2] == ("results", "shared"):
+            keyed[str(Path(parts[2], *parts[4:]))] = path
+        elif parts[:1] == ("results",):
+            keyed[str(Path(*parts[2:]))] = path
+    return keyed
+
+
 def shell_commands(output: str, stage: str) -> list[list[str]]:
     """The `layerprune <stage>` commands a `snakemake -n -p` printed, each split as the shell would
     (the job's redirection of its output to its log left out)."""
