@@ -425,7 +425,9 @@ def study_benchmark_sources():
     counts these only where this study's run made them: layerprune.cli.ran_by)."""
     folders = [f"benchmarks/{rule_name}/{STUDY}" for rule_name in STUDY_BENCHMARKED_RULES]
     models = [f"benchmarks/materialize/{fingerprint(model_source_json(model))}/{model}.tsv" for model in MODELS]
-    return folders + models + shared_benchmarks()
+    # sorted: a params list must not depend on the order the config declares its tasks in (a study re-written with
+    # sorted keys would otherwise re-run aggregate)
+    return folders + models + sorted(set(shared_benchmarks()))
 
 
 def shared_benchmarks():
