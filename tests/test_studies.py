@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from workflow_helpers import (
     VARIANT_JOBS,
     copy_run,
     is_shared,
+    outputs_of_dry_run,
     planned_jobs,
     shell_commands,
     snakemake,
@@ -35,11 +35,6 @@ MINI = REPO / "tests" / "fixtures" / "paper_mini"
 def csv_column(path: Path, column: str) -> list[str]:
     with path.open(newline="") as handle:
         return [row[column] for row in csv.DictReader(handle)]
-
-
-def outputs_of_dry_run(output: str) -> list[str]:
-    """Every output path a `snakemake -n` plan lists."""
-    return [path.strip() for line in re.findall(r"^\s+output: (.*)$", output, flags=re.M) for path in line.split(",")]
 
 
 @pytest.mark.slow  # seven dry runs: 199 s measured on the loaded 2-core machine

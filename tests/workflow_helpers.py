@@ -199,14 +199,17 @@ def shared_file(workdir: Path, kind: str, name: str = "") -> str:
     return found[0]
 
 
+def outputs_of_dry_run(output: str) -> list[str]:
+    """Every output path a `snakemake -n` plan lists."""
+    return [path.strip() for line in re.findall(r"^\s+output: (.*)$", output, flags=re.M) for path in line.split(",")]
+
+
 def planned_paths(workdir: Path) -> dict[str, str]:
     """Each output of the workflow's plan, keyed by its path after the study or shared fingerprint folder
     (`eval/<model>/dense/<task>.json`, `scores/<model>/<method>.json`, ...): where a fixture result must lie for the
     plan to find it, whether the job is the study's own or shared (results/shared/<kind>/<fingerprint>/)."""
-    output = snakemake(workdir, "-n", "--cores", "1").stdout
-    paths = [path.strip() for line in re.findall(r"^\s+output: (.*)$", output, flags=re.M) for path in line.split(",")]
     keyed = {}
-    for path in paths:
+    for path in outputs_of_dry_run(snakemake(workdir, "-n", "--cores", "1").stdout):
         parts = Path(path).parts
         if parts[:2] == ("results", "shared"):
             keyed[str(Path(parts[2], *parts[4:]))] = path
