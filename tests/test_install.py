@@ -51,16 +51,17 @@ def test_the_wheel_holds_the_schema_and_the_cli_runs_from_it(installed, tmp_path
     assert result.returncode == 0 and "kd_onpolicy" in result.stdout, result.stderr
 
 
-def test_the_installed_package_loads_its_schema_away_from_the_checkout(installed, tmp_path):
+def test_the_installed_package_loads_its_schema_and_task_names_away_from_the_checkout(installed, tmp_path):
     site, env = installed
     shutil.copy(REPO / "config.yaml", tmp_path / "study.yaml")
     code = (
         "import json, layerprune, layerprune.settings as s\n"
+        "from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS\n"
         "schema = s.load_schema()\n"
         "recover = s.study_settings(s.RecoverySettings, 'study.yaml')\n"
         "print(json.dumps({'package': layerprune.__file__, 'schema': str(s.SCHEMA_FILE),\n"
         "  'methods': schema['properties']['recovery']['properties']['methods']['items']['enum'],\n"
-        "  'lora_r': recover['lora_r']}))\n"
+        "  'lora_r': recover['lora_r'], 'bigbench_json_tasks': len(BIGBENCH_JSON_TASKS)}))\n"
     )
     result = run_installed(site, env, sys.executable, "-c", code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -71,6 +72,7 @@ def test_the_installed_package_loads_its_schema_away_from_the_checkout(installed
 
     assert found["methods"] == list(RECOVERIES)
     assert found["lora_r"] == study_settings(RecoverySettings, REPO / "config.yaml")["lora_r"]
+    assert found["bigbench_json_tasks"] == 1041  # the plan check's task names, package data
 
 
 def test_the_workflow_schema_is_the_package_schema():

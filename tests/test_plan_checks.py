@@ -174,14 +174,16 @@ def test_bigbench_suggestions_and_programmatic_tasks():
 
 
 def test_the_task_name_list_is_written_from_an_sdists_file_list(tmp_path):
-    """layerprune/bigbench_tasks.py was generated from the real sdist (which the index no longer serves);
-    its generator, on a small sdist of the same layout: json tasks (subtasks too) and task.py-only ones."""
-    import importlib.util
+    """layerprune/bigbench_tasks.json was written from the real sdist (which the index no longer serves);
+    its generator, run as documented, on a small sdist of the same layout: json tasks (subtasks too) and
+    task.py-only ones."""
+    import subprocess
+    import sys
     import tarfile
 
     from bigbench_sdist import make_sdist
 
-    from layerprune.checks import write_task_names
+    from layerprune.bigbench_tasks import read_task_names
     from layerprune.data import BIGBENCH_TASK_ROOT
 
     sdist = make_sdist(tmp_path / "bigbench-1.0.0.tar.gz", {"mc": {"examples": []}, "arith/add": {"examples": []}})
@@ -191,13 +193,13 @@ def test_the_task_name_list_is_written_from_an_sdists_file_list(tmp_path):
             target.addfile(member, source.extractfile(member))
         info = tarfile.TarInfo(BIGBENCH_TASK_ROOT + "codenames/task.py")
         target.addfile(info, None)
-    out = tmp_path / "names.py"
-    write_task_names(program_only, out)
-    spec = importlib.util.spec_from_file_location("names", out)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert sorted(module.BIGBENCH_JSON_TASKS) == ["arith/add", "mc"]
-    assert sorted(module.BIGBENCH_PROGRAMMATIC_TASKS) == ["codenames"]
+    out = tmp_path / "names.json"
+    command = [sys.executable, "-m", "layerprune.bigbench_tasks", str(program_only), "--out", str(out)]
+    subprocess.run(command, check=True)
+    json_tasks, programmatic_tasks = read_task_names(out)
+    assert sorted(json_tasks) == ["arith/add", "mc"]
+    assert sorted(programmatic_tasks) == ["codenames"]
+    assert not list(tmp_path.glob(".names.json.tmp"))
 
 
 def test_the_shipped_task_names_are_bigbench_1_0_0s():

@@ -23,7 +23,6 @@ architecture check imports transformers (seconds), and its verdict is cached und
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import hashlib
 import importlib.metadata
@@ -33,7 +32,6 @@ import math
 import os
 import re
 import struct
-import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -49,7 +47,6 @@ from layerprune.registry import RECOVERIES
 # significant digits), as report and aggregate print them.
 RATIO_WILDCARD = r"0\.[0-9]+"
 ARCHITECTURE_CACHE = Path(".snakemake") / "layerprune" / "architecture-checks.json"
-TASK_NAMES_MODULE = Path(__file__).with_name("bigbench_tasks.py")
 
 
 class ConfigError(ValueError):
@@ -610,51 +607,6 @@ def _tokenizer_problems(key: str, directory: Path) -> list[str]:
     """A local checkpoint without a tokenizer: named now, not in materialize's traceback."""
     problem = tokenizer_problem(directory)
     return [f"{key}: '{directory}' has no tokenizer ({problem})"] if problem else []
-
-
-# --------------------------------------------------------------------------- the task-name list
-
-
-def write_task_names(sdist: str | Path, out: Path = TASK_NAMES_MODULE) -> None:
-    """Write layerprune/bigbench_tasks.py from the sdist's file list (the sdist is pinned, so this is run once)."""
-    from layerprune.data import BIGBENCH_SDIST, bigbench_sdist_task_names
-
-    names = bigbench_sdist_task_names(sdist)
-    lines = [
-        f'"""The task names of {BIGBENCH_SDIST} (the sdist layerprune.data pins by sha256), for plan-time checks.',
-        "",
-        "Generated from the sdist's file list by `python -m layerprune.checks --write-bigbench-tasks SDIST`;",
-        "tests/test_plan_checks.py checks it against the sdist. Reading the 358 MB sdist takes seconds, this none.",
-        '"""',
-        "",
-        "# tasks with a task.json (subtasks as task/subtask): what layerprune.data.extract_bigbench_task reads",
-        "BIGBENCH_JSON_TASKS = frozenset(",
-        "    {",
-        *[f'        "{name}",' for name in names["json"]],
-        "    }",
-        ")",
-        "# tasks with only a task.py: programmatic, not readable here",
-        "BIGBENCH_PROGRAMMATIC_TASKS = frozenset(",
-        "    {",
-        *[f'        "{name}",' for name in names["programmatic"]],
-        "    }",
-        ")",
-    ]
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Regenerate layerprune/bigbench_tasks.py from the bigbench sdist.")
-    parser.add_argument("--write-bigbench-tasks", metavar="SDIST", type=Path, required=True)
-    args = parser.parse_args(argv)
-    write_task_names(args.write_bigbench_tasks)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 # --------------------------------------------------------------------------- local paths (plan time)
