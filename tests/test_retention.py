@@ -17,6 +17,7 @@ import pytest
 from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
 
 from layerprune.aggregate import aggregate
+from layerprune.chance import task_chance
 from layerprune.io import write_json
 from layerprune.report import findings_table, lowest_ratio_lines, time_table
 from layerprune.retention import (
@@ -33,7 +34,6 @@ from layerprune.retention import (
     recovery_by_ratio,
     resample_weights,
     retention,
-    task_chance,
     verdict,
 )
 from layerprune.usage import USAGE_PREFIX, log_of_benchmark, read_usage

@@ -76,7 +76,7 @@ def _apply_task_chance(result: dict, given: float | None, path: str | Path) -> N
 
 
 def _slim(result: dict) -> dict:
-    from layerprune.retention import choice_count
+    from layerprune.chance import choice_count
 
     keep = SAMPLE_FIELDS + (("output",) if result.get("type") == "generative" else ())
     samples = []

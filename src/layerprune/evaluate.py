@@ -371,7 +371,7 @@ def evaluate_checkpoint(
     generative evaluation saves its finished batches beside `out_path` (`GenerationPartial`) and,
     re-run after a kill with the same model, task and settings, generates only what is missing.
     """
-    from layerprune.retention import task_chance
+    from layerprune.chance import task_chance
 
     options = EvaluationSettings.build(settings, **overrides)
     batch_size, seed, dtype, backend = options.batch_size, options.seed, options.dtype, options.backend
