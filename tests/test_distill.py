@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import RECOVER_SETTINGS, make_tiny_checkpoint
+from helpers.models import make_tiny_checkpoint
+from helpers.training import RECOVER_SETTINGS
 from test_recover import CHAT_TEMPLATE, VENV_BIN, _cli_settings, _env, prompt_records, weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -175,7 +176,7 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
     process = subprocess.Popen(
         _kd_cli(student, teacher, data, out, 4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    from workflow_helpers import kill_at_first_checkpoint
+    from helpers.workflow import kill_at_first_checkpoint
 
     killed_after = kill_at_first_checkpoint(process, work)
     assert killed_after is not None and process.returncode == -signal.SIGKILL
@@ -198,8 +199,7 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
 
 def test_kd_jobs_get_the_dense_teacher_and_the_sgr_data(tmp_path):
     """Dry run: each kd job reads the selfgen pairs and the dense checkpoint; sgr's settings carry no kd key."""
-    from test_workflow import GRID
-    from workflow_helpers import (
+    from helpers.workflow import (
         FINGERPRINT,
         TINY_STUDY,
         flag,
@@ -209,6 +209,7 @@ def test_kd_jobs_get_the_dense_teacher_and_the_sgr_data(tmp_path):
         snakemake,
         workflow_copy,
     )
+    from test_workflow import GRID
 
     config = json.loads(json.dumps(GRID))
     config["recovery"]["methods"] = ["none", "sgr", "kd", "kd_onpolicy"]
@@ -245,7 +246,7 @@ def test_kd_runs_through_the_dag_into_the_findings(tiny_run, tmp_path):
     """Add kd to the finished tiny run: only the kd branch runs, and the report's findings get kd − sgr."""
     import pandas as pd
     import yaml
-    from workflow_helpers import TINY_STUDY, copy_run, planned_jobs, snakemake
+    from helpers.workflow import TINY_STUDY, copy_run, planned_jobs, snakemake
 
     source, config = tiny_run
     workdir = copy_run(source, tmp_path / "run")

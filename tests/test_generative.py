@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_checkpoint
+from helpers.models import CORPUS, make_tiny_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.generative import Sampling, evaluate_generative, shared_prefix_length

@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_checkpoint, make_tiny_model, make_tokenizer
+from helpers.models import CORPUS, make_tiny_checkpoint, make_tiny_model, make_tokenizer
 
 from layerprune.evaluate import evaluate_generative, normalise_answer
 from layerprune.io import read_json, write_json

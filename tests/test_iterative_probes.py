@@ -13,8 +13,7 @@ import copy
 
 import pytest
 import test_iterative as base
-from conftest import make_tiny_model, make_tokenizer
-from test_pipeline import CHAT_TEMPLATE
+from helpers.models import CHAT_TEMPLATE, make_tiny_model, make_tokenizer
 
 from layerprune.generative import Sampling, evaluate_generative
 from layerprune.io import write_json

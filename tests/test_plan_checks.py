@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_config, make_tokenizer
-from workflow_helpers import REPO, planned_jobs, snakemake, workflow_copy
+from helpers.models import make_config, make_tokenizer
+from helpers.workflow import REPO, planned_jobs, snakemake, workflow_copy
 
 from layerprune import checks
 from layerprune.checks import (
@@ -394,9 +394,9 @@ def test_paper_prune_jobs_request_no_gpu():
 
 
 def mistyped_study(workdir: Path) -> Path:
-    """A study of one's own (workflow_helpers.local_config) with three mistyped local paths, one mistake of
+    """A study of one's own (helpers.workflow.local_config) with three mistyped local paths, one mistake of
     another kind, and the files it meant beside it: my-study.yaml in `workdir`."""
-    from workflow_helpers import local_config, write_local_data
+    from helpers.workflow import local_config, write_local_data
 
     write_local_data(workdir)
     (workdir / "data" / "calib.txt").write_text("one text\nanother text\n")
@@ -514,7 +514,7 @@ def test_calibration_from_a_local_text_file(tmp_path, suffix):
 
 
 def test_warmup_at_least_max_steps_is_a_plan_time_warning(tmp_path):
-    from workflow_helpers import local_config, write_local_data
+    from helpers.workflow import local_config, write_local_data
 
     from layerprune.validation import validate_study
 

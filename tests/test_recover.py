@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, RECOVER_SETTINGS, make_tiny_checkpoint
+from helpers.models import CORPUS, make_tiny_checkpoint
+from helpers.training import RECOVER_SETTINGS
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -503,7 +504,7 @@ def test_killed_training_resumes_from_its_checkpoint(base, tmp_path):
     process = subprocess.Popen(
         _recover_cli(base, data, out, save_steps=4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    from workflow_helpers import kill_at_first_checkpoint
+    from helpers.workflow import kill_at_first_checkpoint
 
     killed_after = kill_at_first_checkpoint(process, work)
     assert killed_after is not None, "the run finished (or stalled) before a checkpoint could be caught"

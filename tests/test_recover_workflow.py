@@ -8,12 +8,8 @@ import json
 import datasets
 import pytest
 import yaml
-from conftest import make_tiny_checkpoint
-from test_pipeline import CHAT_TEMPLATE, tiny_config
-from test_workflow import GRID as DEFAULT
-from test_workflow import GRID_JOBS
-from transformers import AutoTokenizer
-from workflow_helpers import (
+from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+from helpers.workflow import (
     REPO,
     TINY_STUDY,
     flag,
@@ -23,8 +19,12 @@ from workflow_helpers import (
     shared_file,
     shell_commands,
     snakemake,
+    tiny_config,
     workflow_copy,
 )
+from test_workflow import GRID as DEFAULT
+from test_workflow import GRID_JOBS
+from transformers import AutoTokenizer
 
 from layerprune.heal import prepare_heal_text
 from layerprune.io import read_jsonl

@@ -413,7 +413,7 @@ def test_a_full_tmpdir_stops_the_job_naming_the_cause_and_grades_nothing(full_tm
 
 def test_a_code_result_records_the_preflights_isolation_when_no_sample_reached_the_sandbox(tmp_path):
     import torch
-    from conftest import make_tiny_checkpoint
+    from helpers.models import make_tiny_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from layerprune.generative import evaluate_generative

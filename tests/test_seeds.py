@@ -13,8 +13,8 @@ import re
 import pandas as pd
 import pytest
 import yaml
+from helpers.workflow import REPO, flag, planned_paths, shell_commands, snakemake, workflow_copy
 from test_retention import SETTINGS, dense, result, written
-from workflow_helpers import REPO, flag, planned_paths, shell_commands, snakemake, workflow_copy
 
 from layerprune.aggregate import aggregate, recovery_records
 from layerprune.evaluate import training_seed
@@ -238,10 +238,10 @@ def test_not_tested_stays_not_tested_with_seeds():
 @pytest.mark.slow  # a real tiny run: 2 LoRA trainings and 4 evaluations
 def test_two_seeds_through_a_real_tiny_run(tmp_path):
     """Each seed trains its own checkpoint (TRL gets the seed), each evaluation records it, the report pools them."""
-    from conftest import make_tiny_checkpoint
+    from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.workflow import TINY_STUDY, tiny_config
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
-    from workflow_helpers import CHAT_TEMPLATE, TINY_STUDY, tiny_config
 
     model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -273,7 +273,7 @@ def test_two_seeds_through_a_real_tiny_run(tmp_path):
 @pytest.mark.slow  # dry runs against the session's one real tiny run
 def test_adding_a_seed_to_a_finished_run_trains_only_that_seed(tiny_run, tmp_path):
     """The study's own seed keeps its folders and settings: listing it plans nothing, adding one trains only it."""
-    from workflow_helpers import planned_jobs
+    from helpers.workflow import planned_jobs
 
     workdir, config = tiny_run
     same = copy.deepcopy(config)

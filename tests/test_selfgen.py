@@ -1,6 +1,6 @@
 """Self-generated responses: prompt sources, token filter, backends, resumption, counts, Magpie.
 
-Everything runs a real tiny random Llama (conftest) through the real generation
+Everything runs a real tiny random Llama (helpers.models) through the real generation
 code; the only special model is one whose EOS row is raised so that a random
 network ends some answers early and leaves others unfinished.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import CORPUS, EOS_ID, FAMILIES, make_tiny_checkpoint
+from helpers.models import CORPUS, EOS_ID, FAMILIES, make_tiny_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.data import filter_prompt_set, prepare_prompt_set, prompt_token_ids

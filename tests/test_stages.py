@@ -1,6 +1,6 @@
 """Model stages on a tiny random Llama: selfgen, recover, evaluate, and the CLI.
 
-The conftest tokenizer is word-level and has no chat template; a minimal one is
+The tests' tokenizer (helpers.models) is word-level and has no chat template; a minimal one is
 added to the checkpoint, and every prompt is made of CORPUS words so that the
 tokens are real ones rather than <unk>.
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, RECOVER_SETTINGS, UNK_ID, make_tiny_checkpoint
+from helpers.models import CORPUS, UNK_ID, make_tiny_checkpoint
+from helpers.training import RECOVER_SETTINGS
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import (
+from helpers.workflow import (
     BIN,
     REPO,
     flag,
