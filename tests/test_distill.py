@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.models import make_tiny_checkpoint
+from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
 from helpers.training import RECOVER_SETTINGS
-from test_recover import CHAT_TEMPLATE, VENV_BIN, _cli_settings, _env, prompt_records, weights
+from test_recover import VENV_BIN, _cli_settings, _env, prompt_records, weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.io import read_json, write_jsonl
@@ -31,10 +31,8 @@ SETTINGS = {**RECOVER_SETTINGS, "precision": "fp32"}
 def pair(tmp_path_factory) -> tuple[Path, Path]:
     """(teacher, student): a tiny dense checkpoint and the same with its layer 2 removed."""
     root = tmp_path_factory.mktemp("kd")
-    teacher = make_tiny_checkpoint(root / "dense", family="llama", num_layers=4)
+    teacher = make_tiny_checkpoint(root / "dense", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(teacher)
     model = AutoModelForCausalLM.from_pretrained(teacher)
     remove_layers(model, [2])
     model.save_pretrained(root / "pruned")

@@ -399,13 +399,9 @@ def own_origin(tmp_path_factory):
     `dvc repro`, `dvc push`."""
     from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
     from helpers.workflow import local_config, workflow_copy, write_local_data
-    from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("own")
-    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     repo = workflow_copy(root / "origin")  # config.yaml: the repository's default, which nobody runs here
     write_local_data(repo)
     mine = local_config(model_dir, "my-study")

@@ -224,17 +224,13 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launcher, tmp_p
     Only the order of float32 sums differs, so weights and losses agree to 1e-5 after
     3 Adam steps, while one step changes the LoRA weights by ~1e-2 (lr).
     """
-    from helpers.models import make_tiny_checkpoint
+    from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
     from safetensors.torch import load_file
-    from test_recover import CHAT_TEMPLATE, prompt_records
-    from transformers import AutoTokenizer
+    from test_recover import prompt_records
 
     from layerprune.io import read_json, write_jsonl
 
-    base = make_tiny_checkpoint(tmp_path / "base", family="llama", num_layers=2)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(base)
+    base = make_tiny_checkpoint(tmp_path / "base", family="llama", num_layers=2, chat_template=CHAT_TEMPLATE)
     data = tmp_path / "train.jsonl"
     write_jsonl(data, prompt_records(16))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.models import CORPUS, make_tiny_checkpoint
+from helpers.models import CHAT_TEMPLATE, CORPUS, make_tiny_checkpoint
 from helpers.training import RECOVER_SETTINGS
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -29,9 +29,6 @@ from layerprune.recover import (
     resolve_precision,
 )
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
-)
 WORDS = " ".join(CORPUS).split()
 VENV_BIN = Path(sys.executable).parent
 
@@ -66,11 +63,7 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("base")
-    model_dir = make_tiny_checkpoint(root / "model", family="llama", num_layers=2)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
+    return make_tiny_checkpoint(root / "model", family="llama", num_layers=2, chat_template=CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="module")

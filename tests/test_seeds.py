@@ -241,12 +241,8 @@ def test_two_seeds_through_a_real_tiny_run(tmp_path):
     from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
     from helpers.workflow import TINY_STUDY, tiny_config
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
 
-    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     config = tiny_config(model_dir)
     config["pruning"]["ratios"] = [0.5]
     config["recovery"].update(methods=["none", "sgr"], seeds=[0, 1])

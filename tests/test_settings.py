@@ -196,15 +196,11 @@ def test_lora_target_modules_reaches_peft(tmp_path, single_thread):
     from helpers.training import RECOVER_SETTINGS
     from safetensors.torch import load_file
     from test_stages import prompt_records
-    from transformers import AutoTokenizer
 
     from layerprune.io import write_jsonl
     from layerprune.recover import recover_checkpoint
 
-    base = make_tiny_checkpoint(tmp_path / "base", num_layers=2)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(base)
+    base = make_tiny_checkpoint(tmp_path / "base", num_layers=2, chat_template=CHAT_TEMPLATE)
     write_jsonl(tmp_path / "train.jsonl", prompt_records(4))
     options = RecoverySettings.build(
         **{**RECOVER_SETTINGS, "max_steps": 2, "lora_target_modules": ["q_proj", "v_proj"]}

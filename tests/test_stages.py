@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.models import CORPUS, UNK_ID, make_tiny_checkpoint
+from helpers.models import CHAT_TEMPLATE, CORPUS, UNK_ID, make_tiny_checkpoint
 from helpers.training import RECOVER_SETTINGS
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -31,9 +31,6 @@ from layerprune.selfgen import self_generate
 from layerprune.settings import EvaluationSettings
 
 NUM_LAYERS = 4
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
-)
 WORDS = " ".join(CORPUS).split()
 SYSTEM_PROMPT = "hello world"
 VENV_BIN = Path(sys.executable).parent
@@ -77,11 +74,8 @@ def single_torch_thread():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("dense") / "m", family="llama", num_layers=NUM_LAYERS)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    return path
+    dense = tmp_path_factory.mktemp("dense") / "m"
+    return make_tiny_checkpoint(dense, family="llama", num_layers=NUM_LAYERS, chat_template=CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="module")

@@ -213,12 +213,8 @@ def test_a_second_study_that_varies_one_setting_runs_only_what_depends_on_it(tmp
     then lists only the stages it ran."""
     from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
     from helpers.workflow import local_config, write_local_data
-    from transformers import AutoTokenizer
 
-    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     workdir = workflow_copy(tmp_path / "wf")
     write_local_data(workdir)
     mine = local_config(model_dir, "my-study")
