@@ -197,6 +197,7 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
 
 def test_kd_jobs_get_the_dense_teacher_and_the_sgr_data(tmp_path):
     """Dry run: each kd job reads the selfgen pairs and the dense checkpoint; sgr's settings carry no kd key."""
+    from helpers.plans import GRID
     from helpers.workflow import (
         FINGERPRINT,
         TINY_STUDY,
@@ -207,7 +208,6 @@ def test_kd_jobs_get_the_dense_teacher_and_the_sgr_data(tmp_path):
         snakemake,
         workflow_copy,
     )
-    from test_workflow import GRID
 
     config = json.loads(json.dumps(GRID))
     config["recovery"]["methods"] = ["none", "sgr", "kd", "kd_onpolicy"]

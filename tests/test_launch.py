@@ -141,8 +141,8 @@ def recover_commands(workdir, target: str) -> list[str]:
 
 def test_recover_rule_runs_through_the_launcher_its_resources_ask_for(tmp_path):
     """A dry run prints the exact shell command Snakemake would run for a 2-GPU recover job."""
+    from helpers.plans import checkpoint_config
     from helpers.workflow import tiny_config
-    from test_plan_checks import checkpoint_config
 
     # a dry run reads the model's config.json only (plan-time checks: architecture, depth)
     config = tiny_config(checkpoint_config(tmp_path / "tiny-model", "llama", num_layers=4))

@@ -9,6 +9,8 @@ import datasets
 import pytest
 import yaml
 from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+from helpers.plans import GRID as DEFAULT
+from helpers.plans import GRID_JOBS
 from helpers.workflow import (
     REPO,
     TINY_STUDY,
@@ -22,8 +24,6 @@ from helpers.workflow import (
     tiny_config,
     workflow_copy,
 )
-from test_workflow import GRID as DEFAULT
-from test_workflow import GRID_JOBS
 
 from layerprune.heal import prepare_heal_text
 from layerprune.io import read_jsonl

@@ -292,8 +292,8 @@ def test_adding_a_seed_to_a_finished_run_trains_only_that_seed(tiny_run, tmp_pat
 @pytest.mark.slow  # the real aggregate rule and `snakemake --report` on fixture results: ~20 s
 def test_html_report_says_seed_variance_is_covered(tmp_path):
     """The HTML report's captions follow recovery.seeds as report.md's follow the results' seeds."""
+    from helpers.plans import GRID
     from test_report import _result
-    from test_workflow import GRID
 
     config = copy.deepcopy(GRID)
     config["scoring"]["methods"] = ["reverse"]

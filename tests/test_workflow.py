@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers.plans import DEFAULT_JOBS, GRID, GRID_JOBS
 from helpers.workflow import (
     BIN,
     REPO,
@@ -25,31 +25,6 @@ from helpers.workflow import (
     snakemake,
     workflow_copy,
 )
-
-DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
-# The DAG's arithmetic is tested on a fixed grid (the default before issue 12), not on the embedded
-# default, so the literal job tables below do not change whenever the default does.
-GRID = yaml.safe_load((REPO / "tests" / "fixtures" / "grid_config.yaml").read_text())
-
-
-# What each config plans, counted by hand from the grid (not by re-deriving the DAG).
-# The embedded default: 1 model x 1 method (bi) x 2 ratios x (4 tasks without recovery (evaluate_pruned) +
-# 2 trained recoveries x 2 generative tasks (evaluate_variant)) = 8 + 8 evaluations, 2 x 2 trained
-# recoveries = 4 recover jobs, 12 tasks the project builds (country_continent, country_capital_choice,
-# 3 arithmetic probe ops, plural, 1 calibration, 5 prompt tasks); nothing from BIG-bench.
-DEFAULT_JOBS = {
-    "all": 1, "build_task": 12, "prepare_task": 4, "prepare_prompts": 1,
-    "prepare_calibration": 1, "materialize": 1, "score": 1, "prune": 2, "filter_prompts": 1, "selfgen": 1,
-    "recover": 4, "evaluate_dense": 4, "evaluate_pruned": 8, "evaluate_variant": 8, "aggregate": 1,
-}  # fmt: skip
-# The grid: 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant evaluations,
-# 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 built tasks (1 classification + 3 arithmetic
-# probe ops + 8 multidigit + plural + country_capital, 1 calibration, 4 prompt tasks).
-GRID_JOBS = {
-    "all": 1, "build_task": 19, "prepare_task": 6, "prepare_prompts": 1,
-    "prepare_calibration": 1, "materialize": 1, "score": 2, "prune": 6, "filter_prompts": 1, "selfgen": 1,
-    "recover": 12, "evaluate_dense": 6, "evaluate_pruned": 36, "evaluate_variant": 72, "aggregate": 1,
-}  # fmt: skip
 
 
 def test_default_dry_run_lists_exactly_the_expected_jobs(tmp_path):
