@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
-from helpers.training import RECOVER_SETTINGS
-from test_recover import VENV_BIN, _cli_settings, _env, prompt_records, weights
+from helpers.records import prompt_records
+from helpers.training import RECOVER_SETTINGS, VENV_BIN, cli_env, cli_settings, weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.io import read_json, write_jsonl
@@ -130,7 +130,7 @@ def test_distillation_needs_a_teacher_and_sft_takes_none(pair, tmp_path):
         + ["--recovery", "sgr", "--divergence", "jsd"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=cli_env(),
     )
     assert done.returncode != 0 and "--divergence apply to kd and kd_onpolicy only" in done.stderr
 
@@ -156,7 +156,7 @@ def _kd_cli(student: Path, teacher: Path, data: Path, out: Path, save_steps: int
         str(save_steps),
         "--threads",
         "1",
-        *_cli_settings(RESUME_SETTINGS),
+        *cli_settings(RESUME_SETTINGS),
     ]
 
 
@@ -167,12 +167,12 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
     data = tmp_path / "train.jsonl"
     write_jsonl(data, prompt_records(32))
     reference = tmp_path / "reference" / "kd"
-    subprocess.run(_kd_cli(student, teacher, data, reference, 100), check=True, env=_env(), capture_output=True)
+    subprocess.run(_kd_cli(student, teacher, data, reference, 100), check=True, env=cli_env(), capture_output=True)
 
     out = tmp_path / "resumed" / "kd"
     work = out.parent / "kd.work"
     process = subprocess.Popen(
-        _kd_cli(student, teacher, data, out, 4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _kd_cli(student, teacher, data, out, 4), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     from helpers.workflow import kill_at_first_checkpoint
 
@@ -180,7 +180,7 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
     assert killed_after is not None and process.returncode == -signal.SIGKILL
     assert 0 < killed_after < RESUME_SETTINGS["max_steps"] and not out.exists()
 
-    result = subprocess.run(_kd_cli(student, teacher, data, out, 4), env=_env(), capture_output=True, text=True)
+    result = subprocess.run(_kd_cli(student, teacher, data, out, 4), env=cli_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_json(out / "recovery.json")
     assert record["resumed_from_step"] >= killed_after > 0 and "resuming from" in result.stdout

@@ -225,8 +225,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launcher, tmp_p
     3 Adam steps, while one step changes the LoRA weights by ~1e-2 (lr).
     """
     from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.records import prompt_records
     from safetensors.torch import load_file
-    from test_recover import prompt_records
 
     from layerprune.io import read_json, write_jsonl
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from helpers.models import CHAT_TEMPLATE, CORPUS, EOS_ID, FAMILIES, make_tiny_checkpoint
+from helpers.models import CHAT_TEMPLATE, EOS_ID, FAMILIES, make_tiny_checkpoint
+from helpers.records import phrase
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.data import filter_prompt_set, prepare_prompt_set, prompt_token_ids
@@ -32,12 +33,7 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-WORDS = " ".join(CORPUS).split()
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def phrase(start: int, length: int) -> str:
-    return " ".join(WORDS[(start + i) % len(WORDS)] for i in range(length))
 
 
 def prompt_records(count: int) -> list[dict]:

@@ -193,15 +193,15 @@ def test_lora_target_modules_reaches_peft(tmp_path, single_thread):
     """The setting added as the proof of 'one place': LoRA on q_proj and v_proj changes only those weights."""
     import torch
     from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.records import sourced_prompt_records
     from helpers.training import RECOVER_SETTINGS
     from safetensors.torch import load_file
-    from test_stages import prompt_records
 
     from layerprune.io import write_jsonl
     from layerprune.recover import recover_checkpoint
 
     base = make_tiny_checkpoint(tmp_path / "base", num_layers=2, chat_template=CHAT_TEMPLATE)
-    write_jsonl(tmp_path / "train.jsonl", prompt_records(4))
+    write_jsonl(tmp_path / "train.jsonl", sourced_prompt_records(4))
     options = RecoverySettings.build(
         **{**RECOVER_SETTINGS, "max_steps": 2, "lora_target_modules": ["q_proj", "v_proj"]}
     )

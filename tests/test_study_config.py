@@ -16,8 +16,8 @@ import sys
 import pytest
 import yaml
 from helpers.models import make_tiny_checkpoint
+from helpers.records import generative_task
 from helpers.workflow import REPO, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
-from test_stages import generative_task
 
 from layerprune import settings as settings_module
 from layerprune.checks import ConfigError
