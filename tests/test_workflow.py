@@ -350,7 +350,7 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     real aggregate rule runs (`--allowed-rules`), as it would at the end of a finished run.
     """
     import pandas as pd
-    from test_report import _result
+    from helpers.report_grid import sampled_result
 
     from layerprune.io import write_json
 
@@ -365,7 +365,9 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     planned = planned_paths(workdir)  # the study's own files and the shared ones, where the plan wants them
     for task, settings in config["tasks"].items():
         for method, ratio, recovery in [("dense", 0.0, "none"), ("reverse", 0.25, "none"), ("reverse", 0.25, "sgr")]:
-            result = _result("mc", method, ratio, recovery, 0.8 if method == "dense" else 0.5, recovery == "none")
+            result = sampled_result(
+                "mc", method, ratio, recovery, 0.8 if method == "dense" else 0.5, recovery == "none"
+            )
             result.update(model=model, task=task, type=settings["type"])
             where = "dense" if method == "dense" else f"{method}/{ratio:g}/{recovery}"
             write_json(workdir / planned[f"eval/{model}/{where}/{task}.json"], result)
