@@ -8,6 +8,7 @@ Test modules import from here, never from one another: ``from helpers.models imp
 - plans: configs and checkpoints a plan reads, dry runs of a config, the job counts they must give
 - training: what the recovery tests train with and how they call the CLI
 - records: prompt records and task JSONs made of CORPUS words
+- probes: iterative-pruning probe tasks answered by a tiny model itself
 - results: results scored by a rule (the report's statistics), a plot's signature
 - aggregate_grid: the aggregate tests' grid of results (two tasks, bi at two ratios and two recoveries)
 - report_grid: results with samples, as the report tests build them
