@@ -55,7 +55,7 @@ def make_checkpoint(directory: Path, vocab: int, length: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_tokenizer
+    from helpers.models import make_tokenizer
 
     config = LlamaConfig(
         hidden_size=64,
@@ -76,7 +76,7 @@ def make_checkpoint(directory: Path, vocab: int, length: int) -> None:
 
 def make_task(path: Path, samples: int, length: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import CORPUS
+    from helpers.models import CORPUS
 
     words = " ".join(CORPUS).split()
     rows = [

@@ -82,7 +82,7 @@ def make_checkpoint(directory: Path, hidden: int, layers: int) -> int:
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(directory)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_tokenizer  # the tests' tiny tokenizer: prune saves one beside the weights
+    from helpers.models import make_tokenizer  # the tests' tiny tokenizer: prune saves one beside the weights
 
     make_tokenizer().save_pretrained(directory)
     return sum(path.stat().st_size for path in directory.glob("*.safetensors"))

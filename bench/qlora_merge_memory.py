@@ -71,7 +71,7 @@ def make_checkpoint(directory: Path, hidden: int, layers: int) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import CORPUS, make_tokenizer
+    from helpers.models import CHAT_TEMPLATE, CORPUS, make_tokenizer
 
     config = LlamaConfig(
         hidden_size=hidden,
@@ -88,10 +88,7 @@ def make_checkpoint(directory: Path, hidden: int, layers: int) -> int:
     torch.manual_seed(0)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
     tokenizer = make_tokenizer()
-    tokenizer.chat_template = (
-        "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}"
-        "{% if add_generation_prompt %}<bos>{% endif %}"
-    )
+    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(directory)
     words = " ".join(CORPUS).split()
 

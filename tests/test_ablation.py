@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_checkpoint, make_tiny_model, make_tokenizer
+from helpers.models import CORPUS, make_tiny_checkpoint, make_tiny_model, make_tokenizer
 
 from layerprune import ablation
 from layerprune.cli import main as cli_main

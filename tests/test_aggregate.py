@@ -4,66 +4,22 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.aggregate_grid import DENSE, MODEL, TASKS, VALUES, grid_result, write_results
+from helpers.results import PNG_MAGIC
 
 from layerprune.aggregate import COLUMNS, aggregate, collect
 from layerprune.io import read_json, write_json
 
-MODEL = "tiny"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TASKS = {"arith": ("generative", "exact_match"), "colours": ("classification", "accuracy")}
-# Powers of two, so every retention is an exact binary fraction.
-DENSE = {"arith": 0.5, "colours": 0.75}
-VALUES = {
-    # (ratio, recovery) -> value per task
-    (0.25, "none"): {"arith": 0.25, "colours": 0.375},
-    (0.25, "sgr"): {"arith": 0.5, "colours": 0.75},
-    (0.5, "none"): {"arith": 0.125, "colours": 0.1875},
-    (0.5, "sgr"): {"arith": 0.375, "colours": 0.5625},
-}
+# The retention aggregate must give on the grid (helpers.aggregate_grid): VALUES / DENSE.
 RETENTION = {
     (0.25, "none"): {"arith": 0.5, "colours": 0.5},
     (0.25, "sgr"): {"arith": 1.0, "colours": 1.0},
     (0.5, "none"): {"arith": 0.25, "colours": 0.25},
     (0.5, "sgr"): {"arith": 0.75, "colours": 0.75},
 }
-
-
-def _result(task: str, method: str, ratio: float, recovery: str, value: float, stderr: float, n: int = 16):
-    task_type, metric = TASKS[task]
-    return {
-        "model": MODEL,
-        "method": method,
-        "ratio": ratio,
-        "recovery": recovery,
-        "task": task,
-        "type": task_type,
-        "metric": metric,
-        "value": value,
-        "stderr": stderr,
-        "n": n,
-        # Extra keys written by `evaluate` that the table ignores.
-        "checkpoint": f"/ckpt/{method}/{ratio}/{recovery}",
-        "samples": [{"id": 0, "correct": True}],
-    }
-
-
-def write_results(directory: Path) -> list[Path]:
-    paths = []
-    # Written in a scrambled order: the table must sort them itself.
-    for (ratio, recovery), values in reversed(list(VALUES.items())):
-        for task, value in values.items():
-            path = directory / f"{task}__bi__{ratio}__{recovery}.json"
-            write_json(path, _result(task, "bi", ratio, recovery, value, stderr=0.0625))
-            paths.append(path)
-    for task, value in DENSE.items():
-        path = directory / f"{task}__dense.json"
-        write_json(path, _result(task, "dense", 0.0, "none", value, stderr=0.125))
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +144,7 @@ def test_aggregate_leaves_no_temporary_files(aggregated):
 def test_missing_variant_key_names_the_file(tmp_path):
     paths = write_results(tmp_path)
     broken = tmp_path / "broken.json"
-    result = _result("arith", "bi", 0.5, "none", 0.25, 0.0)
+    result = grid_result("arith", "bi", 0.5, "none", 0.25, 0.0)
     del result["method"]
     write_json(broken, result)
     with pytest.raises(KeyError, match="broken.json") as excinfo:
@@ -200,7 +156,7 @@ def test_missing_variant_key_names_the_file(tmp_path):
 def test_two_dense_results_for_one_task(tmp_path):
     paths = write_results(tmp_path)
     duplicate = tmp_path / "dense_again.json"
-    write_json(duplicate, _result("arith", "dense", 0.0, "none", 0.25, 0.0))
+    write_json(duplicate, grid_result("arith", "dense", 0.0, "none", 0.25, 0.0))
     with pytest.raises(ValueError, match="dense"):
         collect([*paths, duplicate])
     with pytest.raises(ValueError, match="dense"):
@@ -210,7 +166,7 @@ def test_two_dense_results_for_one_task(tmp_path):
 
 def test_dense_for_another_model_is_not_a_duplicate(tmp_path):
     paths = write_results(tmp_path)
-    other = _result("arith", "dense", 0.0, "none", 0.25, 0.0)
+    other = grid_result("arith", "dense", 0.0, "none", 0.25, 0.0)
     other["model"] = "other"
     write_json(tmp_path / "other.json", other)
     table = collect([*paths, tmp_path / "other.json"])
@@ -220,7 +176,7 @@ def test_dense_for_another_model_is_not_a_duplicate(tmp_path):
 
 def test_no_dense_baseline_gives_nan_retention(tmp_path):
     path = tmp_path / "only.json"
-    write_json(path, _result("arith", "bi", 0.5, "sgr", 0.25, float("nan")))
+    write_json(path, grid_result("arith", "bi", 0.5, "sgr", 0.25, float("nan")))
     table = aggregate([path], tmp_path / "out")
     assert len(table) == 1
     assert math.isnan(table.loc[0, "value_ratio"])

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from bigbench_sdist import LoopbackIndex, make_sdist, sha256_of
-from test_plan_checks import checkpoint_config, dry_run
-from workflow_helpers import snakemake, workflow_copy
+from helpers.plans import checkpoint_config, dry_run
+from helpers.workflow import snakemake, workflow_copy
 
 ADD = {"name": "add", "examples": [{"input": f"What is {i} plus 1?", "target": str(i + 1)} for i in range(12)]}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import lm_eval
 import pytest
 import yaml
-from conftest import make_tiny_checkpoint
+from helpers.models import make_tiny_checkpoint
 
 from layerprune.data import prepare_lm_eval_task
 from layerprune.evaluate import evaluate_checkpoint, write_local_lm_eval_task

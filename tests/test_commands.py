@@ -15,9 +15,8 @@ import sys
 
 import pytest
 import yaml
-from test_plan_checks import checkpoint_config
-from test_workflow import DEFAULT_JOBS
-from workflow_helpers import REPO, planned_jobs, run, shell_commands, snakemake, workflow_copy
+from helpers.plans import DEFAULT_JOBS, checkpoint_config
+from helpers.workflow import REPO, planned_jobs, run, shell_commands, snakemake, workflow_copy
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "configs").glob("*.yaml"))]
 # The plans, counted from each study's grid. compare-methods: 9 methods (8 by `score`, iterative by its

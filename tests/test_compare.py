@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_aggregate import PNG_MAGIC, write_results
+from helpers.aggregate_grid import write_results
+from helpers.results import PNG_MAGIC
 
 from layerprune.aggregate import aggregate
 from layerprune.compare import jaccard, overlap_table

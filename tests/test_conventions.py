@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import GRID as DEFAULT
-from workflow_helpers import BIN, REPO, flag, run, shared_file, shell_commands, snakemake, workflow_copy
+from helpers.plans import GRID as DEFAULT
+from helpers.workflow import BIN, REPO, flag, run, shared_file, shell_commands, snakemake, workflow_copy
 
 # Commands of these rules run as cluster jobs: they get a benchmark (CPU-s, wall, max RSS).
 COMPUTE_RULES = {

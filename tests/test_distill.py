@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import RECOVER_SETTINGS, make_tiny_checkpoint
-from test_recover import CHAT_TEMPLATE, VENV_BIN, _cli_settings, _env, prompt_records, weights
+from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+from helpers.records import prompt_records
+from helpers.training import RECOVER_SETTINGS, VENV_BIN, cli_env, cli_settings, weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.io import read_json, write_jsonl
@@ -30,10 +31,8 @@ SETTINGS = {**RECOVER_SETTINGS, "precision": "fp32"}
 def pair(tmp_path_factory) -> tuple[Path, Path]:
     """(teacher, student): a tiny dense checkpoint and the same with its layer 2 removed."""
     root = tmp_path_factory.mktemp("kd")
-    teacher = make_tiny_checkpoint(root / "dense", family="llama", num_layers=4)
+    teacher = make_tiny_checkpoint(root / "dense", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(teacher)
     model = AutoModelForCausalLM.from_pretrained(teacher)
     remove_layers(model, [2])
     model.save_pretrained(root / "pruned")
@@ -131,7 +130,7 @@ def test_distillation_needs_a_teacher_and_sft_takes_none(pair, tmp_path):
         + ["--recovery", "sgr", "--divergence", "jsd"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=cli_env(),
     )
     assert done.returncode != 0 and "--divergence apply to kd and kd_onpolicy only" in done.stderr
 
@@ -157,7 +156,7 @@ def _kd_cli(student: Path, teacher: Path, data: Path, out: Path, save_steps: int
         str(save_steps),
         "--threads",
         "1",
-        *_cli_settings(RESUME_SETTINGS),
+        *cli_settings(RESUME_SETTINGS),
     ]
 
 
@@ -168,20 +167,20 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
     data = tmp_path / "train.jsonl"
     write_jsonl(data, prompt_records(32))
     reference = tmp_path / "reference" / "kd"
-    subprocess.run(_kd_cli(student, teacher, data, reference, 100), check=True, env=_env(), capture_output=True)
+    subprocess.run(_kd_cli(student, teacher, data, reference, 100), check=True, env=cli_env(), capture_output=True)
 
     out = tmp_path / "resumed" / "kd"
     work = out.parent / "kd.work"
     process = subprocess.Popen(
-        _kd_cli(student, teacher, data, out, 4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _kd_cli(student, teacher, data, out, 4), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    from workflow_helpers import kill_at_first_checkpoint
+    from helpers.workflow import kill_at_first_checkpoint
 
     killed_after = kill_at_first_checkpoint(process, work)
     assert killed_after is not None and process.returncode == -signal.SIGKILL
     assert 0 < killed_after < RESUME_SETTINGS["max_steps"] and not out.exists()
 
-    result = subprocess.run(_kd_cli(student, teacher, data, out, 4), env=_env(), capture_output=True, text=True)
+    result = subprocess.run(_kd_cli(student, teacher, data, out, 4), env=cli_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_json(out / "recovery.json")
     assert record["resumed_from_step"] >= killed_after > 0 and "resuming from" in result.stdout
@@ -198,8 +197,8 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
 
 def test_kd_jobs_get_the_dense_teacher_and_the_sgr_data(tmp_path):
     """Dry run: each kd job reads the selfgen pairs and the dense checkpoint; sgr's settings carry no kd key."""
-    from test_workflow import GRID
-    from workflow_helpers import (
+    from helpers.plans import GRID
+    from helpers.workflow import (
         FINGERPRINT,
         TINY_STUDY,
         flag,
@@ -245,7 +244,7 @@ def test_kd_runs_through_the_dag_into_the_findings(tiny_run, tmp_path):
     """Add kd to the finished tiny run: only the kd branch runs, and the report's findings get kd − sgr."""
     import pandas as pd
     import yaml
-    from workflow_helpers import TINY_STUDY, copy_run, planned_jobs, snakemake
+    from helpers.workflow import TINY_STUDY, copy_run, planned_jobs, snakemake
 
     source, config = tiny_run
     workdir = copy_run(source, tmp_path / "run")

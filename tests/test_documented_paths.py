@@ -14,7 +14,7 @@ import re
 
 import pytest
 import yaml
-from workflow_helpers import REPO, snakemake, workflow_copy
+from helpers.workflow import REPO, snakemake, workflow_copy
 
 from layerprune import settings
 from layerprune.registry import RECOVERIES

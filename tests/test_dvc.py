@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import BIN, REPO, TINY_STUDY, VARIANT_JOBS, copy_run, planned_jobs, run, variant_study
-from workflow_helpers import env as workflow_env
+from helpers.workflow import BIN, REPO, TINY_STUDY, VARIANT_JOBS, copy_run, planned_jobs, run, variant_study
+from helpers.workflow import env as workflow_env
 
 pytestmark = pytest.mark.slow
 
@@ -397,15 +397,11 @@ def own_origin(tmp_path_factory):
     """Two studies of one's own (no BIG-bench, differing in one selfgen setting) versioned with the README's
     commands as typed: `layerprune dvc-stages my-study.yaml`, `layerprune dvc-stages --add other-study.yaml`,
     `dvc repro`, `dvc push`."""
-    from conftest import make_tiny_checkpoint
-    from transformers import AutoTokenizer
-    from workflow_helpers import CHAT_TEMPLATE, local_config, workflow_copy, write_local_data
+    from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.workflow import local_config, workflow_copy, write_local_data
 
     root = tmp_path_factory.mktemp("own")
-    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     repo = workflow_copy(root / "origin")  # config.yaml: the repository's default, which nobody runs here
     write_local_data(repo)
     mine = local_config(model_dir, "my-study")

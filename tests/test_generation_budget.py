@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_checkpoint
+from helpers.models import CORPUS, make_tiny_checkpoint
 from transformers import AutoTokenizer
 
 import layerprune.generative as generative

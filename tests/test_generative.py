@@ -9,7 +9,8 @@ import sys
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_checkpoint
+from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+from helpers.records import WORDS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.generative import Sampling, evaluate_generative, shared_prefix_length
@@ -17,10 +18,6 @@ from layerprune.graders import ERROR_BUCKETS
 from layerprune.sandbox import SandboxLimits
 from layerprune.tasks import prepare_task_spec
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
-)
-WORDS = " ".join(CORPUS).split()
 LIMITS = SandboxLimits(timeout_s=5, cpu_s=5, memory_mb=1024, nproc=16)
 
 

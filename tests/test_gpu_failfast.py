@@ -107,7 +107,7 @@ def test_a_job_given_a_gpu_it_cannot_use_stops_within_10_seconds(tmp_path):
 
 
 def test_lm_eval_log_softmax_runs_in_fp32_for_a_bf16_model():
-    from conftest import make_tiny_model, make_tokenizer
+    from helpers.models import make_tiny_model, make_tokenizer
 
     from layerprune.evaluate import token_budget_hflm
 

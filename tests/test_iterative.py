@@ -17,7 +17,14 @@ import warnings
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_checkpoint, make_tiny_model, make_tokenizer
+from helpers.models import make_tiny_checkpoint, make_tiny_model, make_tokenizer
+from helpers.probes import (
+    NUM_LAYERS,
+    answered_by,
+    probe_setup,
+    raw_classification_task,
+    raw_generative_task,
+)
 
 from layerprune.evaluate import evaluate_generative, normalise_answer
 from layerprune.io import read_json, write_json
@@ -38,67 +45,6 @@ from layerprune.prune import remove_layers
 from layerprune.score import layers_to_remove, score_layers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-NUM_LAYERS = 6
-WORDS = " ".join(CORPUS).split()
-CHOICES = ["fox", "dog", "model", "layers", "world", "weights"]
-
-
-def phrase(start: int, length: int) -> str:
-    return " ".join(WORDS[(start + i) % len(WORDS)] for i in range(length))
-
-
-def make_identity(model, *layers: int) -> None:
-    """Zero both residual branches' output projections: the layer passes its input through."""
-    with torch.no_grad():
-        for index in layers:
-            layer = model.model.layers[index]
-            for linear in (layer.self_attn.o_proj, layer.mlp.down_proj):
-                linear.weight.zero_()
-                if linear.bias is not None:
-                    linear.bias.zero_()
-
-
-def raw_classification_task(count: int = 12) -> dict:
-    samples = [
-        {"id": i, "input": phrase(3 * i, 2 + i % 4), "choices": CHOICES[i % 2 : i % 2 + 4], "label": 0}
-        for i in range(count)
-    ]
-    fewshot = [{"id": 100, "input": "the lazy", "choices": ["dog", "fox"], "label": 0}]
-    return {"name": "mc", "type": "classification", "fewshot": fewshot, "samples": samples, "max_new_tokens": 16}
-
-
-def raw_generative_task(count: int = 8) -> dict:
-    samples = [{"id": i, "input": phrase(5 * i + 1, 2 + i % 3), "targets": ["?"]} for i in range(count)]
-    fewshot = [{"id": 100, "input": "the quick brown", "targets": ["fox"]}]
-    return {"name": "gen", "type": "generative", "fewshot": fewshot, "samples": samples, "max_new_tokens": 3}
-
-
-def answered_by(model, tokenizer, classification: dict, generative: dict) -> list[dict]:
-    """The tasks with the model's own answers as labels and targets (dense accuracy 1)."""
-    classification = copy.deepcopy(classification)
-    pairs = [
-        encode_pair(tokenizer, classification_prompt(classification["fewshot"], s["input"]), " " + c)
-        for s in classification["samples"]
-        for c in s["choices"]
-    ]
-    loglikelihoods = continuation_loglikelihoods(model, pairs, batch_size=8)
-    offset = 0
-    for sample in classification["samples"]:
-        scores = loglikelihoods[offset : offset + len(sample["choices"])]
-        offset += len(sample["choices"])
-        sample["label"] = max(range(len(scores)), key=scores.__getitem__)
-    generative = copy.deepcopy(generative)
-    outputs = evaluate_generative(model, tokenizer, generative, generative["max_new_tokens"], 4, progress=False)
-    for sample, record in zip(generative["samples"], outputs["samples"], strict=True):
-        sample["targets"] = [record["output"]]
-    return [classification, generative]
-
-
-def setup(*identity: int, seed: int = 0):
-    model, tokenizer = make_tiny_model("llama", NUM_LAYERS, seed=seed), make_tokenizer()
-    make_identity(model, *identity)
-    return model, tokenizer, answered_by(model, tokenizer, raw_classification_task(), raw_generative_task())
 
 
 def state_of(model) -> tuple:
@@ -202,7 +148,7 @@ def test_layers_removed_restores_after_an_error():
 
 
 def test_identity_layer_is_removed_first():
-    model, tokenizer, tasks = setup(2)
+    model, tokenizer, tasks = probe_setup(2)
     before = state_of(model)
     tokenizer.padding_side = "right"
     result = iterative_removal(model, tokenizer, tasks, max_k=2, batch_size=8)
@@ -226,7 +172,7 @@ def test_identity_layer_is_removed_first():
 
 
 def test_ties_go_to_the_later_layer_and_layer_zero_stays():
-    model, tokenizer, tasks = setup(0, 2, 4)
+    model, tokenizer, tasks = probe_setup(0, 2, 4)
     result = iterative_removal(model, tokenizer, tasks, max_k=NUM_LAYERS - 1, batch_size=8)
     first = result["rounds"][0]
     assert first["retention"]["2"] == first["retention"]["4"] == 1.0
@@ -237,7 +183,7 @@ def test_ties_go_to_the_later_layer_and_layer_zero_stays():
 
 
 def test_removal_sets_are_nested_prefixes_up_to_max_k():
-    model, tokenizer, tasks = setup(3)
+    model, tokenizer, tasks = probe_setup(3)
     result = json.loads(json.dumps(score_layers("iterative", model, tokenizer, probe_tasks=tasks, max_k=3)))
     assert result["method"] == "iterative" and result["num_layers"] == NUM_LAYERS
     assert result["max_k"] == 3 and result["scores"] is None
@@ -261,7 +207,7 @@ def test_removal_sets_are_nested_prefixes_up_to_max_k():
 
 
 def test_dense_zero_probe_task_is_left_out_with_a_warning():
-    model, tokenizer, tasks = setup(2)
+    model, tokenizer, tasks = probe_setup(2)
     impossible = copy.deepcopy(tasks[1])
     impossible["name"] = "impossible"
     for sample in impossible["samples"]:
@@ -280,7 +226,7 @@ def test_dense_zero_probe_task_is_left_out_with_a_warning():
 
 
 def test_max_k_bounds_and_zero():
-    model, tokenizer, tasks = setup()
+    model, tokenizer, tasks = probe_setup()
     for bad in (-1, NUM_LAYERS):
         with pytest.raises(ValueError, match=r"max_k must lie in \[0, 5\]"):
             iterative_removal(model, tokenizer, tasks, max_k=bad)
@@ -345,7 +291,7 @@ def test_cli_score_iterative(tmp_path):
 
 def test_generative_probe_targets_are_the_dense_answers():
     """Guards the construction the other tests rely on: dense accuracy 1 on both probe tasks."""
-    model, tokenizer, tasks = setup()
+    model, tokenizer, tasks = probe_setup()
     outputs = evaluate_generative(model, tokenizer, tasks[1], 3, 4, progress=False)
     assert outputs["value"] == 1.0
     assert all(normalise_answer(r["output"]) == normalise_answer(r["target"][0]) for r in outputs["samples"])
@@ -425,7 +371,7 @@ def test_iterative_killed_mid_round_resumes_to_the_uninterrupted_order(tmp_path)
 
 def test_iterative_state_of_other_inputs_is_not_reused(tmp_path, monkeypatch):
     """A state file written under another fingerprint (model content, settings) is started over."""
-    model, tokenizer, tasks = setup(3)
+    model, tokenizer, tasks = probe_setup(3)
     state = tmp_path / ".iterative.json.state.json"
     first = iterative_removal(model, tokenizer, tasks, 2, batch_size=4, state_path=state, fingerprint={"model": "a"})
     probes = []

@@ -12,9 +12,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-import test_iterative as base
-from conftest import make_tiny_model, make_tokenizer
-from test_pipeline import CHAT_TEMPLATE
+from helpers.models import CHAT_TEMPLATE, make_tiny_model, make_tokenizer
+from helpers.probes import NUM_LAYERS, probe_setup, raw_generative_task
 
 from layerprune.generative import Sampling, evaluate_generative
 from layerprune.io import write_json
@@ -41,7 +40,7 @@ def chat_tokenizer():
 
 def sampled_chat_task(model, tokenizer) -> dict:
     """A prepared generative task whose targets are the dense model's sampled chat answers."""
-    raw = base.raw_generative_task(8)
+    raw = raw_generative_task(8)
     task = {
         "source": "test",
         "type": "generative",
@@ -62,7 +61,7 @@ def sampled_chat_task(model, tokenizer) -> dict:
 
 
 def test_generative_probe_is_generated_with_the_tasks_prompting_and_sampling(tmp_path):
-    model, tokenizer = make_tiny_model("llama", base.NUM_LAYERS, seed=0), chat_tokenizer()
+    model, tokenizer = make_tiny_model("llama", NUM_LAYERS, seed=0), chat_tokenizer()
     task = sampled_chat_task(model, tokenizer)
     write_json(tmp_path / "gen.json", task)
     # What a few-shot greedy probe (the old behaviour) would measure on the same task: not 1.
@@ -80,7 +79,7 @@ def test_generative_probe_is_generated_with_the_tasks_prompting_and_sampling(tmp
         "max_new_tokens": 3,
     }
     # every candidate's probe accuracy is the evaluation's accuracy of that pruned model
-    for layer in (1, base.NUM_LAYERS - 1):
+    for layer in (1, NUM_LAYERS - 1):
         with layers_removed(model, [layer]):
             expected = evaluate_generative(
                 model, tokenizer, task, 3, BATCH, progress=False, prompting="chat", sampling=PAPER_SAMPLING, seed=SEED
@@ -128,7 +127,7 @@ def test_load_probe_tasks_settings_per_task_and_errors(tmp_path):
 def test_tie_break_and_first_layer_are_choices():
     """Layers 0, 2 and 4 are exact identities: the paper's rule takes 4 (later tie, layer 0 kept);
     `earlier` takes 2; with layer 0 a candidate, `earlier` takes 0."""
-    model, tokenizer, tasks = base.setup(0, 2, 4)
+    model, tokenizer, tasks = probe_setup(0, 2, 4)
     paper = iterative_removal(model, tokenizer, tasks, max_k=1)
     assert paper["selection"] == {"criterion": "mean_ratio", "tie_break": "later", "keep_first_layer": True}
     assert paper["removal_order"] == [4] and "0" not in paper["rounds"][0]["retention"]
@@ -136,7 +135,7 @@ def test_tie_break_and_first_layer_are_choices():
     anywhere = iterative_removal(model, tokenizer, tasks, max_k=2, tie_break="earlier", keep_first_layer=False)
     assert anywhere["rounds"][0]["retention"]["0"] == 1.0
     assert anywhere["removal_order"] == [0, 2]
-    assert len(anywhere["rounds"][0]["retention"]) == base.NUM_LAYERS
+    assert len(anywhere["rounds"][0]["retention"]) == NUM_LAYERS
     with pytest.raises(ValueError, match="tie_break must be one of later, earlier"):
         iterative_removal(model, tokenizer, tasks, max_k=1, tie_break="first")
     with pytest.raises(ValueError, match="criterion must be one of mean_ratio, mean_score"):
@@ -158,7 +157,7 @@ def test_mean_ratio_and_mean_score_can_choose_differently():
 
 
 def test_mean_score_criterion_end_to_end():
-    model, tokenizer, tasks = base.setup(2)
+    model, tokenizer, tasks = probe_setup(2)
     result = iterative_removal(model, tokenizer, tasks, max_k=1, criterion="mean_score")
     first = result["rounds"][0]
     for layer, accuracies in first["accuracy"].items():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import RECOVER_SETTINGS
-from workflow_helpers import TINY_STUDY, snakemake, workflow_copy
+from helpers.training import RECOVER_SETTINGS
+from helpers.workflow import TINY_STUDY, snakemake, workflow_copy
 
 from layerprune.launch import command_prefix, num_gpus, rule_command_prefix, slurm_resources
 
@@ -141,8 +141,8 @@ def recover_commands(workdir, target: str) -> list[str]:
 
 def test_recover_rule_runs_through_the_launcher_its_resources_ask_for(tmp_path):
     """A dry run prints the exact shell command Snakemake would run for a 2-GPU recover job."""
-    from test_pipeline import tiny_config
-    from test_plan_checks import checkpoint_config
+    from helpers.plans import checkpoint_config
+    from helpers.workflow import tiny_config
 
     # a dry run reads the model's config.json only (plan-time checks: architecture, depth)
     config = tiny_config(checkpoint_config(tmp_path / "tiny-model", "llama", num_layers=4))
@@ -224,17 +224,13 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launcher, tmp_p
     Only the order of float32 sums differs, so weights and losses agree to 1e-5 after
     3 Adam steps, while one step changes the LoRA weights by ~1e-2 (lr).
     """
-    from conftest import make_tiny_checkpoint
+    from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.records import prompt_records
     from safetensors.torch import load_file
-    from test_recover import CHAT_TEMPLATE, prompt_records
-    from transformers import AutoTokenizer
 
     from layerprune.io import read_json, write_jsonl
 
-    base = make_tiny_checkpoint(tmp_path / "base", family="llama", num_layers=2)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(base)
+    base = make_tiny_checkpoint(tmp_path / "base", family="llama", num_layers=2, chat_template=CHAT_TEMPLATE)
     data = tmp_path / "train.jsonl"
     write_jsonl(data, prompt_records(16))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_checkpoint, make_tiny_model, sample_ids
+from helpers.models import make_tiny_checkpoint, make_tiny_model, sample_ids
 from transformers import AutoModelForCausalLM
 
 from layerprune import models

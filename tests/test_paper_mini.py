@@ -21,7 +21,7 @@ from pathlib import Path
 import lm_eval
 import pytest
 import yaml
-from workflow_helpers import BIN, REPO, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
+from helpers.workflow import BIN, REPO, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
 
 from layerprune.tasks import DEFAULT_GRADER, read_rows
 
@@ -499,7 +499,7 @@ def test_xsum_probe_is_disjoint_from_the_evaluated_items_and_the_authors_probe_i
 
 
 def _chatml_tokenizer():
-    from conftest import make_tokenizer
+    from helpers.models import make_tokenizer
 
     tokenizer = make_tokenizer()
     tokenizer.chat_template = CHATML

@@ -422,7 +422,7 @@ def test_documented_offline_fetch_step_plans_only_downloads(tmp_path):
     import shlex
     import shutil
 
-    from workflow_helpers import REPO, run, workflow_copy
+    from helpers.workflow import REPO, run, workflow_copy
 
     readme = (REPO / "docs" / "cluster.md").read_text()
     (command,) = re.findall(

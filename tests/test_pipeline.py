@@ -12,8 +12,8 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from helpers.workflow import TINY_STUDY, planned_jobs
 from transformers import AutoModelForCausalLM
-from workflow_helpers import CHAT_TEMPLATE, TINY_STUDY, planned_jobs, tiny_config  # noqa: F401  (others import them from here)
 
 
 @pytest.fixture(scope="module")

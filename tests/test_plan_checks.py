@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_config, make_tokenizer
-from workflow_helpers import REPO, planned_jobs, snakemake, workflow_copy
+from helpers.plans import DEFAULT, checkpoint_config, dry_run, local_study
+from helpers.workflow import REPO, planned_jobs, snakemake, workflow_copy
 
 from layerprune import checks
 from layerprune.checks import (
@@ -26,44 +26,6 @@ from layerprune.checks import (
     packaged_gguf_head,
     ratio_wildcards,
 )
-
-DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
-
-
-def checkpoint_config(path: Path, family: str = "llama", num_layers: int = 4) -> Path:
-    """A checkpoint directory with a tiny `family` config.json and a tokenizer (all a plan reads), made by
-    transformers itself."""
-    from transformers import GPT2Config, MixtralConfig
-
-    if family == "gpt2":
-        config = GPT2Config(n_layer=num_layers, n_embd=16, n_head=2, vocab_size=64)
-    elif family == "mixtral":
-        config = MixtralConfig(
-            num_hidden_layers=num_layers, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-            num_key_value_heads=1, vocab_size=64, num_local_experts=4, num_experts_per_tok=2,
-        )  # fmt: skip
-    else:
-        config = make_config(family, num_layers)
-    config.save_pretrained(path)
-    make_tokenizer().save_pretrained(path)  # the plan checks that a local checkpoint has a tokenizer
-    return path
-
-
-def dry_run(tmp_path: Path, config: dict, *args: str, files: dict[str, str] | None = None):
-    """`snakemake -n` of `config` (written as the embedded config.yaml) plus `files` written beside it."""
-    workdir = workflow_copy(tmp_path / "wf", config)
-    for name, text in (files or {}).items():
-        (workdir / name).write_text(text)
-    result = snakemake(workdir, "-n", "--cores", "1", *args, check=False)
-    return result.returncode, result.stdout + result.stderr
-
-
-def local_study(model_dir: Path, ratios: list[float]) -> dict:
-    config = copy.deepcopy(DEFAULT)
-    config["models"] = {"mine": {"source": {"path": str(model_dir)}}}
-    config["pruning"]["ratios"] = ratios
-    return config
-
 
 # --------------------------------------------------------------------------- config validation
 
@@ -396,9 +358,9 @@ def test_paper_prune_jobs_request_no_gpu():
 
 
 def mistyped_study(workdir: Path) -> Path:
-    """A study of one's own (workflow_helpers.local_config) with three mistyped local paths, one mistake of
+    """A study of one's own (helpers.workflow.local_config) with three mistyped local paths, one mistake of
     another kind, and the files it meant beside it: my-study.yaml in `workdir`."""
-    from workflow_helpers import local_config, write_local_data
+    from helpers.workflow import local_config, write_local_data
 
     write_local_data(workdir)
     (workdir / "data" / "calib.txt").write_text("one text\nanother text\n")
@@ -516,7 +478,7 @@ def test_calibration_from_a_local_text_file(tmp_path, suffix):
 
 
 def test_warmup_at_least_max_steps_is_a_plan_time_warning(tmp_path):
-    from workflow_helpers import local_config, write_local_data
+    from helpers.workflow import local_config, write_local_data
 
     from layerprune.validation import validate_study
 

@@ -12,8 +12,8 @@ import os
 import subprocess
 
 import pytest
-from test_plan_checks import DEFAULT, checkpoint_config, dry_run, local_study
-from workflow_helpers import snakemake, workflow_copy
+from helpers.plans import DEFAULT, checkpoint_config, dry_run, local_study
+from helpers.workflow import snakemake, workflow_copy
 
 
 def test_every_late_failure_is_refused_at_plan_time_naming_its_key(tmp_path):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import (
+from helpers.models import (
     BOS_ID,
     CORPUS,
     EOS_ID,

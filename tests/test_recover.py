@@ -11,13 +11,13 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, RECOVER_SETTINGS, make_tiny_checkpoint
-from safetensors.torch import load_file
+from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+from helpers.records import phrase, prompt_records
+from helpers.training import RECOVER_SETTINGS, VENV_BIN, cli_env, cli_settings, weights
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.io import read_json, write_jsonl
@@ -28,48 +28,17 @@ from layerprune.recover import (
     resolve_precision,
 )
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
-)
-WORDS = " ".join(CORPUS).split()
-VENV_BIN = Path(sys.executable).parent
-
 SETTINGS = {**RECOVER_SETTINGS, "precision": "fp32"}
-
-
-def phrase(start: int, length: int) -> str:
-    return " ".join(WORDS[(start + i) % len(WORDS)] for i in range(length))
-
-
-def prompt_records(count: int) -> list[dict]:
-    return [
-        {
-            "prompt": [{"role": "user", "content": phrase(3 * i, 2 + (5 * i) % 7)}],
-            "completion": [{"role": "assistant", "content": phrase(5 * i + 1, 2 + i % 3)}],
-        }
-        for i in range(count)
-    ]
 
 
 def text_records(count: int) -> list[dict]:
     return [{"text": phrase(7 * i, 4 + (3 * i) % 11)} for i in range(count)]
 
 
-def weights(directory: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for path in sorted(directory.glob("*.safetensors")):
-        tensors.update(load_file(path))
-    return tensors
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("base")
-    model_dir = make_tiny_checkpoint(root / "model", family="llama", num_layers=2)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
+    return make_tiny_checkpoint(root / "model", family="llama", num_layers=2, chat_template=CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +100,9 @@ def qlora_run(base, sft_data, tmp_path_factory):
         "qlora",
         "--threads",
         "1",
-        *_cli_settings(SETTINGS),
+        *cli_settings(SETTINGS),
     ]
-    result = subprocess.run(cli, capture_output=True, text=True, env=_env())
+    result = subprocess.run(cli, capture_output=True, text=True, env=cli_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return out, read_json(out / "recovery.json")
 
@@ -446,20 +415,6 @@ def test_cached_weight_hash_is_the_files_sha256(tmp_path, monkeypatch):
     assert cached_sha256(path) == sha256_file(path)
 
 
-def _cli_settings(settings: dict) -> list[str]:
-    flags = []
-    for key, value in settings.items():
-        flags += [f"--{key.replace('_', '-')}", str(value)]
-    return flags
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 RESUME_SETTINGS = {**SETTINGS, "lora_dropout": 0.1, "max_steps": 30, "batch_size": 2, "learning_rate": 5e-3}
 
 
@@ -481,7 +436,7 @@ def _recover_cli(base: Path, data: Path, out: Path, save_steps: int) -> list[str
         str(save_steps),
         "--threads",
         "1",
-        *_cli_settings(RESUME_SETTINGS),
+        *cli_settings(RESUME_SETTINGS),
     ]
 
 
@@ -496,14 +451,14 @@ def test_killed_training_resumes_from_its_checkpoint(base, tmp_path):
     data = tmp_path / "train.jsonl"
     write_jsonl(data, prompt_records(40))
     reference = tmp_path / "reference" / "sgr"
-    subprocess.run(_recover_cli(base, data, reference, save_steps=100), check=True, env=_env(), capture_output=True)
+    subprocess.run(_recover_cli(base, data, reference, save_steps=100), check=True, env=cli_env(), capture_output=True)
 
     out = tmp_path / "resumed" / "sgr"
     work = out.parent / "sgr.work"
     process = subprocess.Popen(
-        _recover_cli(base, data, out, save_steps=4), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _recover_cli(base, data, out, save_steps=4), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    from workflow_helpers import kill_at_first_checkpoint
+    from helpers.workflow import kill_at_first_checkpoint
 
     killed_after = kill_at_first_checkpoint(process, work)
     assert killed_after is not None, "the run finished (or stalled) before a checkpoint could be caught"
@@ -511,7 +466,7 @@ def test_killed_training_resumes_from_its_checkpoint(base, tmp_path):
     assert 0 < killed_after < RESUME_SETTINGS["max_steps"]
     assert not out.exists(), "a killed run leaves no output that looks complete"
 
-    result = subprocess.run(_recover_cli(base, data, out, save_steps=4), env=_env(), capture_output=True, text=True)
+    result = subprocess.run(_recover_cli(base, data, out, save_steps=4), env=cli_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_json(out / "recovery.json")
     assert record["resumed_from_step"] >= killed_after > 0

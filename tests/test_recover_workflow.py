@@ -8,12 +8,10 @@ import json
 import datasets
 import pytest
 import yaml
-from conftest import make_tiny_checkpoint
-from test_pipeline import CHAT_TEMPLATE, tiny_config
-from test_workflow import GRID as DEFAULT
-from test_workflow import GRID_JOBS
-from transformers import AutoTokenizer
-from workflow_helpers import (
+from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+from helpers.plans import GRID as DEFAULT
+from helpers.plans import GRID_JOBS
+from helpers.workflow import (
     REPO,
     TINY_STUDY,
     flag,
@@ -23,6 +21,7 @@ from workflow_helpers import (
     shared_file,
     shell_commands,
     snakemake,
+    tiny_config,
     workflow_copy,
 )
 
@@ -137,10 +136,7 @@ def test_heal_text_offline_is_disjoint_from_the_evaluated_tasks(tmp_path):
 def test_real_tiny_recovery_through_the_dag(tmp_path, trainer):
     """heal and data, trained for real by snakemake with each trainer (qlora: 4-bit NF4 on CPU), evaluated as
     plain checkpoints."""
-    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     config = tiny_config(model_dir)
     config["pruning"]["ratios"] = [0.25]
     config["recovery"].update(methods=["none", "data", "heal"], trainer=trainer, save_steps=1)

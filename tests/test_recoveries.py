@@ -11,7 +11,7 @@ import dataclasses
 import re
 
 import pytest
-from workflow_helpers import REPO
+from helpers.workflow import REPO
 
 from layerprune import checks, registry, settings
 from layerprune.registry import LOSSES, RECOVERIES, TRAINING_DATA, Recovery

@@ -9,11 +9,12 @@ ROUGE-graded ones; some fixtures drop those fields to check that the report degr
 from __future__ import annotations
 
 import random
-import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.report_grid import TASKS, N, sampled_result
+from helpers.results import PNG_MAGIC
 from sacrebleu.metrics import BLEU
 
 from layerprune.aggregate import aggregate
@@ -28,8 +29,6 @@ from layerprune.diagnostics import (
 )
 from layerprune.io import write_json
 from layerprune.report import BootstrapSettings, retention
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # ----------------------------------------------------------------------------- diagnostics
 
@@ -106,59 +105,18 @@ def test_first_digit_and_arithmetic_breakdown():
 
 # ----------------------------------------------------------------------------- report fixtures
 
-N = 40
 BASE = {"model": "tiny", "ratio": 0.0, "recovery": "none", "method": "dense"}
 VARIANTS = [("bi", 0.25, "none"), ("bi", 0.25, "sgr"), ("reverse", 0.25, "none"), ("bi", 0.5, "none")]
-
-
-def _samples(task: str, accuracy: float, seed: int, degenerate: bool) -> list[dict]:
-    rng = random.Random(seed)
-    samples = []
-    for i in range(N):
-        correct = rng.random() < accuracy
-        sample = {"id": i, "prompt": f"q{i}", "target": str(i % 10), "correct": correct}
-        sample["output"] = ("loop " * 8).strip() if degenerate and i % 2 else f"answer {i} is {i % 10} because {i}"
-        if task == "humaneval_plus":
-            sample["error_bucket"] = "pass" if correct else ERROR_BUCKETS[i % 5]
-        if task == "arith":
-            sample.update(operation="+*-"[i % 3], digits=1 + i % 2, output=str(i % 10 if correct else (i + 1) % 10))
-        if task == "xsum":
-            sample["score"] = accuracy * rng.random()
-        samples.append(sample)
-    return samples
-
-
-TASKS = {"mc": "classification", "arc": "classification", "humaneval_plus": "generative", "arith": "generative"}
-TASKS["xsum"] = "generative"
-
-
-def _result(task: str, method: str, ratio: float, recovery: str, accuracy: float, degenerate: bool) -> dict:
-    samples = _samples(task, accuracy, zlib.crc32(f"{task}{method}{ratio}{recovery}".encode()), degenerate)
-    scores = [s.get("score", float(s["correct"])) for s in samples]
-    return {
-        "model": "tiny",
-        "method": method,
-        "ratio": ratio,
-        "recovery": recovery,
-        "task": task,
-        "type": TASKS[task],
-        "metric": "accuracy" if TASKS[task] == "classification" else "exact_match",
-        "grader": "fixture",
-        "value": sum(scores) / len(scores),
-        "stderr": 0.05,
-        "n": N,
-        "samples": samples,
-    }
 
 
 def write_grid(directory) -> list:
     paths = []
     for task in TASKS:
-        results = [_result(task, "dense", 0.0, "none", 0.8, False)]
+        results = [sampled_result(task, "dense", 0.0, "none", 0.8, False)]
         for method, ratio, recovery in VARIANTS:
             # Classification keeps more than generation; sgr recovers; more pruning hurts more.
             keep = (0.9 if TASKS[task] == "classification" else 0.5) - ratio * 0.4 + (0.2 if recovery == "sgr" else 0)
-            results.append(_result(task, method, ratio, recovery, 0.8 * keep, recovery == "none"))
+            results.append(sampled_result(task, method, ratio, recovery, 0.8 * keep, recovery == "none"))
         for result in results:
             path = directory / f"{task}__{result['method']}__{result['ratio']}__{result['recovery']}.json"
             write_json(path, result)

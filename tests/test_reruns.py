@@ -1,7 +1,7 @@
 """What a re-run redoes: exactly the new or changed jobs, nothing already finished.
 
 Counted with dry runs against the session's one real tiny run (conftest.tiny_run,
-config from test_pipeline.tiny_config: 1 model, method bi, ratios 0.25 and 0.5,
+config from helpers.workflow.tiny_config: 1 model, method bi, ratios 0.25 and 0.5,
 recoveries none/data/sgr, tasks knowledge and addition). Tests that change files work
 on a copy. The interrupted-run test runs real jobs: it kills snakemake part-way
 through re-making one ratio's branch and starts it again.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import BIN, REPO, TINY_STUDY, copy_run, env, planned_jobs, snakemake
+from helpers.workflow import BIN, REPO, TINY_STUDY, copy_run, env, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 

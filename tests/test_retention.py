@@ -1,6 +1,6 @@
 """The report's statistics on constructed results whose right answer is known.
 
-Items are scored by a rule (item i is correct when i < k), so a variant's hits are a subset of
+Items are scored by a rule (item i is correct when i < k; helpers.results), so a variant's hits are a subset of
 the dense model's and every ratio, drop and pairing is known in closed form.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.results import BOOTSTRAP_SETTINGS, dense, result, written
 from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
 
 from layerprune.aggregate import aggregate
@@ -37,34 +38,6 @@ from layerprune.retention import (
     verdict,
 )
 from layerprune.usage import USAGE_PREFIX, log_of_benchmark, read_usage
-
-SETTINGS = BootstrapSettings(samples=2000, seed=0)
-
-
-def result(task: str, task_type: str, method: str, ratio: float, recovery: str, hits: int, n: int, **extra) -> dict:
-    """A result JSON in the evaluate contract: items shift..shift+hits-1 correct, `choices` log-likelihoods if given."""
-    choices, shift = extra.pop("choices", None), extra.pop("shift", 0)
-    samples = [{"id": i, "correct": shift <= i < shift + hits, "output": "x"} for i in range(n)]
-    if choices:
-        for sample in samples:
-            sample["loglikelihoods"] = [-1.0] * choices
-    return {
-        "model": extra.pop("model", "m"), "method": method, "ratio": ratio, "recovery": recovery, "task": task,
-        "type": task_type, "metric": "accuracy", "value": hits / n, "n": n, "samples": samples, **extra,
-    }  # fmt: skip
-
-
-def written(directory: Path, entries: list[dict]) -> list[Path]:
-    """The result JSONs written to `directory` as 0.json, 1.json, ... (what aggregate reads)."""
-    paths = []
-    for i, entry in enumerate(entries):
-        write_json(directory / f"{i}.json", entry)
-        paths.append(directory / f"{i}.json")
-    return paths
-
-
-def dense(task: str, task_type: str, hits: int, n: int, **extra) -> dict:
-    return result(task, task_type, "dense", 0.0, "none", hits, n, **extra)
 
 
 def seeded(entries: list[dict], seeds=(0, 1)) -> list[dict]:
@@ -116,7 +89,7 @@ def test_collapse_reads_as_a_collapse_through_aggregate(tmp_path):
 
 
 def test_lucky_draw_on_an_uninformative_task_counts_for_nothing():
-    stats = retention(COLLAPSE[4:], SETTINGS)
+    stats = retention(COLLAPSE[4:], BOOTSTRAP_SETTINGS)
     row = type_row(stats.per_type, "generative")
     assert row["tasks"] == 0 and row["excluded"] == 1 and np.isnan(row["retention"])
     task = stats.per_task.iloc[0]
@@ -146,7 +119,7 @@ def test_chance_level_from_choices_and_a_task_at_chance_is_excluded():
         dense("knows", "classification", 150, 200, choices=4),
         result("knows", "classification", "bi", 0.2, "none", 100, 200, choices=4),
     ]
-    stats = retention(results, SETTINGS)
+    stats = retention(results, BOOTSTRAP_SETTINGS)
     row = type_row(stats.per_type, "classification")
     assert row["tasks"] == 1 and row["excluded"] == 1
     assert row["retention"] == pytest.approx(0.5)
@@ -161,7 +134,7 @@ def test_chance_level_from_choices_and_a_task_at_chance_is_excluded():
 
 def test_all_zero_dense_has_no_retention_and_no_nan_draws():
     results = [dense("zero", "generative", 0, 20), result("zero", "generative", "bi", 0.2, "none", 0, 20)]
-    stats = retention(results, SETTINGS)
+    stats = retention(results, BOOTSTRAP_SETTINGS)
     row = type_row(stats.per_type, "generative")
     assert row["tasks"] == 0 and np.isnan(row["retention"]) and np.isnan(row["ci_low"])
     task = stats.per_task.iloc[0]
@@ -174,13 +147,13 @@ def test_all_zero_dense_has_no_retention_and_no_nan_draws():
 
 def test_one_task_only_equals_its_own_normalised_ratio():
     results = [dense("only", "generative", 120, 160), result("only", "generative", "bi", 0.2, "none", 40, 160)]
-    stats = retention(results, SETTINGS)
+    stats = retention(results, BOOTSTRAP_SETTINGS)
     row, task = type_row(stats.per_type, "generative"), stats.per_task.iloc[0]
     assert row["retention"] == task["retention"] == pytest.approx(40 / 120)
     assert (row["ci_low"], row["ci_high"]) == (task["ci_low"], task["ci_high"])
     assert row["drop_points"] == pytest.approx(50.0)
     # Variant hits are a subset of the dense hits: per resample retention = hits in [0,40) / hits in [0,120).
-    weights = resample_weights(160, SETTINGS, "m", "only")
+    weights = resample_weights(160, BOOTSTRAP_SETTINGS, "m", "only")
     expected = weights[:, :40].sum(1) / weights[:, :120].sum(1)
     assert np.percentile(expected, [2.5, 97.5]) == pytest.approx([row["ci_low"], row["ci_high"]])
 
@@ -208,12 +181,12 @@ def test_identical_models_retain_one_and_drop_nothing_in_every_draw():
 def test_draws_are_paired_across_variants_and_seeded():
     base = [dense("t", "generative", 60, 100)]
     variants = [result("t", "generative", "bi", 0.2, rec, hits, 100) for rec, hits in [("none", 30), ("sgr", 31)]]
-    stats = retention(base + variants, SETTINGS)
+    stats = retention(base + variants, BOOTSTRAP_SETTINGS)
     none, sgr = (stats.draws[(("m", "bi", 0.2, rec), "generative")] for rec in ("none", "sgr"))
     # sgr differs from none on item 30 only: every draw's difference is (weight of item 30) / (dense hits).
-    weights = resample_weights(100, SETTINGS, "m", "t")
+    weights = resample_weights(100, BOOTSTRAP_SETTINGS, "m", "t")
     assert np.allclose(sgr.retention_draws - none.retention_draws, weights[:, 30] / weights[:, :60].sum(1))
-    again = retention(list(reversed(base + variants)), SETTINGS)
+    again = retention(list(reversed(base + variants)), BOOTSTRAP_SETTINGS)
     assert np.array_equal(again.draws[(("m", "bi", 0.2, "none"), "generative")].retention_draws, none.retention_draws)
     other = retention(base + variants, BootstrapSettings(samples=2000, seed=1))
     assert not np.array_equal(
@@ -290,11 +263,11 @@ def paper_like(gen_none=(0.4, 0.2), cls_none=(0.9, 0.7), sgr_gain=(0.3, 0.05), d
 
 
 def verdicts_of(results: list[dict]) -> list[str]:
-    return list(findings(retention(results, SETTINGS))["verdict"])
+    return list(findings(retention(results, BOOTSTRAP_SETTINGS))["verdict"])
 
 
 def test_findings_reproduced_on_paper_like_data():
-    frame = findings(retention(study(paper_like()), SETTINGS))
+    frame = findings(retention(study(paper_like()), BOOTSTRAP_SETTINGS))
     assert list(frame["finding"]) == ["i", "ii", "ii", "iii"]
     assert list(frame["verdict"]) == [REPRODUCED] * 4
     # (i) mean over ratios of gen - cls: (0.4 - 0.9 + 0.2 - 0.7) / 2; (ii) sgr - data (0.2 + 0.05) / 2 ...
@@ -305,7 +278,7 @@ def test_findings_reproduced_on_paper_like_data():
 
 def test_findings_not_reproduced_when_the_data_say_the_opposite():
     opposite = paper_like(gen_none=(0.9, 0.7), cls_none=(0.4, 0.2), sgr_gain=(-0.1, -0.05), data_gain=(0.0, 0.2))
-    frame = findings(retention(study(opposite), SETTINGS))
+    frame = findings(retention(study(opposite), BOOTSTRAP_SETTINGS))
     assert list(frame["verdict"]) == [NOT_REPRODUCED] * 4
     assert frame["ci_high"].iloc[1] < 0 and frame["ci_low"].iloc[0] > 0
     assert "data − none" in frame.iloc[3]["statistic"]  # data gained more here, so it is the best recovery
@@ -319,14 +292,14 @@ def test_kd_minus_sgr_is_a_finding_only_where_kd_ran():
         for ratio, share in ((0.1, 0.8), (0.3, 0.35)):
             results.append(result(task, "generative", "bi", ratio, "kd", round(160 * share), N))
     results = seeded(results)
-    frame = findings(retention(results, SETTINGS))
+    frame = findings(retention(results, BOOTSTRAP_SETTINGS))
     assert list(frame["finding"]) == ["i", "ii", "ii", "iii", "kd"]
     row = frame.iloc[4]
     assert row["statistic"] == "kd − sgr generative retention" and row["verdict"] == REPRODUCED
     assert row["estimate"] == pytest.approx(0.1) and row["ci_low"] > 0
     table = findings_table(frame, 0.95)
     assert "(paper: no claim" in table.iloc[4]["statistic"]
-    assert "kd" not in list(findings(retention(study(paper_like()), SETTINGS))["finding"])
+    assert "kd" not in list(findings(retention(study(paper_like()), BOOTSTRAP_SETTINGS))["finding"])
 
 
 def test_a_study_that_ran_kd_gets_its_row_even_when_nothing_could_be_tested():
@@ -335,7 +308,7 @@ def test_a_study_that_ran_kd_gets_its_row_even_when_nothing_could_be_tested():
     results = study(paper_like())
     for task in ("c1", "c2"):
         results.append(result(task, "classification", "bi", 0.1, "kd", 150, N))
-    frame = findings(retention(results, SETTINGS))
+    frame = findings(retention(results, BOOTSTRAP_SETTINGS))
     (row,) = frame[frame["finding"] == "kd"].itertuples()
     assert row.verdict == "not tested" and row.detail == "no kd variant with generative retention"
 
@@ -348,7 +321,7 @@ def test_findings_undecided_when_the_interval_covers_zero():
         for ratio in (0.1, 0.3)
         for recovery in ("none", "sgr", "data")
     }
-    frame = findings(retention(study(close), SETTINGS))
+    frame = findings(retention(study(close), BOOTSTRAP_SETTINGS))
     assert list(frame["verdict"]) == [UNDECIDED] * 4
     assert ((frame["ci_low"] < 0) & (frame["ci_high"] > 0)).all()
     assert frame["detail"].str.contains("covers 0").all()
@@ -365,7 +338,7 @@ def test_recovery_by_ratio_decides_each_cell_on_its_own():
             for rec, n in hits.items()
         ]
     entries = seeded(entries)
-    table = recovery_by_ratio(retention(entries, SETTINGS)).set_index(["ratio", "contrast"])
+    table = recovery_by_ratio(retention(entries, BOOTSTRAP_SETTINGS)).set_index(["ratio", "contrast"])
     cell = table.loc[(0.1, "sgr − none")]
     assert cell["estimate"] == 0 and cell["ci_low"] == 0 and cell["ci_high"] == 0 and cell["verdict"] == UNDECIDED
     cell = table.loc[(0.1, "sgr − data")]
@@ -375,7 +348,7 @@ def test_recovery_by_ratio_decides_each_cell_on_its_own():
     cell = table.loc[(0.3, "sgr − data")]
     assert cell["estimate"] == pytest.approx(16 / 20 - 18 / 20) and cell["verdict"] == UNDECIDED
     assert cell["ci_low"] < 0 < cell["ci_high"]
-    lines = lowest_ratio_lines(recovery_by_ratio(retention(entries, SETTINGS)))
+    lines = lowest_ratio_lines(recovery_by_ratio(retention(entries, BOOTSTRAP_SETTINGS)))
     assert lines == [
         "- **m** · bi · sgr − data at the lowest ratio, 0.1: SGR recovers more, and the interval decides it.",
         "- **m** · bi · sgr − none at the lowest ratio, 0.1: this run cannot tell whether SGR helps (undecided).",
@@ -396,14 +369,14 @@ def test_the_report_says_where_sgr_is_decided(tmp_path):
 
 def test_findings_not_tested_say_why():
     no_classification = [r for r in study(paper_like()) if r["type"] == "generative"]
-    frame = findings(retention(no_classification, SETTINGS))
+    frame = findings(retention(no_classification, BOOTSTRAP_SETTINGS))
     assert frame.iloc[0]["verdict"] == NOT_TESTED and "no classification task evaluated" in frame.iloc[0]["detail"]
     assert list(frame["verdict"][1:]) == [REPRODUCED] * 3
     one_ratio = {k: v for k, v in paper_like().items() if k[1] == 0.1}
-    frame = findings(retention(study(one_ratio, ratios=(0.1,)), SETTINGS))
+    frame = findings(retention(study(one_ratio, ratios=(0.1,)), BOOTSTRAP_SETTINGS))
     assert frame.iloc[3]["verdict"] == NOT_TESTED and "one ratio" in frame.iloc[3]["detail"]
     no_data = {k: v for k, v in paper_like().items() if k[2] != "data"}
-    frame = findings(retention(study(no_data), SETTINGS))
+    frame = findings(retention(study(no_data), BOOTSTRAP_SETTINGS))
     assert frame.iloc[1]["verdict"] == NOT_TESTED and "no data variant" in frame.iloc[1]["detail"]
     assert frame.iloc[2]["verdict"] == REPRODUCED
 
@@ -707,8 +680,8 @@ def test_one_seed_cannot_decide_a_contrast_of_trained_recoveries():
     """The same paper-like outcomes as above, each recovery trained once: (i) compares untrained variants and is
     decided; (ii) and (iii) compare trained recoveries, so their verdict is "one seed: not decidable", with the
     items-only interval beside it (the very interval two identical seeds give) and what the items alone say."""
-    one = findings(retention(study(paper_like(), seeds=(0,)), SETTINGS))
-    two = findings(retention(study(paper_like(), seeds=(0, 1)), SETTINGS))
+    one = findings(retention(study(paper_like(), seeds=(0,)), BOOTSTRAP_SETTINGS))
+    two = findings(retention(study(paper_like(), seeds=(0, 1)), BOOTSTRAP_SETTINGS))
     assert list(one["verdict"]) == [REPRODUCED, ONE_SEED, ONE_SEED, ONE_SEED]
     assert list(two["verdict"]) == [REPRODUCED] * 4
     for column in ("estimate", "ci_low", "ci_high"):
@@ -724,11 +697,11 @@ def test_one_seed_cannot_decide_a_contrast_of_trained_recoveries():
     assert "sgr trained with one seed" in one["detail"].iloc[2]  # sgr − none: none trains nothing
     # results that record no training seed (evaluated before results stored it) are one run each: the same
     unrecorded = [{k: v for k, v in r.items() if k != "training_seed"} for r in study(paper_like(), seeds=(0,))]
-    assert list(findings(retention(unrecorded, SETTINGS))["verdict"]) == list(one["verdict"])
+    assert list(findings(retention(unrecorded, BOOTSTRAP_SETTINGS))["verdict"]) == list(one["verdict"])
     table = findings_table(one, 0.95)
     assert table["verdict"].tolist()[1:] == ["**one seed: not decidable**"] * 3
     assert table[f"estimate [{0.95:.0%} CI]"].iloc[1].startswith(("0.12 [", "0.13 ["))
-    by_ratio = recovery_by_ratio(retention(study(paper_like(), seeds=(0,)), SETTINGS))
+    by_ratio = recovery_by_ratio(retention(study(paper_like(), seeds=(0,)), BOOTSTRAP_SETTINGS))
     assert set(by_ratio["verdict"]) == {ONE_SEED}
     assert set(lowest_ratio_lines(by_ratio)) == {
         "- **m** · bi · sgr − data at the lowest ratio, 0.1: one training seed cannot decide it (recovery.seeds).",
@@ -817,7 +790,7 @@ def test_a_pruned_model_that_agrees_on_every_item_gets_the_exact_bound_not_zero_
     [0.0, 0.0]. Zero disagreements in n items still allow a rate up to u = 1 - 0.025^(1/n) (0.31 at 10, 0.018
     at 200), so the drop is within ±u and the retention within 1 ± u / dense (chance 0)."""
     entries = [dense("t", "generative", dense_hits, n), result("t", "generative", "bi", 0.2, "none", dense_hits, n)]
-    stats = retention(entries, SETTINGS)
+    stats = retention(entries, BOOTSTRAP_SETTINGS)
     bound = 1 - 0.025 ** (1 / n)
     dense_mean = dense_hits / n
     for row in (stats.per_task.iloc[0], stats.per_type.iloc[0]):
@@ -830,9 +803,9 @@ def test_a_pruned_model_that_agrees_on_every_item_gets_the_exact_bound_not_zero_
 def test_many_disagreements_keep_the_bootstrap_interval():
     """20 of 200 items lost (nested hits): MIN_DISAGREEMENTS or more, so the percentile bootstrap stands."""
     entries = [dense("t", "generative", 150, 200), result("t", "generative", "bi", 0.2, "none", 130, 200)]
-    row = retention(entries, SETTINGS).per_task.iloc[0]
+    row = retention(entries, BOOTSTRAP_SETTINGS).per_task.iloc[0]
     assert row["disagreements"] == 20 >= MIN_DISAGREEMENTS
-    resamples = resample_weights(200, SETTINGS, "m", "t")
+    resamples = resample_weights(200, BOOTSTRAP_SETTINGS, "m", "t")
     dense_items = (np.arange(200) < 150).astype(float)
     variant_items = (np.arange(200) < 130).astype(float)
     expected = 100 * (resamples @ (dense_items - variant_items)) / 200
@@ -842,7 +815,7 @@ def test_many_disagreements_keep_the_bootstrap_interval():
 def test_one_item_lost_widens_to_the_exact_bound_on_both_sides():
     """1 of 40 items lost, none won: drop 2.5 points; the interval holds [-u(0), u(1)] with the exact bounds."""
     entries = [dense("t", "generative", 30, 40), result("t", "generative", "bi", 0.2, "none", 29, 40)]
-    row = retention(entries, SETTINGS).per_task.iloc[0]
+    row = retention(entries, BOOTSTRAP_SETTINGS).per_task.iloc[0]
     assert row["disagreements"] == 1 and row["drop_points"] == pytest.approx(2.5)
     assert row["drop_low"] == pytest.approx(-100 * clopper_pearson_upper(0, 40, 0.95))
     assert row["drop_high"] == pytest.approx(100 * clopper_pearson_upper(1, 40, 0.95))  # 12.9 points
@@ -850,7 +823,7 @@ def test_one_item_lost_widens_to_the_exact_bound_on_both_sides():
 
 def test_weightings_that_agree_are_not_flagged():
     """Two tasks of one size: both weightings give the same number, so nothing is flagged."""
-    row = type_row(retention(study(paper_like()), SETTINGS).per_type, "generative", "sgr", 0.1)
+    row = type_row(retention(study(paper_like()), BOOTSTRAP_SETTINGS).per_type, "generative", "sgr", 0.1)
     assert row["other_retention"] == pytest.approx(row["retention"]) and not row["weightings_diverge"]
     from layerprune.report import retention_cell
 

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers.sandbox_probes import MEMORY_PROBE, check_memory_probe
 
 import layerprune
 from layerprune.graders import grade_code
@@ -413,7 +414,7 @@ def test_a_full_tmpdir_stops_the_job_naming_the_cause_and_grades_nothing(full_tm
 
 def test_a_code_result_records_the_preflights_isolation_when_no_sample_reached_the_sandbox(tmp_path):
     import torch
-    from conftest import make_tiny_checkpoint
+    from helpers.models import make_tiny_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from layerprune.generative import evaluate_generative
@@ -437,57 +438,6 @@ def test_a_code_result_records_the_preflights_isolation_when_no_sample_reached_t
     assert result["error_buckets"]["pass"] == 0 and result["samples"][0]["error_bucket"] != "pass"
     assert "stderr_tail" not in result["samples"][0]  # graded at compile time: no program ran
     assert result["sandbox"]["isolation"]["level"] == "strict", result["sandbox"]
-
-
-# Issue 27's two ways past the memory limit as a user, and shared memory: each tries to hold 512 MB (the limit is
-# 256 MB) where no process's resident memory shows it, and prints how far it got.
-MEMORY_PROBE = """\
-import ctypes, json, os
-libc = ctypes.CDLL(None, use_errno=True)
-chunk, outcome, keep = b"x" * (1 << 20), {}, []
-def fill(new_file, name):
-    # 8 MB per file (RLIMIT_FSIZE stops one file at file_size_mb), up to 512 MB in all
-    stored = 0
-    try:
-        while stored < 512:
-            fd = new_file(len(keep))
-            keep.append(fd)
-            for _ in range(8):
-                os.write(fd, chunk)
-                stored += 1
-    except OSError as error:
-        outcome[name + " stopped"] = error.strerror
-    outcome[name + " MB"] = stored
-try:
-    fill(lambda i: os.memfd_create("hidden%d" % i), "memfd")
-except OSError as error:
-    outcome["memfd"] = "refused: " + error.strerror
-for fd in keep:
-    os.close(fd)
-keep.clear()
-if libc.unshare(0x10000000 | 0x00020000) != 0:  # a nested user and mount namespace, for a tmpfs of its own
-    outcome["nested user namespace"] = "refused: " + os.strerror(ctypes.get_errno())
-else:
-    os.makedirs("/tmp/big", exist_ok=True)
-    if libc.mount(b"tmpfs", b"/tmp/big", b"tmpfs", 0, b"size=100%") != 0:
-        outcome["tmpfs"] = "refused: " + os.strerror(ctypes.get_errno())
-    else:
-        fill(lambda i: os.open("/tmp/big/f%d" % i, os.O_WRONLY | os.O_CREAT), "nested tmpfs")
-for fd in keep:
-    os.close(fd)
-fill(lambda i: os.open("/dev/shm/f%d" % i, os.O_WRONLY | os.O_CREAT), "/dev/shm")
-print(json.dumps(outcome))
-"""
-
-
-def check_memory_probe(passed: bool, stdout: str, limit_mb: int, tmpfs_mb: int) -> None:
-    """Neither memfd nor a nested user namespace is there to use; /dev/shm holds at most its tmpfs."""
-    if not passed and not stdout.strip():
-        return  # killed over the limit before it could say anything: the limit held
-    outcome = json.loads(stdout.strip().splitlines()[-1])
-    assert outcome.get("memfd MB", 0) == 0, outcome
-    assert outcome.get("nested user namespace", "").startswith("refused"), outcome
-    assert outcome.get("/dev/shm MB", 0) <= tmpfs_mb < limit_mb, outcome
 
 
 def test_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(mechanism):

@@ -313,7 +313,7 @@ print(json.dumps(graded["correct"]["isolation"]))
 
 @pytest.mark.slow  # 28 judged sandboxes in a row
 def test_as_a_user_every_cheating_wrong_answer_fails(researcher, tmp_path):
-    from test_sandbox_cheats import FAILED, STRATEGIES
+    from helpers.sandbox_probes import FAILED, STRATEGIES
 
     from layerprune.tasks import prepare_task_spec
 
@@ -329,7 +329,7 @@ def test_as_a_user_every_cheating_wrong_answer_fails(researcher, tmp_path):
 
 
 def test_as_a_user_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(researcher):
-    from test_sandbox import MEMORY_PROBE, check_memory_probe
+    from helpers.sandbox_probes import MEMORY_PROBE, check_memory_probe
 
     limits = {"timeout_s": 30, "cpu_s": 20, "memory_mb": 256, "tmpfs_mb": 64}
     done = _as_user(researcher, ["-c", DRIVER, MEMORY_PROBE, json.dumps(limits)])

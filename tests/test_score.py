@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_model, make_tokenizer
+from helpers.models import CORPUS, make_tiny_model, make_tokenizer
 
 from layerprune.score import (
     angular_distances,
@@ -352,7 +352,7 @@ def test_score_file_record_adds_provenance_and_settings(tmp_path):
 
 
 def test_cli_score_writes_calibration_sha256_and_settings(tmp_path):
-    from conftest import make_tiny_checkpoint
+    from helpers.models import make_tiny_checkpoint
 
     from layerprune.cli import main
     from layerprune.io import read_json, sha256_file, write_jsonl

@@ -4,7 +4,7 @@ without changing them."""
 from __future__ import annotations
 
 import torch
-from conftest import CORPUS, make_tiny_model, make_tokenizer
+from helpers.models import CORPUS, make_tiny_model, make_tokenizer
 
 import layerprune.score as score
 

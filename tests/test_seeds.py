@@ -13,8 +13,8 @@ import re
 import pandas as pd
 import pytest
 import yaml
-from test_retention import SETTINGS, dense, result, written
-from workflow_helpers import REPO, flag, planned_paths, shell_commands, snakemake, workflow_copy
+from helpers.results import BOOTSTRAP_SETTINGS, dense, result, written
+from helpers.workflow import REPO, flag, planned_paths, shell_commands, snakemake, workflow_copy
 
 from layerprune.aggregate import aggregate, recovery_records
 from layerprune.evaluate import training_seed
@@ -38,12 +38,12 @@ def recovery_study(sgr_hits: dict[int, int], none_hits: int = 40, sgr_shift: dic
 
 
 def sgr_minus_none(entries: list) -> pd.Series:
-    frame = findings(retention(entries, SETTINGS))
+    frame = findings(retention(entries, BOOTSTRAP_SETTINGS))
     return frame[frame["statistic"] == "sgr − none generative retention"].iloc[0]
 
 
 def sgr_row(entries: list) -> pd.Series:
-    per_type = retention(entries, SETTINGS).per_type
+    per_type = retention(entries, BOOTSTRAP_SETTINGS).per_type
     return per_type[per_type["recovery"] == "sgr"].iloc[0]
 
 
@@ -54,7 +54,7 @@ def test_two_seeds_with_identical_outcomes_give_the_one_seed_interval():
     for column in ("retention", "ci_low", "ci_high", "drop_points", "drop_low", "drop_high"):
         assert sgr_row(two)[column] == pytest.approx(sgr_row(one)[column])
     assert sgr_row(two)["training_seeds"] == "0 1" and sgr_row(one)["training_seeds"] == "0"
-    per_task = retention(two, SETTINGS).per_task
+    per_task = retention(two, BOOTSTRAP_SETTINGS).per_task
     assert len(per_task) == 2 and per_task.set_index("recovery").loc["sgr", "value"] == pytest.approx(0.5)
     a, b = sgr_minus_none(one), sgr_minus_none(two)
     assert (b["estimate"], b["ci_low"], b["ci_high"]) == pytest.approx((a["estimate"], a["ci_low"], a["ci_high"]))
@@ -76,9 +76,9 @@ def test_seeds_that_disagree_widen_the_interval_around_their_mean_and_undecide_a
     row = sgr_row(both)
     assert row["retention"] == pytest.approx(((120 + 40) / 2) / 160) and row["training_seeds"] == "0 1"
     # none trained nothing: its row has no seeds, and its interval is the items' alone, as before
-    per_type = retention(both, SETTINGS).per_type.set_index("recovery")
+    per_type = retention(both, BOOTSTRAP_SETTINGS).per_type.set_index("recovery")
     assert per_type.loc["none", "training_seeds"] == ""
-    before = retention(alone, SETTINGS).per_type.set_index("recovery")
+    before = retention(alone, BOOTSTRAP_SETTINGS).per_type.set_index("recovery")
     assert per_type.loc["none", ["ci_low", "ci_high"]].tolist() == before.loc["none", ["ci_low", "ci_high"]].tolist()
 
 
@@ -91,7 +91,7 @@ def test_one_seed_draw_is_shared_by_the_tasks_of_a_checkpoint():
         entries.append(dense(task, "generative", 100, 100))
         entries.append(result(task, "generative", "bi", 0.2, "sgr", 100, 100, training_seed=0))
         entries.append(result(task, "generative", "bi", 0.2, "sgr", 0, 100, training_seed=1))
-    stats = retention(entries, SETTINGS)
+    stats = retention(entries, BOOTSTRAP_SETTINGS)
     per_task = stats.per_task.set_index("task")
     row = stats.per_type.iloc[0]
     for task in ("g1", "g2"):
@@ -104,7 +104,7 @@ def test_one_seed_draw_is_shared_by_the_tasks_of_a_checkpoint():
 def test_a_seed_given_twice_is_an_error_not_an_average():
     entries = recovery_study({0: 100}) + [result("gen", "generative", "bi", 0.2, "sgr", 90, N, training_seed=0)]
     with pytest.raises(ValueError, match=r"more than one result for m/bi/0.2/sgr/gen with training seed 0"):
-        retention(entries, SETTINGS)
+        retention(entries, BOOTSTRAP_SETTINGS)
 
 
 def test_the_report_says_what_the_intervals_cover(tmp_path):
@@ -231,22 +231,18 @@ def test_bad_seeds_are_named_at_plan_time(tmp_path, seeds, message):
 def test_not_tested_stays_not_tested_with_seeds():
     """A recovery without its control still says why, with several seeds as with one."""
     entries = [e for e in recovery_study({0: 120, 1: 40}) if e["recovery"] != "none"]
-    frame = findings(retention(entries, SETTINGS))
+    frame = findings(retention(entries, BOOTSTRAP_SETTINGS))
     assert frame[frame["statistic"] == "sgr − none generative retention"].iloc[0]["verdict"] == NOT_TESTED
 
 
 @pytest.mark.slow  # a real tiny run: 2 LoRA trainings and 4 evaluations
 def test_two_seeds_through_a_real_tiny_run(tmp_path):
     """Each seed trains its own checkpoint (TRL gets the seed), each evaluation records it, the report pools them."""
-    from conftest import make_tiny_checkpoint
+    from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.workflow import TINY_STUDY, tiny_config
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-    from workflow_helpers import CHAT_TEMPLATE, TINY_STUDY, tiny_config
 
-    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     config = tiny_config(model_dir)
     config["pruning"]["ratios"] = [0.5]
     config["recovery"].update(methods=["none", "sgr"], seeds=[0, 1])
@@ -273,7 +269,7 @@ def test_two_seeds_through_a_real_tiny_run(tmp_path):
 @pytest.mark.slow  # dry runs against the session's one real tiny run
 def test_adding_a_seed_to_a_finished_run_trains_only_that_seed(tiny_run, tmp_path):
     """The study's own seed keeps its folders and settings: listing it plans nothing, adding one trains only it."""
-    from workflow_helpers import planned_jobs
+    from helpers.workflow import planned_jobs
 
     workdir, config = tiny_run
     same = copy.deepcopy(config)
@@ -296,8 +292,8 @@ def test_adding_a_seed_to_a_finished_run_trains_only_that_seed(tiny_run, tmp_pat
 @pytest.mark.slow  # the real aggregate rule and `snakemake --report` on fixture results: ~20 s
 def test_html_report_says_seed_variance_is_covered(tmp_path):
     """The HTML report's captions follow recovery.seeds as report.md's follow the results' seeds."""
-    from test_report import _result
-    from test_workflow import GRID
+    from helpers.plans import GRID
+    from helpers.report_grid import sampled_result
 
     config = copy.deepcopy(GRID)
     config["scoring"]["methods"] = ["reverse"]
@@ -314,7 +310,7 @@ def test_html_report_says_seed_variance_is_covered(tmp_path):
         for where, recovery, seed in cells:
             method, ratio = ("dense", 0.0) if where == "dense" else ("reverse", 0.25)
             value = 0.8 if method == "dense" else 0.5 + 0.1 * (seed or 0)
-            entry = _result("mc", method, ratio, recovery, value, recovery == "none")
+            entry = sampled_result("mc", method, ratio, recovery, value, recovery == "none")
             entry.update(model=model, task=task, type=settings["type"], training_seed=seed)
             write_json(workdir / planned[f"eval/{model}/{where}/{task}.json"], entry)
     removal = {str(k): list(range(30 - k, 30)) for k in range(1, 30)}

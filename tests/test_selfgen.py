@@ -1,6 +1,6 @@
 """Self-generated responses: prompt sources, token filter, backends, resumption, counts, Magpie.
 
-Everything runs a real tiny random Llama (conftest) through the real generation
+Everything runs a real tiny random Llama (helpers.models) through the real generation
 code; the only special model is one whose EOS row is raised so that a random
 network ends some answers early and leaves others unfinished.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import CORPUS, EOS_ID, FAMILIES, make_tiny_checkpoint
+from helpers.models import CHAT_TEMPLATE, EOS_ID, FAMILIES, make_tiny_checkpoint
+from helpers.records import phrase
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.data import filter_prompt_set, prepare_prompt_set, prompt_token_ids
@@ -28,19 +29,11 @@ from layerprune.io import read_json, read_jsonl, write_jsonl
 from layerprune.magpie import NearDuplicateFilter, magpie_prompts, magpie_user_prefix, shingles
 from layerprune.selfgen import batch_seed, partial_path, resolve_backend, self_generate
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
-)
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-WORDS = " ".join(CORPUS).split()
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def phrase(start: int, length: int) -> str:
-    return " ".join(WORDS[(start + i) % len(WORDS)] for i in range(length))
 
 
 def prompt_records(count: int) -> list[dict]:
@@ -62,16 +55,9 @@ def single_torch_thread():
     torch.set_num_threads(previous)
 
 
-def with_template(path: Path, template: str = CHAT_TEMPLATE) -> Path:
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = template
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return with_template(make_tiny_checkpoint(tmp_path_factory.mktemp("dense") / "m", num_layers=2))
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("dense") / "m", num_layers=2, chat_template=CHAT_TEMPLATE)
 
 
 def boost_eos(path: Path, fraction: float = 0.3) -> Path:
@@ -98,8 +84,8 @@ def boost_eos(path: Path, fraction: float = 0.3) -> Path:
 @pytest.fixture(scope="module")
 def eos_checkpoint(tmp_path_factory) -> Path:
     """A tiny Llama whose answers end early about a third of the time (greedy)."""
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("eos") / "m", num_layers=2, seed=3)
-    return with_template(boost_eos(path))
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("eos") / "m", num_layers=2, seed=3, chat_template=CHAT_TEMPLATE)
+    return boost_eos(path)
 
 
 # --------------------------------------------------------------------------- prompt sources
@@ -347,7 +333,9 @@ def test_batched_greedy_equals_one_prompt_at_a_time(checkpoint, tmp_path):
 def test_shrinking_batch_decoder_matches_generate_on_every_family(family, tmp_path):
     """Finished rows leave the batch and its KV cache; the answers stay those of plain `generate`,
     sliding-window families included (tiny windows of 4 tokens, prompts longer than that)."""
-    path = with_template(boost_eos(make_tiny_checkpoint(tmp_path / family, family=family, num_layers=3), 0.15))
+    path = boost_eos(
+        make_tiny_checkpoint(tmp_path / family, family=family, num_layers=3, chat_template=CHAT_TEMPLATE), 0.15
+    )
     records = prompt_records(8)
     write_jsonl(tmp_path / "p.jsonl", records)
     settings = dict(max_new_tokens=6, temperature=0.0, top_p=1.0, batch_size=8, seed=0, dtype="float32")
@@ -574,7 +562,7 @@ def test_magpie_greedy_collapses_to_one_question(eos_checkpoint, tmp_path):
 def test_partial_file_of_a_model_replaced_at_the_same_path_is_not_reused(tmp_path, monkeypatch):
     """A killed selfgen, resumed after the model at its path changed, starts over: no old answers are mixed in."""
     monkeypatch.setenv("LAYERPRUNE_CACHE_DIR", str(tmp_path / "cache"))
-    model = with_template(make_tiny_checkpoint(tmp_path / "m", num_layers=2, seed=0))
+    model = make_tiny_checkpoint(tmp_path / "m", num_layers=2, seed=0, chat_template=CHAT_TEMPLATE)
     write_jsonl(tmp_path / "p.jsonl", prompt_records(6))
     out = tmp_path / "o.jsonl"
 

@@ -16,7 +16,7 @@ import typing
 
 import pytest
 import yaml
-from workflow_helpers import REPO
+from helpers.workflow import REPO
 
 from layerprune import registry, settings
 from layerprune.settings import MISSING, RecoverySettings, ScoreSettings, config_path, settings_json
@@ -192,20 +192,16 @@ def test_registries_match_the_code_that_dispatches_on_them():
 def test_lora_target_modules_reaches_peft(tmp_path, single_thread):
     """The setting added as the proof of 'one place': LoRA on q_proj and v_proj changes only those weights."""
     import torch
-    from conftest import RECOVER_SETTINGS, make_tiny_checkpoint
+    from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.records import sourced_prompt_records
+    from helpers.training import RECOVER_SETTINGS
     from safetensors.torch import load_file
-    from test_stages import prompt_records
-    from transformers import AutoTokenizer
-    from workflow_helpers import CHAT_TEMPLATE
 
     from layerprune.io import write_jsonl
     from layerprune.recover import recover_checkpoint
 
-    base = make_tiny_checkpoint(tmp_path / "base", num_layers=2)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(base)
-    write_jsonl(tmp_path / "train.jsonl", prompt_records(4))
+    base = make_tiny_checkpoint(tmp_path / "base", num_layers=2, chat_template=CHAT_TEMPLATE)
+    write_jsonl(tmp_path / "train.jsonl", sourced_prompt_records(4))
     options = RecoverySettings.build(
         **{**RECOVER_SETTINGS, "max_steps": 2, "lora_target_modules": ["q_proj", "v_proj"]}
     )
@@ -219,7 +215,7 @@ def test_lora_target_modules_reaches_peft(tmp_path, single_thread):
 
 def test_the_cli_refuses_what_the_schema_refuses():
     """Bounds are checked on the settings object too, so `layerprune recover --lora-r 0` fails like the config."""
-    from conftest import RECOVER_SETTINGS
+    from helpers.training import RECOVER_SETTINGS
 
     from layerprune.settings import RecoverySettings
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_tiny_checkpoint
-from workflow_helpers import BIN, REPO, env, planned_jobs, run, snakemake, tiny_config, workflow_copy
+from helpers.models import make_tiny_checkpoint
+from helpers.workflow import BIN, REPO, env, planned_jobs, run, snakemake, tiny_config, workflow_copy
 
 SCRIPT = REPO / "scripts" / "slurm_test_cluster.sh"
 ACCOUNT = "layerprune"

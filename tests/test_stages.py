@@ -1,6 +1,6 @@
 """Model stages on a tiny random Llama: selfgen, recover, evaluate, and the CLI.
 
-The conftest tokenizer is word-level and has no chat template; a minimal one is
+The tests' tokenizer (helpers.models) is word-level and has no chat template; a minimal one is
 added to the checkpoint, and every prompt is made of CORPUS words so that the
 tokens are real ones rather than <unk>.
 """
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, RECOVER_SETTINGS, UNK_ID, make_tiny_checkpoint
+from helpers.models import CHAT_TEMPLATE, UNK_ID, make_tiny_checkpoint
+from helpers.records import generative_task, sourced_prompt_records
+from helpers.training import RECOVER_SETTINGS, VENV_BIN
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -30,31 +32,7 @@ from layerprune.selfgen import self_generate
 from layerprune.settings import EvaluationSettings
 
 NUM_LAYERS = 4
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
-)
-WORDS = " ".join(CORPUS).split()
 SYSTEM_PROMPT = "hello world"
-VENV_BIN = Path(sys.executable).parent
-
-
-def phrase(start: int, length: int) -> str:
-    return " ".join(WORDS[(start + i) % len(WORDS)] for i in range(length))
-
-
-def prompt_records(count: int, offset: int = 0) -> list[dict]:
-    """Prompt–completion records whose prompts have varied lengths (not sorted)."""
-    records = []
-    for i in range(count):
-        length = 2 + (5 * i + offset) % 7
-        records.append(
-            {
-                "prompt": [{"role": "user", "content": phrase(3 * i + offset, length)}],
-                "completion": [{"role": "assistant", "content": phrase(5 * i + offset + 1, 2 + i % 3)}],
-                "source": f"test:{offset}#{i}",
-            }
-        )
-    return records
 
 
 def safetensors_of(directory: Path) -> dict[str, torch.Tensor]:
@@ -76,11 +54,8 @@ def single_torch_thread():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("dense") / "m", family="llama", num_layers=NUM_LAYERS)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    return path
+    dense = tmp_path_factory.mktemp("dense") / "m"
+    return make_tiny_checkpoint(dense, family="llama", num_layers=NUM_LAYERS, chat_template=CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +84,7 @@ def test_chat_template_renders_real_tokens(tokenizer):
 def sampled(checkpoint, tmp_path_factory):
     """Three sampled self-generation runs: seed 0 twice and seed 1."""
     root = tmp_path_factory.mktemp("selfgen")
-    records = prompt_records(8)
+    records = sourced_prompt_records(8)
     for record in records:  # prepare_prompt_set puts the system prompt into the prompt set
         record["prompt"].insert(0, {"role": "system", "content": SYSTEM_PROMPT})
     write_jsonl(root / "prompts.jsonl", records)
@@ -151,7 +126,7 @@ def test_selfgen_sampling_depends_on_seed(sampled):
 
 
 def test_selfgen_temperature_zero_is_greedy(checkpoint, tokenizer, model, tmp_path):
-    records = prompt_records(5, offset=2)
+    records = sourced_prompt_records(5, offset=2)
     write_jsonl(tmp_path / "prompts.jsonl", records)
     kwargs = dict(max_new_tokens=5, temperature=0.0, top_p=0.9, batch_size=4, dtype="float32")
     self_generate(checkpoint, tmp_path / "prompts.jsonl", tmp_path / "g0.jsonl", seed=0, **kwargs)
@@ -175,9 +150,9 @@ def test_selfgen_temperature_zero_is_greedy(checkpoint, tokenizer, model, tmp_pa
 @pytest.fixture(scope="module")
 def recovery_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("recovery_data")
-    records = prompt_records(6)
+    records = sourced_prompt_records(6)
     # An empty completion is dropped before training.
-    records.insert(3, {**prompt_records(1, offset=9)[0], "completion": [{"role": "assistant", "content": " "}]})
+    records.insert(3, {**sourced_prompt_records(1, offset=9)[0], "completion": [{"role": "assistant", "content": " "}]})
     write_jsonl(root / "train.jsonl", records)
     return root / "train.jsonl"
 
@@ -267,7 +242,7 @@ def test_recover_completion_only_loss(checkpoint, tokenizer, tmp_path, monkeypat
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(trl, "SFTTrainer", RecordingSFTTrainer)
-    records = prompt_records(6, offset=4)
+    records = sourced_prompt_records(6, offset=4)
     write_jsonl(tmp_path / "train.jsonl", records)
     record = recover_checkpoint(
         checkpoint, tmp_path / "train.jsonl", tmp_path / "out", "data", padding_free=padding_free, **RECOVER_SETTINGS
@@ -311,7 +286,7 @@ def test_recover_completion_only_loss(checkpoint, tokenizer, tmp_path, monkeypat
 
 
 def test_recover_rejects_empty_completions(checkpoint, tmp_path):
-    records = prompt_records(3)
+    records = sourced_prompt_records(3)
     for r in records:
         r["completion"] = [{"role": "assistant", "content": "  \n"}]
     write_jsonl(tmp_path / "empty.jsonl", records)
@@ -323,21 +298,6 @@ def test_recover_rejects_empty_completions(checkpoint, tmp_path):
 # --------------------------------------------------------------------------- evaluate
 
 VARIANT = {"model": "tiny", "method": "bi", "ratio": 0.25, "recovery": "sgr"}
-
-
-def generative_task(samples_targets: list[list[str]] | None = None) -> dict:
-    samples = []
-    for i in range(8):
-        targets = samples_targets[i] if samples_targets else [phrase(i + 20, 2)]
-        samples.append({"id": i, "input": phrase(4 * i, 3 + i % 3), "targets": targets})
-    return {
-        "source": "bigbench:test/gen",
-        "type": "generative",
-        "num_fewshot": 1,
-        "seed": 0,
-        "fewshot": [{"id": 100, "input": "the quick brown", "targets": ["fox"]}],
-        "samples": samples,
-    }
 
 
 def test_evaluate_generative_exact_match(checkpoint, tokenizer, model, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import (
+from helpers.workflow import (
     REPO,
     TINY_STUDY,
     VARIANT_JOBS,
@@ -211,14 +211,10 @@ def test_a_second_study_that_varies_one_setting_runs_only_what_depends_on_it(tmp
     that trains on it, that recovery's evaluation and the report, nothing else (on 8179f34 it re-ran score,
     prune, filter_prompts, the dense and the unrecovered evaluations: ~58 % of its CPU time). Its time table
     then lists only the stages it ran."""
-    from conftest import make_tiny_checkpoint
-    from transformers import AutoTokenizer
-    from workflow_helpers import CHAT_TEMPLATE, local_config, write_local_data
+    from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.workflow import local_config, write_local_data
 
-    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(model_dir)
+    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
     workdir = workflow_copy(tmp_path / "wf")
     write_local_data(workdir)
     mine = local_config(model_dir, "my-study")

@@ -15,9 +15,9 @@ import sys
 
 import pytest
 import yaml
-from conftest import make_tiny_checkpoint
-from test_stages import generative_task
-from workflow_helpers import REPO, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
+from helpers.models import make_tiny_checkpoint
+from helpers.records import generative_task
+from helpers.workflow import REPO, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
 
 from layerprune import settings as settings_module
 from layerprune.checks import ConfigError

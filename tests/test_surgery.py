@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, make_tiny_model, make_tokenizer, sample_ids
+from helpers.models import CORPUS, make_tiny_model, make_tokenizer, sample_ids
 from transformers import AutoModelForCausalLM
 
 from layerprune import ablation, iterative, prune

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from workflow_helpers import (
+from helpers.plans import DEFAULT_JOBS, GRID, GRID_JOBS
+from helpers.workflow import (
     BIN,
     REPO,
     flag,
@@ -25,31 +25,6 @@ from workflow_helpers import (
     snakemake,
     workflow_copy,
 )
-
-DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
-# The DAG's arithmetic is tested on a fixed grid (the default before issue 12), not on the embedded
-# default, so the literal job tables below do not change whenever the default does.
-GRID = yaml.safe_load((REPO / "tests" / "fixtures" / "grid_config.yaml").read_text())
-
-
-# What each config plans, counted by hand from the grid (not by re-deriving the DAG).
-# The embedded default: 1 model x 1 method (bi) x 2 ratios x (4 tasks without recovery (evaluate_pruned) +
-# 2 trained recoveries x 2 generative tasks (evaluate_variant)) = 8 + 8 evaluations, 2 x 2 trained
-# recoveries = 4 recover jobs, 12 tasks the project builds (country_continent, country_capital_choice,
-# 3 arithmetic probe ops, plural, 1 calibration, 5 prompt tasks); nothing from BIG-bench.
-DEFAULT_JOBS = {
-    "all": 1, "build_task": 12, "prepare_task": 4, "prepare_prompts": 1,
-    "prepare_calibration": 1, "materialize": 1, "score": 1, "prune": 2, "filter_prompts": 1, "selfgen": 1,
-    "recover": 4, "evaluate_dense": 4, "evaluate_pruned": 8, "evaluate_variant": 8, "aggregate": 1,
-}  # fmt: skip
-# The grid: 1 model x 2 methods x 3 ratios x 3 recoveries x 6 tasks = 108 variant evaluations,
-# 2 x 3 x 2 trained recoveries = 12 recover jobs, 19 built tasks (1 classification + 3 arithmetic
-# probe ops + 8 multidigit + plural + country_capital, 1 calibration, 4 prompt tasks).
-GRID_JOBS = {
-    "all": 1, "build_task": 19, "prepare_task": 6, "prepare_prompts": 1,
-    "prepare_calibration": 1, "materialize": 1, "score": 2, "prune": 6, "filter_prompts": 1, "selfgen": 1,
-    "recover": 12, "evaluate_dense": 6, "evaluate_pruned": 36, "evaluate_variant": 72, "aggregate": 1,
-}  # fmt: skip
 
 
 def test_default_dry_run_lists_exactly_the_expected_jobs(tmp_path):
@@ -375,7 +350,7 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     real aggregate rule runs (`--allowed-rules`), as it would at the end of a finished run.
     """
     import pandas as pd
-    from test_report import _result
+    from helpers.report_grid import sampled_result
 
     from layerprune.io import write_json
 
@@ -390,7 +365,9 @@ def test_snakemake_report_html_on_a_finished_run(tmp_path):
     planned = planned_paths(workdir)  # the study's own files and the shared ones, where the plan wants them
     for task, settings in config["tasks"].items():
         for method, ratio, recovery in [("dense", 0.0, "none"), ("reverse", 0.25, "none"), ("reverse", 0.25, "sgr")]:
-            result = _result("mc", method, ratio, recovery, 0.8 if method == "dense" else 0.5, recovery == "none")
+            result = sampled_result(
+                "mc", method, ratio, recovery, 0.8 if method == "dense" else 0.5, recovery == "none"
+            )
             result.update(model=model, task=task, type=settings["type"])
             where = "dense" if method == "dense" else f"{method}/{ratio:g}/{recovery}"
             write_json(workdir / planned[f"eval/{model}/{where}/{task}.json"], result)

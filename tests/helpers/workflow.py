@@ -19,17 +19,13 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/helpers/workflow.py -> the repository
 BIN = Path(sys.executable).parent
 
 # The tiny study stands where the embedded default would: results/default/ (dvc.yaml names its metrics).
 TINY_STUDY = "default"
 # A shared file's folder is a fingerprint of its settings (workflow/rules/common.smk).
 FINGERPRINT = "[0-9a-f]{12}"
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos> {{ m['content'] }} <eos> {% endfor %}{% if add_generation_prompt %}<bos>{% endif %}"
-)
 
 
 def tiny_config(model_dir) -> dict:
@@ -131,6 +127,7 @@ def workflow_copy(dest: Path, config: dict | None = None) -> Path:
 
 
 def env() -> dict:
+    """os.environ with the venv's bin first on PATH and the hub offline: what snakemake runs with."""
     variables = dict(os.environ)
     variables["PATH"] = f"{BIN}{os.pathsep}{variables.get('PATH', '')}"
     variables.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,6 +136,7 @@ def env() -> dict:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run `cmd` in `cwd` with `env()`, output captured; AssertionError with its output tail if it fails and `check`."""
     result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
@@ -148,6 +146,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 1200) -> s
 
 
 def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The venv's `snakemake *args` in `cwd` (see `run`)."""
     return run([str(BIN / "snakemake"), *args], cwd=cwd, check=check)
 
 
@@ -185,6 +184,7 @@ def shared_pattern(kind: str, name: str = "") -> str:
 
 
 def is_shared(path: str, kind: str, name: str = "") -> bool:
+    """Whether `path` is a shared file of that kind (and name): see `shared_pattern`."""
     return re.fullmatch(shared_pattern(kind, name), path) is not None
 
 
