@@ -21,7 +21,17 @@ from pathlib import Path
 import lm_eval
 import pytest
 import yaml
-from helpers.workflow import BIN, REPO, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
+from helpers.workflow import (
+    BIN,
+    REPO,
+    planned_jobs,
+    run,
+    settings_of,
+    shared_file,
+    shell_commands,
+    snakemake,
+    workflow_copy,
+)
 
 from layerprune.tasks import DEFAULT_GRADER, read_rows
 
@@ -271,8 +281,8 @@ def study_or_shared(results: Path, relative: str) -> Path:
     if own.exists():
         return own
     kind, rest = relative.split("/", 1)
-    (shared,) = (results.parent / "shared" / kind).glob(f"*/{rest}")
-    return shared
+    workdir = results.parent.parent
+    return workdir / shared_file(workdir, kind, rest)
 
 
 def assert_paper_mini_outcomes(results: Path, config: dict) -> None:

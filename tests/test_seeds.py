@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.results import BOOTSTRAP_SETTINGS, dense, result, written
-from helpers.workflow import REPO, flag, planned_paths, shell_commands, snakemake, workflow_copy
+from helpers.workflow import REPO, flag, planned_paths, shared_file, shell_commands, snakemake, workflow_copy
 
 from layerprune.aggregate import aggregate, recovery_records
 from layerprune.evaluate import training_seed
@@ -257,7 +257,7 @@ def test_two_seeds_through_a_real_tiny_run(tmp_path):
         evaluated = json.loads((results / "eval" / "tiny" / "bi" / "0.5" / name / "addition.json").read_text())
         assert evaluated["training_seed"] == seed and evaluated["recovery"] == "sgr"
     # no recovery is evaluated once, shared by fingerprint (results/shared/eval/<fp>/...), with no training seed
-    (unrecovered,) = (workdir / "results" / "shared" / "eval").glob("*/tiny/bi/0.5/none/addition.json")
+    unrecovered = workdir / shared_file(workdir, "eval", "tiny/bi/0.5/none/addition.json")
     assert json.loads(unrecovered.read_text())["training_seed"] is None
     weights = [load_file(recovered / name / "model.safetensors") for name in ("sgr", "sgr-seed1")]
     assert any(not (weights[0][k] == weights[1][k]).all() for k in weights[0])  # two trainings, not one copied
