@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -60,6 +61,13 @@ def borrow(cls: type, name: str) -> Any:
     return dataclasses.field(default=source.default, metadata=metadata)
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A settings class's resolved field types: resolved once per class, since a dry run of the paper grid builds
+    settings ~6,000 times and resolving the annotations was most of that (bench/README.md, "Planning")."""
+    return typing.get_type_hints(cls)
+
+
 def config_path(cls: type, field: dataclasses.Field) -> str:
     return field.metadata["config"] or ".".join(part for part in (cls.SECTION, field.name) if part)
 
@@ -83,7 +91,7 @@ class StageSettings:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(fields)})")
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         coerced = {}
         for name, value in values.items():
             coerced[name] = _coerce(value, hints[name], f"{where}: {name}")
