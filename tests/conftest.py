@@ -49,3 +49,14 @@ def tiny_run(tmp_path_factory):
     workdir = workflow_copy(root / "wf", config)
     snakemake(workdir, "--cores", "2")
     return workdir, config
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's `--dist loadgroup` (pyproject's addopts): a module's tests run on one worker,
+    so its module-scoped fixtures (a real tiny run, a built venv, a 270M model) are built once, not once on each
+    worker; every module that uses the session's `tiny_run` joins one group, so that run is made once."""
+    uses_tiny_run = {item.module.__name__ for item in items if "tiny_run" in getattr(item, "fixturenames", ())}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("tiny_run" if module in uses_tiny_run else module))

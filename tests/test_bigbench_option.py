@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from bigbench_sdist import LoopbackIndex, make_sdist, sha256_of
 from helpers.plans import checkpoint_config, dry_run
 from helpers.workflow import snakemake, workflow_copy
@@ -37,6 +38,7 @@ def console_lines(output: str, needle: str) -> list[str]:
     return [line for line in output.splitlines() if needle in line]
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_a_missing_local_copy_is_refused_at_plan_time(tmp_path):
     model = checkpoint_config(tmp_path / "model")
     config = bigbench_study(model, {"sdist": "downloads/bigbench-1.0.0.tar.gz"})
@@ -56,6 +58,7 @@ def test_a_study_without_bigbench_plans_no_bigbench_job(tmp_path):
     assert "build_task" in output
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_a_refusing_index_stops_the_first_job_with_one_console_line(tmp_path, monkeypatch):
     """No local copy, an empty cache, and the index answers 403 (as the real one does for bigbench 1.0.0)."""
     monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "empty-cache"))
@@ -74,6 +77,7 @@ def test_a_refusing_index_stops_the_first_job_with_one_console_line(tmp_path, mo
     assert not (workdir / "resources" / "bigbench-1.0.0.tar.gz").exists()
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_a_local_copy_is_checked_and_its_tasks_prepared(tmp_path, monkeypatch):
     """`bigbench.sdist` + its sha256: the study's BIG-bench task is extracted and prepared, with its provenance."""
     monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "empty-cache"))

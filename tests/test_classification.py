@@ -103,6 +103,7 @@ def test_prepare_lm_eval_task_pins_settings(tmp_path, arc_dir):
     assert prepare_lm_eval_task("mmlu", 5, 100.0, "acc", None, 0, tmp_path / "m.json")["limit"] == 100
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_task_by_name_on_arc_format_files(checkpoint, arc_dir, tmp_path):
     """lm-eval's own ARC-Easy config (prompt, choices, target) on local ARC rows, limit as a fraction."""
     prepare_lm_eval_task("arc_easy_local", 2, 0.5, "acc", arc_dir, 0, tmp_path / "task.json")
@@ -126,6 +127,7 @@ def test_task_by_name_on_arc_format_files(checkpoint, arc_dir, tmp_path):
     assert result["value"] == pytest.approx(sum(s["correct"] for s in result["samples"]) / 4)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_unknown_lm_eval_task_names_the_key(checkpoint, tmp_path):
     prepare_lm_eval_task("no_such_task_xyz", 0, None, "acc", None, 0, tmp_path / "task.json")
     with pytest.raises(KeyError, match="lm_eval_task.*no_such_task_xyz"):
@@ -135,6 +137,7 @@ def test_unknown_lm_eval_task_names_the_key(checkpoint, tmp_path):
         )  # fmt: skip
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_paper_classification_tasks_are_lm_eval_tasks():
     """Every lm_eval_task of configs/paper.yaml is in lm-eval's (offline) task index."""
     from lm_eval.tasks import TaskManager
@@ -224,6 +227,7 @@ def long_task(longest: int) -> dict:
     }
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_lm_eval_batches_are_sized_by_a_token_budget(checkpoint, monkeypatch):
     """evaluation.max_batch_tokens: each lm-eval forward pass holds rows x padded length within the budget
     (one row at least), so a task's batches shrink as its longest request grows; the scores are those of a

@@ -108,6 +108,7 @@ def test_the_documents_have_the_commands_this_test_expects():
 
 
 @pytest.mark.parametrize(("document", "command"), COMMANDS, ids=[f"{d}: {c}" for d, c in COMMANDS])
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_documented_command_plans_its_study(tmp_path, document, command):
     workdir = workflow_copy(tmp_path / "wf")
     (workdir / "configs").mkdir()
@@ -134,6 +135,7 @@ def test_documented_command_plans_its_study(tmp_path, document, command):
     assert {argv[argv.index("--task-name") + 1] for argv in evaluations} == evaluated
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_config_overrides_apply_over_a_configfile_and_over_the_default(tmp_path):
     workdir = workflow_copy(tmp_path / "wf")
     (workdir / "my-study.yaml").write_text(yaml.safe_dump(MY_STUDY))
@@ -147,6 +149,7 @@ def test_config_overrides_apply_over_a_configfile_and_over_the_default(tmp_path)
             assert (selfgen["seed"], selfgen["dtype"]) == (7, "float32")
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_tasks_of_the_default_cannot_leak_into_a_study(tmp_path):
     """A study with `tasks` of its own evaluates those only (deep-merging added the default's six)."""
     workdir = workflow_copy(tmp_path / "wf")

@@ -42,6 +42,7 @@ def constraints(name: str = "constraints.txt") -> dict[str, str]:
     return pins
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_snakemake_lint_is_clean(tmp_path):
     workdir = workflow_copy(tmp_path / "wf")
     result = snakemake(workdir, "--lint", check=False)
@@ -132,6 +133,7 @@ def test_every_rule_that_runs_a_command_has_conda_log_and_benchmark():
             assert (log[2], log[3]) == (benchmark[2], benchmark[3]), name
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_job_output_lands_in_its_log(tmp_path):
     """A real job (the calibration set) writes nothing to the terminal and its own lines to logs/."""
     workdir = workflow_copy(tmp_path / "wf")

@@ -195,6 +195,7 @@ def test_killed_kd_resumes_to_the_same_weights(pair, tmp_path):
 # --------------------------------------------------------------------------- through the DAG
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_kd_jobs_get_the_dense_teacher_and_the_sgr_data(tmp_path):
     """Dry run: each kd job reads the selfgen pairs and the dense checkpoint; sgr's settings carry no kd key."""
     from helpers.plans import GRID

@@ -116,6 +116,7 @@ def test_auto_prompting_uses_the_chat_template_when_there_is_one(tiny):
     )
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_cli_prepare_and_evaluate_a_code_task(tiny, tmp_path):
     """The workflow's commands: `layerprune prepare-task --spec` then `evaluate` with sampling and sandbox flags."""
     model, tokenizer = tiny

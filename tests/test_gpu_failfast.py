@@ -93,6 +93,7 @@ def _score(tmp_path, extra_env: dict[str, str]) -> tuple[subprocess.CompletedPro
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is not usable")
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_a_job_given_a_gpu_it_cannot_use_stops_within_10_seconds(tmp_path):
     done, cpu_seconds = _score(tmp_path, {"SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "0", "SLURM_GPUS_ON_NODE": "1"})
     assert done.returncode == 3, done.stderr[-2000:]

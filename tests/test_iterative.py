@@ -261,6 +261,7 @@ def test_load_probe_tasks(tmp_path):
         load_probe_tasks(paths, num_samples=5, max_new_tokens=[4])
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_cli_score_iterative(tmp_path):
     checkpoint = make_tiny_checkpoint(tmp_path / "model", num_layers=4)
     model, tokenizer = load_checkpoint(checkpoint, dtype="float32", device="cpu")

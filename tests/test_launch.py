@@ -139,6 +139,7 @@ def recover_commands(workdir, target: str) -> list[str]:
     return [line for line in lines if f"--out {target} " in line]
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_recover_rule_runs_through_the_launcher_its_resources_ask_for(tmp_path):
     """A dry run prints the exact shell command Snakemake would run for a 2-GPU recover job."""
     from helpers.plans import checkpoint_config

@@ -227,6 +227,7 @@ def test_paper_mini_plans_every_rule_of_the_paper_grid(tmp_path, mini_model):
             assert f"{name}={value}" in recover_block, (resource, recover_block)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_iterative_probes_are_generated_as_their_tasks_are_evaluated(tmp_path, mini_model):
     """The score_iterative job gets each probe task's own prompting and sampling (chat, T 0.9, top-k 50,
     top-p 1.0), not the library's auto/greedy defaults."""
@@ -254,12 +255,36 @@ def expected_n(task: dict) -> int:
 LM_EVAL_N = {"mmlu": 2, "arc_challenge": 1, "arc_easy": 1, "hellaswag": 1}
 
 
+# The tasks whose evaluation also runs on the recovered checkpoints in the real run: one by lm-eval's
+# log-likelihood, one generated and graded (the other tasks take those same paths on the other variants).
+RECOVERED_EVALUATION = ("mmlu", "gsm8k")
+
+
+def run_config(config: dict) -> dict:
+    """paper-mini as the real run runs it: `reverse` for the one-shot scores (bi is the same rule), the
+    recovered checkpoints evaluated on RECOVERED_EVALUATION only (`tasks.<t>.recoveries: [none]` elsewhere)."""
+    config = copy.deepcopy(config)
+    config["scoring"]["methods"] = [m for m in config["scoring"]["methods"] if m != "bi"]
+    for name, task in config["tasks"].items():
+        if task.get("evaluate", True) and name not in RECOVERED_EVALUATION:
+            task["recoveries"] = ["none"]
+    return config
+
+
 @pytest.mark.slow
 def test_paper_mini_runs_the_whole_dag(tmp_path, mini_model):
     """Every job of paper-mini's plan runs for real (`snakemake --cores 2`), with the outcomes the paper
     grid would have: iterative layers chosen by its generative probes, qlora merged and checked, every
-    task evaluated with its metric, the report naming each task."""
+    task evaluated with its metric, the report naming each task.
+
+    Every rule and every task's code path, not every cell: `bi` runs the `score` rule as `reverse` does, and
+    the recovered checkpoints are evaluated on one lm-eval task and one generative task (RECOVERED_EVALUATION);
+    every task is still evaluated on the dense and on each unrecovered model (74 jobs instead of 149: the
+    test took 28 of the suite's 68 minutes on a loaded 2-core machine). The plan test above checks the
+    whole grid."""
     workdir, configfile, config = mini_study(tmp_path, mini_model)
+    config = run_config(config)
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     planned = planned_jobs(workdir, "--configfile", configfile.name)
     started = time.monotonic()
     # a loaded 2-core machine takes well over the helpers' 20 minutes
@@ -323,9 +348,10 @@ def assert_paper_mini_outcomes(results: Path, config: dict) -> None:
             assert record["merge_check"]["layers_checked"] == 3 * 7  # 3 kept layers x 7 projections
             assert "quantization_config" not in json.loads((out / "config.json").read_text())
 
-    # every task evaluated on the dense model and on every variant, with its metric and n
-    variants = ["dense"] + [f"{m}/{ratio}/{r}" for m in methods for r in recoveries]
+    # every task evaluated on the dense model and on every variant its `recoveries` name, with its metric and n
     for name, task in tasks.items():
+        evaluated = [r for r in recoveries if r in (task.get("recoveries") or recoveries)]
+        variants = ["dense"] + [f"{m}/{ratio}/{r}" for m in methods for r in evaluated]
         for variant in variants:
             record = json.loads(study_or_shared(results, f"eval/{MODEL}/{variant}/{name}.json").read_text())
             if "lm_eval_task" in task:

@@ -317,6 +317,7 @@ LM_EVAL_CASES = [
 
 
 @pytest.mark.parametrize(("name", "metric", "count"), LM_EVAL_CASES)
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_lm_eval_tasks_by_name_over_local_rows(name, metric, count, model_dir, tmp_path):
     spec = MINI_CONFIG["tasks"][name]
     prepare_lm_eval_task(

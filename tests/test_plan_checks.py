@@ -185,6 +185,7 @@ def test_local_model_without_config_json_is_rejected_at_plan_time(tmp_path):
     ("family", "reason"),
     [("gpt2", "cannot find the decoder layers of GPT2LMHeadModel"), ("mixtral", "is a mixture-of-experts model")],
 )
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_architecture_the_surgery_refuses_is_rejected_at_plan_time(tmp_path, family, reason):
     model_dir = checkpoint_config(tmp_path / family, family)
     code, output = dry_run(tmp_path, local_study(model_dir, [0.25]))
@@ -200,6 +201,7 @@ def test_architecture_the_surgery_refuses_is_rejected_at_plan_time(tmp_path, fam
         (0.9, "pruning.ratios: 0.9 removes all 4 layers of model 'mine'"),
     ],
 )
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_ratio_that_removes_no_or_every_layer_of_a_local_model(tmp_path, ratio, message):
     model_dir = checkpoint_config(tmp_path / "llama", "llama", num_layers=4)
     code, output = dry_run(tmp_path, local_study(model_dir, [0.5, ratio]))
@@ -207,6 +209,7 @@ def test_ratio_that_removes_no_or_every_layer_of_a_local_model(tmp_path, ratio, 
     assert code != 0 and message in output
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_supported_local_model_plans_and_its_verdict_is_cached(tmp_path):
     model_dir = checkpoint_config(tmp_path / "llama", "llama", num_layers=4)
     workdir = workflow_copy(tmp_path / "wf", local_study(model_dir, [0.25, 0.5]))
@@ -246,6 +249,7 @@ def test_gguf_header_reader_agrees_with_the_gguf_package():
     assert metadata["general.name"] == bytes(reader.fields["general.name"].parts[-1]).decode()
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_hub_model_is_checked_from_the_offline_cache_else_left_to_materialize(tmp_path, monkeypatch):
     hub_cache = tmp_path / "hub"
     snapshot = hub_cache / "models--acme--tiny-moe" / "snapshots" / ("0" * 40)

@@ -71,6 +71,7 @@ def read_only_results(tmp_path):
     subprocess.run(["umount", "-l", str(workdir / "results")], check=True)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_what_only_this_machine_can_tell_is_refused_at_plan_time(tmp_path, read_only_results):
     model = checkpoint_config(tmp_path / "llama", "llama", num_layers=4)
     (model / "tokenizer.json").unlink()

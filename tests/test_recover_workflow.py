@@ -32,6 +32,7 @@ VARIANTS = ["none", "data", "sgr", "heal"]
 
 
 @pytest.mark.parametrize("trainer", ["lora", "qlora", "full"])
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_every_variant_and_trainer_is_planned(tmp_path, trainer):
     config = copy.deepcopy(DEFAULT)
     config["recovery"]["methods"] = VARIANTS
@@ -108,6 +109,7 @@ def test_heal_text_from_a_saved_hub_dataset(tmp_path):
         prepare_heal_text({**source, "text_field": "text"}, 4, 1, tmp_path / "c.jsonl")
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_heal_text_offline_is_disjoint_from_the_evaluated_tasks(tmp_path):
     """The default heal source (builtin python_docs: prose the project builds) shares no text with the
     default's evaluated tasks. It is the calibration text's source too: both are generic English, and

@@ -158,6 +158,7 @@ def test_type_retention_is_a_ratio_of_means_over_informative_tasks(report_dir):
         assert row.nan_draws == 0 and row.draws == 300
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_retention_csv_is_reproducible_and_order_free(report_dir, tmp_path):
     paths = sorted((report_dir / "results").glob("*.json"))
     random.Random(3).shuffle(paths)
@@ -304,6 +305,7 @@ def test_every_figure_has_a_vector_copy_and_one_style_per_recovery(report_dir, t
     assert all(f"tiny · {task}" in degeneration_svg for task in ["arith", "xsum", "humaneval_plus"])
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_layers_removed_axis_and_loss_curves_titled_with_all_four(tmp_path):
     """With scores (L = 30) the ratio axes show k; recovery.json loss curves get one panel each, titled in full."""
     paths = write_grid(tmp_path / "results")

@@ -210,6 +210,7 @@ def test_a_fork_bomb_does_not_fail_correct_programs_in_concurrent_sandboxes(huma
 
 
 @needs_root
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_memory_limit_covers_the_program_and_all_its_children(mechanism):
     # Six children of 200 MB each (bytearray zero-fills, so every page is resident) under 512 MB in all; the
     # parent ignores how its children ended and exits 0, so only a limit on the whole tree can fail it.

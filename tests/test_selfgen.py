@@ -409,6 +409,7 @@ KILL_DRIVER = textwrap.dedent(
 SAMPLED = dict(max_new_tokens=6, temperature=1.0, top_p=0.9, batch_size=3, seed=5, dtype="float32")
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_killed_generation_resumes_and_equals_an_uninterrupted_run(checkpoint, tmp_path):
     records = prompt_records(14)  # 5 batches of 3
     write_jsonl(tmp_path / "p.jsonl", records)

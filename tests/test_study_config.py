@@ -68,6 +68,7 @@ def problems_of(study: str, tmp_path, monkeypatch) -> list[str]:
 
 
 @pytest.mark.parametrize("study", [README_STUDY, MINIMAL], ids=["readme", "minimal"])
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_a_short_study_plans_as_typed(tmp_path, study):
     """`snakemake -n --cores 1 --configfile my-study.yaml`: every key it leaves out takes its declared default."""
     workdir = workflow_copy(tmp_path / "wf")
@@ -98,6 +99,7 @@ def test_three_mistakes_in_one_file_give_three_named_lines(tmp_path):
     assert len(output.splitlines()) < 20 and "common.smk" not in output and "$schema" not in output
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_lm_eval_task_is_checked_against_the_registry_with_suggestions(tmp_path):
     names = lm_eval_task_names()  # ~20 s to index once per lm-eval version, then read from the cache
     assert {"arc_easy", "mmlu", "hellaswag"} <= names
@@ -158,6 +160,7 @@ def test_task_sampling_bounds(tmp_path, monkeypatch):
     ]
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_every_bound_at_once_in_a_dry_run_and_tasks_null(tmp_path):
     study = MINIMAL + "    temperature: .inf\n    pass_k: [5]\nseed: 1099511627776\nreport: {headline_ratio: 0.9}\n"
     code, output = dry_run(tmp_path, study)

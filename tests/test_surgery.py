@@ -585,6 +585,7 @@ ISSUE_FAMILIES = [
 ]
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_families_named_in_the_issue_are_pruned_and_verified_or_refused(tmp_path):
     outcomes = _check_families(ISSUE_FAMILIES, tmp_path)
     assert [name for name, outcome in outcomes.items() if outcome == "refused"] == ["gemma3n_text", "mixtral", "zamba2"]
@@ -618,6 +619,7 @@ def _nemotron_h_without_experts():
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_nemotron_h_is_verified_against_its_own_cached_gap(tmp_path):
     """Nemotron-H's cached Mamba-2 path computes in another order: the dense tiny model's cached and uncached
     logits differ by more than cache_tolerance by themselves (old code refused the pruning for it). The pruned

@@ -49,6 +49,7 @@ def test_dry_run_scales_with_the_grid(tmp_path):
     }  # fmt: skip
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_dry_run_with_iterative_and_angular_last(tmp_path):
     """iterative depends on the probe tasks' prepared files and gets its settings in --settings."""
     config = copy.deepcopy(GRID)
@@ -119,6 +120,7 @@ def test_generative_tasks_get_their_spec_sampling_and_sandbox_flags(tmp_path):
     assert (plural["prompting"], plural["temperature"], plural["num_samples"], plural["pass_k"]) == ("auto", 0, 1, [1])
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_calibration_loss_methods_get_their_settings(tmp_path):
     config = copy.deepcopy(GRID)
     config["scoring"].update(methods=["ppl", "sleb", "reverse"], chunk_size=16, sleb_exclude_ends=False)
@@ -220,6 +222,7 @@ def test_dvc_pipeline_is_a_valid_dvc_project(tmp_path):
     assert "snakemake --cores all --configfile config.yaml" in dry.stdout
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_paper_config_dry_run_offline(tmp_path):
     """configs/paper.yaml plans the paper's grid without touching the hub."""
     workdir = workflow_copy(tmp_path / "wf")  # the embedded default beside it, as in a checkout
@@ -267,6 +270,7 @@ def test_lm_eval_task_is_classification_only(tmp_path):
     assert "classification" in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_lm_eval_task_settings_reach_the_cli(tmp_path):
     config = copy.deepcopy(GRID)
     config["tasks"]["arc"] = {"type": "classification", "lm_eval_task": "arc_easy", "num_fewshot": 5, "limit": 0.2}
@@ -285,6 +289,7 @@ def test_lm_eval_task_settings_reach_the_cli(tmp_path):
 
 
 @pytest.mark.parametrize("system_prompt", [None, 'You are a helpful assistant. It\'s "quoted" $HOME `x`'])
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_system_prompt_reaches_the_prompt_set_verbatim(tmp_path, system_prompt):
     """Config strings are shell-quoted on their way to the CLI; null means no system message."""
     config = copy.deepcopy(GRID)
@@ -298,6 +303,7 @@ def test_system_prompt_reaches_the_prompt_set_verbatim(tmp_path, system_prompt):
         assert first["prompt"][0] == {"role": "system", "content": system_prompt}
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
     """Prompt-free SGR: no prompt dataset, the dense model writes the prompt set; `data` is not allowed."""
     config = copy.deepcopy(GRID)
@@ -324,6 +330,7 @@ def test_magpie_config_plans_magpie_prompts_with_its_settings(tmp_path):
     assert (settings_of(selfgen)["drop_empty"], settings_of(selfgen)["drop_truncated"]) == (False, False)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
 def test_hub_prompt_source_from_a_saved_dataset_through_the_rule(tmp_path):
     """The config's field mapping reaches prepare-prompts intact (quoting, separator, null response)."""
     import datasets
