@@ -2,7 +2,7 @@
 
 Side by side, in one run, on SmolLM2-135M-Instruct on the CPU:
 
-* lever (b), per-job imports: `import layerprune.evaluate` in a fresh interpreter, and
+* lever (b), per-job imports: `import layerprune.evaluation.evaluate` in a fresh interpreter, and
   `layerprune evaluate --help`, for the baseline revision's code and this tree's;
 * the whole job: `evaluate_checkpoint` in a fresh interpreter (imports, model load,
   generation or lm-eval, grading, writing), per task, baseline and current alternating;
@@ -47,14 +47,14 @@ import json, sys, time
 wall0, cpu0 = time.perf_counter(), time.process_time()
 import torch
 torch.set_num_threads(1)
-from layerprune.evaluate import evaluate_checkpoint
+from layerprune.evaluation.evaluate import evaluate_checkpoint
 wall1, cpu1 = time.perf_counter(), time.process_time()
 spec = json.loads(sys.argv[1])
 evaluate_checkpoint(**spec)
 print(json.dumps({"import_wall": wall1 - wall0, "import_cpu": cpu1 - cpu0,
                   "work_wall": time.perf_counter() - wall1, "work_cpu": time.process_time() - cpu1}))
 """
-IMPORT = "import layerprune.evaluate"
+IMPORT = "import layerprune.evaluation.evaluate"
 
 
 def children_cpu() -> float:
@@ -104,10 +104,10 @@ def token_level_check(model_dir: Path, tasks: dict[str, tuple[Path, dict]], batc
     import torch
 
     torch.set_num_threads(1)
-    from layerprune import generative
+    from layerprune.evaluation import generative
+    from layerprune.evaluation.tasks import build_prompt, stop_strings, use_chat
     from layerprune.io import read_json
-    from layerprune.models import load_checkpoint
-    from layerprune.tasks import build_prompt, stop_strings, use_chat
+    from layerprune.models.checkpoints import load_checkpoint
 
     model, tokenizer = load_checkpoint(model_dir)
     original_generate = model.generate
@@ -176,8 +176,8 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "src"))
-    from layerprune.models import materialize
-    from layerprune.tasks import prepare_task_spec
+    from layerprune.evaluation.tasks import prepare_task_spec
+    from layerprune.models.checkpoints import materialize
 
     model_dir = Path(args.model) if args.model else Path(args.cache_dir)
     if not (model_dir / "config.json").exists():
@@ -210,7 +210,10 @@ def main() -> int:
                 timings["import"][label].append((wall, cpu))
                 wall, cpu, _ = run_timed([sys.executable, "-m", "layerprune", "evaluate", "--help"], code_env(src))
                 timings["help"][label].append((wall, cpu))
-        for what, title in (("import", "import layerprune.evaluate"), ("help", "layerprune evaluate --help")):
+        for what, title in (
+            ("import", "import layerprune.evaluation.evaluate"),
+            ("help", "layerprune evaluate --help"),
+        ):
             (ow, oc), (nw, nc) = fastest(timings[what]["baseline"]), fastest(timings[what]["current"])
             print(
                 f"{title:<28} baseline {ow:6.2f} s wall {oc:6.2f} s cpu | current {nw:6.2f} s wall {nc:6.2f} s cpu"

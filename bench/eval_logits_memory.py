@@ -3,7 +3,7 @@
 A random fp32 Llama with a large vocabulary (`--vocab`, default 32000) and a tiny body (hidden 64,
 2 layers), so that the logits dominate, evaluates a local multiple-choice task of `--samples`
 inputs of `--length` words (the tests' word-level tokenizer: a word a token) through
-`layerprune.evaluate.evaluate_classification`, in a fresh process per setting, with
+`layerprune.evaluation.evaluate.evaluate_classification`, in a fresh process per setting, with
 `evaluation.batch_size` `--batch-size` and each `--budget` (0: none, the batch size alone). The
 child reports its peak RSS above its RSS just before the evaluation (ru_maxrss, /proc/self/status)
 and the forward passes' shapes; `model_mb` is what the memory model predicts for the largest one:
@@ -29,8 +29,8 @@ import json, resource, sys
 import torch
 torch.set_num_threads(1)
 from lm_eval.models.huggingface import HFLM
-from layerprune.evaluate import evaluate_classification
-from layerprune.models import load_checkpoint
+from layerprune.evaluation.evaluate import evaluate_classification
+from layerprune.models.checkpoints import load_checkpoint
 
 model_dir, task_file, batch_size, budget = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 shapes = []

@@ -1,6 +1,6 @@
 """Cost model of iterative scoring at 7-8B (score_iterative's `runtime`), from a probe measured here.
 
-Measures, on this CPU, the throughput of the probe generator (`layerprune.generative.generate`:
+Measures, on this CPU, the throughput of the probe generator (`layerprune.evaluation.generative.generate`:
 left-padded batches, KV cache, the batched path generative evaluation and the probes use) on a
 small model, and scales it to a target model in two ways:
 
@@ -31,8 +31,8 @@ import time
 
 import torch
 
-from layerprune.generative import Sampling, generate
-from layerprune.models import load_checkpoint
+from layerprune.evaluation.generative import Sampling, generate
+from layerprune.models.checkpoints import load_checkpoint
 
 PROMPT = (
     "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 import transformers
 import yaml
 
-from layerprune.recover import recover_checkpoint
-from layerprune.settings import RecoverySettings, settings_from_config
+from layerprune.config.settings import RecoverySettings, settings_from_config
+from layerprune.recovery.recover import recover_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,9 +78,9 @@ def teacher_cache_costs(args, settings: dict, ks: list[int]) -> dict:
     """Per kd batch: the teacher forward, the top-k extraction, the top-k KL error."""
     from trl.experimental.utils import DataCollatorForChatML
 
-    from layerprune.distill import conversation_records
     from layerprune.io import read_jsonl
-    from layerprune.models import load_checkpoint
+    from layerprune.models.checkpoints import load_checkpoint
+    from layerprune.recovery.distill import conversation_records
 
     teacher, tokenizer = load_checkpoint(args.teacher, dtype="float32")
     student, _ = load_checkpoint(args.student, dtype="float32")

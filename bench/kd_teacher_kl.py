@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from layerprune.io import read_json, read_jsonl
-from layerprune.models import load_checkpoint
+from layerprune.models.checkpoints import load_checkpoint
 
 
 def sequences(

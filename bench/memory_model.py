@@ -1,11 +1,11 @@
 """Memory model of every compute rule at 7-8B: `prune` measured here and extrapolated, the GPU rules computed.
 
 prune: a random-weight Llama of each `--shapes` size is saved in bf16, then
-`layerprune.prune.prune_checkpoint` (dtype auto: the checkpoint's bf16) removes 25 % of its
+`layerprune.pruning.prune.prune_checkpoint` (dtype auto: the checkpoint's bf16) removes 25 % of its
 layers in a fresh process; its peak RSS (getrusage) minus the same process's RSS after the
 imports, divided by the bf16 file's size, gives the ratio applied to an 8B file. Its peak is the
 float32 cast of the reloaded pruned model (the teacher-forced cache check, see
-`layerprune.prune.verify_cache`): 2 bytes/parameter x 0.75 of the layers x 2.
+`layerprune.pruning.prune.verify_cache`): 2 bytes/parameter x 0.75 of the layers x 2.
 
 The other rules are computed (weights + the largest transient), for Llama-3.1-8B (vocab 128256,
 32 layers, 8 KV heads x 128, d_model 4096) at the paper's settings:
@@ -45,8 +45,8 @@ PRUNE_CHILD = """
 import json, resource, sys
 import torch
 from layerprune.io import write_json
-from layerprune.prune import prune_checkpoint
-from layerprune.score import score_layers
+from layerprune.pruning.prune import prune_checkpoint
+from layerprune.scoring.score import score_layers
 torch.set_num_threads(1)
 def current_kb():  # VmRSS now; ru_maxrss would be the peak so far, imports' transients included
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
@@ -61,7 +61,7 @@ print(json.dumps({"rss_before_kb": before, "peak_kb": after}))
 GB = 1e9
 # lm-eval's peak bytes per token x vocab: bf16 logits + their fp32 copy + fp32 log-softmax + the previous batch's
 LOGIT_BYTES = 2 + 4 + 4 + 4
-COSINE_CHUNK_TOKENS = 1024  # layerprune.score.COSINE_CHUNK_TOKENS (tests/test_cost_model.py checks they agree)
+COSINE_CHUNK_TOKENS = 1024  # layerprune.scoring.score.COSINE_CHUNK_TOKENS (tests/test_cost_model.py checks they agree)
 LLAMA_8B = dict(params=8.03e9, layers=32, kv_heads=8, head_dim=128, d_model=4096, vocab=128256)
 
 

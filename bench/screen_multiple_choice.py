@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from layerprune.models import load_checkpoint
+from layerprune.models.checkpoints import load_checkpoint
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """How often the report decides a contrast between recoveries that truly do not differ, and how often a
 recovery's interval covers its true retention, when training seeds truly differ (issue 30, sections 1-2).
 
-Simulated studies, each run through `layerprune.retention` exactly as the report runs it:
+Simulated studies, each run through `layerprune.report.retention` exactly as the report runs it:
 
 * two generative tasks of `--items` items each; item i of a task has its own probability of being
   answered right (the dense model: uniform on [0.45, 0.75]; a recovery: on [0.25, 0.55]), so items
@@ -30,7 +30,15 @@ import time
 
 import numpy as np
 
-from layerprune.retention import NONE, NOT_REPRODUCED, ONE_SEED, REPRODUCED, BootstrapSettings, findings, retention
+from layerprune.report.retention import (
+    NONE,
+    NOT_REPRODUCED,
+    ONE_SEED,
+    REPRODUCED,
+    BootstrapSettings,
+    findings,
+    retention,
+)
 
 DENSE, RECOVERED = (0.45, 0.75), (0.25, 0.55)
 TASKS = ("g1", "g2")

@@ -84,8 +84,8 @@ def timed(function):
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    from layerprune.models import load_checkpoint
-    from layerprune.selfgen import TransformersGenerator, generate_responses, render
+    from layerprune.data.selfgen import TransformersGenerator, generate_responses, render
+    from layerprune.models.checkpoints import load_checkpoint
 
     if not Path(args.model).is_dir():
         sys.exit(f"{args.model}: no checkpoint; run `layerprune materialize` or the pipeline first")

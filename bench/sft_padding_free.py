@@ -59,7 +59,7 @@ def run(model_dir: str, records: list[dict], padding_free: bool, args: argparse.
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from layerprune.recover import _truncate_tokenized
+    from layerprune.recovery.recover import _truncate_tokenized
 
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -8,17 +8,17 @@ the machine's own packages). No network, no snakemake, no downloaded model: it b
 Steps (each line: `ran`, `failed (reason)` or `skipped (reason)`; exit 1 if one failed or none ran):
   environment              the bundle unpacked; versions and where each module came from; CUDA and bf16
   build/<family>           a tiny random-weight bf16 checkpoint of each shape (Llama, Gemma-3)
-  selfgen-hf/<family>      layerprune.selfgen.self_generate, transformers backend
-  prune/<family>           BI scores (layerprune.score, on the device) and layerprune.prune (on the CPU, as the
-                           prune rule runs, bf16 checkpoint, with its cache checks)
-  recover-lora/<family>    layerprune.recover.recover_checkpoint, LoRA, precision bf16, 3 steps, merged
+  selfgen-hf/<family>      layerprune.data.selfgen.self_generate, transformers backend
+  prune/<family>           BI scores (layerprune.scoring.score, on the device) and layerprune.pruning.prune (on the CPU,
+                           as the prune rule runs, bf16 checkpoint, with its cache checks)
+  recover-lora/<family>    layerprune.recovery.recover.recover_checkpoint, LoRA, precision bf16, 3 steps, merged
   recover-qlora/<family>   the same with a 4-bit NF4 base (bitsandbytes) and the merge check
-  lm-eval/<family>         layerprune.evaluate.evaluate_checkpoint on a local multiple-choice task through
+  lm-eval/<family>         layerprune.evaluation.evaluate.evaluate_checkpoint on a local multiple-choice task through
                            lm-eval and the token-budget model (evaluation.max_batch_tokens)
   generative/<family>      the same on a local few-shot generative task
   build/llama-8b           a random-weight Llama-3.1-8B-shaped model in bf16, built on the GPU, saved
   memory/lm-eval-4096      torch.cuda.max_memory_allocated of an lm-eval batch of 4096 tokens at 8B shape
-  memory/bi-8x512          BI cosines (layerprune.score) on 8 texts x 512 tokens
+  memory/bi-8x512          BI cosines (layerprune.scoring.score) on 8 texts x 512 tokens
   memory/decode-32x256     256 decode steps at batch 32 (selfgen's TransformersGenerator)
   memory/qlora-8b          one QLoRA step (r 64, 4 x 2048 tokens, gradient checkpointing) and its merge
 Each memory figure is written next to the one bench/memory_model.py (docs/pipeline.md's table) predicts.
@@ -129,32 +129,32 @@ class Check:
             )
             add(
                 f"selfgen-hf/{family}",
-                "layerprune.selfgen.self_generate, backend transformers, 8 prompts",
+                "layerprune.data.selfgen.self_generate, backend transformers, 8 prompts",
                 self._bind(self.selfgen, family),
                 needs=[f"build/{family}"],
             )
             add(
                 f"prune/{family}",
-                "layerprune.score (bi, on the device) + layerprune.prune at ratio 0.25 (CPU)",
+                "layerprune.scoring.score (bi, on the device) + layerprune.pruning.prune at ratio 0.25 (CPU)",
                 self._bind(self.prune, family),
                 needs=[f"build/{family}"],
             )
             for trainer in ("lora", "qlora"):
                 add(
                     f"recover-{trainer}/{family}",
-                    f"layerprune.recover, {trainer}, bf16, 3 steps, merged and checked",
+                    f"layerprune.recovery.recover, {trainer}, bf16, 3 steps, merged and checked",
                     self._bind(self.recover, family, trainer),
                     needs=[f"prune/{family}", f"selfgen-hf/{family}"],
                 )
             add(
                 f"lm-eval/{family}",
-                "layerprune.evaluate: local multiple-choice task, lm-eval, max_batch_tokens 64",
+                "layerprune.evaluation.evaluate: local multiple-choice task, lm-eval, max_batch_tokens 64",
                 self._bind(self.lm_eval, family),
                 needs=[f"recover-lora/{family}"],
             )
             add(
                 f"generative/{family}",
-                "layerprune.evaluate: local 2-shot generative task, exact match",
+                "layerprune.evaluation.evaluate: local 2-shot generative task, exact match",
                 self._bind(self.generative, family),
                 needs=[f"recover-lora/{family}"],
             )
@@ -175,7 +175,7 @@ class Check:
         )
         add(
             "memory/bi-8x512",
-            "layerprune.score bi on 8 texts x 512 tokens",
+            "layerprune.scoring.score bi on 8 texts x 512 tokens",
             self.memory_bi,
             needs=["build/llama-8b"],
             **big,
@@ -189,7 +189,7 @@ class Check:
         )
         add(
             "memory/qlora-8b",
-            "layerprune.recover qlora: 1 step, r 64, 4 x 2048 tokens, then the merge",
+            "layerprune.recovery.recover qlora: 1 step, r 64, 4 x 2048 tokens, then the merge",
             self.memory_qlora,
             needs=["build/llama-8b"],
             **big,
@@ -392,7 +392,7 @@ class Check:
         return f"{type(model).__name__}, {layers} layers, {sum(p.numel() for p in model.parameters())} parameters, bf16"
 
     def selfgen(self, family: str) -> str:
-        from layerprune.selfgen import self_generate
+        from layerprune.data.selfgen import self_generate
 
         out = self.work / "selfgen" / f"{family}.jsonl"
         count = self_generate(
@@ -414,9 +414,9 @@ class Check:
 
     def prune(self, family: str) -> str:
         from layerprune.io import write_json
-        from layerprune.models import load_checkpoint
-        from layerprune.prune import prune_checkpoint
-        from layerprune.score import score_layers
+        from layerprune.models.checkpoints import load_checkpoint
+        from layerprune.pruning.prune import prune_checkpoint
+        from layerprune.scoring.score import score_layers
 
         source = self.work / "tiny" / family
         model, tokenizer = load_checkpoint(source, dtype="bfloat16")
@@ -433,8 +433,8 @@ class Check:
         return f"BI on {on} ({scores['num_layers']} layers), removed {removed}, bf16 checkpoint, cache checks passed"
 
     def recover(self, family: str, trainer: str) -> str:
-        from layerprune import recover as recovery
-        from layerprune.models import load_checkpoint
+        from layerprune.models.checkpoints import load_checkpoint
+        from layerprune.recovery import recover as recovery
 
         out = self.work / "recovered" / f"{family}-{trainer}"
         shutil.rmtree(out, ignore_errors=True)
@@ -478,7 +478,7 @@ class Check:
         return summary
 
     def lm_eval(self, family: str) -> str:
-        from layerprune.evaluate import evaluate_checkpoint
+        from layerprune.evaluation.evaluate import evaluate_checkpoint
         from layerprune.io import write_json
 
         task = classification_task(12, 6)
@@ -500,7 +500,7 @@ class Check:
         return f"{result['grader']}: accuracy {result['value']:.2f} on {result['n']}, {result['dtype']}"
 
     def generative(self, family: str) -> str:
-        from layerprune.evaluate import evaluate_checkpoint
+        from layerprune.evaluation.evaluate import evaluate_checkpoint
         from layerprune.io import write_json
 
         task = generative_task(8)
@@ -586,7 +586,7 @@ class Check:
         )
 
     def memory_lm_eval(self) -> str:
-        from layerprune.evaluate import evaluate_classification
+        from layerprune.evaluation.evaluate import evaluate_classification
 
         model, tokenizer = self.state["model_8b"], self.state["tokenizer_8b"]
         # "Q: <1016 words>\nA:" + a 1-word choice: 1024 tokens a request (measured), so 4 rows a batch
@@ -602,7 +602,7 @@ class Check:
         return self._memory_summary()
 
     def memory_bi(self) -> str:
-        from layerprune.score import score_layers
+        from layerprune.scoring.score import score_layers
 
         model, tokenizer = self.state["model_8b"], self.state["tokenizer_8b"]
         texts = [" ".join((WORDS * 40)[i : i + 600]) for i in range(8)]
@@ -614,7 +614,7 @@ class Check:
         return self._memory_summary()
 
     def memory_decode(self) -> str:
-        from layerprune.selfgen import TransformersGenerator
+        from layerprune.data.selfgen import TransformersGenerator
 
         model, tokenizer = self.state["model_8b"], self.state["tokenizer_8b"]
         generator = TransformersGenerator(model, tokenizer, 256, 0.9, 0.95, [])
@@ -629,7 +629,7 @@ class Check:
     def memory_qlora(self) -> str:
         import torch
 
-        from layerprune import recover as recovery
+        from layerprune.recovery import recover as recovery
 
         self.state.pop("model_8b", None)  # the QLoRA step loads its own 4-bit model
         self._free()

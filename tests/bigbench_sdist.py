@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from layerprune.data import BIGBENCH_TASK_ROOT
+from layerprune.data.sources import BIGBENCH_TASK_ROOT
 from layerprune.registry import BIGBENCH_SDIST
 
 

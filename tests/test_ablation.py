@@ -1,4 +1,4 @@
-"""Calibration-loss scoring (`layerprune.ablation`): constructed models with known answers,
+"""Calibration-loss scoring (`layerprune.scoring.ablation`): constructed models with known answers,
 naive and prefix-reusing paths agreeing, and the wiring through score_layers and the CLI."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 from helpers.models import CORPUS, make_tiny_checkpoint, make_tiny_model, make_tokenizer
 
-from layerprune import ablation
 from layerprune.cli import main as cli_main
 from layerprune.io import read_json, write_jsonl
-from layerprune.prune import remove_layers
-from layerprune.score import layers_to_remove, score_layers
+from layerprune.pruning.prune import remove_layers
+from layerprune.scoring import ablation
+from layerprune.scoring.score import layers_to_remove, score_layers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""`layerprune.aggregate`: tidy table, retention vs dense, report, metrics and plots."""
+"""`layerprune.report.aggregate`: tidy table, retention vs dense, report, metrics and plots."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from helpers.aggregate_grid import DENSE, MODEL, TASKS, VALUES, grid_result, write_results
 from helpers.results import PNG_MAGIC
 
-from layerprune.aggregate import COLUMNS, aggregate, collect
 from layerprune.io import read_json, write_json
+from layerprune.report.aggregate import COLUMNS, aggregate, collect
 
 # The retention aggregate must give on the grid (helpers.aggregate_grid): VALUES / DENSE.
 RETENTION = {

@@ -1,4 +1,4 @@
-"""The tasks the project builds itself (layerprune.builtin): from installed packages, the same on every machine."""
+"""The tasks the project builds itself (layerprune.data.builtin): from installed packages, the same on every machine."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from layerprune.builtin import BUILTIN_TASKS, CONTINENTS, build_task, provenance
-from layerprune.data import prepare_prompt_set
+from layerprune.data.builtin import BUILTIN_TASKS, CONTINENTS, build_task, provenance
+from layerprune.data.sources import prepare_prompt_set
+from layerprune.evaluation.tasks import prepare_task_spec
 from layerprune.io import read_jsonl, sha256_file
-from layerprune.tasks import prepare_task_spec
 
 ARITHMETIC_PROBE = [
     "arithmetic/1_digit_addition",
@@ -57,7 +57,7 @@ def test_a_second_build_is_byte_identical(built, tmp_path):
         build_task(name, tmp_path / name / "task.json")
         assert sha256_file(tmp_path / name / "task.json") == sha256_file(built / name / "task.json"), name
     again = tmp_path / "again" / "task.json"
-    code = f"from layerprune.builtin import build_task; build_task('word_unscrambling', {str(again)!r})"
+    code = f"from layerprune.data.builtin import build_task; build_task('word_unscrambling', {str(again)!r})"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert sha256_file(again) == sha256_file(built / "word_unscrambling" / "task.json")
 

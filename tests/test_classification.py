@@ -18,8 +18,8 @@ import pytest
 import yaml
 from helpers.models import make_tiny_checkpoint
 
-from layerprune.data import prepare_lm_eval_task
-from layerprune.evaluate import evaluate_checkpoint, write_local_lm_eval_task
+from layerprune.data.sources import prepare_lm_eval_task
+from layerprune.evaluation.evaluate import evaluate_checkpoint, write_local_lm_eval_task
 from layerprune.io import read_json, write_json, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,8 +234,8 @@ def test_lm_eval_batches_are_sized_by_a_token_budget(checkpoint, monkeypatch):
     fixed batch size."""
     from lm_eval.models.huggingface import HFLM
 
-    from layerprune.evaluate import evaluate_classification
-    from layerprune.models import load_checkpoint
+    from layerprune.evaluation.evaluate import evaluate_classification
+    from layerprune.models.checkpoints import load_checkpoint
 
     shapes: list[tuple[int, int]] = []
     model_call = HFLM._model_call

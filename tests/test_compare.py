@@ -7,10 +7,10 @@ import pytest
 from helpers.aggregate_grid import write_results
 from helpers.results import PNG_MAGIC
 
-from layerprune.aggregate import aggregate
-from layerprune.compare import jaccard, overlap_table
 from layerprune.io import write_json
-from layerprune.score import score_layers
+from layerprune.report.aggregate import aggregate
+from layerprune.report.compare import jaccard, overlap_table
+from layerprune.scoring.score import score_layers
 
 NUM_LAYERS = 8
 

@@ -14,9 +14,9 @@ sys.path.insert(0, str(REPO / "bench"))
 import cost_model  # noqa: E402
 import memory_model  # noqa: E402
 
-from layerprune.generative import plan_batches  # noqa: E402
-from layerprune.launch import rule_settings  # noqa: E402
-from layerprune.score import COSINE_CHUNK_TOKENS  # noqa: E402
+from layerprune.config.launch import rule_settings  # noqa: E402
+from layerprune.evaluation.generative import plan_batches  # noqa: E402
+from layerprune.scoring.score import COSINE_CHUNK_TOKENS  # noqa: E402
 
 PAPER = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
 RETRIES = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["retries"]

@@ -1,4 +1,4 @@
-"""Offline data preparation (`layerprune.data`) and atomic writes (`layerprune.io`).
+"""Offline data preparation (`layerprune.data.sources`) and atomic writes (`layerprune.io`).
 
 A tiny synthetic BIG-bench sdist (same member layout as bigbench-1.0.0.tar.gz)
 stands in for the real 358 MB one, which the package index no longer serves; the
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from bigbench_sdist import LoopbackIndex, make_sdist, sha256_of
 
-from layerprune.data import (
+from layerprune.data.sources import (
     BIGBENCH_SDIST,
     extract_bigbench_task,
     fetch_bigbench_sdist,

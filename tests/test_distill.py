@@ -21,8 +21,8 @@ from helpers.training import RECOVER_SETTINGS, VENV_BIN, cli_env, cli_settings, 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.io import read_json, write_jsonl
-from layerprune.recover import recover_checkpoint
-from layerprune.surgery import remove_layers
+from layerprune.pruning.surgery import remove_layers
+from layerprune.recovery.recover import recover_checkpoint
 
 SETTINGS = {**RECOVER_SETTINGS, "precision": "fp32"}
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from helpers.workflow import REPO, snakemake, workflow_copy
 
-from layerprune import settings
+from layerprune.config import settings
 from layerprune.registry import RECOVERIES
 
 PATH = re.compile(r"results/[^\s,;()'\"`]*")

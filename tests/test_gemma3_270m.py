@@ -20,8 +20,8 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from layerprune.io import read_json, write_json
-from layerprune.models import expected_sha256, load_checkpoint, locate_split_parts, materialize
-from layerprune.prune import prune_checkpoint, remove_layers
+from layerprune.models.checkpoints import expected_sha256, load_checkpoint, locate_split_parts, materialize
+from layerprune.pruning.prune import prune_checkpoint, remove_layers
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 

@@ -10,9 +10,9 @@ import torch
 from helpers.models import CORPUS, make_tiny_checkpoint
 from transformers import AutoTokenizer
 
-import layerprune.generative as generative
-from layerprune.evaluate import evaluate_checkpoint
-from layerprune.generative import GenerationPartial, StopOnStrings, plan_batches
+import layerprune.evaluation.generative as generative
+from layerprune.evaluation.evaluate import evaluate_checkpoint
+from layerprune.evaluation.generative import GenerationPartial, StopOnStrings, plan_batches
 
 WORDS = " ".join(CORPUS).split()
 

@@ -13,10 +13,10 @@ from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
 from helpers.records import WORDS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from layerprune.generative import Sampling, evaluate_generative, shared_prefix_length
-from layerprune.graders import ERROR_BUCKETS
-from layerprune.sandbox import SandboxLimits
-from layerprune.tasks import prepare_task_spec
+from layerprune.evaluation.generative import Sampling, evaluate_generative, shared_prefix_length
+from layerprune.evaluation.graders import ERROR_BUCKETS
+from layerprune.evaluation.sandbox import SandboxLimits
+from layerprune.evaluation.tasks import prepare_task_spec
 
 LIMITS = SandboxLimits(timeout_s=5, cpu_s=5, memory_mb=1024, nproc=16)
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from layerprune.models import (
+from layerprune.models.checkpoints import (
     ALLOW_CPU_VARIABLE,
     check_gpu_usable,
     cuda_unusable_reason,
@@ -110,7 +110,7 @@ def test_a_job_given_a_gpu_it_cannot_use_stops_within_10_seconds(tmp_path):
 def test_lm_eval_log_softmax_runs_in_fp32_for_a_bf16_model():
     from helpers.models import make_tiny_model, make_tokenizer
 
-    from layerprune.evaluate import token_budget_hflm
+    from layerprune.evaluation.evaluate import token_budget_hflm
 
     model = make_tiny_model("llama", num_layers=1).to(torch.bfloat16)
     lm = token_budget_hflm(model, make_tokenizer(), batch_size=2, max_batch_tokens=None)

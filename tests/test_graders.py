@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from layerprune.graders import (
+from layerprune.evaluation.graders import (
     bracket_state,
     candidate_code,
     exact_match,
@@ -21,8 +21,8 @@ from layerprune.graders import (
     rouge_l,
     syntax_bucket,
 )
-from layerprune.sandbox import SandboxLimits
-from layerprune.tasks import prepare_task_spec
+from layerprune.evaluation.sandbox import SandboxLimits
+from layerprune.evaluation.tasks import prepare_task_spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 LIMITS = SandboxLimits(timeout_s=5, cpu_s=5, memory_mb=1024, nproc=16)

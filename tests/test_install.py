@@ -43,7 +43,7 @@ def run_installed(site: Path, env: dict, *argv: str, cwd: Path) -> subprocess.Co
 
 def test_the_wheel_holds_the_schema_and_the_cli_runs_from_it(installed, tmp_path):
     site, env = installed
-    assert (site / "layerprune" / "config.schema.yaml").is_file()
+    assert (site / "layerprune" / "config" / "config.schema.yaml").is_file()
     result = run_installed(site, env, str(site / "bin" / "layerprune"), "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "recover" in result.stdout and "evaluate" in result.stdout
@@ -55,8 +55,8 @@ def test_the_installed_package_loads_its_schema_and_task_names_away_from_the_che
     site, env = installed
     shutil.copy(REPO / "config.yaml", tmp_path / "study.yaml")
     code = (
-        "import json, layerprune, layerprune.settings as s\n"
-        "from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS\n"
+        "import json, layerprune, layerprune.config.settings as s\n"
+        "from layerprune.config.bigbench_tasks import BIGBENCH_JSON_TASKS\n"
         "schema = s.load_schema()\n"
         "recover = s.study_settings(s.RecoverySettings, 'study.yaml')\n"
         "print(json.dumps({'package': layerprune.__file__, 'schema': str(s.SCHEMA_FILE),\n"
@@ -67,8 +67,8 @@ def test_the_installed_package_loads_its_schema_and_task_names_away_from_the_che
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert Path(found["package"]).is_relative_to(site) and Path(found["schema"]).is_relative_to(site)
+    from layerprune.config.settings import RecoverySettings, study_settings
     from layerprune.registry import RECOVERIES
-    from layerprune.settings import RecoverySettings, study_settings
 
     assert found["methods"] == list(RECOVERIES)
     assert found["lora_r"] == study_settings(RecoverySettings, REPO / "config.yaml")["lora_r"]
@@ -77,8 +77,8 @@ def test_the_installed_package_loads_its_schema_and_task_names_away_from_the_che
 
 def test_the_workflow_schema_is_the_package_schema():
     """snakemake.utils.validate and the checkout's readers use workflow/schemas/: a link to the package's schema."""
-    from layerprune.settings import SCHEMA_FILE
+    from layerprune.config.settings import SCHEMA_FILE
 
     workflow_schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    assert SCHEMA_FILE.parent.name == "layerprune" and SCHEMA_FILE.is_file() and not SCHEMA_FILE.is_symlink()
+    assert SCHEMA_FILE.parent.name == "config" and SCHEMA_FILE.is_file() and not SCHEMA_FILE.is_symlink()
     assert workflow_schema.is_symlink() and workflow_schema.resolve() == SCHEMA_FILE

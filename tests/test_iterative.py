@@ -1,4 +1,4 @@
-"""Iterative pruning (`layerprune.iterative`) on tiny models with probe tasks whose answer is known.
+"""Iterative pruning (`layerprune.scoring.iterative`) on tiny models with probe tasks whose answer is known.
 
 Probe tasks are built from the dense model's own answers, so the dense accuracy is
 1 and no removal can beat it; a layer made an exact identity (zero o_proj and
@@ -26,9 +26,11 @@ from helpers.probes import (
     raw_generative_task,
 )
 
-from layerprune.evaluate import evaluate_generative, normalise_answer
+from layerprune.evaluation.evaluate import evaluate_generative, normalise_answer
 from layerprune.io import read_json, write_json
-from layerprune.iterative import (
+from layerprune.models.checkpoints import load_checkpoint
+from layerprune.pruning.prune import remove_layers
+from layerprune.scoring.iterative import (
     STATE_FORMAT,
     _Prober,
     classification_accuracy,
@@ -40,9 +42,7 @@ from layerprune.iterative import (
     load_probe_tasks,
     state_path_for,
 )
-from layerprune.models import load_checkpoint
-from layerprune.prune import remove_layers
-from layerprune.score import layers_to_remove, score_layers
+from layerprune.scoring.score import layers_to_remove, score_layers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -87,7 +87,7 @@ def test_encode_pair_splits_like_lm_eval():
 
 def test_classification_accuracy_matches_lm_eval(tmp_path):
     """The probe's accuracy is the evaluation's (lm-eval's) accuracy on the same samples."""
-    from layerprune.evaluate import evaluate_classification
+    from layerprune.evaluation.evaluate import evaluate_classification
 
     model, tokenizer = make_tiny_model("llama", 4, seed=3), make_tokenizer()
     task = raw_classification_task(8)
@@ -304,7 +304,7 @@ def test_generative_probe_targets_are_the_dense_answers():
 # the state file has been written for the KILL_AFTER-th time (when that is set).
 KILLABLE = """
 import atexit, os, signal, sys
-import layerprune.iterative as iterative
+import layerprune.scoring.iterative as iterative
 from layerprune.cli import main
 
 calls = {"probes": 0, "saves": 0}
@@ -389,7 +389,7 @@ def test_iterative_state_of_other_inputs_is_not_reused(tmp_path, monkeypatch):
         if len(candidates) == 3:
             raise Stop
 
-    monkeypatch.setattr("layerprune.iterative._save_state", stop_after_three)
+    monkeypatch.setattr("layerprune.scoring.iterative._save_state", stop_after_three)
     with pytest.raises(Stop):
         iterative_removal(model, tokenizer, tasks, 2, batch_size=4, state_path=state, fingerprint={"model": "a"})
     assert len(probes) == 4

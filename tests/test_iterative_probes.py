@@ -15,9 +15,9 @@ import pytest
 from helpers.models import CHAT_TEMPLATE, make_tiny_model, make_tokenizer
 from helpers.probes import NUM_LAYERS, probe_setup, raw_generative_task
 
-from layerprune.generative import Sampling, evaluate_generative
+from layerprune.evaluation.generative import Sampling, evaluate_generative
 from layerprune.io import write_json
-from layerprune.iterative import (
+from layerprune.scoring.iterative import (
     choose_layer,
     iterative_removal,
     layers_removed,

@@ -13,7 +13,7 @@ import yaml
 from helpers.training import RECOVER_SETTINGS
 from helpers.workflow import TINY_STUDY, snakemake, workflow_copy
 
-from layerprune.launch import command_prefix, num_gpus, rule_command_prefix, slurm_resources
+from layerprune.config.launch import command_prefix, num_gpus, rule_command_prefix, slurm_resources
 
 
 def test_one_gpu_or_none_runs_one_plain_process():
@@ -265,7 +265,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launcher, tmp_p
 
 def test_cpu_processes_without_gpus():
     """`processes` starts N CPU training processes (DDP over gloo) where a job has no GPU; GPUs win."""
-    from layerprune.launch import num_processes
+    from layerprune.config.launch import num_processes
 
     assert num_processes({"gpus": 0}) == 1
     assert num_processes({"gpus": 0, "processes": 2}) == 2
@@ -278,7 +278,7 @@ def test_cpu_processes_without_gpus():
 
 
 def test_cluster_cores_problem_names_the_rules_whose_threads_would_shrink():
-    from layerprune.launch import cluster_cores_problem
+    from layerprune.config.launch import cluster_cores_problem
 
     assert cluster_cores_problem(None, {"score": 8}) is None  # no --cores: no cap
     assert cluster_cores_problem(8, {"score": 8, "recover": 4}) is None

@@ -1,4 +1,4 @@
-"""Model sources and loading (`layerprune.models`)."""
+"""Model sources and loading (`layerprune.models.checkpoints`)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from helpers.models import make_tiny_checkpoint, make_tiny_model, sample_ids
 from transformers import AutoModelForCausalLM
 
-from layerprune import models
 from layerprune.io import SourceUnavailable, read_json, sha256_file
-from layerprune.models import (
+from layerprune.models import checkpoints as models
+from layerprune.models.checkpoints import (
     ModelSourceError,
     decoder_layers,
     describe_source,
@@ -126,7 +126,7 @@ def test_locate_package_file_missing_file():
 
 
 def test_locate_package_file_finds_file():
-    found = locate_package_file("layerprune", "models.py")
+    found = locate_package_file("layerprune", "checkpoints.py")  # in a subfolder (models/): found below the top
     assert found.is_file()
     assert found.resolve() == Path(models.__file__).resolve()
 

@@ -33,7 +33,7 @@ from helpers.workflow import (
     workflow_copy,
 )
 
-from layerprune.tasks import DEFAULT_GRADER, read_rows
+from layerprune.evaluation.tasks import DEFAULT_GRADER, read_rows
 
 MINI = REPO / "tests" / "fixtures" / "paper_mini"
 sys.path.insert(0, str(MINI))
@@ -461,7 +461,7 @@ PREPARE_DROPS = ("evaluate", "chance", "recoveries", "exclude_tasks")  # what pr
 
 
 def _prepare(tmp_path: Path, name: str, **overrides) -> dict:
-    from layerprune.tasks import prepare_task_spec
+    from layerprune.evaluation.tasks import prepare_task_spec
 
     spec = {k: v for k, v in {**MINI_CONFIG["tasks"][name], **overrides}.items() if k not in PREPARE_DROPS}
     spec["file"] = str(REPO / spec["file"])
@@ -475,7 +475,7 @@ def test_selection_is_the_authors_train_test_split_on_paper_mini_rows(tmp_path, 
     above the row count (the authors' sample_dataset). The config's seed plays no part."""
     import datasets
 
-    from layerprune.tasks import NORMALISERS
+    from layerprune.evaluation.tasks import NORMALISERS
 
     task = MINI_CONFIG["tasks"][name]
     rows = read_rows(REPO / task["file"])
@@ -500,7 +500,7 @@ def test_the_authors_item_sets_at_full_size_and_their_xsum_probe_leak():
     with seed 42) the permutation is datasets'; the authors' 100 XSum probe items are among their 1,000."""
     import datasets
 
-    from layerprune.tasks import authors_sample_indices
+    from layerprune.evaluation.tasks import authors_sample_indices
 
     for rows, size, seed in ((1319, 1000, 1234), (11332, 1000, 42), (11332, 100, 42), (164, 100, 42)):
         reference = datasets.Dataset.from_dict({"i": list(range(rows))})
@@ -509,7 +509,7 @@ def test_the_authors_item_sets_at_full_size_and_their_xsum_probe_leak():
         assert chosen == expected["train"]["i"] and rest == expected["test"]["i"]
     assert authors_sample_indices(164, 1000, 42) == (list(range(164)), [])  # HumanEval+ in full, in order
     with pytest.raises(ValueError, match="apply to dataset tasks, not bigbench"):
-        from layerprune.tasks import prepare_task_spec
+        from layerprune.evaluation.tasks import prepare_task_spec
 
         spec = {"type": "generative", "bigbench_task": "arithmetic/1_digit_addition", "num_fewshot": 0}
         prepare_task_spec({**spec, "selection": "train_test_split"}, ".", 0, "unused.json")
@@ -519,7 +519,7 @@ def test_the_authors_item_sets_at_full_size_and_their_xsum_probe_leak():
 
 
 def test_xsum_probe_is_disjoint_from_the_evaluated_items_and_the_authors_probe_is_not(tmp_path):
-    from layerprune.tasks import prepare_task_spec, task_sample_ids
+    from layerprune.evaluation.tasks import prepare_task_spec, task_sample_ids
 
     validation = "tests/fixtures/paper_mini/data/xsum/validation-00000-of-00001.parquet"
     evaluated = _prepare(tmp_path, "xsum", file=validation, limit=2)
@@ -545,7 +545,7 @@ def _chatml_tokenizer():
 def test_paper_prompts_are_the_authors_turns(tmp_path):
     """Instructions in the system turn, the bare question in the user turn, MBPP's first assertion only,
     HumanEval's answer begun with the function stub ("Here is the final answer: ```python{prompt}")."""
-    from layerprune.tasks import build_prompt
+    from layerprune.evaluation.tasks import build_prompt
 
     tokenizer = _chatml_tokenizer()
 
@@ -581,8 +581,8 @@ def test_paper_prompts_are_the_authors_turns(tmp_path):
 def test_the_prefill_is_graded_with_the_answer_and_chat_answers_stop_at_q_and_a(tmp_path, monkeypatch):
     """A chat answer that finishes the prefilled HumanEval function passes the real tests; generation gets
     the authors' stop strings with chat prompting, and an answer is cut at the first."""
-    from layerprune import generative
-    from layerprune.tasks import stop_strings
+    from layerprune.evaluation import generative
+    from layerprune.evaluation.tasks import stop_strings
 
     task = _prepare(tmp_path, "humaneval_plus")
     seen = {}
@@ -605,9 +605,9 @@ def test_the_vllm_lm_eval_backend_is_a_clear_error_without_vllm(tmp_path):
     loads, naming the setting."""
     import importlib.util
 
-    from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.config.settings import EvaluationSettings, settings_json
+    from layerprune.evaluation.evaluate import evaluate_checkpoint
     from layerprune.io import write_json
-    from layerprune.settings import EvaluationSettings, settings_json
 
     assert (
         json.loads(settings_json(EvaluationSettings, PAPER, task="mmlu"))["backend"] == PAPER["evaluation"]["backend"]
@@ -625,7 +625,7 @@ def test_the_vllm_lm_eval_backend_is_a_clear_error_without_vllm(tmp_path):
 def test_the_authors_bi_calibration_texts(tmp_path):
     """scoring.calibration.source gsm8k: the first rows of GSM8K's test split, in order, each question with
     its worked solution (analysis/cossim_analysis.ipynb's GSM8K.format_example)."""
-    from layerprune.data import prepare_calibration
+    from layerprune.data.sources import prepare_calibration
     from layerprune.io import read_jsonl
 
     file = REPO / "tests/fixtures/paper_mini/data/gsm8k/main/test-00000-of-00001.parquet"

@@ -16,14 +16,20 @@ import lm_eval
 import pytest
 import yaml
 
-from layerprune.data import filter_prompt_set, holdout_split, prepare_lm_eval_task, prepare_prompt_set, prompt_token_ids
-from layerprune.evaluate import evaluate_checkpoint
-from layerprune.generative import Sampling
-from layerprune.graders import grade_code
+from layerprune.data.sources import (
+    filter_prompt_set,
+    holdout_split,
+    prepare_lm_eval_task,
+    prepare_prompt_set,
+    prompt_token_ids,
+)
+from layerprune.evaluation.evaluate import evaluate_checkpoint
+from layerprune.evaluation.generative import Sampling
+from layerprune.evaluation.graders import grade_code
+from layerprune.evaluation.sandbox import SandboxLimits
+from layerprune.evaluation.tasks import prepare_task_spec, read_rows, task_sample_ids
 from layerprune.io import read_json, read_jsonl
-from layerprune.iterative import iterative_removal, load_probe_tasks
-from layerprune.sandbox import SandboxLimits
-from layerprune.tasks import prepare_task_spec, read_rows, task_sample_ids
+from layerprune.scoring.iterative import iterative_removal, load_probe_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "fixtures" / "paper_mini"
@@ -378,7 +384,7 @@ def test_fixture_lm_eval_tasks_are_lm_evals_own_but_for_the_data(path):
 def test_paper_probes_run_on_the_fixtures(model_dir, tmp_path):
     """The three probes of the paper (GSM8K train, HumanEval+, XSum validation), prepared from the
     fixtures and generated with their tasks' chat prompting and T 0.9 / top-k 50 / top-p 1 sampling."""
-    from layerprune.models import load_checkpoint
+    from layerprune.models.checkpoints import load_checkpoint
 
     names = MINI_CONFIG["scoring"]["iterative"]["probe_tasks"]
     paths, samplings = [], []

@@ -16,8 +16,8 @@ import yaml
 from helpers.plans import DEFAULT, checkpoint_config, dry_run, local_study
 from helpers.workflow import REPO, planned_jobs, snakemake, workflow_copy
 
-from layerprune import checks
-from layerprune.checks import (
+from layerprune.config import checks
+from layerprune.config.checks import (
     ConfigError,
     architecture_refusal,
     check_config,
@@ -136,7 +136,7 @@ def test_bigbench_suggestions_and_programmatic_tasks():
 
 
 def test_the_task_name_list_is_written_from_an_sdists_file_list(tmp_path):
-    """layerprune/bigbench_tasks.json was written from the real sdist (which the index no longer serves);
+    """layerprune/config/bigbench_tasks.json was written from the real sdist (which the index no longer serves);
     its generator, run as documented, on a small sdist of the same layout: json tasks (subtasks too) and
     task.py-only ones."""
     import subprocess
@@ -145,8 +145,8 @@ def test_the_task_name_list_is_written_from_an_sdists_file_list(tmp_path):
 
     from bigbench_sdist import make_sdist
 
-    from layerprune.bigbench_tasks import read_task_names
-    from layerprune.data import BIGBENCH_TASK_ROOT
+    from layerprune.config.bigbench_tasks import read_task_names
+    from layerprune.data.sources import BIGBENCH_TASK_ROOT
 
     sdist = make_sdist(tmp_path / "bigbench-1.0.0.tar.gz", {"mc": {"examples": []}, "arith/add": {"examples": []}})
     program_only = tmp_path / "programmatic.tar.gz"
@@ -156,7 +156,7 @@ def test_the_task_name_list_is_written_from_an_sdists_file_list(tmp_path):
         info = tarfile.TarInfo(BIGBENCH_TASK_ROOT + "codenames/task.py")
         target.addfile(info, None)
     out = tmp_path / "names.json"
-    command = [sys.executable, "-m", "layerprune.bigbench_tasks", str(program_only), "--out", str(out)]
+    command = [sys.executable, "-m", "layerprune.config.bigbench_tasks", str(program_only), "--out", str(out)]
     subprocess.run(command, check=True)
     json_tasks, programmatic_tasks = read_task_names(out)
     assert sorted(json_tasks) == ["arith/add", "mc"]
@@ -165,7 +165,7 @@ def test_the_task_name_list_is_written_from_an_sdists_file_list(tmp_path):
 
 
 def test_the_shipped_task_names_are_bigbench_1_0_0s():
-    from layerprune.bigbench_tasks import BIGBENCH_JSON_TASKS, BIGBENCH_PROGRAMMATIC_TASKS
+    from layerprune.config.bigbench_tasks import BIGBENCH_JSON_TASKS, BIGBENCH_PROGRAMMATIC_TASKS
 
     assert len(BIGBENCH_JSON_TASKS) == 1041 and "linguistic_mappings/plural_json" in BIGBENCH_JSON_TASKS
     assert "boolean_expressions" in BIGBENCH_PROGRAMMATIC_TASKS
@@ -269,7 +269,7 @@ def test_hub_model_is_checked_from_the_offline_cache_else_left_to_materialize(tm
 
 
 def test_ratio_to_k_agrees_with_the_surgery():
-    from layerprune.surgery import layers_for_ratio
+    from layerprune.pruning.surgery import layers_for_ratio
 
     for num_layers in (2, 4, 7, 24, 30, 32, 80):
         for step in range(1, 1000):
@@ -281,7 +281,9 @@ def test_checks_import_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, layerprune.checks; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = (
+        "import sys, layerprune.config.checks; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -351,7 +353,7 @@ def test_vllm_tensor_parallel_size_needs_as_many_gpus_as_the_selfgen_job_gets():
 
 def test_paper_prune_jobs_request_no_gpu():
     """Pruning runs on the CPU: a GPU requested for it would sit idle (and wait in the GPU queue)."""
-    from layerprune.launch import slurm_resources
+    from layerprune.config.launch import slurm_resources
 
     resources = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["resources"]
     assert "gpu" not in slurm_resources(resources, "prune") and "gres" not in slurm_resources(resources, "prune")
@@ -410,7 +412,7 @@ def test_mistyped_local_paths_are_named_at_plan_time_with_the_other_mistakes(tmp
 
 
 def test_local_path_problems_cover_every_path_key(tmp_path, monkeypatch):
-    from layerprune.checks import local_path_problems
+    from layerprune.config.checks import local_path_problems
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
@@ -439,7 +441,7 @@ def test_local_path_problems_cover_every_path_key(tmp_path, monkeypatch):
 def test_a_path_that_looks_local_is_never_sent_to_the_hub(tmp_path, monkeypatch):
     """`scoring.calibration.path: mydata/calib.jsonl` missing: named as a missing file, no hub request
     (it was `ConnectionError: Couldn't reach 'mydata/calib.jsonl' on the Hub`)."""
-    from layerprune.data import hub_rows, prepare_calibration
+    from layerprune.data.sources import hub_rows, prepare_calibration
     from layerprune.io import looks_local
 
     monkeypatch.chdir(tmp_path)
@@ -457,7 +459,7 @@ def test_a_path_that_looks_local_is_never_sent_to_the_hub(tmp_path, monkeypatch)
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
 def test_calibration_from_a_local_text_file(tmp_path, suffix):
     """source text: one text per line, or JSONL with `text`; drawn with the seed."""
-    from layerprune.data import prepare_calibration
+    from layerprune.data.sources import prepare_calibration
     from layerprune.io import read_jsonl
 
     texts = [f"calibration text number {i}" for i in range(6)]
@@ -484,7 +486,7 @@ def test_calibration_from_a_local_text_file(tmp_path, suffix):
 def test_warmup_at_least_max_steps_is_a_plan_time_warning(tmp_path):
     from helpers.workflow import local_config, write_local_data
 
-    from layerprune.validation import validate_study
+    from layerprune.config.validation import validate_study
 
     write_local_data(tmp_path)
     config = local_config(checkpoint_config(tmp_path / "mine"))

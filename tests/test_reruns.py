@@ -180,7 +180,7 @@ def test_editing_a_stage_module_reruns_nothing_until_asked(run_copy):
     descendants, nothing else."""
     workdir, config = run_copy
     shutil.copytree(REPO / "src", workdir / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    module = workdir / "src" / "layerprune" / "selfgen.py"
+    module = workdir / "src" / "layerprune" / "data" / "selfgen.py"
     module.write_text(module.read_text() + "\n# edited\n")
     assert planned_jobs(workdir) == {}
     assert planned_jobs(workdir, "-R", "selfgen") == {

@@ -17,11 +17,10 @@ import pytest
 from helpers.results import BOOTSTRAP_SETTINGS, dense, result, written
 from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
 
-from layerprune.aggregate import aggregate
-from layerprune.chance import task_chance
+from layerprune.evaluation.chance import task_chance
 from layerprune.io import write_json
-from layerprune.report import findings_table, lowest_ratio_lines, time_table
-from layerprune.retention import (
+from layerprune.report.aggregate import aggregate
+from layerprune.report.retention import (
     MIN_DISAGREEMENTS,
     NOT_REPRODUCED,
     NOT_TESTED,
@@ -37,6 +36,7 @@ from layerprune.retention import (
     retention,
     verdict,
 )
+from layerprune.report.tables import findings_table, lowest_ratio_lines, time_table
 from layerprune.usage import USAGE_PREFIX, log_of_benchmark, read_usage
 
 
@@ -636,7 +636,7 @@ def test_ratio_contrasts_are_paired_differences_of_adjacent_ratios(tmp_path):
     """
     entries = nested("words", "generative", {0.0: 20, 0.1: 12, 0.2: 18, 0.3: 18}, 40)
     stats = retention(entries, BootstrapSettings(samples=1000, seed=0))
-    from layerprune.retention import HIGHER, ratio_contrasts
+    from layerprune.report.retention import HIGHER, ratio_contrasts
 
     frame = ratio_contrasts(stats)
     assert frame[["from_ratio", "to_ratio"]].values.tolist() == [[0.1, 0.2], [0.2, 0.3]]
@@ -825,6 +825,6 @@ def test_weightings_that_agree_are_not_flagged():
     """Two tasks of one size: both weightings give the same number, so nothing is flagged."""
     row = type_row(retention(study(paper_like()), BOOTSTRAP_SETTINGS).per_type, "generative", "sgr", 0.1)
     assert row["other_retention"] == pytest.approx(row["retention"]) and not row["weightings_diverge"]
-    from layerprune.report import retention_cell
+    from layerprune.report.tables import retention_cell
 
     assert "⚠" not in retention_cell(row)

@@ -23,9 +23,9 @@ import pytest
 from helpers.sandbox_probes import MEMORY_PROBE, check_memory_probe
 
 import layerprune
-from layerprune.graders import grade_code
-from layerprune.sandbox import SandboxLimits, run_program, site_packages
-from layerprune.tasks import prepare_task_spec
+from layerprune.evaluation.graders import grade_code
+from layerprune.evaluation.sandbox import SandboxLimits, run_program, site_packages
+from layerprune.evaluation.tasks import prepare_task_spec
 
 TIGHT = SandboxLimits(timeout_s=5, cpu_s=5, memory_mb=512, file_size_mb=1, nproc=8, tmpfs_mb=8)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="full isolation (namespaces, own uid) is set up as root")
@@ -265,7 +265,7 @@ def _evaluate_in(python: Path, program: str) -> dict:
     """Run `run_program(program, ..., site_packages())` in an evaluator that uses `python` (i.e. the venv)."""
     driver = (
         "import json, sys\n"
-        "from layerprune.sandbox import SandboxLimits, run_program, site_packages\n"
+        "from layerprune.evaluation.sandbox import SandboxLimits, run_program, site_packages\n"
         "try:\n"
         f"    result = run_program({program!r}, SandboxLimits(timeout_s=30, nproc=8), site_packages())\n"
         "    print(json.dumps({'passed': result.passed, 'stdout': result.stdout, 'stderr': result.stderr}))\n"
@@ -347,7 +347,7 @@ def test_ten_thousand_threads_or_files_are_refused():
 
 
 def test_only_the_nonce_written_back_completes_a_program():
-    from layerprune.sandbox import MARKER_FD, NONCE_FD
+    from layerprune.evaluation.sandbox import MARKER_FD, NONCE_FD
 
     honest = f"import os\nnonce = os.read({NONCE_FD}, 64)\nos.close({NONCE_FD})\nos.write({MARKER_FD}, nonce)\n"
     result = run_program(honest, TIGHT, completion_marker=True)
@@ -363,8 +363,8 @@ def test_only_the_nonce_written_back_completes_a_program():
 
 def test_evaluate_refuses_before_loading_the_model_where_strict_isolation_is_impossible(tmp_path, monkeypatch):
     """The launcher's refusal (as it reads on a machine without user namespaces) stops `evaluate` at once."""
-    from layerprune import sandbox
-    from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.evaluation import sandbox
+    from layerprune.evaluation.evaluate import evaluate_checkpoint
     from layerprune.io import write_json
 
     refusing = tmp_path / "launcher.py"
@@ -398,9 +398,9 @@ def full_tmpdir(tmp_path, monkeypatch):
 
 
 def test_a_full_tmpdir_stops_the_job_naming_the_cause_and_grades_nothing(full_tmpdir, humaneval_samples, tmp_path):
-    from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.evaluation.evaluate import evaluate_checkpoint
+    from layerprune.evaluation.sandbox import SandboxError
     from layerprune.io import write_json
-    from layerprune.sandbox import SandboxError
 
     sample = humaneval_samples[0]
     with pytest.raises(SandboxError, match=f"{full_tmpdir}.*free space there or point TMPDIR elsewhere"):
@@ -418,7 +418,7 @@ def test_a_code_result_records_the_preflights_isolation_when_no_sample_reached_t
     from helpers.models import make_tiny_checkpoint
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerprune.generative import evaluate_generative
+    from layerprune.evaluation.generative import evaluate_generative
 
     path = make_tiny_checkpoint(tmp_path / "m", family="llama", num_layers=2)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -451,7 +451,7 @@ def test_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(mechanism):
 def test_a_judged_run_whose_processes_cannot_start_is_a_sandbox_error_not_a_verdict(humaneval_samples, monkeypatch):
     """The judge's and the program's interpreters fail to exec (as when the launcher has no memory to start them):
     the set-up's failure stops the job, naming it; the sample gets no bucket."""
-    from layerprune import sandbox
+    from layerprune.evaluation import sandbox
 
     monkeypatch.setattr(sandbox, "_python", lambda: ("/nonexistent/python3", sys.base_prefix))
     sample = humaneval_samples[0]

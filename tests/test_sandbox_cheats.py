@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 from helpers.sandbox_probes import EXITS, FAILED, STRATEGIES
 
-from layerprune.graders import grade_code
-from layerprune.sandbox import SandboxLimits
-from layerprune.tasks import prepare_task_spec
+from layerprune.evaluation.graders import grade_code
+from layerprune.evaluation.sandbox import SandboxLimits
+from layerprune.evaluation.tasks import prepare_task_spec
 
 LIMITS = SandboxLimits(timeout_s=20, cpu_s=10, memory_mb=512)
 # Those that end the program's process at module level, unconditionally. (The others wait for an event that the

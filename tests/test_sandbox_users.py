@@ -3,7 +3,7 @@
 A real user is created for these tests (useradd; we are root in CI), with a planted SSH key, Hugging Face
 token, .bashrc and a project with results/; the hostile program runs in the sandbox as root's evaluator and
 as that user's evaluator, and must not read, write or rename any of it. The user's evaluator is the system
-Python running `layerprune.sandbox` from this source tree (the sandbox needs the standard library only).
+Python running `layerprune.evaluation.sandbox` from this source tree (the sandbox needs the standard library only).
 Missing user namespaces are simulated honestly: the evaluator runs in a user namespace of its own whose
 `user.max_user_namespaces` is 0, so the launcher's unshare(CLONE_NEWUSER) fails as it does on such a cluster.
 """
@@ -26,7 +26,14 @@ from pathlib import Path
 import pytest
 
 import layerprune
-from layerprune.sandbox import UID_BASE, WORK_PREFIX, SandboxLimits, _cgroup_dirs_of_slots, reap_stale, run_program
+from layerprune.evaluation.sandbox import (
+    UID_BASE,
+    WORK_PREFIX,
+    SandboxLimits,
+    _cgroup_dirs_of_slots,
+    reap_stale,
+    run_program,
+)
 
 SRC = str(Path(layerprune.__file__).parents[1])
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
@@ -48,7 +55,7 @@ with open("/proc/sys/user/max_user_namespaces", "w") as handle:
 
 DRIVER = """\
 import json, sys
-from layerprune.sandbox import SandboxLimits, SandboxUnavailable, run_program
+from layerprune.evaluation.sandbox import SandboxLimits, SandboxUnavailable, run_program
 program, limits = sys.argv[1], json.loads(sys.argv[2])
 try:
     r = run_program(program, SandboxLimits(**limits), completion_marker=False)
@@ -95,7 +102,7 @@ def researcher(tmp_path_factory):
     import pwd
 
     entry = pwd.getpwnam(name)
-    probe = _as_user(entry, ["-c", "import layerprune.sandbox"])
+    probe = _as_user(entry, ["-c", "import layerprune.evaluation.sandbox"])
     if probe.returncode != 0:
         subprocess.run(["userdel", "--remove", name], capture_output=True)
         pytest.skip(f"the new user cannot import layerprune from {SRC}: {probe.stderr.strip()[-200:]}")
@@ -207,7 +214,7 @@ FORKS_THREE = (
 FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 BESIDE_A_BOMB = f"""\
 import json, threading, time
-from layerprune.sandbox import SandboxLimits, run_program
+from layerprune.evaluation.sandbox import SandboxLimits, run_program
 bomb = threading.Thread(target=run_program, args=({FORK_BOMB!r}, SandboxLimits(timeout_s=12, cpu_s=12, nproc=8)))
 bomb.start()
 time.sleep(3)
@@ -233,7 +240,7 @@ def test_as_a_user_a_fork_bomb_next_door_does_not_fail_correct_programs(research
 SLEEPER = "import os, time\nfor _ in range(2):\n    if os.fork() == 0:\n        break\ntime.sleep(60)\n"
 EVALUATOR = """\
 import sys
-from layerprune.sandbox import SandboxLimits, run_program
+from layerprune.evaluation.sandbox import SandboxLimits, run_program
 run_program(sys.argv[1], SandboxLimits(timeout_s=60, cpu_s=60, nproc=8))
 """
 
@@ -293,15 +300,15 @@ def test_a_killed_evaluator_leaves_no_sandbox_behind(researcher, evaluator):
         print(removed, sandbox_uids, groups)
         assert not groups, f"the killed sandbox's cgroups outlived the next start: {groups}"
     else:
-        _as_user(researcher, ["-c", "from layerprune.sandbox import reap_stale; print(reap_stale())"])
+        _as_user(researcher, ["-c", "from layerprune.evaluation.sandbox import reap_stale; print(reap_stale())"])
     assert not any(p.exists() for p in left), left
 
 
 # The cheating strategies of tests/test_sandbox_cheats.py, graded by the user's evaluator.
 GRADER = """\
 import json, sys
-from layerprune.graders import grade_code
-from layerprune.sandbox import SandboxLimits
+from layerprune.evaluation.graders import grade_code
+from layerprune.evaluation.sandbox import SandboxLimits
 sample, programs = json.loads(sys.stdin.read())
 level = sys.argv[1] if len(sys.argv) > 1 else "strict"
 limits = SandboxLimits(timeout_s=20, cpu_s=10, memory_mb=512, isolation_level=level)
@@ -315,7 +322,7 @@ print(json.dumps(graded["correct"]["isolation"]))
 def test_as_a_user_every_cheating_wrong_answer_fails(researcher, tmp_path):
     from helpers.sandbox_probes import FAILED, STRATEGIES
 
-    from layerprune.tasks import prepare_task_spec
+    from layerprune.evaluation.tasks import prepare_task_spec
 
     spec = {"type": "generative", "dataset": "humaneval", "num_fewshot": 0, "limit": 1}
     sample = prepare_task_spec(spec, tmp_path, 0, tmp_path / "t.json")["samples"][0]
@@ -340,7 +347,7 @@ def test_as_a_user_memfd_and_a_nested_tmpfs_cannot_hold_memory_past_the_limit(re
 
 
 def test_without_user_namespaces_best_effort_still_grades_with_a_judge_and_says_what_is_missing(researcher, tmp_path):
-    from layerprune.tasks import prepare_task_spec
+    from layerprune.evaluation.tasks import prepare_task_spec
 
     spec = {"type": "generative", "dataset": "humaneval", "num_fewshot": 0, "limit": 1}
     sample = prepare_task_spec(spec, tmp_path, 0, tmp_path / "t.json")["samples"][0]

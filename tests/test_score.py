@@ -1,4 +1,4 @@
-"""Layer scoring (`layerprune.score`): hand-checked formulas and a real tiny model."""
+"""Layer scoring (`layerprune.scoring.score`): hand-checked formulas and a real tiny model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers.models import CORPUS, make_tiny_model, make_tokenizer
 
-from layerprune.score import (
+from layerprune.scoring.score import (
     angular_distances,
     block_influence,
     collect_layer_cosines,
@@ -332,7 +332,7 @@ def test_score_layers_angular(model_and_tokenizer):
 
 def test_score_file_record_adds_provenance_and_settings(tmp_path):
     from layerprune.io import sha256_file, write_jsonl
-    from layerprune.score import score_file_record
+    from layerprune.scoring.score import score_file_record
 
     calibration = tmp_path / "calibration.jsonl"
     write_jsonl(calibration, [{"text": text} for text in TEXTS])

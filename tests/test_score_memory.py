@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from helpers.models import CORPUS, make_tiny_model, make_tokenizer
 
-import layerprune.score as score
+import layerprune.scoring.score as score
 
 
 def test_bi_cosines_compute_no_logits_and_chunks_agree(monkeypatch):

@@ -16,10 +16,10 @@ import yaml
 from helpers.results import BOOTSTRAP_SETTINGS, dense, result, written
 from helpers.workflow import REPO, flag, planned_paths, shared_file, shell_commands, snakemake, workflow_copy
 
-from layerprune.aggregate import aggregate, recovery_records
-from layerprune.evaluate import training_seed
+from layerprune.evaluation.evaluate import training_seed
 from layerprune.io import write_json
-from layerprune.retention import NOT_TESTED, ONE_SEED, UNDECIDED, findings, retention
+from layerprune.report.aggregate import aggregate, recovery_records
+from layerprune.report.retention import NOT_TESTED, ONE_SEED, UNDECIDED, findings, retention
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 N = 200

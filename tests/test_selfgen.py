@@ -24,10 +24,10 @@ from helpers.models import CHAT_TEMPLATE, EOS_ID, FAMILIES, make_tiny_checkpoint
 from helpers.records import phrase
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from layerprune.data import filter_prompt_set, prepare_prompt_set, prompt_token_ids
+from layerprune.data.magpie import NearDuplicateFilter, magpie_prompts, magpie_user_prefix, shingles
+from layerprune.data.selfgen import batch_seed, partial_path, resolve_backend, self_generate
+from layerprune.data.sources import filter_prompt_set, prepare_prompt_set, prompt_token_ids
 from layerprune.io import read_json, read_jsonl, write_jsonl
-from layerprune.magpie import NearDuplicateFilter, magpie_prompts, magpie_user_prefix, shingles
-from layerprune.selfgen import batch_seed, partial_path, resolve_backend, self_generate
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -395,7 +395,7 @@ KILL_DRIVER = textwrap.dedent(
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from layerprune.selfgen import self_generate
+    from layerprune.data.selfgen import self_generate
     model, prompts, out, kill_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     seen = []
     def on_batch(number, indices, generations):
@@ -585,7 +585,7 @@ def test_partial_file_of_a_model_replaced_at_the_same_path_is_not_reused(tmp_pat
 
 def test_prompt_set_cut_short_is_named(checkpoint, tmp_path):
     """A prompt set cut mid-line, or at a line boundary below the count its writer recorded, is an error naming it."""
-    from layerprune.data import filter_prompt_set
+    from layerprune.data.sources import filter_prompt_set
 
     prompts = tmp_path / "prompts" / "m.jsonl"
     prompts.parent.mkdir()
@@ -607,7 +607,7 @@ def test_prompt_set_cut_short_is_named(checkpoint, tmp_path):
 
 def test_token_budget_bounds_every_batch_and_runs_the_longest_first():
     """paper.yaml's batch 64 with prompts up to 8000 tokens would prefill 64 x 9k tokens at once."""
-    from layerprune.selfgen import Generation, generate_responses, length_sorted_batches
+    from layerprune.data.selfgen import Generation, generate_responses, length_sorted_batches
 
     lengths = [8000, 10, 20, 4000, 30, 3000, 8000, 15]
     assert length_sorted_batches(lengths, 4) == [[1, 7, 2, 4], [5, 3, 0, 6]]  # batch_size alone: unchanged

@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 
-from layerprune.selfgen import Generation, batch_request_seed, generate_responses
+from layerprune.data.selfgen import Generation, batch_request_seed, generate_responses
 
 
 class PerBatch:

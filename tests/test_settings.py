@@ -1,4 +1,4 @@
-"""Each setting declared once (layerprune.settings): the schema, the CLI and the rules follow from it.
+"""Each setting declared once (layerprune.config.settings): the schema, the CLI and the rules follow from it.
 
 The schema's settings blocks are generated from the dataclasses; these tests fail when
 the committed schema is stale, when a schema entry and its field disagree (name, type,
@@ -18,8 +18,9 @@ import pytest
 import yaml
 from helpers.workflow import REPO
 
-from layerprune import registry, settings
-from layerprune.settings import MISSING, RecoverySettings, ScoreSettings, config_path, settings_json
+from layerprune import registry
+from layerprune.config import settings
+from layerprune.config.settings import MISSING, RecoverySettings, ScoreSettings, config_path, settings_json
 
 SCHEMA_TEXT = (REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()
 SCHEMA = yaml.safe_load(SCHEMA_TEXT)
@@ -45,7 +46,9 @@ def every_declared_field():
 
 
 def test_committed_schema_is_generated_from_the_settings():
-    assert settings.render_schema(SCHEMA_TEXT) == SCHEMA_TEXT, "run: python -m layerprune.settings --write-schema"
+    assert settings.render_schema(SCHEMA_TEXT) == SCHEMA_TEXT, (
+        "run: python -m layerprune.config.settings --write-schema"
+    )
 
 
 @pytest.mark.parametrize(("cls", "field"), list(every_declared_field()))
@@ -154,7 +157,7 @@ def test_cli_rejects_an_unknown_method_listing_the_registry():
 
 def test_cli_settings_json_with_a_flag_over_it():
     from layerprune.cli import build_parser
-    from layerprune.settings import settings_from_args
+    from layerprune.config.settings import settings_from_args
 
     parser = build_parser()
     args = parser.parse_args(
@@ -170,9 +173,9 @@ def test_cli_settings_json_with_a_flag_over_it():
 
 
 def test_registries_match_the_code_that_dispatches_on_them():
-    from layerprune.graders import GRADERS, TEXT_GRADERS
-    from layerprune.score import METHODS
-    from layerprune.tasks import DATASETS, DEFAULT_GRADER, prepare_task_spec
+    from layerprune.evaluation.graders import GRADERS, TEXT_GRADERS
+    from layerprune.evaluation.tasks import DATASETS, DEFAULT_GRADER, prepare_task_spec
+    from layerprune.scoring.score import METHODS
 
     assert METHODS == tuple(registry.SCORING_METHODS)
     assert set(GRADERS) == set(TEXT_GRADERS) | {"code"} == set(registry.GRADERS)
@@ -198,7 +201,7 @@ def test_lora_target_modules_reaches_peft(tmp_path, single_thread):
     from safetensors.torch import load_file
 
     from layerprune.io import write_jsonl
-    from layerprune.recover import recover_checkpoint
+    from layerprune.recovery.recover import recover_checkpoint
 
     base = make_tiny_checkpoint(tmp_path / "base", num_layers=2, chat_template=CHAT_TEMPLATE)
     write_jsonl(tmp_path / "train.jsonl", sourced_prompt_records(4))
@@ -217,7 +220,7 @@ def test_the_cli_refuses_what_the_schema_refuses():
     """Bounds are checked on the settings object too, so `layerprune recover --lora-r 0` fails like the config."""
     from helpers.training import RECOVER_SETTINGS
 
-    from layerprune.settings import RecoverySettings
+    from layerprune.config.settings import RecoverySettings
 
     good = dict(RECOVER_SETTINGS)
     RecoverySettings.from_dict(good)

@@ -23,13 +23,13 @@ from helpers.training import RECOVER_SETTINGS, VENV_BIN
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from layerprune.evaluate import evaluate_checkpoint, fewshot_prompt, normalise_answer
+from layerprune.config.settings import EvaluationSettings
+from layerprune.data.selfgen import self_generate
+from layerprune.evaluation.evaluate import evaluate_checkpoint, fewshot_prompt, normalise_answer
 from layerprune.io import read_json, read_jsonl, write_json, write_jsonl
-from layerprune.prune import prune_checkpoint
-from layerprune.recover import recover_checkpoint
-from layerprune.score import score_layers
-from layerprune.selfgen import self_generate
-from layerprune.settings import EvaluationSettings
+from layerprune.pruning.prune import prune_checkpoint
+from layerprune.recovery.recover import recover_checkpoint
+from layerprune.scoring.score import score_layers
 
 NUM_LAYERS = 4
 SYSTEM_PROMPT = "hello world"

@@ -19,13 +19,13 @@ from helpers.models import make_tiny_checkpoint
 from helpers.records import generative_task
 from helpers.workflow import REPO, planned_jobs, run, settings_of, shell_commands, snakemake, workflow_copy
 
-from layerprune import settings as settings_module
-from layerprune.checks import ConfigError
 from layerprune.cli import build_parser
+from layerprune.config import settings as settings_module
+from layerprune.config.checks import ConfigError
+from layerprune.config.settings import settings_from_args, settings_from_config
+from layerprune.config.validation import apply_defaults, lm_eval_task_names, load_schema, validate_study
 from layerprune.io import CorruptFileError, check_checkpoint_files, write_json
-from layerprune.models import materialize
-from layerprune.settings import settings_from_args, settings_from_config
-from layerprune.validation import apply_defaults, lm_eval_task_names, load_schema, validate_study
+from layerprune.models.checkpoints import materialize
 
 README = (REPO / "README.md").read_text()
 README_STUDY = re.search(r"```yaml\n(# my-study\.yaml.*?)```", README, flags=re.S)[1]

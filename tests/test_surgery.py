@@ -1,4 +1,4 @@
-"""Layer surgery as the bottom layer (`layerprune.surgery`) and the checks `prune` runs before writing.
+"""Layer surgery as the bottom layer (`layerprune.pruning.surgery`) and the checks `prune` runs before writing.
 
 The coverage test at the end builds a tiny random model of every causal LM family of the
 installed transformers and either prunes and verifies it or sees it refused before
@@ -21,8 +21,9 @@ import torch
 from helpers.models import CORPUS, make_tiny_model, make_tokenizer, sample_ids
 from transformers import AutoModelForCausalLM
 
-from layerprune import ablation, iterative, prune
 from layerprune.io import write_json
+from layerprune.pruning import prune
+from layerprune.scoring import ablation, iterative
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -156,7 +157,7 @@ def assert_same(model, before: dict) -> None:
 
 
 def _surgery_layers_removed(model, removed):
-    from layerprune.surgery import layers_removed
+    from layerprune.pruning.surgery import layers_removed
 
     return layers_removed(model, removed)
 
@@ -200,7 +201,7 @@ def test_temporary_removal_restores_after_an_exception(entry):
 
 
 def test_temporary_removal_of_a_refused_model_changes_nothing():
-    from layerprune.surgery import layers_removed
+    from layerprune.pruning.surgery import layers_removed
 
     model = tiny_model("zamba2")
     before = snapshot(model)
@@ -224,7 +225,7 @@ def _imports_of(path: Path, modules: set[str]) -> set[str]:
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("layerprune"):
-            # `from layerprune import settings` and `from layerprune.settings import stages` name modules
+            # `from layerprune import settings` and `from layerprune.config.settings import stages` name modules
             imported.update(f"{node.module}.{alias.name}" for alias in node.names)
             imported.add(node.module)
         elif isinstance(node, ast.Import):
@@ -236,7 +237,7 @@ def test_no_import_cycle_among_layerprune_modules():
     paths = [path for path in SRC.rglob("*.py") if path.name != "__main__.py"]
     modules = {_module_name(path) for path in paths}
     graph = {_module_name(path): _imports_of(path, modules) for path in paths}
-    assert "layerprune.settings.stages" in graph  # packages are read too, module by module
+    assert "layerprune.config.settings.stages" in graph  # packages are read too, module by module
     cycles = []
 
     def visit(module: str, path: list[str]) -> None:
@@ -250,18 +251,69 @@ def test_no_import_cycle_among_layerprune_modules():
         visit(module, [module])
     assert cycles == [], f"import cycles: {cycles[:5]}"
     # surgery is the bottom layer: it needs only the decoder-layer lookup (and what that imports).
-    assert graph["layerprune.surgery"] == {"layerprune.models"}
-    assert graph["layerprune.models"] == {"layerprune.io"}
-    for user in ("score", "ablation", "iterative", "prune"):
-        assert "layerprune.surgery" in graph[f"layerprune.{user}"], user
-    assert "layerprune.prune" not in graph["layerprune.score"] | graph["layerprune.ablation"]
-    assert "layerprune.prune" not in graph["layerprune.iterative"]
+    assert graph["layerprune.pruning.surgery"] == {"layerprune.models.checkpoints"}
+    assert graph["layerprune.models.checkpoints"] == {"layerprune.io"}
+    for user in ("scoring.score", "scoring.ablation", "scoring.iterative", "pruning.prune"):
+        assert "layerprune.pruning.surgery" in graph[f"layerprune.{user}"], user
+    assert "layerprune.pruning.prune" not in graph["layerprune.scoring.score"] | graph["layerprune.scoring.ablation"]
+    assert "layerprune.pruning.prune" not in graph["layerprune.scoring.iterative"]
 
 
 def test_surgery_imports_alone_without_the_rest_of_layerprune():
-    code = "import sys, layerprune.surgery; print(sorted(m for m in sys.modules if m.startswith('layerprune')))"
+    code = "import sys, layerprune.pruning.surgery; print(sorted(m for m in sys.modules if m.startswith('layerprune')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == str(["layerprune", "layerprune.io", "layerprune.models", "layerprune.surgery"])
+    assert result.stdout.strip() == str(
+        [
+            "layerprune",
+            "layerprune.io",
+            "layerprune.models",
+            "layerprune.models.checkpoints",
+            "layerprune.pruning",
+            "layerprune.pruning.surgery",
+        ]
+    )
+
+
+# The stage folders and the package's top-level modules, in the order they may import one another: a
+# folder imports only folders above it (a module of the top level is a folder of its own). docs/index.md
+# shows the same order.
+FOLDER_LAYERS = [
+    {"io", "registry", "usage", "mtimes"},
+    {"models"},
+    {"pruning"},
+    {"data"},
+    {"config", "dvcstages"},
+    {"evaluation", "recovery"},
+    {"scoring"},
+    {"report"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _folder(module: str) -> str:
+    """layerprune.<folder>...: the stage folder (or top-level module) a module lies in."""
+    return module.split(".")[1]
+
+
+def test_the_stage_folders_import_one_another_in_one_direction():
+    """No import (deferred ones included) goes up or around between stage folders, and every folder sits in
+    FOLDER_LAYERS: a newcomer reads the package from the bottom up (surgery and model loading first, the CLI last)."""
+    paths = list(SRC.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
+    layer_of = {folder: index for index, layer in enumerate(FOLDER_LAYERS) for folder in layer}
+    folders = {_folder(module) for module in modules if module != "layerprune"}
+    assert folders == set(layer_of), f"folders not placed in FOLDER_LAYERS: {sorted(folders ^ set(layer_of))}"
+    upward = []
+    for path in paths:
+        module = _module_name(path)
+        if module == "layerprune":
+            continue
+        for imported in _imports_of(path, modules) - {"layerprune"}:
+            here, there = _folder(module), _folder(imported)
+            if here != there and layer_of[there] >= layer_of[here]:
+                upward.append(f"{module} -> {imported}")
+    assert upward == [], f"imports against the folder order: {sorted(upward)}"
 
 
 # ---------------------------------------------------------------- ratio -> k
@@ -269,7 +321,7 @@ def test_surgery_imports_alone_without_the_rest_of_layerprune():
 
 @pytest.mark.parametrize("ratio, num_layers, k", [(0.25, 4, 1), (0.125, 4, 1), (0.3, 6, 2), (0.5, 5, 3), (0.1, 4, 0)])
 def test_layers_for_ratio_rounds_halves_up(ratio, num_layers, k):
-    from layerprune.surgery import layers_for_ratio
+    from layerprune.pruning.surgery import layers_for_ratio
 
     assert layers_for_ratio(ratio, num_layers) == k
     assert math.floor(ratio * num_layers + 0.5) == k
@@ -279,7 +331,7 @@ def test_layers_for_ratio_rounds_halves_up(ratio, num_layers, k):
 
 
 def test_refusal_reason_at_plan_time_from_config_json(tmp_path):
-    from layerprune.surgery import refusal_reason
+    from layerprune.pruning.surgery import refusal_reason
 
     for supported in ("llama", "qwen2", "gemma3"):
         config = make_tiny_model(supported, 2).config
@@ -303,7 +355,7 @@ def test_refusal_reason_at_plan_time_from_config_json(tmp_path):
 def test_prune_checkpoint_catches_a_config_that_reloads_differently(tmp_path, monkeypatch):
     """MiniCPM3 scales residual branches by scale_depth / sqrt(num_hidden_layers): the pruned model in
     memory is right, a checkpoint whose scale_depth is not rescaled reloads to other logits."""
-    from layerprune import surgery
+    from layerprune.pruning import surgery
 
     base = tiny_checkpoint(tmp_path / "base", "minicpm3")
     scores = manual_scores(tmp_path / "scores.json")
@@ -324,7 +376,7 @@ def test_prune_checkpoint_catches_a_surgery_that_computes_something_else(tmp_pat
     """A surgery that slices layer_types wrongly (the first k kinds, not the kept layers') gives Gemma 3's kept
     layers the wrong attention kinds. (Not slicing it at all is refused earlier: transformers checks that
     layer_types has one entry per layer.)"""
-    from layerprune import surgery
+    from layerprune.pruning import surgery
 
     base = tiny_checkpoint_from(tmp_path / "base", make_tiny_model("gemma3", 6))
     scores = manual_scores(tmp_path / "scores.json")
@@ -459,7 +511,7 @@ def _nan_model(layer: int = 2):
 
 @pytest.mark.parametrize("method", ["bi", "angular", "angular_last", "ppl", "taylor", "sleb"])
 def test_scoring_a_model_with_nan_weights_names_the_layers(method):
-    from layerprune.score import score_layers
+    from layerprune.scoring.score import score_layers
 
     with pytest.raises(ValueError, match=r"layers \[2, 3, 4, 5\] output NaN or infinite .*the first is layer 2"):
         score_layers(method, _nan_model(2), make_tokenizer(), CORPUS, max_length=16, batch_size=2)
@@ -499,7 +551,7 @@ def _causal_lm_families() -> list[str]:
 
 def _cover(model_type: str, tmp_path: Path) -> str:
     """'pruned', 'refused' or 'untested: why' for one family, asserting what each outcome promises."""
-    from layerprune.surgery import refusal_reason
+    from layerprune.pruning.surgery import refusal_reason
 
     try:
         config = tiny_config(model_type)

@@ -8,8 +8,15 @@ from pathlib import Path
 import datasets
 import pytest
 
-from layerprune.graders import math_verify
-from layerprune.tasks import bigbench_inputs, build_prompt, prepare_task_spec, read_rows, stop_strings, use_chat
+from layerprune.evaluation.graders import math_verify
+from layerprune.evaluation.tasks import (
+    bigbench_inputs,
+    build_prompt,
+    prepare_task_spec,
+    read_rows,
+    stop_strings,
+    use_chat,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 

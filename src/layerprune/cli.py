@@ -1,7 +1,7 @@
 """`layerprune <stage> ...`: run one stage of the pipeline on files.
 
 The Snakemake rules call exactly these commands, so a job is a function of its command
-line. A stage's settings (layerprune.settings) arrive as one `--settings` JSON object
+line. A stage's settings (layerprune.config.settings) arrive as one `--settings` JSON object
 (what the rules pass) or one flag each (`--lora-r 16`); a flag wins over the JSON.
 """
 
@@ -16,10 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from layerprune.builtin import BUILTIN_DIR
-from layerprune.io import SourceUnavailable
-from layerprune.registry import DISTILLATIONS, RECOVERIES, SCORING_METHODS, TRAINED, TRAINING_DATA, check_name
-from layerprune.settings import (
+from layerprune.config.settings import (
     BigbenchSourceSettings,
     CalibrationSettings,
     DistillSettings,
@@ -36,6 +33,9 @@ from layerprune.settings import (
     add_settings_arguments,
     settings_from_args,
 )
+from layerprune.data.builtin import BUILTIN_DIR
+from layerprune.io import SourceUnavailable
+from layerprune.registry import DISTILLATIONS, RECOVERIES, SCORING_METHODS, TRAINED, TRAINING_DATA, check_name
 
 
 def _threads(count: int | None) -> None:
@@ -54,20 +54,20 @@ def _optional_str(text: str) -> str | None:
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
-    from layerprune.models import materialize
+    from layerprune.models.checkpoints import materialize
 
     materialize(json.loads(args.source), args.out, dtype=args.dtype)
 
 
 def cmd_fetch_bigbench(args: argparse.Namespace) -> None:
-    from layerprune.data import fetch_bigbench_sdist
+    from layerprune.data.sources import fetch_bigbench_sdist
 
     settings = settings_from_args(BigbenchSourceSettings, args, "fetch-bigbench")
     fetch_bigbench_sdist(args.out, **settings.to_dict())
 
 
 def cmd_build_task(args: argparse.Namespace) -> str:
-    from layerprune.builtin import build_task
+    from layerprune.data.builtin import build_task
 
     payload = build_task(args.name, args.out)
     return f"layerprune build-task: {args.name}: {len(payload['examples'])} examples -> {args.out}"
@@ -88,13 +88,13 @@ def cmd_dvc_stages(args: argparse.Namespace) -> str:
 
 
 def cmd_extract_bigbench(args: argparse.Namespace) -> None:
-    from layerprune.data import extract_bigbench_task
+    from layerprune.data.sources import extract_bigbench_task
 
     extract_bigbench_task(args.task, args.out, args.sdist)
 
 
 def cmd_prepare_task(args: argparse.Namespace) -> None:
-    from layerprune.tasks import prepare_task_spec, task_sample_ids
+    from layerprune.evaluation.tasks import prepare_task_spec, task_sample_ids
 
     spec = json.loads(args.spec)
     # tasks.<task>.exclude_tasks: each prepared task sits in its own fingerprint's folder, so the
@@ -114,7 +114,7 @@ def cmd_prepare_task(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
-    from layerprune.data import prepare_lm_eval_task
+    from layerprune.data.sources import prepare_lm_eval_task
 
     prepare_lm_eval_task(
         args.lm_eval_task, args.num_fewshot, args.limit, args.metric, args.include_path, args.seed, args.out
@@ -122,7 +122,7 @@ def cmd_prepare_lm_eval_task(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_lm_eval_data(args: argparse.Namespace) -> str:
-    from layerprune.evaluate import fetch_lm_eval_data
+    from layerprune.evaluation.evaluate import fetch_lm_eval_data
 
     fetched = fetch_lm_eval_data(args.task_files)
     for name, docs in fetched.items():
@@ -131,7 +131,7 @@ def cmd_fetch_lm_eval_data(args: argparse.Namespace) -> str:
 
 
 def cmd_prepare_prompts(args: argparse.Namespace) -> None:
-    from layerprune.data import prepare_prompt_set
+    from layerprune.data.sources import prepare_prompt_set
 
     settings = settings_from_args(PromptSetSettings, args, "prepare-prompts")
     prepare_prompt_set(
@@ -140,14 +140,14 @@ def cmd_prepare_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_filter_prompts(args: argparse.Namespace) -> None:
-    from layerprune.data import filter_prompt_set
+    from layerprune.data.sources import filter_prompt_set
 
     settings = settings_from_args(PromptFilterSettings, args, "filter-prompts")
     filter_prompt_set(args.prompts, args.model, settings.max_prompt_tokens, args.out, args.stats)
 
 
 def cmd_magpie_prompts(args: argparse.Namespace) -> None:
-    from layerprune.magpie import magpie_prompts
+    from layerprune.data.magpie import magpie_prompts
 
     settings = settings_from_args(MagpieSettings, args, "magpie-prompts")
     _threads(args.threads)
@@ -155,7 +155,7 @@ def cmd_magpie_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_calibration(args: argparse.Namespace) -> None:
-    from layerprune.data import prepare_calibration
+    from layerprune.data.sources import prepare_calibration
 
     settings = settings_from_args(CalibrationSettings, args, "prepare-calibration")
     prepare_calibration(
@@ -173,7 +173,7 @@ def cmd_prepare_calibration(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare_heal(args: argparse.Namespace) -> None:
-    from layerprune.heal import prepare_heal_text
+    from layerprune.data.heal import prepare_heal_text
 
     settings = settings_from_args(HealSettings, args, "prepare-heal")
     count = prepare_heal_text(
@@ -184,22 +184,22 @@ def cmd_prepare_heal(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     from layerprune.io import read_jsonl, write_json
-    from layerprune.models import decoder_layers, load_checkpoint
-    from layerprune.score import layers_for_ratio, score_file_record, score_layers
+    from layerprune.models.checkpoints import decoder_layers, load_checkpoint
+    from layerprune.scoring.score import layers_for_ratio, score_file_record, score_layers
 
     settings = settings_from_args(ScoreSettings, args, "score")
     check_name("scoring method", args.method, SCORING_METHODS)
     _threads(args.threads)
     probe_tasks = max_k = None
     if args.method == "iterative":
-        from layerprune.iterative import load_probe_tasks
+        from layerprune.scoring.iterative import load_probe_tasks
 
         if not args.probe_tasks or settings.max_ratio is None:
             raise SystemExit("layerprune score: --method iterative needs --probe-tasks and --max-ratio")
         max_new_tokens: int | list[int] = settings.probe_max_new_tokens or [16]
         if len(max_new_tokens) == 1:
             max_new_tokens = max_new_tokens[0]
-        from layerprune.generative import Sampling
+        from layerprune.evaluation.generative import Sampling
 
         # each probe is generated exactly as its task is evaluated (tasks.<task>: prompting and sampling)
         samplings = [Sampling(**sampling) if sampling else None for sampling in settings.probe_sampling]
@@ -225,7 +225,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     state_path = fingerprint = None
     if args.method == "iterative":
         from layerprune.io import content_fingerprint, sha256_file
-        from layerprune.iterative import state_path_for
+        from layerprune.scoring.iterative import state_path_for
 
         # a resumed search must never mix probes of another model, probe set or setting
         state_path = state_path_for(args.out)
@@ -275,7 +275,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from layerprune.prune import prune_checkpoint
+    from layerprune.pruning.prune import prune_checkpoint
 
     settings = settings_from_args(PruneSettings, args, "prune")
     _threads(args.threads)
@@ -283,7 +283,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_selfgen(args: argparse.Namespace) -> None:
-    from layerprune.selfgen import self_generate
+    from layerprune.data.selfgen import self_generate
 
     settings = settings_from_args(SelfgenSettings, args, "selfgen")
     _threads(args.threads)
@@ -291,7 +291,7 @@ def cmd_selfgen(args: argparse.Namespace) -> None:
 
 
 def cmd_recover(args: argparse.Namespace) -> str:
-    from layerprune.recover import recover_checkpoint
+    from layerprune.recovery.recover import recover_checkpoint
 
     distill = RECOVERIES[args.recovery].teacher
     if not distill:
@@ -307,7 +307,7 @@ def cmd_recover(args: argparse.Namespace) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from layerprune.evaluate import evaluate_checkpoint
+    from layerprune.evaluation.evaluate import evaluate_checkpoint
 
     settings = settings_from_args(EvaluationSettings, args, "evaluate")
     _threads(args.threads)
@@ -338,7 +338,7 @@ def ran_by(benchmark: Path, study: str) -> bool:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from layerprune.aggregate import aggregate
+    from layerprune.report.aggregate import aggregate
 
     settings = settings_from_args(ReportSettings, args, "aggregate")
     # Snakemake writes one benchmark TSV per job under benchmarks/<rule>/: the "where the time went" table.
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--out", required=True, help="where the sdist is linked")
 
-    sub = stage("build-task", cmd_build_task, "Build one of the project's own tasks (layerprune.builtin).")
+    sub = stage("build-task", cmd_build_task, "Build one of the project's own tasks (layerprune.data.builtin).")
     sub.add_argument("--name", required=True, help="the builtin task, e.g. country_capital (docs/data.md)")
     sub.add_argument("--out", required=True, help="the task.json to write (BIG-bench's format, with provenance)")
 
@@ -639,7 +639,7 @@ def header(args: argparse.Namespace, argv: list[str]) -> str:
         lines.append("# settings: " + json.dumps(args.resolved_settings.to_dict(), sort_keys=True))
     lines.append("# versions: " + versions())
     if args.stage in GPU_STAGES:
-        from layerprune.models import device_summary
+        from layerprune.models.checkpoints import device_summary
 
         lines.append("# device: " + device_summary(getattr(args.resolved_settings, "dtype", "auto")))
     if os.environ.get(STUDY_VARIABLE):
@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header(args, argv), file=sys.stderr, flush=True)
     if args.stage in GPU_STAGES:
         # before anything heavy: a job given a GPU that torch cannot use stops here, with the cause
-        from layerprune.models import check_gpu_usable
+        from layerprune.models.checkpoints import check_gpu_usable
 
         try:
             check_gpu_usable()

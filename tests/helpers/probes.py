@@ -43,8 +43,8 @@ def raw_generative_task(count: int = 8) -> dict:
 
 def answered_by(model, tokenizer, classification: dict, generative: dict) -> list[dict]:
     """The tasks with the model's own answers as labels and targets (dense accuracy 1)."""
-    from layerprune.evaluate import evaluate_generative
-    from layerprune.iterative import classification_prompt, continuation_loglikelihoods, encode_pair
+    from layerprune.evaluation.evaluate import evaluate_generative
+    from layerprune.scoring.iterative import classification_prompt, continuation_loglikelihoods, encode_pair
 
     classification = copy.deepcopy(classification)
     pairs = [

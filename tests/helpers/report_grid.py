@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from layerprune.diagnostics import ERROR_BUCKETS
+from layerprune.report.diagnostics import ERROR_BUCKETS
 
 N = 40
 # task -> type

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layerprune.io import write_json
-from layerprune.retention import BootstrapSettings
+from layerprune.report.retention import BootstrapSettings
 
 # What every PNG file starts with: a plot the report wrote is a real image.
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

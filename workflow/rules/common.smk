@@ -6,13 +6,13 @@ import re
 import sys
 from pathlib import Path
 
-from layerprune.checks import (
+from layerprune.config.checks import (
     RATIO_WILDCARD,
     ConfigError,
     ratio_wildcards,
 )
 from layerprune.io import looks_local
-from layerprune.launch import cluster_cores_problem, rule_command_prefix, rule_settings, slurm_resources
+from layerprune.config.launch import cluster_cores_problem, rule_command_prefix, rule_settings, slurm_resources
 from layerprune.mtimes import restore_placed_mtimes
 from layerprune.registry import (
     DATASETS,
@@ -22,9 +22,9 @@ from layerprune.registry import (
     methods_where,
     recoveries_run_by,
 )
-from layerprune.validation import validate_study
-from layerprune.builtin import BUILTIN_DIR, BUILTIN_TASKS, provenance as builtin_provenance
-from layerprune.settings import (
+from layerprune.config.validation import validate_study
+from layerprune.data.builtin import BUILTIN_DIR, BUILTIN_TASKS, provenance as builtin_provenance
+from layerprune.config.settings import (
     BigbenchSourceSettings,
     CalibrationSettings,
     EvaluationSettings,
@@ -111,8 +111,8 @@ def dense_checkpoint(model):
     return shared_path(f"models/{fingerprint(model_source_json(model))}/{model}")
 
 
-# The study as a whole (layerprune.validation): its defaults filled in from the schema, whose
-# settings come from layerprune.settings; then every problem at once, each as `file:line: key: ...`
+# The study as a whole (layerprune.config.validation): its defaults filled in from the schema, whose
+# settings come from layerprune.config.settings; then every problem at once, each as `file:line: key: ...`
 # of the config file that sets the key (a key given twice too: YAML would keep the last one).
 # The models are checked from what is on disk: a checkpoint, an architecture the surgery supports, a
 # depth every ratio can prune. Not again in each cluster job (it re-reads this file): the plan was checked.
@@ -167,7 +167,7 @@ wildcard_constraints:
 
 
 # Each rule's `settings` param: the JSON of exactly the settings its job uses
-# (layerprune.settings), shell-quoted into the command as `--settings {params.settings:q}`.
+# (layerprune.config.settings), shell-quoted into the command as `--settings {params.settings:q}`.
 # Snakemake's params trigger then re-runs exactly the jobs a changed setting reaches.
 BIGBENCH_SOURCE_SETTINGS = settings_json(BigbenchSourceSettings, config)
 PROMPT_SET_SETTINGS = settings_json(PromptSetSettings, config)
@@ -243,7 +243,7 @@ def job_threads(rule_name):
 
 
 # Before any job is submitted (onstart runs once the executor is known; not in dry runs): a
-# cluster job must run the threads SLURM allocates to it (layerprune.launch.cluster_cores_problem).
+# cluster job must run the threads SLURM allocates to it (layerprune.config.launch.cluster_cores_problem).
 onstart:
     if workflow.non_local_exec and not workflow.remote_exec:
         problem = cluster_cores_problem(
@@ -266,7 +266,7 @@ def bigbench_file(task):
     return f"resources/bigbench/{task}/task.json"
 
 
-# The project's own tasks (layerprune.builtin: BUILTIN_DIR, under results/shared/, so DVC versions them
+# The project's own tasks (layerprune.data.builtin: BUILTIN_DIR, under results/shared/, so DVC versions them
 # with what they feed; the commands read them there).
 BUILTIN_TASK_PATTERN = "|".join(re.escape(name) for name in BUILTIN_TASKS)
 

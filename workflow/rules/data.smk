@@ -14,7 +14,7 @@ rule fetch_bigbench:
         "layerprune fetch-bigbench --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
-# The project's own tasks (layerprune.builtin), built from installed packages; the params hold
+# The project's own tasks (layerprune.data.builtin), built from installed packages; the params hold
 # their provenance (package versions), so an upgraded package rebuilds them and what follows.
 rule build_task:
     output:

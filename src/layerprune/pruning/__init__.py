@@ -1,0 +1,1 @@
+"""Removing decoder layers: the surgery (the bottom layer) and the prune stage that saves a checkpoint."""

@@ -1,0 +1,1 @@
+"""Scoring the decoder layers: one-shot scores (cosine, perplexity), ablation and iterative removal."""
