@@ -16,6 +16,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# pytest-xdist hands out whole modules, the longest first (helpers/scheduling.py)
+from helpers.scheduling import pytest_collection_modifyitems  # noqa: E402, F401
+
 
 @pytest.fixture
 def single_thread():
@@ -31,32 +34,20 @@ def single_thread():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """One real `snakemake --cores 2` run of the tiny DAG (helpers.workflow.tiny_config),
-    shared by every test that needs a finished run: the pipeline, re-run, SLURM and DVC
-    tests. Treat it as read-only; copy it with `helpers.workflow.copy_run` to change it."""
+    """One real `snakemake --cores 2` run of the tiny DAG (helpers.workflow.tiny_config), made once per session
+    for both xdist workers (helpers.scheduling.build_once) and shared by every test that needs a finished run:
+    the pipeline, re-run, SLURM, DVC and study tests. Read-only: write nothing into it (a changed config goes
+    beside it, see `helpers.workflow.planned_with`); copy it with `helpers.workflow.copy_run` to change it."""
+    import yaml
     from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
+    from helpers.scheduling import build_once
     from helpers.workflow import snakemake, tiny_config, workflow_copy
 
+    def build(root: Path) -> None:
+        model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
+        snakemake(workflow_copy(root / "wf", tiny_config(model_dir)), "--cores", "2")
+
     reuse = os.environ.get("LAYERPRUNE_TEST_TINY_RUN")
-    if reuse:  # iterating on these tests: a root an earlier session left (<basetemp>/pipeline0)
-        root = Path(reuse)
-        import yaml
-
-        return root / "wf", yaml.safe_load((root / "wf" / "config.yaml").read_text())
-    root = tmp_path_factory.mktemp("pipeline")
-    model_dir = make_tiny_checkpoint(root / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
-    config = tiny_config(model_dir)
-    workdir = workflow_copy(root / "wf", config)
-    snakemake(workdir, "--cores", "2")
-    return workdir, config
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's `--dist loadgroup` (pyproject's addopts): a module's tests run on one worker,
-    so its module-scoped fixtures (a real tiny run, a built venv, a 270M model) are built once, not once on each
-    worker; every module that uses the session's `tiny_run` joins one group, so that run is made once."""
-    uses_tiny_run = {item.module.__name__ for item in items if "tiny_run" in getattr(item, "fixturenames", ())}
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("tiny_run" if module in uses_tiny_run else module))
+    # iterating on these tests: a root an earlier session left (<basetemp>/pipeline)
+    root = Path(reuse) if reuse else build_once(tmp_path_factory, "pipeline", build)
+    return root / "wf", yaml.safe_load((root / "wf" / "config.yaml").read_text())

@@ -16,7 +16,7 @@ import sys
 import pytest
 import yaml
 from helpers.plans import DEFAULT_JOBS, checkpoint_config
-from helpers.workflow import REPO, planned_jobs, run, shell_commands, snakemake, workflow_copy
+from helpers.workflow import REPO, jobs_of, run, shell_commands, snakemake, workflow_copy
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "configs").glob("*.yaml"))]
 # The plans, counted from each study's grid. compare-methods: 9 methods (8 by `score`, iterative by its
@@ -96,10 +96,13 @@ def documented_commands() -> list[tuple[str, str]]:
 
 
 COMMANDS = documented_commands()
+# each command once, as typed, with the documents that give it (the same text in two documents is one test)
+DOCUMENTS_OF = {command: sorted(d for d, c in COMMANDS if c == command) for _, command in COMMANDS}
+COMMAND_IDS = [f"{', '.join(DOCUMENTS_OF[command])}: {command}" for command in sorted(DOCUMENTS_OF)]
 
 
 def test_the_documents_have_the_commands_this_test_expects():
-    commands = {command for _, command in COMMANDS}
+    commands = set(DOCUMENTS_OF)
     assert "snakemake --profile slurm --configfile configs/paper.yaml" in commands
     assert not [command for command in commands if "--profile slurm" in command and "--cores" in command]
     assert "snakemake --cores all --configfile configs/compare-methods.yaml" in commands
@@ -107,9 +110,10 @@ def test_the_documents_have_the_commands_this_test_expects():
     assert "snakemake --cores all" in commands
 
 
-@pytest.mark.parametrize(("document", "command"), COMMANDS, ids=[f"{d}: {c}" for d, c in COMMANDS])
+@pytest.mark.parametrize("command", sorted(DOCUMENTS_OF), ids=COMMAND_IDS)
 @pytest.mark.slow  # over 8 s on 2 cores (--durations, 2026-12-07)
-def test_documented_command_plans_its_study(tmp_path, document, command):
+def test_documented_command_plans_its_study(tmp_path, command):
+    documents = ", ".join(DOCUMENTS_OF[command])
     workdir = workflow_copy(tmp_path / "wf")
     (workdir / "configs").mkdir()
     for config in (REPO / "configs").glob("*.yaml"):
@@ -124,12 +128,11 @@ def test_documented_command_plans_its_study(tmp_path, document, command):
         # No conda channel can be reached here (and snakemake -n --sdm conda calls `conda info`): the plan is
         # checked without the flag, and test_conventions checks the env files against constraints.txt.
         del options[options.index("--sdm") : options.index("--sdm") + 2]
-    jobs = planned_jobs(workdir, *options)
-    assert jobs == EXPECTED[configfile], f"{document}: {command}"
+    dry = snakemake(workdir, "-n", "-p", "--cores", "1", *options)  # one dry run: its job table and its commands
+    assert jobs_of(dry.stdout + dry.stderr) == EXPECTED[configfile], f"{documents}: {command}"
     # exactly the study's models and tasks: nothing of the default leaks into a study given with --configfile
     study = yaml.safe_load((workdir / (configfile or "config.yaml")).read_text())
-    output = snakemake(workdir, "-n", "-p", "--cores", "1", *options).stdout
-    evaluations = shell_commands(output, "evaluate")
+    evaluations = shell_commands(dry.stdout, "evaluate")
     assert {argv[argv.index("--model-name") + 1] for argv in evaluations} == set(study["models"])
     evaluated = {task for task, spec in study["tasks"].items() if spec.get("evaluate", True)}
     assert {argv[argv.index("--task-name") + 1] for argv in evaluations} == evaluated
@@ -142,9 +145,9 @@ def test_config_overrides_apply_over_a_configfile_and_over_the_default(tmp_path)
     checkpoint_config(workdir / "checkpoints" / "mine")
     for study, jobs in ((["--configfile", "my-study.yaml"], MY_STUDY_JOBS), ([], DEFAULT_JOBS)):
         overrides = ["--config", "seed=7", "dtype=float32"]
-        assert planned_jobs(workdir, *study, *overrides) == jobs
-        output = snakemake(workdir, "-n", "-p", "--cores", "1", *study, *overrides).stdout
-        for argv in shell_commands(output, "selfgen"):
+        dry = snakemake(workdir, "-n", "-p", "--cores", "1", *study, *overrides)
+        assert jobs_of(dry.stdout + dry.stderr) == jobs
+        for argv in shell_commands(dry.stdout, "selfgen"):
             selfgen = json.loads(argv[argv.index("--settings") + 1])
             assert (selfgen["seed"], selfgen["dtype"]) == (7, "float32")
 

@@ -284,9 +284,11 @@ def test_rerun_replaces_read_only_linked_outputs_and_leaves_the_cache_intact(ali
     repo, _, _ = alice
     origin = tmp_path / "origin"
     subprocess.run(["cp", "-a", str(repo), str(origin)], check=True)  # keeps the hardlinks between results and cache
-    (pruned,) = (origin / "results" / "shared" / "pruned").glob("*/tiny/bi/0.5")  # shared by fingerprint
+    # a checkpoint whose only consumers are its two evaluations and the report: 4 jobs re-made (the shared
+    # pruned checkpoint would re-make every recovery and evaluation of its ratio too)
+    recovered = origin / RESULTS / "recovered" / "tiny" / "bi" / "0.5" / "sgr"
     summary = origin / RESULTS / "report" / "summary.csv"
-    weights = next(pruned.glob("*.safetensors"))
+    weights = next(recovered.glob("*.safetensors"))
     for path in (weights, summary):  # DVC's links are read-only (mode 0444)
         assert path.stat().st_nlink > 1 and not path.stat().st_mode & 0o222, path
     old = {path: path.stat().st_ino for path in (weights, summary)}
@@ -297,7 +299,7 @@ def test_rerun_replaces_read_only_linked_outputs_and_leaves_the_cache_intact(ali
             "--cores",
             "2",
             "-f",
-            str(pruned.relative_to(origin)),
+            str(recovered.relative_to(origin)),
             str(summary.relative_to(origin)),
         ],
         cwd=origin,

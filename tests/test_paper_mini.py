@@ -261,10 +261,11 @@ RECOVERED_EVALUATION = ("mmlu", "gsm8k")
 
 
 def run_config(config: dict) -> dict:
-    """paper-mini as the real run runs it: `reverse` for the one-shot scores (bi is the same rule), the
-    recovered checkpoints evaluated on RECOVERED_EVALUATION only (`tasks.<t>.recoveries: [none]` elsewhere)."""
+    """paper-mini as the real run runs it: iterative scoring alone (`bi` and `reverse` run the tiny run's `score`
+    rule, which the session's tiny run runs for real, with the same builtin calibration), the recovered
+    checkpoints evaluated on RECOVERED_EVALUATION only (`tasks.<t>.recoveries: [none]` elsewhere)."""
     config = copy.deepcopy(config)
-    config["scoring"]["methods"] = [m for m in config["scoring"]["methods"] if m != "bi"]
+    config["scoring"]["methods"] = ["iterative"]
     for name, task in config["tasks"].items():
         if task.get("evaluate", True) and name not in RECOVERED_EVALUATION:
             task["recoveries"] = ["none"]
@@ -277,11 +278,11 @@ def test_paper_mini_runs_the_whole_dag(tmp_path, mini_model):
     grid would have: iterative layers chosen by its generative probes, qlora merged and checked, every
     task evaluated with its metric, the report naming each task.
 
-    Every rule and every task's code path, not every cell: `bi` runs the `score` rule as `reverse` does, and
-    the recovered checkpoints are evaluated on one lm-eval task and one generative task (RECOVERED_EVALUATION);
-    every task is still evaluated on the dense and on each unrecovered model (74 jobs instead of 149: the
-    test took 28 of the suite's 68 minutes on a loaded 2-core machine). The plan test above checks the
-    whole grid."""
+    Every rule but `score` and every task's code path, not every cell: the one-shot methods' `score` rule runs in
+    the session's tiny run (conftest.tiny_run); the recovered checkpoints are evaluated on one lm-eval task and
+    one generative task (RECOVERED_EVALUATION); every task is still evaluated on the dense and on the pruned
+    model (55 jobs instead of 149: the whole grid took 28 of the suite's 68 minutes on a loaded 2-core machine).
+    The plan test above checks the whole grid."""
     workdir, configfile, config = mini_study(tmp_path, mini_model)
     config = run_config(config)
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))

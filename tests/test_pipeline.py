@@ -11,8 +11,7 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
-from helpers.workflow import TINY_STUDY, planned_jobs
+from helpers.workflow import TINY_STUDY, planned_jobs, planned_with
 from transformers import AutoModelForCausalLM
 
 
@@ -84,8 +83,7 @@ def test_adding_a_ratio_reruns_only_that_ratio(finished_run, tmp_path):
     workdir, config = finished_run
     changed = copy.deepcopy(config)
     changed["pruning"]["ratios"].append(0.75)
-    (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
-    jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
+    jobs = planned_with(workdir, changed)
     assert jobs == {"prune": 1, "recover": 2, "evaluate_variant": 2 * 2, "evaluate_pruned": 2, "aggregate": 1, "all": 1}
 
 
@@ -94,8 +92,7 @@ def test_evaluation_setting_reruns_no_scoring_selfgen_or_training(finished_run):
     workdir, config = finished_run
     changed = copy.deepcopy(config)
     changed["evaluation"]["batch_size"] = 2
-    (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
-    jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
+    jobs = planned_with(workdir, changed)
     assert jobs == {"evaluate_dense": 2, "evaluate_variant": 8, "evaluate_pruned": 4, "aggregate": 1, "all": 1}
 
 
@@ -104,7 +101,6 @@ def test_selfgen_setting_reruns_selfgen_and_its_descendants_only(finished_run):
     workdir, config = finished_run
     changed = copy.deepcopy(config)
     changed["selfgen"]["temperature"] = 0.9
-    (workdir / "changed.yaml").write_text(yaml.safe_dump(changed))
-    jobs = planned_jobs(workdir, "--configfile", "changed.yaml")
+    jobs = planned_with(workdir, changed)
     # the sgr branch only: 2 ratios x (1 recover + 2 task evaluations)
     assert jobs == {"selfgen": 1, "recover": 2, "evaluate_variant": 4, "aggregate": 1, "all": 1}

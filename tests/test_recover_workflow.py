@@ -8,12 +8,12 @@ import json
 import datasets
 import pytest
 import yaml
-from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
 from helpers.plans import GRID as DEFAULT
 from helpers.plans import GRID_JOBS
 from helpers.workflow import (
     REPO,
     TINY_STUDY,
+    copy_run,
     flag,
     is_shared,
     planned_jobs,
@@ -21,7 +21,6 @@ from helpers.workflow import (
     shared_file,
     shell_commands,
     snakemake,
-    tiny_config,
     workflow_copy,
 )
 
@@ -133,20 +132,23 @@ def test_heal_text_offline_is_disjoint_from_the_evaluated_tasks(tmp_path):
 # --------------------------------------------------------------------------- real tiny DAG runs
 
 
-@pytest.mark.slow
-def test_real_tiny_recovery_through_the_dag(tmp_path):
+@pytest.mark.slow  # 2 trainings and their evaluations beside a copy of the session's tiny run
+def test_real_tiny_recovery_through_the_dag(tiny_run, tmp_path):
     """heal and data, trained for real by snakemake with the full trainer, evaluated as plain checkpoints.
     The other trainers run through the DAG elsewhere: lora in the session's tiny run (conftest.tiny_run, data and
     sgr), qlora in paper-mini's real run (merged and checked against the 4-bit model); heal's loss does not
-    depend on the trainer (test_recover checks it on every token: test_heal_trains_with_lm_loss_on_every_token)."""
+    depend on the trainer (test_recover checks it on every token: test_heal_trains_with_lm_loss_on_every_token).
+    A copy of the tiny run: its model, score and pruned checkpoint are reused, the trainer's change re-trains."""
     trainer = "full"
-    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
-    config = tiny_config(model_dir)
+    source, config = tiny_run
+    workdir = copy_run(source, tmp_path / "wf")
+    config = copy.deepcopy(config)
     config["pruning"]["ratios"] = [0.25]
     config["recovery"].update(methods=["none", "data", "heal"], trainer=trainer, save_steps=1)
     config["recovery"]["heal"] = {"source": {"builtin_tasks": ["python_docs"]}, "num_texts": 8}
     config["tasks"].pop("knowledge")
-    workdir = workflow_copy(tmp_path / "wf", config)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert planned_jobs(workdir)["recover"] == 2  # data (its trainer changed) and heal, nothing upstream
     snakemake(workdir, "--cores", "2")
     for variant in ("data", "heal"):
         out = workdir / f"results/{TINY_STUDY}/recovered/tiny/bi/0.25/{variant}"

@@ -21,14 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.workflow import BIN, REPO, TINY_STUDY, copy_run, env, planned_jobs, snakemake
+from helpers.workflow import BIN, REPO, TINY_STUDY, copy_run, env, planned_jobs, planned_with, snakemake
 
 pytestmark = pytest.mark.slow
-
-
-def planned_with(workdir: Path, config: dict, *args: str) -> dict[str, int]:
-    (workdir / "changed.yaml").write_text(yaml.safe_dump(config))
-    return planned_jobs(workdir, "--configfile", "changed.yaml", *args)
 
 
 @pytest.fixture
@@ -116,6 +111,7 @@ def test_adding_a_recovery_reruns_only_its_jobs(run_copy):
         shutil.rmtree(results / f"recovered/tiny/bi/{ratio}/sgr")
         shutil.rmtree(results / f"eval/tiny/bi/{ratio}/sgr")
     assert planned_with(workdir, without) == {"aggregate": 1, "all": 1}
+    (workdir / "changed.yaml").write_text(yaml.safe_dump(without))  # a copy of the run: its own to change
     snakemake(workdir, "--configfile", "changed.yaml", "--cores", "1")
     assert planned_with(workdir, config) == {
         "selfgen": 1,

@@ -235,23 +235,27 @@ def test_not_tested_stays_not_tested_with_seeds():
     assert frame[frame["statistic"] == "sgr − none generative retention"].iloc[0]["verdict"] == NOT_TESTED
 
 
-@pytest.mark.slow  # a real tiny run: 2 LoRA trainings and 4 evaluations
-def test_two_seeds_through_a_real_tiny_run(tmp_path):
-    """Each seed trains its own checkpoint (TRL gets the seed), each evaluation records it, the report pools them."""
-    from helpers.models import CHAT_TEMPLATE, make_tiny_checkpoint
-    from helpers.workflow import TINY_STUDY, tiny_config
+@pytest.mark.slow  # a second seed beside a copy of the session's tiny run: 1 LoRA training, 2 evaluations
+def test_two_seeds_through_a_real_tiny_run(tiny_run, tmp_path):
+    """Each seed trains its own checkpoint (TRL gets the seed), each evaluation records it, the report pools them.
+    Seed 0's sgr checkpoint is the tiny run's own; seed 1's is trained here."""
+    from helpers.workflow import TINY_STUDY, copy_run
     from safetensors.torch import load_file
 
-    model_dir = make_tiny_checkpoint(tmp_path / "tiny-model", family="llama", num_layers=4, chat_template=CHAT_TEMPLATE)
-    config = tiny_config(model_dir)
+    source, config = tiny_run
+    workdir = copy_run(source, tmp_path / "wf")
+    config = copy.deepcopy(config)
     config["pruning"]["ratios"] = [0.5]
     config["recovery"].update(methods=["none", "sgr"], seeds=[0, 1])
-    del config["tasks"]["knowledge"]  # one task is enough to follow the seeds through
-    workdir = workflow_copy(tmp_path / "wf", config)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     snakemake(workdir, "--cores", "2")
     results = workdir / "results" / TINY_STUDY
     recovered = results / "recovered" / "tiny" / "bi" / "0.5"
-    assert sorted(p.name for p in recovered.iterdir() if p.is_dir()) == ["sgr", "sgr-seed1"]
+    # (`data` beside them is the tiny run's own, trained with seed 0 before this study dropped it)
+    assert sorted(p.name for p in recovered.iterdir() if p.is_dir() and p.name.startswith("sgr")) == [
+        "sgr",
+        "sgr-seed1",
+    ]
     for name, seed in (("sgr", 0), ("sgr-seed1", 1)):
         assert json.loads((recovered / name / "training_args.json").read_text())["seed"] == seed
         evaluated = json.loads((results / "eval" / "tiny" / "bi" / "0.5" / name / "addition.json").read_text())
@@ -269,24 +273,21 @@ def test_two_seeds_through_a_real_tiny_run(tmp_path):
 @pytest.mark.slow  # dry runs against the session's one real tiny run
 def test_adding_a_seed_to_a_finished_run_trains_only_that_seed(tiny_run, tmp_path):
     """The study's own seed keeps its folders and settings: listing it plans nothing, adding one trains only it."""
-    from helpers.workflow import planned_jobs
+    from helpers.workflow import planned_with
 
     workdir, config = tiny_run
     same = copy.deepcopy(config)
     same["recovery"]["seeds"] = [config["seed"]]
-    (workdir / "seeds.yaml").write_text(yaml.safe_dump(same))
-    assert planned_jobs(workdir, "--configfile", "seeds.yaml") == {}
+    assert planned_with(workdir, same) == {}
     more = copy.deepcopy(config)
     more["recovery"]["seeds"] = [config["seed"], 7]
-    (workdir / "seeds.yaml").write_text(yaml.safe_dump(more))
     # 2 ratios x (data, sgr) trained with seed 7, each evaluated on 2 tasks; none is not replicated
-    assert planned_jobs(workdir, "--configfile", "seeds.yaml") == {
+    assert planned_with(workdir, more) == {
         "recover": 4,
         "evaluate_variant": 8,
         "aggregate": 1,
         "all": 1,
     }
-    (workdir / "seeds.yaml").unlink()
 
 
 @pytest.mark.slow  # the real aggregate rule and `snakemake --report` on fixture results: ~20 s

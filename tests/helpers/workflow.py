@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -153,7 +154,11 @@ def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.Completed
 def planned_jobs(cwd: Path, *args: str) -> dict[str, int]:
     """Rule -> job count of a dry run (empty when there is nothing to do)."""
     result = snakemake(cwd, "-n", "--cores", "2", *args)
-    output = result.stdout + result.stderr
+    return jobs_of(result.stdout + result.stderr)
+
+
+def jobs_of(output: str) -> dict[str, int]:
+    """Rule -> job count from a dry run's output (its "Job stats" table; empty when there is nothing to do)."""
     if "Nothing to be done" in output:
         return {}
     table = output.split("Job stats:", 1)[1]
@@ -165,6 +170,19 @@ def planned_jobs(cwd: Path, *args: str) -> dict[str, int]:
         counts[match.group(1)] = int(match.group(2))
     counts.pop("total", None)
     return counts
+
+
+def planned_with(workdir: Path, config: dict, *args: str) -> dict[str, int]:
+    """`planned_jobs` of `workdir` with `config` given as `--configfile`, a file written beside the workdir, not
+    in it, and removed after: the session's tiny run is shared by both xdist workers, and a file written into
+    it could be half-copied by the other worker's `copy_run`."""
+    handle, name = tempfile.mkstemp(dir=workdir.parent, prefix="changed-", suffix=".yaml")
+    try:
+        with os.fdopen(handle, "w") as out:
+            yaml.safe_dump(config, out)
+        return planned_jobs(workdir, "--configfile", name, *args)
+    finally:
+        os.unlink(name)
 
 
 def copy_run(src: Path, dest: Path) -> Path:
