@@ -5,6 +5,7 @@ pytest 9) costs the suite minutes and fails no test."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -75,15 +76,17 @@ def test_a_real_xdist_run_keeps_each_module_on_one_worker_and_builds_the_shared_
     suite.mkdir()
     write_suite(suite)
     base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--basetemp", str(tmp_path / "base")]
+    # this run's own options and xdist worker name are not the inner run's (PYTEST_ADDOPTS="-vv" prints a tree)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
     collected = subprocess.run(
-        [*base, "--collect-only"], cwd=suite, capture_output=True, text=True, timeout=300, check=True
+        [*base, "--collect-only"], cwd=suite, env=env, capture_output=True, text=True, timeout=300, check=True
     ).stdout
     order = [line.split("::")[0].removesuffix(".py") for line in collected.splitlines() if "::" in line]
     # the heavier measured module first, then the lighter, then the unmeasured one: not the order of their names
     assert LIGHT < HEAVY < "test_zz_unmeasured"
     assert order == [HEAVY] * 3 + [LIGHT] * 3 + ["test_zz_unmeasured"] * 3
 
-    result = subprocess.run([*base, "-n", "2"], cwd=suite, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*base, "-n", "2"], cwd=suite, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     workers, roots = defaultdict(set), set()
     for line in (suite / "ran.txt").read_text().splitlines():
