@@ -261,8 +261,8 @@ RECOVERED_EVALUATION = ("mmlu", "gsm8k")
 
 
 def run_config(config: dict) -> dict:
-    """paper-mini as the real run runs it: iterative scoring alone (`bi` and `reverse` run the tiny run's `score`
-    rule, which the session's tiny run runs for real, with the same builtin calibration), the recovered
+    """paper-mini as the real run runs it: iterative scoring alone (`bi` and `reverse` are jobs of the `score`
+    rule, which the session's tiny run runs for real with the same builtin calibration), the recovered
     checkpoints evaluated on RECOVERED_EVALUATION only (`tasks.<t>.recoveries: [none]` elsewhere)."""
     config = copy.deepcopy(config)
     config["scoring"]["methods"] = ["iterative"]

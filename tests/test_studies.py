@@ -205,7 +205,7 @@ def test_dvc_stages_one_per_study_and_one_for_what_they_share(tmp_path, monkeypa
 # --------------------------------------------------------------------------- identical jobs run once (issue 29)
 
 
-@pytest.mark.slow  # the second study's 7 jobs beside a copy of the session's tiny run
+@pytest.mark.slow  # the second study's 9 jobs beside a copy of the session's tiny run
 def test_a_second_study_that_varies_one_setting_runs_only_what_depends_on_it(tiny_run, tmp_path):
     """The tiny study ran; other-study differs in selfgen.temperature (and trains sgr alone): its dry run plans
     selfgen, the recoveries that train on it, their evaluations and the report, nothing shared (on 8179f34 it
