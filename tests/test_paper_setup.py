@@ -429,7 +429,7 @@ def test_documented_offline_fetch_step_plans_only_downloads(tmp_path):
     import shlex
     import shutil
 
-    from helpers.workflow import REPO, run, workflow_copy
+    from helpers.workflow import REPO, jobs_of, run, workflow_copy
 
     readme = (REPO / "docs" / "cluster.md").read_text()
     (command,) = re.findall(
@@ -439,8 +439,7 @@ def test_documented_offline_fetch_step_plans_only_downloads(tmp_path):
     shutil.copytree(REPO / "configs", workdir / "configs")
     argv = shlex.split(command)
     output = run([str(Path(sys.executable).parent / argv[0]), *argv[1:], "-n"], workdir)
-    table = (output.stdout + output.stderr).split("Job stats:", 1)[1].split("total", 1)[0]
-    planned = set(re.findall(r"^(\w+)\s+\d+$", table, flags=re.M))
+    planned = set(jobs_of(output.stdout + output.stderr))
     assert planned == {"build_task", "materialize", "prepare_task", "prepare_lm_eval_task",
                        "prepare_prompts", "filter_prompts", "prepare_calibration"}  # fmt: skip
     # the lm-eval step's glob names the prepared tasks where prepare_task writes them

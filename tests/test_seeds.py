@@ -14,7 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.results import BOOTSTRAP_SETTINGS, dense, result, written
-from helpers.workflow import REPO, flag, planned_paths, shared_file, shell_commands, snakemake, workflow_copy
+from helpers.workflow import (
+    REPO,
+    flag,
+    jobs_of,
+    planned_paths,
+    shared_file,
+    shell_commands,
+    snakemake,
+    workflow_copy,
+)
 
 from layerprune.evaluation.evaluate import training_seed
 from layerprune.io import write_json
@@ -172,14 +181,7 @@ def dry_run(tmp_path, config: dict) -> tuple[dict[str, int], str]:
     workdir = workflow_copy(tmp_path, config)
     output = snakemake(workdir, "-n", "-p", "--cores", "2")
     text = output.stdout + output.stderr
-    table = text.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts, text
+    return jobs_of(text), text
 
 
 def test_two_seeds_plan_twice_the_recoveries_at_distinct_paths_each_with_its_seed(tmp_path):
