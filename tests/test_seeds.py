@@ -16,9 +16,12 @@ import yaml
 from helpers.results import BOOTSTRAP_SETTINGS, dense, result, written
 from helpers.workflow import (
     REPO,
+    TINY_STUDY,
+    copy_run,
     flag,
     jobs_of,
     planned_paths,
+    planned_with,
     shared_file,
     shell_commands,
     snakemake,
@@ -241,7 +244,6 @@ def test_not_tested_stays_not_tested_with_seeds():
 def test_two_seeds_through_a_real_tiny_run(tiny_run, tmp_path):
     """Each seed trains its own checkpoint (TRL gets the seed), each evaluation records it, the report pools them.
     Seed 0's sgr checkpoint is the tiny run's own; seed 1's is trained here."""
-    from helpers.workflow import TINY_STUDY, copy_run
     from safetensors.torch import load_file
 
     source, config = tiny_run
@@ -275,8 +277,6 @@ def test_two_seeds_through_a_real_tiny_run(tiny_run, tmp_path):
 @pytest.mark.slow  # dry runs against the session's one real tiny run
 def test_adding_a_seed_to_a_finished_run_trains_only_that_seed(tiny_run, tmp_path):
     """The study's own seed keeps its folders and settings: listing it plans nothing, adding one trains only it."""
-    from helpers.workflow import planned_with
-
     workdir, config = tiny_run
     same = copy.deepcopy(config)
     same["recovery"]["seeds"] = [config["seed"]]

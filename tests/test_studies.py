@@ -21,6 +21,7 @@ from helpers.workflow import (
     VARIANT_JOBS,
     copy_run,
     is_shared,
+    jobs_of,
     outputs_of_dry_run,
     planned_jobs,
     shell_commands,
@@ -140,13 +141,14 @@ def test_paper_mini_beside_a_finished_study_plans_only_its_own_jobs(tiny_run, tm
         (workdir / "paper-mini.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     # the same jobs, less the built tasks the tiny study already built (results/shared/builtin is shared)
     alone = planned_jobs(fresh, "--configfile", "paper-mini.yaml")
-    there = planned_jobs(beside, "--configfile", "paper-mini.yaml")
+    # one dry run beside the tiny study: its job table, its reasons and its outputs
+    output = snakemake(beside, "-n", "--cores", "2", "--configfile", "paper-mini.yaml")
+    text = output.stdout + output.stderr
+    there = jobs_of(text)
     assert {rule: n for rule, n in there.items() if rule != "build_task"} == {
         rule: n for rule, n in alone.items() if rule != "build_task"
     }
     assert there.get("build_task", 0) < alone["build_task"]
-    output = snakemake(beside, "-n", "--cores", "2", "--configfile", "paper-mini.yaml")
-    text = output.stdout + output.stderr
     assert "params have changed" not in text.lower()
     planned = outputs_of_dry_run(output.stdout)
     assert planned and not [path for path in planned if path.startswith(f"results/{TINY_STUDY}/")]
@@ -218,10 +220,10 @@ def test_a_second_study_that_varies_one_setting_runs_only_what_depends_on_it(tin
     other["selfgen"]["temperature"] = 0.9
     other["recovery"]["methods"] = ["none", "sgr"]  # `data` is each study's own: it would train again
     (workdir / "other-study.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
-    output = snakemake(workdir, "-n", "--cores", "2", "--configfile", "other-study.yaml").stdout
-    planned = outputs_of_dry_run(output)
+    dry = snakemake(workdir, "-n", "--cores", "2", "--configfile", "other-study.yaml")  # its jobs and outputs
+    planned = outputs_of_dry_run(dry.stdout)
     ratios = len(config["pruning"]["ratios"])
-    assert planned_jobs(workdir, "--configfile", "other-study.yaml") == {
+    assert jobs_of(dry.stdout + dry.stderr) == {
         "selfgen": 1,
         "recover": ratios,
         "evaluate_variant": ratios * len(config["tasks"]),
