@@ -113,3 +113,24 @@ def test_module_seconds_sums_a_durations_table():
     seconds = module_seconds(log)
     assert seconds.keys() == {"test_dvc", "test_slurm"}
     assert seconds["test_dvc"] == pytest.approx(400.75) and seconds["test_slurm"] == pytest.approx(1.38)
+
+
+def test_the_documented_command_prints_the_table_from_a_log(tmp_path):
+    """`python tests/helpers/scheduling.py LOG` as docs/index.md gives it: every module, measured or not, the
+    longest first, ready to paste over MODULE_SECONDS."""
+    log = tmp_path / "LOG"
+    log.write_text("12.60s setup    tests/test_dvc.py::test_a\n30.40s call     tests/test_graders.py::test_b\n")
+    printed = subprocess.run(
+        [sys.executable, "tests/helpers/scheduling.py", str(log)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    namespace: dict = {}
+    exec(printed, namespace)  # the printed text is the assignment itself
+    table = namespace["MODULE_SECONDS"]
+    assert table.keys() == {path.stem for path in TESTS.glob("test_*.py")}
+    assert list(table)[:2] == ["test_graders", "test_dvc"] and (table["test_graders"], table["test_dvc"]) == (30, 13)
+    assert set(list(table.values())[2:]) == {1}
